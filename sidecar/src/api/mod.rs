@@ -1,0 +1,8 @@
+//! The two front doors, gRPC and HTTP: thin adapters that translate wire
+//! types to primitive calls and errors to status codes, nothing more.
+
+pub mod error;
+pub mod grpc;
+pub mod http;
+
+pub use grpc::pb;

@@ -1,0 +1,165 @@
+//! Redis-style glob patterns (`*`, `?`, `[a-z]`, `[^x]`, `\` escapes).
+//!
+//! The Redis backend hands patterns to `SCAN MATCH`; the memory backend
+//! matches with [`matches`], a port of Redis' `stringmatchlen`, so both agree
+//! on every pattern that [`validate`] accepts.
+
+/// Rejects patterns whose meaning would change once embedded in a longer
+/// Redis pattern: an unterminated `[` class or a trailing lone `\`.
+pub fn validate(pattern: &str) -> Result<(), &'static str> {
+    let p = pattern.as_bytes();
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            b'\\' => {
+                if i + 1 == p.len() {
+                    return Err("pattern ends with a lone '\\'");
+                }
+                i += 2;
+            }
+            b'[' => {
+                i += 1;
+                if p.get(i) == Some(&b'^') {
+                    i += 1;
+                }
+                loop {
+                    match p.get(i) {
+                        None => return Err("pattern has a '[' without a closing ']'"),
+                        Some(b'\\') if i + 1 < p.len() => i += 2,
+                        Some(b']') => break,
+                        Some(_) => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Whether `text` matches `pattern`, with Redis semantics.
+pub fn matches(pattern: &str, text: &str) -> bool {
+    match_bytes(pattern.as_bytes(), text.as_bytes())
+}
+
+fn match_bytes(mut p: &[u8], mut s: &[u8]) -> bool {
+    while let Some(&c) = p.first() {
+        match c {
+            b'*' => {
+                while p.len() > 1 && p[1] == b'*' {
+                    p = &p[1..];
+                }
+                if p.len() == 1 {
+                    return true;
+                }
+                for start in 0..=s.len() {
+                    if match_bytes(&p[1..], &s[start..]) {
+                        return true;
+                    }
+                }
+                return false;
+            }
+            b'?' => {
+                if s.is_empty() {
+                    return false;
+                }
+                s = &s[1..];
+            }
+            b'[' => {
+                let Some(&ch) = s.first() else { return false };
+                p = &p[1..];
+                let negate = p.first() == Some(&b'^');
+                if negate {
+                    p = &p[1..];
+                }
+                let mut matched = false;
+                loop {
+                    match p {
+                        [] => break,
+                        [b'\\', esc, ..] => {
+                            matched |= *esc == ch;
+                            p = &p[2..];
+                        }
+                        [b']', ..] => break,
+                        [lo, b'-', hi, ..] if *hi != b']' => {
+                            let (lo, hi) = if lo <= hi { (*lo, *hi) } else { (*hi, *lo) };
+                            matched |= (lo..=hi).contains(&ch);
+                            p = &p[3..];
+                        }
+                        [x, ..] => {
+                            matched |= *x == ch;
+                            p = &p[1..];
+                        }
+                    }
+                }
+                if matched == negate {
+                    return false;
+                }
+                s = &s[1..];
+                if p.is_empty() {
+                    // Unterminated class (rejected by `validate`): Redis
+                    // treats the end of pattern as the end of the class.
+                    return s.is_empty();
+                }
+            }
+            b'\\' if p.len() >= 2 => {
+                if s.first() != Some(&p[1]) {
+                    return false;
+                }
+                p = &p[1..];
+                s = &s[1..];
+            }
+            _ => {
+                if s.first() != Some(&c) {
+                    return false;
+                }
+                s = &s[1..];
+            }
+        }
+        p = &p[1..];
+    }
+    s.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_glob_semantics() {
+        let cases = [
+            ("*", "", true),
+            ("*", "anything", true),
+            ("user:*", "user:1", true),
+            ("user:*", "users:1", false),
+            ("h?llo", "hello", true),
+            ("h?llo", "hllo", false),
+            ("h[ae]llo", "hallo", true),
+            ("h[ae]llo", "hillo", false),
+            ("h[^e]llo", "hallo", true),
+            ("h[^e]llo", "hello", false),
+            ("h[a-b]llo", "hbllo", true),
+            ("h[b-a]llo", "hallo", true),
+            ("h[a-b]llo", "hcllo", false),
+            ("a\\*b", "a*b", true),
+            ("a\\*b", "axb", false),
+            ("*:session:*", "u:session:9", true),
+            ("**x", "abx", true),
+            ("a*b*c", "aXbYc", true),
+            ("a*b*c", "aXbY", false),
+        ];
+        for (pattern, text, want) in cases {
+            assert_eq!(matches(pattern, text), want, "{pattern:?} vs {text:?}");
+        }
+    }
+
+    #[test]
+    fn validation_rejects_what_redis_would_read_differently() {
+        assert!(validate("a[bc").is_err());
+        assert!(validate("abc\\").is_err());
+        assert!(validate("a[\\]]c").is_ok());
+        assert!(validate("user:*:[0-9]").is_ok());
+        assert!(validate("x\\\\").is_ok());
+    }
+}

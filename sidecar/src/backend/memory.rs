@@ -1,0 +1,420 @@
+//! The memory backend: a bounded, TTL-aware LRU cache inside the sidecar.
+//!
+//! Used when no Redis is configured. Bounded twice, by entry count and by
+//! bytes (key + value); the least recently used entries are evicted first.
+//! Expired entries are dropped when touched and by a background sweep, and
+//! take their tag index entries with them, so nothing grows without bound.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use lru::LruCache;
+use tokio::time::Instant;
+
+use super::{
+    BackendError, CacheStore, Condition, Entry, KeyPage, SetOutcome, StoreStats, Write, glob,
+};
+use crate::config::MemoryConfig;
+
+/// How often the background sweep drops expired entries.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Cache storage in local memory.
+pub struct MemoryStore {
+    /// A plain mutex: every critical section is short, synchronous map work
+    /// with no `.await` inside, which is what `std::sync::Mutex` is for.
+    inner: Mutex<Inner>,
+    bounds: MemoryConfig,
+}
+
+struct Inner {
+    entries: LruCache<String, MemEntry>,
+    /// tag -> keys carrying it; kept exact under the same lock as `entries`.
+    tags: HashMap<String, HashSet<String>>,
+    /// (expiry, key) for every entry with a TTL, so a sweep finds expired
+    /// entries without walking the whole map.
+    expiries: BTreeSet<(Instant, String)>,
+    bytes: usize,
+    /// Source of versions: one counter for the whole store, so a key that is
+    /// deleted and written again never reuses a version.
+    last_version: u64,
+    evictions: u64,
+}
+
+struct MemEntry {
+    value: Bytes,
+    version: u64,
+    /// The TTL the value was written with, for sliding refreshes.
+    ttl: Option<Duration>,
+    expires_at: Option<Instant>,
+    tags: Vec<String>,
+}
+
+impl MemEntry {
+    fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    fn to_entry(&self, now: Instant) -> Entry {
+        Entry {
+            value: self.value.clone(),
+            version: self.version,
+            ttl: self.expires_at.map(|at| at.saturating_duration_since(now)),
+        }
+    }
+}
+
+fn footprint(key: &str, value: &[u8]) -> usize {
+    key.len() + value.len()
+}
+
+impl MemoryStore {
+    /// Creates the store and, inside a Tokio runtime, its background sweep
+    /// (which stops when the store is dropped).
+    pub fn new(bounds: MemoryConfig) -> Arc<Self> {
+        let store = Arc::new(MemoryStore {
+            inner: Mutex::new(Inner {
+                entries: LruCache::unbounded(),
+                tags: HashMap::new(),
+                expiries: BTreeSet::new(),
+                bytes: 0,
+                last_version: 0,
+                evictions: 0,
+            }),
+            bounds,
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(sweep(Arc::downgrade(&store)));
+        }
+        store
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated
+        // in a way later calls would trip over worse than the panic itself.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops every expired entry now; returns how many.
+    pub fn sweep_expired(&self) -> usize {
+        self.lock().sweep(Instant::now())
+    }
+
+    /// How many keys the tag index holds for `tag` (for tests: proves that
+    /// expiry and deletion leave no index garbage behind).
+    pub fn tag_index_len(&self, tag: &str) -> usize {
+        self.lock().tags.get(tag).map_or(0, HashSet::len)
+    }
+}
+
+async fn sweep(store: Weak<MemoryStore>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match store.upgrade() {
+            Some(store) => {
+                store.sweep_expired();
+            }
+            None => return,
+        }
+    }
+}
+
+impl Inner {
+    fn remove(&mut self, key: &str) -> Option<MemEntry> {
+        let entry = self.entries.pop(key)?;
+        self.bytes -= footprint(key, &entry.value);
+        if let Some(at) = entry.expires_at {
+            self.expiries.remove(&(at, key.to_string()));
+        }
+        for tag in &entry.tags {
+            if let Some(keys) = self.tags.get_mut(tag) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.tags.remove(tag);
+                }
+            }
+        }
+        Some(entry)
+    }
+
+    /// The live entry for `key`, dropping it first if it has expired.
+    fn live(&mut self, key: &str, now: Instant) -> Option<&mut MemEntry> {
+        if self.entries.peek(key).is_some_and(|e| e.is_expired(now)) {
+            self.remove(key);
+        }
+        self.entries.get_mut(key)
+    }
+
+    fn insert(&mut self, key: String, entry: MemEntry) {
+        self.remove(&key);
+        self.bytes += footprint(&key, &entry.value);
+        if let Some(at) = entry.expires_at {
+            self.expiries.insert((at, key.clone()));
+        }
+        for tag in &entry.tags {
+            self.tags
+                .entry(tag.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        self.entries.put(key, entry);
+    }
+
+    fn evict_to(&mut self, bounds: &MemoryConfig, now: Instant) {
+        if self.entries.len() <= bounds.max_entries && self.bytes <= bounds.max_bytes {
+            return;
+        }
+        // Expired entries go before live ones.
+        self.sweep(now);
+        while self.entries.len() > bounds.max_entries || self.bytes > bounds.max_bytes {
+            let Some((key, _)) = self.entries.peek_lru() else {
+                break;
+            };
+            let key = key.clone();
+            self.remove(&key);
+            self.evictions += 1;
+        }
+    }
+
+    fn sweep(&mut self, now: Instant) -> usize {
+        let mut dropped = 0;
+        while let Some((at, _)) = self.expiries.first() {
+            if *at > now {
+                break;
+            }
+            let (_, key) = self.expiries.pop_first().expect("checked non-empty");
+            self.remove(&key);
+            dropped += 1;
+        }
+        dropped
+    }
+
+    fn next_version(&mut self) -> u64 {
+        self.last_version += 1;
+        self.last_version
+    }
+}
+
+#[async_trait]
+impl CacheStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn get(&self, key: &str, refresh_ttl: bool) -> Result<Option<Entry>, BackendError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some(entry) = inner.live(key, now) else {
+            return Ok(None);
+        };
+        let (old_expiry, ttl) = (entry.expires_at, entry.ttl);
+        if refresh_ttl && let Some(ttl) = ttl {
+            let at = now + ttl;
+            entry.expires_at = Some(at);
+            let read = entry.to_entry(now);
+            if let Some(old) = old_expiry {
+                inner.expiries.remove(&(old, key.to_string()));
+            }
+            inner.expiries.insert((at, key.to_string()));
+            return Ok(Some(read));
+        }
+        Ok(Some(entry.to_entry(now)))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, BackendError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        Ok(keys
+            .iter()
+            .map(|key| inner.live(key, now).map(|e| e.to_entry(now)))
+            .collect())
+    }
+
+    async fn set(&self, key: &str, write: Write) -> Result<SetOutcome, BackendError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let current = inner.live(key, now).map(|e| e.version);
+        let allowed = match write.condition {
+            Condition::None => true,
+            Condition::IfAbsent => current.is_none(),
+            Condition::IfPresent => current.is_some(),
+            Condition::IfVersion(v) => current == Some(v),
+        };
+        if !allowed {
+            return Ok(SetOutcome::ConditionFailed);
+        }
+        let version = inner.next_version();
+        let mut tags = write.tags;
+        tags.sort();
+        tags.dedup();
+        inner.insert(
+            key.to_string(),
+            MemEntry {
+                value: write.value,
+                version,
+                ttl: write.ttl,
+                expires_at: write.ttl.map(|ttl| now + ttl),
+                tags,
+            },
+        );
+        inner.evict_to(&self.bounds, now);
+        Ok(SetOutcome::Written { version })
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        Ok(inner.remove(key).is_some_and(|e| !e.is_expired(now)))
+    }
+
+    async fn invalidate_tags(&self, tags: &[String]) -> Result<u64, BackendError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let mut deleted = 0;
+        for tag in tags {
+            let keys: Vec<String> = inner
+                .tags
+                .get(tag)
+                .map(|keys| keys.iter().cloned().collect())
+                .unwrap_or_default();
+            for key in keys {
+                if inner.remove(&key).is_some_and(|e| !e.is_expired(now)) {
+                    deleted += 1;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let keys: Vec<String> = inner
+            .entries
+            .iter()
+            .filter(|(key, _)| glob::matches(pattern, key))
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut deleted = 0;
+        for key in keys {
+            if inner.remove(&key).is_some_and(|e| !e.is_expired(now)) {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn list_keys(
+        &self,
+        pattern: &str,
+        cursor: &str,
+        limit: usize,
+    ) -> Result<KeyPage, BackendError> {
+        // The cursor is the last key of the previous page: keys are listed in
+        // byte order, so a page resumes exactly after it whatever was written
+        // or deleted in between.
+        let after = match cursor {
+            "" => None,
+            c => Some(c.strip_prefix('k').ok_or(BackendError::InvalidCursor)?),
+        };
+        let now = Instant::now();
+        let inner = self.lock();
+        let mut keys: Vec<&String> = inner
+            .entries
+            .iter()
+            .filter(|(key, e)| {
+                !e.is_expired(now)
+                    && after.is_none_or(|a| key.as_str() > a)
+                    && glob::matches(pattern, key)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        keys.sort_unstable();
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let next_cursor = match (more, keys.last()) {
+            (true, Some(last)) => Some(format!("k{last}")),
+            _ => None,
+        };
+        Ok(KeyPage {
+            keys: keys.into_iter().cloned().collect(),
+            next_cursor,
+        })
+    }
+
+    fn stats(&self) -> StoreStats {
+        let inner = self.lock();
+        StoreStats {
+            keys: Some(inner.entries.len() as u64),
+            bytes: Some(inner.bytes as u64),
+            evictions: Some(inner.evictions),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(max_entries: usize, max_bytes: usize) -> Arc<MemoryStore> {
+        MemoryStore::new(MemoryConfig {
+            max_entries,
+            max_bytes,
+        })
+    }
+
+    fn write(value: &'static [u8]) -> Write {
+        Write {
+            value: Bytes::from_static(value),
+            ttl: None,
+            tags: vec![],
+            condition: Condition::None,
+        }
+    }
+
+    #[tokio::test]
+    async fn evicts_least_recently_used_by_count() {
+        let s = store(2, 1 << 20);
+        s.set("a", write(b"1")).await.unwrap();
+        s.set("b", write(b"2")).await.unwrap();
+        s.get("a", false).await.unwrap().expect("a present");
+        s.set("c", write(b"3")).await.unwrap();
+        assert!(s.get("b", false).await.unwrap().is_none(), "b was LRU");
+        assert!(s.get("a", false).await.unwrap().is_some());
+        assert!(s.get("c", false).await.unwrap().is_some());
+        assert_eq!(s.stats().evictions, Some(1));
+    }
+
+    #[tokio::test]
+    async fn evicts_by_bytes_and_keeps_accounting_exact() {
+        let s = store(100, 10);
+        s.set("a", write(b"1234")).await.unwrap(); // 5 bytes
+        s.set("b", write(b"1234")).await.unwrap(); // 10 bytes
+        s.set("c", write(b"1")).await.unwrap(); // 12 > 10: evict a
+        assert!(s.get("a", false).await.unwrap().is_none());
+        assert_eq!(s.stats().bytes, Some(7));
+        s.delete("b").await.unwrap();
+        assert_eq!(s.stats().bytes, Some(2));
+        assert_eq!(s.stats().keys, Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweep_drops_expired_entries_and_their_tags() {
+        let s = store(100, 1 << 20);
+        let mut w = write(b"v");
+        w.ttl = Some(Duration::from_millis(50));
+        w.tags = vec!["t".into()];
+        s.set("k", w).await.unwrap();
+        assert_eq!(s.tag_index_len("t"), 1);
+        tokio::time::advance(Duration::from_millis(51)).await;
+        assert_eq!(s.sweep_expired(), 1);
+        assert_eq!(s.tag_index_len("t"), 0);
+        assert_eq!(s.stats().keys, Some(0));
+        assert_eq!(s.stats().bytes, Some(0));
+    }
+}

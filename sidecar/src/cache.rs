@@ -1,0 +1,300 @@
+//! The cache primitive: validation, limits, statistics and instrumentation
+//! around a [`CacheStore`].
+//!
+//! Both APIs (gRPC and HTTP) call this and nothing below it, so a rule
+//! enforced here holds for every client, and the backends only ever see
+//! valid input.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tracing::Instrument;
+
+use crate::backend::{self, CacheStore, Condition, Entry, KeyPage, SetOutcome, Write};
+use crate::config::Limits;
+use crate::error::{Error, Result};
+use crate::telemetry::Metrics;
+
+/// Page size of a key listing when the caller gives none.
+pub const DEFAULT_PAGE: usize = 100;
+
+/// A write as a client asks for it; `ttl_ms` 0 means no expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetRequest {
+    pub key: String,
+    pub value: Bytes,
+    pub ttl_ms: u64,
+    pub tags: Vec<String>,
+    pub condition: Condition,
+}
+
+/// What to invalidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    Tags(Vec<String>),
+    Pattern(String),
+}
+
+/// Counters and sizes for `Admin.Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub keys: Option<u64>,
+    pub bytes: Option<u64>,
+    pub evictions: Option<u64>,
+}
+
+/// The cache primitive.
+pub struct Cache {
+    store: Arc<dyn CacheStore>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+impl Cache {
+    pub fn new(store: Arc<dyn CacheStore>, limits: Limits, metrics: Arc<Metrics>) -> Self {
+        Cache {
+            store,
+            limits,
+            metrics,
+        }
+    }
+
+    /// The input limits in force (the HTTP layer bounds bodies with them).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn backend_kind(&self) -> &'static str {
+        self.store.kind()
+    }
+
+    /// Runs one operation with its span and metrics.
+    async fn op<T>(
+        &self,
+        op: &'static str,
+        span: tracing::Span,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let timer = self.metrics.start("cache", op);
+        let result = fut.instrument(span).await;
+        match &result {
+            Ok(_) => timer.finish("ok"),
+            Err(err) => {
+                if matches!(err, Error::Unavailable(_) | Error::Internal(_)) {
+                    tracing::warn!(op, error = %err, cause = ?std::error::Error::source(err), "cache backend call failed");
+                }
+                timer.finish(err.code());
+            }
+        }
+        result
+    }
+
+    pub async fn get(&self, key: &str, refresh_ttl: bool) -> Result<Option<Entry>> {
+        let span = tracing::info_span!("outrigger.cache.get", key, refresh_ttl);
+        self.op("get", span, async {
+            self.check_key(key)?;
+            let entry = self.store.get(key, refresh_ttl).await?;
+            self.count_read(entry.is_some());
+            Ok(entry)
+        })
+        .await
+    }
+
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>> {
+        let span = tracing::info_span!("outrigger.cache.get_many", keys = keys.len());
+        self.op("get_many", span, async {
+            self.check_batch("keys", keys.len())?;
+            for key in keys {
+                self.check_key(key)?;
+            }
+            let entries = self.store.get_many(keys).await?;
+            for entry in &entries {
+                self.count_read(entry.is_some());
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
+    /// Writes; returns the new version, or [`Error::PreconditionFailed`].
+    pub async fn set(&self, req: SetRequest) -> Result<u64> {
+        let span =
+            tracing::info_span!("outrigger.cache.set", key = %req.key, bytes = req.value.len());
+        self.op("set", span, async {
+            self.check_key(&req.key)?;
+            if req.value.len() > self.limits.max_value_bytes {
+                return Err(Error::TooLarge(format!(
+                    "value is {} bytes; the limit is {} (limits.max_value_bytes)",
+                    req.value.len(),
+                    self.limits.max_value_bytes
+                )));
+            }
+            let max_ttl_ms = self.limits.max_ttl.as_millis() as u64;
+            if req.ttl_ms > max_ttl_ms {
+                return Err(Error::InvalidArgument(format!(
+                    "ttl_ms {} is over the maximum of {max_ttl_ms} (limits.max_ttl)",
+                    req.ttl_ms
+                )));
+            }
+            if req.tags.len() > self.limits.max_tags {
+                return Err(Error::TooLarge(format!(
+                    "{} tags; the limit is {} (limits.max_tags)",
+                    req.tags.len(),
+                    self.limits.max_tags
+                )));
+            }
+            for tag in &req.tags {
+                self.check_tag(tag)?;
+            }
+            let write = Write {
+                value: req.value,
+                ttl: (req.ttl_ms > 0).then(|| Duration::from_millis(req.ttl_ms)),
+                tags: req.tags,
+                condition: req.condition,
+            };
+            match self.store.set(&req.key, write).await? {
+                SetOutcome::Written { version } => Ok(version),
+                SetOutcome::ConditionFailed => {
+                    Err(Error::PreconditionFailed(match req.condition {
+                        Condition::IfAbsent => "the key already exists".to_string(),
+                        Condition::IfPresent => "the key does not exist".to_string(),
+                        Condition::IfVersion(v) => {
+                            format!("the key does not exist or its version is not {v}")
+                        }
+                        Condition::None => "condition failed".to_string(),
+                    }))
+                }
+            }
+        })
+        .await
+    }
+
+    /// Returns whether the key existed.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        let span = tracing::info_span!("outrigger.cache.delete", key);
+        self.op("delete", span, async {
+            self.check_key(key)?;
+            Ok(self.store.delete(key).await?)
+        })
+        .await
+    }
+
+    /// Returns how many keys were deleted.
+    pub async fn invalidate(&self, what: Invalidation) -> Result<u64> {
+        match what {
+            Invalidation::Tags(tags) => {
+                let span =
+                    tracing::info_span!("outrigger.cache.invalidate_tags", tags = tags.len());
+                self.op("invalidate_tags", span, async {
+                    if tags.is_empty() {
+                        return Err(Error::InvalidArgument("tags must not be empty".into()));
+                    }
+                    self.check_batch("tags", tags.len())?;
+                    for tag in &tags {
+                        self.check_tag(tag)?;
+                    }
+                    Ok(self.store.invalidate_tags(&tags).await?)
+                })
+                .await
+            }
+            Invalidation::Pattern(pattern) => {
+                let span = tracing::info_span!("outrigger.cache.invalidate_pattern", %pattern);
+                self.op("invalidate_pattern", span, async {
+                    if pattern.is_empty() {
+                        return Err(Error::InvalidArgument("pattern must not be empty".into()));
+                    }
+                    self.check_pattern(&pattern)?;
+                    Ok(self.store.invalidate_pattern(&pattern).await?)
+                })
+                .await
+            }
+        }
+    }
+
+    /// One page of keys matching `pattern` (empty: all keys).
+    pub async fn list_keys(&self, pattern: &str, cursor: &str, limit: usize) -> Result<KeyPage> {
+        let span = tracing::info_span!("outrigger.cache.list_keys", pattern, limit);
+        self.op("list_keys", span, async {
+            self.check_pattern(pattern)?;
+            let limit = if limit == 0 { DEFAULT_PAGE } else { limit };
+            self.check_batch("limit", limit)?;
+            let pattern = if pattern.is_empty() { "*" } else { pattern };
+            Ok(self.store.list_keys(pattern, cursor, limit).await?)
+        })
+        .await
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let store = self.store.stats();
+        self.metrics.set_cache_size(store.keys, store.bytes);
+        CacheStats {
+            hits: self.metrics.cache_hits.get(),
+            misses: self.metrics.cache_misses.get(),
+            keys: store.keys,
+            bytes: store.bytes,
+            evictions: store.evictions,
+        }
+    }
+
+    fn count_read(&self, hit: bool) {
+        if hit {
+            self.metrics.cache_hits.inc();
+        } else {
+            self.metrics.cache_misses.inc();
+        }
+    }
+
+    fn check_key(&self, key: &str) -> Result<()> {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument("key must not be empty".into()));
+        }
+        if key.len() > self.limits.max_key_bytes {
+            return Err(Error::TooLarge(format!(
+                "key is {} bytes; the limit is {} (limits.max_key_bytes)",
+                key.len(),
+                self.limits.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_tag(&self, tag: &str) -> Result<()> {
+        if tag.is_empty() {
+            return Err(Error::InvalidArgument(
+                "tags must not be empty strings".into(),
+            ));
+        }
+        if tag.len() > self.limits.max_tag_bytes {
+            return Err(Error::TooLarge(format!(
+                "tag is {} bytes; the limit is {} (limits.max_tag_bytes)",
+                tag.len(),
+                self.limits.max_tag_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_batch(&self, what: &str, n: usize) -> Result<()> {
+        if n > self.limits.max_batch {
+            return Err(Error::TooLarge(format!(
+                "{n} {what}; the limit is {} (limits.max_batch)",
+                self.limits.max_batch
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_pattern(&self, pattern: &str) -> Result<()> {
+        if pattern.len() > self.limits.max_key_bytes {
+            return Err(Error::TooLarge(format!(
+                "pattern is {} bytes; the limit is {} (limits.max_key_bytes)",
+                pattern.len(),
+                self.limits.max_key_bytes
+            )));
+        }
+        backend::glob::validate(pattern).map_err(|reason| Error::InvalidArgument(reason.into()))
+    }
+}

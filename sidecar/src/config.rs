@@ -1,0 +1,334 @@
+//! Configuration: one typed [`Config`], loaded and validated before the
+//! runtime starts.
+//!
+//! Sources, later ones winning: built-in defaults, then `outrigger.toml` (or
+//! the file given with `--config`), then `OUTRIGGER_*` environment variables
+//! with nested keys joined by `__` (`OUTRIGGER_REDIS__URL` sets `redis.url`).
+//! A bad value fails [`Config::load`] with a message that names the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The file read when no `--config` is given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "outrigger.toml";
+
+/// Top-level keys; an `OUTRIGGER_*` variable whose first segment is not one of
+/// these is not ours (Kubernetes, for one, injects `OUTRIGGER_PORT` for a
+/// Service named `outrigger`) and is ignored rather than rejected.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "namespace",
+    "http",
+    "grpc",
+    "redis",
+    "memory",
+    "limits",
+    "log",
+    "shutdown_grace",
+];
+
+/// Everything the sidecar can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Prefix of every key this sidecar writes, so applications sharing one
+    /// Redis never see each other's data.
+    pub namespace: String,
+    pub http: Listener,
+    pub grpc: Listener,
+    pub redis: RedisConfig,
+    pub memory: MemoryConfig,
+    pub limits: Limits,
+    pub log: LogConfig,
+    /// How long SIGTERM waits for in-flight requests before exiting anyway.
+    #[serde(with = "human_duration")]
+    pub shutdown_grace: Duration,
+}
+
+/// A TCP listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Address to bind; port 0 picks a free port (logged at start-up).
+    pub addr: SocketAddr,
+}
+
+/// Where state lives. No `url` means the memory backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`; absent = memory backend.
+    pub url: Option<String>,
+    /// Deadline of every Redis call. No request waits longer on Redis.
+    #[serde(with = "human_duration")]
+    pub timeout: Duration,
+    /// Deadline of establishing a connection.
+    #[serde(with = "human_duration")]
+    pub connect_timeout: Duration,
+}
+
+/// Bounds of the memory backend; least recently used entries are evicted to
+/// stay within both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    pub max_entries: usize,
+    /// Keys plus values, in bytes.
+    pub max_bytes: usize,
+}
+
+/// Input limits; requests over them fail with a clear error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Keys per GetMany, tags per invalidation, keys per listing page.
+    pub max_batch: usize,
+    /// Tags on one cache entry.
+    pub max_tags: usize,
+    pub max_tag_bytes: usize,
+    #[serde(with = "human_duration")]
+    pub max_ttl: Duration,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter (`info`, `outrigger=debug,info`); `RUST_LOG` wins.
+    pub level: String,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            namespace: "default".into(),
+            http: Listener {
+                addr: ([127, 0, 0, 1], 7480).into(),
+            },
+            grpc: Listener {
+                addr: ([127, 0, 0, 1], 7481).into(),
+            },
+            redis: RedisConfig {
+                url: None,
+                timeout: Duration::from_millis(250),
+                connect_timeout: Duration::from_secs(1),
+            },
+            memory: MemoryConfig {
+                max_entries: 100_000,
+                max_bytes: 256 * 1024 * 1024,
+            },
+            limits: Limits {
+                max_key_bytes: 512,
+                max_value_bytes: 1024 * 1024,
+                max_batch: 1000,
+                max_tags: 32,
+                max_tag_bytes: 128,
+                max_ttl: Duration::from_secs(30 * 24 * 3600),
+            },
+            log: LogConfig {
+                format: LogFormat::Text,
+                level: "info".into(),
+            },
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the configuration was rejected; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Config {
+    /// Loads defaults < file < environment, then validates.
+    ///
+    /// `file` is the `--config` argument: it must exist when given. Without
+    /// it, `outrigger.toml` in the working directory is read if present.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.into())),
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE))
+            }
+            None => {}
+        }
+        let env = Env::prefixed("OUTRIGGER_").split("__").filter(|key| {
+            let top = key.as_str().split('.').next().unwrap_or_default();
+            TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
+        });
+        let config: Config = figment.merge(env).extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        let ns = &self.namespace;
+        if ns.is_empty()
+            || ns.len() > 64
+            || !ns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            return invalid(
+                "namespace",
+                "must be 1 to 64 characters of A-Z, a-z, 0-9, '_', '-' or '.'",
+            );
+        }
+        if let Some(url) = &self.redis.url {
+            match url.split_once("://") {
+                Some(("redis", rest)) if !rest.is_empty() => {}
+                _ => {
+                    return invalid(
+                        "redis.url",
+                        "must look like redis://host:port (rediss:// comes with TLS support)",
+                    );
+                }
+            }
+        }
+        if self.redis.timeout.is_zero() {
+            return invalid("redis.timeout", "must be greater than zero");
+        }
+        if self.redis.connect_timeout.is_zero() {
+            return invalid("redis.connect_timeout", "must be greater than zero");
+        }
+        if self.memory.max_entries == 0 {
+            return invalid("memory.max_entries", "must be at least 1");
+        }
+        if self.memory.max_bytes < self.limits.max_key_bytes + self.limits.max_value_bytes {
+            return invalid(
+                "memory.max_bytes",
+                "must hold at least one entry of limits.max_key_bytes + limits.max_value_bytes",
+            );
+        }
+        for (key, value) in [
+            ("limits.max_key_bytes", self.limits.max_key_bytes),
+            ("limits.max_value_bytes", self.limits.max_value_bytes),
+            ("limits.max_batch", self.limits.max_batch),
+            ("limits.max_tag_bytes", self.limits.max_tag_bytes),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        if self.limits.max_ttl < Duration::from_millis(1) {
+            return invalid("limits.max_ttl", "must be at least 1ms");
+        }
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return invalid("log.level", "is not a valid tracing filter");
+        }
+        Ok(())
+    }
+}
+
+/// Durations as humantime strings: "250ms", "1s", "30d".
+mod human_duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration like \"250ms\", \"1s\" or \"5m\": {e}"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_err(toml: &str) -> String {
+        let mut out = String::new();
+        Jail::expect_with(|jail| {
+            jail.create_file("outrigger.toml", toml)?;
+            out = Config::load(None).unwrap_err().to_string();
+            Ok(())
+        });
+        out
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        Jail::expect_with(|_| {
+            let config = Config::load(None).expect("defaults load");
+            assert_eq!(config, Config::default());
+            assert_eq!(config.redis.url, None, "no Redis URL means memory backend");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "outrigger.toml",
+                "namespace = \"from-file\"\n[redis]\ntimeout = \"1s\"\n",
+            )?;
+            jail.set_env("OUTRIGGER_NAMESPACE", "from-env");
+            jail.set_env("OUTRIGGER_REDIS__URL", "redis://127.0.0.1:1");
+            jail.set_env("OUTRIGGER_PORT", "tcp://10.0.0.1:7480");
+            let config = Config::load(None).expect("loads");
+            assert_eq!(config.namespace, "from-env");
+            assert_eq!(config.redis.url.as_deref(), Some("redis://127.0.0.1:1"));
+            assert_eq!(config.redis.timeout, Duration::from_secs(1));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(load_err("namespace = \"a b\"").contains("`namespace`"));
+        assert!(load_err("[redis]\ntimeout = \"soon\"").contains("redis.timeout"));
+        assert!(load_err("[http]\naddr = \"nowhere\"").contains("http.addr"));
+        assert!(load_err("[limits]\nmax_batch = 0").contains("limits.max_batch"));
+        assert!(load_err("[redis]\nurl = \"http://x\"").contains("redis.url"));
+        assert!(load_err("[cache]\nsize = 1").contains("cache"));
+    }
+
+    #[test]
+    fn an_explicit_missing_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/outrigger.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/outrigger.toml"));
+    }
+}

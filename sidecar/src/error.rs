@@ -1,0 +1,62 @@
+//! The error every primitive returns.
+//!
+//! One enum for the whole sidecar, so that the translation to HTTP statuses
+//! and gRPC codes happens in exactly one place (`api::error`). Messages of
+//! the client-facing variants are written for the caller; the causes behind
+//! [`Error::Unavailable`] and [`Error::Internal`] are logged, not sent.
+
+use crate::backend::BackendError;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed: 400 / `INVALID_ARGUMENT`.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A key, value or batch is over its limit: 413 / `RESOURCE_EXHAUSTED`.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The thing asked for does not exist: 404 / `NOT_FOUND`.
+    #[error("{0}")]
+    NotFound(String),
+    /// A conditional write whose condition did not hold: 412 /
+    /// `FAILED_PRECONDITION`.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// The storage backend failed or did not answer in time: 503 /
+    /// `UNAVAILABLE`.
+    #[error("storage backend unavailable")]
+    Unavailable(#[source] BackendError),
+    /// A bug or an unexpected reply: 500 / `INTERNAL`.
+    #[error("internal error")]
+    Internal(#[source] BackendError),
+}
+
+impl From<BackendError> for Error {
+    fn from(err: BackendError) -> Self {
+        match err {
+            BackendError::InvalidCursor => {
+                Error::InvalidArgument("cursor is not one this listing returned".into())
+            }
+            BackendError::Protocol(_) => Error::Internal(err),
+            BackendError::Timeout(_) | BackendError::Unavailable(_) => Error::Unavailable(err),
+        }
+    }
+}
+
+impl Error {
+    /// A short, stable name for metrics labels and JSON error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::TooLarge(_) => "too_large",
+            Error::NotFound(_) => "not_found",
+            Error::PreconditionFailed(_) => "precondition_failed",
+            Error::Unavailable(_) => "unavailable",
+            Error::Internal(_) => "internal",
+        }
+    }
+}
+
+/// Shorthand for results of primitive operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,127 @@
+//! Outrigger: a coordination sidecar.
+//!
+//! One `outrigger` process runs beside each application instance and serves
+//! coordination primitives over gRPC and HTTP on localhost, with state in
+//! Redis or, without Redis, in local memory.
+//!
+//! Layout, one module per concern:
+//!
+//! - [`config`]: the typed configuration (figment: defaults < file < env);
+//! - [`backend`]: the storage seam, with the [`backend::memory`] and
+//!   [`backend::redis`] implementations;
+//! - [`cache`]: the cache primitive (validation, limits, instrumentation);
+//! - [`app`]: the shared state both APIs serve from;
+//! - [`api`]: the gRPC and HTTP adapters, and the one error mapping;
+//! - [`telemetry`]: logs, OTLP traces and Prometheus metrics;
+//! - [`error`]: the error every primitive returns.
+//!
+//! [`Sidecar::bind`] connects the backend and binds both listeners;
+//! [`Sidecar::serve`] serves until a shutdown signal, then drains.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod backend;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::App;
+use crate::config::Config;
+
+/// A sidecar with its backend connected and its listeners bound.
+pub struct Sidecar {
+    app: Arc<App>,
+    http: TcpListener,
+    grpc: TcpListener,
+    grace: Duration,
+}
+
+impl Sidecar {
+    /// Connects the backend and binds the HTTP and gRPC listeners.
+    pub async fn bind(config: &Config) -> anyhow::Result<Sidecar> {
+        let app = App::new(config).await?;
+        let http = TcpListener::bind(config.http.addr)
+            .await
+            .with_context(|| format!("http.addr: cannot listen on {}", config.http.addr))?;
+        let grpc = TcpListener::bind(config.grpc.addr)
+            .await
+            .with_context(|| format!("grpc.addr: cannot listen on {}", config.grpc.addr))?;
+        Ok(Sidecar {
+            app,
+            http,
+            grpc,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, waits for
+    /// in-flight requests (at most the configured grace period) and returns.
+    /// Returns an error if a server fails or draining overruns the grace.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move |mut rx: watch::Receiver<bool>| async move {
+            // Err only when the sender is gone, which also means stop.
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+
+        let http = axum::serve(self.http, api::http::router(self.app.clone()))
+            .with_graceful_shutdown(stopped(stop_rx.clone()));
+        let mut http = tokio::spawn(async move { http.await.context("HTTP server failed") });
+
+        let routes = api::grpc::routes(self.app.clone()).await?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
+        let grpc = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
+        let mut grpc = tokio::spawn(async move { grpc.await.context("gRPC server failed") });
+
+        tokio::select! {
+            () = shutdown => {}
+            result = &mut http => return result?.and(Err(anyhow::anyhow!("HTTP server stopped"))),
+            result = &mut grpc => return result?.and(Err(anyhow::anyhow!("gRPC server stopped"))),
+        }
+        tracing::info!(grace = ?self.grace, "shutting down: draining in-flight requests");
+        self.app.start_draining();
+        let _ = stop_tx.send(true);
+        match tokio::time::timeout(self.grace, async { (http.await, grpc.await) }).await {
+            Ok((http, grpc)) => {
+                http??;
+                grpc??;
+                tracing::info!("drained; bye");
+                Ok(())
+            }
+            Err(_) => anyhow::bail!(
+                "in-flight requests still running after shutdown_grace ({:?})",
+                self.grace
+            ),
+        }
+    }
+}

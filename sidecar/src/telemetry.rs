@@ -1,0 +1,272 @@
+//! Logs, traces and metrics.
+//!
+//! - Logs: `tracing` to stdout, text or JSON (`log.format`), filtered by
+//!   `RUST_LOG` or `log.level`.
+//! - Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, spans are exported over
+//!   OTLP/HTTP (protobuf) by a batch exporter; the standard `OTEL_*`
+//!   variables (headers, `OTEL_BSP_SCHEDULE_DELAY`, ...) apply.
+//! - Metrics: a Prometheus registry ([`Metrics`]) rendered at `/metrics`.
+
+use std::io::IsTerminal;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Keeps the trace exporter alive; [`Telemetry::shutdown`] flushes it.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Installs the global subscriber. Call once, outside any async runtime:
+    /// the OTLP exporter runs its own blocking client on its own thread.
+    pub fn init(log: &LogConfig) -> anyhow::Result<Telemetry> {
+        let filter =
+            EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&log.level))?;
+        let otlp_configured = [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ]
+        .iter()
+        .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()));
+        let provider = if otlp_configured {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .build()?;
+            Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(Resource::builder().with_service_name("outrigger").build())
+                    .build(),
+            )
+        } else {
+            None
+        };
+        let otel = provider
+            .as_ref()
+            .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("outrigger")));
+        let registry = tracing_subscriber::registry().with(filter).with(otel);
+        match log.format {
+            LogFormat::Text => registry
+                .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()))
+                .try_init()?,
+            LogFormat::Json => registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .json()
+                        .flatten_event(true)
+                        .with_current_span(false),
+                )
+                .try_init()?,
+        }
+        Ok(Telemetry { provider })
+    }
+
+    /// Exports the spans still buffered. Blocking: call outside the runtime.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(err) = provider.shutdown()
+        {
+            eprintln!("outrigger: flushing traces failed: {err}");
+        }
+    }
+}
+
+/// Labels of one primitive operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub primitive: &'static str,
+    pub op: &'static str,
+    /// `ok` or the error code (`invalid_argument`, `unavailable`, ...).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: &'static str,
+}
+
+type HistogramFamily = Family<OpLabels, Histogram, fn() -> Histogram>;
+
+/// Every metric the sidecar exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<OpLabels, Counter>,
+    latency: HistogramFamily,
+    in_flight: Gauge,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    cache_keys: Gauge,
+    cache_bytes: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric, with `backend` ("memory" or "redis") marked in
+    /// use.
+    pub fn new(backend: &'static str) -> Metrics {
+        let mut registry = Registry::with_prefix("outrigger");
+        let requests = Family::<OpLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Primitive operations by primitive, operation and outcome",
+            requests.clone(),
+        );
+        let latency: HistogramFamily = Family::new_with_constructor(|| {
+            // 50 µs .. ~1.6 s
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Latency of primitive operations",
+            latency.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Primitive operations being served",
+            in_flight.clone(),
+        );
+        let backend_gauge = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "backend",
+            "Storage backend serving requests (1 = in use)",
+            backend_gauge.clone(),
+        );
+        backend_gauge
+            .get_or_create(&BackendLabels { backend })
+            .set(1);
+        let cache_hits = Counter::default();
+        registry.register(
+            "cache_hits",
+            "Cache reads that found a value",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "cache_misses",
+            "Cache reads that found nothing",
+            cache_misses.clone(),
+        );
+        let cache_keys = Gauge::default();
+        registry.register(
+            "cache_keys",
+            "Keys stored (memory backend)",
+            cache_keys.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "cache_bytes",
+            "Bytes of keys and values stored (memory backend)",
+            cache_bytes.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            in_flight,
+            cache_hits,
+            cache_misses,
+            cache_keys,
+            cache_bytes,
+        }
+    }
+
+    /// Marks one operation as started; the guard records it when dropped.
+    pub fn start(&self, primitive: &'static str, op: &'static str) -> OpTimer<'_> {
+        self.in_flight.inc();
+        OpTimer {
+            metrics: self,
+            primitive,
+            op,
+            started: std::time::Instant::now(),
+            outcome: "cancelled",
+        }
+    }
+
+    /// Sets the gauges that mirror backend statistics.
+    pub fn set_cache_size(&self, keys: Option<u64>, bytes: Option<u64>) {
+        if let Some(keys) = keys {
+            self.cache_keys.set(keys as i64);
+        }
+        if let Some(bytes) = bytes {
+            self.cache_bytes.set(bytes as i64);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Records one operation's outcome and latency when dropped; an operation
+/// dropped before [`OpTimer::finish`] (the client went away) counts as
+/// `cancelled`.
+pub struct OpTimer<'a> {
+    metrics: &'a Metrics,
+    primitive: &'static str,
+    op: &'static str,
+    started: std::time::Instant,
+    outcome: &'static str,
+}
+
+impl OpTimer<'_> {
+    pub fn finish(mut self, outcome: &'static str) {
+        self.outcome = outcome;
+    }
+}
+
+impl Drop for OpTimer<'_> {
+    fn drop(&mut self) {
+        let labels = OpLabels {
+            primitive: self.primitive,
+            op: self.op,
+            outcome: self.outcome,
+        };
+        self.metrics.requests.get_or_create(&labels).inc();
+        self.metrics
+            .latency
+            .get_or_create(&labels)
+            .observe(self.started.elapsed().as_secs_f64());
+        self.metrics.in_flight.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_outcomes_latency_and_in_flight() {
+        let metrics = Metrics::new("memory");
+        let timer = metrics.start("cache", "get");
+        assert!(metrics.render().contains("outrigger_requests_in_flight 1"));
+        timer.finish("ok");
+        drop(metrics.start("cache", "set"));
+        let text = metrics.render();
+        assert!(text.contains("outrigger_requests_in_flight 0"), "{text}");
+        assert!(
+            text.contains(r#"outrigger_requests_total{primitive="cache",op="get",outcome="ok"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"op="set",outcome="cancelled""#), "{text}");
+        assert!(text.contains("outrigger_request_duration_seconds_bucket"));
+        assert!(text.contains(r#"outrigger_backend{backend="memory"} 1"#));
+    }
+}
