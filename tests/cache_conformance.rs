@@ -1,1 +1,448 @@
+//! The cache conformance suite: the same assertions against the memory
+//! backend and the Redis backend (a real `redis-server` per test). If the
+//! two disagree on semantics, one of them fails here.
+//!
+//! Each case is written once in `cases`; `conformance!` instantiates it in
+//! `on_memory` and `on_redis`. Backend-specific checks (what each one stores
+//! underneath) follow at the end.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use outrigger::backend::memory::MemoryStore;
+use outrigger::backend::redis::RedisStore;
+use outrigger::backend::{BackendError, CacheStore, Condition, SetOutcome, Write};
+use outrigger::config::{Config, RedisConfig};
+use outrigger_tests::{RedisServer, eventually, unique};
+
+/// A store under test, and the Redis behind it when there is one.
+struct Backend {
+    store: Arc<dyn CacheStore>,
+    _redis: Option<RedisServer>,
+}
+
+async fn memory() -> Backend {
+    Backend {
+        store: MemoryStore::new(Config::default().memory),
+        _redis: None,
+    }
+}
+
+fn redis_config(server: &RedisServer) -> RedisConfig {
+    RedisConfig {
+        url: Some(server.url()),
+        timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+    }
+}
+
+async fn redis() -> Backend {
+    let server = RedisServer::start().await;
+    let store = RedisStore::connect(&redis_config(&server), &unique("conformance"))
+        .await
+        .expect("connect");
+    Backend {
+        store: Arc::new(store),
+        _redis: Some(server),
+    }
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod on_memory {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let backend = super::memory().await;
+                    super::cases::$case(&*backend.store).await;
+                }
+            )*
+        }
+        mod on_redis {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let backend = super::redis().await;
+                    super::cases::$case(&*backend.store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    get_of_an_absent_key_is_none,
+    set_then_get_returns_value_and_version,
+    values_are_arbitrary_bytes,
+    versions_strictly_increase_even_across_delete,
+    if_absent_writes_only_new_keys,
+    if_present_writes_only_existing_keys,
+    if_version_is_compare_and_set,
+    ttl_is_reported_and_entries_expire,
+    a_write_without_ttl_clears_the_old_ttl,
+    refresh_ttl_restarts_the_ttl,
+    get_many_keeps_request_order,
+    delete_reports_whether_the_key_existed,
+    tag_invalidation_removes_exactly_the_tagged_keys,
+    retagged_keys_follow_their_latest_tags,
+    a_key_under_several_invalidated_tags_counts_once,
+    pattern_invalidation_uses_redis_globs,
+    listing_pages_through_every_matching_key,
+    an_unknown_cursor_is_rejected,
+    keys_with_braces_and_glob_characters_stay_apart,
+);
+
+mod cases {
+    use super::*;
+
+    pub fn write(value: &str) -> Write {
+        Write {
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            ttl: None,
+            tags: vec![],
+            condition: Condition::None,
+        }
+    }
+
+    fn tagged(value: &str, tags: &[&str]) -> Write {
+        Write {
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            ..write(value)
+        }
+    }
+
+    fn when(value: &str, condition: Condition) -> Write {
+        Write {
+            condition,
+            ..write(value)
+        }
+    }
+
+    async fn set(s: &dyn CacheStore, key: &str, w: Write) -> u64 {
+        match s.set(key, w).await.expect("set") {
+            SetOutcome::Written { version } => version,
+            SetOutcome::ConditionFailed => panic!("unconditional write of {key} failed"),
+        }
+    }
+
+    async fn value(s: &dyn CacheStore, key: &str) -> Option<String> {
+        s.get(key, false)
+            .await
+            .expect("get")
+            .map(|e| String::from_utf8(e.value.to_vec()).expect("utf-8"))
+    }
+
+    pub async fn get_of_an_absent_key_is_none(s: &dyn CacheStore) {
+        assert_eq!(s.get("nothing-here", false).await.unwrap(), None);
+        assert_eq!(s.get("nothing-here", true).await.unwrap(), None);
+    }
+
+    pub async fn set_then_get_returns_value_and_version(s: &dyn CacheStore) {
+        let version = set(s, "k", write("hello")).await;
+        let entry = s.get("k", false).await.unwrap().expect("present");
+        assert_eq!(entry.value, Bytes::from_static(b"hello"));
+        assert_eq!(entry.version, version);
+        assert_eq!(entry.ttl, None, "no TTL given: never expires");
+    }
+
+    pub async fn values_are_arbitrary_bytes(s: &dyn CacheStore) {
+        let raw = Bytes::from_static(&[0, 159, 146, 150, 255, b'\n', 0]);
+        let w = Write {
+            value: raw.clone(),
+            ..write("")
+        };
+        s.set("bin", w).await.unwrap();
+        assert_eq!(s.get("bin", false).await.unwrap().unwrap().value, raw);
+        s.set("empty", write("")).await.unwrap();
+        let empty = s.get("empty", false).await.unwrap();
+        assert_eq!(empty.expect("an empty value is a value").value.len(), 0);
+    }
+
+    pub async fn versions_strictly_increase_even_across_delete(s: &dyn CacheStore) {
+        let v1 = set(s, "k", write("1")).await;
+        let v2 = set(s, "k", write("2")).await;
+        assert!(v2 > v1, "{v2} > {v1}");
+        assert!(s.delete("k").await.unwrap());
+        let v3 = set(s, "k", write("3")).await;
+        assert!(v3 > v2, "a recreated key must not reuse a version: {v3} > {v2}");
+    }
+
+    pub async fn if_absent_writes_only_new_keys(s: &dyn CacheStore) {
+        let first = s.set("k", when("a", Condition::IfAbsent)).await.unwrap();
+        assert!(matches!(first, SetOutcome::Written { .. }));
+        let second = s.set("k", when("b", Condition::IfAbsent)).await.unwrap();
+        assert_eq!(second, SetOutcome::ConditionFailed);
+        assert_eq!(value(s, "k").await.as_deref(), Some("a"), "failed write changes nothing");
+    }
+
+    pub async fn if_present_writes_only_existing_keys(s: &dyn CacheStore) {
+        let missing = s.set("k", when("a", Condition::IfPresent)).await.unwrap();
+        assert_eq!(missing, SetOutcome::ConditionFailed);
+        assert_eq!(value(s, "k").await, None);
+        set(s, "k", write("a")).await;
+        let present = s.set("k", when("b", Condition::IfPresent)).await.unwrap();
+        assert!(matches!(present, SetOutcome::Written { .. }));
+        assert_eq!(value(s, "k").await.as_deref(), Some("b"));
+    }
+
+    pub async fn if_version_is_compare_and_set(s: &dyn CacheStore) {
+        let absent = s.set("k", when("x", Condition::IfVersion(1))).await.unwrap();
+        assert_eq!(absent, SetOutcome::ConditionFailed, "no key, no version match");
+        let v1 = set(s, "k", write("a")).await;
+        let SetOutcome::Written { version: v2 } =
+            s.set("k", when("b", Condition::IfVersion(v1))).await.unwrap()
+        else {
+            panic!("CAS with the current version must succeed");
+        };
+        assert!(v2 > v1);
+        let stale = s.set("k", when("c", Condition::IfVersion(v1))).await.unwrap();
+        assert_eq!(stale, SetOutcome::ConditionFailed, "stale version");
+        assert_eq!(value(s, "k").await.as_deref(), Some("b"));
+        // Delete and recreate: the old version must not match (no ABA).
+        s.delete("k").await.unwrap();
+        set(s, "k", write("d")).await;
+        let aba = s.set("k", when("e", Condition::IfVersion(v2))).await.unwrap();
+        assert_eq!(aba, SetOutcome::ConditionFailed);
+    }
+
+    pub async fn ttl_is_reported_and_entries_expire(s: &dyn CacheStore) {
+        let w = Write {
+            ttl: Some(Duration::from_millis(300)),
+            ..write("v")
+        };
+        s.set("short", w).await.unwrap();
+        let ttl = s.get("short", false).await.unwrap().unwrap().ttl.expect("has a TTL");
+        assert!(ttl <= Duration::from_millis(300) && ttl > Duration::ZERO, "{ttl:?}");
+        eventually(Duration::from_secs(5), "the entry to expire", || async {
+            s.get("short", false).await.unwrap().is_none().then_some(())
+        })
+        .await;
+        assert!(!s.delete("short").await.unwrap(), "expired entries are gone");
+        let listed = s.list_keys("*", "", 100).await.unwrap();
+        assert!(!listed.keys.contains(&"short".to_string()));
+    }
+
+    pub async fn a_write_without_ttl_clears_the_old_ttl(s: &dyn CacheStore) {
+        let w = Write {
+            ttl: Some(Duration::from_secs(60)),
+            ..write("v")
+        };
+        s.set("k", w).await.unwrap();
+        s.set("k", write("w")).await.unwrap();
+        assert_eq!(s.get("k", false).await.unwrap().unwrap().ttl, None);
+    }
+
+    pub async fn refresh_ttl_restarts_the_ttl(s: &dyn CacheStore) {
+        let ttl = Duration::from_secs(10);
+        let w = Write {
+            ttl: Some(ttl),
+            tags: vec!["session".into()],
+            ..write("v")
+        };
+        s.set("session", w).await.unwrap();
+        // Wait until the clock has visibly eaten into the TTL...
+        eventually(Duration::from_secs(5), "the TTL to run down", || async {
+            let left = s.get("session", false).await.unwrap().unwrap().ttl.unwrap();
+            (left < ttl - Duration::from_millis(50)).then_some(())
+        })
+        .await;
+        // ...then a refreshing read restores it.
+        let refreshed = s.get("session", true).await.unwrap().unwrap();
+        assert!(refreshed.ttl.unwrap() >= ttl - Duration::from_millis(10), "{refreshed:?}");
+        let after = s.get("session", false).await.unwrap().unwrap().ttl.unwrap();
+        assert!(after > ttl - Duration::from_millis(50), "{after:?}");
+        // A refreshed entry is still found through its tag.
+        assert_eq!(s.invalidate_tags(&["session".into()]).await.unwrap(), 1);
+        // Refreshing an entry without a TTL leaves it without one.
+        s.set("forever", write("v")).await.unwrap();
+        assert_eq!(s.get("forever", true).await.unwrap().unwrap().ttl, None);
+    }
+
+    pub async fn get_many_keeps_request_order(s: &dyn CacheStore) {
+        set(s, "a", write("1")).await;
+        set(s, "c", write("3")).await;
+        let keys: Vec<String> = ["c", "b", "a", "c"].map(String::from).to_vec();
+        let got = s.get_many(&keys).await.unwrap();
+        let values: Vec<Option<&[u8]>> = got.iter().map(|e| e.as_ref().map(|e| &e.value[..])).collect();
+        assert_eq!(values, vec![Some(&b"3"[..]), None, Some(b"1"), Some(b"3")]);
+        assert_eq!(s.get_many(&[]).await.unwrap(), vec![]);
+    }
+
+    pub async fn delete_reports_whether_the_key_existed(s: &dyn CacheStore) {
+        set(s, "k", write("v")).await;
+        assert!(s.delete("k").await.unwrap());
+        assert!(!s.delete("k").await.unwrap());
+        assert_eq!(value(s, "k").await, None);
+    }
+
+    pub async fn tag_invalidation_removes_exactly_the_tagged_keys(s: &dyn CacheStore) {
+        set(s, "k1", tagged("1", &["a"])).await;
+        set(s, "k2", tagged("2", &["b"])).await;
+        set(s, "k3", tagged("3", &["a", "b"])).await;
+        set(s, "k4", write("4")).await;
+        assert_eq!(s.invalidate_tags(&["a".into()]).await.unwrap(), 2);
+        assert_eq!(value(s, "k1").await, None);
+        assert_eq!(value(s, "k3").await, None);
+        assert_eq!(value(s, "k2").await.as_deref(), Some("2"));
+        assert_eq!(value(s, "k4").await.as_deref(), Some("4"));
+        assert_eq!(s.invalidate_tags(&["a".into()]).await.unwrap(), 0, "nothing left under a");
+        assert_eq!(s.invalidate_tags(&["never-used".into()]).await.unwrap(), 0);
+    }
+
+    pub async fn retagged_keys_follow_their_latest_tags(s: &dyn CacheStore) {
+        set(s, "k", tagged("v1", &["old"])).await;
+        set(s, "k", tagged("v2", &["new"])).await;
+        assert_eq!(s.invalidate_tags(&["old".into()]).await.unwrap(), 0);
+        assert_eq!(value(s, "k").await.as_deref(), Some("v2"), "no longer tagged old");
+        assert_eq!(s.invalidate_tags(&["new".into()]).await.unwrap(), 1);
+        assert_eq!(value(s, "k").await, None);
+        // Re-tagged back to a tag it had before: found through it again.
+        set(s, "j", tagged("1", &["x"])).await;
+        set(s, "j", write("2")).await;
+        set(s, "j", tagged("3", &["x"])).await;
+        assert_eq!(s.invalidate_tags(&["x".into()]).await.unwrap(), 1);
+        assert_eq!(value(s, "j").await, None);
+    }
+
+    pub async fn a_key_under_several_invalidated_tags_counts_once(s: &dyn CacheStore) {
+        set(s, "k", tagged("v", &["a", "b"])).await;
+        set(s, "j", tagged("v", &["b"])).await;
+        let deleted = s.invalidate_tags(&["a".into(), "b".into()]).await.unwrap();
+        assert_eq!(deleted, 2);
+    }
+
+    pub async fn pattern_invalidation_uses_redis_globs(s: &dyn CacheStore) {
+        for key in ["user:1", "user:2", "users:x", "session:1", "user:10"] {
+            set(s, key, write("v")).await;
+        }
+        assert_eq!(s.invalidate_pattern("user:?").await.unwrap(), 2);
+        assert_eq!(value(s, "user:10").await.as_deref(), Some("v"));
+        assert_eq!(s.invalidate_pattern("user*").await.unwrap(), 2);
+        assert_eq!(value(s, "session:1").await.as_deref(), Some("v"));
+        assert_eq!(s.invalidate_pattern("nomatch*").await.unwrap(), 0);
+    }
+
+    pub async fn listing_pages_through_every_matching_key(s: &dyn CacheStore) {
+        let expected: BTreeSet<String> = (0..25).map(|i| format!("p:{i:02}")).collect();
+        for key in &expected {
+            set(s, key, write("v")).await;
+        }
+        set(s, "other", write("v")).await;
+        let mut seen = BTreeSet::new();
+        let mut cursor = String::new();
+        for _page in 0..1000 {
+            let page = s.list_keys("p:*", &cursor, 7).await.unwrap();
+            seen.extend(page.keys);
+            match page.next_cursor {
+                Some(next) => cursor = next,
+                None => break,
+            }
+        }
+        assert_eq!(seen, expected);
+    }
+
+    pub async fn an_unknown_cursor_is_rejected(s: &dyn CacheStore) {
+        let err = s.list_keys("*", "not a cursor", 10).await.unwrap_err();
+        assert_eq!(err, BackendError::InvalidCursor);
+    }
+
+    pub async fn keys_with_braces_and_glob_characters_stay_apart(s: &dyn CacheStore) {
+        for key in ["a}b", "{x}", "a*b", "axb", "a b"] {
+            set(s, key, tagged(key, &["{t}"])).await;
+            assert_eq!(value(s, key).await.as_deref(), Some(key));
+        }
+        assert_eq!(s.invalidate_pattern("a\\*b").await.unwrap(), 1, "escaped * is literal");
+        assert_eq!(value(s, "axb").await.as_deref(), Some("axb"));
+        assert_eq!(s.invalidate_tags(&["{t}".into()]).await.unwrap(), 4);
+    }
+}
+
+// ---- backend specifics -------------------------------------------------
+
+#[tokio::test]
+async fn memory_tag_index_forgets_deleted_expired_and_retagged_keys() {
+    let store = MemoryStore::new(Config::default().memory);
+    let s: &dyn CacheStore = &*store;
+    s.set("deleted", cases_tagged("t")).await.unwrap();
+    s.delete("deleted").await.unwrap();
+    s.set("retagged", cases_tagged("t")).await.unwrap();
+    s.set("retagged", cases::write("v")).await.unwrap();
+    let mut short = cases_tagged("t");
+    short.ttl = Some(Duration::from_millis(20));
+    s.set("expiring", short).await.unwrap();
+    assert_eq!(store.tag_index_len("t"), 1);
+    eventually(Duration::from_secs(5), "the sweep to drop the expired key", || async {
+        store.sweep_expired();
+        (store.tag_index_len("t") == 0).then_some(())
+    })
+    .await;
+}
+
+fn cases_tagged(tag: &str) -> Write {
+    Write {
+        tags: vec![tag.into()],
+        ..cases::write("v")
+    }
+}
+
+#[tokio::test]
+async fn redis_keys_carry_the_namespace_and_expired_keys_leave_no_tag_index() {
+    let server = RedisServer::start().await;
+    let ns = unique("ns");
+    let store = RedisStore::connect(&redis_config(&server), &ns).await.unwrap();
+    let mut short = cases_tagged("t");
+    short.ttl = Some(Duration::from_millis(100));
+    store.set("k", short).await.unwrap();
+    let mut conn = server.client().await;
+    let keys: BTreeSet<String> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+    assert_eq!(
+        keys,
+        BTreeSet::from([format!("{ns}:c:{{k}}"), format!("{ns}:t:{{t}}")]),
+        "every key starts with the namespace; the object's name is the hash tag"
+    );
+    // The index expires on its own shortly after its last key (1 s slack).
+    eventually(Duration::from_secs(5), "the tag index to expire", || {
+        let mut conn = conn.clone();
+        let index = format!("{ns}:t:{{t}}");
+        async move {
+            let exists: bool = redis::cmd("EXISTS").arg(index).query_async(&mut conn).await.unwrap();
+            (!exists).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_calls_are_bounded_by_the_deadline() {
+    let server = RedisServer::start().await;
+    let mut config = redis_config(&server);
+    config.timeout = Duration::from_millis(200);
+    let store = RedisStore::connect(&config, &unique("ns")).await.unwrap();
+    let mut conn = server.client().await;
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "3000", "ALL"][..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = store.get("k", false).await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        matches!(err, BackendError::Timeout(_) | BackendError::Unavailable(_)),
+        "{err:?}"
+    );
+    assert!(waited < Duration::from_millis(1000), "waited {waited:?} on a paused Redis");
+}
+
+#[tokio::test]
+async fn redis_that_is_gone_fails_fast_at_connect() {
+    let mut server = RedisServer::start().await;
+    let config = redis_config(&server);
+    server.kill().await;
+    let started = std::time::Instant::now();
+    let result = RedisStore::connect(&config, "ns").await;
+    assert!(result.is_err(), "connecting to a dead Redis must fail");
+    assert!(started.elapsed() < config.connect_timeout * 4);
+}
