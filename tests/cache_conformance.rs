@@ -166,7 +166,10 @@ mod cases {
         assert!(v2 > v1, "{v2} > {v1}");
         assert!(s.delete("k").await.unwrap());
         let v3 = set(s, "k", write("3")).await;
-        assert!(v3 > v2, "a recreated key must not reuse a version: {v3} > {v2}");
+        assert!(
+            v3 > v2,
+            "a recreated key must not reuse a version: {v3} > {v2}"
+        );
     }
 
     pub async fn if_absent_writes_only_new_keys(s: &dyn CacheStore) {
@@ -174,7 +177,11 @@ mod cases {
         assert!(matches!(first, SetOutcome::Written { .. }));
         let second = s.set("k", when("b", Condition::IfAbsent)).await.unwrap();
         assert_eq!(second, SetOutcome::ConditionFailed);
-        assert_eq!(value(s, "k").await.as_deref(), Some("a"), "failed write changes nothing");
+        assert_eq!(
+            value(s, "k").await.as_deref(),
+            Some("a"),
+            "failed write changes nothing"
+        );
     }
 
     pub async fn if_present_writes_only_existing_keys(s: &dyn CacheStore) {
@@ -188,22 +195,37 @@ mod cases {
     }
 
     pub async fn if_version_is_compare_and_set(s: &dyn CacheStore) {
-        let absent = s.set("k", when("x", Condition::IfVersion(1))).await.unwrap();
-        assert_eq!(absent, SetOutcome::ConditionFailed, "no key, no version match");
+        let absent = s
+            .set("k", when("x", Condition::IfVersion(1)))
+            .await
+            .unwrap();
+        assert_eq!(
+            absent,
+            SetOutcome::ConditionFailed,
+            "no key, no version match"
+        );
         let v1 = set(s, "k", write("a")).await;
-        let SetOutcome::Written { version: v2 } =
-            s.set("k", when("b", Condition::IfVersion(v1))).await.unwrap()
+        let SetOutcome::Written { version: v2 } = s
+            .set("k", when("b", Condition::IfVersion(v1)))
+            .await
+            .unwrap()
         else {
             panic!("CAS with the current version must succeed");
         };
         assert!(v2 > v1);
-        let stale = s.set("k", when("c", Condition::IfVersion(v1))).await.unwrap();
+        let stale = s
+            .set("k", when("c", Condition::IfVersion(v1)))
+            .await
+            .unwrap();
         assert_eq!(stale, SetOutcome::ConditionFailed, "stale version");
         assert_eq!(value(s, "k").await.as_deref(), Some("b"));
         // Delete and recreate: the old version must not match (no ABA).
         s.delete("k").await.unwrap();
         set(s, "k", write("d")).await;
-        let aba = s.set("k", when("e", Condition::IfVersion(v2))).await.unwrap();
+        let aba = s
+            .set("k", when("e", Condition::IfVersion(v2)))
+            .await
+            .unwrap();
         assert_eq!(aba, SetOutcome::ConditionFailed);
     }
 
@@ -213,13 +235,25 @@ mod cases {
             ..write("v")
         };
         s.set("short", w).await.unwrap();
-        let ttl = s.get("short", false).await.unwrap().unwrap().ttl.expect("has a TTL");
-        assert!(ttl <= Duration::from_millis(300) && ttl > Duration::ZERO, "{ttl:?}");
+        let ttl = s
+            .get("short", false)
+            .await
+            .unwrap()
+            .unwrap()
+            .ttl
+            .expect("has a TTL");
+        assert!(
+            ttl <= Duration::from_millis(300) && ttl > Duration::ZERO,
+            "{ttl:?}"
+        );
         eventually(Duration::from_secs(5), "the entry to expire", || async {
             s.get("short", false).await.unwrap().is_none().then_some(())
         })
         .await;
-        assert!(!s.delete("short").await.unwrap(), "expired entries are gone");
+        assert!(
+            !s.delete("short").await.unwrap(),
+            "expired entries are gone"
+        );
         let listed = s.list_keys("*", "", 100).await.unwrap();
         assert!(!listed.keys.contains(&"short".to_string()));
     }
@@ -250,7 +284,10 @@ mod cases {
         .await;
         // ...then a refreshing read restores it.
         let refreshed = s.get("session", true).await.unwrap().unwrap();
-        assert!(refreshed.ttl.unwrap() >= ttl - Duration::from_millis(10), "{refreshed:?}");
+        assert!(
+            refreshed.ttl.unwrap() >= ttl - Duration::from_millis(10),
+            "{refreshed:?}"
+        );
         let after = s.get("session", false).await.unwrap().unwrap().ttl.unwrap();
         assert!(after > ttl - Duration::from_millis(50), "{after:?}");
         // A refreshed entry is still found through its tag.
@@ -265,7 +302,10 @@ mod cases {
         set(s, "c", write("3")).await;
         let keys: Vec<String> = ["c", "b", "a", "c"].map(String::from).to_vec();
         let got = s.get_many(&keys).await.unwrap();
-        let values: Vec<Option<&[u8]>> = got.iter().map(|e| e.as_ref().map(|e| &e.value[..])).collect();
+        let values: Vec<Option<&[u8]>> = got
+            .iter()
+            .map(|e| e.as_ref().map(|e| &e.value[..]))
+            .collect();
         assert_eq!(values, vec![Some(&b"3"[..]), None, Some(b"1"), Some(b"3")]);
         assert_eq!(s.get_many(&[]).await.unwrap(), vec![]);
     }
@@ -287,7 +327,11 @@ mod cases {
         assert_eq!(value(s, "k3").await, None);
         assert_eq!(value(s, "k2").await.as_deref(), Some("2"));
         assert_eq!(value(s, "k4").await.as_deref(), Some("4"));
-        assert_eq!(s.invalidate_tags(&["a".into()]).await.unwrap(), 0, "nothing left under a");
+        assert_eq!(
+            s.invalidate_tags(&["a".into()]).await.unwrap(),
+            0,
+            "nothing left under a"
+        );
         assert_eq!(s.invalidate_tags(&["never-used".into()]).await.unwrap(), 0);
     }
 
@@ -295,7 +339,11 @@ mod cases {
         set(s, "k", tagged("v1", &["old"])).await;
         set(s, "k", tagged("v2", &["new"])).await;
         assert_eq!(s.invalidate_tags(&["old".into()]).await.unwrap(), 0);
-        assert_eq!(value(s, "k").await.as_deref(), Some("v2"), "no longer tagged old");
+        assert_eq!(
+            value(s, "k").await.as_deref(),
+            Some("v2"),
+            "no longer tagged old"
+        );
         assert_eq!(s.invalidate_tags(&["new".into()]).await.unwrap(), 1);
         assert_eq!(value(s, "k").await, None);
         // Re-tagged back to a tag it had before: found through it again.
@@ -353,7 +401,11 @@ mod cases {
             set(s, key, tagged(key, &["{t}"])).await;
             assert_eq!(value(s, key).await.as_deref(), Some(key));
         }
-        assert_eq!(s.invalidate_pattern("a\\*b").await.unwrap(), 1, "escaped * is literal");
+        assert_eq!(
+            s.invalidate_pattern("a\\*b").await.unwrap(),
+            1,
+            "escaped * is literal"
+        );
         assert_eq!(value(s, "axb").await.as_deref(), Some("axb"));
         assert_eq!(s.invalidate_tags(&["{t}".into()]).await.unwrap(), 4);
     }
@@ -373,10 +425,14 @@ async fn memory_tag_index_forgets_deleted_expired_and_retagged_keys() {
     short.ttl = Some(Duration::from_millis(20));
     s.set("expiring", short).await.unwrap();
     assert_eq!(store.tag_index_len("t"), 1);
-    eventually(Duration::from_secs(5), "the sweep to drop the expired key", || async {
-        store.sweep_expired();
-        (store.tag_index_len("t") == 0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the sweep to drop the expired key",
+        || async {
+            store.sweep_expired();
+            (store.tag_index_len("t") == 0).then_some(())
+        },
+    )
     .await;
 }
 
@@ -391,12 +447,18 @@ fn cases_tagged(tag: &str) -> Write {
 async fn redis_keys_carry_the_namespace_and_expired_keys_leave_no_tag_index() {
     let server = RedisServer::start().await;
     let ns = unique("ns");
-    let store = RedisStore::connect(&redis_config(&server), &ns).await.unwrap();
+    let store = RedisStore::connect(&redis_config(&server), &ns)
+        .await
+        .unwrap();
     let mut short = cases_tagged("t");
     short.ttl = Some(Duration::from_millis(100));
     store.set("k", short).await.unwrap();
     let mut conn = server.client().await;
-    let keys: BTreeSet<String> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+    let keys: BTreeSet<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(
         keys,
         BTreeSet::from([format!("{ns}:c:{{k}}"), format!("{ns}:t:{{t}}")]),
@@ -407,7 +469,11 @@ async fn redis_keys_carry_the_namespace_and_expired_keys_leave_no_tag_index() {
         let mut conn = conn.clone();
         let index = format!("{ns}:t:{{t}}");
         async move {
-            let exists: bool = redis::cmd("EXISTS").arg(index).query_async(&mut conn).await.unwrap();
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(index)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
             (!exists).then_some(())
         }
     })
@@ -433,7 +499,10 @@ async fn redis_calls_are_bounded_by_the_deadline() {
         matches!(err, BackendError::Timeout(_) | BackendError::Unavailable(_)),
         "{err:?}"
     );
-    assert!(waited < Duration::from_millis(1000), "waited {waited:?} on a paused Redis");
+    assert!(
+        waited < Duration::from_millis(1000),
+        "waited {waited:?} on a paused Redis"
+    );
 }
 
 #[tokio::test]

@@ -99,6 +99,9 @@ impl Sidecar {
         let routes = api::grpc::routes(self.app.clone()).await?;
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
         let grpc = tonic::transport::Server::builder()
+            .layer(tower::util::MapResponseLayer::new(
+                api::grpc::oversized_as_resource_exhausted,
+            ))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
         let mut grpc = tokio::spawn(async move { grpc.await.context("gRPC server failed") });

@@ -48,7 +48,10 @@ fn capture(child: &mut Child, log: &Log) -> mpsc::UnboundedReceiver<String> {
     let stdout = child.stdout.take().expect("stdout piped");
     let stderr = child.stderr.take().expect("stderr piped");
     for (reader, tx) in [
-        (Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, tx.clone()),
+        (
+            Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            tx.clone(),
+        ),
         (Box::new(stderr), tx),
     ] {
         let log = log.clone();
@@ -163,7 +166,11 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("---- redis-server :{} log ----\n{}", self.port, self.log.text());
+            eprintln!(
+                "---- redis-server :{} log ----\n{}",
+                self.port,
+                self.log.text()
+            );
         }
     }
 }
@@ -252,7 +259,10 @@ impl SidecarBuilder {
                 };
                 if event["message"] == "ready" {
                     let addr = |field: &str| -> SocketAddr {
-                        event[field].as_str().and_then(|a| a.parse().ok()).expect(field)
+                        event[field]
+                            .as_str()
+                            .and_then(|a| a.parse().ok())
+                            .expect(field)
                     };
                     return Some((addr("http_addr"), addr("grpc_addr")));
                 }
@@ -317,7 +327,12 @@ impl Sidecar {
     pub async fn wait(&mut self, limit: Duration) -> Option<i32> {
         tokio::time::timeout(limit, self.child.wait())
             .await
-            .unwrap_or_else(|_| panic!("outrigger did not exit within {limit:?}; log:\n{}", self.log()))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "outrigger did not exit within {limit:?}; log:\n{}",
+                    self.log()
+                )
+            })
             .expect("wait for outrigger")
             .code()
     }
@@ -326,7 +341,11 @@ impl Sidecar {
 impl Drop for Sidecar {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("---- outrigger (http {}) log ----\n{}", self.http, self.log.text());
+            eprintln!(
+                "---- outrigger (http {}) log ----\n{}",
+                self.http,
+                self.log.text()
+            );
         }
     }
 }

@@ -53,6 +53,27 @@ pub async fn routes(app: Arc<App>) -> anyhow::Result<tonic::service::Routes> {
     Ok(routes.routes())
 }
 
+/// Tonic rejects a message over the decoding limit with `OUT_OF_RANGE`;
+/// our contract says an oversized request is `RESOURCE_EXHAUSTED`, whether
+/// our own limit or the transport's caught it. Applied as a response layer.
+pub fn oversized_as_resource_exhausted(
+    resp: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let out_of_range = resp.headers().get("grpc-status").is_some_and(|v| v == "11");
+    let too_large = resp
+        .headers()
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| m.contains("message%20length%20too%20large"));
+    if out_of_range && too_large {
+        return Status::resource_exhausted(
+            "request message is over the size limit (limits.max_value_bytes + 1 MiB)",
+        )
+        .into_http();
+    }
+    resp
+}
+
 /// `outrigger.v1.Cache`.
 pub struct CacheService(Arc<App>);
 

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -207,8 +207,16 @@ struct InvalidateBody {
     pattern: Option<String>,
 }
 
-async fn invalidate(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, Error> {
-    let body: InvalidateBody = json_body(&body)?;
+async fn invalidate(
+    State(app): State<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Error> {
+    let body: InvalidateBody = json_body(&body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => Error::TooLarge(format!(
+            "JSON bodies are limited to {JSON_BODY_LIMIT} bytes"
+        )),
+        _ => Error::InvalidArgument(e.body_text()),
+    })?)?;
     let what = match (body.tags, body.pattern) {
         (Some(tags), None) => Invalidation::Tags(tags),
         (None, Some(pattern)) => Invalidation::Pattern(pattern),
