@@ -1,1 +1,248 @@
+//! The `outrigger` process as an operator meets it: configuration errors,
+//! `check-config`, start-up against an unreachable Redis, draining on
+//! SIGTERM, and traces exported over OTLP.
 
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use outrigger_tests::{RedisServer, eventually, free_port, sidecar, unique};
+use prost::Message;
+use tokio::sync::mpsc;
+
+#[tokio::test]
+async fn a_bad_environment_value_exits_nonzero_naming_the_key() {
+    let (code, out) = sidecar!()
+        .env("OUTRIGGER_REDIS__TIMEOUT", "soon")
+        .run()
+        .await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("redis.timeout"), "{out}");
+
+    let (code, out) = sidecar!()
+        .env("OUTRIGGER_NAMESPACE", "has space")
+        .run()
+        .await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("`namespace`"), "{out}");
+}
+
+#[tokio::test]
+async fn a_bad_config_file_exits_nonzero_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("outrigger.toml");
+    std::fs::write(&file, "[limits]\nmax_value_bytes = \"lots\"\n").unwrap();
+    let (code, out) = sidecar!()
+        .arg("--config")
+        .arg(file.display().to_string())
+        .arg("check-config")
+        .run()
+        .await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("limits.max_value_bytes"), "{out}");
+
+    let (code, out) = sidecar!()
+        .arg("--config")
+        .arg("/nonexistent.toml")
+        .run()
+        .await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("/nonexistent.toml"), "{out}");
+}
+
+#[tokio::test]
+async fn check_config_validates_without_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("custom.toml");
+    std::fs::write(
+        &file,
+        "namespace = \"shop\"\n[limits]\nmax_value_bytes = 4096\n",
+    )
+    .unwrap();
+    let (code, out) = sidecar!()
+        .env("OUTRIGGER_HTTP__ADDR", "127.0.0.1:1")
+        .arg("--config")
+        .arg(file.display().to_string())
+        .arg("check-config")
+        .run()
+        .await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("configuration is valid"), "{out}");
+    assert!(
+        out.contains("\"shop\"") && out.contains("4096"),
+        "file values shown: {out}"
+    );
+}
+
+#[tokio::test]
+async fn file_values_reach_the_running_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("outrigger.toml");
+    std::fs::write(
+        &file,
+        "namespace = \"from-file\"\n[limits]\nmax_value_bytes = 8\n",
+    )
+    .unwrap();
+    let sidecar = sidecar!()
+        .arg("--config")
+        .arg(file.display().to_string())
+        .start()
+        .await;
+    let c = reqwest::Client::new();
+    let status: serde_json::Value = c
+        .get(sidecar.url("/v1/admin/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["namespace"], "from-file");
+    let put = c
+        .put(sidecar.url("/v1/cache/k"))
+        .body("123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 413, "limit from the file applies");
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_fails_start_up_with_a_clear_message() {
+    let port = free_port();
+    let started = std::time::Instant::now();
+    let (code, out) = sidecar!()
+        .env("OUTRIGGER_REDIS__URL", format!("redis://127.0.0.1:{port}"))
+        .env("OUTRIGGER_REDIS__CONNECT_TIMEOUT", "300ms")
+        .run()
+        .await;
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("redis.url"), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let redis = RedisServer::start().await;
+    let mut sidecar = sidecar!()
+        .redis(&redis)
+        .namespace(&unique("drain"))
+        .env("OUTRIGGER_REDIS__TIMEOUT", "10s")
+        .start()
+        .await;
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+
+    // Hold every write in Redis for a while, so a write is in flight.
+    let mut conn = redis.client().await;
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "1500", "WRITE"][..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let put = tokio::spawn({
+        let (c, url) = (c.clone(), sidecar.url("/v1/cache/drained"));
+        async move { c.put(url).body("kept").send().await }
+    });
+    eventually(Duration::from_secs(5), "the write to be in flight", || {
+        let (c, url) = (c.clone(), sidecar.url("/metrics"));
+        async move {
+            let text = c.get(url).send().await.ok()?.text().await.ok()?;
+            text.contains("outrigger_requests_in_flight 1")
+                .then_some(())
+        }
+    })
+    .await;
+
+    sidecar.terminate();
+    let resp = put.await.unwrap().expect("the in-flight request completes");
+    assert_eq!(resp.status().as_u16(), 200, "drained, not cut off");
+    assert_eq!(sidecar.wait(Duration::from_secs(15)).await, Some(0));
+    assert!(sidecar.log().contains("drained"), "{}", sidecar.log());
+
+    // The write really happened.
+    let stored: Option<Vec<u8>> = redis::cmd("HGET")
+        .arg(format!(
+            "{}:c:{{drained}}",
+            sidecar_namespace(&sidecar.log())
+        ))
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored.as_deref(), Some(&b"kept"[..]));
+}
+
+/// The namespace the sidecar logged in its `ready` line.
+fn sidecar_namespace(log: &str) -> String {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["message"] == "ready")
+        .and_then(|e| e["namespace"].as_str().map(str::to_string))
+        .expect("ready line with namespace")
+}
+
+#[tokio::test]
+async fn traces_are_exported_over_otlp_when_an_endpoint_is_set() {
+    // A minimal OTLP/HTTP collector: decodes each export and hands over the
+    // span names.
+    let (tx, mut spans) = mpsc::unbounded_channel::<String>();
+    let collector = Router::new().route(
+        "/v1/traces",
+        post(move |body: Bytes| {
+            let tx = tx.clone();
+            async move {
+                let export = ExportTraceServiceRequest::decode(body).expect("valid OTLP protobuf");
+                for rs in export.resource_spans {
+                    for ss in rs.scope_spans {
+                        for span in ss.spans {
+                            let _ = tx.send(span.name);
+                        }
+                    }
+                }
+                (
+                    [("content-type", "application/x-protobuf")],
+                    Vec::<u8>::new(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let sidecar = sidecar!()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}"))
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .start()
+        .await;
+    let put = reqwest::Client::new()
+        .put(sidecar.url("/v1/cache/traced"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 200);
+    let found = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(name) = spans.recv().await {
+            if name == "outrigger.cache.set" {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        found,
+        Ok(true),
+        "no outrigger.cache.set span reached the collector"
+    );
+}

@@ -152,8 +152,12 @@ impl Default for Config {
 /// Why the configuration was rejected; the message names the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{0}")]
-    Parse(#[from] Box<figment::Error>),
+    #[error("invalid value for `{key}` (from {origin}): {reason}")]
+    Parse {
+        key: String,
+        origin: String,
+        reason: String,
+    },
     #[error("config file {0} does not exist")]
     MissingFile(PathBuf),
     #[error("invalid value for `{key}`: {reason}")]
@@ -175,11 +179,16 @@ impl Config {
             }
             None => {}
         }
-        let env = Env::prefixed("OUTRIGGER_").split("__").filter(|key| {
-            let top = key.as_str().split('.').next().unwrap_or_default();
-            TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
-        });
-        let config: Config = figment.merge(env).extract().map_err(Box::new)?;
+        let env = Env::prefixed("OUTRIGGER_")
+            .split("__")
+            // Lowercase here (not only when reading) so errors name the key
+            // as the config file spells it: `redis.timeout`.
+            .map(|key| key.as_str().to_ascii_lowercase().into())
+            .filter(|key| {
+                let top = key.as_str().split('.').next().unwrap_or_default();
+                TOP_LEVEL_KEYS.contains(&top)
+            });
+        let config: Config = figment.merge(env).extract().map_err(parse_error)?;
         config.validate()?;
         Ok(config)
     }
@@ -252,6 +261,23 @@ impl Config {
             return invalid("log.level", "is not a valid tracing filter");
         }
         Ok(())
+    }
+}
+
+/// Names the key as the config file spells it (`redis.timeout`), and where
+/// the bad value came from.
+fn parse_error(err: figment::Error) -> ConfigError {
+    let origin = match err.metadata.as_ref() {
+        Some(meta) => match &meta.source {
+            Some(source) => format!("{} {source}", meta.name),
+            None => meta.name.to_string(),
+        },
+        None => "configuration".to_string(),
+    };
+    ConfigError::Parse {
+        key: err.path.join(".").to_ascii_lowercase(),
+        origin,
+        reason: err.kind.to_string(),
     }
 }
 
