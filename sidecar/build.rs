@@ -7,7 +7,12 @@ use std::path::PathBuf;
 use prost::Message;
 
 const PROTO_ROOT: &str = "../proto";
-const PROTOS: &[&str] = &["outrigger/v1/cache.proto", "outrigger/v1/admin.proto"];
+const PROTOS: &[&str] = &[
+    "outrigger/v1/cache.proto",
+    "outrigger/v1/admin.proto",
+    "outrigger/v1/lock.proto",
+    "outrigger/v1/ratelimit.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");

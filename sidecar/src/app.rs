@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::backend::CacheStore;
-use crate::backend::memory::MemoryStore;
+use crate::backend::memory::{MemoryLocks, MemoryRateLimits, MemoryStore};
 use crate::backend::redis::RedisStore;
+use crate::backend::{CacheStore, LockStore, RateLimitStore};
 use crate::cache::{Cache, CacheStats};
 use crate::config::Config;
+use crate::lock::Locks;
+use crate::ratelimit::RateLimits;
 use crate::telemetry::Metrics;
 
 /// What the sidecar is and how it is doing.
@@ -22,9 +24,29 @@ pub struct Status {
     pub cache: CacheStats,
 }
 
+/// One backend's storage for every primitive.
+pub struct Stores {
+    pub cache: Arc<dyn CacheStore>,
+    pub locks: Arc<dyn LockStore>,
+    pub ratelimits: Arc<dyn RateLimitStore>,
+}
+
+impl Stores {
+    /// Local memory, bounded as `config.memory` says.
+    pub fn memory(config: &Config) -> Stores {
+        Stores {
+            cache: MemoryStore::new(config.memory.clone()),
+            locks: MemoryLocks::new(),
+            ratelimits: MemoryRateLimits::new(),
+        }
+    }
+}
+
 /// Shared state behind both APIs.
 pub struct App {
     pub cache: Cache,
+    pub locks: Locks,
+    pub ratelimits: RateLimits,
     pub metrics: Arc<Metrics>,
     namespace: String,
     started: Instant,
@@ -37,22 +59,36 @@ impl App {
     /// Connects the configured backend: Redis when `redis.url` is set,
     /// memory otherwise.
     pub async fn new(config: &Config) -> anyhow::Result<Arc<App>> {
-        let store: Arc<dyn CacheStore> = match &config.redis.url {
-            Some(url) => Arc::new(
-                RedisStore::connect(&config.redis, &config.namespace)
-                    .await
-                    .map_err(|err| anyhow::anyhow!("redis.url: cannot use {url}: {err}"))?,
-            ),
-            None => MemoryStore::new(config.memory.clone()),
+        let stores = match &config.redis.url {
+            Some(url) => {
+                let redis = Arc::new(
+                    RedisStore::connect(&config.redis, &config.namespace)
+                        .await
+                        .map_err(|err| anyhow::anyhow!("redis.url: cannot use {url}: {err}"))?,
+                );
+                Stores {
+                    cache: redis.clone(),
+                    locks: redis.clone(),
+                    ratelimits: redis,
+                }
+            }
+            None => Stores::memory(config),
         };
-        Ok(Arc::new(App::with_store(config, store)))
+        Ok(Arc::new(App::with_stores(config, stores)))
     }
 
-    /// An app over a given store (tests use this with either backend).
-    pub fn with_store(config: &Config, store: Arc<dyn CacheStore>) -> App {
-        let metrics = Arc::new(Metrics::new(store.kind()));
+    /// An app over given stores (tests use this with either backend).
+    pub fn with_stores(config: &Config, stores: Stores) -> App {
+        let metrics = Arc::new(Metrics::new(stores.cache.kind()));
         App {
-            cache: Cache::new(store, config.limits.clone(), metrics.clone()),
+            cache: Cache::new(stores.cache, config.limits.clone(), metrics.clone()),
+            locks: Locks::new(stores.locks, config.limits.clone(), metrics.clone()),
+            ratelimits: RateLimits::new(
+                stores.ratelimits,
+                &config.ratelimit.policies,
+                config.limits.clone(),
+                metrics.clone(),
+            ),
             metrics,
             namespace: config.namespace.clone(),
             started: Instant::now(),

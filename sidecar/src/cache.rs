@@ -8,13 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tracing::Instrument;
-
 use crate::backend::{self, CacheStore, Condition, Entry, KeyPage, SetOutcome, Write};
 use crate::config::Limits;
 use crate::error::{Error, Result};
-use crate::telemetry::Metrics;
+use crate::telemetry::{self, Metrics};
+use bytes::Bytes;
 
 /// Page size of a key listing when the caller gives none.
 pub const DEFAULT_PAGE: usize = 100;
@@ -71,25 +69,13 @@ impl Cache {
         self.store.kind()
     }
 
-    /// Runs one operation with its span and metrics.
     async fn op<T>(
         &self,
         op: &'static str,
         span: tracing::Span,
         fut: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        let timer = self.metrics.start("cache", op);
-        let result = fut.instrument(span).await;
-        match &result {
-            Ok(_) => timer.finish("ok"),
-            Err(err) => {
-                if matches!(err, Error::Unavailable(_) | Error::Internal(_)) {
-                    tracing::warn!(op, error = %err, cause = ?std::error::Error::source(err), "cache backend call failed");
-                }
-                timer.finish(err.code());
-            }
-        }
-        result
+        telemetry::observe(&self.metrics, "cache", op, span, fut).await
     }
 
     pub async fn get(&self, key: &str, refresh_ttl: bool) -> Result<Option<Entry>> {

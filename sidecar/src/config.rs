@@ -6,6 +6,7 @@
 //! with nested keys joined by `__` (`OUTRIGGER_REDIS__URL` sets `redis.url`).
 //! A bad value fails [`Config::load`] with a message that names the key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +14,8 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::backend::{Algorithm, Limit};
 
 /// The file read when no `--config` is given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "outrigger.toml";
@@ -27,6 +30,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "redis",
     "memory",
     "limits",
+    "ratelimit",
     "log",
     "shutdown_grace",
 ];
@@ -43,6 +47,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub memory: MemoryConfig,
     pub limits: Limits,
+    pub ratelimit: RateLimitConfig,
     pub log: LogConfig,
     /// How long SIGTERM waits for in-flight requests before exiting anyway.
     #[serde(with = "human_duration")]
@@ -94,6 +99,60 @@ pub struct Limits {
     pub max_tag_bytes: usize,
     #[serde(with = "human_duration")]
     pub max_ttl: Duration,
+    /// Longest a lock or permit acquisition may wait.
+    #[serde(with = "human_duration")]
+    pub max_wait: Duration,
+    /// Most permits a semaphore may have.
+    pub max_permits: u32,
+}
+
+/// Rate limiting.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Named policies: `[ratelimit.policies.login]`.
+    pub policies: BTreeMap<String, PolicyConfig>,
+}
+
+/// One named rate-limit policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub algorithm: Algorithm,
+    /// Requests (cost units) per `period`.
+    pub limit: u32,
+    #[serde(with = "human_duration")]
+    pub period: Duration,
+    /// GCRA only: how many at once; defaults to `limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl PolicyConfig {
+    /// The checked limit, or why it is not one.
+    pub fn to_limit(&self) -> Result<Limit, String> {
+        if self.limit == 0 {
+            return Err("limit must be at least 1".into());
+        }
+        if self.period < Duration::from_millis(1) {
+            return Err("period must be at least 1ms".into());
+        }
+        if self.period > Duration::from_secs(366 * 24 * 3600) {
+            return Err("period must be at most a year".into());
+        }
+        let burst = match (self.algorithm, self.burst) {
+            (Algorithm::Gcra, Some(0)) => return Err("burst must be at least 1".into()),
+            (Algorithm::Gcra, Some(b)) => b,
+            (_, Some(_)) => return Err("burst applies to the gcra algorithm only".into()),
+            (_, None) => self.limit,
+        };
+        Ok(Limit {
+            algorithm: self.algorithm,
+            limit: self.limit,
+            period: self.period,
+            burst,
+        })
+    }
 }
 
 /// Logging.
@@ -139,7 +198,10 @@ impl Default for Config {
                 max_tags: 32,
                 max_tag_bytes: 128,
                 max_ttl: Duration::from_secs(30 * 24 * 3600),
+                max_wait: Duration::from_secs(60),
+                max_permits: 10_000,
             },
+            ratelimit: RateLimitConfig::default(),
             log: LogConfig {
                 format: LogFormat::Text,
                 level: "info".into(),
@@ -252,6 +314,17 @@ impl Config {
         if self.limits.max_ttl < Duration::from_millis(1) {
             return invalid("limits.max_ttl", "must be at least 1ms");
         }
+        if self.limits.max_permits == 0 {
+            return invalid("limits.max_permits", "must be at least 1");
+        }
+        for (name, policy) in &self.ratelimit.policies {
+            if let Err(reason) = policy.to_limit() {
+                return Err(ConfigError::Invalid {
+                    key: "ratelimit.policies",
+                    reason: format!("policy {name:?}: {reason}"),
+                });
+            }
+        }
         if self
             .log
             .level
@@ -351,6 +424,29 @@ mod tests {
         assert!(load_err("[limits]\nmax_batch = 0").contains("limits.max_batch"));
         assert!(load_err("[redis]\nurl = \"http://x\"").contains("redis.url"));
         assert!(load_err("[cache]\nsize = 1").contains("cache"));
+        let bad_policy =
+            "[ratelimit.policies.login]\nalgorithm = \"gcra\"\nlimit = 0\nperiod = \"1m\"";
+        assert!(load_err(bad_policy).contains("\"login\": limit must be at least 1"));
+        let bad_algo =
+            "[ratelimit.policies.login]\nalgorithm = \"leaky\"\nlimit = 1\nperiod = \"1m\"";
+        assert!(load_err(bad_algo).contains("ratelimit.policies.login.algorithm"));
+    }
+
+    #[test]
+    fn policies_load_from_file_and_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "outrigger.toml",
+                "[ratelimit.policies.login]\nalgorithm = \"gcra\"\nlimit = 5\nperiod = \"1m\"\n",
+            )?;
+            jail.set_env("OUTRIGGER_RATELIMIT__POLICIES__LOGIN__BURST", "10");
+            let config = Config::load(None).expect("loads");
+            let login = config.ratelimit.policies["login"].to_limit().unwrap();
+            assert_eq!(login.limit, 5);
+            assert_eq!(login.burst, 10);
+            assert_eq!(login.period, Duration::from_secs(60));
+            Ok(())
+        });
     }
 
     #[test]

@@ -19,6 +19,11 @@ pub enum Error {
     /// The thing asked for does not exist: 404 / `NOT_FOUND`.
     #[error("{0}")]
     NotFound(String),
+    /// The object is in a state that refuses the request: a lock not
+    /// acquired in time, a token that does not hold the lock: 409 /
+    /// `ABORTED`.
+    #[error("{0}")]
+    Conflict(String),
     /// A conditional write whose condition did not hold: 412 /
     /// `FAILED_PRECONDITION`.
     #[error("{0}")]
@@ -51,6 +56,7 @@ impl Error {
             Error::InvalidArgument(_) => "invalid_argument",
             Error::TooLarge(_) => "too_large",
             Error::NotFound(_) => "not_found",
+            Error::Conflict(_) => "conflict",
             Error::PreconditionFailed(_) => "precondition_failed",
             Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "internal",

@@ -10,6 +10,8 @@
 //! - [`backend`]: the storage seam, with the [`backend::memory`] and
 //!   [`backend::redis`] implementations;
 //! - [`cache`]: the cache primitive (validation, limits, instrumentation);
+//! - [`lock`]: locks with fencing tokens, semaphores, keep-alive;
+//! - [`ratelimit`]: rate-limit policies and decisions;
 //! - [`app`]: the shared state both APIs serve from;
 //! - [`api`]: the gRPC and HTTP adapters, and the one error mapping;
 //! - [`telemetry`]: logs, OTLP traces and Prometheus metrics;
@@ -26,6 +28,8 @@ pub mod backend;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod lock;
+pub mod ratelimit;
 pub mod telemetry;
 
 use std::future::Future;

@@ -24,6 +24,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogConfig, LogFormat};
+use crate::error::Error;
 
 /// Keeps the trace exporter alive; [`Telemetry::shutdown`] flushes it.
 pub struct Telemetry {
@@ -95,6 +96,11 @@ pub struct OpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabels {
     backend: &'static str,
 }
@@ -111,6 +117,7 @@ pub struct Metrics {
     pub cache_misses: Counter,
     cache_keys: Gauge,
     cache_bytes: Gauge,
+    ratelimit_decisions: Family<DecisionLabels, Counter>,
 }
 
 impl Metrics {
@@ -172,7 +179,14 @@ impl Metrics {
             "Bytes of keys and values stored (memory backend)",
             cache_bytes.clone(),
         );
+        let ratelimit_decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "ratelimit_decisions",
+            "Rate-limit decisions by outcome (allowed, denied)",
+            ratelimit_decisions.clone(),
+        );
         Metrics {
+            ratelimit_decisions,
             registry,
             requests,
             latency,
@@ -196,6 +210,14 @@ impl Metrics {
         }
     }
 
+    /// Counts one rate-limit decision.
+    pub fn count_decision(&self, allowed: bool) {
+        let decision = if allowed { "allowed" } else { "denied" };
+        self.ratelimit_decisions
+            .get_or_create(&DecisionLabels { decision })
+            .inc();
+    }
+
     /// Sets the gauges that mirror backend statistics.
     pub fn set_cache_size(&self, keys: Option<u64>, bytes: Option<u64>) {
         if let Some(keys) = keys {
@@ -213,6 +235,30 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         out
     }
+}
+
+/// Runs one primitive operation inside its span, recording its outcome and
+/// latency; backend failures are logged here with their cause.
+pub async fn observe<T>(
+    metrics: &Metrics,
+    primitive: &'static str,
+    op: &'static str,
+    span: tracing::Span,
+    fut: impl Future<Output = crate::error::Result<T>>,
+) -> crate::error::Result<T> {
+    use tracing::Instrument;
+    let timer = metrics.start(primitive, op);
+    let result = fut.instrument(span).await;
+    match &result {
+        Ok(_) => timer.finish("ok"),
+        Err(err) => {
+            if matches!(err, Error::Unavailable(_) | Error::Internal(_)) {
+                tracing::warn!(primitive, op, error = %err, cause = ?std::error::Error::source(err), "backend call failed");
+            }
+            timer.finish(err.code());
+        }
+    }
+    result
 }
 
 /// Records one operation's outcome and latency when dropped; an operation

@@ -302,15 +302,14 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::memory::MemoryStore;
+    use crate::app::Stores;
     use crate::config::Config;
     use axum::http::{Method, Request};
     use tower::ServiceExt;
 
     fn app() -> Router {
         let config = Config::default();
-        let store = MemoryStore::new(config.memory.clone());
-        router(Arc::new(App::with_store(&config, store)))
+        router(Arc::new(App::with_stores(&config, Stores::memory(&config))))
     }
 
     async fn call(router: &Router, method: Method, uri: &str, body: &'static [u8]) -> Response {

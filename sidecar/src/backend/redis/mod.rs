@@ -4,47 +4,74 @@
 //! pipelined on it, and it reconnects by itself. Every call carries the
 //! configured deadline, so no request waits on a TCP timeout. Every
 //! multi-step operation is one Lua script (EVALSHA, reloaded on NOSCRIPT by
-//! redis-rs), so each decision is atomic and one round trip.
+//! redis-rs), so each decision is atomic and one round trip. Time that
+//! matters across sidecars (TTLs, leases, rate limits) is Redis' own (`TIME`
+//! in scripts, `PX` expiries), never the sidecar's clock.
 //!
 //! Key layout (`ns` is the namespace; the braces are Redis Cluster hash tags,
-//! built from the object's own name so objects spread over all slots):
+//! built from the object's own name so objects spread over all slots, and
+//! every script touches keys of one tag only):
 //!
-//! | key              | type   | holds                                              |
-//! |------------------|--------|----------------------------------------------------|
-//! | `ns:c:{key}`     | hash   | `v` value, `ver` version, `ttl` ms, `t:<tag>` flags |
-//! | `ns:t:{tag}`     | zset   | keys carrying the tag, scored by when to forget them |
+//! | key                        | type   | holds                                               |
+//! |----------------------------|--------|-----------------------------------------------------|
+//! | `ns:c:{key}`               | hash   | `v` value, `ver` version, `ttl` ms, `t:<tag>` flags  |
+//! | `ns:t:{tag}`               | zset   | keys carrying the tag, scored by when to forget them |
+//! | `ns:lock:{name}`           | string | the holder's token, with the lease as `PX`          |
+//! | `ns:lock:{name}:fence`     | string | the fence counter; never expires                    |
+//! | `ns:sem:{name}`            | zset   | permit tokens scored by lease expiry                |
+//! | `ns:rl:<algo>:{policy:key}`| string / hash | rate-limit state (GCRA TAT / window counts) |
+//! | channel `ns:released`      | pubsub | `lock:<name>` / `sem:<name>` on every release       |
 //!
-//! An entry and its tag indexes live in different slots, so a write and its
-//! indexing are two steps. The ordering makes that safe: a write stores the
-//! entry, then indexes it; an invalidation deletes entries that still carry
-//! the tag, removes them from the index, then deletes once more. Any entry
-//! that carries a tag when its write returns is in that tag's index until
-//! the entry is gone, whatever runs concurrently; the worst case is an index
-//! entry for a key that no longer exists, which the next invalidation or the
-//! index's own expiry removes.
+//! Cache entries and their tag indexes live in different slots, so a write
+//! and its indexing are two steps. The ordering makes that safe: a write
+//! stores the entry, then indexes it; an invalidation deletes entries that
+//! still carry the tag, removes them from the index, then deletes once more.
+//! Any entry that carries a tag when its write returns is in that tag's
+//! index until the entry is gone, whatever runs concurrently; the worst case
+//! is an index entry for a key that no longer exists, which the next
+//! invalidation or the index's own expiry removes.
 
 use std::future::Future;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use futures::future::try_join_all;
+use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script, Value};
+use redis::{RedisError, Script};
+use tokio::sync::broadcast;
 
-use super::{BackendError, CacheStore, Condition, Entry, KeyPage, SetOutcome, StoreStats, Write};
+use super::BackendError;
 use crate::config::RedisConfig;
+
+mod cache;
+mod lock;
+mod ratelimit;
 
 /// Keys read per SCAN / ZSCAN step of invalidations.
 const SCAN_BATCH: usize = 500;
 
-/// Cache storage in Redis.
+/// How long the release listener waits before reconnecting after losing
+/// its subscription. Waiters poll meanwhile, so this only costs latency.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
+
+/// Every primitive's storage in Redis.
 pub struct RedisStore {
     /// Cheap to clone: clones share one multiplexed connection.
     conn: ConnectionManager,
     namespace: String,
     deadline: Duration,
     scripts: Scripts,
+    /// Releases heard on `ns:released`, fanned out to local waiters.
+    released: broadcast::Sender<String>,
+    /// Stops the release listener when the store goes away.
+    _listener: AbortOnDrop,
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct Scripts {
@@ -52,6 +79,13 @@ struct Scripts {
     set: Script,
     tag_add: Script,
     delete_if_tagged: Script,
+    lock_acquire: Script,
+    lock_release: Script,
+    lock_extend: Script,
+    permit_acquire: Script,
+    permit_release: Script,
+    gcra: Script,
+    window: Script,
 }
 
 impl Scripts {
@@ -61,6 +95,13 @@ impl Scripts {
             set: Script::new(include_str!("set.lua")),
             tag_add: Script::new(include_str!("tag_add.lua")),
             delete_if_tagged: Script::new(include_str!("delete_if_tagged.lua")),
+            lock_acquire: Script::new(include_str!("lock_acquire.lua")),
+            lock_release: Script::new(include_str!("lock_release.lua")),
+            lock_extend: Script::new(include_str!("lock_extend.lua")),
+            permit_acquire: Script::new(include_str!("permit_acquire.lua")),
+            permit_release: Script::new(include_str!("permit_release.lua")),
+            gcra: Script::new(include_str!("gcra.lua")),
+            window: Script::new(include_str!("window.lua")),
         }
     }
 }
@@ -77,6 +118,35 @@ fn map_err(err: RedisError) -> BackendError {
     }
 }
 
+/// Listens on the release channel for as long as the store lives,
+/// resubscribing after connection losses.
+async fn listen_for_releases(
+    client: redis::Client,
+    channel: String,
+    tx: broadcast::Sender<String>,
+) {
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                Ok(()) => {
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = messages.next().await {
+                        if let Ok(what) = msg.get_payload::<String>() {
+                            let _ = tx.send(what);
+                        }
+                    }
+                    tracing::warn!(%channel, "lost the lock release subscription; resubscribing");
+                }
+                Err(err) => {
+                    tracing::warn!(%channel, error = %err, "cannot subscribe to lock releases")
+                }
+            },
+            Err(err) => tracing::debug!(error = %err, "cannot connect for lock releases"),
+        }
+        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+    }
+}
+
 impl RedisStore {
     /// Connects, within `connect_timeout`, and checks that Redis answers.
     pub async fn connect(config: &RedisConfig, namespace: &str) -> Result<Self, BackendError> {
@@ -85,6 +155,7 @@ impl RedisStore {
             .as_deref()
             .ok_or_else(|| BackendError::Unavailable("no redis.url configured".into()))?;
         let client = redis::Client::open(url).map_err(map_err)?;
+        let listener_client = client.clone();
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.timeout))
@@ -97,11 +168,19 @@ impl RedisStore {
         .await
         .map_err(|_| BackendError::Timeout(config.connect_timeout * 3))?
         .map_err(map_err)?;
+        let released = broadcast::channel(1024).0;
+        let listener = tokio::spawn(listen_for_releases(
+            listener_client,
+            format!("{namespace}:released"),
+            released.clone(),
+        ));
         let store = RedisStore {
             conn,
             namespace: namespace.to_string(),
             deadline: config.timeout,
             scripts: Scripts::new(),
+            released,
+            _listener: AbortOnDrop(listener.abort_handle()),
         };
         let mut conn = store.conn.clone();
         store
@@ -119,282 +198,5 @@ impl RedisStore {
             Ok(result) => result.map_err(map_err),
             Err(_) => Err(BackendError::Timeout(self.deadline)),
         }
-    }
-
-    fn entry_key(&self, key: &str) -> String {
-        format!("{}:c:{{{key}}}", self.namespace)
-    }
-
-    fn tag_key(&self, tag: &str) -> String {
-        format!("{}:t:{{{tag}}}", self.namespace)
-    }
-
-    /// `ns:c:{key}` back to `key`.
-    fn user_key<'a>(&self, entry_key: &'a str) -> Option<&'a str> {
-        entry_key
-            .strip_prefix(self.namespace.as_str())?
-            .strip_prefix(":c:{")?
-            .strip_suffix('}')
-    }
-
-    async fn index_tags(
-        &self,
-        key: &str,
-        tags: &[String],
-        ttl_ms: u64,
-    ) -> Result<(), BackendError> {
-        if tags.is_empty() {
-            return Ok(());
-        }
-        let adds = tags.iter().map(|tag| {
-            let mut conn = self.conn.clone();
-            let mut call = self.scripts.tag_add.key(self.tag_key(tag));
-            call.arg(key).arg(ttl_ms);
-            async move { call.invoke_async::<()>(&mut conn).await }
-        });
-        self.call(try_join_all(adds)).await.map(drop)
-    }
-
-    /// Deletes each of `keys` that still carries `tag`; returns how many.
-    async fn delete_tagged(&self, tag: &str, keys: &[String]) -> Result<u64, BackendError> {
-        let deletes = keys.iter().map(|key| {
-            let mut conn = self.conn.clone();
-            let mut call = self.scripts.delete_if_tagged.key(self.entry_key(key));
-            call.arg(tag);
-            async move { call.invoke_async::<u64>(&mut conn).await }
-        });
-        Ok(self.call(try_join_all(deletes)).await?.into_iter().sum())
-    }
-
-    async fn invalidate_tag(&self, tag: &str) -> Result<u64, BackendError> {
-        let index = self.tag_key(tag);
-        let mut deleted = 0;
-        let mut cursor = 0u64;
-        loop {
-            let mut conn = self.conn.clone();
-            let (next, flat): (u64, Vec<String>) = self
-                .call(
-                    redis::cmd("ZSCAN")
-                        .arg(&index)
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(SCAN_BATCH)
-                        .query_async(&mut conn),
-                )
-                .await?;
-            // ZSCAN answers member, score, member, score, ...
-            let keys: Vec<String> = flat.into_iter().step_by(2).collect();
-            if !keys.is_empty() {
-                deleted += self.delete_tagged(tag, &keys).await?;
-                self.call(
-                    redis::cmd("ZREM")
-                        .arg(&index)
-                        .arg(&keys)
-                        .query_async::<()>(&mut conn),
-                )
-                .await?;
-                // A write that landed between the first delete and the ZREM
-                // may have been indexed before the ZREM removed it: delete
-                // again so it cannot survive unindexed.
-                deleted += self.delete_tagged(tag, &keys).await?;
-            }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
-        }
-    }
-
-    async fn scan(
-        &self,
-        cursor: u64,
-        pattern: &str,
-        count: usize,
-    ) -> Result<(u64, Vec<String>), BackendError> {
-        let mut conn = self.conn.clone();
-        let mut full = format!("{}:c:{{", self.namespace);
-        full.push_str(if pattern.is_empty() { "*" } else { pattern });
-        full.push('}');
-        self.call(
-            redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(full)
-                .arg("COUNT")
-                .arg(count)
-                .query_async(&mut conn),
-        )
-        .await
-    }
-}
-
-fn entry_from_reply(reply: Vec<Value>) -> Result<(Entry, Vec<String>), BackendError> {
-    let bad = |what: &str| BackendError::Protocol(format!("cache get: {what}"));
-    let mut fields = reply.into_iter();
-    let value = match fields.next() {
-        Some(Value::BulkString(v)) => Bytes::from(v),
-        _ => return Err(bad("value")),
-    };
-    let version = match fields.next() {
-        Some(Value::BulkString(v)) => std::str::from_utf8(&v)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("version"))?,
-        _ => return Err(bad("version")),
-    };
-    let ttl = match fields.next() {
-        Some(Value::Int(ms)) if ms >= 0 => Some(Duration::from_millis(ms as u64)),
-        Some(Value::Int(_)) => None,
-        _ => return Err(bad("ttl")),
-    };
-    let tags = fields
-        .map(|f| match f {
-            Value::BulkString(t) => String::from_utf8(t).map_err(|_| bad("tag")),
-            _ => Err(bad("tag")),
-        })
-        .collect::<Result<_, _>>()?;
-    Ok((
-        Entry {
-            value,
-            version,
-            ttl,
-        },
-        tags,
-    ))
-}
-
-#[async_trait]
-impl CacheStore for RedisStore {
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-
-    async fn get(&self, key: &str, refresh_ttl: bool) -> Result<Option<Entry>, BackendError> {
-        let mut conn = self.conn.clone();
-        let mut call = self.scripts.get.key(self.entry_key(key));
-        call.arg(if refresh_ttl { "1" } else { "0" });
-        let reply: Option<Vec<Value>> = self.call(call.invoke_async(&mut conn)).await?;
-        let Some(reply) = reply else {
-            return Ok(None);
-        };
-        let (entry, tags) = entry_from_reply(reply)?;
-        if let Some(ttl) = entry.ttl.filter(|_| refresh_ttl) {
-            // The TTL grew: the tag indexes must not forget the key earlier.
-            self.index_tags(key, &tags, ttl.as_millis() as u64).await?;
-        }
-        Ok(Some(entry))
-    }
-
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, BackendError> {
-        // Concurrent calls on the multiplexed connection go out as one
-        // pipeline: one round trip for the whole batch.
-        let reads = keys.iter().map(|key| {
-            let mut conn = self.conn.clone();
-            let mut call = self.scripts.get.key(self.entry_key(key));
-            call.arg("0");
-            async move { call.invoke_async::<Option<Vec<Value>>>(&mut conn).await }
-        });
-        self.call(try_join_all(reads))
-            .await?
-            .into_iter()
-            .map(|reply| {
-                reply
-                    .map(|r| entry_from_reply(r).map(|(entry, _)| entry))
-                    .transpose()
-            })
-            .collect()
-    }
-
-    async fn set(&self, key: &str, write: Write) -> Result<SetOutcome, BackendError> {
-        let ttl_ms = write.ttl.map_or(0, |t| t.as_millis() as u64);
-        let (condition, expected) = match write.condition {
-            Condition::None => ("none", 0),
-            Condition::IfAbsent => ("absent", 0),
-            Condition::IfPresent => ("present", 0),
-            Condition::IfVersion(v) => ("version", v),
-        };
-        let mut conn = self.conn.clone();
-        let mut call = self.scripts.set.key(self.entry_key(key));
-        call.arg(write.value.as_ref())
-            .arg(ttl_ms)
-            .arg(condition)
-            .arg(expected)
-            .arg(&write.tags);
-        let version: i64 = self.call(call.invoke_async(&mut conn)).await?;
-        if version < 0 {
-            return Ok(SetOutcome::ConditionFailed);
-        }
-        self.index_tags(key, &write.tags, ttl_ms).await?;
-        Ok(SetOutcome::Written {
-            version: version as u64,
-        })
-    }
-
-    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        let mut conn = self.conn.clone();
-        let removed: u64 = self
-            .call(
-                redis::cmd("DEL")
-                    .arg(self.entry_key(key))
-                    .query_async(&mut conn),
-            )
-            .await?;
-        Ok(removed > 0)
-    }
-
-    async fn invalidate_tags(&self, tags: &[String]) -> Result<u64, BackendError> {
-        let mut deleted = 0;
-        for tag in tags {
-            deleted += self.invalidate_tag(tag).await?;
-        }
-        Ok(deleted)
-    }
-
-    async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
-        let mut deleted = 0;
-        let mut cursor = 0;
-        loop {
-            let (next, keys) = self.scan(cursor, pattern, SCAN_BATCH).await?;
-            if !keys.is_empty() {
-                let mut conn = self.conn.clone();
-                deleted += self
-                    .call(
-                        redis::cmd("UNLINK")
-                            .arg(&keys)
-                            .query_async::<u64>(&mut conn),
-                    )
-                    .await?;
-            }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
-        }
-    }
-
-    async fn list_keys(
-        &self,
-        pattern: &str,
-        cursor: &str,
-        limit: usize,
-    ) -> Result<KeyPage, BackendError> {
-        let cursor = match cursor {
-            "" => 0,
-            c => c.parse().map_err(|_| BackendError::InvalidCursor)?,
-        };
-        let (next, keys) = self.scan(cursor, pattern, limit).await?;
-        Ok(KeyPage {
-            keys: keys
-                .iter()
-                .filter_map(|k| self.user_key(k).map(str::to_string))
-                .collect(),
-            next_cursor: (next != 0).then(|| next.to_string()),
-        })
-    }
-
-    fn stats(&self) -> StoreStats {
-        // Counting a namespace's keys in a shared Redis takes a full SCAN:
-        // not something a status call should do.
-        StoreStats::default()
     }
 }

@@ -1,12 +1,12 @@
-//! The memory backend: a bounded, TTL-aware LRU cache inside the sidecar.
+//! Cache storage in memory: a bounded, TTL-aware LRU.
 //!
-//! Used when no Redis is configured. Bounded twice, by entry count and by
+//! Bounded twice, by entry count and by
 //! bytes (key + value); the least recently used entries are evicted first.
 //! Expired entries are dropped when touched and by a background sweep, and
 //! take their tag index entries with them, so nothing grows without bound.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,13 +14,10 @@ use bytes::Bytes;
 use lru::LruCache;
 use tokio::time::Instant;
 
-use super::{
+use crate::backend::{
     BackendError, CacheStore, Condition, Entry, KeyPage, SetOutcome, StoreStats, Write, glob,
 };
 use crate::config::MemoryConfig;
-
-/// How often the background sweep drops expired entries.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Cache storage in local memory.
 pub struct MemoryStore {
@@ -86,9 +83,9 @@ impl MemoryStore {
             }),
             bounds,
         });
-        if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(sweep(Arc::downgrade(&store)));
-        }
+        super::spawn_sweep(Arc::downgrade(&store), |s| {
+            s.sweep_expired();
+        });
         store
     }
 
@@ -107,20 +104,6 @@ impl MemoryStore {
     /// expiry and deletion leave no index garbage behind).
     pub fn tag_index_len(&self, tag: &str) -> usize {
         self.lock().tags.get(tag).map_or(0, HashSet::len)
-    }
-}
-
-async fn sweep(store: Weak<MemoryStore>) {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        match store.upgrade() {
-            Some(store) => {
-                store.sweep_expired();
-            }
-            None => return,
-        }
     }
 }
 

@@ -1,0 +1,189 @@
+//! Locks and semaphores in memory: leases in maps, expired ones dropped
+//! when touched and by a background sweep.
+//!
+//! Fences come from one counter for every lock: strictly increasing per
+//! lock name (as required) without keeping a counter per name forever.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::backend::{Acquire, BackendError, LockStore};
+
+/// Lock and semaphore state in local memory.
+pub struct MemoryLocks {
+    /// A plain mutex: critical sections are short map updates with no
+    /// `.await` inside.
+    inner: Mutex<Inner>,
+    released: broadcast::Sender<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    locks: HashMap<String, Lease>,
+    /// semaphore name -> token -> lease expiry
+    permits: HashMap<String, HashMap<String, Instant>>,
+    last_fence: u64,
+}
+
+struct Lease {
+    token: String,
+    expires_at: Instant,
+}
+
+impl MemoryLocks {
+    pub fn new() -> Arc<Self> {
+        let locks = Arc::new(MemoryLocks {
+            inner: Mutex::new(Inner::default()),
+            released: broadcast::channel(1024).0,
+        });
+        super::spawn_sweep(Arc::downgrade(&locks), MemoryLocks::sweep);
+        locks
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self, what: String) {
+        // No receivers is fine: nobody is waiting.
+        let _ = self.released.send(what);
+    }
+
+    /// Drops expired leases (and tells waiters, as Redis' expiry would let
+    /// them in).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut freed = vec![];
+        {
+            let mut inner = self.lock();
+            inner.locks.retain(|name, lease| {
+                let live = lease.expires_at > now;
+                if !live {
+                    freed.push(format!("lock:{name}"));
+                }
+                live
+            });
+            inner.permits.retain(|name, holders| {
+                let before = holders.len();
+                holders.retain(|_, at| *at > now);
+                if holders.len() < before {
+                    freed.push(format!("sem:{name}"));
+                }
+                !holders.is_empty()
+            });
+        }
+        for what in freed {
+            self.notify(what);
+        }
+    }
+}
+
+fn live_lease<'a>(inner: &'a mut Inner, name: &str, now: Instant) -> Option<&'a mut Lease> {
+    if inner.locks.get(name).is_some_and(|l| l.expires_at <= now) {
+        inner.locks.remove(name);
+    }
+    inner.locks.get_mut(name)
+}
+
+#[async_trait]
+impl LockStore for MemoryLocks {
+    async fn try_acquire(
+        &self,
+        name: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Acquire, BackendError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if let Some(lease) = live_lease(&mut inner, name, now) {
+            return Ok(Acquire::Held {
+                retry_in: Some(lease.expires_at - now),
+            });
+        }
+        inner.last_fence += 1;
+        let fence = inner.last_fence;
+        inner.locks.insert(
+            name.to_string(),
+            Lease {
+                token: token.to_string(),
+                expires_at: now + ttl,
+            },
+        );
+        Ok(Acquire::Acquired { fence })
+    }
+
+    async fn release(&self, name: &str, token: &str) -> Result<bool, BackendError> {
+        let now = Instant::now();
+        let released = {
+            let mut inner = self.lock();
+            let held = live_lease(&mut inner, name, now).is_some_and(|l| l.token == token);
+            if held {
+                inner.locks.remove(name);
+            }
+            held
+        };
+        if released {
+            self.notify(format!("lock:{name}"));
+        }
+        Ok(released)
+    }
+
+    async fn extend(&self, name: &str, token: &str, ttl: Duration) -> Result<bool, BackendError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        match live_lease(&mut inner, name, now) {
+            Some(lease) if lease.token == token => {
+                lease.expires_at = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn try_acquire_permit(
+        &self,
+        name: &str,
+        token: &str,
+        limit: u32,
+        ttl: Duration,
+    ) -> Result<Acquire, BackendError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let holders = inner.permits.entry(name.to_string()).or_default();
+        holders.retain(|_, at| *at > now);
+        if holders.len() < limit as usize {
+            holders.insert(token.to_string(), now + ttl);
+            return Ok(Acquire::Acquired { fence: 0 });
+        }
+        let earliest = holders.values().min().map(|at| *at - now);
+        Ok(Acquire::Held { retry_in: earliest })
+    }
+
+    async fn release_permit(&self, name: &str, token: &str) -> Result<bool, BackendError> {
+        let now = Instant::now();
+        let released = {
+            let mut inner = self.lock();
+            let Some(holders) = inner.permits.get_mut(name) else {
+                return Ok(false);
+            };
+            let released = holders.remove(token).is_some_and(|at| at > now);
+            if holders.is_empty() {
+                inner.permits.remove(name);
+            }
+            released
+        };
+        if released {
+            self.notify(format!("sem:{name}"));
+        }
+        Ok(released)
+    }
+
+    fn releases(&self) -> broadcast::Receiver<String> {
+        self.released.subscribe()
+    }
+}

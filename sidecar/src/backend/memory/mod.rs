@@ -1,0 +1,38 @@
+//! The memory backend: every primitive's state inside the sidecar.
+//!
+//! Used when no Redis is configured. Everything is bounded or expires:
+//! the cache by entry count and bytes (LRU), locks, permits and rate-limit
+//! counters by their own TTLs, with a background sweep for what nobody
+//! touches again. Semantics match the Redis backend (the conformance suites
+//! check it), except that nothing is shared with other sidecars.
+
+use std::time::Duration;
+
+mod cache;
+mod lock;
+mod ratelimit;
+
+pub use cache::MemoryStore;
+pub use lock::MemoryLocks;
+pub use ratelimit::MemoryRateLimits;
+
+/// How often background sweeps drop expired state.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs `sweep` every [`SWEEP_INTERVAL`] for as long as `target` lives.
+fn spawn_sweep<T: Send + Sync + 'static>(target: std::sync::Weak<T>, sweep: fn(&T)) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match target.upgrade() {
+                Some(target) => sweep(&target),
+                None => return,
+            }
+        }
+    });
+}

@@ -1,0 +1,294 @@
+//! The cache on Redis: entries as hashes, tag indexes as sorted sets (see
+//! the module docs of `backend::redis` for the layout and the ordering that
+//! keeps tag invalidation exact).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::future::try_join_all;
+use redis::Value;
+
+use super::{RedisStore, SCAN_BATCH};
+use crate::backend::{
+    BackendError, CacheStore, Condition, Entry, KeyPage, SetOutcome, StoreStats, Write,
+};
+
+impl RedisStore {
+    fn entry_key(&self, key: &str) -> String {
+        format!("{}:c:{{{key}}}", self.namespace)
+    }
+
+    fn tag_key(&self, tag: &str) -> String {
+        format!("{}:t:{{{tag}}}", self.namespace)
+    }
+
+    /// `ns:c:{key}` back to `key`.
+    fn user_key<'a>(&self, entry_key: &'a str) -> Option<&'a str> {
+        entry_key
+            .strip_prefix(self.namespace.as_str())?
+            .strip_prefix(":c:{")?
+            .strip_suffix('}')
+    }
+
+    async fn index_tags(
+        &self,
+        key: &str,
+        tags: &[String],
+        ttl_ms: u64,
+    ) -> Result<(), BackendError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let adds = tags.iter().map(|tag| {
+            let mut conn = self.conn.clone();
+            let mut call = self.scripts.tag_add.key(self.tag_key(tag));
+            call.arg(key).arg(ttl_ms);
+            async move { call.invoke_async::<()>(&mut conn).await }
+        });
+        self.call(try_join_all(adds)).await.map(drop)
+    }
+
+    /// Deletes each of `keys` that still carries `tag`; returns how many.
+    async fn delete_tagged(&self, tag: &str, keys: &[String]) -> Result<u64, BackendError> {
+        let deletes = keys.iter().map(|key| {
+            let mut conn = self.conn.clone();
+            let mut call = self.scripts.delete_if_tagged.key(self.entry_key(key));
+            call.arg(tag);
+            async move { call.invoke_async::<u64>(&mut conn).await }
+        });
+        Ok(self.call(try_join_all(deletes)).await?.into_iter().sum())
+    }
+
+    async fn invalidate_tag(&self, tag: &str) -> Result<u64, BackendError> {
+        let index = self.tag_key(tag);
+        let mut deleted = 0;
+        let mut cursor = 0u64;
+        loop {
+            let mut conn = self.conn.clone();
+            let (next, flat): (u64, Vec<String>) = self
+                .call(
+                    redis::cmd("ZSCAN")
+                        .arg(&index)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(SCAN_BATCH)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            // ZSCAN answers member, score, member, score, ...
+            let keys: Vec<String> = flat.into_iter().step_by(2).collect();
+            if !keys.is_empty() {
+                deleted += self.delete_tagged(tag, &keys).await?;
+                self.call(
+                    redis::cmd("ZREM")
+                        .arg(&index)
+                        .arg(&keys)
+                        .query_async::<()>(&mut conn),
+                )
+                .await?;
+                // A write that landed between the first delete and the ZREM
+                // may have been indexed before the ZREM removed it: delete
+                // again so it cannot survive unindexed.
+                deleted += self.delete_tagged(tag, &keys).await?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn scan(
+        &self,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> Result<(u64, Vec<String>), BackendError> {
+        let mut conn = self.conn.clone();
+        let mut full = format!("{}:c:{{", self.namespace);
+        full.push_str(if pattern.is_empty() { "*" } else { pattern });
+        full.push('}');
+        self.call(
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(full)
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+}
+
+fn entry_from_reply(reply: Vec<Value>) -> Result<(Entry, Vec<String>), BackendError> {
+    let bad = |what: &str| BackendError::Protocol(format!("cache get: {what}"));
+    let mut fields = reply.into_iter();
+    let value = match fields.next() {
+        Some(Value::BulkString(v)) => Bytes::from(v),
+        _ => return Err(bad("value")),
+    };
+    let version = match fields.next() {
+        Some(Value::BulkString(v)) => std::str::from_utf8(&v)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("version"))?,
+        _ => return Err(bad("version")),
+    };
+    let ttl = match fields.next() {
+        Some(Value::Int(ms)) if ms >= 0 => Some(Duration::from_millis(ms as u64)),
+        Some(Value::Int(_)) => None,
+        _ => return Err(bad("ttl")),
+    };
+    let tags = fields
+        .map(|f| match f {
+            Value::BulkString(t) => String::from_utf8(t).map_err(|_| bad("tag")),
+            _ => Err(bad("tag")),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((
+        Entry {
+            value,
+            version,
+            ttl,
+        },
+        tags,
+    ))
+}
+
+#[async_trait]
+impl CacheStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn get(&self, key: &str, refresh_ttl: bool) -> Result<Option<Entry>, BackendError> {
+        let mut conn = self.conn.clone();
+        let mut call = self.scripts.get.key(self.entry_key(key));
+        call.arg(if refresh_ttl { "1" } else { "0" });
+        let reply: Option<Vec<Value>> = self.call(call.invoke_async(&mut conn)).await?;
+        let Some(reply) = reply else {
+            return Ok(None);
+        };
+        let (entry, tags) = entry_from_reply(reply)?;
+        if let Some(ttl) = entry.ttl.filter(|_| refresh_ttl) {
+            // The TTL grew: the tag indexes must not forget the key earlier.
+            self.index_tags(key, &tags, ttl.as_millis() as u64).await?;
+        }
+        Ok(Some(entry))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, BackendError> {
+        // Concurrent calls on the multiplexed connection go out as one
+        // pipeline: one round trip for the whole batch.
+        let reads = keys.iter().map(|key| {
+            let mut conn = self.conn.clone();
+            let mut call = self.scripts.get.key(self.entry_key(key));
+            call.arg("0");
+            async move { call.invoke_async::<Option<Vec<Value>>>(&mut conn).await }
+        });
+        self.call(try_join_all(reads))
+            .await?
+            .into_iter()
+            .map(|reply| {
+                reply
+                    .map(|r| entry_from_reply(r).map(|(entry, _)| entry))
+                    .transpose()
+            })
+            .collect()
+    }
+
+    async fn set(&self, key: &str, write: Write) -> Result<SetOutcome, BackendError> {
+        let ttl_ms = write.ttl.map_or(0, |t| t.as_millis() as u64);
+        let (condition, expected) = match write.condition {
+            Condition::None => ("none", 0),
+            Condition::IfAbsent => ("absent", 0),
+            Condition::IfPresent => ("present", 0),
+            Condition::IfVersion(v) => ("version", v),
+        };
+        let mut conn = self.conn.clone();
+        let mut call = self.scripts.set.key(self.entry_key(key));
+        call.arg(write.value.as_ref())
+            .arg(ttl_ms)
+            .arg(condition)
+            .arg(expected)
+            .arg(&write.tags);
+        let version: i64 = self.call(call.invoke_async(&mut conn)).await?;
+        if version < 0 {
+            return Ok(SetOutcome::ConditionFailed);
+        }
+        self.index_tags(key, &write.tags, ttl_ms).await?;
+        Ok(SetOutcome::Written {
+            version: version as u64,
+        })
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        let mut conn = self.conn.clone();
+        let removed: u64 = self
+            .call(
+                redis::cmd("DEL")
+                    .arg(self.entry_key(key))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(removed > 0)
+    }
+
+    async fn invalidate_tags(&self, tags: &[String]) -> Result<u64, BackendError> {
+        let mut deleted = 0;
+        for tag in tags {
+            deleted += self.invalidate_tag(tag).await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
+        let mut deleted = 0;
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = self.scan(cursor, pattern, SCAN_BATCH).await?;
+            if !keys.is_empty() {
+                let mut conn = self.conn.clone();
+                deleted += self
+                    .call(
+                        redis::cmd("UNLINK")
+                            .arg(&keys)
+                            .query_async::<u64>(&mut conn),
+                    )
+                    .await?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn list_keys(
+        &self,
+        pattern: &str,
+        cursor: &str,
+        limit: usize,
+    ) -> Result<KeyPage, BackendError> {
+        let cursor = match cursor {
+            "" => 0,
+            c => c.parse().map_err(|_| BackendError::InvalidCursor)?,
+        };
+        let (next, keys) = self.scan(cursor, pattern, limit).await?;
+        Ok(KeyPage {
+            keys: keys
+                .iter()
+                .filter_map(|k| self.user_key(k).map(str::to_string))
+                .collect(),
+            next_cursor: (next != 0).then(|| next.to_string()),
+        })
+    }
+
+    fn stats(&self) -> StoreStats {
+        // Counting a namespace's keys in a shared Redis takes a full SCAN:
+        // not something a status call should do.
+        StoreStats::default()
+    }
+}

@@ -1,0 +1,64 @@
+//! Rate limits on Redis: one script per decision (`gcra.lua`,
+//! `window.lua`), on Redis' clock.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::RedisStore;
+use crate::backend::{Algorithm, BackendError, Decision, Limit, RateLimitStore};
+
+#[async_trait]
+impl RateLimitStore for RedisStore {
+    async fn check(
+        &self,
+        policy: &str,
+        key: &str,
+        limit: &Limit,
+        cost: u32,
+    ) -> Result<Decision, BackendError> {
+        let state = format!(
+            "{}:rl:{}:{{{policy}:{key}}}",
+            self.namespace,
+            limit.algorithm.name()
+        );
+        let period_us = limit.period.as_micros() as f64;
+        let mut conn = self.conn.clone();
+        let call = match limit.algorithm {
+            Algorithm::Gcra => {
+                let mut call = self.scripts.gcra.key(state);
+                // The interval may be fractional: pass it exactly.
+                call.arg(format!("{:.6}", period_us / f64::from(limit.limit)))
+                    .arg(limit.burst)
+                    .arg(cost);
+                call
+            }
+            Algorithm::SlidingWindow | Algorithm::FixedWindow => {
+                let mut call = self.scripts.window.key(state);
+                call.arg(limit.period.as_micros() as u64)
+                    .arg(limit.limit)
+                    .arg(cost)
+                    .arg(if limit.algorithm == Algorithm::SlidingWindow {
+                        "sliding"
+                    } else {
+                        "fixed"
+                    });
+                call
+            }
+        };
+        let (allowed, remaining, reset_us, retry_us): (i64, i64, i64, i64) =
+            self.call(call.invoke_async(&mut conn)).await?;
+        let us = |n: i64| Duration::from_micros(n.max(0) as u64);
+        Ok(Decision {
+            allowed: allowed == 1,
+            limit: if limit.algorithm == Algorithm::Gcra {
+                limit.burst
+            } else {
+                limit.limit
+            },
+            remaining: remaining.max(0) as u32,
+            reset_after: us(reset_us),
+            retry_after: (retry_us >= 0).then(|| us(retry_us)),
+        })
+    }
+}

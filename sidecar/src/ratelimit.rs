@@ -1,0 +1,129 @@
+//! The rate-limit primitive: named policies from configuration or inline
+//! limits, validated, then one backend decision per check.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{Algorithm, Decision, Limit, RateLimitStore};
+use crate::config::{Limits, PolicyConfig};
+use crate::error::{Error, Result};
+use crate::telemetry::{self, Metrics};
+
+/// Longest policy name.
+const MAX_POLICY_NAME: usize = 128;
+
+/// A limit given with the request instead of from configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineLimit {
+    /// "gcra", "sliding_window" or "fixed_window".
+    pub algorithm: String,
+    pub limit: u32,
+    pub period_ms: u64,
+    /// GCRA only; 0 means `limit`.
+    pub burst: u32,
+}
+
+/// Rate limits.
+pub struct RateLimits {
+    store: Arc<dyn RateLimitStore>,
+    policies: BTreeMap<String, Limit>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+}
+
+fn parse_algorithm(name: &str) -> Result<Algorithm> {
+    match name {
+        "gcra" => Ok(Algorithm::Gcra),
+        "sliding_window" => Ok(Algorithm::SlidingWindow),
+        "fixed_window" => Ok(Algorithm::FixedWindow),
+        other => Err(Error::InvalidArgument(format!(
+            "algorithm {other:?}: expected gcra, sliding_window or fixed_window"
+        ))),
+    }
+}
+
+impl RateLimits {
+    /// `policies` were validated with the configuration.
+    pub fn new(
+        store: Arc<dyn RateLimitStore>,
+        policies: &BTreeMap<String, PolicyConfig>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let policies = policies
+            .iter()
+            .filter_map(|(name, p)| p.to_limit().ok().map(|l| (name.clone(), l)))
+            .collect();
+        RateLimits {
+            store,
+            policies,
+            limits,
+            metrics,
+        }
+    }
+
+    /// The configured policy `name`, if any.
+    pub fn policy(&self, name: &str) -> Option<&Limit> {
+        self.policies.get(name)
+    }
+
+    /// Decides whether `cost` (0 means 1) for `key` fits `policy` (or the
+    /// inline limit, which then names its own counters `policy`).
+    pub async fn check(
+        &self,
+        policy: &str,
+        inline: Option<InlineLimit>,
+        key: &str,
+        cost: u32,
+    ) -> Result<Decision> {
+        let span = tracing::info_span!("outrigger.ratelimit.check", policy, key, cost);
+        let decision = telemetry::observe(&self.metrics, "ratelimit", "check", span, async {
+            if policy.is_empty() || policy.len() > MAX_POLICY_NAME {
+                return Err(Error::InvalidArgument(format!(
+                    "policy name must be 1..={MAX_POLICY_NAME} bytes"
+                )));
+            }
+            if key.is_empty() {
+                return Err(Error::InvalidArgument("key must not be empty".into()));
+            }
+            if key.len() > self.limits.max_key_bytes {
+                return Err(Error::TooLarge(format!(
+                    "key is {} bytes; the limit is {} (limits.max_key_bytes)",
+                    key.len(),
+                    self.limits.max_key_bytes
+                )));
+            }
+            let limit = match inline {
+                Some(inline) => PolicyConfig {
+                    algorithm: parse_algorithm(&inline.algorithm)?,
+                    limit: inline.limit,
+                    period: Duration::from_millis(inline.period_ms),
+                    burst: (inline.burst > 0).then_some(inline.burst),
+                }
+                .to_limit()
+                .map_err(|reason| Error::InvalidArgument(format!("inline limit: {reason}")))?,
+                None => *self.policies.get(policy).ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "no rate-limit policy named {policy:?} (configure [ratelimit.policies.{policy}] or pass an inline limit)"
+                    ))
+                })?,
+            };
+            let cost = cost.max(1);
+            let most = if limit.algorithm == Algorithm::Gcra {
+                limit.burst
+            } else {
+                limit.limit
+            };
+            if cost > most {
+                return Err(Error::InvalidArgument(format!(
+                    "cost {cost} is more than the policy ever allows at once ({most}): it would never be allowed"
+                )));
+            }
+            Ok(self.store.check(policy, key, &limit, cost).await?)
+        })
+        .await?;
+        self.metrics.count_decision(decision.allowed);
+        Ok(decision)
+    }
+}
