@@ -2,8 +2,9 @@
 //! backend, plus what `Admin.Status` reports. Both APIs hold one [`App`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use crate::backend::memory::{MemoryLocks, MemoryRateLimits, MemoryStore};
 use crate::backend::redis::RedisStore;
@@ -51,8 +52,8 @@ pub struct App {
     namespace: String,
     started: Instant,
     /// Set when shutdown begins, so `/readyz` turns away new traffic while
-    /// in-flight requests drain.
-    draining: AtomicBool,
+    /// in-flight requests drain, and long-lived streams (Hold) end.
+    draining: watch::Sender<bool>,
 }
 
 impl App {
@@ -92,7 +93,7 @@ impl App {
             metrics,
             namespace: config.namespace.clone(),
             started: Instant::now(),
-            draining: AtomicBool::new(false),
+            draining: watch::channel(false).0,
         }
     }
 
@@ -107,10 +108,19 @@ impl App {
     }
 
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed)
+        !*self.draining.borrow()
     }
 
     pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
+        self.draining.send_replace(true);
+    }
+
+    /// Resolves once shutdown has begun.
+    pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.draining.subscribe();
+        async move {
+            // Err only if the sender is gone: the app is gone, so stop too.
+            let _ = rx.wait_for(|draining| *draining).await;
+        }
     }
 }

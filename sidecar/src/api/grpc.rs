@@ -1,14 +1,22 @@
-//! The gRPC API (tonic): `outrigger.v1.Cache` and `outrigger.v1.Admin`, plus
-//! `grpc.health.v1.Health` and server reflection. Wire types stop here.
+//! The gRPC API (tonic): `outrigger.v1.Cache`, `Lock`, `RateLimit` and
+//! `Admin`, plus `grpc.health.v1.Health` and server reflection. Wire types
+//! stop here.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::app::App;
-use crate::backend::{Condition, Entry};
+use crate::backend::{Condition, Decision, Entry};
 use crate::cache::{Invalidation, SetRequest};
 use crate::error::Error;
+use crate::lock::KeepAlive;
+use crate::ratelimit::InlineLimit;
 
 /// Code generated from `proto/outrigger/v1/*.proto`.
 pub mod pb {
@@ -22,6 +30,9 @@ pub mod pb {
 
 use pb::admin_server::{Admin, AdminServer};
 use pb::cache_server::{Cache, CacheServer};
+use pb::hold_response::Event;
+use pb::lock_server::{Lock, LockServer};
+use pb::rate_limit_server::{RateLimit, RateLimitServer};
 
 /// Largest gRPC message accepted: room for the biggest value plus the
 /// request around it, so an oversized value gets our own clear error.
@@ -34,6 +45,8 @@ pub async fn routes(app: Arc<App>) -> anyhow::Result<tonic::service::Routes> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CacheServer<CacheService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
+    health.set_serving::<LockServer<LockService>>().await;
+    health.set_serving::<RateLimitServer<RateLimitService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -49,6 +62,8 @@ pub async fn routes(app: Arc<App>) -> anyhow::Result<tonic::service::Routes> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(CacheServer::new(CacheService(app.clone())).max_decoding_message_size(max))
+        .add_service(LockServer::new(LockService(app.clone())))
+        .add_service(RateLimitServer::new(RateLimitService(app.clone())))
         .add_service(AdminServer::new(AdminService(app)));
     Ok(routes.routes())
 }
@@ -220,5 +235,214 @@ impl Admin for AdminService {
                 evictions: s.cache.evictions,
             }),
         }))
+    }
+}
+
+/// `outrigger.v1.Lock`.
+pub struct LockService(Arc<App>);
+
+type HoldStream = Pin<Box<dyn Stream<Item = Result<pb::HoldResponse, Status>> + Send>>;
+
+fn hold_event(event: Event) -> pb::HoldResponse {
+    pb::HoldResponse {
+        event: event.into(),
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl Lock for LockService {
+    async fn acquire(
+        &self,
+        req: Request<pb::AcquireRequest>,
+    ) -> Result<Response<pb::AcquireResponse>, Status> {
+        let req = req.into_inner();
+        let lease = self.0.locks.acquire(&req.name, req.ttl_ms, req.wait_ms).await?;
+        Ok(Response::new(match lease {
+            Some(lease) => pb::AcquireResponse {
+                acquired: true,
+                token: lease.token,
+                fence: lease.fence,
+            },
+            None => pb::AcquireResponse::default(),
+        }))
+    }
+
+    async fn release(
+        &self,
+        req: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let req = req.into_inner();
+        let released = self.0.locks.release(&req.name, &req.token).await?;
+        Ok(Response::new(pb::ReleaseResponse { released }))
+    }
+
+    async fn extend(
+        &self,
+        req: Request<pb::ExtendRequest>,
+    ) -> Result<Response<pb::ExtendResponse>, Status> {
+        let req = req.into_inner();
+        let extended = self.0.locks.extend(&req.name, &req.token, req.ttl_ms).await?;
+        Ok(Response::new(pb::ExtendResponse { extended }))
+    }
+
+    type HoldStream = HoldStream;
+
+    async fn hold(
+        &self,
+        req: Request<Streaming<pb::HoldRequest>>,
+    ) -> Result<Response<HoldStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .and_then(|m| m.action)
+            .ok_or_else(|| Status::invalid_argument("the first message must be `acquire`"))?;
+        let pb::hold_request::Action::Acquire(acquire) = first else {
+            return Err(Status::invalid_argument("the first message must be `acquire`"));
+        };
+        let app = self.0.clone();
+        let name = acquire.name;
+        let lease = app.locks.acquire(&name, acquire.ttl_ms, acquire.wait_ms).await?;
+        let (tx, rx) = mpsc::channel(4);
+        let Some(lease) = lease else {
+            let _ = tx.send(Ok(hold_event(Event::NotAcquired))).await;
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        };
+        let acquired = pb::HoldResponse {
+            event: Event::Acquired.into(),
+            token: lease.token.clone(),
+            fence: lease.fence,
+            reason: String::new(),
+        };
+        if tx.send(Ok(acquired)).await.is_err() {
+            // The client left while we waited for the lock.
+            let _ = app.locks.release(&name, &lease.token).await;
+            return Err(Status::cancelled("the client went away"));
+        }
+        let ttl = Duration::from_millis(acquire.ttl_ms);
+        tokio::spawn(async move {
+            let mut asked_to_release = false;
+            let draining = app.draining();
+            let stop = async {
+                tokio::select! {
+                    () = async {
+                        // Ends on `release`, on end of stream, or on error
+                        // (the client went away).
+                        while let Ok(Some(msg)) = inbound.message().await {
+                            if matches!(msg.action, Some(pb::hold_request::Action::Release(true))) {
+                                asked_to_release = true;
+                                return;
+                            }
+                        }
+                    } => {}
+                    () = tx.closed() => {}
+                    () = draining => {}
+                }
+            };
+            match app.locks.keep_alive(&name, &lease, ttl, stop).await {
+                KeepAlive::Stopped => {
+                    let released = app.locks.release(&name, &lease.token).await;
+                    let event = match released {
+                        Ok(true) if asked_to_release => hold_event(Event::Released),
+                        Ok(true) => pb::HoldResponse {
+                            event: Event::Lost.into(),
+                            reason: "the sidecar is shutting down; the lock was released".into(),
+                            ..Default::default()
+                        },
+                        Ok(false) => pb::HoldResponse {
+                            event: Event::Lost.into(),
+                            reason: "the lock had expired or been taken".into(),
+                            ..Default::default()
+                        },
+                        Err(err) => {
+                            tracing::warn!(%name, error = %err, "releasing a held lock failed; it expires with its lease");
+                            pb::HoldResponse {
+                                event: Event::Lost.into(),
+                                reason: "release failed; the lock expires with its lease".into(),
+                                ..Default::default()
+                            }
+                        }
+                    };
+                    // Nobody may be listening any more: that is fine.
+                    let _ = tx.send(Ok(event)).await;
+                }
+                KeepAlive::Lost(reason) => {
+                    tracing::warn!(%name, %reason, "held lock lost");
+                    let _ = tx
+                        .send(Ok(pb::HoldResponse {
+                            event: Event::Lost.into(),
+                            reason,
+                            ..Default::default()
+                        }))
+                        .await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn acquire_permit(
+        &self,
+        req: Request<pb::AcquirePermitRequest>,
+    ) -> Result<Response<pb::AcquirePermitResponse>, Status> {
+        let req = req.into_inner();
+        let token = self
+            .0
+            .locks
+            .acquire_permit(&req.name, req.limit, req.ttl_ms, req.wait_ms)
+            .await?;
+        Ok(Response::new(pb::AcquirePermitResponse {
+            acquired: token.is_some(),
+            token: token.unwrap_or_default(),
+        }))
+    }
+
+    async fn release_permit(
+        &self,
+        req: Request<pb::ReleasePermitRequest>,
+    ) -> Result<Response<pb::ReleasePermitResponse>, Status> {
+        let req = req.into_inner();
+        let released = self.0.locks.release_permit(&req.name, &req.token).await?;
+        Ok(Response::new(pb::ReleasePermitResponse { released }))
+    }
+}
+
+/// `outrigger.v1.RateLimit`.
+pub struct RateLimitService(Arc<App>);
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0)
+}
+
+fn check_response(d: Decision) -> pb::CheckResponse {
+    pb::CheckResponse {
+        allowed: d.allowed,
+        limit: d.limit,
+        remaining: d.remaining,
+        reset_after_ms: ms(d.reset_after),
+        retry_after_ms: d.retry_after.map_or(0, ms),
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimit for RateLimitService {
+    async fn check(
+        &self,
+        req: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        let req = req.into_inner();
+        let inline = req.inline.map(|l| InlineLimit {
+            algorithm: l.algorithm,
+            limit: l.limit,
+            period_ms: l.period_ms,
+            burst: l.burst,
+        });
+        let decision = self
+            .0
+            .ratelimits
+            .check(&req.policy, inline, &req.key, req.cost)
+            .await?;
+        Ok(Response::new(check_response(decision)))
     }
 }

@@ -6,10 +6,11 @@
 //! `{"error": {"code", "message"}}`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +26,7 @@ use crate::app::App;
 use crate::backend::Condition;
 use crate::cache::{Invalidation, SetRequest};
 use crate::error::Error;
+use crate::ratelimit::InlineLimit;
 
 /// Bound on JSON request bodies (cache values have their own limit).
 const JSON_BODY_LIMIT: usize = 64 * 1024;
@@ -44,6 +46,12 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/cache/{key}",
             get(get_entry).put(put_entry).delete(delete_entry),
         )
+        .route("/v1/locks/{name}/acquire", post(lock_acquire))
+        .route("/v1/locks/{name}/release", post(lock_release))
+        .route("/v1/locks/{name}/extend", post(lock_extend))
+        .route("/v1/semaphores/{name}/acquire", post(permit_acquire))
+        .route("/v1/semaphores/{name}/release", post(permit_release))
+        .route("/v1/ratelimit/{policy}/check", post(ratelimit_check))
         .route("/v1/admin/status", get(status))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -74,7 +82,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// A single path segment, percent-decoded, whose rejection is our JSON 400.
+/// A single path segment (a cache key, a lock or policy name),
+/// percent-decoded, whose rejection is our JSON 400.
 struct Key(String);
 
 impl<S: Send + Sync> FromRequestParts<S> for Key {
@@ -88,10 +97,26 @@ impl<S: Send + Sync> FromRequestParts<S> for Key {
     }
 }
 
-/// Parses a JSON body whatever its content type says.
-fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(body)
-        .map_err(|e| Error::InvalidArgument(format!("invalid JSON body: {e}")))
+/// A JSON body, whatever its content type says, of at most
+/// [`JSON_BODY_LIMIT`] bytes; rejections are our JSON 400 / 413.
+struct ApiJson<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Error> {
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(|e: BytesRejection| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => Error::TooLarge(format!(
+                    "JSON bodies are limited to {JSON_BODY_LIMIT} bytes"
+                )),
+                _ => Error::InvalidArgument(e.body_text()),
+            })?;
+        serde_json::from_slice(&body)
+            .map(ApiJson)
+            .map_err(|e| Error::InvalidArgument(format!("invalid JSON body: {e}")))
+    }
 }
 
 #[derive(Deserialize)]
@@ -209,14 +234,8 @@ struct InvalidateBody {
 
 async fn invalidate(
     State(app): State<Arc<App>>,
-    body: Result<Bytes, BytesRejection>,
+    ApiJson(body): ApiJson<InvalidateBody>,
 ) -> Result<Response, Error> {
-    let body: InvalidateBody = json_body(&body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => Error::TooLarge(format!(
-            "JSON bodies are limited to {JSON_BODY_LIMIT} bytes"
-        )),
-        _ => Error::InvalidArgument(e.body_text()),
-    })?)?;
     let what = match (body.tags, body.pattern) {
         (Some(tags), None) => Invalidation::Tags(tags),
         (None, Some(pattern)) => Invalidation::Pattern(pattern),
@@ -250,6 +269,174 @@ async fn list_keys(
         .list_keys(&params.pattern, &params.cursor, params.limit)
         .await?;
     Ok(Json(json!({ "keys": page.keys, "next_cursor": page.next_cursor })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcquireBody {
+    ttl_ms: u64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn lock_acquire(
+    State(app): State<Arc<App>>,
+    Key(name): Key,
+    ApiJson(body): ApiJson<AcquireBody>,
+) -> Result<Response, Error> {
+    match app.locks.acquire(&name, body.ttl_ms, body.wait_ms).await? {
+        Some(lease) => Ok(Json(json!({ "token": lease.token, "fence": lease.fence })).into_response()),
+        None => Err(Error::Conflict(format!(
+            "lock {name:?} is held by someone else (waited {} ms)",
+            body.wait_ms
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    token: String,
+}
+
+fn not_held(what: &str, name: &str) -> Error {
+    Error::Conflict(format!(
+        "{what} {name:?} is not held with this token (it expired, or another holder has it)"
+    ))
+}
+
+async fn lock_release(
+    State(app): State<Arc<App>>,
+    Key(name): Key,
+    ApiJson(body): ApiJson<TokenBody>,
+) -> Result<Response, Error> {
+    if app.locks.release(&name, &body.token).await? {
+        Ok(Json(json!({ "released": true })).into_response())
+    } else {
+        Err(not_held("lock", &name))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExtendBody {
+    token: String,
+    ttl_ms: u64,
+}
+
+async fn lock_extend(
+    State(app): State<Arc<App>>,
+    Key(name): Key,
+    ApiJson(body): ApiJson<ExtendBody>,
+) -> Result<Response, Error> {
+    if app.locks.extend(&name, &body.token, body.ttl_ms).await? {
+        Ok(Json(json!({ "extended": true })).into_response())
+    } else {
+        Err(not_held("lock", &name))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PermitBody {
+    limit: u32,
+    ttl_ms: u64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn permit_acquire(
+    State(app): State<Arc<App>>,
+    Key(name): Key,
+    ApiJson(body): ApiJson<PermitBody>,
+) -> Result<Response, Error> {
+    let token = app
+        .locks
+        .acquire_permit(&name, body.limit, body.ttl_ms, body.wait_ms)
+        .await?;
+    match token {
+        Some(token) => Ok(Json(json!({ "token": token })).into_response()),
+        None => Err(Error::Conflict(format!(
+            "all {} permits of semaphore {name:?} are held (waited {} ms)",
+            body.limit, body.wait_ms
+        ))),
+    }
+}
+
+async fn permit_release(
+    State(app): State<Arc<App>>,
+    Key(name): Key,
+    ApiJson(body): ApiJson<TokenBody>,
+) -> Result<Response, Error> {
+    if app.locks.release_permit(&name, &body.token).await? {
+        Ok(Json(json!({ "released": true })).into_response())
+    } else {
+        Err(not_held("permit of semaphore", &name))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckBody {
+    key: String,
+    #[serde(default)]
+    cost: u32,
+    #[serde(default)]
+    inline: Option<InlineBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InlineBody {
+    algorithm: String,
+    limit: u32,
+    period_ms: u64,
+    #[serde(default)]
+    burst: u32,
+}
+
+/// Whole seconds, rounded up: what `RateLimit-Reset` and `Retry-After`
+/// carry.
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn ceil_ms(d: Duration) -> u64 {
+    d.as_millis() as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0)
+}
+
+async fn ratelimit_check(
+    State(app): State<Arc<App>>,
+    Key(policy): Key,
+    ApiJson(body): ApiJson<CheckBody>,
+) -> Result<Response, Error> {
+    let inline = body.inline.map(|l| InlineLimit {
+        algorithm: l.algorithm,
+        limit: l.limit,
+        period_ms: l.period_ms,
+        burst: l.burst,
+    });
+    let d = app.ratelimits.check(&policy, inline, &body.key, body.cost).await?;
+    let mut headers = HeaderMap::new();
+    headers.insert("ratelimit-limit", d.limit.into());
+    headers.insert("ratelimit-remaining", d.remaining.into());
+    headers.insert("ratelimit-reset", ceil_secs(d.reset_after).into());
+    let mut body = json!({
+        "allowed": d.allowed,
+        "limit": d.limit,
+        "remaining": d.remaining,
+        "reset_after_ms": ceil_ms(d.reset_after),
+        "retry_after_ms": d.retry_after.map_or(0, ceil_ms),
+    });
+    if let Some(retry) = d.retry_after {
+        headers.insert(header::RETRY_AFTER, ceil_secs(retry).into());
+        body["error"] = json!({
+            "code": "rate_limited",
+            "message": format!("rate limited; retry after {} ms", ceil_ms(retry)),
+        });
+        return Ok((StatusCode::TOO_MANY_REQUESTS, headers, Json(body)).into_response());
+    }
+    Ok((headers, Json(body)).into_response())
 }
 
 async fn status(State(app): State<Arc<App>>) -> Response {
