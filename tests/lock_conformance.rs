@@ -54,7 +54,11 @@ async fn redis() -> Backend {
         timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
     };
-    let store = Arc::new(RedisStore::connect(&redis_config, &unique("locks")).await.unwrap());
+    let store = Arc::new(
+        RedisStore::connect(&redis_config, &unique("locks"))
+            .await
+            .unwrap(),
+    );
     let stores = Stores {
         cache: MemoryStore::new(config.memory.clone()),
         locks: store.clone(),
@@ -105,30 +109,65 @@ mod cases {
     use super::*;
 
     pub async fn acquire_release_and_reacquire(app: &App) {
-        let lease = app.locks.acquire("orders", 10_000, 0).await.unwrap().expect("free lock");
+        let lease = app
+            .locks
+            .acquire("orders", 10_000, 0)
+            .await
+            .unwrap()
+            .expect("free lock");
         assert_eq!(lease.token.len(), 32);
         assert!(app.locks.release("orders", &lease.token).await.unwrap());
-        let again = app.locks.acquire("orders", 10_000, 0).await.unwrap().expect("released");
-        assert_ne!(again.token, lease.token, "every acquisition gets its own token");
+        let again = app
+            .locks
+            .acquire("orders", 10_000, 0)
+            .await
+            .unwrap()
+            .expect("released");
+        assert_ne!(
+            again.token, lease.token,
+            "every acquisition gets its own token"
+        );
     }
 
     pub async fn try_lock_fails_at_once_while_held(app: &App) {
         let _held = app.locks.acquire("l", 10_000, 0).await.unwrap().unwrap();
         let started = Instant::now();
         assert_eq!(app.locks.acquire("l", 10_000, 0).await.unwrap(), None);
-        assert!(started.elapsed() < Duration::from_millis(500), "wait 0 is a try-lock");
-        assert!(app.locks.acquire("other", 10_000, 0).await.unwrap().is_some(), "names are independent");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "wait 0 is a try-lock"
+        );
+        assert!(
+            app.locks
+                .acquire("other", 10_000, 0)
+                .await
+                .unwrap()
+                .is_some(),
+            "names are independent"
+        );
     }
 
     pub async fn only_the_current_token_releases_or_extends(app: &App) {
         let lease = app.locks.acquire("l", 10_000, 0).await.unwrap().unwrap();
         assert!(!app.locks.release("l", "not-the-token").await.unwrap());
-        assert!(!app.locks.extend("l", "not-the-token", 10_000).await.unwrap());
+        assert!(
+            !app.locks
+                .extend("l", "not-the-token", 10_000)
+                .await
+                .unwrap()
+        );
         assert!(!app.locks.release("never-held", &lease.token).await.unwrap());
-        assert_eq!(app.locks.acquire("l", 10_000, 0).await.unwrap(), None, "still held");
+        assert_eq!(
+            app.locks.acquire("l", 10_000, 0).await.unwrap(),
+            None,
+            "still held"
+        );
         assert!(app.locks.extend("l", &lease.token, 10_000).await.unwrap());
         assert!(app.locks.release("l", &lease.token).await.unwrap());
-        assert!(!app.locks.release("l", &lease.token).await.unwrap(), "released once");
+        assert!(
+            !app.locks.release("l", &lease.token).await.unwrap(),
+            "released once"
+        );
     }
 
     pub async fn fences_strictly_increase_and_survive_expiry(app: &App) {
@@ -142,16 +181,38 @@ mod cases {
         // Let a lease expire instead of releasing it: the fence still grows.
         let expired = app.locks.acquire("f", 50, 0).await.unwrap().unwrap();
         assert_eq!(expired.fence, last + 1);
-        let after = app.locks.acquire("f", 10_000, 2_000).await.unwrap().expect("after expiry");
-        assert!(after.fence > last + 1, "{} > {} (the expired one had {})", after.fence, last + 1, last + 1);
+        let after = app
+            .locks
+            .acquire("f", 10_000, 2_000)
+            .await
+            .unwrap()
+            .expect("after expiry");
+        assert!(
+            after.fence > last + 1,
+            "{} > {} (the expired one had {})",
+            after.fence,
+            last + 1,
+            last + 1
+        );
     }
 
     pub async fn an_expired_holder_loses_to_the_next(app: &App) {
         let stale = app.locks.acquire("e", 100, 0).await.unwrap().unwrap();
-        let next = app.locks.acquire("e", 10_000, 3_000).await.unwrap().expect("after TTL");
+        let next = app
+            .locks
+            .acquire("e", 10_000, 3_000)
+            .await
+            .unwrap()
+            .expect("after TTL");
         assert!(next.fence > stale.fence);
-        assert!(!app.locks.release("e", &stale.token).await.unwrap(), "stale release fails");
-        assert!(!app.locks.extend("e", &stale.token, 10_000).await.unwrap(), "stale extend fails");
+        assert!(
+            !app.locks.release("e", &stale.token).await.unwrap(),
+            "stale release fails"
+        );
+        assert!(
+            !app.locks.extend("e", &stale.token, 10_000).await.unwrap(),
+            "stale extend fails"
+        );
         assert!(app.locks.release("e", &next.token).await.unwrap());
     }
 
@@ -178,7 +239,10 @@ mod cases {
         // safety-net poll, 500 ms after its first attempt (~400 ms after the
         // release); the 30 s lease would keep it out for good.
         let delay = released_at.elapsed();
-        assert!(delay < Duration::from_millis(250), "woken {delay:?} after the release");
+        assert!(
+            delay < Duration::from_millis(250),
+            "woken {delay:?} after the release"
+        );
     }
 
     pub async fn wait_ms_bounds_the_wait(app: &App) {
@@ -186,8 +250,14 @@ mod cases {
         let started = Instant::now();
         assert_eq!(app.locks.acquire("b", 1_000, 300).await.unwrap(), None);
         let waited = started.elapsed();
-        assert!(waited >= Duration::from_millis(300), "gave up early: {waited:?}");
-        assert!(waited < Duration::from_millis(1_500), "waited too long: {waited:?}");
+        assert!(
+            waited >= Duration::from_millis(300),
+            "gave up early: {waited:?}"
+        );
+        assert!(
+            waited < Duration::from_millis(1_500),
+            "waited too long: {waited:?}"
+        );
     }
 
     pub async fn bad_lock_input_is_rejected(app: &App) {
@@ -196,10 +266,19 @@ mod cases {
         }
         assert!(invalid(app.locks.acquire("", 1_000, 0).await));
         assert!(invalid(app.locks.acquire("l", 0, 0).await), "ttl 0");
-        assert!(invalid(app.locks.acquire("l", u64::MAX, 0).await), "ttl over max");
-        assert!(invalid(app.locks.acquire("l", 1_000, 3_600_000).await), "wait over max");
+        assert!(
+            invalid(app.locks.acquire("l", u64::MAX, 0).await),
+            "ttl over max"
+        );
+        assert!(
+            invalid(app.locks.acquire("l", 1_000, 3_600_000).await),
+            "wait over max"
+        );
         assert!(invalid(app.locks.release("l", "").await));
-        assert!(invalid(app.locks.acquire_permit("s", 0, 1_000, 0).await), "limit 0");
+        assert!(
+            invalid(app.locks.acquire_permit("s", 0, 1_000, 0).await),
+            "limit 0"
+        );
         assert!(matches!(
             app.locks.acquire("n".repeat(600).as_str(), 1_000, 0).await,
             Err(Error::TooLarge(_))
@@ -211,8 +290,15 @@ mod cases {
         let lease = app.locks.acquire("k", 300, 0).await.unwrap().unwrap();
         // Stop after three TTLs: without renewals the lock would be gone.
         let stop = tokio::time::sleep(ttl * 3);
-        assert_eq!(app.locks.keep_alive("k", &lease, ttl, stop).await, KeepAlive::Stopped);
-        assert_eq!(app.locks.acquire("k", 1_000, 0).await.unwrap(), None, "renewed");
+        assert_eq!(
+            app.locks.keep_alive("k", &lease, ttl, stop).await,
+            KeepAlive::Stopped
+        );
+        assert_eq!(
+            app.locks.acquire("k", 1_000, 0).await.unwrap(),
+            None,
+            "renewed"
+        );
         assert!(app.locks.release("k", &lease.token).await.unwrap());
     }
 
@@ -224,31 +310,81 @@ mod cases {
         assert!(app.locks.release("t", &lease.token).await.unwrap());
         let _thief = app.locks.acquire("t", 10_000, 0).await.unwrap().unwrap();
         let started = Instant::now();
-        let end = app.locks.keep_alive("t", &lease, ttl, std::future::pending()).await;
+        let end = app
+            .locks
+            .keep_alive("t", &lease, ttl, std::future::pending())
+            .await;
         assert!(matches!(end, KeepAlive::Lost(_)), "{end:?}");
-        assert!(started.elapsed() < ttl, "lost is reported at the first renewal");
+        assert!(
+            started.elapsed() < ttl,
+            "lost is reported at the first renewal"
+        );
     }
 
     pub async fn semaphore_grants_exactly_limit_permits(app: &App) {
         let mut tokens = vec![];
         for _ in 0..3 {
-            tokens.push(app.locks.acquire_permit("pool", 3, 10_000, 0).await.unwrap().expect("free"));
+            tokens.push(
+                app.locks
+                    .acquire_permit("pool", 3, 10_000, 0)
+                    .await
+                    .unwrap()
+                    .expect("free"),
+            );
         }
-        assert_eq!(app.locks.acquire_permit("pool", 3, 10_000, 0).await.unwrap(), None);
+        assert_eq!(
+            app.locks
+                .acquire_permit("pool", 3, 10_000, 0)
+                .await
+                .unwrap(),
+            None
+        );
         assert!(app.locks.release_permit("pool", &tokens[0]).await.unwrap());
-        assert!(!app.locks.release_permit("pool", &tokens[0]).await.unwrap(), "once");
+        assert!(
+            !app.locks.release_permit("pool", &tokens[0]).await.unwrap(),
+            "once"
+        );
         assert!(!app.locks.release_permit("pool", "bogus").await.unwrap());
-        assert!(app.locks.acquire_permit("pool", 3, 10_000, 0).await.unwrap().is_some());
-        assert_eq!(app.locks.acquire_permit("pool", 3, 10_000, 0).await.unwrap(), None);
+        assert!(
+            app.locks
+                .acquire_permit("pool", 3, 10_000, 0)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            app.locks
+                .acquire_permit("pool", 3, 10_000, 0)
+                .await
+                .unwrap(),
+            None
+        );
     }
 
     pub async fn semaphore_permits_expire_and_wake_waiters(app: &App) {
-        let a = app.locks.acquire_permit("s", 2, 200, 0).await.unwrap().unwrap();
-        let held = app.locks.acquire_permit("s", 2, 30_000, 0).await.unwrap().unwrap();
+        let a = app
+            .locks
+            .acquire_permit("s", 2, 200, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        let held = app
+            .locks
+            .acquire_permit("s", 2, 30_000, 0)
+            .await
+            .unwrap()
+            .unwrap();
         // The short permit expires: a waiter gets it.
-        let got = app.locks.acquire_permit("s", 2, 30_000, 3_000).await.unwrap();
+        let got = app
+            .locks
+            .acquire_permit("s", 2, 30_000, 3_000)
+            .await
+            .unwrap();
         assert!(got.is_some(), "an expired permit frees a slot");
-        assert!(!app.locks.release_permit("s", &a).await.unwrap(), "expired permit");
+        assert!(
+            !app.locks.release_permit("s", &a).await.unwrap(),
+            "expired permit"
+        );
         // A release wakes a waiter long before the 30 s leases run out.
         let started = Instant::now();
         let (got, ()) = tokio::join!(app.locks.acquire_permit("s", 2, 30_000, 10_000), async {
@@ -256,28 +392,52 @@ mod cases {
             assert!(app.locks.release_permit("s", &held).await.unwrap());
         });
         assert!(got.unwrap().is_some());
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     pub async fn gcra_allows_the_burst_then_denies_with_retry_after(app: &App) {
         for remaining in [4, 3, 2, 1, 0] {
-            let d = app.ratelimits.check("login", None, "alice", 1).await.unwrap();
+            let d = app
+                .ratelimits
+                .check("login", None, "alice", 1)
+                .await
+                .unwrap();
             assert!(d.allowed);
             assert_eq!((d.limit, d.remaining), (5, remaining));
         }
-        let denied = app.ratelimits.check("login", None, "alice", 1).await.unwrap();
+        let denied = app
+            .ratelimits
+            .check("login", None, "alice", 1)
+            .await
+            .unwrap();
         assert!(!denied.allowed);
         assert_eq!(denied.remaining, 0);
         let retry = denied.retry_after.expect("retry_after when denied");
         // One emission interval (60 s / 5 = 12 s), less the time the checks took.
-        assert!(retry > Duration::from_secs(11) && retry <= Duration::from_secs(12), "{retry:?}");
-        assert!(denied.reset_after > Duration::from_secs(59) && denied.reset_after <= Duration::from_secs(60));
+        assert!(
+            retry > Duration::from_secs(11) && retry <= Duration::from_secs(12),
+            "{retry:?}"
+        );
+        assert!(
+            denied.reset_after > Duration::from_secs(59)
+                && denied.reset_after <= Duration::from_secs(60)
+        );
     }
 
     pub async fn gcra_honours_retry_after(app: &App) {
         // burst 3, then 10 per second
         for _ in 0..3 {
-            assert!(app.ratelimits.check("bursty", None, "k", 1).await.unwrap().allowed);
+            assert!(
+                app.ratelimits
+                    .check("bursty", None, "k", 1)
+                    .await
+                    .unwrap()
+                    .allowed
+            );
         }
         let denied = app.ratelimits.check("bursty", None, "k", 1).await.unwrap();
         assert!(!denied.allowed);
@@ -289,22 +449,60 @@ mod cases {
     }
 
     pub async fn gcra_cost_counts_several_units(app: &App) {
-        let d = app.ratelimits.check("login", None, "bulk", 4).await.unwrap();
+        let d = app
+            .ratelimits
+            .check("login", None, "bulk", 4)
+            .await
+            .unwrap();
         assert!(d.allowed && d.remaining == 1, "{d:?}");
-        let d = app.ratelimits.check("login", None, "bulk", 2).await.unwrap();
+        let d = app
+            .ratelimits
+            .check("login", None, "bulk", 2)
+            .await
+            .unwrap();
         assert!(!d.allowed && d.remaining == 1, "{d:?}");
-        assert!(app.ratelimits.check("login", None, "bulk", 1).await.unwrap().allowed);
+        assert!(
+            app.ratelimits
+                .check("login", None, "bulk", 1)
+                .await
+                .unwrap()
+                .allowed
+        );
         // cost 0 counts as 1
-        assert!(!app.ratelimits.check("login", None, "bulk", 0).await.unwrap().allowed);
+        assert!(
+            !app.ratelimits
+                .check("login", None, "bulk", 0)
+                .await
+                .unwrap()
+                .allowed
+        );
     }
 
     pub async fn cost_above_the_burst_is_rejected(app: &App) {
-        let err = app.ratelimits.check("login", None, "k", 6).await.unwrap_err();
-        assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("never")), "{err:?}");
-        let err = app.ratelimits.check("fixed", None, "k", 4).await.unwrap_err();
+        let err = app
+            .ratelimits
+            .check("login", None, "k", 6)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m.contains("never")),
+            "{err:?}"
+        );
+        let err = app
+            .ratelimits
+            .check("fixed", None, "k", 4)
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::InvalidArgument(_)));
         // Nothing was taken by the rejected call.
-        assert_eq!(app.ratelimits.check("login", None, "k", 1).await.unwrap().remaining, 4);
+        assert_eq!(
+            app.ratelimits
+                .check("login", None, "k", 1)
+                .await
+                .unwrap()
+                .remaining,
+            4
+        );
     }
 
     pub async fn sliding_window_limits_any_period(app: &App) {
@@ -315,17 +513,29 @@ mod cases {
         }
         let d = app.ratelimits.check("sliding", None, "u", 1).await.unwrap();
         assert!(!d.allowed);
-        assert!(d.retry_after.is_some_and(|r| r > Duration::ZERO && r <= Duration::from_secs(120)));
+        assert!(
+            d.retry_after
+                .is_some_and(|r| r > Duration::ZERO && r <= Duration::from_secs(120))
+        );
     }
 
     pub async fn fixed_window_limits_each_window(app: &App) {
         for _ in 0..3 {
-            assert!(app.ratelimits.check("fixed", None, "u", 1).await.unwrap().allowed);
+            assert!(
+                app.ratelimits
+                    .check("fixed", None, "u", 1)
+                    .await
+                    .unwrap()
+                    .allowed
+            );
         }
         let d = app.ratelimits.check("fixed", None, "u", 1).await.unwrap();
         assert!(!d.allowed);
         let retry = d.retry_after.unwrap();
-        assert!(retry <= Duration::from_secs(60) && retry == d.reset_after, "{d:?}");
+        assert!(
+            retry <= Duration::from_secs(60) && retry == d.reset_after,
+            "{d:?}"
+        );
     }
 
     pub async fn inline_limits_and_unknown_policies(app: &App) {
@@ -335,10 +545,32 @@ mod cases {
             period_ms: 60_000,
             burst: 0,
         };
-        assert!(app.ratelimits.check("adhoc", Some(inline()), "k", 1).await.unwrap().allowed);
-        assert!(app.ratelimits.check("adhoc", Some(inline()), "k", 1).await.unwrap().allowed);
-        assert!(!app.ratelimits.check("adhoc", Some(inline()), "k", 1).await.unwrap().allowed);
-        let err = app.ratelimits.check("nope", None, "k", 1).await.unwrap_err();
+        assert!(
+            app.ratelimits
+                .check("adhoc", Some(inline()), "k", 1)
+                .await
+                .unwrap()
+                .allowed
+        );
+        assert!(
+            app.ratelimits
+                .check("adhoc", Some(inline()), "k", 1)
+                .await
+                .unwrap()
+                .allowed
+        );
+        assert!(
+            !app.ratelimits
+                .check("adhoc", Some(inline()), "k", 1)
+                .await
+                .unwrap()
+                .allowed
+        );
+        let err = app
+            .ratelimits
+            .check("nope", None, "k", 1)
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::NotFound(_)), "{err:?}");
         let bad = InlineLimit {
             algorithm: "leaky".into(),
@@ -348,7 +580,10 @@ mod cases {
             app.ratelimits.check("adhoc", Some(bad), "k", 1).await,
             Err(Error::InvalidArgument(_))
         ));
-        let zero = InlineLimit { limit: 0, ..inline() };
+        let zero = InlineLimit {
+            limit: 0,
+            ..inline()
+        };
         assert!(matches!(
             app.ratelimits.check("adhoc2", Some(zero), "k", 1).await,
             Err(Error::InvalidArgument(_))
@@ -363,8 +598,26 @@ mod cases {
         for _ in 0..3 {
             app.ratelimits.check("fixed", None, "a", 1).await.unwrap();
         }
-        assert!(!app.ratelimits.check("fixed", None, "a", 1).await.unwrap().allowed);
-        assert!(app.ratelimits.check("fixed", None, "b", 1).await.unwrap().allowed);
-        assert!(app.ratelimits.check("login", None, "a", 1).await.unwrap().allowed);
+        assert!(
+            !app.ratelimits
+                .check("fixed", None, "a", 1)
+                .await
+                .unwrap()
+                .allowed
+        );
+        assert!(
+            app.ratelimits
+                .check("fixed", None, "b", 1)
+                .await
+                .unwrap()
+                .allowed
+        );
+        assert!(
+            app.ratelimits
+                .check("login", None, "a", 1)
+                .await
+                .unwrap()
+                .allowed
+        );
     }
 }

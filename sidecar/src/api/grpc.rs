@@ -11,6 +11,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::ceil_ms;
 use crate::app::App;
 use crate::backend::{Condition, Decision, Entry};
 use crate::cache::{Invalidation, SetRequest};
@@ -46,7 +47,9 @@ pub async fn routes(app: Arc<App>) -> anyhow::Result<tonic::service::Routes> {
     health.set_serving::<CacheServer<CacheService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
     health.set_serving::<LockServer<LockService>>().await;
-    health.set_serving::<RateLimitServer<RateLimitService>>().await;
+    health
+        .set_serving::<RateLimitServer<RateLimitService>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -257,7 +260,11 @@ impl Lock for LockService {
         req: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::AcquireResponse>, Status> {
         let req = req.into_inner();
-        let lease = self.0.locks.acquire(&req.name, req.ttl_ms, req.wait_ms).await?;
+        let lease = self
+            .0
+            .locks
+            .acquire(&req.name, req.ttl_ms, req.wait_ms)
+            .await?;
         Ok(Response::new(match lease {
             Some(lease) => pb::AcquireResponse {
                 acquired: true,
@@ -282,7 +289,11 @@ impl Lock for LockService {
         req: Request<pb::ExtendRequest>,
     ) -> Result<Response<pb::ExtendResponse>, Status> {
         let req = req.into_inner();
-        let extended = self.0.locks.extend(&req.name, &req.token, req.ttl_ms).await?;
+        let extended = self
+            .0
+            .locks
+            .extend(&req.name, &req.token, req.ttl_ms)
+            .await?;
         Ok(Response::new(pb::ExtendResponse { extended }))
     }
 
@@ -299,11 +310,16 @@ impl Lock for LockService {
             .and_then(|m| m.action)
             .ok_or_else(|| Status::invalid_argument("the first message must be `acquire`"))?;
         let pb::hold_request::Action::Acquire(acquire) = first else {
-            return Err(Status::invalid_argument("the first message must be `acquire`"));
+            return Err(Status::invalid_argument(
+                "the first message must be `acquire`",
+            ));
         };
         let app = self.0.clone();
         let name = acquire.name;
-        let lease = app.locks.acquire(&name, acquire.ttl_ms, acquire.wait_ms).await?;
+        let lease = app
+            .locks
+            .acquire(&name, acquire.ttl_ms, acquire.wait_ms)
+            .await?;
         let (tx, rx) = mpsc::channel(4);
         let Some(lease) = lease else {
             let _ = tx.send(Ok(hold_event(Event::NotAcquired))).await;
@@ -411,17 +427,13 @@ impl Lock for LockService {
 /// `outrigger.v1.RateLimit`.
 pub struct RateLimitService(Arc<App>);
 
-fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0)
-}
-
 fn check_response(d: Decision) -> pb::CheckResponse {
     pb::CheckResponse {
         allowed: d.allowed,
         limit: d.limit,
         remaining: d.remaining,
-        reset_after_ms: ms(d.reset_after),
-        retry_after_ms: d.retry_after.map_or(0, ms),
+        reset_after_ms: ceil_ms(d.reset_after),
+        retry_after_ms: d.retry_after.map_or(0, ceil_ms),
     }
 }
 

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::ceil_ms;
 use super::error::error_response;
 use crate::app::App;
 use crate::backend::Condition;
@@ -285,7 +286,9 @@ async fn lock_acquire(
     ApiJson(body): ApiJson<AcquireBody>,
 ) -> Result<Response, Error> {
     match app.locks.acquire(&name, body.ttl_ms, body.wait_ms).await? {
-        Some(lease) => Ok(Json(json!({ "token": lease.token, "fence": lease.fence })).into_response()),
+        Some(lease) => {
+            Ok(Json(json!({ "token": lease.token, "fence": lease.fence })).into_response())
+        }
         None => Err(Error::Conflict(format!(
             "lock {name:?} is held by someone else (waited {} ms)",
             body.wait_ms
@@ -401,10 +404,6 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-fn ceil_ms(d: Duration) -> u64 {
-    d.as_millis() as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0)
-}
-
 async fn ratelimit_check(
     State(app): State<Arc<App>>,
     Key(policy): Key,
@@ -416,7 +415,10 @@ async fn ratelimit_check(
         period_ms: l.period_ms,
         burst: l.burst,
     });
-    let d = app.ratelimits.check(&policy, inline, &body.key, body.cost).await?;
+    let d = app
+        .ratelimits
+        .check(&policy, inline, &body.key, body.cost)
+        .await?;
     let mut headers = HeaderMap::new();
     headers.insert("ratelimit-limit", d.limit.into());
     headers.insert("ratelimit-remaining", d.remaining.into());

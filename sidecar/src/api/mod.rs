@@ -6,3 +6,10 @@ pub mod grpc;
 pub mod http;
 
 pub use grpc::pb;
+
+use std::time::Duration;
+
+/// Milliseconds, rounded up: a client told to wait this long is never early.
+pub(crate) fn ceil_ms(d: Duration) -> u64 {
+    d.as_millis() as u64 + u64::from(!d.subsec_nanos().is_multiple_of(1_000_000))
+}
