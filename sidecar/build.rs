@@ -12,6 +12,8 @@ const PROTOS: &[&str] = &[
     "outrigger/v1/admin.proto",
     "outrigger/v1/lock.proto",
     "outrigger/v1/ratelimit.proto",
+    "outrigger/v1/presence.proto",
+    "outrigger/v1/pubsub.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -6,12 +6,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::backend::memory::{MemoryLocks, MemoryRateLimits, MemoryStore};
+use crate::backend::memory::{
+    MemoryLocks, MemoryPresence, MemoryPubSub, MemoryRateLimits, MemoryStore,
+};
 use crate::backend::redis::RedisStore;
-use crate::backend::{CacheStore, LockStore, RateLimitStore};
+use crate::backend::{CacheStore, LockStore, PresenceStore, PubSubStore, RateLimitStore};
 use crate::cache::{Cache, CacheStats};
 use crate::config::Config;
 use crate::lock::Locks;
+use crate::presence::Presence;
+use crate::pubsub::PubSub;
 use crate::ratelimit::RateLimits;
 use crate::telemetry::Metrics;
 
@@ -30,6 +34,8 @@ pub struct Stores {
     pub cache: Arc<dyn CacheStore>,
     pub locks: Arc<dyn LockStore>,
     pub ratelimits: Arc<dyn RateLimitStore>,
+    pub presence: Arc<dyn PresenceStore>,
+    pub pubsub: Arc<dyn PubSubStore>,
 }
 
 impl Stores {
@@ -39,6 +45,11 @@ impl Stores {
             cache: MemoryStore::new(config.memory.clone()),
             locks: MemoryLocks::new(),
             ratelimits: MemoryRateLimits::new(),
+            presence: Arc::new(MemoryPresence::new(config.pubsub.subscriber_buffer)),
+            pubsub: Arc::new(MemoryPubSub::new(
+                config.pubsub.subscriber_buffer,
+                config.pubsub.stream_max_len,
+            )),
         }
     }
 }
@@ -48,6 +59,8 @@ pub struct App {
     pub cache: Cache,
     pub locks: Locks,
     pub ratelimits: RateLimits,
+    pub presence: Arc<Presence>,
+    pub pubsub: PubSub,
     pub metrics: Arc<Metrics>,
     namespace: String,
     started: Instant,
@@ -63,14 +76,16 @@ impl App {
         let stores = match &config.redis.url {
             Some(url) => {
                 let redis = Arc::new(
-                    RedisStore::connect(&config.redis, &config.namespace)
+                    RedisStore::connect_with(&config.redis, &config.namespace, &config.pubsub)
                         .await
                         .map_err(|err| anyhow::anyhow!("redis.url: cannot use {url}: {err}"))?,
                 );
                 Stores {
                     cache: redis.clone(),
                     locks: redis.clone(),
-                    ratelimits: redis,
+                    ratelimits: redis.clone(),
+                    presence: redis.clone(),
+                    pubsub: redis,
                 }
             }
             None => Stores::memory(config),
@@ -88,6 +103,18 @@ impl App {
                 stores.ratelimits,
                 &config.ratelimit.policies,
                 config.limits.clone(),
+                metrics.clone(),
+            ),
+            presence: Presence::new(
+                stores.presence,
+                config.limits.clone(),
+                metrics.clone(),
+                config.presence.reap_interval,
+            ),
+            pubsub: PubSub::new(
+                stores.pubsub,
+                config.limits.clone(),
+                &config.pubsub,
                 metrics.clone(),
             ),
             metrics,

@@ -31,6 +31,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "memory",
     "limits",
     "ratelimit",
+    "presence",
+    "pubsub",
     "log",
     "shutdown_grace",
 ];
@@ -48,6 +50,8 @@ pub struct Config {
     pub memory: MemoryConfig,
     pub limits: Limits,
     pub ratelimit: RateLimitConfig,
+    pub presence: PresenceConfig,
+    pub pubsub: PubSubConfig,
     pub log: LogConfig,
     /// How long SIGTERM waits for in-flight requests before exiting anyway.
     #[serde(with = "human_duration")]
@@ -112,6 +116,48 @@ pub struct Limits {
 pub struct RateLimitConfig {
     /// Named policies: `[ratelimit.policies.login]`.
     pub policies: BTreeMap<String, PolicyConfig>,
+}
+
+/// Presence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// How often this sidecar takes timed-out members out of the rooms it
+    /// watches or joined members to: the bound on how late a timeout is
+    /// noticed after a member's TTL runs out.
+    #[serde(with = "human_duration")]
+    pub reap_interval: Duration,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            reap_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Pub/sub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PubSubConfig {
+    /// Messages kept per durable channel (Redis: `XADD MAXLEN ~`).
+    pub stream_max_len: usize,
+    /// Messages (or presence events) a subscriber may fall behind by before
+    /// it is told it lagged.
+    pub subscriber_buffer: usize,
+    /// Subscribers this sidecar serves at once.
+    pub max_subscribers: usize,
+}
+
+impl Default for PubSubConfig {
+    fn default() -> Self {
+        PubSubConfig {
+            stream_max_len: 10_000,
+            subscriber_buffer: 1024,
+            max_subscribers: 10_000,
+        }
+    }
 }
 
 /// One named rate-limit policy.
@@ -202,6 +248,8 @@ impl Default for Config {
                 max_permits: 10_000,
             },
             ratelimit: RateLimitConfig::default(),
+            presence: PresenceConfig::default(),
+            pubsub: PubSubConfig::default(),
             log: LogConfig {
                 format: LogFormat::Text,
                 level: "info".into(),
@@ -313,6 +361,18 @@ impl Config {
         }
         if self.limits.max_ttl < Duration::from_millis(1) {
             return invalid("limits.max_ttl", "must be at least 1ms");
+        }
+        if self.presence.reap_interval < Duration::from_millis(10) {
+            return invalid("presence.reap_interval", "must be at least 10ms");
+        }
+        for (key, value) in [
+            ("pubsub.stream_max_len", self.pubsub.stream_max_len),
+            ("pubsub.subscriber_buffer", self.pubsub.subscriber_buffer),
+            ("pubsub.max_subscribers", self.pubsub.max_subscribers),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1");
+            }
         }
         if self.limits.max_permits == 0 {
             return invalid("limits.max_permits", "must be at least 1");

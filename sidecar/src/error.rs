@@ -28,6 +28,10 @@ pub enum Error {
     /// `FAILED_PRECONDITION`.
     #[error("{0}")]
     PreconditionFailed(String),
+    /// A capacity of this sidecar is used up (subscribers): 503 /
+    /// `RESOURCE_EXHAUSTED`.
+    #[error("{0}")]
+    Exhausted(String),
     /// The storage backend failed or did not answer in time: 503 /
     /// `UNAVAILABLE`.
     #[error("storage backend unavailable")]
@@ -58,6 +62,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::Conflict(_) => "conflict",
             Error::PreconditionFailed(_) => "precondition_failed",
+            Error::Exhausted(_) => "exhausted",
             Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "internal",
         }

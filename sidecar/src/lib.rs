@@ -12,6 +12,8 @@
 //! - [`cache`]: the cache primitive (validation, limits, instrumentation);
 //! - [`lock`]: locks with fencing tokens, semaphores, keep-alive;
 //! - [`ratelimit`]: rate-limit policies and decisions;
+//! - [`presence`]: rooms, heartbeats, watchers and the timeout reaper;
+//! - [`pubsub`]: publish, live and durable subscriptions, gapless resume;
 //! - [`app`]: the shared state both APIs serve from;
 //! - [`api`]: the gRPC and HTTP adapters, and the one error mapping;
 //! - [`telemetry`]: logs, OTLP traces and Prometheus metrics;
@@ -29,6 +31,8 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod lock;
+pub mod presence;
+pub mod pubsub;
 pub mod ratelimit;
 pub mod telemetry;
 

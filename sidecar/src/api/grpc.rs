@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -13,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::ceil_ms;
 use crate::app::App;
-use crate::backend::{Condition, Decision, Entry};
+use crate::backend::{Condition, Decision, Entry, FeedItem, PresenceKind};
 use crate::cache::{Invalidation, SetRequest};
 use crate::error::Error;
 use crate::lock::KeepAlive;
@@ -33,6 +34,8 @@ use pb::admin_server::{Admin, AdminServer};
 use pb::cache_server::{Cache, CacheServer};
 use pb::hold_response::Event;
 use pb::lock_server::{Lock, LockServer};
+use pb::presence_server::{Presence, PresenceServer};
+use pb::pub_sub_server::{PubSub, PubSubServer};
 use pb::rate_limit_server::{RateLimit, RateLimitServer};
 
 /// Largest gRPC message accepted: room for the biggest value plus the
@@ -67,6 +70,10 @@ pub async fn routes(app: Arc<App>) -> anyhow::Result<tonic::service::Routes> {
         .add_service(CacheServer::new(CacheService(app.clone())).max_decoding_message_size(max))
         .add_service(LockServer::new(LockService(app.clone())))
         .add_service(RateLimitServer::new(RateLimitService(app.clone())))
+        .add_service(
+            PresenceServer::new(PresenceService(app.clone())).max_decoding_message_size(max),
+        )
+        .add_service(PubSubServer::new(PubSubService(app.clone())).max_decoding_message_size(max))
         .add_service(AdminServer::new(AdminService(app)));
     Ok(routes.routes())
 }
@@ -456,5 +463,163 @@ impl RateLimit for RateLimitService {
             .check(&req.policy, inline, &req.key, req.cost)
             .await?;
         Ok(Response::new(check_response(decision)))
+    }
+}
+
+/// `outrigger.v1.Presence`.
+pub struct PresenceService(Arc<App>);
+
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Presence for PresenceService {
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let req = req.into_inner();
+        let joined = self
+            .0
+            .presence
+            .join(&req.room, &req.member, req.metadata, req.ttl_ms)
+            .await?;
+        Ok(Response::new(pb::JoinResponse { joined }))
+    }
+
+    async fn leave(
+        &self,
+        req: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::LeaveResponse>, Status> {
+        let req = req.into_inner();
+        let left = self.0.presence.leave(&req.room, &req.member).await?;
+        Ok(Response::new(pb::LeaveResponse { left }))
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        let req = req.into_inner();
+        let page = self
+            .0
+            .presence
+            .list(&req.room, &req.cursor, req.limit as usize)
+            .await?;
+        Ok(Response::new(pb::ListMembersResponse {
+            members: page
+                .members
+                .into_iter()
+                .map(|m| pb::Member {
+                    member: m.member,
+                    metadata: m.metadata,
+                    ttl_ms: ceil_ms(m.ttl),
+                })
+                .collect(),
+            next_cursor: page.next_cursor.unwrap_or_default(),
+        }))
+    }
+
+    async fn rooms(
+        &self,
+        req: Request<pb::RoomsRequest>,
+    ) -> Result<Response<pb::RoomsResponse>, Status> {
+        let rooms = self.0.presence.rooms(&req.into_inner().member).await?;
+        Ok(Response::new(pb::RoomsResponse { rooms }))
+    }
+
+    type WatchStream = EventStream<pb::PresenceEvent>;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let feed = self.0.presence.watch(&req.into_inner().room).await?;
+        let draining = self.0.draining();
+        let events = feed.map(|item| {
+            Ok(match item {
+                FeedItem::Item(e) => pb::PresenceEvent {
+                    kind: match e.kind {
+                        PresenceKind::Join => pb::presence_event::Kind::Join,
+                        PresenceKind::Leave => pb::presence_event::Kind::Leave,
+                        PresenceKind::Timeout => pb::presence_event::Kind::Timeout,
+                    }
+                    .into(),
+                    room: e.room,
+                    member: e.member,
+                    metadata: e.metadata,
+                    missed: 0,
+                },
+                FeedItem::Lagged(missed) => pb::PresenceEvent {
+                    kind: pb::presence_event::Kind::Lagged.into(),
+                    missed,
+                    ..Default::default()
+                },
+            })
+        });
+        Ok(Response::new(Box::pin(events.take_until(draining))))
+    }
+}
+
+/// `outrigger.v1.PubSub`.
+pub struct PubSubService(Arc<App>);
+
+#[tonic::async_trait]
+impl PubSub for PubSubService {
+    async fn publish(
+        &self,
+        req: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let req = req.into_inner();
+        let offset = self
+            .0
+            .pubsub
+            .publish(
+                &req.channel,
+                req.payload,
+                req.headers.into_iter().collect(),
+                req.durable,
+            )
+            .await?;
+        Ok(Response::new(pb::PublishResponse {
+            offset: offset.map(|o| o.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    type SubscribeStream = EventStream<pb::SubscribeEvent>;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let req = req.into_inner();
+        let from = match req.from_offset.as_str() {
+            "" => None,
+            o => Some(o.parse().map_err(|()| {
+                Status::invalid_argument(format!(
+                    "from_offset {o:?} is not an offset like 1700000000000-0"
+                ))
+            })?),
+        };
+        let subscription = self
+            .0
+            .pubsub
+            .subscribe(req.channels, req.patterns, from)
+            .await?;
+        let draining = self.0.draining();
+        let events = subscription.map(|item| {
+            let event = match item? {
+                FeedItem::Item(m) => pb::subscribe_event::Event::Message(pb::Message {
+                    channel: m.channel.clone(),
+                    payload: m.payload.clone(),
+                    headers: m.headers.clone().into_iter().collect(),
+                    offset: m.offset.map(|o| o.to_string()).unwrap_or_default(),
+                }),
+                FeedItem::Lagged(missed) => {
+                    pb::subscribe_event::Event::Lagged(pb::Lagged { missed })
+                }
+            };
+            Ok(pb::SubscribeEvent { event: Some(event) })
+        });
+        Ok(Response::new(Box::pin(events.take_until(draining))))
     }
 }

@@ -5,26 +5,33 @@
 //! routes and unparsable input, answers with the JSON error shape
 //! `{"error": {"code", "message"}}`.
 
+use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::ceil_ms;
 use super::error::error_response;
 use crate::app::App;
-use crate::backend::Condition;
+use crate::backend::{Condition, FeedItem, PubMessage};
 use crate::cache::{Invalidation, SetRequest};
 use crate::error::Error;
 use crate::ratelimit::InlineLimit;
@@ -53,6 +60,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/semaphores/{name}/acquire", post(permit_acquire))
         .route("/v1/semaphores/{name}/release", post(permit_release))
         .route("/v1/ratelimit/{policy}/check", post(ratelimit_check))
+        .route(
+            "/v1/presence/{room}/{member}",
+            axum::routing::put(presence_join).delete(presence_leave),
+        )
+        .route("/v1/presence/{room}", get(presence_list))
+        .route("/v1/presence/{room}/events", get(presence_events))
+        .route("/v1/members/{member}/rooms", get(member_rooms))
+        .route("/v1/pubsub/{channel}", post(publish).get(subscribe))
         .route("/v1/admin/status", get(status))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -439,6 +454,255 @@ async fn ratelimit_check(
         return Ok((StatusCode::TOO_MANY_REQUESTS, headers, Json(body)).into_response());
     }
     Ok((headers, Json(body)).into_response())
+}
+
+/// Two path segments, percent-decoded.
+struct Pair(String, String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Pair {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map(|Path((a, b))| Pair(a, b))
+            .map_err(|e: PathRejection| Error::InvalidArgument(e.body_text()))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinBody {
+    #[serde(default)]
+    metadata: Option<Value>,
+    ttl_ms: u64,
+}
+
+/// Metadata goes in as any JSON value and is stored as its JSON text.
+fn metadata_json(bytes: &[u8]) -> Value {
+    if bytes.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+async fn presence_join(
+    State(app): State<Arc<App>>,
+    Pair(room, member): Pair,
+    ApiJson(body): ApiJson<JoinBody>,
+) -> Result<Response, Error> {
+    let metadata = match body.metadata {
+        None | Some(Value::Null) => Bytes::new(),
+        Some(v) => Bytes::from(serde_json::to_vec(&v).expect("a Value serializes")),
+    };
+    let joined = app
+        .presence
+        .join(&room, &member, metadata, body.ttl_ms)
+        .await?;
+    Ok(Json(json!({ "joined": joined })).into_response())
+}
+
+async fn presence_leave(
+    State(app): State<Arc<App>>,
+    Pair(room, member): Pair,
+) -> Result<Response, Error> {
+    let left = app.presence.leave(&room, &member).await?;
+    Ok(Json(json!({ "left": left })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageParams {
+    #[serde(default)]
+    cursor: String,
+    #[serde(default)]
+    limit: usize,
+}
+
+async fn presence_list(
+    State(app): State<Arc<App>>,
+    Key(room): Key,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Response, Error> {
+    let page = app
+        .presence
+        .list(&room, &params.cursor, params.limit)
+        .await?;
+    let members: Vec<Value> = page
+        .members
+        .iter()
+        .map(|m| json!({ "member": m.member, "metadata": metadata_json(&m.metadata), "ttl_ms": ceil_ms(m.ttl) }))
+        .collect();
+    Ok(Json(json!({ "members": members, "next_cursor": page.next_cursor })).into_response())
+}
+
+async fn member_rooms(State(app): State<Arc<App>>, Key(member): Key) -> Result<Response, Error> {
+    let rooms = app.presence.rooms(&member).await?;
+    Ok(Json(json!({ "rooms": rooms })).into_response())
+}
+
+/// How often an idle event stream sends a comment, so proxies keep it open.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+async fn presence_events(State(app): State<Arc<App>>, Key(room): Key) -> Result<Response, Error> {
+    let feed = app.presence.watch(&room).await?;
+    let events = feed
+        .map(|item| {
+            Ok::<_, Infallible>(match item {
+                FeedItem::Item(e) => SseEvent::default().event(e.kind.name()).data(
+                    json!({ "room": e.room, "member": e.member, "metadata": metadata_json(&e.metadata) })
+                        .to_string(),
+                ),
+                FeedItem::Lagged(missed) => SseEvent::default()
+                    .event("lagged")
+                    .data(json!({ "missed": missed }).to_string()),
+            })
+        })
+        .take_until(app.draining());
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+        .into_response())
+}
+
+/// Request headers `Outrigger-Header-<Name>: value` become message headers.
+const MESSAGE_HEADER_PREFIX: &str = "outrigger-header-";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishParams {
+    #[serde(default)]
+    durable: bool,
+}
+
+async fn publish(
+    State(app): State<Arc<App>>,
+    Key(channel): Key,
+    ApiQuery(params): ApiQuery<PublishParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Error> {
+    let mut message_headers = BTreeMap::new();
+    for (name, value) in &headers {
+        if let Some(name) = name.as_str().strip_prefix(MESSAGE_HEADER_PREFIX) {
+            let value = value
+                .to_str()
+                .map_err(|_| Error::InvalidArgument(format!("header {name:?} is not text")))?;
+            message_headers.insert(name.to_string(), value.to_string());
+        }
+    }
+    let payload = read_limited(body, app.cache.limits().max_value_bytes).await?;
+    let offset = app
+        .pubsub
+        .publish(&channel, payload, message_headers, params.durable)
+        .await?;
+    Ok(Json(json!({ "offset": offset.map(|o| o.to_string()) })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeParams {
+    /// Replay durable messages after this offset first (`0`: all retained).
+    from: Option<String>,
+}
+
+/// A message as SSE data and WebSocket text: the payload as text when it is
+/// UTF-8, as `payload_base64` otherwise.
+fn message_json(m: &PubMessage) -> Value {
+    let mut v = json!({
+        "type": "message",
+        "channel": m.channel,
+        "offset": m.offset.map(|o| o.to_string()),
+        "headers": m.headers,
+    });
+    match std::str::from_utf8(&m.payload) {
+        Ok(text) => v["payload"] = json!(text),
+        Err(_) => {
+            use base64::Engine;
+            v["payload_base64"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(&m.payload));
+        }
+    }
+    v
+}
+
+async fn subscribe(
+    State(app): State<Arc<App>>,
+    Key(channel): Key,
+    ApiQuery(params): ApiQuery<SubscribeParams>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, Error> {
+    // `from`, else the EventSource reconnection header.
+    let from = params.from.or_else(|| {
+        headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    });
+    let from = match from.as_deref() {
+        None | Some("") => None,
+        Some(o) => Some(o.parse().map_err(|()| {
+            Error::InvalidArgument(format!("from={o:?} is not an offset like 1700000000000-0"))
+        })?),
+    };
+    // Subscribed before answering: once the client sees the response (or
+    // the WebSocket handshake), everything published from then on arrives.
+    let subscription = app.pubsub.subscribe(vec![channel], vec![], from).await?;
+    let subscription = subscription.take_until(app.draining());
+    if let Ok(upgrade) = upgrade {
+        return Ok(upgrade.on_upgrade(move |socket| websocket(socket, subscription)));
+    }
+    let events = subscription.map(|item| {
+        Ok::<_, Infallible>(match item {
+            Ok(FeedItem::Item(m)) => {
+                let event = SseEvent::default()
+                    .event("message")
+                    .data(message_json(&m).to_string());
+                match m.offset {
+                    Some(o) => event.id(o.to_string()),
+                    None => event,
+                }
+            }
+            Ok(FeedItem::Lagged(missed)) => SseEvent::default()
+                .event("lagged")
+                .data(json!({ "type": "lagged", "missed": missed }).to_string()),
+            Err(err) => SseEvent::default().event("error").data(
+                json!({ "type": "error", "code": err.code(), "message": err.to_string() })
+                    .to_string(),
+            ),
+        })
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+        .into_response())
+}
+
+async fn websocket(
+    mut socket: WebSocket,
+    subscription: impl futures::Stream<Item = crate::error::Result<FeedItem<Arc<PubMessage>>>> + Send,
+) {
+    let mut subscription = std::pin::pin!(subscription);
+    loop {
+        tokio::select! {
+            item = subscription.next() => {
+                let text = match item {
+                    None => break,
+                    Some(Ok(FeedItem::Item(m))) => message_json(&m),
+                    Some(Ok(FeedItem::Lagged(missed))) => json!({ "type": "lagged", "missed": missed }),
+                    Some(Err(err)) => json!({ "type": "error", "code": err.code(), "message": err.to_string() }),
+                };
+                if socket.send(WsMessage::Text(text.to_string().into())).await.is_err() {
+                    return;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return,
+                Some(Ok(_)) => {} // clients have nothing to say on this socket
+            },
+        }
+    }
+    let _ = socket.send(WsMessage::Close(None)).await;
 }
 
 async fn status(State(app): State<Arc<App>>) -> Response {

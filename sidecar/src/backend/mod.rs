@@ -238,3 +238,198 @@ pub trait RateLimitStore: Send + Sync + 'static {
         cost: u32,
     ) -> Result<Decision, BackendError>;
 }
+
+/// An item of a live feed: something that happened, or how much a slow
+/// reader missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedItem<T> {
+    Item(T),
+    /// The reader fell behind; this many items were dropped for it.
+    Lagged(u64),
+}
+
+/// A live feed. Dropping it ends the subscription behind it.
+pub type Feed<T> = std::pin::Pin<Box<dyn futures::Stream<Item = FeedItem<T>> + Send>>;
+
+/// What happened in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceKind {
+    Join,
+    Leave,
+    Timeout,
+}
+
+impl PresenceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PresenceKind::Join => "join",
+            PresenceKind::Leave => "leave",
+            PresenceKind::Timeout => "timeout",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "join" => Some(PresenceKind::Join),
+            "leave" => Some(PresenceKind::Leave),
+            "timeout" => Some(PresenceKind::Timeout),
+            _ => None,
+        }
+    }
+}
+
+/// A presence event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEvent {
+    pub kind: PresenceKind,
+    pub room: String,
+    pub member: String,
+    /// The member's metadata (join events; empty otherwise).
+    pub metadata: Bytes,
+}
+
+/// A member as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub member: String,
+    pub metadata: Bytes,
+    /// Time left before the member times out.
+    pub ttl: Duration,
+}
+
+/// One page of a member listing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MemberPage {
+    pub members: Vec<MemberInfo>,
+    pub next_cursor: Option<String>,
+}
+
+/// Presence storage. Rooms and members arrive validated (non-empty, no
+/// newline).
+#[async_trait]
+pub trait PresenceStore: Send + Sync + 'static {
+    /// Joins or heartbeats; returns whether the member is new in the room
+    /// (and a `join` event was published).
+    async fn join(
+        &self,
+        room: &str,
+        member: &str,
+        metadata: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, BackendError>;
+
+    /// Returns whether the member was in the room (and a `leave` event was
+    /// published).
+    async fn leave(&self, room: &str, member: &str) -> Result<bool, BackendError>;
+
+    /// Live members, one page at a time.
+    async fn list(
+        &self,
+        room: &str,
+        cursor: &str,
+        limit: usize,
+    ) -> Result<MemberPage, BackendError>;
+
+    /// Rooms where `member` is live.
+    async fn rooms(&self, member: &str) -> Result<Vec<String>, BackendError>;
+
+    /// Takes out the members of `room` whose TTL ran out and publishes one
+    /// `timeout` each. Atomic: of all concurrent reapers, exactly one takes
+    /// out (and announces) a given expiry. Returns how many.
+    async fn reap(&self, room: &str) -> Result<u64, BackendError>;
+
+    /// Every event of `room` from any sidecar, from the moment this
+    /// returns.
+    async fn watch(&self, room: &str) -> Result<Feed<PresenceEvent>, BackendError>;
+}
+
+/// A pub/sub message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PubMessage {
+    pub channel: String,
+    pub payload: Bytes,
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Position in the channel's stream: durable messages only.
+    pub offset: Option<Offset>,
+}
+
+/// A position in a durable channel: Redis stream ids (`ms-seq`), ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Offset {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl std::fmt::Display for Offset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl std::str::FromStr for Offset {
+    type Err = ();
+
+    /// `ms-seq`, or `ms` alone (meaning `ms-0`).
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(ms) || !digits(seq) {
+            return Err(());
+        }
+        Ok(Offset {
+            ms: ms.parse().map_err(|_| ())?,
+            seq: seq.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+/// Pub/sub storage.
+#[async_trait]
+pub trait PubSubStore: Send + Sync + 'static {
+    /// Publishes to every live subscriber (and, when `durable`, appends to
+    /// the channel's capped stream). Returns the offset of a durable
+    /// message.
+    async fn publish(
+        &self,
+        message: PubMessage,
+        durable: bool,
+    ) -> Result<Option<Offset>, BackendError>;
+
+    /// A live feed of the channels and patterns, active when this returns:
+    /// everything published from then on arrives.
+    async fn subscribe(
+        &self,
+        channels: &[String],
+        patterns: &[String],
+    ) -> Result<Feed<std::sync::Arc<PubMessage>>, BackendError>;
+
+    /// Up to `count` durable messages of `channel` after `after`, oldest
+    /// first.
+    async fn replay(
+        &self,
+        channel: &str,
+        after: Offset,
+        count: usize,
+    ) -> Result<Vec<PubMessage>, BackendError>;
+}
+
+/// Merges broadcast receivers into one [`Feed`]; `guard` lives as long as
+/// the feed (it ends subscriptions when dropped).
+pub(crate) fn feed_from<T: Clone + Send + 'static>(
+    receivers: Vec<tokio::sync::broadcast::Receiver<T>>,
+    guard: impl Send + 'static,
+) -> Feed<T> {
+    use futures::StreamExt;
+    use tokio_stream::wrappers::BroadcastStream;
+    use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+    let streams = receivers.into_iter().map(BroadcastStream::new);
+    let merged = futures::stream::select_all(streams).map(move |item| {
+        let _guard = &guard;
+        match item {
+            Ok(item) => FeedItem::Item(item),
+            Err(BroadcastStreamRecvError::Lagged(n)) => FeedItem::Lagged(n),
+        }
+    });
+    Box::pin(merged)
+}

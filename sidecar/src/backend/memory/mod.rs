@@ -10,10 +10,14 @@ use std::time::Duration;
 
 mod cache;
 mod lock;
+mod presence;
+mod pubsub;
 mod ratelimit;
 
 pub use cache::MemoryStore;
 pub use lock::MemoryLocks;
+pub use presence::MemoryPresence;
+pub use pubsub::MemoryPubSub;
 pub use ratelimit::MemoryRateLimits;
 
 /// How often background sweeps drop expired state.

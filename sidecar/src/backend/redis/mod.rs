@@ -34,24 +34,26 @@
 use std::future::Future;
 use std::time::Duration;
 
-use futures::StreamExt;
+use std::sync::Arc;
+
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 use tokio::sync::broadcast;
 
 use super::BackendError;
-use crate::config::RedisConfig;
+use crate::config::{PubSubConfig, RedisConfig};
 
 mod cache;
 mod lock;
+mod presence;
+mod pubsub;
 mod ratelimit;
+mod subscriber;
+
+use subscriber::{Subscriber, Topic};
 
 /// Keys read per SCAN / ZSCAN step of invalidations.
 const SCAN_BATCH: usize = 500;
-
-/// How long the release listener waits before reconnecting after losing
-/// its subscription. Waiters poll meanwhile, so this only costs latency.
-const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
 
 /// Every primitive's storage in Redis.
 pub struct RedisStore {
@@ -60,10 +62,14 @@ pub struct RedisStore {
     namespace: String,
     deadline: Duration,
     scripts: Scripts,
-    /// Releases heard on `ns:released`, fanned out to local waiters.
+    /// The one pub/sub connection, shared by every listener.
+    subscriber: Arc<Subscriber>,
+    /// Releases heard on `ns:released`, fanned out to local lock waiters.
     released: broadcast::Sender<String>,
-    /// Stops the release listener when the store goes away.
-    _listener: AbortOnDrop,
+    /// Forwards `ns:released` into `released` while the store lives.
+    _release_forwarder: AbortOnDrop,
+    /// Messages kept per durable pub/sub channel.
+    stream_max_len: usize,
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -86,6 +92,12 @@ struct Scripts {
     permit_release: Script,
     gcra: Script,
     window: Script,
+    presence_join: Script,
+    presence_leave: Script,
+    presence_reap: Script,
+    presence_list: Script,
+    presence_ttl: Script,
+    publish: Script,
 }
 
 impl Scripts {
@@ -102,6 +114,12 @@ impl Scripts {
             permit_release: Script::new(include_str!("permit_release.lua")),
             gcra: Script::new(include_str!("gcra.lua")),
             window: Script::new(include_str!("window.lua")),
+            presence_join: Script::new(include_str!("presence_join.lua")),
+            presence_leave: Script::new(include_str!("presence_leave.lua")),
+            presence_reap: Script::new(include_str!("presence_reap.lua")),
+            presence_list: Script::new(include_str!("presence_list.lua")),
+            presence_ttl: Script::new(include_str!("presence_ttl.lua")),
+            publish: Script::new(include_str!("publish.lua")),
         }
     }
 }
@@ -118,38 +136,18 @@ fn map_err(err: RedisError) -> BackendError {
     }
 }
 
-/// Listens on the release channel for as long as the store lives,
-/// resubscribing after connection losses.
-async fn listen_for_releases(
-    client: redis::Client,
-    channel: String,
-    tx: broadcast::Sender<String>,
-) {
-    loop {
-        match client.get_async_pubsub().await {
-            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
-                Ok(()) => {
-                    let mut messages = pubsub.on_message();
-                    while let Some(msg) = messages.next().await {
-                        if let Ok(what) = msg.get_payload::<String>() {
-                            let _ = tx.send(what);
-                        }
-                    }
-                    tracing::warn!(%channel, "lost the lock release subscription; resubscribing");
-                }
-                Err(err) => {
-                    tracing::warn!(%channel, error = %err, "cannot subscribe to lock releases")
-                }
-            },
-            Err(err) => tracing::debug!(error = %err, "cannot connect for lock releases"),
-        }
-        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
-    }
-}
-
 impl RedisStore {
     /// Connects, within `connect_timeout`, and checks that Redis answers.
     pub async fn connect(config: &RedisConfig, namespace: &str) -> Result<Self, BackendError> {
+        Self::connect_with(config, namespace, &PubSubConfig::default()).await
+    }
+
+    /// Connects, with pub/sub buffer and stream settings.
+    pub async fn connect_with(
+        config: &RedisConfig,
+        namespace: &str,
+        pubsub: &PubSubConfig,
+    ) -> Result<Self, BackendError> {
         let url = config
             .url
             .as_deref()
@@ -168,25 +166,51 @@ impl RedisStore {
         .await
         .map_err(|_| BackendError::Timeout(config.connect_timeout * 3))?
         .map_err(map_err)?;
-        let released = broadcast::channel(1024).0;
-        let listener = tokio::spawn(listen_for_releases(
+        let mut ping_conn = conn.clone();
+        match tokio::time::timeout(
+            config.timeout,
+            redis::cmd("PING").query_async::<()>(&mut ping_conn),
+        )
+        .await
+        {
+            Ok(result) => result.map_err(map_err)?,
+            Err(_) => return Err(BackendError::Timeout(config.timeout)),
+        }
+        let subscriber = Subscriber::start(
             listener_client,
-            format!("{namespace}:released"),
-            released.clone(),
-        ));
-        let store = RedisStore {
+            pubsub.subscriber_buffer,
+            config.connect_timeout,
+        );
+        // Lock waiters on this sidecar hear releases from every sidecar.
+        let released = broadcast::channel(1024).0;
+        let (mut releases, guard) = subscriber
+            .listen(Topic::Channel(format!("{namespace}:released")))
+            .await?
+            .into_parts();
+        let forward = released.clone();
+        let forwarder = tokio::spawn(async move {
+            let _guard = guard;
+            loop {
+                match releases.recv().await {
+                    Ok(d) => {
+                        let _ = forward.send(String::from_utf8_lossy(&d.payload).into_owned());
+                    }
+                    // Missed some: waiters fall back to their poll.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(RedisStore {
             conn,
             namespace: namespace.to_string(),
             deadline: config.timeout,
             scripts: Scripts::new(),
+            subscriber,
             released,
-            _listener: AbortOnDrop(listener.abort_handle()),
-        };
-        let mut conn = store.conn.clone();
-        store
-            .call(redis::cmd("PING").query_async::<()>(&mut conn))
-            .await?;
-        Ok(store)
+            _release_forwarder: AbortOnDrop(forwarder.abort_handle()),
+            stream_max_len: pubsub.stream_max_len,
+        })
     }
 
     /// Runs one Redis call under the deadline.

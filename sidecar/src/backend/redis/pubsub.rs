@@ -1,0 +1,149 @@
+//! Pub/sub on Redis: live messages on `ns:ps:{channel}`, durable ones also
+//! in the capped stream of the same name, published by one script so the
+//! live copy carries the stream offset.
+//!
+//! Live payload: `offset \n headers-json \n payload` (offset empty for
+//! messages that are not durable; JSON never holds a raw newline, and the
+//! payload, last, may hold anything).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::{RedisStore, Topic};
+use crate::backend::{BackendError, Feed, FeedItem, Offset, PubMessage, PubSubStore};
+
+impl RedisStore {
+    fn pubsub_key(&self, channel: &str) -> String {
+        format!("{}:ps:{{{channel}}}", self.namespace)
+    }
+}
+
+fn parse_live(channel: &str, payload: &[u8]) -> Option<PubMessage> {
+    let mut parts = payload.splitn(3, |b| *b == b'\n');
+    let offset = match parts.next()? {
+        [] => None,
+        o => Some(std::str::from_utf8(o).ok()?.parse().ok()?),
+    };
+    let headers = serde_json::from_slice(parts.next()?).ok()?;
+    Some(PubMessage {
+        channel: channel.to_string(),
+        payload: Bytes::copy_from_slice(parts.next()?),
+        headers,
+        offset,
+    })
+}
+
+#[async_trait]
+impl PubSubStore for RedisStore {
+    async fn publish(
+        &self,
+        message: PubMessage,
+        durable: bool,
+    ) -> Result<Option<Offset>, BackendError> {
+        let key = self.pubsub_key(&message.channel);
+        let headers = serde_json::to_string(&message.headers)
+            .map_err(|e| BackendError::Protocol(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        if !durable {
+            let mut live = Vec::with_capacity(headers.len() + message.payload.len() + 2);
+            live.push(b'\n');
+            live.extend_from_slice(headers.as_bytes());
+            live.push(b'\n');
+            live.extend_from_slice(&message.payload);
+            self.call(
+                redis::cmd("PUBLISH")
+                    .arg(&key)
+                    .arg(live)
+                    .query_async::<()>(&mut conn),
+            )
+            .await?;
+            return Ok(None);
+        }
+        let mut call = self.scripts.publish.key(&key);
+        call.arg(self.stream_max_len)
+            .arg(&key)
+            .arg(&headers)
+            .arg(message.payload.as_ref());
+        let id: String = self.call(call.invoke_async(&mut conn)).await?;
+        id.parse()
+            .map(Some)
+            .map_err(|_| BackendError::Protocol(format!("stream id {id:?}")))
+    }
+
+    async fn subscribe(
+        &self,
+        channels: &[String],
+        patterns: &[String],
+    ) -> Result<Feed<Arc<PubMessage>>, BackendError> {
+        let mut receivers = vec![];
+        let mut guards = vec![];
+        let topics = channels
+            .iter()
+            .map(|c| Topic::Channel(self.pubsub_key(c)))
+            .chain(patterns.iter().map(|p| Topic::Pattern(self.pubsub_key(p))));
+        for topic in topics {
+            let (rx, guard) = self.subscriber.listen(topic).await?.into_parts();
+            receivers.push(rx);
+            guards.push(guard);
+        }
+        let namespace = self.namespace.clone();
+        let feed = super::super::feed_from(receivers, guards).filter_map(move |item| {
+            let message = match item {
+                FeedItem::Item(d) => {
+                    let channel = d
+                        .channel
+                        .strip_prefix(namespace.as_str())
+                        .and_then(|c| c.strip_prefix(":ps:{"))
+                        .and_then(|c| c.strip_suffix('}'));
+                    channel
+                        .and_then(|c| parse_live(c, &d.payload))
+                        .map(|m| FeedItem::Item(Arc::new(m)))
+                }
+                FeedItem::Lagged(n) => Some(FeedItem::Lagged(n)),
+            };
+            futures::future::ready(message)
+        });
+        Ok(Box::pin(feed))
+    }
+
+    async fn replay(
+        &self,
+        channel: &str,
+        after: Offset,
+        count: usize,
+    ) -> Result<Vec<PubMessage>, BackendError> {
+        let mut conn = self.conn.clone();
+        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = self
+            .call(
+                redis::cmd("XRANGE")
+                    .arg(self.pubsub_key(channel))
+                    .arg(format!("({after}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let bad = |what: &str| BackendError::Protocol(format!("stream entry: {what}"));
+        entries
+            .into_iter()
+            .map(|(id, fields)| {
+                let fields: BTreeMap<String, Vec<u8>> = fields.into_iter().collect();
+                let headers = fields
+                    .get("h")
+                    .and_then(|h| serde_json::from_slice(h).ok())
+                    .ok_or_else(|| bad("headers"))?;
+                Ok(PubMessage {
+                    channel: channel.to_string(),
+                    payload: Bytes::from(fields.get("p").cloned().ok_or_else(|| bad("payload"))?),
+                    headers,
+                    offset: Some(id.parse().map_err(|_| bad("id"))?),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,261 @@
+//! One Redis pub/sub connection per sidecar, shared by everything that
+//! listens: lock releases, presence watchers, pub/sub subscribers.
+//!
+//! Each channel or pattern is subscribed in Redis once, however many local
+//! listeners it has, and fanned out through a bounded broadcast channel: a
+//! listener that falls behind loses the oldest messages and is told how
+//! many (never slowing the connection or the other listeners). The last
+//! listener of a topic leaving unsubscribes it. When the connection drops, a
+//! background task reconnects and subscribes every live topic again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::backend::BackendError;
+
+/// Pause before reconnecting a lost pub/sub connection.
+const RECONNECT_DELAY: Duration = Duration::from_millis(250);
+
+/// A channel, or a pattern of channels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Topic {
+    Channel(String),
+    Pattern(String),
+}
+
+/// A message as it arrived, with the channel it was published on.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub channel: String,
+    pub payload: Bytes,
+}
+
+struct Entry {
+    tx: broadcast::Sender<Delivery>,
+    listeners: usize,
+    /// Confirmed subscribed on the current connection.
+    active: bool,
+}
+
+type Topics = Arc<Mutex<HashMap<Topic, Entry>>>;
+
+enum Command {
+    Subscribe(Topic, oneshot::Sender<Result<(), String>>),
+    Unsubscribe(Topic),
+}
+
+/// The shared pub/sub connection.
+pub(crate) struct Subscriber {
+    commands: mpsc::UnboundedSender<Command>,
+    /// Every topic with listeners. A std mutex: only map updates inside.
+    topics: Topics,
+    /// Messages a listener may fall behind by.
+    buffer: usize,
+    deadline: Duration,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A listener's hold on a topic; dropping it lets the topic go.
+pub(crate) struct Subscription {
+    pub rx: broadcast::Receiver<Delivery>,
+    guard: Unlisten,
+}
+
+impl Subscription {
+    /// Splits off what keeps the subscription alive, for callers that want
+    /// to own the receiver separately.
+    pub fn into_parts(self) -> (broadcast::Receiver<Delivery>, impl Send + 'static) {
+        (self.rx, self.guard)
+    }
+}
+
+struct Unlisten {
+    subscriber: Weak<Subscriber>,
+    topic: Topic,
+}
+
+impl Drop for Unlisten {
+    fn drop(&mut self) {
+        if let Some(subscriber) = self.subscriber.upgrade() {
+            subscriber.unlisten(&self.topic);
+        }
+    }
+}
+
+fn lock(topics: &Topics) -> std::sync::MutexGuard<'_, HashMap<Topic, Entry>> {
+    topics.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Subscriber {
+    pub fn start(client: redis::Client, buffer: usize, deadline: Duration) -> Arc<Subscriber> {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let topics: Topics = Arc::default();
+        let task = tokio::spawn(run(client, topics.clone(), rx)).abort_handle();
+        Arc::new(Subscriber {
+            commands,
+            topics,
+            buffer,
+            deadline,
+            task,
+        })
+    }
+
+    /// Listens to `topic`; returns once Redis has confirmed the subscription,
+    /// so everything published from then on arrives.
+    pub async fn listen(self: &Arc<Self>, topic: Topic) -> Result<Subscription, BackendError> {
+        let (rx, active) = {
+            let mut topics = lock(&self.topics);
+            let entry = topics.entry(topic.clone()).or_insert_with(|| Entry {
+                tx: broadcast::channel(self.buffer).0,
+                listeners: 0,
+                active: false,
+            });
+            entry.listeners += 1;
+            (entry.tx.subscribe(), entry.active)
+        };
+        let subscription = Subscription {
+            rx,
+            guard: Unlisten {
+                subscriber: Arc::downgrade(self),
+                topic: topic.clone(),
+            },
+        };
+        if active {
+            return Ok(subscription);
+        }
+        let (ack, confirmed) = oneshot::channel();
+        self.commands
+            .send(Command::Subscribe(topic, ack))
+            .map_err(|_| BackendError::Unavailable("subscriber stopped".into()))?;
+        match tokio::time::timeout(self.deadline, confirmed).await {
+            Ok(Ok(Ok(()))) => Ok(subscription),
+            Ok(Ok(Err(err))) => Err(BackendError::Unavailable(format!("subscribe: {err}"))),
+            Ok(Err(_)) => Err(BackendError::Unavailable("subscriber stopped".into())),
+            Err(_) => Err(BackendError::Timeout(self.deadline)),
+        }
+    }
+
+    fn unlisten(&self, topic: &Topic) {
+        let mut topics = lock(&self.topics);
+        let Some(entry) = topics.get_mut(topic) else {
+            return;
+        };
+        entry.listeners -= 1;
+        if entry.listeners == 0 {
+            topics.remove(topic);
+            let _ = self.commands.send(Command::Unsubscribe(topic.clone()));
+        }
+    }
+}
+
+async fn subscribe(
+    sink: &mut redis::aio::PubSubSink,
+    topic: &Topic,
+) -> Result<(), redis::RedisError> {
+    match topic {
+        Topic::Channel(c) => sink.subscribe(c).await,
+        Topic::Pattern(p) => sink.psubscribe(p).await,
+    }
+}
+
+fn set_active(topics: &Topics, topic: &Topic, active: bool) {
+    if let Some(entry) = lock(topics).get_mut(topic) {
+        entry.active = active;
+    }
+}
+
+/// Owns the connection: (re)connects, (re)subscribes, routes messages.
+async fn run(
+    client: redis::Client,
+    topics: Topics,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(pubsub) => {
+                let (mut sink, mut stream) = pubsub.split();
+                let wanted: Vec<Topic> = lock(&topics).keys().cloned().collect();
+                let mut healthy = true;
+                for topic in wanted {
+                    if subscribe(&mut sink, &topic).await.is_ok() {
+                        set_active(&topics, &topic, true);
+                    } else {
+                        healthy = false;
+                        break;
+                    }
+                }
+                while healthy {
+                    tokio::select! {
+                        command = commands.recv() => match command {
+                            None => return,
+                            Some(Command::Subscribe(topic, ack)) => {
+                                if !lock(&topics).contains_key(&topic) {
+                                    let _ = ack.send(Ok(()));
+                                    continue;
+                                }
+                                let result = subscribe(&mut sink, &topic).await;
+                                if result.is_ok() {
+                                    set_active(&topics, &topic, true);
+                                } else {
+                                    healthy = false;
+                                }
+                                let _ = ack.send(result.map_err(|e| e.to_string()));
+                            }
+                            Some(Command::Unsubscribe(topic)) => {
+                                if lock(&topics).contains_key(&topic) {
+                                    continue; // listened to again meanwhile
+                                }
+                                let result = match &topic {
+                                    Topic::Channel(c) => sink.unsubscribe(c).await,
+                                    Topic::Pattern(p) => sink.punsubscribe(p).await,
+                                };
+                                healthy = result.is_ok();
+                            }
+                        },
+                        message = stream.next() => match message {
+                            None => healthy = false,
+                            Some(msg) => {
+                                let topic = if msg.from_pattern() {
+                                    msg.get_pattern::<String>().ok().map(Topic::Pattern)
+                                } else {
+                                    Some(Topic::Channel(msg.get_channel_name().to_string()))
+                                };
+                                let Some(topic) = topic else { continue };
+                                if let Some(entry) = lock(&topics).get(&topic) {
+                                    let _ = entry.tx.send(Delivery {
+                                        channel: msg.get_channel_name().to_string(),
+                                        payload: Bytes::copy_from_slice(msg.get_payload_bytes()),
+                                    });
+                                }
+                            }
+                        },
+                    }
+                }
+                tracing::warn!("lost the Redis pub/sub connection; reconnecting");
+                for entry in lock(&topics).values_mut() {
+                    entry.active = false;
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "cannot open a Redis pub/sub connection"),
+        }
+        // Answer what queued up while disconnected, so callers do not wait
+        // for their deadline on a connection that is not there.
+        while let Ok(command) = commands.try_recv() {
+            if let Command::Subscribe(_, ack) = command {
+                let _ = ack.send(Err("Redis pub/sub connection lost".into()));
+            }
+        }
+        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}

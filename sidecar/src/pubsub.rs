@@ -1,0 +1,255 @@
+//! The pub/sub primitive: validation, subscriber limits, and the gapless
+//! resume of durable channels.
+//!
+//! Resume, the approach DESIGN.md fixes: subscribe to the live feed first
+//! (it buffers), then read the stream after the client's offset page by
+//! page and deliver it, then drain the live feed, skipping every durable
+//! message whose offset is not greater than the last one delivered. The
+//! live subscription started before the first read, so the seam has neither
+//! a gap nor a duplicate.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+
+use crate::backend::{Feed, FeedItem, Offset, PubMessage, PubSubStore, glob};
+use crate::config::{Limits, PubSubConfig};
+use crate::error::{Error, Result};
+use crate::telemetry::{self, Metrics};
+
+/// Durable messages read per replay step.
+const REPLAY_PAGE: usize = 500;
+/// Most headers on one message, and longest header name or value.
+const MAX_HEADERS: usize = 64;
+const MAX_HEADER_BYTES: usize = 1024;
+
+/// What a subscriber receives: messages, lag notices, or the error that
+/// ended the subscription.
+pub type Subscription = Pin<Box<dyn Stream<Item = Result<FeedItem<Arc<PubMessage>>>> + Send>>;
+
+/// Pub/sub.
+pub struct PubSub {
+    store: Arc<dyn PubSubStore>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    /// Subscribers being served, against `pubsub.max_subscribers`.
+    subscribers: Arc<AtomicUsize>,
+    max_subscribers: usize,
+}
+
+/// Gives a subscriber's slot back when its subscription is dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl PubSub {
+    pub fn new(
+        store: Arc<dyn PubSubStore>,
+        limits: Limits,
+        config: &PubSubConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        PubSub {
+            store,
+            limits,
+            metrics,
+            subscribers: Arc::default(),
+            max_subscribers: config.max_subscribers,
+        }
+    }
+
+    /// Subscribers being served now.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// Publishes; returns the offset of a durable message.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        headers: BTreeMap<String, String>,
+        durable: bool,
+    ) -> Result<Option<Offset>> {
+        let span = tracing::info_span!(
+            "outrigger.pubsub.publish",
+            channel,
+            durable,
+            bytes = payload.len()
+        );
+        telemetry::observe(&self.metrics, "pubsub", "publish", span, async {
+            self.check_channel(channel)?;
+            if payload.len() > self.limits.max_value_bytes {
+                return Err(Error::TooLarge(format!(
+                    "payload is {} bytes; the limit is {} (limits.max_value_bytes)",
+                    payload.len(),
+                    self.limits.max_value_bytes
+                )));
+            }
+            if headers.len() > MAX_HEADERS
+                || headers
+                    .iter()
+                    .any(|(k, v)| k.is_empty() || k.len() > MAX_HEADER_BYTES || v.len() > MAX_HEADER_BYTES)
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "at most {MAX_HEADERS} headers, with non-empty names, names and values of at most {MAX_HEADER_BYTES} bytes"
+                )));
+            }
+            let message = PubMessage {
+                channel: channel.to_string(),
+                payload,
+                headers,
+                offset: None,
+            };
+            Ok(self.store.publish(message, durable).await?)
+        })
+        .await
+    }
+
+    /// Subscribes to channels and patterns; with `from`, first replays the
+    /// one channel's durable messages after that offset.
+    pub async fn subscribe(
+        &self,
+        channels: Vec<String>,
+        patterns: Vec<String>,
+        from: Option<Offset>,
+    ) -> Result<Subscription> {
+        let span = tracing::info_span!(
+            "outrigger.pubsub.subscribe",
+            channels = channels.len(),
+            patterns = patterns.len()
+        );
+        telemetry::observe(&self.metrics, "pubsub", "subscribe", span, async {
+            if channels.is_empty() && patterns.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "subscribe to at least one channel or pattern".into(),
+                ));
+            }
+            if channels.len() + patterns.len() > self.limits.max_batch {
+                return Err(Error::TooLarge(format!(
+                    "{} channels and patterns; the limit is {} (limits.max_batch)",
+                    channels.len() + patterns.len(),
+                    self.limits.max_batch
+                )));
+            }
+            for channel in &channels {
+                self.check_channel(channel)?;
+            }
+            for pattern in &patterns {
+                self.check_channel(pattern)?;
+                glob::validate(pattern).map_err(|r| Error::InvalidArgument(r.into()))?;
+            }
+            if from.is_some() && (channels.len() != 1 || !patterns.is_empty()) {
+                return Err(Error::InvalidArgument(
+                    "resuming from an offset needs exactly one channel and no patterns".into(),
+                ));
+            }
+            if self.subscribers.fetch_add(1, Ordering::Relaxed) >= self.max_subscribers {
+                self.subscribers.fetch_sub(1, Ordering::Relaxed);
+                return Err(Error::Exhausted(format!(
+                    "this sidecar already serves {} subscribers (pubsub.max_subscribers)",
+                    self.max_subscribers
+                )));
+            }
+            let slot = Slot(self.subscribers.clone());
+            // Live first: from here on everything published is buffered.
+            let live = self.store.subscribe(&channels, &patterns).await?;
+            let subscription: Subscription = match from {
+                None => Box::pin(live.map(move |item| {
+                    let _slot = &slot;
+                    Ok(item)
+                })),
+                Some(after) => resume(self.store.clone(), channels[0].clone(), after, live, slot),
+            };
+            Ok(subscription)
+        })
+        .await
+    }
+
+    fn check_channel(&self, channel: &str) -> Result<()> {
+        if channel.is_empty() {
+            return Err(Error::InvalidArgument("channel must not be empty".into()));
+        }
+        if channel.len() > self.limits.max_key_bytes {
+            return Err(Error::TooLarge(format!(
+                "channel is {} bytes; the limit is {} (limits.max_key_bytes)",
+                channel.len(),
+                self.limits.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Replay after `after`, then the live feed without what was replayed.
+fn resume(
+    store: Arc<dyn PubSubStore>,
+    channel: String,
+    after: Offset,
+    live: Feed<Arc<PubMessage>>,
+    slot: Slot,
+) -> Subscription {
+    struct State {
+        store: Arc<dyn PubSubStore>,
+        channel: String,
+        /// The last durable offset delivered.
+        last: Offset,
+        page: VecDeque<PubMessage>,
+        replaying: bool,
+        failed: bool,
+        live: Feed<Arc<PubMessage>>,
+        _slot: Slot,
+    }
+    let state = State {
+        store,
+        channel,
+        last: after,
+        page: VecDeque::new(),
+        replaying: true,
+        failed: false,
+        live,
+        _slot: slot,
+    };
+    Box::pin(futures::stream::unfold(state, |mut s| async move {
+        if s.failed {
+            return None;
+        }
+        loop {
+            if let Some(message) = s.page.pop_front() {
+                s.last = message.offset.unwrap_or(s.last);
+                return Some((Ok(FeedItem::Item(Arc::new(message))), s));
+            }
+            if s.replaying {
+                match s.store.replay(&s.channel, s.last, REPLAY_PAGE).await {
+                    Ok(page) => {
+                        s.replaying = page.len() == REPLAY_PAGE;
+                        s.page.extend(page);
+                        continue;
+                    }
+                    Err(err) => {
+                        s.failed = true;
+                        return Some((Err(Error::from(err)), s));
+                    }
+                }
+            }
+            match s.live.next().await? {
+                FeedItem::Item(m) if m.offset.is_some_and(|o| o <= s.last) => continue,
+                FeedItem::Item(m) => {
+                    if let Some(o) = m.offset {
+                        s.last = o;
+                    }
+                    return Some((Ok(FeedItem::Item(m)), s));
+                }
+                FeedItem::Lagged(n) => return Some((Ok(FeedItem::Lagged(n)), s)),
+            }
+        }
+    }))
+}
