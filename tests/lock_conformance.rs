@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outrigger::app::{App, Stores};
-use outrigger::backend::memory::MemoryStore;
 use outrigger::backend::redis::RedisStore;
 use outrigger::config::{Config, PolicyConfig, RedisConfig};
 use outrigger::error::Error;
@@ -59,11 +58,9 @@ async fn redis() -> Backend {
             .await
             .unwrap(),
     );
-    let stores = Stores {
-        cache: MemoryStore::new(config.memory.clone()),
-        locks: store.clone(),
-        ratelimits: store,
-    };
+    let mut stores = Stores::memory(&config);
+    stores.locks = store.clone();
+    stores.ratelimits = store;
     Backend {
         app: App::with_stores(&config, stores),
         _redis: Some(server),
