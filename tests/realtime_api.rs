@@ -1,0 +1,581 @@
+//! Presence and pub/sub over the wire, across sidecar processes: gRPC
+//! streams, Server-Sent Events and WebSocket; exactly-once timeouts with
+//! three watching sidecars; durable replay of 1,000 messages; a subscriber
+//! that never reads.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use outrigger::api::pb;
+use outrigger::api::pb::presence_client::PresenceClient;
+use outrigger::api::pb::presence_event::Kind;
+use outrigger::api::pb::pub_sub_client::PubSubClient;
+use outrigger_tests::{RedisServer, Sidecar, sidecar, unique};
+use serde_json::{Value, json};
+use tonic::Streaming;
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Sidecars sharing one Redis and namespace, with a fast reaper.
+async fn cluster(redis: &RedisServer, ns: &str, n: usize) -> Vec<Sidecar> {
+    let mut sidecars = vec![];
+    for _ in 0..n {
+        sidecars.push(
+            sidecar!()
+                .redis(redis)
+                .namespace(ns)
+                .env("OUTRIGGER_PRESENCE__REAP_INTERVAL", "50ms")
+                .start()
+                .await,
+        );
+    }
+    sidecars
+}
+
+/// A Server-Sent Events reader over a streaming HTTP response.
+struct Sse {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: String,
+}
+
+/// One event: (event name, data, id).
+type SseEvent = (String, String, Option<String>);
+
+impl Sse {
+    async fn open(url: String, last_event_id: Option<&str>) -> Sse {
+        let mut req = http().get(url).header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        Sse {
+            body: resp.bytes_stream().boxed(),
+            buf: String::new(),
+        }
+    }
+
+    async fn next(&mut self) -> SseEvent {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(end) = self.buf.find("\n\n") {
+                    let block: String = self.buf.drain(..end + 2).collect();
+                    let (mut event, mut data, mut id) =
+                        (String::from("message"), String::new(), None);
+                    for line in block.lines() {
+                        if let Some(v) = line.strip_prefix("event:") {
+                            event = v.trim().to_string();
+                        } else if let Some(v) = line.strip_prefix("data:") {
+                            data.push_str(v.trim_start());
+                        } else if let Some(v) = line.strip_prefix("id:") {
+                            id = Some(v.trim().to_string());
+                        }
+                    }
+                    if data.is_empty() {
+                        continue; // keep-alive comment
+                    }
+                    return (event, data, id);
+                }
+                let chunk = self.body.next().await.expect("stream open").unwrap();
+                self.buf.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        })
+        .await
+        .expect("an SSE event within 10 s")
+    }
+}
+
+async fn watch(s: &Sidecar, room: &str) -> Streaming<pb::PresenceEvent> {
+    PresenceClient::new(s.channel().await)
+        .watch(pb::WatchRequest { room: room.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn next_event(stream: &mut Streaming<pb::PresenceEvent>) -> (Kind, String) {
+    let e = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an event within 10 s")
+        .unwrap()
+        .expect("stream open");
+    (e.kind(), e.member)
+}
+
+#[tokio::test]
+async fn presence_across_sidecars() {
+    let redis = RedisServer::start().await;
+    let ns = unique("presence");
+    let s = cluster(&redis, &ns, 2).await;
+    let (a, b) = (&s[0], &s[1]);
+    let mut sse = Sse::open(b.url("/v1/presence/lobby/events"), None).await;
+    let mut grpc = watch(b, "lobby").await;
+
+    let put = http()
+        .put(a.url("/v1/presence/lobby/alice"))
+        .json(&json!({"metadata": {"name": "Alice"}, "ttl_ms": 30_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.json::<Value>().await.unwrap(), json!({"joined": true}));
+
+    let (event, data, _) = sse.next().await;
+    assert_eq!(event, "join");
+    let data: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(
+        data,
+        json!({"room": "lobby", "member": "alice", "metadata": {"name": "Alice"}})
+    );
+    assert_eq!(next_event(&mut grpc).await, (Kind::Join, "alice".into()));
+
+    let list = PresenceClient::new(b.channel().await)
+        .list(pb::ListMembersRequest {
+            room: "lobby".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.members.len(), 1);
+    assert_eq!(&list.members[0].metadata[..], br#"{"name":"Alice"}"#);
+    let rooms: Value = http()
+        .get(b.url("/v1/members/alice/rooms"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rooms, json!({"rooms": ["lobby"]}));
+    let listed: Value = http()
+        .get(b.url("/v1/presence/lobby"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["members"][0]["member"], "alice");
+
+    let del = http()
+        .delete(a.url("/v1/presence/lobby/alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.json::<Value>().await.unwrap(), json!({"left": true}));
+    assert_eq!(sse.next().await.0, "leave");
+    assert_eq!(next_event(&mut grpc).await, (Kind::Leave, "alice".into()));
+}
+
+#[tokio::test]
+async fn each_timeout_is_announced_once_to_three_watching_sidecars() {
+    let redis = RedisServer::start().await;
+    let ns = unique("reap");
+    let s = cluster(&redis, &ns, 3).await;
+    let mut watchers = vec![];
+    for sidecar in &s {
+        watchers.push(watch(sidecar, "room").await);
+    }
+    // Three members, joined through the three sidecars, stop heartbeating.
+    for (i, sidecar) in s.iter().enumerate() {
+        let mut client = PresenceClient::new(sidecar.channel().await);
+        client
+            .join(pb::JoinRequest {
+                room: "room".into(),
+                member: format!("m{i}"),
+                metadata: Default::default(),
+                ttl_ms: 300,
+            })
+            .await
+            .unwrap();
+    }
+    let started = std::time::Instant::now();
+    for watcher in &mut watchers {
+        let mut timeouts = BTreeMap::new();
+        let mut joins = 0;
+        while timeouts.len() < 3 {
+            match next_event(watcher).await {
+                (Kind::Join, _) => joins += 1,
+                (Kind::Timeout, member) => *timeouts.entry(member).or_insert(0) += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(joins, 3);
+        assert_eq!(
+            timeouts,
+            BTreeMap::from([("m0".into(), 1), ("m1".into(), 1), ("m2".into(), 1)])
+        );
+    }
+    // Noticed within ttl + reap interval + slack.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // And never announced again: 20 more reap intervals bring nothing.
+    for watcher in &mut watchers {
+        let more = tokio::time::timeout(Duration::from_secs(1), watcher.message()).await;
+        assert!(more.is_err(), "a second event arrived: {more:?}");
+    }
+}
+
+#[tokio::test]
+async fn publish_through_one_sidecar_receive_through_another_over_grpc_sse_and_websocket() {
+    let redis = RedisServer::start().await;
+    let ns = unique("ps");
+    let s = cluster(&redis, &ns, 2).await;
+    let (a, b) = (&s[0], &s[1]);
+
+    let mut grpc = PubSubClient::new(b.channel().await)
+        .subscribe(pb::SubscribeRequest {
+            channels: vec!["news".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sse = Sse::open(b.url("/v1/pubsub/news"), None).await;
+    let ws_url = format!("ws://{}/v1/pubsub/news", b.http);
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+
+    let durable = http()
+        .post(a.url("/v1/pubsub/news?durable=true"))
+        .header("outrigger-header-kind", "headline")
+        .body("first")
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let offset = durable["offset"]
+        .as_str()
+        .expect("durable offset")
+        .to_string();
+    PubSubClient::new(a.channel().await)
+        .publish(pb::PublishRequest {
+            channel: "news".into(),
+            payload: "second".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    for expected in ["first", "second"] {
+        let m = tokio::time::timeout(Duration::from_secs(10), grpc.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let Some(pb::subscribe_event::Event::Message(m)) = m.event else {
+            panic!("{m:?}")
+        };
+        assert_eq!(&m.payload[..], expected.as_bytes());
+        if expected == "first" {
+            assert_eq!(m.offset, offset);
+            assert_eq!(m.headers["kind"], "headline");
+        }
+
+        let (event, data, id) = sse.next().await;
+        assert_eq!(event, "message");
+        let data: Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(data["payload"], expected);
+        assert_eq!(
+            id.is_some(),
+            expected == "first",
+            "SSE id = offset of durable messages"
+        );
+
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let data: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+        assert_eq!(
+            (data["type"].as_str(), data["payload"].as_str()),
+            (Some("message"), Some(expected))
+        );
+    }
+    ws.close(None).await.unwrap();
+
+    // A reconnecting EventSource sends Last-Event-ID and resumes after it.
+    http()
+        .post(a.url("/v1/pubsub/news?durable=true"))
+        .body("third")
+        .send()
+        .await
+        .unwrap();
+    let mut resumed = Sse::open(b.url("/v1/pubsub/news"), Some(&offset)).await;
+    let (_, data, _) = resumed.next().await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap()["payload"],
+        "third"
+    );
+}
+
+/// Targets for the tests that run on both backends.
+struct Pair {
+    publisher: Sidecar,
+    subscriber: Option<Sidecar>,
+    _redis: Option<RedisServer>,
+}
+
+impl Pair {
+    fn subscriber(&self) -> &Sidecar {
+        self.subscriber.as_ref().unwrap_or(&self.publisher)
+    }
+}
+
+async fn on_memory() -> Pair {
+    Pair {
+        publisher: sidecar!().start().await,
+        subscriber: None,
+        _redis: None,
+    }
+}
+
+async fn on_redis() -> Pair {
+    let redis = RedisServer::start().await;
+    let ns = unique("pair");
+    let mut s = cluster(&redis, &ns, 2).await;
+    let subscriber = s.pop();
+    Pair {
+        publisher: s.pop().unwrap(),
+        subscriber,
+        _redis: Some(redis),
+    }
+}
+
+macro_rules! both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $( #[tokio::test] async fn $case() { super::$case(super::on_memory().await).await; } )*
+        }
+        mod with_redis {
+            $( #[tokio::test] async fn $case() { super::$case(super::on_redis().await).await; } )*
+        }
+    };
+}
+
+both_backends!(
+    durable_replay_of_1000_missed_messages_then_live_ones,
+    a_subscriber_that_never_reads_does_not_stop_another,
+    bad_realtime_input_gets_json_errors,
+);
+
+async fn subscribe_from(s: &Sidecar, channel: &str, from: &str) -> Streaming<pb::SubscribeEvent> {
+    PubSubClient::new(s.channel().await)
+        .subscribe(pb::SubscribeRequest {
+            channels: vec![channel.into()],
+            patterns: vec![],
+            from_offset: from.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn next_message(stream: &mut Streaming<pb::SubscribeEvent>) -> pb::Message {
+    let e = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a message within 10 s")
+        .unwrap()
+        .expect("stream open");
+    match e.event {
+        Some(pb::subscribe_event::Event::Message(m)) => m,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+async fn publish(s: &Sidecar, channel: &str, payload: String, durable: bool) -> String {
+    PubSubClient::new(s.channel().await)
+        .publish(pb::PublishRequest {
+            channel: channel.into(),
+            payload: payload.into(),
+            headers: Default::default(),
+            durable,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .offset
+}
+
+async fn durable_replay_of_1000_missed_messages_then_live_ones(p: Pair) {
+    let sub = p.subscriber();
+    // A subscriber reads the first message, notes its offset, goes away.
+    let mut first = subscribe_from(sub, "orders", "0").await;
+    let offset = publish(&p.publisher, "orders", "before".into(), true).await;
+    let m = next_message(&mut first).await;
+    assert_eq!(
+        (m.offset.as_str(), &m.payload[..]),
+        (offset.as_str(), &b"before"[..])
+    );
+    drop(first);
+
+    // 1,000 messages while it is away.
+    let mut client = PubSubClient::new(p.publisher.channel().await);
+    for i in 0..1000 {
+        client
+            .publish(pb::PublishRequest {
+                channel: "orders".into(),
+                payload: format!("{i}").into(),
+                headers: Default::default(),
+                durable: true,
+            })
+            .await
+            .unwrap();
+    }
+    // Back, from its last offset: all 1,000 in order, exactly once...
+    let mut resumed = subscribe_from(sub, "orders", &offset).await;
+    let mut last = offset.clone();
+    for i in 0..1000 {
+        let m = next_message(&mut resumed).await;
+        assert_eq!(&m.payload[..], i.to_string().as_bytes(), "message {i}");
+        assert!(
+            offset_key(&m.offset) > offset_key(&last),
+            "offsets increase"
+        );
+        last = m.offset;
+    }
+    // ...then live ones, durable or not.
+    publish(&p.publisher, "orders", "live-durable".into(), true).await;
+    publish(&p.publisher, "orders", "live".into(), false).await;
+    assert_eq!(
+        &next_message(&mut resumed).await.payload[..],
+        b"live-durable"
+    );
+    assert_eq!(&next_message(&mut resumed).await.payload[..], b"live");
+}
+
+fn offset_key(o: &str) -> (u64, u64) {
+    let (ms, seq) = o.split_once('-').unwrap();
+    (ms.parse().unwrap(), seq.parse().unwrap())
+}
+
+async fn a_subscriber_that_never_reads_does_not_stop_another(p: Pair) {
+    let sub = p.subscriber();
+    let mut stuck = subscribe_from(sub, "firehose", "").await;
+    let mut reader = subscribe_from(sub, "firehose", "").await;
+    // 16 MiB in all: more than the transport's flow-control windows and
+    // the subscriber's buffer can absorb for the one that never reads.
+    const N: usize = 2000;
+    let payload = "x".repeat(8 * 1024);
+    let publisher = async {
+        let mut client = PubSubClient::new(p.publisher.channel().await);
+        for i in 0..N {
+            client
+                .publish(pb::PublishRequest {
+                    channel: "firehose".into(),
+                    payload: format!("{i}:{payload}").into(),
+                    headers: Default::default(),
+                    durable: false,
+                })
+                .await
+                .unwrap();
+        }
+    };
+    let reading = async {
+        for i in 0..N {
+            let m = next_message(&mut reader).await;
+            assert!(
+                m.payload.starts_with(format!("{i}:").as_bytes()),
+                "message {i} in order"
+            );
+        }
+    };
+    // The publisher is never held up by `stuck` (bounded: all of it well
+    // within the test's time), and the reader gets every message.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(publisher, reading)
+    })
+    .await
+    .expect("publishing and reading finish");
+    // The stuck subscriber, when it finally reads, learns that it lagged.
+    let mut lagged = false;
+    for _ in 0..N {
+        let e = tokio::time::timeout(Duration::from_secs(10), stuck.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Some(pb::subscribe_event::Event::Lagged(l)) = e.event {
+            assert!(l.missed > 0);
+            lagged = true;
+            break;
+        }
+    }
+    assert!(lagged, "the stuck subscriber was told it lagged");
+}
+
+async fn bad_realtime_input_gets_json_errors(p: Pair) {
+    let s = &p.publisher;
+    let c = http();
+    let cases: Vec<(reqwest::RequestBuilder, u16)> = vec![
+        (
+            c.put(s.url("/v1/presence/r/m")).json(&json!({"ttl_ms": 0})),
+            400,
+        ),
+        (
+            c.put(s.url("/v1/presence/r/m"))
+                .json(&json!({"metadata": 1})),
+            400,
+        ),
+        (c.get(s.url("/v1/presence/r?limit=100000")), 413),
+        (c.get(s.url("/v1/pubsub/c?from=yesterday")), 400),
+        (c.post(s.url("/v1/pubsub/c?durable=maybe")).body("x"), 400),
+        (
+            c.post(s.url("/v1/pubsub/c"))
+                .body(vec![0u8; 1024 * 1024 + 1]),
+            413,
+        ),
+    ];
+    for (req, status) in cases {
+        let req = req.build().unwrap();
+        let what = format!("{} {}", req.method(), req.url());
+        let resp = c.execute(req).await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{what}");
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: {body}"
+        );
+    }
+    let mut client = PubSubClient::new(s.channel().await);
+    let bad = client
+        .subscribe(pb::SubscribeRequest {
+            channels: vec!["a".into(), "b".into()],
+            patterns: vec![],
+            from_offset: "0".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let mut presence = PresenceClient::new(s.channel().await);
+    let bad = presence
+        .join(pb::JoinRequest {
+            room: "r".into(),
+            member: String::new(),
+            metadata: Default::default(),
+            ttl_ms: 1000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert_eq!(c.get(s.url("/healthz")).send().await.unwrap().status(), 200);
+}

@@ -118,23 +118,44 @@ mod cases {
 
     pub async fn join_heartbeat_list_and_leave(app: &App) {
         let p = &app.presence;
-        assert!(p.join("lobby", "alice", Bytes::from_static(b"{\"a\":1}"), 10_000).await.unwrap());
-        assert!(!p.join("lobby", "alice", Bytes::from_static(b"v2"), 10_000).await.unwrap(), "heartbeat");
+        assert!(
+            p.join("lobby", "alice", Bytes::from_static(b"{\"a\":1}"), 10_000)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !p.join("lobby", "alice", Bytes::from_static(b"v2"), 10_000)
+                .await
+                .unwrap(),
+            "heartbeat"
+        );
         let page = p.list("lobby", "", 0).await.unwrap();
         assert_eq!(page.members.len(), 1);
         let alice = &page.members[0];
-        assert_eq!((alice.member.as_str(), &alice.metadata[..]), ("alice", &b"v2"[..]));
+        assert_eq!(
+            (alice.member.as_str(), &alice.metadata[..]),
+            ("alice", &b"v2"[..])
+        );
         assert!(alice.ttl > Duration::from_secs(9) && alice.ttl <= Duration::from_secs(10));
         assert!(p.leave("lobby", "alice").await.unwrap());
         assert!(!p.leave("lobby", "alice").await.unwrap());
         assert!(p.list("lobby", "", 0).await.unwrap().members.is_empty());
-        assert!(p.list("empty-room", "", 0).await.unwrap().members.is_empty());
+        assert!(
+            p.list("empty-room", "", 0)
+                .await
+                .unwrap()
+                .members
+                .is_empty()
+        );
     }
 
     pub async fn members_list_in_pages(app: &App) {
         let expected: BTreeSet<String> = (0..25).map(|i| format!("m{i:02}")).collect();
         for m in &expected {
-            app.presence.join("big", m, Bytes::new(), 10_000).await.unwrap();
+            app.presence
+                .join("big", m, Bytes::new(), 10_000)
+                .await
+                .unwrap();
         }
         let mut seen = BTreeSet::new();
         let mut cursor = String::new();
@@ -147,7 +168,10 @@ mod cases {
             }
         }
         assert_eq!(seen, expected);
-        assert!(matches!(app.presence.list("big", "bogus", 7).await, Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            app.presence.list("big", "bogus", 7).await,
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     pub async fn rooms_of_a_member(app: &App) {
@@ -167,19 +191,39 @@ mod cases {
     pub async fn watchers_see_join_leave_and_timeout(app: &App) {
         let p = &app.presence;
         let mut feed = p.watch("room").await.unwrap();
-        p.join("room", "ann", Bytes::from_static(b"meta"), 10_000).await.unwrap();
+        p.join("room", "ann", Bytes::from_static(b"meta"), 10_000)
+            .await
+            .unwrap();
         p.join("room", "ann", Bytes::new(), 10_000).await.unwrap(); // heartbeat: no event
         p.join("room", "ben", Bytes::new(), 150).await.unwrap();
         p.leave("room", "ann").await.unwrap();
         let first = next(&mut feed).await;
-        let FeedItem::Item(join) = &first else { panic!("{first:?}") };
-        assert_eq!((join.kind, join.member.as_str(), &join.metadata[..]), (PresenceKind::Join, "ann", &b"meta"[..]));
-        assert_eq!(brief(next(&mut feed).await), event(PresenceKind::Join, "ben"));
-        assert_eq!(brief(next(&mut feed).await), event(PresenceKind::Leave, "ann"));
+        let FeedItem::Item(join) = &first else {
+            panic!("{first:?}")
+        };
+        assert_eq!(
+            (join.kind, join.member.as_str(), &join.metadata[..]),
+            (PresenceKind::Join, "ann", &b"meta"[..])
+        );
+        assert_eq!(
+            brief(next(&mut feed).await),
+            event(PresenceKind::Join, "ben")
+        );
+        assert_eq!(
+            brief(next(&mut feed).await),
+            event(PresenceKind::Leave, "ann")
+        );
         // ben stops heartbeating: the reaper (every 50 ms here) announces it.
         let started = std::time::Instant::now();
-        assert_eq!(brief(next(&mut feed).await), event(PresenceKind::Timeout, "ben"));
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert_eq!(
+            brief(next(&mut feed).await),
+            event(PresenceKind::Timeout, "ben")
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
         assert!(p.list("room", "", 0).await.unwrap().members.is_empty());
     }
 
@@ -187,15 +231,24 @@ mod cases {
         let p = &app.presence;
         let mut feed = p.watch("hb").await.unwrap();
         p.join("hb", "dan", Bytes::new(), 300).await.unwrap();
-        assert_eq!(brief(next(&mut feed).await), event(PresenceKind::Join, "dan"));
+        assert_eq!(
+            brief(next(&mut feed).await),
+            event(PresenceKind::Join, "dan")
+        );
         for _ in 0..8 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            assert!(!p.join("hb", "dan", Bytes::new(), 300).await.unwrap(), "still in");
+            assert!(
+                !p.join("hb", "dan", Bytes::new(), 300).await.unwrap(),
+                "still in"
+            );
         }
         // 800 ms after joining with a 300 ms TTL, dan is in and no timeout
         // was announced; once the heartbeats stop, exactly one is.
         assert_eq!(p.list("hb", "", 0).await.unwrap().members.len(), 1);
-        assert_eq!(brief(next(&mut feed).await), event(PresenceKind::Timeout, "dan"));
+        assert_eq!(
+            brief(next(&mut feed).await),
+            event(PresenceKind::Timeout, "dan")
+        );
     }
 
     pub async fn bad_presence_input_is_rejected(app: &App) {
@@ -206,33 +259,68 @@ mod cases {
         assert!(invalid(p.join("r", "a\nb", Bytes::new(), 1000).await));
         assert!(invalid(p.join("r", "m", Bytes::new(), 0).await));
         let big = Bytes::from(vec![0u8; Config::default().limits.max_value_bytes + 1]);
-        assert!(matches!(p.join("r", "m", big, 1000).await, Err(Error::TooLarge(_))));
-        assert!(matches!(p.list("r", "", 100_000).await, Err(Error::TooLarge(_))));
+        assert!(matches!(
+            p.join("r", "m", big, 1000).await,
+            Err(Error::TooLarge(_))
+        ));
+        assert!(matches!(
+            p.list("r", "", 100_000).await,
+            Err(Error::TooLarge(_))
+        ));
     }
 
     pub async fn publish_reaches_every_subscriber_with_headers(app: &App) {
         let ps = &app.pubsub;
-        let mut a = ps.subscribe(vec!["news".into()], vec![], None).await.unwrap();
-        let mut b = ps.subscribe(vec!["news".into(), "other".into()], vec![], None).await.unwrap();
+        let mut a = ps
+            .subscribe(vec!["news".into()], vec![], None)
+            .await
+            .unwrap();
+        let mut b = ps
+            .subscribe(vec!["news".into(), "other".into()], vec![], None)
+            .await
+            .unwrap();
         let headers = BTreeMap::from([("kind".to_string(), "headline".to_string())]);
-        let offset = ps.publish("news", Bytes::from_static(b"\x00hi\n"), headers.clone(), false).await.unwrap();
+        let offset = ps
+            .publish(
+                "news",
+                Bytes::from_static(b"\x00hi\n"),
+                headers.clone(),
+                false,
+            )
+            .await
+            .unwrap();
         assert_eq!(offset, None, "live messages have no offset");
-        ps.publish("other", Bytes::from_static(b"o"), BTreeMap::new(), false).await.unwrap();
+        ps.publish("other", Bytes::from_static(b"o"), BTreeMap::new(), false)
+            .await
+            .unwrap();
         let m = next_message(&mut a).await;
-        assert_eq!((m.channel.as_str(), &m.payload[..], &m.headers), ("news", &b"\x00hi\n"[..], &headers));
-        assert_eq!(next_message(&mut b).await.payload, Bytes::from_static(b"\x00hi\n"));
+        assert_eq!(
+            (m.channel.as_str(), &m.payload[..], &m.headers),
+            ("news", &b"\x00hi\n"[..], &headers)
+        );
+        assert_eq!(
+            next_message(&mut b).await.payload,
+            Bytes::from_static(b"\x00hi\n")
+        );
         assert_eq!(next_message(&mut b).await.channel, "other");
         // A dropped subscriber does not disturb the others.
         drop(b);
-        ps.publish("news", Bytes::from_static(b"2"), BTreeMap::new(), false).await.unwrap();
+        ps.publish("news", Bytes::from_static(b"2"), BTreeMap::new(), false)
+            .await
+            .unwrap();
         assert_eq!(next_message(&mut a).await.payload, Bytes::from_static(b"2"));
     }
 
     pub async fn patterns_match_channels(app: &App) {
         let ps = &app.pubsub;
-        let mut sub = ps.subscribe(vec![], vec!["orders.*".into()], None).await.unwrap();
+        let mut sub = ps
+            .subscribe(vec![], vec!["orders.*".into()], None)
+            .await
+            .unwrap();
         for channel in ["orders.eu", "payments", "orders.us"] {
-            ps.publish(channel, Bytes::from(channel), BTreeMap::new(), false).await.unwrap();
+            ps.publish(channel, Bytes::from(channel), BTreeMap::new(), false)
+                .await
+                .unwrap();
         }
         assert_eq!(next_message(&mut sub).await.channel, "orders.eu");
         assert_eq!(next_message(&mut sub).await.channel, "orders.us");
@@ -242,31 +330,50 @@ mod cases {
         let ps = &app.pubsub;
         let mut offsets = vec![];
         for i in 0..5 {
-            let o = ps.publish("log", Bytes::from(format!("m{i}")), BTreeMap::new(), true).await.unwrap();
+            let o = ps
+                .publish("log", Bytes::from(format!("m{i}")), BTreeMap::new(), true)
+                .await
+                .unwrap();
             offsets.push(o.expect("durable messages have offsets"));
         }
         assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
-        let mut sub = ps.subscribe(vec!["log".into()], vec![], Some(offsets[1])).await.unwrap();
+        let mut sub = ps
+            .subscribe(vec!["log".into()], vec![], Some(offsets[1]))
+            .await
+            .unwrap();
         for (i, expected) in offsets.iter().enumerate().skip(2) {
             let m = next_message(&mut sub).await;
-            assert_eq!((m.offset, &m.payload[..]), (Some(*expected), format!("m{i}").as_bytes()));
+            assert_eq!(
+                (m.offset, &m.payload[..]),
+                (Some(*expected), format!("m{i}").as_bytes())
+            );
         }
         // From zero: everything retained.
-        let mut all = ps.subscribe(vec!["log".into()], vec![], Some(Offset::default())).await.unwrap();
+        let mut all = ps
+            .subscribe(vec!["log".into()], vec![], Some(Offset::default()))
+            .await
+            .unwrap();
         assert_eq!(next_message(&mut all).await.offset, Some(offsets[0]));
     }
 
     pub async fn resume_has_no_gap_and_no_duplicate_at_the_seam(app: &App) {
         let ps = &app.pubsub;
         for i in 0..300 {
-            ps.publish("seam", Bytes::from(i.to_string()), BTreeMap::new(), true).await.unwrap();
+            ps.publish("seam", Bytes::from(i.to_string()), BTreeMap::new(), true)
+                .await
+                .unwrap();
         }
         // Resume from the start while more are being published: the seam
         // between replayed and live falls somewhere inside 300..400.
-        let mut sub = ps.subscribe(vec!["seam".into()], vec![], Some(Offset::default())).await.unwrap();
+        let mut sub = ps
+            .subscribe(vec!["seam".into()], vec![], Some(Offset::default()))
+            .await
+            .unwrap();
         let publisher = async {
             for i in 300..400 {
-                ps.publish("seam", Bytes::from(i.to_string()), BTreeMap::new(), true).await.unwrap();
+                ps.publish("seam", Bytes::from(i.to_string()), BTreeMap::new(), true)
+                    .await
+                    .unwrap();
             }
         };
         let reader = async {
@@ -286,13 +393,29 @@ mod cases {
 
     pub async fn a_slow_subscriber_lags_without_holding_up_others(app: &App) {
         let ps = &app.pubsub;
-        let mut slow = ps.subscribe(vec!["firehose".into()], vec![], None).await.unwrap();
-        let mut fast = ps.subscribe(vec!["firehose".into()], vec![], None).await.unwrap();
+        let mut slow = ps
+            .subscribe(vec!["firehose".into()], vec![], None)
+            .await
+            .unwrap();
+        let mut fast = ps
+            .subscribe(vec!["firehose".into()], vec![], None)
+            .await
+            .unwrap();
         // The buffer is 16 messages here; the slow one reads nothing while
         // 100 go out, the fast one reads each as it comes.
         for i in 0..100 {
-            ps.publish("firehose", Bytes::from(i.to_string()), BTreeMap::new(), false).await.unwrap();
-            assert_eq!(next_message(&mut fast).await.payload, Bytes::from(i.to_string()));
+            ps.publish(
+                "firehose",
+                Bytes::from(i.to_string()),
+                BTreeMap::new(),
+                false,
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                next_message(&mut fast).await.payload,
+                Bytes::from(i.to_string())
+            );
         }
         match next(&mut slow).await.unwrap() {
             FeedItem::Lagged(missed) => assert!(missed >= 100 - 16, "missed {missed}"),
@@ -306,28 +429,60 @@ mod cases {
         let ps = &app.pubsub;
         let mut subs = vec![];
         for i in 0..20 {
-            subs.push(ps.subscribe(vec![format!("c{i}")], vec![], None).await.unwrap());
+            subs.push(
+                ps.subscribe(vec![format!("c{i}")], vec![], None)
+                    .await
+                    .unwrap(),
+            );
         }
         assert_eq!(ps.subscribers(), 20);
-        let err = ps.subscribe(vec!["one-more".into()], vec![], None).await.err().expect("over the limit");
+        let err = ps
+            .subscribe(vec!["one-more".into()], vec![], None)
+            .await
+            .err()
+            .expect("over the limit");
         assert!(matches!(err, Error::Exhausted(_)), "{err:?}");
         subs.pop();
-        assert_eq!(ps.subscribers(), 19, "a dropped subscription frees its slot");
-        assert!(ps.subscribe(vec!["now-fits".into()], vec![], None).await.is_ok());
+        assert_eq!(
+            ps.subscribers(),
+            19,
+            "a dropped subscription frees its slot"
+        );
+        assert!(
+            ps.subscribe(vec!["now-fits".into()], vec![], None)
+                .await
+                .is_ok()
+        );
     }
 
     pub async fn bad_pubsub_input_is_rejected(app: &App) {
         let ps = &app.pubsub;
-        let invalid = |r: Result<Option<Offset>, Error>| matches!(r, Err(Error::InvalidArgument(_)));
-        assert!(invalid(ps.publish("", Bytes::new(), BTreeMap::new(), false).await));
+        let invalid =
+            |r: Result<Option<Offset>, Error>| matches!(r, Err(Error::InvalidArgument(_)));
+        assert!(invalid(
+            ps.publish("", Bytes::new(), BTreeMap::new(), false).await
+        ));
         let bad_headers = BTreeMap::from([(String::new(), "v".to_string())]);
-        assert!(invalid(ps.publish("c", Bytes::new(), bad_headers, false).await));
+        assert!(invalid(
+            ps.publish("c", Bytes::new(), bad_headers, false).await
+        ));
         let big = Bytes::from(vec![0u8; Config::default().limits.max_value_bytes + 1]);
-        assert!(matches!(ps.publish("c", big, BTreeMap::new(), false).await, Err(Error::TooLarge(_))));
-        let sub_err = |r: Result<Subscription, Error>| matches!(r.err(), Some(Error::InvalidArgument(_)));
+        assert!(matches!(
+            ps.publish("c", big, BTreeMap::new(), false).await,
+            Err(Error::TooLarge(_))
+        ));
+        let sub_err =
+            |r: Result<Subscription, Error>| matches!(r.err(), Some(Error::InvalidArgument(_)));
         assert!(sub_err(ps.subscribe(vec![], vec![], None).await));
         assert!(sub_err(ps.subscribe(vec![], vec!["a[".into()], None).await));
-        assert!(sub_err(ps.subscribe(vec!["a".into(), "b".into()], vec![], Some(Offset::default())).await));
+        assert!(sub_err(
+            ps.subscribe(
+                vec!["a".into(), "b".into()],
+                vec![],
+                Some(Offset::default())
+            )
+            .await
+        ));
         assert_eq!(ps.subscribers(), 0, "rejected subscriptions take no slot");
     }
 }
