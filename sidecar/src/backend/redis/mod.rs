@@ -20,6 +20,10 @@
 //! | `ns:lock:{name}:fence`     | string | the fence counter; never expires                    |
 //! | `ns:sem:{name}`            | zset   | permit tokens scored by lease expiry                |
 //! | `ns:rl:<algo>:{policy:key}`| string / hash | rate-limit state (GCRA TAT / window counts) |
+//! | `ns:pr:{room}`             | zset   | members scored by expiry; also the room's event channel |
+//! | `ns:pr:{room}:meta`        | hash   | members' metadata                                   |
+//! | `ns:pm:{member}`           | set    | rooms a member joined (checked against the rooms)   |
+//! | `ns:ps:{channel}`          | stream | durable messages; also the live pub/sub channel     |
 //! | channel `ns:released`      | pubsub | `lock:<name>` / `sem:<name>` on every release       |
 //!
 //! Cache entries and their tag indexes live in different slots, so a write
