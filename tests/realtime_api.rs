@@ -579,3 +579,61 @@ async fn bad_realtime_input_gets_json_errors(p: Pair) {
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert_eq!(c.get(s.url("/healthz")).send().await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn subscriptions_come_back_after_redis_restarts() {
+    let mut redis = RedisServer::start().await;
+    let ns = unique("restart");
+    let s = cluster(&redis, &ns, 2).await;
+    let (a, b) = (&s[0], &s[1]);
+    let mut sub = subscribe_from(b, "alerts", "").await;
+    let mut watcher = watch(b, "room").await;
+    publish(a, "alerts", "before".into(), false).await;
+    assert_eq!(&next_message(&mut sub).await.payload[..], b"before");
+
+    redis.restart().await;
+
+    // Both sidecars reconnect by themselves; the subscriber's stream stays
+    // open and hears messages published after the restart.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut client = PubSubClient::new(a.channel().await);
+    let mut n = 0;
+    let received = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no message after the restart"
+        );
+        n += 1;
+        let published = client
+            .publish(pb::PublishRequest {
+                channel: "alerts".into(),
+                payload: format!("after-{n}").into(),
+                ..Default::default()
+            })
+            .await;
+        if published.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await; // Redis still coming back
+            continue;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), sub.message()).await {
+            Ok(Ok(Some(e))) => break e,
+            Ok(other) => panic!("subscription ended: {other:?}"),
+            Err(_) => continue, // resubscription not in place yet
+        }
+    };
+    let Some(pb::subscribe_event::Event::Message(m)) = received.event else {
+        panic!("{received:?}")
+    };
+    assert!(m.payload.starts_with(b"after-"), "{m:?}");
+    // Presence watchers are resubscribed too.
+    PresenceClient::new(a.channel().await)
+        .join(pb::JoinRequest {
+            room: "room".into(),
+            member: "zoe".into(),
+            metadata: Default::default(),
+            ttl_ms: 10_000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut watcher).await, (Kind::Join, "zoe".into()));
+}

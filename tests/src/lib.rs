@@ -84,7 +84,7 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     log: Log,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -129,7 +129,7 @@ impl RedisServer {
                     child: Some(child),
                     port,
                     log,
-                    _dir: dir,
+                    dir,
                 };
             }
             let _ = child.kill().await;
@@ -149,6 +149,41 @@ impl RedisServer {
             .get_multiplexed_async_connection()
             .await
             .expect("connect to test redis")
+    }
+
+    /// Kills the server (SIGKILL) and starts a new one on the same port, as
+    /// a crashed Redis coming back would. Its data is gone (no persistence).
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        let mut child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn redis-server");
+        let mut lines = capture(&mut child, &self.log);
+        let ready = tokio::time::timeout(START_TIMEOUT, async {
+            while let Some(line) = lines.recv().await {
+                if line.contains("Ready to accept connections") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(
+            ready,
+            Ok(true),
+            "redis-server did not restart on :{}\n{}",
+            self.port,
+            self.log.text()
+        );
+        self.child = Some(child);
     }
 
     /// Kills the server with SIGKILL and waits for it to be gone.
