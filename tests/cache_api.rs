@@ -9,7 +9,7 @@ use std::time::Duration;
 use outrigger::api::pb;
 use outrigger::api::pb::admin_client::AdminClient;
 use outrigger::api::pb::cache_client::CacheClient;
-use outrigger_tests::{RedisServer, Sidecar, sidecar, unique};
+use outrigger_tests::{RedisServer, Sidecar, both_backends, sidecar, unique};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tonic::Code;
@@ -40,18 +40,9 @@ async fn on_redis() -> Target {
     }
 }
 
-macro_rules! both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $( #[tokio::test] async fn $case() { super::$case(super::on_memory().await).await; } )*
-        }
-        mod with_redis {
-            $( #[tokio::test] async fn $case() { super::$case(super::on_redis().await).await; } )*
-        }
-    };
-}
-
 both_backends!(
+    on_memory,
+    on_redis;
     http_round_trip,
     http_conditions_and_versions,
     http_invalidation_and_listing,

@@ -10,7 +10,7 @@ use outrigger::api::pb;
 use outrigger::api::pb::hold_response::Event;
 use outrigger::api::pb::lock_client::LockClient;
 use outrigger::api::pb::rate_limit_client::RateLimitClient;
-use outrigger_tests::{RedisServer, Sidecar, SidecarBuilder, sidecar, unique};
+use outrigger_tests::{RedisServer, Sidecar, SidecarBuilder, both_backends, sidecar, unique};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -64,18 +64,9 @@ async fn on_redis() -> Target {
     }
 }
 
-macro_rules! both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $( #[tokio::test] async fn $case() { super::$case(super::on_memory().await).await; } )*
-        }
-        mod with_redis {
-            $( #[tokio::test] async fn $case() { super::$case(super::on_redis().await).await; } )*
-        }
-    };
-}
-
 both_backends!(
+    on_memory,
+    on_redis;
     http_locks,
     http_semaphores,
     http_rate_limits_answer_429_with_headers,

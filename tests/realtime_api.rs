@@ -11,7 +11,7 @@ use outrigger::api::pb;
 use outrigger::api::pb::presence_client::PresenceClient;
 use outrigger::api::pb::presence_event::Kind;
 use outrigger::api::pb::pub_sub_client::PubSubClient;
-use outrigger_tests::{RedisServer, Sidecar, sidecar, unique};
+use outrigger_tests::{RedisServer, Sidecar, both_backends, sidecar, unique};
 use serde_json::{Value, json};
 use tonic::Streaming;
 
@@ -359,18 +359,9 @@ async fn on_redis() -> Pair {
     }
 }
 
-macro_rules! both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $( #[tokio::test] async fn $case() { super::$case(super::on_memory().await).await; } )*
-        }
-        mod with_redis {
-            $( #[tokio::test] async fn $case() { super::$case(super::on_redis().await).await; } )*
-        }
-    };
-}
-
 both_backends!(
+    on_memory,
+    on_redis;
     durable_replay_of_1000_missed_messages_then_live_ones,
     a_subscriber_that_never_reads_does_not_stop_another,
     bad_realtime_input_gets_json_errors,

@@ -12,6 +12,7 @@ use crate::backend::{self, CacheStore, Condition, Entry, KeyPage, SetOutcome, Wr
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::telemetry::{self, Metrics};
+use crate::validate;
 use bytes::Bytes;
 
 /// Page size of a key listing when the caller gives none.
@@ -111,19 +112,9 @@ impl Cache {
             tracing::info_span!("outrigger.cache.set", key = %req.key, bytes = req.value.len());
         self.op("set", span, async {
             self.check_key(&req.key)?;
-            if req.value.len() > self.limits.max_value_bytes {
-                return Err(Error::TooLarge(format!(
-                    "value is {} bytes; the limit is {} (limits.max_value_bytes)",
-                    req.value.len(),
-                    self.limits.max_value_bytes
-                )));
-            }
-            let max_ttl_ms = self.limits.max_ttl.as_millis() as u64;
-            if req.ttl_ms > max_ttl_ms {
-                return Err(Error::InvalidArgument(format!(
-                    "ttl_ms {} is over the maximum of {max_ttl_ms} (limits.max_ttl)",
-                    req.ttl_ms
-                )));
+            validate::value("value", req.value.len(), &self.limits)?;
+            if req.ttl_ms > 0 {
+                validate::ttl_ms("ttl_ms", req.ttl_ms, &self.limits)?;
             }
             if req.tags.len() > self.limits.max_tags {
                 return Err(Error::TooLarge(format!(
@@ -234,17 +225,7 @@ impl Cache {
     }
 
     fn check_key(&self, key: &str) -> Result<()> {
-        if key.is_empty() {
-            return Err(Error::InvalidArgument("key must not be empty".into()));
-        }
-        if key.len() > self.limits.max_key_bytes {
-            return Err(Error::TooLarge(format!(
-                "key is {} bytes; the limit is {} (limits.max_key_bytes)",
-                key.len(),
-                self.limits.max_key_bytes
-            )));
-        }
-        Ok(())
+        validate::name("key", key, &self.limits)
     }
 
     fn check_tag(&self, tag: &str) -> Result<()> {
@@ -264,13 +245,7 @@ impl Cache {
     }
 
     fn check_batch(&self, what: &str, n: usize) -> Result<()> {
-        if n > self.limits.max_batch {
-            return Err(Error::TooLarge(format!(
-                "{n} {what}; the limit is {} (limits.max_batch)",
-                self.limits.max_batch
-            )));
-        }
-        Ok(())
+        validate::batch(what, n, &self.limits)
     }
 
     fn check_pattern(&self, pattern: &str) -> Result<()> {

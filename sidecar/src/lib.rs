@@ -17,7 +17,8 @@
 //! - [`app`]: the shared state both APIs serve from;
 //! - [`api`]: the gRPC and HTTP adapters, and the one error mapping;
 //! - [`telemetry`]: logs, OTLP traces and Prometheus metrics;
-//! - [`error`]: the error every primitive returns.
+//! - [`error`]: the error every primitive returns;
+//! - [`validate`]: the input checks every primitive shares.
 //!
 //! [`Sidecar::bind`] connects the backend and binds both listeners;
 //! [`Sidecar::serve`] serves until a shutdown signal, then drains.
@@ -35,6 +36,7 @@ pub mod presence;
 pub mod pubsub;
 pub mod ratelimit;
 pub mod telemetry;
+pub mod validate;
 
 use std::future::Future;
 use std::net::SocketAddr;

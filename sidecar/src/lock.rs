@@ -17,6 +17,7 @@ use crate::backend::{Acquire, BackendError, LockStore};
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::telemetry::{self, Metrics};
+use crate::validate;
 
 /// Longest nap between attempts when no release is announced: the safety
 /// net for a lost notification.
@@ -266,17 +267,7 @@ impl Locks {
     }
 
     fn check_name(&self, name: &str) -> Result<()> {
-        if name.is_empty() {
-            return Err(Error::InvalidArgument("name must not be empty".into()));
-        }
-        if name.len() > self.limits.max_key_bytes {
-            return Err(Error::TooLarge(format!(
-                "name is {} bytes; the limit is {} (limits.max_key_bytes)",
-                name.len(),
-                self.limits.max_key_bytes
-            )));
-        }
-        Ok(())
+        validate::name("name", name, &self.limits)
     }
 
     fn check_token(&self, token: &str) -> Result<()> {
@@ -289,13 +280,7 @@ impl Locks {
     }
 
     fn check_ttl(&self, ttl_ms: u64) -> Result<Duration> {
-        let max = self.limits.max_ttl.as_millis() as u64;
-        if ttl_ms == 0 || ttl_ms > max {
-            return Err(Error::InvalidArgument(format!(
-                "ttl_ms must be 1..={max} (limits.max_ttl), not {ttl_ms}"
-            )));
-        }
-        Ok(Duration::from_millis(ttl_ms))
+        validate::ttl_ms("ttl_ms", ttl_ms, &self.limits)
     }
 
     fn check_wait(&self, wait_ms: u64) -> Result<Duration> {

@@ -18,6 +18,7 @@ use crate::backend::{Feed, MemberPage, PresenceEvent, PresenceStore};
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::telemetry::{self, Metrics};
+use crate::validate;
 
 /// Page size of a member listing when the caller gives none.
 const DEFAULT_PAGE: usize = 100;
@@ -103,20 +104,8 @@ impl Presence {
         self.op("join", span, async {
             self.check_name("room", room)?;
             self.check_name("member", member)?;
-            if metadata.len() > self.limits.max_value_bytes {
-                return Err(Error::TooLarge(format!(
-                    "metadata is {} bytes; the limit is {} (limits.max_value_bytes)",
-                    metadata.len(),
-                    self.limits.max_value_bytes
-                )));
-            }
-            let max = self.limits.max_ttl.as_millis() as u64;
-            if ttl_ms == 0 || ttl_ms > max {
-                return Err(Error::InvalidArgument(format!(
-                    "ttl_ms must be 1..={max} (limits.max_ttl), not {ttl_ms}"
-                )));
-            }
-            let ttl = Duration::from_millis(ttl_ms);
+            validate::value("metadata", metadata.len(), &self.limits)?;
+            let ttl = validate::ttl_ms("ttl_ms", ttl_ms, &self.limits)?;
             let joined = self.store.join(room, member, metadata, ttl).await?;
             let until = Instant::now() + ttl + self.reap_interval * 4;
             let mut interest = self.lock();
@@ -143,12 +132,7 @@ impl Presence {
         self.op("list", span, async {
             self.check_name("room", room)?;
             let limit = if limit == 0 { DEFAULT_PAGE } else { limit };
-            if limit > self.limits.max_batch {
-                return Err(Error::TooLarge(format!(
-                    "limit {limit}; the most is {} (limits.max_batch)",
-                    self.limits.max_batch
-                )));
-            }
+            validate::batch("members per page", limit, &self.limits)?;
             Ok(self.store.list(room, cursor, limit).await?)
         })
         .await
@@ -205,19 +189,10 @@ impl Presence {
     }
 
     fn check_name(&self, what: &str, name: &str) -> Result<()> {
-        if name.is_empty() {
-            return Err(Error::InvalidArgument(format!("{what} must not be empty")));
-        }
+        validate::name(what, name, &self.limits)?;
         if name.contains('\n') {
             return Err(Error::InvalidArgument(format!(
                 "{what} must not contain a newline"
-            )));
-        }
-        if name.len() > self.limits.max_key_bytes {
-            return Err(Error::TooLarge(format!(
-                "{what} is {} bytes; the limit is {} (limits.max_key_bytes)",
-                name.len(),
-                self.limits.max_key_bytes
             )));
         }
         Ok(())

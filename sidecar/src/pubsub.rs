@@ -20,6 +20,7 @@ use crate::backend::{Feed, FeedItem, Offset, PubMessage, PubSubStore, glob};
 use crate::config::{Limits, PubSubConfig};
 use crate::error::{Error, Result};
 use crate::telemetry::{self, Metrics};
+use crate::validate;
 
 /// Durable messages read per replay step.
 const REPLAY_PAGE: usize = 500;
@@ -87,13 +88,7 @@ impl PubSub {
         );
         telemetry::observe(&self.metrics, "pubsub", "publish", span, async {
             self.check_channel(channel)?;
-            if payload.len() > self.limits.max_value_bytes {
-                return Err(Error::TooLarge(format!(
-                    "payload is {} bytes; the limit is {} (limits.max_value_bytes)",
-                    payload.len(),
-                    self.limits.max_value_bytes
-                )));
-            }
+            validate::value("payload", payload.len(), &self.limits)?;
             if headers.len() > MAX_HEADERS
                 || headers
                     .iter()
@@ -133,13 +128,11 @@ impl PubSub {
                     "subscribe to at least one channel or pattern".into(),
                 ));
             }
-            if channels.len() + patterns.len() > self.limits.max_batch {
-                return Err(Error::TooLarge(format!(
-                    "{} channels and patterns; the limit is {} (limits.max_batch)",
-                    channels.len() + patterns.len(),
-                    self.limits.max_batch
-                )));
-            }
+            validate::batch(
+                "channels and patterns",
+                channels.len() + patterns.len(),
+                &self.limits,
+            )?;
             for channel in &channels {
                 self.check_channel(channel)?;
             }
@@ -175,17 +168,7 @@ impl PubSub {
     }
 
     fn check_channel(&self, channel: &str) -> Result<()> {
-        if channel.is_empty() {
-            return Err(Error::InvalidArgument("channel must not be empty".into()));
-        }
-        if channel.len() > self.limits.max_key_bytes {
-            return Err(Error::TooLarge(format!(
-                "channel is {} bytes; the limit is {} (limits.max_key_bytes)",
-                channel.len(),
-                self.limits.max_key_bytes
-            )));
-        }
-        Ok(())
+        validate::name("channel", channel, &self.limits)
     }
 }
 

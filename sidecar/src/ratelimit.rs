@@ -9,6 +9,7 @@ use crate::backend::{Algorithm, Decision, Limit, RateLimitStore};
 use crate::config::{Limits, PolicyConfig};
 use crate::error::{Error, Result};
 use crate::telemetry::{self, Metrics};
+use crate::validate;
 
 /// Longest policy name.
 const MAX_POLICY_NAME: usize = 128;
@@ -84,16 +85,7 @@ impl RateLimits {
                     "policy name must be 1..={MAX_POLICY_NAME} bytes"
                 )));
             }
-            if key.is_empty() {
-                return Err(Error::InvalidArgument("key must not be empty".into()));
-            }
-            if key.len() > self.limits.max_key_bytes {
-                return Err(Error::TooLarge(format!(
-                    "key is {} bytes; the limit is {} (limits.max_key_bytes)",
-                    key.len(),
-                    self.limits.max_key_bytes
-                )));
-            }
+            validate::name("key", key, &self.limits)?;
             let limit = match inline {
                 Some(inline) => PolicyConfig {
                     algorithm: parse_algorithm(&inline.algorithm)?,

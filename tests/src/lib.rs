@@ -210,6 +210,23 @@ impl Drop for RedisServer {
     }
 }
 
+/// Instantiates async test cases against both backends:
+/// `both_backends!(on_memory, on_redis; case_a, case_b)` makes
+/// `memory::case_a` run `case_a(on_memory().await)` and `with_redis::case_a`
+/// run `case_a(on_redis().await)`, where the `on_*` functions build the
+/// target (a sidecar, an app, and the Redis behind it).
+#[macro_export]
+macro_rules! both_backends {
+    ($memory:ident, $redis:ident; $($case:ident),* $(,)?) => {
+        mod memory {
+            $( #[tokio::test] async fn $case() { super::$case(super::$memory().await).await; } )*
+        }
+        mod with_redis {
+            $( #[tokio::test] async fn $case() { super::$case(super::$redis().await).await; } )*
+        }
+    };
+}
+
 /// Starts configuring an `outrigger` process built from this checkout.
 #[macro_export]
 macro_rules! sidecar {

@@ -1,0 +1,57 @@
+//! Input checks shared by every primitive, so that a limit is enforced, and
+//! its error worded, the same way everywhere. Messages name the limit's
+//! configuration key.
+
+use std::time::Duration;
+
+use crate::config::Limits;
+use crate::error::{Error, Result};
+
+/// A key or a name (cache key, lock, room, member, channel): non-empty and
+/// at most `limits.max_key_bytes`.
+pub fn name(what: &str, value: &str, limits: &Limits) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::InvalidArgument(format!("{what} must not be empty")));
+    }
+    if value.len() > limits.max_key_bytes {
+        return Err(Error::TooLarge(format!(
+            "{what} is {} bytes; the limit is {} (limits.max_key_bytes)",
+            value.len(),
+            limits.max_key_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// A lifetime in milliseconds: 1 ms ..= `limits.max_ttl`.
+pub fn ttl_ms(what: &str, ms: u64, limits: &Limits) -> Result<Duration> {
+    let max = limits.max_ttl.as_millis() as u64;
+    if ms == 0 || ms > max {
+        return Err(Error::InvalidArgument(format!(
+            "{what} must be 1..={max} (limits.max_ttl), not {ms}"
+        )));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// A number of items in one request: at most `limits.max_batch`.
+pub fn batch(what: &str, n: usize, limits: &Limits) -> Result<()> {
+    if n > limits.max_batch {
+        return Err(Error::TooLarge(format!(
+            "{n} {what}; the limit is {} (limits.max_batch)",
+            limits.max_batch
+        )));
+    }
+    Ok(())
+}
+
+/// A value, payload or metadata: at most `limits.max_value_bytes`.
+pub fn value(what: &str, len: usize, limits: &Limits) -> Result<()> {
+    if len > limits.max_value_bytes {
+        return Err(Error::TooLarge(format!(
+            "{what} is {len} bytes; the limit is {} (limits.max_value_bytes)",
+            limits.max_value_bytes
+        )));
+    }
+    Ok(())
+}
