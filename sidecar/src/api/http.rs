@@ -960,4 +960,21 @@ mod tests {
             StatusCode::OK
         );
     }
+
+    #[tokio::test]
+    async fn readyz_turns_away_traffic_while_draining() {
+        let config = Config::default();
+        let app = Arc::new(App::with_stores(&config, Stores::memory(&config)));
+        let r = router(app.clone());
+        assert_eq!(call(&r, Method::GET, "/readyz", b"").await.status(), StatusCode::OK);
+        app.start_draining();
+        let resp = call(&r, Method::GET, "/readyz", b"").await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(json(resp).await["error"]["code"], "draining");
+        assert_eq!(
+            call(&r, Method::GET, "/healthz", b"").await.status(),
+            StatusCode::OK,
+            "still alive"
+        );
+    }
 }
