@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::backend::failover::{Failover, FailoverStatus, Memory};
 use crate::backend::memory::{
     MemoryLocks, MemoryPresence, MemoryPubSub, MemoryRateLimits, MemoryStore,
 };
@@ -27,6 +28,9 @@ pub struct Status {
     pub backend: &'static str,
     pub uptime: Duration,
     pub cache: CacheStats,
+    /// With Redis configured: where requests go and how the last recovery
+    /// went.
+    pub failover: Option<FailoverStatus>,
 }
 
 /// One backend's storage for every primitive.
@@ -64,6 +68,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     namespace: String,
     started: Instant,
+    /// The failover backend, when Redis is configured: its status.
+    failover: Option<Arc<Failover>>,
     /// Set when shutdown begins, so `/readyz` turns away new traffic while
     /// in-flight requests drain, and long-lived streams (Hold) end.
     draining: watch::Sender<bool>,
@@ -72,31 +78,54 @@ pub struct App {
 impl App {
     /// Connects the configured backend: Redis when `redis.url` is set,
     /// memory otherwise.
+    /// With Redis configured, every primitive goes through the failover
+    /// backend: it starts on memory if Redis does not answer yet.
     pub async fn new(config: &Config) -> anyhow::Result<Arc<App>> {
-        let stores = match &config.redis.url {
-            Some(url) => {
-                let redis = Arc::new(
-                    RedisStore::connect_with(&config.redis, &config.namespace, &config.pubsub)
-                        .await
-                        .map_err(|err| anyhow::anyhow!("redis.url: cannot use {url}: {err}"))?,
-                );
-                Stores {
-                    cache: redis.clone(),
-                    locks: redis.clone(),
-                    ratelimits: redis.clone(),
-                    presence: redis.clone(),
-                    pubsub: redis,
-                }
-            }
-            None => Stores::memory(config),
+        let Some(url) = &config.redis.url else {
+            return Ok(Arc::new(App::with_stores(config, Stores::memory(config))));
         };
-        Ok(Arc::new(App::with_stores(config, stores)))
+        let metrics = Arc::new(Metrics::new("redis"));
+        let redis = RedisStore::connect_lazy(&config.redis, &config.namespace, &config.pubsub)
+            .await
+            .map_err(|err| anyhow::anyhow!("redis.url: cannot use {url}: {err}"))?;
+        let memory = Memory {
+            cache: MemoryStore::new(config.memory.clone()),
+            locks: MemoryLocks::new(),
+            ratelimits: MemoryRateLimits::new(),
+            presence: Arc::new(MemoryPresence::new(config.pubsub.subscriber_buffer)),
+            pubsub: Arc::new(MemoryPubSub::new(
+                config.pubsub.subscriber_buffer,
+                config.pubsub.stream_max_len,
+            )),
+        };
+        let failover = Failover::start(
+            Arc::new(redis),
+            memory,
+            config.failover.clone(),
+            metrics.clone(),
+        )
+        .await;
+        let stores = Stores {
+            cache: failover.clone(),
+            locks: failover.clone(),
+            ratelimits: failover.clone(),
+            presence: failover.clone(),
+            pubsub: failover.clone(),
+        };
+        let mut app = App::build(config, stores, metrics);
+        app.failover = Some(failover);
+        Ok(Arc::new(app))
     }
 
     /// An app over given stores (tests use this with either backend).
     pub fn with_stores(config: &Config, stores: Stores) -> App {
         let metrics = Arc::new(Metrics::new(stores.cache.kind()));
+        App::build(config, stores, metrics)
+    }
+
+    fn build(config: &Config, stores: Stores, metrics: Arc<Metrics>) -> App {
         App {
+            failover: None,
             cache: Cache::new(stores.cache, config.limits.clone(), metrics.clone()),
             locks: Locks::new(stores.locks, config.limits.clone(), metrics.clone()),
             ratelimits: RateLimits::new(
@@ -131,6 +160,7 @@ impl App {
             backend: self.cache.backend_kind(),
             uptime: self.started.elapsed(),
             cache: self.cache.stats(),
+            failover: self.failover.as_ref().map(|f| f.status()),
         }
     }
 

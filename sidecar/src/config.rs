@@ -33,6 +33,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "ratelimit",
     "presence",
     "pubsub",
+    "failover",
     "log",
     "shutdown_grace",
 ];
@@ -52,6 +53,7 @@ pub struct Config {
     pub ratelimit: RateLimitConfig,
     pub presence: PresenceConfig,
     pub pubsub: PubSubConfig,
+    pub failover: FailoverConfig,
     pub log: LogConfig,
     /// How long SIGTERM waits for in-flight requests before exiting anyway.
     #[serde(with = "human_duration")]
@@ -160,6 +162,84 @@ impl Default for PubSubConfig {
     }
 }
 
+/// What happens while Redis is down (see "When Redis is down" in the
+/// README).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverConfig {
+    /// First pause between probes of a down Redis; doubles up to `probe_max`.
+    #[serde(with = "human_duration")]
+    pub probe_interval: Duration,
+    #[serde(with = "human_duration")]
+    pub probe_max: Duration,
+    pub cache: Fallback,
+    pub locks: LockFallback,
+    pub ratelimit: RateLimitFallback,
+    /// Share of each limit one sidecar allows alone while Redis is down
+    /// (`ratelimit = "local"`), in (0, 1].
+    pub fallback_share: f64,
+    pub presence: Fallback,
+    pub pubsub: Fallback,
+    /// Publishes kept for Redis while it is down; more are dropped (and
+    /// counted).
+    pub publish_buffer: usize,
+    /// After Redis returns, how long to wait before flushing buffered
+    /// publishes, so subscribers on other sidecars have resubscribed.
+    #[serde(with = "human_duration")]
+    pub flush_delay: Duration,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            probe_interval: Duration::from_millis(500),
+            probe_max: Duration::from_secs(5),
+            cache: Fallback::Local,
+            locks: LockFallback::FailClosed,
+            ratelimit: RateLimitFallback::Local,
+            fallback_share: 0.5,
+            presence: Fallback::Local,
+            pubsub: Fallback::Local,
+            publish_buffer: 10_000,
+            flush_delay: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Cache, presence and pub/sub while Redis is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// Serve from this sidecar's memory.
+    Local,
+    /// Answer 503 / `UNAVAILABLE`.
+    Fail,
+}
+
+/// Locks while Redis is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockFallback {
+    /// Answer 503 / `UNAVAILABLE`: no lock is better than a lock that
+    /// another sidecar can also take.
+    FailClosed,
+    /// Lock in this sidecar's memory only. Unsafe across instances: two
+    /// sidecars can hold "the same" lock. Released when Redis returns.
+    Local,
+}
+
+/// Rate limits while Redis is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitFallback {
+    /// Local buckets at `fallback_share` of each limit.
+    Local,
+    /// Allow everything (counted in metrics).
+    FailOpen,
+    /// Answer 503 / `UNAVAILABLE`.
+    FailClosed,
+}
+
 /// One named rate-limit policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -250,6 +330,7 @@ impl Default for Config {
             ratelimit: RateLimitConfig::default(),
             presence: PresenceConfig::default(),
             pubsub: PubSubConfig::default(),
+            failover: FailoverConfig::default(),
             log: LogConfig {
                 format: LogFormat::Text,
                 level: "info".into(),
@@ -373,6 +454,21 @@ impl Config {
             if value == 0 {
                 return invalid(key, "must be at least 1");
             }
+        }
+        let share = self.failover.fallback_share;
+        if !(share > 0.0 && share <= 1.0) {
+            return invalid("failover.fallback_share", "must be in (0, 1]");
+        }
+        if self.failover.probe_interval < Duration::from_millis(10)
+            || self.failover.probe_max < self.failover.probe_interval
+        {
+            return invalid(
+                "failover.probe_interval",
+                "must be at least 10ms and at most failover.probe_max",
+            );
+        }
+        if self.failover.publish_buffer == 0 {
+            return invalid("failover.publish_buffer", "must be at least 1");
         }
         if self.limits.max_permits == 0 {
             return invalid("limits.max_permits", "must be at least 1");

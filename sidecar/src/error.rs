@@ -32,6 +32,10 @@ pub enum Error {
     /// `RESOURCE_EXHAUSTED`.
     #[error("{0}")]
     Exhausted(String),
+    /// Redis is down and this primitive refuses to fall back (locks fail
+    /// closed by default); the message says why: 503 / `UNAVAILABLE`.
+    #[error("{0}")]
+    Degraded(String),
     /// The storage backend failed or did not answer in time: 503 /
     /// `UNAVAILABLE`.
     #[error("storage backend unavailable")]
@@ -48,7 +52,10 @@ impl From<BackendError> for Error {
                 Error::InvalidArgument("cursor is not one this listing returned".into())
             }
             BackendError::Protocol(_) => Error::Internal(err),
-            BackendError::Timeout(_) | BackendError::Unavailable(_) => Error::Unavailable(err),
+            BackendError::FailClosed(reason) => Error::Degraded(reason),
+            BackendError::Timeout(_) | BackendError::Unavailable(_) | BackendError::Server(_) => {
+                Error::Unavailable(err)
+            }
         }
     }
 }
@@ -63,6 +70,7 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::PreconditionFailed(_) => "precondition_failed",
             Error::Exhausted(_) => "exhausted",
+            Error::Degraded(_) => "unavailable",
             Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "internal",
         }

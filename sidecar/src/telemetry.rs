@@ -101,6 +101,12 @@ struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FallbackLabels {
+    primitive: &'static str,
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabels {
     backend: &'static str,
 }
@@ -113,6 +119,10 @@ pub struct Metrics {
     requests: Family<OpLabels, Counter>,
     latency: HistogramFamily,
     in_flight: Gauge,
+    backend: Family<BackendLabels, Gauge>,
+    failover_transitions: Counter,
+    fallback_decisions: Family<FallbackLabels, Counter>,
+    alive_tasks: Gauge,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     cache_keys: Gauge,
@@ -155,6 +165,24 @@ impl Metrics {
         backend_gauge
             .get_or_create(&BackendLabels { backend })
             .set(1);
+        let failover_transitions = Counter::default();
+        registry.register(
+            "failover_transitions",
+            "Switches between Redis and the memory fallback",
+            failover_transitions.clone(),
+        );
+        let fallback_decisions = Family::<FallbackLabels, Counter>::default();
+        registry.register(
+            "fallback_decisions",
+            "Requests answered while Redis was down, by primitive and how (local, fail_open, fail_closed)",
+            fallback_decisions.clone(),
+        );
+        let alive_tasks = Gauge::default();
+        registry.register(
+            "runtime_alive_tasks",
+            "Tokio tasks alive in this process",
+            alive_tasks.clone(),
+        );
         let cache_hits = Counter::default();
         registry.register(
             "cache_hits",
@@ -191,6 +219,10 @@ impl Metrics {
             requests,
             latency,
             in_flight,
+            backend: backend_gauge,
+            failover_transitions,
+            fallback_decisions,
+            alive_tasks,
             cache_hits,
             cache_misses,
             cache_keys,
@@ -208,6 +240,27 @@ impl Metrics {
             started: std::time::Instant::now(),
             outcome: "cancelled",
         }
+    }
+
+    /// Marks `active` as the backend serving requests (the failover
+    /// backend switches between "redis" and "memory").
+    pub fn set_backend(&self, active: &'static str) {
+        for backend in ["redis", "memory"] {
+            self.backend
+                .get_or_create(&BackendLabels { backend })
+                .set(i64::from(backend == active));
+        }
+        self.failover_transitions.inc();
+    }
+
+    /// Counts one request answered while Redis was down.
+    pub fn count_fallback(&self, primitive: &'static str, decision: &'static str) {
+        self.fallback_decisions
+            .get_or_create(&FallbackLabels {
+                primitive,
+                decision,
+            })
+            .inc();
     }
 
     /// Counts one rate-limit decision.
@@ -230,6 +283,10 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            self.alive_tasks
+                .set(handle.metrics().num_alive_tasks() as i64);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -18,7 +18,9 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
-            Error::Exhausted(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Exhausted(_) | Error::Degraded(_) | Error::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -31,7 +33,7 @@ impl Error {
             Error::Conflict(_) => tonic::Code::Aborted,
             Error::PreconditionFailed(_) => tonic::Code::FailedPrecondition,
             Error::Exhausted(_) => tonic::Code::ResourceExhausted,
-            Error::Unavailable(_) => tonic::Code::Unavailable,
+            Error::Degraded(_) | Error::Unavailable(_) => tonic::Code::Unavailable,
             Error::Internal(_) => tonic::Code::Internal,
         }
     }

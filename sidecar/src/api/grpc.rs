@@ -12,7 +12,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::ceil_ms;
+use super::{ceil_ms, unix_ms};
 use crate::app::App;
 use crate::backend::{Condition, Decision, Entry, FeedItem, PresenceKind};
 use crate::cache::{Invalidation, SetRequest};
@@ -243,6 +243,22 @@ impl Admin for AdminService {
                 keys: s.cache.keys,
                 bytes: s.cache.bytes,
                 evictions: s.cache.evictions,
+            }),
+            failover: s.failover.map(|f| pb::Failover {
+                mode: f.mode.to_string(),
+                since_unix_ms: unix_ms(f.since),
+                transitions: f.transitions,
+                last_error: f.last_error.unwrap_or_default(),
+                last_reconciliation: f.reconciliation.at.map(|at| pb::Reconciliation {
+                    at_unix_ms: unix_ms(at),
+                    cache_entries_dropped: f.reconciliation.cache_entries_dropped,
+                    locks_released: f.reconciliation.locks_released,
+                    members_reasserted: f.reconciliation.members_reasserted,
+                    members_lost: f.reconciliation.members_lost,
+                    messages_flushed: f.reconciliation.messages_flushed,
+                    messages_dropped: f.reconciliation.messages_dropped,
+                    flushing: f.reconciliation.flushing,
+                }),
             }),
         }))
     }

@@ -28,8 +28,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::ceil_ms;
 use super::error::error_response;
+use super::{ceil_ms, unix_ms};
 use crate::app::App;
 use crate::backend::{Condition, FeedItem, PubMessage};
 use crate::cache::{Invalidation, SetRequest};
@@ -719,6 +719,25 @@ async fn status(State(app): State<Arc<App>>) -> Response {
             "bytes": s.cache.bytes,
             "evictions": s.cache.evictions,
         },
+        "failover": s.failover.map(|f| {
+            let r = f.reconciliation;
+            json!({
+                "mode": f.mode,
+                "since_unix_ms": unix_ms(f.since),
+                "transitions": f.transitions,
+                "last_error": f.last_error,
+                "last_reconciliation": r.at.map(|at| json!({
+                    "at_unix_ms": unix_ms(at),
+                    "cache_entries_dropped": r.cache_entries_dropped,
+                    "locks_released": r.locks_released,
+                    "members_reasserted": r.members_reasserted,
+                    "members_lost": r.members_lost,
+                    "messages_flushed": r.messages_flushed,
+                    "messages_dropped": r.messages_dropped,
+                    "flushing": r.flushing,
+                })),
+            })
+        }),
     }))
     .into_response()
 }
@@ -966,7 +985,10 @@ mod tests {
         let config = Config::default();
         let app = Arc::new(App::with_stores(&config, Stores::memory(&config)));
         let r = router(app.clone());
-        assert_eq!(call(&r, Method::GET, "/readyz", b"").await.status(), StatusCode::OK);
+        assert_eq!(
+            call(&r, Method::GET, "/readyz", b"").await.status(),
+            StatusCode::OK
+        );
         app.start_draining();
         let resp = call(&r, Method::GET, "/readyz", b"").await;
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);

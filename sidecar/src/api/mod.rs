@@ -13,3 +13,9 @@ use std::time::Duration;
 pub(crate) fn ceil_ms(d: Duration) -> u64 {
     d.as_millis() as u64 + u64::from(!d.subsec_nanos().is_multiple_of(1_000_000))
 }
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

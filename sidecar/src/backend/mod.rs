@@ -17,6 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub mod failover;
 pub mod glob;
 pub mod memory;
 pub mod redis;
@@ -27,9 +28,19 @@ pub enum BackendError {
     /// The call did not finish within the configured deadline.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    /// The backend refused or lost the connection, or reported an error.
+    /// The backend refused or lost the connection, or cannot serve at all
+    /// right now (loading, busy, no master): the failover backend switches
+    /// to memory on this.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The backend answered with an error about this request (out of
+    /// memory, a wrong type): not a reason to fail over.
+    #[error("server error: {0}")]
+    Server(String),
+    /// The backend is down and this primitive is configured to refuse
+    /// rather than fall back; the message says so to the client.
+    #[error("{0}")]
+    FailClosed(String),
     /// The backend answered something this code does not understand.
     #[error("unexpected reply: {0}")]
     Protocol(String),
@@ -191,6 +202,17 @@ pub enum Algorithm {
     SlidingWindow,
     /// At most `limit` per calendar window of `period`.
     FixedWindow,
+}
+
+impl BackendError {
+    /// Whether this error means the backend is unreachable or unusable (so
+    /// the failover backend should stop sending it requests).
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Timeout(_) | BackendError::Unavailable(_)
+        )
+    }
 }
 
 impl Algorithm {

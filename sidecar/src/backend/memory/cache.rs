@@ -95,6 +95,17 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Drops every entry; returns how many there were.
+    pub fn clear(&self) -> usize {
+        let mut inner = self.lock();
+        let n = inner.entries.len();
+        inner.entries.clear();
+        inner.tags.clear();
+        inner.expiries.clear();
+        inner.bytes = 0;
+        n
+    }
+
     /// Drops every expired entry now; returns how many.
     pub fn sweep_expired(&self) -> usize {
         self.lock().sweep(Instant::now())

@@ -54,6 +54,15 @@ impl MemoryLocks {
         let _ = self.released.send(what);
     }
 
+    /// Releases every lock and permit; returns how many were held.
+    pub fn clear(&self) -> usize {
+        let mut inner = self.lock();
+        let n = inner.locks.len() + inner.permits.values().map(HashMap::len).sum::<usize>();
+        inner.locks.clear();
+        inner.permits.clear();
+        n
+    }
+
     /// Drops expired leases (and tells waiters, as Redis' expiry would let
     /// them in).
     pub fn sweep(&self) {

@@ -71,6 +71,13 @@ impl MemoryPresence {
         }
     }
 
+    /// Forgets every room and member (watchers stay subscribed).
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.rooms.clear();
+        inner.member_rooms.clear();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }

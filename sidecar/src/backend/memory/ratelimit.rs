@@ -68,6 +68,11 @@ impl MemoryRateLimits {
             .retain(|_, c| c.expires_at > now);
     }
 
+    /// Forgets every counter.
+    pub fn clear(&self) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// How many counters are kept (for tests of the sweep).
     pub fn len(&self) -> usize {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).len()

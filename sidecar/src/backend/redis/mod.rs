@@ -129,12 +129,27 @@ impl Scripts {
 }
 
 fn map_err(err: RedisError) -> BackendError {
-    if err.is_timeout() {
-        return BackendError::Unavailable(format!("timed out: {err}"));
+    use redis::ServerErrorKind as S;
+    if err.is_timeout()
+        || err.is_io_error()
+        || err.is_connection_refusal()
+        || err.is_connection_dropped()
+    {
+        return BackendError::Unavailable(err.to_string());
     }
     match err.kind() {
         redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType => {
             BackendError::Protocol(err.to_string())
+        }
+        // Redis is there but cannot serve anyone right now.
+        redis::ErrorKind::Server(
+            S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly,
+        ) => BackendError::Unavailable(err.to_string()),
+        redis::ErrorKind::Server(_) if err.to_string().contains("BUSY") => {
+            BackendError::Unavailable(err.to_string())
+        }
+        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension => {
+            BackendError::Server(err.to_string())
         }
         _ => BackendError::Unavailable(err.to_string()),
     }
@@ -146,11 +161,38 @@ impl RedisStore {
         Self::connect_with(config, namespace, &PubSubConfig::default()).await
     }
 
-    /// Connects, with pub/sub buffer and stream settings.
+    /// Connects, with pub/sub buffer and stream settings, and checks that
+    /// Redis answers.
     pub async fn connect_with(
         config: &RedisConfig,
         namespace: &str,
         pubsub: &PubSubConfig,
+    ) -> Result<Self, BackendError> {
+        Self::open(config, namespace, pubsub, true).await
+    }
+
+    /// A store whose connections are made in the background: returns at
+    /// once, whether or not Redis is up (the failover backend probes it).
+    pub async fn connect_lazy(
+        config: &RedisConfig,
+        namespace: &str,
+        pubsub: &PubSubConfig,
+    ) -> Result<Self, BackendError> {
+        Self::open(config, namespace, pubsub, false).await
+    }
+
+    /// One PING under the deadline.
+    pub async fn ping(&self) -> Result<(), BackendError> {
+        let mut conn = self.conn.clone();
+        self.call(redis::cmd("PING").query_async::<()>(&mut conn))
+            .await
+    }
+
+    async fn open(
+        config: &RedisConfig,
+        namespace: &str,
+        pubsub: &PubSubConfig,
+        eager: bool,
     ) -> Result<Self, BackendError> {
         let url = config
             .url
@@ -163,23 +205,28 @@ impl RedisStore {
             .set_response_timeout(Some(config.timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let conn = tokio::time::timeout(
-            config.connect_timeout * 3,
-            ConnectionManager::new_with_config(client, manager_config),
-        )
-        .await
-        .map_err(|_| BackendError::Timeout(config.connect_timeout * 3))?
-        .map_err(map_err)?;
-        let mut ping_conn = conn.clone();
-        match tokio::time::timeout(
-            config.timeout,
-            redis::cmd("PING").query_async::<()>(&mut ping_conn),
-        )
-        .await
-        {
-            Ok(result) => result.map_err(map_err)?,
-            Err(_) => return Err(BackendError::Timeout(config.timeout)),
-        }
+        let conn = if eager {
+            let conn = tokio::time::timeout(
+                config.connect_timeout * 3,
+                ConnectionManager::new_with_config(client, manager_config),
+            )
+            .await
+            .map_err(|_| BackendError::Timeout(config.connect_timeout * 3))?
+            .map_err(map_err)?;
+            let mut ping_conn = conn.clone();
+            match tokio::time::timeout(
+                config.timeout,
+                redis::cmd("PING").query_async::<()>(&mut ping_conn),
+            )
+            .await
+            {
+                Ok(result) => result.map_err(map_err)?,
+                Err(_) => return Err(BackendError::Timeout(config.timeout)),
+            }
+            conn
+        } else {
+            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(map_err)?
+        };
         let subscriber = Subscriber::start(
             listener_client,
             pubsub.subscriber_buffer,
@@ -188,7 +235,7 @@ impl RedisStore {
         // Lock waiters on this sidecar hear releases from every sidecar.
         let released = broadcast::channel(1024).0;
         let (mut releases, guard) = subscriber
-            .listen(Topic::Channel(format!("{namespace}:released")))
+            .listen(Topic::Channel(format!("{namespace}:released")), eager)
             .await?
             .into_parts();
         let forward = released.clone();

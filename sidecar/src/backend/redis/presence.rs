@@ -184,9 +184,21 @@ impl PresenceStore for RedisStore {
     }
 
     async fn watch(&self, room: &str) -> Result<Feed<PresenceEvent>, BackendError> {
+        self.watch_with(room, true).await
+    }
+}
+
+impl RedisStore {
+    /// [`PresenceStore::watch`]; with `confirm` false it does not wait for
+    /// Redis (the subscription is made when the connection is up).
+    pub async fn watch_with(
+        &self,
+        room: &str,
+        confirm: bool,
+    ) -> Result<Feed<PresenceEvent>, BackendError> {
         let (rx, guard) = self
             .subscriber
-            .listen(Topic::Channel(self.room_key(room)))
+            .listen(Topic::Channel(self.room_key(room)), confirm)
             .await?
             .into_parts();
         let room = room.to_string();

@@ -79,6 +79,28 @@ impl PubSubStore for RedisStore {
         channels: &[String],
         patterns: &[String],
     ) -> Result<Feed<Arc<PubMessage>>, BackendError> {
+        self.subscribe_with(channels, patterns, true).await
+    }
+
+    async fn replay(
+        &self,
+        channel: &str,
+        after: Offset,
+        count: usize,
+    ) -> Result<Vec<PubMessage>, BackendError> {
+        self.replay_after(channel, after, count).await
+    }
+}
+
+impl RedisStore {
+    /// [`PubSubStore::subscribe`]; with `confirm` false it does not wait for
+    /// Redis (subscriptions are made when the connection is up).
+    pub async fn subscribe_with(
+        &self,
+        channels: &[String],
+        patterns: &[String],
+        confirm: bool,
+    ) -> Result<Feed<Arc<PubMessage>>, BackendError> {
         let mut receivers = vec![];
         let mut guards = vec![];
         let topics = channels
@@ -86,7 +108,7 @@ impl PubSubStore for RedisStore {
             .map(|c| Topic::Channel(self.pubsub_key(c)))
             .chain(patterns.iter().map(|p| Topic::Pattern(self.pubsub_key(p))));
         for topic in topics {
-            let (rx, guard) = self.subscriber.listen(topic).await?.into_parts();
+            let (rx, guard) = self.subscriber.listen(topic, confirm).await?.into_parts();
             receivers.push(rx);
             guards.push(guard);
         }
@@ -110,7 +132,7 @@ impl PubSubStore for RedisStore {
         Ok(Box::pin(feed))
     }
 
-    async fn replay(
+    async fn replay_after(
         &self,
         channel: &str,
         after: Offset,

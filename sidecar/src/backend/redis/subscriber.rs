@@ -111,9 +111,15 @@ impl Subscriber {
         })
     }
 
-    /// Listens to `topic`; returns once Redis has confirmed the subscription,
-    /// so everything published from then on arrives.
-    pub async fn listen(self: &Arc<Self>, topic: Topic) -> Result<Subscription, BackendError> {
+    /// Listens to `topic`. With `confirm`, returns once Redis has confirmed
+    /// the subscription, so everything published from then on arrives;
+    /// without, returns at once and the subscription is made as soon as the
+    /// connection is up (for listeners that must exist while Redis is down).
+    pub async fn listen(
+        self: &Arc<Self>,
+        topic: Topic,
+        confirm: bool,
+    ) -> Result<Subscription, BackendError> {
         let (rx, active) = {
             let mut topics = lock(&self.topics);
             let entry = topics.entry(topic.clone()).or_insert_with(|| Entry {
@@ -138,6 +144,9 @@ impl Subscriber {
         self.commands
             .send(Command::Subscribe(topic, ack))
             .map_err(|_| BackendError::Unavailable("subscriber stopped".into()))?;
+        if !confirm {
+            return Ok(subscription);
+        }
         match tokio::time::timeout(self.deadline, confirmed).await {
             Ok(Ok(Ok(()))) => Ok(subscription),
             Ok(Ok(Err(err))) => Err(BackendError::Unavailable(format!("subscribe: {err}"))),
