@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use outrigger_tests::{RedisServer, eventually, free_port, sidecar, unique};
+use outrigger_tests::{RedisServer, eventually, sidecar, unique};
 use prost::Message;
 use tokio::sync::mpsc;
 
@@ -110,21 +110,13 @@ async fn file_values_reach_the_running_sidecar() {
 }
 
 #[tokio::test]
-async fn an_unreachable_redis_fails_start_up_with_a_clear_message() {
-    let port = free_port();
-    let started = std::time::Instant::now();
+async fn a_malformed_redis_url_fails_start_up_naming_the_key() {
     let (code, out) = sidecar!()
-        .env("OUTRIGGER_REDIS__URL", format!("redis://127.0.0.1:{port}"))
-        .env("OUTRIGGER_REDIS__CONNECT_TIMEOUT", "300ms")
+        .env("OUTRIGGER_REDIS__URL", "redis://[::1")
         .run()
         .await;
     assert_ne!(code, Some(0), "{out}");
     assert!(out.contains("redis.url"), "{out}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "bounded: {:?}",
-        started.elapsed()
-    );
 }
 
 #[tokio::test]

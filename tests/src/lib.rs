@@ -79,6 +79,43 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:016x}", rand::random::<u64>())
 }
 
+/// Runs `redis-server` on `port` with persistence off; returns it once it
+/// accepts connections, or its log if it exits first.
+async fn spawn_redis(
+    port: u16,
+    dir: &std::path::Path,
+    extra: &[&str],
+    log: &Log,
+) -> Result<Child, String> {
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server must be installed (scripts/test.sh installs it)");
+    let mut lines = capture(&mut child, log);
+    let ready = tokio::time::timeout(START_TIMEOUT, async {
+        while let Some(line) = lines.recv().await {
+            if line.contains("Ready to accept connections") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    if ready == Ok(true) {
+        return Ok(child);
+    }
+    let _ = child.kill().await;
+    Err(log.text())
+}
+
 /// A `redis-server` child process.
 pub struct RedisServer {
     child: Option<Child>,
@@ -99,43 +136,32 @@ impl RedisServer {
         // The free port may be taken between our probe and Redis' bind:
         // then Redis exits, and we try another.
         for _ in 0..5 {
-            let port = free_port();
-            let dir = tempfile::tempdir().expect("temp dir");
-            let mut child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--logfile", ""])
-                .arg("--dir")
-                .arg(dir.path())
-                .args(extra)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("redis-server must be installed (scripts/test.sh installs it)");
-            let log = Log::default();
-            let mut lines = capture(&mut child, &log);
-            let ready = tokio::time::timeout(START_TIMEOUT, async {
-                while let Some(line) = lines.recv().await {
-                    if line.contains("Ready to accept connections") {
-                        return true;
-                    }
-                }
-                false
-            })
-            .await;
-            if ready == Ok(true) {
-                return RedisServer {
-                    child: Some(child),
-                    port,
-                    log,
-                    dir,
-                };
+            match Self::try_start(free_port(), extra).await {
+                Ok(server) => return server,
+                Err(log) => last_log = log,
             }
-            let _ = child.kill().await;
-            last_log = log.text();
         }
         panic!("redis-server did not start; last log:\n{last_log}");
+    }
+
+    /// Starts `redis-server` on this port (a test that needs Redis to
+    /// appear where a sidecar already looks for it).
+    pub async fn start_on(port: u16) -> RedisServer {
+        Self::try_start(port, &[])
+            .await
+            .unwrap_or_else(|log| panic!("redis-server did not start on :{port}:\n{log}"))
+    }
+
+    async fn try_start(port: u16, extra: &[&str]) -> Result<RedisServer, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = Log::default();
+        let child = spawn_redis(port, dir.path(), extra, &log).await?;
+        Ok(RedisServer {
+            child: Some(child),
+            port,
+            log,
+            dir,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -155,34 +181,9 @@ impl RedisServer {
     /// a crashed Redis coming back would. Its data is gone (no persistence).
     pub async fn restart(&mut self) {
         self.kill().await;
-        let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--logfile", ""])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn redis-server");
-        let mut lines = capture(&mut child, &self.log);
-        let ready = tokio::time::timeout(START_TIMEOUT, async {
-            while let Some(line) = lines.recv().await {
-                if line.contains("Ready to accept connections") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(
-            ready,
-            Ok(true),
-            "redis-server did not restart on :{}\n{}",
-            self.port,
-            self.log.text()
-        );
+        let child = spawn_redis(self.port, self.dir.path(), &[], &self.log)
+            .await
+            .unwrap_or_else(|log| panic!("redis-server did not restart on :{}:\n{log}", self.port));
         self.child = Some(child);
     }
 

@@ -121,12 +121,13 @@ pub struct Failover {
     outbox: Mutex<Outbox>,
     released: broadcast::Sender<String>,
     instance: String,
-    tasks: Vec<tokio::task::AbortHandle>,
+    /// Background tasks (release forwarders, the prober), stopped on drop.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Drop for Failover {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in lock(&self.tasks).iter() {
             task.abort();
         }
     }
@@ -145,7 +146,7 @@ impl Failover {
         config: FailoverConfig,
         metrics: Arc<Metrics>,
     ) -> Arc<Failover> {
-        let first = redis.ping().await;
+        let first = redis.probe().await;
         let up = first.is_ok();
         let released = broadcast::channel(1024).0;
         let mut tasks = vec![];
@@ -167,27 +168,26 @@ impl Failover {
             );
         }
         let (up_tx, up_rx) = watch::channel(up);
-        let failover = Arc::new_cyclic(|weak: &Weak<Failover>| {
-            tasks.push(tokio::spawn(probe(weak.clone(), up_rx)).abort_handle());
-            Failover {
-                redis,
-                memory,
-                config,
-                metrics,
-                up: up_tx,
-                state: Mutex::new(State {
-                    since: SystemTime::now(),
-                    transitions: 0,
-                    last_error: first.as_ref().err().map(ToString::to_string),
-                    reconciliation: Reconciliation::default(),
-                }),
-                joined: Mutex::new(HashMap::new()),
-                outbox: Mutex::new(Outbox::default()),
-                released,
-                instance: format!("{:016x}", rand::random::<u64>()),
-                tasks,
-            }
+        let failover = Arc::new(Failover {
+            redis,
+            memory,
+            config,
+            metrics,
+            up: up_tx,
+            state: Mutex::new(State {
+                since: SystemTime::now(),
+                transitions: 0,
+                last_error: first.as_ref().err().map(ToString::to_string),
+                reconciliation: Reconciliation::default(),
+            }),
+            joined: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(Outbox::default()),
+            released,
+            instance: format!("{:016x}", rand::random::<u64>()),
+            tasks: Mutex::new(tasks),
         });
+        let prober = tokio::spawn(probe(Arc::downgrade(&failover), up_rx));
+        lock(&failover.tasks).push(prober.abort_handle());
         if let Err(err) = first {
             failover.metrics.set_backend("memory");
             tracing::warn!(error = %err, "Redis does not answer: starting on the memory fallback");
@@ -398,7 +398,7 @@ async fn probe(failover: Weak<Failover>, mut up: watch::Receiver<bool>) {
         loop {
             tokio::time::sleep(delay).await;
             let Some(f) = failover.upgrade() else { return };
-            match f.redis.ping().await {
+            match f.redis.probe().await {
                 Ok(()) if f.recover().await => break,
                 Ok(()) => {}
                 Err(err) => lock(&f.state).last_error = Some(err.to_string()),

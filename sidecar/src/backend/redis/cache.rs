@@ -41,7 +41,7 @@ impl RedisStore {
             return Ok(());
         }
         let adds = tags.iter().map(|tag| {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let mut call = self.scripts.tag_add.key(self.tag_key(tag));
             call.arg(key).arg(ttl_ms);
             async move { call.invoke_async::<()>(&mut conn).await }
@@ -52,7 +52,7 @@ impl RedisStore {
     /// Deletes each of `keys` that still carries `tag`; returns how many.
     async fn delete_tagged(&self, tag: &str, keys: &[String]) -> Result<u64, BackendError> {
         let deletes = keys.iter().map(|key| {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let mut call = self.scripts.delete_if_tagged.key(self.entry_key(key));
             call.arg(tag);
             async move { call.invoke_async::<u64>(&mut conn).await }
@@ -65,7 +65,7 @@ impl RedisStore {
         let mut deleted = 0;
         let mut cursor = 0u64;
         loop {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let (next, flat): (u64, Vec<String>) = self
                 .call(
                     redis::cmd("ZSCAN")
@@ -105,7 +105,7 @@ impl RedisStore {
         pattern: &str,
         count: usize,
     ) -> Result<(u64, Vec<String>), BackendError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut full = format!("{}:c:{{", self.namespace);
         full.push_str(if pattern.is_empty() { "*" } else { pattern });
         full.push('}');
@@ -164,7 +164,7 @@ impl CacheStore for RedisStore {
     }
 
     async fn get(&self, key: &str, refresh_ttl: bool) -> Result<Option<Entry>, BackendError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut call = self.scripts.get.key(self.entry_key(key));
         call.arg(if refresh_ttl { "1" } else { "0" });
         let reply: Option<Vec<Value>> = self.call(call.invoke_async(&mut conn)).await?;
@@ -183,7 +183,7 @@ impl CacheStore for RedisStore {
         // Concurrent calls on the multiplexed connection go out as one
         // pipeline: one round trip for the whole batch.
         let reads = keys.iter().map(|key| {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let mut call = self.scripts.get.key(self.entry_key(key));
             call.arg("0");
             async move { call.invoke_async::<Option<Vec<Value>>>(&mut conn).await }
@@ -207,7 +207,7 @@ impl CacheStore for RedisStore {
             Condition::IfPresent => ("present", 0),
             Condition::IfVersion(v) => ("version", v),
         };
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut call = self.scripts.set.key(self.entry_key(key));
         call.arg(write.value.as_ref())
             .arg(ttl_ms)
@@ -225,7 +225,7 @@ impl CacheStore for RedisStore {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let removed: u64 = self
             .call(
                 redis::cmd("DEL")
@@ -250,7 +250,7 @@ impl CacheStore for RedisStore {
         loop {
             let (next, keys) = self.scan(cursor, pattern, SCAN_BATCH).await?;
             if !keys.is_empty() {
-                let mut conn = self.conn.clone();
+                let mut conn = self.conn();
                 deleted += self
                     .call(
                         redis::cmd("UNLINK")

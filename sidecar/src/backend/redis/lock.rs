@@ -38,7 +38,7 @@ impl LockStore for RedisStore {
         ttl: Duration,
     ) -> Result<Acquire, BackendError> {
         let key = self.lock_key(name);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut call = self.scripts.lock_acquire.key(&key);
         call.key(format!("{key}:fence")).arg(token).arg(ms(ttl));
         let (acquired, n): (i64, i64) = self.call(call.invoke_async(&mut conn)).await?;
@@ -50,7 +50,7 @@ impl LockStore for RedisStore {
     }
 
     async fn release(&self, name: &str, token: &str) -> Result<bool, BackendError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut call = self.scripts.lock_release.key(self.lock_key(name));
         call.arg(token)
             .arg(self.release_channel())
@@ -60,7 +60,7 @@ impl LockStore for RedisStore {
     }
 
     async fn extend(&self, name: &str, token: &str, ttl: Duration) -> Result<bool, BackendError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut call = self.scripts.lock_extend.key(self.lock_key(name));
         call.arg(token).arg(ms(ttl));
         let extended: i64 = self.call(call.invoke_async(&mut conn)).await?;
@@ -74,7 +74,7 @@ impl LockStore for RedisStore {
         limit: u32,
         ttl: Duration,
     ) -> Result<Acquire, BackendError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut call = self
             .scripts
             .permit_acquire
@@ -89,7 +89,7 @@ impl LockStore for RedisStore {
     }
 
     async fn release_permit(&self, name: &str, token: &str) -> Result<bool, BackendError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut call = self
             .scripts
             .permit_release

@@ -61,8 +61,14 @@ const SCAN_BATCH: usize = 500;
 
 /// Every primitive's storage in Redis.
 pub struct RedisStore {
-    /// Cheap to clone: clones share one multiplexed connection.
-    conn: ConnectionManager,
+    /// Cheap to clone: clones share one multiplexed connection. Replaced
+    /// by a fresh one when the failover prober finds Redis back, so no
+    /// request inherits a connection manager stuck in its retry backoff. A
+    /// std lock: held only to clone or swap.
+    conn: std::sync::RwLock<ConnectionManager>,
+    client: redis::Client,
+    manager_config: ConnectionManagerConfig,
+    connect_timeout: Duration,
     namespace: String,
     deadline: Duration,
     scripts: Scripts,
@@ -183,9 +189,30 @@ impl RedisStore {
 
     /// One PING under the deadline.
     pub async fn ping(&self) -> Result<(), BackendError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         self.call(redis::cmd("PING").query_async::<()>(&mut conn))
             .await
+    }
+
+    /// Whether Redis answers, for the failover prober: connects afresh
+    /// (within `redis.connect_timeout`) and, if Redis answers a PING on the
+    /// new connection, makes it the one every request uses.
+    pub async fn probe(&self) -> Result<(), BackendError> {
+        let connect =
+            ConnectionManager::new_with_config(self.client.clone(), self.manager_config.clone());
+        let mut fresh = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| BackendError::Timeout(self.connect_timeout))?
+            .map_err(map_err)?;
+        self.call(redis::cmd("PING").query_async::<()>(&mut fresh))
+            .await?;
+        *self.conn.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+
+    /// The current connection (a cheap clone).
+    fn conn(&self) -> ConnectionManager {
+        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     async fn open(
@@ -200,6 +227,7 @@ impl RedisStore {
             .ok_or_else(|| BackendError::Unavailable("no redis.url configured".into()))?;
         let client = redis::Client::open(url).map_err(map_err)?;
         let listener_client = client.clone();
+        let store_client = client.clone();
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.timeout))
@@ -208,7 +236,7 @@ impl RedisStore {
         let conn = if eager {
             let conn = tokio::time::timeout(
                 config.connect_timeout * 3,
-                ConnectionManager::new_with_config(client, manager_config),
+                ConnectionManager::new_with_config(client, manager_config.clone()),
             )
             .await
             .map_err(|_| BackendError::Timeout(config.connect_timeout * 3))?
@@ -225,7 +253,8 @@ impl RedisStore {
             }
             conn
         } else {
-            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(map_err)?
+            ConnectionManager::new_lazy_with_config(client, manager_config.clone())
+                .map_err(map_err)?
         };
         let subscriber = Subscriber::start(
             listener_client,
@@ -253,7 +282,10 @@ impl RedisStore {
             }
         });
         Ok(RedisStore {
-            conn,
+            conn: std::sync::RwLock::new(conn),
+            client: store_client,
+            manager_config,
+            connect_timeout: config.connect_timeout,
             namespace: namespace.to_string(),
             deadline: config.timeout,
             scripts: Scripts::new(),

@@ -61,7 +61,7 @@ impl PresenceStore for RedisStore {
         ttl: Duration,
     ) -> Result<bool, BackendError> {
         let key = self.room_key(room);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut call = self.scripts.presence_join.key(&key);
         call.key(format!("{key}:meta"))
             .arg(member)
@@ -81,7 +81,7 @@ impl PresenceStore for RedisStore {
 
     async fn leave(&self, room: &str, member: &str) -> Result<bool, BackendError> {
         let key = self.room_key(room);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut call = self.scripts.presence_leave.key(&key);
         call.key(format!("{key}:meta")).arg(member).arg(&key);
         let left: i64 = self.call(call.invoke_async(&mut conn)).await?;
@@ -106,7 +106,7 @@ impl PresenceStore for RedisStore {
             c => c.parse().map_err(|_| BackendError::InvalidCursor)?,
         };
         let key = self.room_key(room);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut call = self.scripts.presence_list.key(&key);
         call.key(format!("{key}:meta")).arg(cursor).arg(limit);
         let reply: Vec<Value> = self.call(call.invoke_async(&mut conn)).await?;
@@ -141,13 +141,13 @@ impl PresenceStore for RedisStore {
     }
 
     async fn rooms(&self, member: &str) -> Result<Vec<String>, BackendError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let index = self.member_rooms_key(member);
         let mut rooms: Vec<String> = self
             .call(redis::cmd("SMEMBERS").arg(&index).query_async(&mut conn))
             .await?;
         let checks = rooms.iter().map(|room| {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let mut call = self.scripts.presence_ttl.key(self.room_key(room));
             call.arg(member);
             async move { call.invoke_async::<i64>(&mut conn).await }
@@ -177,7 +177,7 @@ impl PresenceStore for RedisStore {
 
     async fn reap(&self, room: &str) -> Result<u64, BackendError> {
         let key = self.room_key(room);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut call = self.scripts.presence_reap.key(&key);
         call.key(format!("{key}:meta")).arg(&key).arg(REAP_BATCH);
         self.call(call.invoke_async(&mut conn)).await

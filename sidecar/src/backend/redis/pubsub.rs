@@ -47,7 +47,7 @@ impl PubSubStore for RedisStore {
         let key = self.pubsub_key(&message.channel);
         let headers = serde_json::to_string(&message.headers)
             .map_err(|e| BackendError::Protocol(e.to_string()))?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         if !durable {
             let mut live = Vec::with_capacity(headers.len() + message.payload.len() + 2);
             live.push(b'\n');
@@ -138,7 +138,7 @@ impl RedisStore {
         after: Offset,
         count: usize,
     ) -> Result<Vec<PubMessage>, BackendError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = self
             .call(
                 redis::cmd("XRANGE")

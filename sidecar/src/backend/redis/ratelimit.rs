@@ -23,7 +23,7 @@ impl RateLimitStore for RedisStore {
             limit.algorithm.name()
         );
         let period_us = limit.period.as_micros() as f64;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let call = match limit.algorithm {
             Algorithm::Gcra => {
                 let mut call = self.scripts.gcra.key(state);

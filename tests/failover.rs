@@ -1,0 +1,574 @@
+//! Fault injection: real redis-server processes killed (`SIGKILL`),
+//! paused and restarted under real sidecars, to prove what "When Redis is
+//! down" in the README promises.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use outrigger::api::pb;
+use outrigger::api::pb::pub_sub_client::PubSubClient;
+use outrigger_tests::{RedisServer, Sidecar, SidecarBuilder, eventually, sidecar, unique};
+use serde_json::{Value, json};
+
+/// The Redis call deadline (the default) and the margin a request may take
+/// beyond it: the one request that meets the outage waits at most the
+/// deadline, then is answered from memory.
+const DEADLINE: Duration = Duration::from_millis(250);
+const MARGIN: Duration = Duration::from_millis(500);
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn on(redis: &RedisServer, ns: &str) -> SidecarBuilder {
+    sidecar!()
+        .redis(redis)
+        .namespace(ns)
+        .env("OUTRIGGER_RATELIMIT__POLICIES__API__ALGORITHM", "gcra")
+        .env("OUTRIGGER_RATELIMIT__POLICIES__API__LIMIT", "100000")
+        .env("OUTRIGGER_RATELIMIT__POLICIES__API__PERIOD", "1s")
+        .env(
+            "OUTRIGGER_RATELIMIT__POLICIES__TEN__ALGORITHM",
+            "fixed_window",
+        )
+        .env("OUTRIGGER_RATELIMIT__POLICIES__TEN__LIMIT", "10")
+        .env("OUTRIGGER_RATELIMIT__POLICIES__TEN__PERIOD", "1h")
+}
+
+async fn status(s: &Sidecar) -> Value {
+    http()
+        .get(s.url("/v1/admin/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits until the sidecar reports `mode`; returns how long that took.
+async fn wait_mode(s: &Sidecar, mode: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    eventually(limit, &format!("failover mode {mode}"), || async {
+        (status(s).await["failover"]["mode"] == mode).then_some(())
+    })
+    .await;
+    started.elapsed()
+}
+
+/// One request of the mixed load; returns (what, status, latency).
+async fn one_request(c: &reqwest::Client, s: &Sidecar, i: usize) -> (&'static str, u16, Duration) {
+    let started = Instant::now();
+    let (what, resp) = match i % 5 {
+        0 => (
+            "cache set",
+            c.put(s.url(&format!("/v1/cache/k{}", i % 50)))
+                .body("v")
+                .send()
+                .await,
+        ),
+        1 => (
+            "cache get",
+            c.get(s.url(&format!("/v1/cache/k{}", i % 50))).send().await,
+        ),
+        2 => (
+            "rate limit",
+            c.post(s.url("/v1/ratelimit/api/check"))
+                .json(&json!({"key": "u"}))
+                .send()
+                .await,
+        ),
+        3 => (
+            "presence join",
+            c.put(s.url(&format!("/v1/presence/room/m{}", i % 20)))
+                .json(&json!({"ttl_ms": 30_000}))
+                .send()
+                .await,
+        ),
+        _ => (
+            "publish",
+            c.post(s.url("/v1/pubsub/feed"))
+                .body(format!("{i}"))
+                .send()
+                .await,
+        ),
+    };
+    let status = resp.map(|r| r.status().as_u16()).unwrap_or(0);
+    (what, status, started.elapsed())
+}
+
+/// Runs a steady mixed load (4 workers) until `stop`; returns every
+/// request's outcome.
+fn mixed_load(
+    s: Arc<Sidecar>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(&'static str, u16, Duration)>> {
+    tokio::spawn(async move {
+        let c = http();
+        let mut workers = vec![];
+        for w in 0..4 {
+            let (c, s, stop) = (c.clone(), s.clone(), stop.clone());
+            workers.push(tokio::spawn(async move {
+                let mut out = vec![];
+                let mut i = w;
+                while !stop.load(Ordering::Relaxed) {
+                    out.push(one_request(&c, &s, i).await);
+                    i += 4;
+                }
+                out
+            }));
+        }
+        let mut all = vec![];
+        for w in workers {
+            all.extend(w.await.unwrap());
+        }
+        all
+    })
+}
+
+/// Asserts no request failed or overran; returns the slowest latency.
+fn assert_none_failed(results: &[(&str, u16, Duration)]) -> Duration {
+    // Failed: no answer, or a 5xx. A cache miss (404) or a denied rate
+    // limit (429) is an answer.
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|(_, status, _)| *status == 0 || *status >= 500)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        results.len(),
+        &failed[..failed.len().min(10)]
+    );
+    let slowest = results.iter().max_by_key(|r| r.2).unwrap();
+    assert!(
+        slowest.2 <= DEADLINE + MARGIN,
+        "slowest request took {:?} ({}), over the {DEADLINE:?} deadline + {MARGIN:?}",
+        slowest.2,
+        slowest.0
+    );
+    slowest.2
+}
+
+#[tokio::test]
+async fn killing_redis_under_load_fails_no_request_and_locks_fail_closed() {
+    let mut redis = RedisServer::start().await;
+    let s = Arc::new(on(&redis, &unique("kill")).start().await);
+    assert_eq!(status(&s).await["failover"]["mode"], "redis");
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = mixed_load(s.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(700)).await; // load on Redis first
+    redis.kill().await;
+    let tripped_in = wait_mode(&s, "memory", Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await; // load on memory
+    stop.store(true, Ordering::Relaxed);
+    let results = load.await.unwrap();
+    assert!(results.len() > 50, "only {} requests", results.len());
+    let slowest = assert_none_failed(&results);
+    println!(
+        "failover noticed {tripped_in:?} after the kill; {} requests, none failed, slowest {slowest:?}",
+        results.len()
+    );
+
+    // Locks fail closed, promptly, saying why: over HTTP and gRPC.
+    let started = Instant::now();
+    let resp = http()
+        .post(s.url("/v1/locks/l/acquire"))
+        .json(&json!({"ttl_ms": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(started.elapsed() < DEADLINE + MARGIN);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fail closed"),
+        "{body}"
+    );
+    let err = outrigger::api::pb::lock_client::LockClient::new(s.channel().await)
+        .acquire(pb::AcquireRequest {
+            name: "l".into(),
+            ttl_ms: 1000,
+            wait_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(err.message().contains("fail closed"));
+
+    // Visible: status, metrics, readiness.
+    let st = status(&s).await;
+    assert_eq!(st["backend"], "memory");
+    assert!(st["failover"]["last_error"].as_str().is_some());
+    let metrics = http()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"outrigger_backend{backend="memory"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"outrigger_backend{backend="redis"} 0"#));
+    assert!(metrics.contains(
+        r#"outrigger_fallback_decisions_total{primitive="lock",decision="fail_closed"}"#
+    ));
+    assert!(metrics.contains("outrigger_failover_transitions_total 1"));
+    assert_eq!(
+        http().get(s.url("/readyz")).send().await.unwrap().status(),
+        200
+    );
+    assert!(
+        s.log().contains("serving from memory"),
+        "a log line on the transition"
+    );
+}
+
+#[tokio::test]
+async fn recovery_reasserts_presence_flushes_publishes_and_never_writes_the_cache_back() {
+    let mut redis = RedisServer::start().await;
+    let ns = unique("recover");
+    let a = on(&redis, &ns).start().await;
+    let b = on(&redis, &ns).start().await;
+    let c = http();
+    let mut subscription = PubSubClient::new(b.channel().await)
+        .subscribe(pb::SubscribeRequest {
+            channels: vec!["events".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    redis.kill().await;
+    // Requests through A during the outage: all answered from memory.
+    let put = c
+        .put(a.url("/v1/cache/k"))
+        .body("stale")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let join = c
+        .put(a.url("/v1/presence/lobby/ann"))
+        .json(&json!({"metadata": {"from": "outage"}, "ttl_ms": 60_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(join.status(), 200);
+    for i in 0..5 {
+        let r = c
+            .post(a.url("/v1/pubsub/events"))
+            .body(format!("o{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Rate limits: local buckets at half the limit (10 -> 5).
+    let mut allowed = 0;
+    for _ in 0..10 {
+        let r = c
+            .post(a.url("/v1/ratelimit/ten/check"))
+            .json(&json!({"key": "k"}))
+            .send()
+            .await
+            .unwrap();
+        allowed += u32::from(r.status() == 200);
+    }
+    assert_eq!(allowed, 5, "fallback_share 0.5 of 10");
+    assert_eq!(status(&a).await["failover"]["mode"], "memory");
+    // B learns of the outage too (any request trips it).
+    c.get(b.url("/v1/cache/probe")).send().await.unwrap();
+
+    let restarted = Instant::now();
+    redis.restart().await;
+    let back = wait_mode(&a, "redis", Duration::from_secs(10)).await;
+    let recovered_in = restarted.elapsed();
+    println!("A back on Redis {recovered_in:?} after the restart (waited {back:?})");
+    assert!(
+        recovered_in < Duration::from_secs(2),
+        "recovery took {recovered_in:?}"
+    );
+
+    // The key written during the outage was dropped, not written back.
+    let mut conn = redis.client().await;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(format!("{ns}:c:{{k}}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!exists, "the outage write must not reach Redis");
+    wait_mode(&b, "redis", Duration::from_secs(10)).await;
+    c.put(b.url("/v1/cache/k"))
+        .body("fresh")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        c.get(a.url("/v1/cache/k"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "fresh"
+    );
+
+    // The member joined through A during the outage is visible through B.
+    let listed: Value = c
+        .get(b.url("/v1/presence/lobby"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["members"][0]["member"], "ann", "{listed}");
+    assert_eq!(listed["members"][0]["metadata"], json!({"from": "outage"}));
+
+    // The publishes buffered on A reach B's subscriber, in order.
+    for i in 0..5 {
+        let e = tokio::time::timeout(Duration::from_secs(10), subscription.message())
+            .await
+            .expect("flushed message")
+            .unwrap()
+            .unwrap();
+        let Some(pb::subscribe_event::Event::Message(m)) = e.event else {
+            panic!("{e:?}")
+        };
+        assert_eq!(&m.payload[..], format!("o{i}").as_bytes());
+        assert!(
+            m.headers.is_empty(),
+            "no internal header leaks: {:?}",
+            m.headers
+        );
+    }
+    let r = &status(&a).await["failover"]["last_reconciliation"];
+    assert_eq!(r["cache_entries_dropped"], 1, "{r}");
+    assert_eq!(r["members_reasserted"].as_u64().unwrap(), 1, "{r}");
+    eventually(
+        Duration::from_secs(5),
+        "the flush to be reported",
+        || async {
+            (status(&a).await["failover"]["last_reconciliation"]["messages_flushed"] == 5)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_paused_redis_trips_failover_within_the_deadline() {
+    let redis = RedisServer::start().await;
+    let s = on(&redis, &unique("pause")).start().await;
+    let c = http();
+    assert_eq!(
+        c.put(s.url("/v1/cache/k"))
+            .body("v")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let mut conn = redis.client().await;
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "3000", "ALL"][..])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let r = c.put(s.url("/v1/cache/k")).body("w").send().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), 200, "answered from memory");
+    assert!(took <= DEADLINE + MARGIN, "took {took:?}");
+    assert_eq!(status(&s).await["failover"]["mode"], "memory");
+    // Once the pause ends, the prober brings it back.
+    wait_mode(&s, "redis", Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn flapping_redis_ends_on_redis_without_leaks() {
+    let mut redis = RedisServer::start().await;
+    let s = Arc::new(on(&redis, &unique("flap")).start().await);
+    let c = http();
+    let tasks = |text: &str| -> i64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("outrigger_runtime_alive_tasks "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("alive tasks metric")
+    };
+    let before = tasks(
+        &c.get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = mixed_load(s.clone(), stop.clone());
+    let metrics = || {
+        let (c, s) = (c.clone(), s.clone());
+        async move {
+            c.get(s.url("/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()
+        }
+    };
+    let mut after_first = 0;
+    for round in 0..5 {
+        redis.kill().await;
+        wait_mode(&s, "memory", Duration::from_secs(5)).await;
+        redis.restart().await;
+        wait_mode(&s, "redis", Duration::from_secs(10)).await;
+        if round == 0 {
+            after_first = tasks(&metrics().await.unwrap());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let results = load.await.unwrap();
+    let slowest = assert_none_failed(&results);
+
+    let st = status(&s).await;
+    assert_eq!(st["failover"]["mode"], "redis");
+    assert_eq!(st["failover"]["transitions"], 10, "{st}");
+    // No leaked connections: the sidecar holds its command connection and
+    // its pub/sub connection (plus our own client).
+    let mut conn = redis.client().await;
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let count = clients.lines().count();
+    assert!(count <= 3, "{count} connections:\n{clients}");
+    // No leaked tasks: back near where it started once the load is gone,
+    // and four more outages left no more tasks than one did.
+    let after = eventually(Duration::from_secs(5), "tasks to settle", || async {
+        let n = tasks(&metrics().await?);
+        (n <= before + 2 && n <= after_first).then_some(n)
+    })
+    .await;
+    println!(
+        "alive tasks: {before} before flapping, {after_first} after one outage (under load), \
+         {after} after five; {count} Redis connections; {} requests, none failed, slowest {slowest:?}",
+        results.len()
+    );
+}
+
+#[tokio::test]
+async fn local_locks_and_fail_open_rate_limits_when_configured() {
+    let mut redis = RedisServer::start().await;
+    let s = on(&redis, &unique("modes"))
+        .env("OUTRIGGER_FAILOVER__LOCKS", "local")
+        .env("OUTRIGGER_FAILOVER__RATELIMIT", "fail_open")
+        .start()
+        .await;
+    let c = http();
+    redis.kill().await;
+    let lock = c
+        .post(s.url("/v1/locks/l/acquire"))
+        .json(&json!({"ttl_ms": 60_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lock.status(), 200, "a local lock while Redis is down");
+    for _ in 0..20 {
+        let r = c
+            .post(s.url("/v1/ratelimit/ten/check"))
+            .json(&json!({"key": "k"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "fail open");
+    }
+    let metrics = c
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"outrigger_fallback_decisions_total{primitive="ratelimit",decision="fail_open"} 20"#
+        ),
+        "every fail-open decision is counted"
+    );
+    redis.restart().await;
+    wait_mode(&s, "redis", Duration::from_secs(10)).await;
+    let r = &status(&s).await["failover"]["last_reconciliation"];
+    assert_eq!(
+        r["locks_released"], 1,
+        "local locks are released on recovery: {r}"
+    );
+    // And the lock is free in Redis.
+    let again = c
+        .post(s.url("/v1/locks/l/acquire"))
+        .json(&json!({"ttl_ms": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+}
+
+#[tokio::test]
+async fn starting_without_redis_serves_from_memory_then_switches_over() {
+    // A port with nothing on it yet.
+    let port = outrigger_tests::free_port();
+    let s = sidecar!()
+        .env("OUTRIGGER_REDIS__URL", format!("redis://127.0.0.1:{port}"))
+        .start()
+        .await;
+    let st = status(&s).await;
+    assert_eq!(
+        (st["backend"].as_str(), st["failover"]["mode"].as_str()),
+        (Some("memory"), Some("memory"))
+    );
+    let c = http();
+    assert_eq!(
+        c.put(s.url("/v1/cache/k"))
+            .body("v")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(s.url("/readyz")).send().await.unwrap().status(),
+        200,
+        "ready on the fallback"
+    );
+    let redis = RedisServer::start_on(port).await;
+    wait_mode(&s, "redis", Duration::from_secs(10)).await;
+    c.put(s.url("/v1/cache/k2")).body("v").send().await.unwrap();
+    let mut conn = redis.client().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys, vec!["default:c:{k2}".to_string()]);
+}
