@@ -22,6 +22,9 @@ impl RedisStore {
     }
 }
 
+/// An XRANGE entry: id, then field/value pairs.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
 fn parse_live(channel: &str, payload: &[u8]) -> Option<PubMessage> {
     let mut parts = payload.splitn(3, |b| *b == b'\n');
     let offset = match parts.next()? {
@@ -139,7 +142,7 @@ impl RedisStore {
         count: usize,
     ) -> Result<Vec<PubMessage>, BackendError> {
         let mut conn = self.conn();
-        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = self
+        let entries: Vec<StreamEntry> = self
             .call(
                 redis::cmd("XRANGE")
                     .arg(self.pubsub_key(channel))
