@@ -204,7 +204,20 @@ async fn killing_redis_under_load_fails_no_request_and_locks_fail_closed() {
     assert_eq!(err.code(), tonic::Code::Unavailable);
     assert!(err.message().contains("fail closed"));
 
-    // Visible: status, metrics, readiness.
+    // Visible: status (HTTP and gRPC), metrics, readiness, logs.
+    let grpc = outrigger::api::pb::admin_client::AdminClient::new(s.channel().await)
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let fo = grpc
+        .failover
+        .expect("failover status with Redis configured");
+    assert_eq!(
+        (grpc.backend.as_str(), fo.mode.as_str(), fo.transitions),
+        ("memory", "memory", 1)
+    );
+    assert!(!fo.last_error.is_empty());
     let st = status(&s).await;
     assert_eq!(st["backend"], "memory");
     assert!(st["failover"]["last_error"].as_str().is_some());
