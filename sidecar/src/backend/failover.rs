@@ -21,6 +21,7 @@
 //! Per-primitive behaviour while down is configured in `[failover]`.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -118,6 +119,8 @@ pub struct Failover {
     /// Std mutexes below: short, synchronous updates only.
     state: Mutex<State>,
     joined: Mutex<HashMap<(String, String), Joined>>,
+    /// Registry size that triggers the next clean-up of `joined`.
+    joined_high_water: AtomicUsize,
     outbox: Mutex<Outbox>,
     released: broadcast::Sender<String>,
     instance: String,
@@ -181,6 +184,7 @@ impl Failover {
                 reconciliation: Reconciliation::default(),
             }),
             joined: Mutex::new(HashMap::new()),
+            joined_high_water: AtomicUsize::new(1024),
             outbox: Mutex::new(Outbox::default()),
             released,
             instance: format!("{:016x}", rand::random::<u64>()),
@@ -657,14 +661,23 @@ impl PresenceStore for Failover {
                 || self.memory.presence.join(room, member, again, ttl),
             )
             .await?;
-        lock(&self.joined).insert(
+        let now = Instant::now();
+        let mut registry = lock(&self.joined);
+        registry.insert(
             (room.to_string(), member.to_string()),
             Joined {
                 metadata,
                 ttl,
-                expires_at: Instant::now() + ttl,
+                expires_at: now + ttl,
             },
         );
+        // Members that timed out instead of leaving: forget them once the
+        // registry has doubled since the last clean-up (amortised O(1)).
+        if registry.len() >= self.joined_high_water.load(Ordering::Relaxed) {
+            registry.retain(|_, j| j.expires_at > now);
+            self.joined_high_water
+                .store((registry.len() * 2).max(1024), Ordering::Relaxed);
+        }
         Ok(joined)
     }
 
