@@ -238,3 +238,29 @@ async fn traces_are_exported_over_otlp_when_an_endpoint_is_set() {
         "no outrigger.cache.set span reached the collector"
     );
 }
+
+#[tokio::test]
+async fn the_ops_listener_serves_probes_and_metrics_but_not_the_api() {
+    let sidecar = sidecar!()
+        .env("OUTRIGGER_OPS__ADDR", "127.0.0.1:0")
+        .start()
+        .await;
+    let ops = sidecar
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["message"] == "ready")
+        .and_then(|e| e["ops_addr"].as_str().map(str::to_string))
+        .expect("ready line names the ops address");
+    let c = reqwest::Client::new();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = c.get(format!("http://{ops}{path}")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+    }
+    let api = c
+        .get(format!("http://{ops}/v1/admin/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status().as_u16(), 404);
+}

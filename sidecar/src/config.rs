@@ -27,6 +27,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "namespace",
     "http",
     "grpc",
+    "ops",
     "redis",
     "memory",
     "limits",
@@ -47,6 +48,7 @@ pub struct Config {
     pub namespace: String,
     pub http: Listener,
     pub grpc: Listener,
+    pub ops: OpsListener,
     pub redis: RedisConfig,
     pub memory: MemoryConfig,
     pub limits: Limits,
@@ -66,6 +68,15 @@ pub struct Config {
 pub struct Listener {
     /// Address to bind; port 0 picks a free port (logged at start-up).
     pub addr: SocketAddr,
+}
+
+/// An optional listener with only `/healthz`, `/readyz` and `/metrics`: for
+/// kubelet probes and scrapers, which reach the pod's IP rather than its
+/// loopback, without exposing the API beyond localhost.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsListener {
+    pub addr: Option<SocketAddr>,
 }
 
 /// Where state lives. No `url` means the memory backend.
@@ -308,6 +319,7 @@ impl Default for Config {
             grpc: Listener {
                 addr: ([127, 0, 0, 1], 7481).into(),
             },
+            ops: OpsListener::default(),
             redis: RedisConfig {
                 url: None,
                 timeout: Duration::from_millis(250),

@@ -55,6 +55,7 @@ pub struct Sidecar {
     app: Arc<App>,
     http: TcpListener,
     grpc: TcpListener,
+    ops: Option<TcpListener>,
     grace: Duration,
 }
 
@@ -68,10 +69,19 @@ impl Sidecar {
         let grpc = TcpListener::bind(config.grpc.addr)
             .await
             .with_context(|| format!("grpc.addr: cannot listen on {}", config.grpc.addr))?;
+        let ops = match config.ops.addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("ops.addr: cannot listen on {addr}"))?,
+            ),
+            None => None,
+        };
         Ok(Sidecar {
             app,
             http,
             grpc,
+            ops,
             grace: config.shutdown_grace,
         })
     }
@@ -86,6 +96,11 @@ impl Sidecar {
         self.grpc
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// The ops listener's address, if one is configured.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn app(&self) -> &Arc<App> {
@@ -105,6 +120,15 @@ impl Sidecar {
         let http = axum::serve(self.http, api::http::router(self.app.clone()))
             .with_graceful_shutdown(stopped(stop_rx.clone()));
         let mut http = tokio::spawn(async move { http.await.context("HTTP server failed") });
+        if let Some(ops) = self.ops {
+            let server = axum::serve(ops, api::http::ops_router(self.app.clone()))
+                .with_graceful_shutdown(stopped(stop_rx.clone()));
+            tokio::spawn(async move {
+                if let Err(err) = server.await {
+                    tracing::error!(error = %err, "ops listener failed");
+                }
+            });
+        }
 
         let routes = api::grpc::routes(self.app.clone()).await?;
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);

@@ -79,6 +79,7 @@ fn serve(config: Config) -> ExitCode {
         tracing::info!(
             http_addr = %sidecar.http_addr(),
             grpc_addr = %sidecar.grpc_addr(),
+            ops_addr = sidecar.ops_addr().map(|a| a.to_string()),
             backend = sidecar.app().cache.backend_kind(),
             namespace = %config.namespace,
             version = env!("CARGO_PKG_VERSION"),

@@ -98,6 +98,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// Only the probes and metrics, for the optional `ops.addr` listener.
+pub fn ops_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "this listener serves /healthz, /readyz and /metrics only",
+            )
+        })
+        .with_state(app)
+}
+
 /// A single path segment (a cache key, a lock or policy name),
 /// percent-decoded, whose rejection is our JSON 400.
 struct Key(String);
@@ -977,6 +993,25 @@ mod tests {
         assert_eq!(
             call(&r, Method::GET, "/readyz", b"").await.status(),
             StatusCode::OK
+        );
+    }
+
+    #[tokio::test]
+    async fn the_ops_router_serves_probes_and_metrics_only() {
+        let config = Config::default();
+        let r = ops_router(Arc::new(App::with_stores(&config, Stores::memory(&config))));
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            assert_eq!(
+                call(&r, Method::GET, path, b"").await.status(),
+                StatusCode::OK,
+                "{path}"
+            );
+        }
+        let api = call(&r, Method::GET, "/v1/cache/k", b"").await;
+        assert_eq!(
+            api.status(),
+            StatusCode::NOT_FOUND,
+            "no API on the ops listener"
         );
     }
 
