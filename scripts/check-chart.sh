@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Checks the Helm chart: lint (strict), render with the default values and
+# every file in helm/outrigger/ci/, and validate the rendered manifests
+# against the Kubernetes API schemas with kubernetes-validate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+KUBE_VERSION=1.33.0
+scripts/install-helm.sh
+helm=.tools/bin/helm
+venv=.tools/venv
+if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet -r scripts/requirements-chart.txt
+fi
+
+chart=helm/outrigger
+"$helm" lint --strict "$chart"
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+i=0
+for values in "" "$chart"/ci/*.yaml; do
+  i=$((i + 1))
+  args=()
+  [ -n "$values" ] && args=(-f "$values") && "$helm" lint --strict "$chart" "${args[@]}"
+  "$helm" template demo "$chart" --kube-version "$KUBE_VERSION" "${args[@]}" > "$out/$i.yaml"
+  "$venv/bin/kubernetes-validate" --strict --kubernetes-version "$KUBE_VERSION" "$out/$i.yaml"
+  # The outrigger.toml the chart renders must be one the sidecar accepts.
+  "$venv/bin/python" - "$out/$i.yaml" "$out/$i.toml" <<'PY'
+import sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc and doc.get("kind") == "ConfigMap" and "outrigger.toml" in doc.get("data", {}):
+        open(sys.argv[2], "w").write(doc["data"]["outrigger.toml"])
+        break
+else:
+    sys.exit("no outrigger.toml ConfigMap rendered")
+PY
+  cargo run -q -p outrigger -- --config "$out/$i.toml" check-config >/dev/null
+  echo "chart ok with ${values:-default values}"
+done
