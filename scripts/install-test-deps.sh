@@ -23,4 +23,8 @@ if command -v rustup >/dev/null; then
   done
 fi
 
+for tool in node npm python3 curl; do
+  command -v "$tool" >/dev/null || echo "warning: $tool is missing: the examples and chart checks need it" >&2
+done
+
 echo "test prerequisites: $(redis-server --version | cut -d' ' -f1-3), $(cargo --version)"
