@@ -4,6 +4,7 @@
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod schema;
 
 pub use grpc::pb;
 

@@ -1,0 +1,385 @@
+//! The HTTP API's JSON bodies, as types: handlers serialize these, and the
+//! OpenAPI document (`/openapi.json`) is generated from the same types and
+//! the handlers' `#[utoipa::path]` annotations, so the contract cannot drift
+//! from the code.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+/// Every error: `{"error": {"code", "message"}}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable: `invalid_argument`, `too_large`, `not_found`, `conflict`,
+    /// `precondition_failed`, `rate_limited`, `exhausted`, `unavailable`,
+    /// `internal`, `method_not_allowed`, `draining`.
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+}
+
+/// A cache write's result.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionReply {
+    /// The new version of the entry; strictly increases per key.
+    pub version: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletedReply {
+    /// Whether the key existed.
+    pub deleted: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidateBody {
+    /// Delete every key carrying any of these tags...
+    pub tags: Option<Vec<String>>,
+    /// ...or every key matching this Redis glob. Exactly one of the two.
+    pub pattern: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvalidatedReply {
+    /// How many keys were deleted.
+    pub deleted: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyPageReply {
+    pub keys: Vec<String>,
+    /// Pass as `cursor` for the next page; null when the listing is done.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireBody {
+    /// Lease length in ms: 1 ..= `limits.max_ttl`.
+    pub ttl_ms: u64,
+    /// How long to wait for the lock; 0 (default) tries once.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LeaseReply {
+    /// Proof of ownership, for release and extend.
+    pub token: String,
+    /// Strictly increases with every acquisition of this lock name.
+    pub fence: u64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBody {
+    pub token: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendBody {
+    pub token: String,
+    /// The new lease, counted from now.
+    pub ttl_ms: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReleasedReply {
+    pub released: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExtendedReply {
+    pub extended: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PermitBody {
+    /// Permits the semaphore has (the same for every caller).
+    pub limit: u32,
+    pub ttl_ms: u64,
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PermitReply {
+    pub token: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckBody {
+    /// Whose limit: a user, an IP, an API key.
+    pub key: String,
+    /// Units this request takes; 0 (default) means 1.
+    #[serde(default)]
+    pub cost: u32,
+    /// A limit given here instead of configured; the path's policy name
+    /// then only keeps its counters apart.
+    #[serde(default)]
+    pub inline: Option<InlineBody>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InlineBody {
+    /// `gcra`, `sliding_window` or `fixed_window`.
+    pub algorithm: String,
+    pub limit: u32,
+    pub period_ms: u64,
+    /// gcra only; 0 (default) means `limit`.
+    #[serde(default)]
+    pub burst: u32,
+}
+
+/// A rate-limit decision (200 when allowed, 429 when denied).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionReply {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    pub reset_after_ms: u64,
+    /// 0 when allowed.
+    pub retry_after_ms: u64,
+    /// Present when denied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinBody {
+    /// Any JSON; returned by the listing and in join events.
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    /// Time to live without a heartbeat: 1 ..= `limits.max_ttl`.
+    pub ttl_ms: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JoinedReply {
+    /// False for a heartbeat of a member already in the room.
+    pub joined: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LeftReply {
+    pub left: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberReply {
+    pub member: String,
+    /// The metadata given at the last join or heartbeat (null if none).
+    pub metadata: Value,
+    /// Time left before the member times out.
+    pub ttl_ms: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MembersReply {
+    pub members: Vec<MemberReply>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoomsReply {
+    pub rooms: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OffsetReply {
+    /// The message's offset in the channel's stream (durable messages
+    /// only; null otherwise).
+    pub offset: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthReply {
+    /// `ok` (healthz) or `ready` (readyz).
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusReply {
+    pub version: String,
+    pub namespace: String,
+    /// `memory` or `redis` (the backend serving requests now).
+    pub backend: String,
+    pub uptime_ms: u64,
+    pub cache: CacheStatsReply,
+    /// Present when Redis is configured.
+    pub failover: Option<FailoverReply>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CacheStatsReply {
+    pub hits: u64,
+    pub misses: u64,
+    pub keys: Option<u64>,
+    pub bytes: Option<u64>,
+    pub evictions: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FailoverReply {
+    /// `redis`, or `memory` while Redis is down.
+    pub mode: String,
+    pub since_unix_ms: u64,
+    pub transitions: u64,
+    pub last_error: Option<String>,
+    pub last_reconciliation: Option<ReconciliationReply>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReconciliationReply {
+    pub at_unix_ms: u64,
+    pub cache_entries_dropped: u64,
+    pub locks_released: u64,
+    pub members_reasserted: u64,
+    pub members_lost: u64,
+    pub messages_flushed: u64,
+    pub messages_dropped: u64,
+    pub flushing: bool,
+}
+
+/// A pub/sub message as Server-Sent Events data and WebSocket text.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageEvent {
+    /// `message`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub channel: String,
+    pub offset: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    /// The payload when it is UTF-8...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// ...else base64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+}
+
+/// Query of `GET /v1/cache/{key}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct GetParams {
+    /// Restart the TTL from the one the entry was written with.
+    #[serde(default)]
+    pub refresh_ttl: bool,
+}
+
+/// Query of `PUT /v1/cache/{key}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PutParams {
+    /// Time to live in ms; 0 or absent: no expiry.
+    #[serde(default)]
+    pub ttl_ms: u64,
+    /// Comma-separated tags.
+    #[serde(default)]
+    pub tags: Option<String>,
+    /// `absent`, `present` or `version:N`.
+    #[serde(default, rename = "if")]
+    #[param(rename = "if")]
+    pub condition: Option<String>,
+}
+
+/// Query of `GET /v1/cache`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Redis glob; empty: every key.
+    #[serde(default)]
+    pub pattern: String,
+    /// Empty for the first page, then the previous `next_cursor`.
+    #[serde(default)]
+    pub cursor: String,
+    /// Page size hint; 0: 100.
+    #[serde(default)]
+    pub limit: usize,
+}
+
+/// Query of `GET /v1/presence/{room}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    #[serde(default)]
+    pub cursor: String,
+    #[serde(default)]
+    pub limit: usize,
+}
+
+/// Query of `POST /v1/pubsub/{channel}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PublishParams {
+    /// Also append to the channel's stream, for replay.
+    #[serde(default)]
+    pub durable: bool,
+}
+
+/// Query of `GET /v1/pubsub/{channel}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SubscribeParams {
+    /// Replay durable messages after this offset first (`0`: all
+    /// retained). Without it, the `Last-Event-ID` header is used.
+    pub from: Option<String>,
+}
+
+/// The OpenAPI 3.1 document of the HTTP API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Outrigger",
+        description = "Coordination sidecar: cache, locks, rate limits, presence and pub/sub. Errors are {\"error\": {\"code\", \"message\"}}.",
+    ),
+    paths(
+        super::http::get_entry,
+        super::http::put_entry,
+        super::http::delete_entry,
+        super::http::invalidate,
+        super::http::list_keys,
+        super::http::lock_acquire,
+        super::http::lock_release,
+        super::http::lock_extend,
+        super::http::permit_acquire,
+        super::http::permit_release,
+        super::http::ratelimit_check,
+        super::http::presence_join,
+        super::http::presence_leave,
+        super::http::presence_list,
+        super::http::presence_events,
+        super::http::member_rooms,
+        super::http::publish,
+        super::http::subscribe,
+        super::http::status,
+        super::http::healthz,
+        super::http::readyz,
+        super::http::metrics,
+        super::http::openapi,
+    ),
+    tags(
+        (name = "cache"), (name = "locks"), (name = "ratelimit"), (name = "presence"),
+        (name = "pubsub"), (name = "operations"),
+    )
+)]
+pub struct ApiDoc;
