@@ -218,7 +218,7 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, Error> {
 #[utoipa::path(
     put, path = "/v1/cache/{key}", tag = "cache",
     params(("key" = String, Path, description = "The key"), PutParams),
-    request_body(content = String, content_type = "application/octet-stream", description = "The value, raw bytes (at most limits.max_value_bytes)"),
+    request_body(content = Option<String>, content_type = "application/octet-stream", description = "The value, raw bytes (at most limits.max_value_bytes)"),
     responses(
         (status = 200, description = "Written", body = VersionReply, headers(("outrigger-version" = u64))),
         (status = 400, description = "Malformed input", body = ErrorBody),
@@ -626,7 +626,7 @@ const MESSAGE_HEADER_PREFIX: &str = "outrigger-header-";
 #[utoipa::path(
     post, path = "/v1/pubsub/{channel}", tag = "pubsub",
     params(("channel" = String, Path, description = "The channel"), PublishParams),
-    request_body(content = String, content_type = "application/octet-stream", description = "The payload, raw bytes. Outrigger-Header-<Name> request headers become message headers."),
+    request_body(content = Option<String>, content_type = "application/octet-stream", description = "The payload, raw bytes. Outrigger-Header-<Name> request headers become message headers."),
     responses((status = 200, description = "Published", body = OffsetReply), (status = 400, description = "Malformed input", body = ErrorBody),
         (status = 413, description = "Over a size limit", body = ErrorBody),
         (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
@@ -679,7 +679,7 @@ fn message_json(m: &PubMessage) -> Value {
 #[utoipa::path(
     get, path = "/v1/pubsub/{channel}", tag = "pubsub",
     params(("channel" = String, Path, description = "The channel"), SubscribeParams, ("last-event-id" = Option<String>, Header, description = "Resume after this offset (EventSource reconnection)")),
-    responses((status = 200, description = "Server-Sent Events: message (id: the offset of durable messages; data: a MessageEvent), lagged, error. A WebSocket upgrade on the same URL carries the same JSON as text frames.", content_type = "text/event-stream", body = MessageEvent),
+    responses((status = 200, description = "Server-Sent Events: message (id: the offset of durable messages; data: a MessageEvent), lagged (data: {type, missed}), error (data: {type, code, message}). A WebSocket upgrade on the same URL carries the same JSON as text frames.", content_type = "text/event-stream", body = String),
         (status = 400, description = "Malformed input", body = ErrorBody),
         (status = 413, description = "Over a size limit", body = ErrorBody),
         (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))

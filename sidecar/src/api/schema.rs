@@ -64,6 +64,7 @@ pub struct KeyPageReply {
 #[serde(deny_unknown_fields)]
 pub struct AcquireBody {
     /// Lease length in ms: 1 ..= `limits.max_ttl`.
+    #[schema(minimum = 1)]
     pub ttl_ms: u64,
     /// How long to wait for the lock; 0 (default) tries once.
     #[serde(default)]
@@ -81,14 +82,17 @@ pub struct LeaseReply {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBody {
+    #[schema(min_length = 1, max_length = 128)]
     pub token: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtendBody {
+    #[schema(min_length = 1, max_length = 128)]
     pub token: String,
     /// The new lease, counted from now.
+    #[schema(minimum = 1)]
     pub ttl_ms: u64,
 }
 
@@ -106,7 +110,9 @@ pub struct ExtendedReply {
 #[serde(deny_unknown_fields)]
 pub struct PermitBody {
     /// Permits the semaphore has (the same for every caller).
+    #[schema(minimum = 1)]
     pub limit: u32,
+    #[schema(minimum = 1)]
     pub ttl_ms: u64,
     #[serde(default)]
     pub wait_ms: u64,
@@ -121,6 +127,7 @@ pub struct PermitReply {
 #[serde(deny_unknown_fields)]
 pub struct CheckBody {
     /// Whose limit: a user, an IP, an API key.
+    #[schema(min_length = 1)]
     pub key: String,
     /// Units this request takes; 0 (default) means 1.
     #[serde(default)]
@@ -164,6 +171,7 @@ pub struct JoinBody {
     #[serde(default)]
     pub metadata: Option<Value>,
     /// Time to live without a heartbeat: 1 ..= `limits.max_ttl`.
+    #[schema(minimum = 1)]
     pub ttl_ms: u64,
 }
 
@@ -294,7 +302,7 @@ pub struct PutParams {
     pub tags: Option<String>,
     /// `absent`, `present` or `version:N`.
     #[serde(default, rename = "if")]
-    #[param(rename = "if")]
+    #[param(rename = "if", pattern = "^(absent|present|version:[0-9]+)$")]
     pub condition: Option<String>,
 }
 
@@ -352,6 +360,7 @@ pub struct SubscribeParams {
         title = "Outrigger",
         description = "Coordination sidecar: cache, locks, rate limits, presence and pub/sub. Errors are {\"error\": {\"code\", \"message\"}}.",
     ),
+    components(schemas(MessageEvent)),
     paths(
         super::http::get_entry,
         super::http::put_entry,
