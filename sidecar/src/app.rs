@@ -7,9 +7,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::backend::failover::{Failover, FailoverStatus, Memory};
-use crate::backend::memory::{
-    MemoryLocks, MemoryPresence, MemoryPubSub, MemoryRateLimits, MemoryStore,
-};
 use crate::backend::redis::RedisStore;
 use crate::backend::{CacheStore, LockStore, PresenceStore, PubSubStore, RateLimitStore};
 use crate::cache::{Cache, CacheStats};
@@ -45,15 +42,13 @@ pub struct Stores {
 impl Stores {
     /// Local memory, bounded as `config.memory` says.
     pub fn memory(config: &Config) -> Stores {
+        let memory = Memory::new(config);
         Stores {
-            cache: MemoryStore::new(config.memory.clone()),
-            locks: MemoryLocks::new(),
-            ratelimits: MemoryRateLimits::new(),
-            presence: Arc::new(MemoryPresence::new(config.pubsub.subscriber_buffer)),
-            pubsub: Arc::new(MemoryPubSub::new(
-                config.pubsub.subscriber_buffer,
-                config.pubsub.stream_max_len,
-            )),
+            cache: memory.cache,
+            locks: memory.locks,
+            ratelimits: memory.ratelimits,
+            presence: memory.presence,
+            pubsub: memory.pubsub,
         }
     }
 }
@@ -88,16 +83,7 @@ impl App {
         let redis = RedisStore::connect_lazy(&config.redis, &config.namespace, &config.pubsub)
             .await
             .map_err(|err| anyhow::anyhow!("redis.url: cannot use {url}: {err}"))?;
-        let memory = Memory {
-            cache: MemoryStore::new(config.memory.clone()),
-            locks: MemoryLocks::new(),
-            ratelimits: MemoryRateLimits::new(),
-            presence: Arc::new(MemoryPresence::new(config.pubsub.subscriber_buffer)),
-            pubsub: Arc::new(MemoryPubSub::new(
-                config.pubsub.subscriber_buffer,
-                config.pubsub.stream_max_len,
-            )),
-        };
+        let memory = Memory::new(config);
         let failover = Failover::start(
             Arc::new(redis),
             memory,

@@ -102,11 +102,7 @@ impl RateLimits {
                 })?,
             };
             let cost = cost.max(1);
-            let most = if limit.algorithm == Algorithm::Gcra {
-                limit.burst
-            } else {
-                limit.limit
-            };
+            let most = limit.most();
             if cost > most {
                 return Err(Error::InvalidArgument(format!(
                     "cost {cost} is more than the policy ever allows at once ({most}): it would never be allowed"

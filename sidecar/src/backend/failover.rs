@@ -55,6 +55,22 @@ pub struct Memory {
     pub pubsub: Arc<MemoryPubSub>,
 }
 
+impl Memory {
+    /// Memory stores bounded as `config` says.
+    pub fn new(config: &crate::config::Config) -> Memory {
+        Memory {
+            cache: MemoryStore::new(config.memory.clone()),
+            locks: MemoryLocks::new(),
+            ratelimits: MemoryRateLimits::new(),
+            presence: Arc::new(MemoryPresence::new(config.pubsub.subscriber_buffer)),
+            pubsub: Arc::new(MemoryPubSub::new(
+                config.pubsub.subscriber_buffer,
+                config.pubsub.stream_max_len,
+            )),
+        }
+    }
+}
+
 /// What the last recovery did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Reconciliation {
@@ -596,11 +612,7 @@ impl RateLimitStore for Failover {
             RateLimitFallback::Local => {
                 self.metrics.count_fallback("ratelimit", "local");
                 let local = scaled(limit, self.config.fallback_share);
-                let most = if local.algorithm == super::Algorithm::Gcra {
-                    local.burst
-                } else {
-                    local.limit
-                };
+                let most = local.most();
                 if cost > most {
                     // Allowed with the whole limit, never with this share.
                     return Ok(Decision {
@@ -618,11 +630,7 @@ impl RateLimitStore for Failover {
             }
             RateLimitFallback::FailOpen => {
                 self.metrics.count_fallback("ratelimit", "fail_open");
-                let most = if limit.algorithm == super::Algorithm::Gcra {
-                    limit.burst
-                } else {
-                    limit.limit
-                };
+                let most = limit.most();
                 Ok(Decision {
                     allowed: true,
                     limit: most,

@@ -235,6 +235,17 @@ pub struct Limit {
     pub burst: u32,
 }
 
+impl Limit {
+    /// The most units one decision can ever allow: the burst for GCRA, the
+    /// limit for the window algorithms (what `Decision::limit` reports).
+    pub fn most(&self) -> u32 {
+        match self.algorithm {
+            Algorithm::Gcra => self.burst,
+            Algorithm::SlidingWindow | Algorithm::FixedWindow => self.limit,
+        }
+    }
+}
+
 /// One rate-limit decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
