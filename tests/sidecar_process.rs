@@ -264,3 +264,96 @@ async fn the_ops_listener_serves_probes_and_metrics_but_not_the_api() {
         .unwrap();
     assert_eq!(api.status().as_u16(), 404);
 }
+
+#[tokio::test]
+async fn a_token_guards_every_api_call_but_the_probes() {
+    let s = sidecar!()
+        .env("OUTRIGGER_AUTH__TOKEN", "s3cret")
+        .start()
+        .await;
+    let c = reqwest::Client::new();
+    let put = |token: Option<&'static str>| {
+        let mut req = c.put(s.url("/v1/cache/k")).body("v");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req.send()
+    };
+    let denied = put(None).await.unwrap();
+    assert_eq!(denied.status().as_u16(), 401);
+    assert_eq!(denied.headers()["www-authenticate"], "Bearer");
+    let body: serde_json::Value = denied.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthenticated");
+    assert_eq!(put(Some("wrong")).await.unwrap().status().as_u16(), 401);
+    assert_eq!(put(Some("s3cret")).await.unwrap().status().as_u16(), 200);
+    for probe in ["/healthz", "/readyz"] {
+        assert_eq!(
+            c.get(s.url(probe)).send().await.unwrap().status().as_u16(),
+            200,
+            "{probe}"
+        );
+    }
+    assert_eq!(
+        c.get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+
+    // gRPC: the same token as `authorization` metadata.
+    use outrigger::api::pb;
+    let mut client = pb::cache_client::CacheClient::new(s.channel().await);
+    let get = || pb::GetRequest {
+        key: "k".into(),
+        refresh_ttl: false,
+    };
+    let err = client.get(get()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let mut req = tonic::Request::new(get());
+    req.metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    assert!(client.get(req).await.unwrap().into_inner().found);
+}
+
+#[tokio::test]
+async fn a_token_file_rotates_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "first\n").unwrap();
+    let s = sidecar!()
+        .env("OUTRIGGER_AUTH__TOKEN_FILE", file.display().to_string())
+        .start()
+        .await;
+    let c = reqwest::Client::new();
+    let status = |token: &'static str| {
+        c.get(s.url("/v1/admin/status"))
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+    };
+    assert_eq!(status("first").await.unwrap().status().as_u16(), 200);
+    // Kubernetes updates a mounted Secret by swapping the file.
+    let next = dir.path().join("token.new");
+    std::fs::write(&next, "second\n").unwrap();
+    std::fs::rename(&next, &file).unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the new token to be read",
+        || async { (status("second").await.ok()?.status().as_u16() == 200).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        status("first").await.unwrap().status().as_u16(),
+        401,
+        "the old token is gone"
+    );
+
+    let (code, out) = sidecar!()
+        .env("OUTRIGGER_AUTH__TOKEN_FILE", "/nonexistent/token")
+        .run()
+        .await;
+    assert_ne!(code, Some(0));
+    assert!(out.contains("auth.token_file"), "{out}");
+}

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::auth::Auth;
 use crate::backend::failover::{Failover, FailoverStatus, Memory};
 use crate::backend::redis::RedisStore;
 use crate::backend::{CacheStore, LockStore, PresenceStore, PubSubStore, RateLimitStore};
@@ -60,6 +61,8 @@ pub struct App {
     pub ratelimits: RateLimits,
     pub presence: Arc<Presence>,
     pub pubsub: PubSub,
+    /// The API token, if authentication is on.
+    pub auth: Arc<Auth>,
     pub metrics: Arc<Metrics>,
     namespace: String,
     started: Instant,
@@ -77,7 +80,12 @@ impl App {
     /// backend: it starts on memory if Redis does not answer yet.
     pub async fn new(config: &Config) -> anyhow::Result<Arc<App>> {
         let Some(url) = &config.redis.url else {
-            return Ok(Arc::new(App::with_stores(config, Stores::memory(config))));
+            let metrics = Arc::new(Metrics::new("memory"));
+            return Ok(Arc::new(App::build(
+                config,
+                Stores::memory(config),
+                metrics,
+            )?));
         };
         let metrics = Arc::new(Metrics::new("redis"));
         let redis = RedisStore::connect_lazy(&config.redis, &config.namespace, &config.pubsub)
@@ -98,19 +106,23 @@ impl App {
             presence: failover.clone(),
             pubsub: failover.clone(),
         };
-        let mut app = App::build(config, stores, metrics);
+        let mut app = App::build(config, stores, metrics)?;
         app.failover = Some(failover);
         Ok(Arc::new(app))
     }
 
     /// An app over given stores (tests use this with either backend).
+    /// Authentication stays off.
     pub fn with_stores(config: &Config, stores: Stores) -> App {
         let metrics = Arc::new(Metrics::new(stores.cache.kind()));
-        App::build(config, stores, metrics)
+        let mut config = config.clone();
+        config.auth = Default::default();
+        App::build(&config, stores, metrics).expect("no token file to read")
     }
 
-    fn build(config: &Config, stores: Stores, metrics: Arc<Metrics>) -> App {
-        App {
+    fn build(config: &Config, stores: Stores, metrics: Arc<Metrics>) -> anyhow::Result<App> {
+        Ok(App {
+            auth: Auth::new(&config.auth)?,
             failover: None,
             cache: Cache::new(stores.cache, config.limits.clone(), metrics.clone()),
             locks: Locks::new(stores.locks, config.limits.clone(), metrics.clone()),
@@ -136,7 +148,7 @@ impl App {
             namespace: config.namespace.clone(),
             started: Instant::now(),
             draining: watch::channel(false).0,
-        }
+        })
     }
 
     pub fn status(&self) -> Status {

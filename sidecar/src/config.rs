@@ -28,6 +28,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "http",
     "grpc",
     "ops",
+    "auth",
     "redis",
     "memory",
     "limits",
@@ -49,6 +50,7 @@ pub struct Config {
     pub http: Listener,
     pub grpc: Listener,
     pub ops: OpsListener,
+    pub auth: AuthConfig,
     pub redis: RedisConfig,
     pub memory: MemoryConfig,
     pub limits: Limits,
@@ -68,6 +70,17 @@ pub struct Config {
 pub struct Listener {
     /// Address to bind; port 0 picks a free port (logged at start-up).
     pub addr: SocketAddr,
+}
+
+/// API authentication: a bearer token every API call must carry (all but
+/// `/healthz` and `/readyz`). Neither key set: no authentication.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub token: Option<String>,
+    /// A file holding the token (as Kubernetes mounts a Secret); re-read
+    /// when it changes, so the token rotates without a restart.
+    pub token_file: Option<PathBuf>,
 }
 
 /// An optional listener with only `/healthz`, `/readyz` and `/metrics`: for
@@ -320,6 +333,7 @@ impl Default for Config {
                 addr: ([127, 0, 0, 1], 7481).into(),
             },
             ops: OpsListener::default(),
+            auth: AuthConfig::default(),
             redis: RedisConfig {
                 url: None,
                 timeout: Duration::from_millis(250),
@@ -426,6 +440,15 @@ impl Config {
                     );
                 }
             }
+        }
+        match (&self.auth.token, &self.auth.token_file) {
+            (Some(_), Some(_)) => {
+                return invalid("auth.token", "give auth.token or auth.token_file, not both");
+            }
+            (Some(t), None) if t.trim().is_empty() => {
+                return invalid("auth.token", "must not be empty");
+            }
+            _ => {}
         }
         if self.redis.timeout.is_zero() {
             return invalid("redis.timeout", "must be greater than zero");
@@ -592,6 +615,7 @@ mod tests {
         assert!(load_err("[limits]\nmax_batch = 0").contains("limits.max_batch"));
         assert!(load_err("[redis]\nurl = \"http://x\"").contains("redis.url"));
         assert!(load_err("[cache]\nsize = 1").contains("cache"));
+        assert!(load_err("[auth]\ntoken = \"a\"\ntoken_file = \"/t\"").contains("`auth.token`"));
         let bad_policy =
             "[ratelimit.policies.login]\nalgorithm = \"gcra\"\nlimit = 0\nperiod = \"1m\"";
         assert!(load_err(bad_policy).contains("\"login\": limit must be at least 1"));

@@ -13,6 +13,9 @@ pub enum Error {
     /// The request is malformed: 400 / `INVALID_ARGUMENT`.
     #[error("{0}")]
     InvalidArgument(String),
+    /// No valid bearer token: 401 / `UNAUTHENTICATED`.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// A key, value or batch is over its limit: 413 / `RESOURCE_EXHAUSTED`.
     #[error("{0}")]
     TooLarge(String),
@@ -66,6 +69,7 @@ impl Error {
         match self {
             Error::InvalidArgument(_) => "invalid_argument",
             Error::TooLarge(_) => "too_large",
+            Error::Unauthenticated(_) => "unauthenticated",
             Error::NotFound(_) => "not_found",
             Error::Conflict(_) => "conflict",
             Error::PreconditionFailed(_) => "precondition_failed",

@@ -15,6 +15,7 @@
 //! - [`presence`]: rooms, heartbeats, watchers and the timeout reaper;
 //! - [`pubsub`]: publish, live and durable subscriptions, gapless resume;
 //! - [`app`]: the shared state both APIs serve from;
+//! - [`auth`]: the optional bearer token;
 //! - [`api`]: the gRPC and HTTP adapters, and the one error mapping;
 //! - [`telemetry`]: logs, OTLP traces and Prometheus metrics;
 //! - [`error`]: the error every primitive returns;
@@ -27,6 +28,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod backend;
 pub mod cache;
 pub mod config;
@@ -69,6 +71,18 @@ impl Sidecar {
         let grpc = TcpListener::bind(config.grpc.addr)
             .await
             .with_context(|| format!("grpc.addr: cannot listen on {}", config.grpc.addr))?;
+        for (key, addr) in [
+            ("http.addr", config.http.addr),
+            ("grpc.addr", config.grpc.addr),
+        ] {
+            if !addr.ip().is_loopback() && !app.auth.enabled() {
+                tracing::warn!(
+                    key,
+                    %addr,
+                    "the API listens beyond this host with no auth token: anyone who can reach it can use it (set auth.token or auth.token_file)"
+                );
+            }
+        }
         let ops = match config.ops.addr {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -132,7 +146,20 @@ impl Sidecar {
 
         let routes = api::grpc::routes(self.app.clone()).await?;
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
+        let auth = self.app.auth.clone();
         let grpc = tonic::transport::Server::builder()
+            .layer(tonic::service::InterceptorLayer::new(
+                move |req: tonic::Request<()>| {
+                    let authorization = req.metadata().get("authorization").map(|v| v.as_bytes());
+                    if auth.allows(authorization) {
+                        Ok(req)
+                    } else {
+                        Err(tonic::Status::unauthenticated(
+                            "a valid `authorization: Bearer <token>` metadata entry is required",
+                        ))
+                    }
+                },
+            ))
             .layer(tower::util::MapResponseLayer::new(
                 api::grpc::oversized_as_resource_exhausted,
             ))

@@ -83,6 +83,10 @@ of a release of this chart (or a context with the same .Values shape).
           name: {{ . }}
           key: {{ if $.Values.redis.existingSecret }}{{ $.Values.redis.existingSecretKey }}{{ else }}url{{ end }}
     {{- end }}
+    {{- if (include "outrigger.tokenSecret" .) }}
+    - name: OUTRIGGER_AUTH__TOKEN_FILE
+      value: /var/run/secrets/outrigger/token
+    {{- end }}
     {{- with .Values.sidecar.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}

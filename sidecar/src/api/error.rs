@@ -15,6 +15,7 @@ impl Error {
         match self {
             Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
@@ -29,6 +30,7 @@ impl Error {
         match self {
             Error::InvalidArgument(_) => tonic::Code::InvalidArgument,
             Error::TooLarge(_) => tonic::Code::ResourceExhausted,
+            Error::Unauthenticated(_) => tonic::Code::Unauthenticated,
             Error::NotFound(_) => tonic::Code::NotFound,
             Error::Conflict(_) => tonic::Code::Aborted,
             Error::PreconditionFailed(_) => tonic::Code::FailedPrecondition,

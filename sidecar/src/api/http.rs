@@ -82,7 +82,34 @@ pub fn router(app: Arc<App>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            require_token,
+        ))
         .with_state(app)
+}
+
+/// With authentication on, every route but the probes needs
+/// `Authorization: Bearer <token>`.
+async fn require_token(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    if path == "/healthz" || path == "/readyz" || app.auth.allows(authorization) {
+        return next.run(req).await;
+    }
+    let mut resp =
+        Error::Unauthenticated("a valid `Authorization: Bearer <token>` header is required".into())
+            .into_response();
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
 }
 
 /// `Query` whose rejection is our JSON 400.
