@@ -64,11 +64,6 @@ impl RateLimits {
         }
     }
 
-    /// The configured policy `name`, if any.
-    pub fn policy(&self, name: &str) -> Option<&Limit> {
-        self.policies.get(name)
-    }
-
     /// Decides whether `cost` (0 means 1) for `key` fits `policy` (or the
     /// inline limit, which then names its own counters `policy`).
     pub async fn check(

@@ -72,15 +72,6 @@ impl MemoryRateLimits {
     pub fn clear(&self) {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
-
-    /// How many counters are kept (for tests of the sweep).
-    pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// GCRA. `tat` is the stored theoretical arrival time, if any.
