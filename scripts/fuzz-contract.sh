@@ -19,7 +19,10 @@ cargo build -q -p outrigger
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 log=$(mktemp)
+# Waits are capped below the client's 5 s timeout: a generated acquire may
+# legitimately wait up to limits.max_wait for a lock another one holds.
 OUTRIGGER_HTTP__ADDR="127.0.0.1:$port" OUTRIGGER_GRPC__ADDR=127.0.0.1:0 \
+OUTRIGGER_LIMITS__MAX_WAIT=2s \
 OUTRIGGER_RATELIMIT__POLICIES__LOGIN__ALGORITHM=gcra \
 OUTRIGGER_RATELIMIT__POLICIES__LOGIN__LIMIT=5 \
 OUTRIGGER_RATELIMIT__POLICIES__LOGIN__PERIOD=1m \
