@@ -13,6 +13,7 @@ use crate::backend::{CacheStore, LockStore, PresenceStore, PubSubStore, RateLimi
 use crate::cache::{Cache, CacheStats};
 use crate::config::Config;
 use crate::lock::Locks;
+use crate::plugins::{Caller, Invalidate, Plugins, WriteEvent};
 use crate::presence::Presence;
 use crate::pubsub::PubSub;
 use crate::ratelimit::RateLimits;
@@ -61,6 +62,8 @@ pub struct App {
     pub ratelimits: RateLimits,
     pub presence: Arc<Presence>,
     pub pubsub: PubSub,
+    /// WebAssembly plugins (none configured: every hook is a no-op).
+    pub plugins: Arc<Plugins>,
     /// The API token, if authentication is on.
     pub auth: Arc<Auth>,
     pub metrics: Arc<Metrics>,
@@ -81,10 +84,12 @@ impl App {
     pub async fn new(config: &Config) -> anyhow::Result<Arc<App>> {
         let Some(url) = &config.redis.url else {
             let metrics = Arc::new(Metrics::new("memory"));
+            let plugins = load_plugins(config, &metrics).await;
             return Ok(Arc::new(App::build(
                 config,
                 Stores::memory(config),
                 metrics,
+                plugins,
             )?));
         };
         let metrics = Arc::new(Metrics::new("redis"));
@@ -106,7 +111,8 @@ impl App {
             presence: failover.clone(),
             pubsub: failover.clone(),
         };
-        let mut app = App::build(config, stores, metrics)?;
+        let plugins = load_plugins(config, &metrics).await;
+        let mut app = App::build(config, stores, metrics, plugins)?;
         app.failover = Some(failover);
         Ok(Arc::new(app))
     }
@@ -117,11 +123,18 @@ impl App {
         let metrics = Arc::new(Metrics::new(stores.cache.kind()));
         let mut config = config.clone();
         config.auth = Default::default();
-        App::build(&config, stores, metrics).expect("no token file to read")
+        let plugins = Arc::new(Plugins::load(&config, metrics.clone()));
+        App::build(&config, stores, metrics, plugins).expect("no token file to read")
     }
 
-    fn build(config: &Config, stores: Stores, metrics: Arc<Metrics>) -> anyhow::Result<App> {
+    fn build(
+        config: &Config,
+        stores: Stores,
+        metrics: Arc<Metrics>,
+        plugins: Arc<Plugins>,
+    ) -> anyhow::Result<App> {
         Ok(App {
+            plugins,
             auth: Auth::new(&config.auth)?,
             failover: None,
             cache: Cache::new(stores.cache, config.limits.clone(), metrics.clone()),
@@ -162,6 +175,33 @@ impl App {
         }
     }
 
+    /// After an acknowledged cache set or delete: runs `on-write` and
+    /// applies what it returns, before the write is answered. Failures to
+    /// invalidate are logged; the write itself stands.
+    pub async fn after_write(&self, caller: &Caller, event: WriteEvent<'_>) {
+        if self.plugins.is_empty() {
+            return;
+        }
+        for invalidation in self.plugins.on_write(caller, event) {
+            let result = match &invalidation {
+                Invalidate::Key(key) => self.cache.delete(key).await.map(drop),
+                Invalidate::Tag(tag) => self
+                    .cache
+                    .invalidate(crate::cache::Invalidation::Tags(vec![tag.clone()]))
+                    .await
+                    .map(drop),
+                Invalidate::Pattern(pattern) => self
+                    .cache
+                    .invalidate(crate::cache::Invalidation::Pattern(pattern.clone()))
+                    .await
+                    .map(drop),
+            };
+            if let Err(err) = result {
+                tracing::warn!(key = event.key, ?invalidation, "on-write invalidation failed: {err}");
+            }
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
         !*self.draining.borrow()
     }
@@ -178,4 +218,13 @@ impl App {
             let _ = rx.wait_for(|draining| *draining).await;
         }
     }
+}
+
+/// Compiles the configured plugins off the async workers.
+async fn load_plugins(config: &Config, metrics: &Arc<Metrics>) -> Arc<Plugins> {
+    let (config, metrics) = (config.clone(), metrics.clone());
+    let plugins = tokio::task::spawn_blocking(move || Plugins::load(&config, metrics))
+        .await
+        .expect("loading plugins does not panic");
+    Arc::new(plugins)
 }

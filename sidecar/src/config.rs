@@ -36,6 +36,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "presence",
     "pubsub",
     "failover",
+    "plugins",
     "log",
     "shutdown_grace",
 ];
@@ -58,6 +59,8 @@ pub struct Config {
     pub presence: PresenceConfig,
     pub pubsub: PubSubConfig,
     pub failover: FailoverConfig,
+    /// WebAssembly plugins, in the order they run: `[[plugins]]`.
+    pub plugins: Vec<PluginConfig>,
     pub log: LogConfig,
     /// How long SIGTERM waits for in-flight requests before exiting anyway.
     #[serde(with = "human_duration")]
@@ -357,6 +360,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             pubsub: PubSubConfig::default(),
             failover: FailoverConfig::default(),
+            plugins: Vec::new(),
             log: LogConfig {
                 format: LogFormat::Text,
                 level: "info".into(),
@@ -516,6 +520,33 @@ impl Config {
                 });
             }
         }
+        let mut names = std::collections::BTreeSet::new();
+        for plugin in &self.plugins {
+            let reason = |reason: &str| {
+                Err(ConfigError::Invalid {
+                    key: "plugins",
+                    reason: format!("plugin {:?}: {reason}", plugin.name),
+                })
+            };
+            if plugin.name.is_empty() || plugin.name.len() > 64 {
+                return reason("name must be 1 to 64 characters");
+            }
+            if !names.insert(plugin.name.as_str()) {
+                return reason("the name is used twice");
+            }
+            if plugin.budget < Duration::from_millis(1) || plugin.budget > Duration::from_secs(1) {
+                return reason("budget must be between 1ms and 1s");
+            }
+            if plugin.max_memory < 1024 * 1024 {
+                return reason("max_memory must be at least 1048576 (1 MiB)");
+            }
+            if plugin.max_failures == 0 {
+                return reason("max_failures must be at least 1");
+            }
+            if !plugin.config.is_object() {
+                return reason("config must be a table");
+            }
+        }
         if self
             .log
             .level
@@ -526,6 +557,117 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// One `[[plugins]]` entry: a WebAssembly component and where it applies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Shown in logs, metrics and status; unique.
+    pub name: String,
+    /// The `.wasm` component (relative paths: from the working directory).
+    /// Watched: a changed file is reloaded.
+    pub path: PathBuf,
+    /// Hooks to call; empty (the default) = every hook the plugin
+    /// implements. Naming a hook it does not implement is a load error.
+    #[serde(default)]
+    pub hooks: Vec<HookName>,
+    /// Primitives whose calls go through `authorize`; empty (the default)
+    /// = all of them. (`classify` runs for rate limits, `on-write` for
+    /// cache writes, whatever this says.)
+    #[serde(default)]
+    pub primitives: Vec<PrimitiveName>,
+    /// What a failed call (trap, timeout, memory cap, bad return) or a
+    /// disabled plugin means for the request: `allow` (as if the plugin had
+    /// no opinion) or `deny` (403).
+    #[serde(default)]
+    pub fail: FailMode,
+    /// Time budget of one call.
+    #[serde(default = "PluginConfig::default_budget", with = "human_duration")]
+    pub budget: Duration,
+    /// Linear memory cap of one instance, in bytes.
+    #[serde(default = "PluginConfig::default_max_memory")]
+    pub max_memory: usize,
+    /// Consecutive failed calls after which the plugin is disabled (until
+    /// it is reloaded); its fail mode then answers for it.
+    #[serde(default = "PluginConfig::default_max_failures")]
+    pub max_failures: u32,
+    /// Given to the plugin as JSON (`host.config`).
+    #[serde(default = "PluginConfig::default_config")]
+    pub config: serde_json::Value,
+}
+
+impl PluginConfig {
+    fn default_budget() -> Duration {
+        Duration::from_millis(5)
+    }
+
+    fn default_max_memory() -> usize {
+        16 * 1024 * 1024
+    }
+
+    fn default_max_failures() -> u32 {
+        5
+    }
+
+    fn default_config() -> serde_json::Value {
+        serde_json::Value::Object(Default::default())
+    }
+
+    /// A plugin with the defaults: every hook, every primitive, fail deny.
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> PluginConfig {
+        PluginConfig {
+            name: name.into(),
+            path: path.into(),
+            hooks: Vec::new(),
+            primitives: Vec::new(),
+            fail: FailMode::default(),
+            budget: Self::default_budget(),
+            max_memory: Self::default_max_memory(),
+            max_failures: Self::default_max_failures(),
+            config: Self::default_config(),
+        }
+    }
+}
+
+/// A plugin hook, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookName {
+    Authorize,
+    Classify,
+    OnWrite,
+}
+
+impl HookName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookName::Authorize => "authorize",
+            HookName::Classify => "classify",
+            HookName::OnWrite => "on-write",
+        }
+    }
+}
+
+/// A primitive, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrimitiveName {
+    Cache,
+    Lock,
+    Semaphore,
+    Ratelimit,
+    Presence,
+    Pubsub,
+}
+
+/// What a plugin failure means for the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    Allow,
+    #[default]
+    Deny,
 }
 
 /// Names the key as the config file spells it (`redis.timeout`), and where

@@ -19,6 +19,14 @@ pub enum Error {
     /// A key, value or batch is over its limit: 413 / `RESOURCE_EXHAUSTED`.
     #[error("{0}")]
     TooLarge(String),
+    /// A plugin's policy refused the request (or a failing plugin fails
+    /// closed): 403 / `PERMISSION_DENIED`.
+    #[error("{0}")]
+    Denied(String),
+    /// A plugin could not be (re)loaded; the previous version stays: 422 /
+    /// `FAILED_PRECONDITION`.
+    #[error("{0}")]
+    PluginLoad(String),
     /// The thing asked for does not exist: 404 / `NOT_FOUND`.
     #[error("{0}")]
     NotFound(String),
@@ -70,6 +78,8 @@ impl Error {
             Error::InvalidArgument(_) => "invalid_argument",
             Error::TooLarge(_) => "too_large",
             Error::Unauthenticated(_) => "unauthenticated",
+            Error::Denied(_) => "permission_denied",
+            Error::PluginLoad(_) => "plugin_error",
             Error::NotFound(_) => "not_found",
             Error::Conflict(_) => "conflict",
             Error::PreconditionFailed(_) => "precondition_failed",

@@ -16,6 +16,7 @@
 //! - [`pubsub`]: publish, live and durable subscriptions, gapless resume;
 //! - [`app`]: the shared state both APIs serve from;
 //! - [`auth`]: the optional bearer token;
+//! - [`plugins`]: WebAssembly plugins (wasmtime) and their hooks;
 //! - [`api`]: the gRPC and HTTP adapters, and the one error mapping;
 //! - [`telemetry`]: logs, OTLP traces and Prometheus metrics;
 //! - [`error`]: the error every primitive returns;
@@ -24,7 +25,7 @@
 //! [`Sidecar::bind`] connects the backend and binds both listeners;
 //! [`Sidecar::serve`] serves until a shutdown signal, then drains.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod app;
@@ -34,6 +35,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod lock;
+pub mod plugins;
 pub mod presence;
 pub mod pubsub;
 pub mod ratelimit;

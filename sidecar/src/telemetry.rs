@@ -96,6 +96,18 @@ pub struct OpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginCallLabels {
+    plugin: String,
+    hook: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     decision: &'static str,
 }
@@ -128,6 +140,8 @@ pub struct Metrics {
     cache_keys: Gauge,
     cache_bytes: Gauge,
     ratelimit_decisions: Family<DecisionLabels, Counter>,
+    plugin_calls: Family<PluginCallLabels, Counter>,
+    plugin_healthy: Family<PluginLabels, Gauge>,
 }
 
 impl Metrics {
@@ -213,7 +227,21 @@ impl Metrics {
             "Rate-limit decisions by outcome (allowed, denied)",
             ratelimit_decisions.clone(),
         );
+        let plugin_calls = Family::<PluginCallLabels, Counter>::default();
+        registry.register(
+            "plugin_calls",
+            "Plugin hook calls by plugin, hook and outcome (ok, failed, disabled, unloaded)",
+            plugin_calls.clone(),
+        );
+        let plugin_healthy = Family::<PluginLabels, Gauge>::default();
+        registry.register(
+            "plugin_healthy",
+            "1 while a plugin is loaded and not disabled",
+            plugin_healthy.clone(),
+        );
         Metrics {
+            plugin_calls,
+            plugin_healthy,
             ratelimit_decisions,
             registry,
             requests,
@@ -269,6 +297,26 @@ impl Metrics {
         self.ratelimit_decisions
             .get_or_create(&DecisionLabels { decision })
             .inc();
+    }
+
+    /// Counts one plugin hook call.
+    pub fn count_plugin_call(&self, plugin: &str, hook: &'static str, outcome: &'static str) {
+        self.plugin_calls
+            .get_or_create(&PluginCallLabels {
+                plugin: plugin.to_string(),
+                hook,
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Marks a plugin healthy (1) or not (0).
+    pub fn set_plugin_healthy(&self, plugin: &str, healthy: bool) {
+        self.plugin_healthy
+            .get_or_create(&PluginLabels {
+                plugin: plugin.to_string(),
+            })
+            .set(i64::from(healthy));
     }
 
     /// Sets the gauges that mirror backend statistics.

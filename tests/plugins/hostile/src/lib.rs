@@ -1,0 +1,105 @@
+//! A plugin that misbehaves the way its config says, in every hook: the
+//! sidecar must answer each request within the plugin's budget (plus a
+//! margin), apply the fail mode, and keep serving.
+//!
+//! `{"mode": "..."}`: `loop` (never returns), `bomb` (allocates until the
+//! memory cap), `trap` (panics), `garbage` (returns a string that is not
+//! UTF-8), `stack` (unbounded recursion), `slow-start` (fails in `new`),
+//! `deny` (behaves: denies everything, to prove the plugin is called),
+//! `log-flood` (logs without end, then denies).
+
+use outrigger_plugin_sdk::{
+    Authorize, Classify, Config, Decision, Invalidation, Limit, OnWrite, Plugin, Request,
+    WriteEvent,
+};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Settings {
+    mode: String,
+}
+
+struct Hostile {
+    mode: String,
+}
+
+impl Plugin for Hostile {
+    fn new(config: Config) -> Result<Self, String> {
+        let settings: Settings = config.parse()?;
+        if settings.mode == "slow-start" {
+            return Err("refusing to start".into());
+        }
+        Ok(Hostile {
+            mode: settings.mode,
+        })
+    }
+}
+
+impl Hostile {
+    fn misbehave(&self) -> Option<String> {
+        match self.mode.as_str() {
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "trap" => panic!("hostile plugin traps"),
+            "stack" => Some(recurse(0).to_string()),
+            "garbage" => {
+                // A string the host must refuse to lift: not UTF-8.
+                // SAFETY: deliberately unsound; that is the test.
+                Some(unsafe { String::from_utf8_unchecked(vec![0xff, 0xfe, 0xfd]) })
+            }
+            "log-flood" => {
+                for i in 0..1_000_000 {
+                    outrigger_plugin_sdk::info!("flood {i}");
+                }
+                Some("flooded".into())
+            }
+            _ => Some("denied by the hostile test plugin".into()),
+        }
+    }
+}
+
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let buffer = std::hint::black_box([depth; 64]);
+    recurse(depth + 1) + buffer[3]
+}
+
+impl Authorize for Hostile {
+    fn authorize(&self, _: &Request) -> Decision {
+        match self.misbehave() {
+            Some(reason) if self.mode == "garbage" => Decision::Rewrite(outrigger_plugin_sdk::Rewrite { target: reason }),
+            Some(reason) => Decision::Deny(reason),
+            None => Decision::Allow,
+        }
+    }
+}
+
+impl Classify for Hostile {
+    fn classify(&self, request: &Request) -> Option<Limit> {
+        self.misbehave().map(|key| Limit {
+            policy: request.policy.clone().unwrap_or_default(),
+            key,
+            cost: 1,
+        })
+    }
+}
+
+impl OnWrite for Hostile {
+    fn on_write(&self, _: &WriteEvent) -> Vec<Invalidation> {
+        self.misbehave().map(Invalidation::Key).into_iter().collect()
+    }
+}
+
+outrigger_plugin_sdk::export!(Hostile: authorize, classify, on_write);
