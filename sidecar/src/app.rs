@@ -13,7 +13,8 @@ use crate::backend::{CacheStore, LockStore, PresenceStore, PubSubStore, RateLimi
 use crate::cache::{Cache, CacheStats};
 use crate::config::Config;
 use crate::lock::Locks;
-use crate::plugins::{Caller, Invalidate, Plugins, WriteEvent};
+use crate::plugins::{Call, Caller, Classified, Invalidate, PluginStatus, Plugins, WriteEvent};
+use crate::ratelimit::InlineLimit;
 use crate::presence::Presence;
 use crate::pubsub::PubSub;
 use crate::ratelimit::RateLimits;
@@ -30,6 +31,8 @@ pub struct Status {
     /// With Redis configured: where requests go and how the last recovery
     /// went.
     pub failover: Option<FailoverStatus>,
+    /// Every configured plugin, in order.
+    pub plugins: Vec<PluginStatus>,
 }
 
 /// One backend's storage for every primitive.
@@ -172,7 +175,39 @@ impl App {
             uptime: self.started.elapsed(),
             cache: self.cache.stats(),
             failover: self.failover.as_ref().map(|f| f.status()),
+            plugins: self.plugins.status(),
         }
+    }
+
+    /// Runs the plugins' `authorize` chain for one call: the target to use
+    /// (the caller's, or a plugin's rewrite), or why the call is refused.
+    pub fn authorize(&self, caller: &Caller, call: Call<'_>) -> crate::error::Result<String> {
+        if self.plugins.is_empty() {
+            return Ok(call.target);
+        }
+        self.plugins.authorize(caller, call)
+    }
+
+    /// Runs the plugins' `classify` chain for one rate-limit check. When a
+    /// plugin moves the check to another policy, an inline limit the
+    /// caller gave no longer applies.
+    pub fn classify(
+        &self,
+        caller: &Caller,
+        check: Classified,
+        inline: Option<InlineLimit>,
+    ) -> crate::error::Result<(Classified, Option<InlineLimit>)> {
+        if self.plugins.is_empty() {
+            return Ok((check, inline));
+        }
+        let original = check.policy.clone();
+        let classified = self.plugins.classify(caller, check)?;
+        let inline = if classified.policy == original {
+            inline
+        } else {
+            None
+        };
+        Ok((classified, inline))
     }
 
     /// After an acknowledged cache set or delete: runs `on-write` and

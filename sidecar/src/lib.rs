@@ -146,6 +146,7 @@ impl Sidecar {
             });
         }
 
+        self.app.plugins.watch(self.app.draining());
         let routes = api::grpc::routes(self.app.clone()).await?;
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
         let auth = self.app.auth.clone();

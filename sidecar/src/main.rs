@@ -29,12 +29,81 @@ struct Cli {
 enum Command {
     /// Serve the APIs (the default).
     Serve,
-    /// Validate the configuration and print it, without serving.
+    /// Validate the configuration (loading every plugin it names) and
+    /// print it, without serving.
     CheckConfig,
+    /// Plugin tools.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Say whether a .wasm file is a plugin this sidecar can load, and which
+    /// hooks it implements.
+    Check {
+        /// The component (`target/wasm32-wasip2/release/<crate>.wasm`).
+        file: PathBuf,
+        /// The plugin's configuration, as JSON, for its `init` to check.
+        #[arg(long, default_value = "{}")]
+        plugin_config: String,
+    },
+}
+
+/// `outrigger plugin check`: exit 0 and the hooks, or 1 and why not.
+fn check_plugin(file: &std::path::Path, config: &str) -> ExitCode {
+    let config: serde_json::Value = match serde_json::from_str(config) {
+        Ok(value @ serde_json::Value::Object(_)) => value,
+        _ => {
+            eprintln!("outrigger: --plugin-config must be a JSON object");
+            return ExitCode::from(2);
+        }
+    };
+    match outrigger::plugins::check_file(file, &config) {
+        Ok(checked) => {
+            let hooks = if checked.hooks.is_empty() {
+                "no hooks".to_string()
+            } else {
+                checked.hooks.join(", ")
+            };
+            match checked.init_error {
+                None => {
+                    println!(
+                        "{}: ok, fits outrigger:plugin/plugin@0.1.0; implements: {hooks}",
+                        file.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Some(reason) => {
+                    eprintln!(
+                        "{}: fits outrigger:plugin/plugin@0.1.0 and implements {hooks}, but {reason} \
+                         (give the plugin's config as JSON with --plugin-config)",
+                        file.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(reason) => {
+            eprintln!("{}: not a usable plugin: {reason}", file.display());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Plugin {
+        command: PluginCommand::Check {
+            file,
+            plugin_config,
+        },
+    }) = &cli.command
+    {
+        return check_plugin(file, plugin_config);
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {
@@ -44,12 +113,29 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
+            let mut broken = false;
+            for plugin in &config.plugins {
+                let checked = outrigger::plugins::check_file(&plugin.path, &plugin.config)
+                    .and_then(|checked| checked.init_error.map_or(Ok(()), Err));
+                if let Err(reason) = checked {
+                    eprintln!(
+                        "outrigger: plugin {:?} ({}): {reason}",
+                        plugin.name,
+                        plugin.path.display()
+                    );
+                    broken = true;
+                }
+            }
+            if broken {
+                return ExitCode::FAILURE;
+            }
             match serde_json::to_string_pretty(&config) {
                 Ok(text) => println!("configuration is valid:\n{text}"),
                 Err(err) => eprintln!("configuration is valid (cannot print it: {err})"),
             }
             ExitCode::SUCCESS
         }
+        Command::Plugin { .. } => unreachable!("handled before the configuration is loaded"),
         Command::Serve => serve(config),
     }
 }

@@ -16,6 +16,8 @@ use super::{ceil_ms, unix_ms};
 use crate::app::App;
 use crate::backend::{Condition, Decision, Entry, FeedItem, PresenceKind};
 use crate::cache::{Invalidation, SetRequest};
+use crate::config::PrimitiveName as P;
+use crate::plugins::{Call, Caller, Classified, Operation as Op, WriteEvent};
 use crate::error::Error;
 use crate::lock::KeepAlive;
 use crate::ratelimit::InlineLimit;
@@ -99,6 +101,20 @@ pub fn oversized_as_resource_exhausted(
     resp
 }
 
+/// Who the application says is calling (`x-outrigger-caller` and
+/// `x-outrigger-attr-*` metadata), for plugins; nothing without plugins.
+fn caller<T>(app: &App, req: &Request<T>) -> Caller {
+    if app.plugins.is_empty() {
+        return Caller::default();
+    }
+    Caller::from_pairs(req.metadata().iter().filter_map(|entry| match entry {
+        tonic::metadata::KeyAndValueRef::Ascii(key, value) => {
+            Some((key.as_str(), value.as_bytes()))
+        }
+        tonic::metadata::KeyAndValueRef::Binary(..) => None,
+    }))
+}
+
 /// `outrigger.v1.Cache`.
 pub struct CacheService(Arc<App>);
 
@@ -109,8 +125,12 @@ fn ttl_ms(entry: &Entry) -> Option<u64> {
 #[tonic::async_trait]
 impl Cache for CacheService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let caller = caller(&self.0, &req);
         let req = req.into_inner();
-        let entry = self.0.cache.get(&req.key, req.refresh_ttl).await?;
+        let key = self
+            .0
+            .authorize(&caller, Call::new(P::Cache, Op::Read, req.key))?;
+        let entry = self.0.cache.get(&key, req.refresh_ttl).await?;
         Ok(Response::new(match entry {
             Some(e) => pb::GetResponse {
                 found: true,
@@ -126,8 +146,16 @@ impl Cache for CacheService {
         &self,
         req: Request<pb::GetManyRequest>,
     ) -> Result<Response<pb::GetManyResponse>, Status> {
+        let caller = caller(&self.0, &req);
         let keys = req.into_inner().keys;
-        let entries = self.0.cache.get_many(&keys).await?;
+        let targets = keys
+            .iter()
+            .map(|key| {
+                self.0
+                    .authorize(&caller, Call::new(P::Cache, Op::Read, key.as_str()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let entries = self.0.cache.get_many(&targets).await?;
         let entries = keys
             .into_iter()
             .zip(entries)
@@ -149,7 +177,12 @@ impl Cache for CacheService {
     }
 
     async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
-        let req = req.into_inner();
+        let caller = caller(&self.0, &req);
+        let mut req = req.into_inner();
+        req.key = self.0.authorize(
+            &caller,
+            Call::new(P::Cache, Op::Write, req.key).value_size(req.value.len()),
+        )?;
         let condition = match pb::Condition::try_from(req.condition) {
             Ok(pb::Condition::None) => Condition::None,
             Ok(pb::Condition::IfAbsent) => Condition::IfAbsent,
@@ -161,17 +194,29 @@ impl Cache for CacheService {
                 );
             }
         };
+        let size = req.value.len();
         let version = self
             .0
             .cache
             .set(SetRequest {
-                key: req.key,
+                key: req.key.clone(),
                 value: req.value,
                 ttl_ms: req.ttl_ms,
-                tags: req.tags,
+                tags: req.tags.clone(),
                 condition,
             })
             .await?;
+        self.0
+            .after_write(
+                &caller,
+                WriteEvent {
+                    deleted: false,
+                    key: &req.key,
+                    tags: &req.tags,
+                    value_size: size,
+                },
+            )
+            .await;
         Ok(Response::new(pb::SetResponse { version }))
     }
 
@@ -179,7 +224,23 @@ impl Cache for CacheService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let deleted = self.0.cache.delete(&req.into_inner().key).await?;
+        let caller = caller(&self.0, &req);
+        let key = self.0.authorize(
+            &caller,
+            Call::new(P::Cache, Op::Delete, req.into_inner().key),
+        )?;
+        let deleted = self.0.cache.delete(&key).await?;
+        self.0
+            .after_write(
+                &caller,
+                WriteEvent {
+                    deleted: true,
+                    key: &key,
+                    tags: &[],
+                    value_size: 0,
+                },
+            )
+            .await;
         Ok(Response::new(pb::DeleteResponse { deleted }))
     }
 
@@ -187,7 +248,16 @@ impl Cache for CacheService {
         &self,
         req: Request<pb::InvalidateTagsRequest>,
     ) -> Result<Response<pb::InvalidateResponse>, Status> {
-        let tags = req.into_inner().tags;
+        let caller = caller(&self.0, &req);
+        let tags = req
+            .into_inner()
+            .tags
+            .into_iter()
+            .map(|tag| {
+                self.0
+                    .authorize(&caller, Call::new(P::Cache, Op::InvalidateTag, tag))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let deleted = self.0.cache.invalidate(Invalidation::Tags(tags)).await?;
         Ok(Response::new(pb::InvalidateResponse { deleted }))
     }
@@ -196,7 +266,11 @@ impl Cache for CacheService {
         &self,
         req: Request<pb::InvalidatePatternRequest>,
     ) -> Result<Response<pb::InvalidateResponse>, Status> {
-        let pattern = req.into_inner().pattern;
+        let caller = caller(&self.0, &req);
+        let pattern = self.0.authorize(
+            &caller,
+            Call::new(P::Cache, Op::InvalidatePattern, req.into_inner().pattern),
+        )?;
         let deleted = self
             .0
             .cache
@@ -209,7 +283,11 @@ impl Cache for CacheService {
         &self,
         req: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        let req = req.into_inner();
+        let caller = caller(&self.0, &req);
+        let mut req = req.into_inner();
+        req.pattern = self
+            .0
+            .authorize(&caller, Call::new(P::Cache, Op::Scan, req.pattern))?;
         let page = self
             .0
             .cache
@@ -219,6 +297,22 @@ impl Cache for CacheService {
             keys: page.keys,
             next_cursor: page.next_cursor.unwrap_or_default(),
         }))
+    }
+}
+
+fn plugin_pb(p: crate::plugins::PluginStatus) -> pb::Plugin {
+    pb::Plugin {
+        name: p.name,
+        path: p.path.display().to_string(),
+        healthy: p.healthy,
+        reason: p.reason.unwrap_or_default(),
+        hooks: p.hooks.into_iter().map(str::to_string).collect(),
+        fail: match p.fail {
+            crate::config::FailMode::Allow => "allow".into(),
+            crate::config::FailMode::Deny => "deny".into(),
+        },
+        generation: p.generation,
+        reload_error: p.reload_error.unwrap_or_default(),
     }
 }
 
@@ -260,6 +354,17 @@ impl Admin for AdminService {
                     flushing: f.reconciliation.flushing,
                 }),
             }),
+            plugins: s.plugins.into_iter().map(plugin_pb).collect(),
+        }))
+    }
+
+    async fn reload_plugins(
+        &self,
+        _: Request<pb::ReloadPluginsRequest>,
+    ) -> Result<Response<pb::ReloadPluginsResponse>, Status> {
+        let plugins = self.0.plugins.reload(true).await?;
+        Ok(Response::new(pb::ReloadPluginsResponse {
+            plugins: plugins.into_iter().map(plugin_pb).collect(),
         }))
     }
 }
@@ -282,7 +387,11 @@ impl Lock for LockService {
         &self,
         req: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::AcquireResponse>, Status> {
-        let req = req.into_inner();
+        let caller = caller(&self.0, &req);
+        let mut req = req.into_inner();
+        req.name = self
+            .0
+            .authorize(&caller, Call::new(P::Lock, Op::Acquire, req.name))?;
         let lease = self
             .0
             .locks
@@ -302,7 +411,11 @@ impl Lock for LockService {
         &self,
         req: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let req = req.into_inner();
+        let caller = caller(&self.0, &req);
+        let mut req = req.into_inner();
+        req.name = self
+            .0
+            .authorize(&caller, Call::new(P::Lock, Op::Release, req.name))?;
         let released = self.0.locks.release(&req.name, &req.token).await?;
         Ok(Response::new(pb::ReleaseResponse { released }))
     }
@@ -311,7 +424,11 @@ impl Lock for LockService {
         &self,
         req: Request<pb::ExtendRequest>,
     ) -> Result<Response<pb::ExtendResponse>, Status> {
-        let req = req.into_inner();
+        let caller = caller(&self.0, &req);
+        let mut req = req.into_inner();
+        req.name = self
+            .0
+            .authorize(&caller, Call::new(P::Lock, Op::Extend, req.name))?;
         let extended = self
             .0
             .locks
@@ -326,6 +443,7 @@ impl Lock for LockService {
         &self,
         req: Request<Streaming<pb::HoldRequest>>,
     ) -> Result<Response<HoldStream>, Status> {
+        let caller = caller(&self.0, &req);
         let mut inbound = req.into_inner();
         let first = inbound
             .message()
@@ -338,7 +456,7 @@ impl Lock for LockService {
             ));
         };
         let app = self.0.clone();
-        let name = acquire.name;
+        let name = app.authorize(&caller, Call::new(P::Lock, Op::Acquire, acquire.name))?;
         let lease = app
             .locks
             .acquire(&name, acquire.ttl_ms, acquire.wait_ms)
@@ -425,7 +543,11 @@ impl Lock for LockService {
         &self,
         req: Request<pb::AcquirePermitRequest>,
     ) -> Result<Response<pb::AcquirePermitResponse>, Status> {
-        let req = req.into_inner();
+        let caller = caller(&self.0, &req);
+        let mut req = req.into_inner();
+        req.name = self
+            .0
+            .authorize(&caller, Call::new(P::Semaphore, Op::Acquire, req.name))?;
         let token = self
             .0
             .locks
@@ -441,7 +563,11 @@ impl Lock for LockService {
         &self,
         req: Request<pb::ReleasePermitRequest>,
     ) -> Result<Response<pb::ReleasePermitResponse>, Status> {
-        let req = req.into_inner();
+        let caller = caller(&self.0, &req);
+        let mut req = req.into_inner();
+        req.name = self
+            .0
+            .authorize(&caller, Call::new(P::Semaphore, Op::Release, req.name))?;
         let released = self.0.locks.release_permit(&req.name, &req.token).await?;
         Ok(Response::new(pb::ReleasePermitResponse { released }))
     }
@@ -466,6 +592,7 @@ impl RateLimit for RateLimitService {
         &self,
         req: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
+        let caller = caller(&self.0, &req);
         let req = req.into_inner();
         let inline = req.inline.map(|l| InlineLimit {
             algorithm: l.algorithm,
@@ -473,10 +600,19 @@ impl RateLimit for RateLimitService {
             period_ms: l.period_ms,
             burst: l.burst,
         });
+        let (check, inline) = self.0.classify(
+            &caller,
+            Classified {
+                policy: req.policy,
+                key: req.key,
+                cost: req.cost,
+            },
+            inline,
+        )?;
         let decision = self
             .0
             .ratelimits
-            .check(&req.policy, inline, &req.key, req.cost)
+            .check(&check.policy, inline, &check.key, check.cost)
             .await?;
         Ok(Response::new(check_response(decision)))
     }
@@ -493,7 +629,14 @@ impl Presence for PresenceService {
         &self,
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
-        let req = req.into_inner();
+        let caller = caller(&self.0, &req);
+        let mut req = req.into_inner();
+        req.room = self.0.authorize(
+            &caller,
+            Call::new(P::Presence, Op::Join, req.room)
+                .member(&req.member)
+                .value_size(req.metadata.len()),
+        )?;
         let joined = self
             .0
             .presence
@@ -506,7 +649,12 @@ impl Presence for PresenceService {
         &self,
         req: Request<pb::LeaveRequest>,
     ) -> Result<Response<pb::LeaveResponse>, Status> {
-        let req = req.into_inner();
+        let caller = caller(&self.0, &req);
+        let mut req = req.into_inner();
+        req.room = self.0.authorize(
+            &caller,
+            Call::new(P::Presence, Op::Leave, req.room).member(&req.member),
+        )?;
         let left = self.0.presence.leave(&req.room, &req.member).await?;
         Ok(Response::new(pb::LeaveResponse { left }))
     }
@@ -515,7 +663,11 @@ impl Presence for PresenceService {
         &self,
         req: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
-        let req = req.into_inner();
+        let caller = caller(&self.0, &req);
+        let mut req = req.into_inner();
+        req.room = self
+            .0
+            .authorize(&caller, Call::new(P::Presence, Op::Members, req.room))?;
         let page = self
             .0
             .presence
@@ -539,7 +691,12 @@ impl Presence for PresenceService {
         &self,
         req: Request<pb::RoomsRequest>,
     ) -> Result<Response<pb::RoomsResponse>, Status> {
-        let rooms = self.0.presence.rooms(&req.into_inner().member).await?;
+        let caller = caller(&self.0, &req);
+        let member = self.0.authorize(
+            &caller,
+            Call::new(P::Presence, Op::Rooms, req.into_inner().member),
+        )?;
+        let rooms = self.0.presence.rooms(&member).await?;
         Ok(Response::new(pb::RoomsResponse { rooms }))
     }
 
@@ -549,7 +706,12 @@ impl Presence for PresenceService {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let feed = self.0.presence.watch(&req.into_inner().room).await?;
+        let caller = caller(&self.0, &req);
+        let room = self.0.authorize(
+            &caller,
+            Call::new(P::Presence, Op::Watch, req.into_inner().room),
+        )?;
+        let feed = self.0.presence.watch(&room).await?;
         let draining = self.0.draining();
         let events = feed.map(|item| {
             Ok(match item {
@@ -585,7 +747,12 @@ impl PubSub for PubSubService {
         &self,
         req: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
-        let req = req.into_inner();
+        let caller = caller(&self.0, &req);
+        let mut req = req.into_inner();
+        req.channel = self.0.authorize(
+            &caller,
+            Call::new(P::Pubsub, Op::Publish, req.channel).value_size(req.payload.len()),
+        )?;
         let offset = self
             .0
             .pubsub
@@ -607,7 +774,19 @@ impl PubSub for PubSubService {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let req = req.into_inner();
+        let caller = caller(&self.0, &req);
+        let mut req = req.into_inner();
+        for (names, op) in [
+            (&mut req.channels, Op::Subscribe),
+            (&mut req.patterns, Op::SubscribePattern),
+        ] {
+            for name in names.iter_mut() {
+                *name = self.0.authorize(
+                    &caller,
+                    Call::new(P::Pubsub, op, std::mem::take(name)),
+                )?;
+            }
+        }
         let from = match req.from_offset.as_str() {
             "" => None,
             o => Some(o.parse().map_err(|()| {

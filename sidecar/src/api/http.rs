@@ -33,6 +33,8 @@ use super::{ceil_ms, unix_ms};
 use crate::app::App;
 use crate::backend::{Condition, FeedItem, PubMessage};
 use crate::cache::{Invalidation, SetRequest};
+use crate::config::PrimitiveName as P;
+use crate::plugins::{Call, Caller, Classified, Operation as Op, WriteEvent};
 use crate::error::Error;
 use crate::ratelimit::InlineLimit;
 
@@ -69,6 +71,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/members/{member}/rooms", get(member_rooms))
         .route("/v1/pubsub/{channel}", post(publish).get(subscribe))
         .route("/v1/admin/status", get(status))
+        .route("/v1/admin/plugins/reload", post(reload_plugins))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -110,6 +113,26 @@ async fn require_token(
     resp.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     resp
+}
+
+/// Who the application says is calling (`x-outrigger-caller` and
+/// `x-outrigger-attr-*` headers), for plugins; nothing without plugins.
+struct Who(Caller);
+
+impl FromRequestParts<Arc<App>> for Who {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Error> {
+        if app.plugins.is_empty() {
+            return Ok(Who(Caller::default()));
+        }
+        Ok(Who(Caller::from_pairs(
+            parts
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_bytes())),
+        )))
+    }
 }
 
 /// `Query` whose rejection is our JSON 400.
@@ -193,9 +216,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 )]
 async fn get_entry(
     State(app): State<Arc<App>>,
+    Who(caller): Who,
     Key(key): Key,
     ApiQuery(params): ApiQuery<GetParams>,
 ) -> Result<Response, Error> {
+    let key = app.authorize(&caller, Call::new(P::Cache, Op::Read, key))?;
     let entry = app
         .cache
         .get(&key, params.refresh_ttl)
@@ -255,6 +280,7 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, Error> {
 )]
 async fn put_entry(
     State(app): State<Arc<App>>,
+    Who(caller): Who,
     Key(key): Key,
     ApiQuery(params): ApiQuery<PutParams>,
     body: Body,
@@ -265,16 +291,31 @@ async fn put_entry(
         Some(list) => list.split(',').map(str::to_string).collect(),
     };
     let value = read_limited(body, app.cache.limits().max_value_bytes).await?;
+    let key = app.authorize(
+        &caller,
+        Call::new(P::Cache, Op::Write, key).value_size(value.len()),
+    )?;
+    let size = value.len();
     let version = app
         .cache
         .set(SetRequest {
-            key,
+            key: key.clone(),
             value,
             ttl_ms: params.ttl_ms,
-            tags,
+            tags: tags.clone(),
             condition,
         })
         .await?;
+    app.after_write(
+        &caller,
+        WriteEvent {
+            deleted: false,
+            key: &key,
+            tags: &tags,
+            value_size: size,
+        },
+    )
+    .await;
     Ok(([(VERSION_HEADER, version)], Json(VersionReply { version })).into_response())
 }
 
@@ -285,8 +326,23 @@ async fn put_entry(
         (status = 413, description = "Over a size limit", body = ErrorBody),
         (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
 )]
-async fn delete_entry(State(app): State<Arc<App>>, Key(key): Key) -> Result<Response, Error> {
+async fn delete_entry(
+    State(app): State<Arc<App>>,
+    Who(caller): Who,
+    Key(key): Key,
+) -> Result<Response, Error> {
+    let key = app.authorize(&caller, Call::new(P::Cache, Op::Delete, key))?;
     let deleted = app.cache.delete(&key).await?;
+    app.after_write(
+        &caller,
+        WriteEvent {
+            deleted: true,
+            key: &key,
+            tags: &[],
+            value_size: 0,
+        },
+    )
+    .await;
     Ok(Json(DeletedReply { deleted }).into_response())
 }
 
@@ -299,11 +355,19 @@ async fn delete_entry(State(app): State<Arc<App>>, Key(key): Key) -> Result<Resp
 )]
 async fn invalidate(
     State(app): State<Arc<App>>,
+    Who(caller): Who,
     ApiJson(body): ApiJson<InvalidateBody>,
 ) -> Result<Response, Error> {
     let what = match (body.tags, body.pattern) {
-        (Some(tags), None) => Invalidation::Tags(tags),
-        (None, Some(pattern)) => Invalidation::Pattern(pattern),
+        (Some(tags), None) => Invalidation::Tags(
+            tags.into_iter()
+                .map(|tag| app.authorize(&caller, Call::new(P::Cache, Op::InvalidateTag, tag)))
+                .collect::<Result<_, _>>()?,
+        ),
+        (None, Some(pattern)) => Invalidation::Pattern(app.authorize(
+            &caller,
+            Call::new(P::Cache, Op::InvalidatePattern, pattern),
+        )?),
         _ => {
             return Err(Error::InvalidArgument(
                 r#"give exactly one of {"tags": [...]} or {"pattern": "..."}"#.into(),
@@ -323,11 +387,13 @@ async fn invalidate(
 )]
 async fn list_keys(
     State(app): State<Arc<App>>,
+    Who(caller): Who,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Response, Error> {
+    let pattern = app.authorize(&caller, Call::new(P::Cache, Op::Scan, params.pattern))?;
     let page = app
         .cache
-        .list_keys(&params.pattern, &params.cursor, params.limit)
+        .list_keys(&pattern, &params.cursor, params.limit)
         .await?;
     Ok(Json(KeyPageReply {
         keys: page.keys,
@@ -346,9 +412,11 @@ async fn list_keys(
 )]
 async fn lock_acquire(
     State(app): State<Arc<App>>,
+    Who(caller): Who,
     Key(name): Key,
     ApiJson(body): ApiJson<AcquireBody>,
 ) -> Result<Response, Error> {
+    let name = app.authorize(&caller, Call::new(P::Lock, Op::Acquire, name))?;
     match app.locks.acquire(&name, body.ttl_ms, body.wait_ms).await? {
         Some(lease) => Ok(Json(LeaseReply {
             token: lease.token,
@@ -378,9 +446,11 @@ fn not_held(what: &str, name: &str) -> Error {
 )]
 async fn lock_release(
     State(app): State<Arc<App>>,
+    Who(caller): Who,
     Key(name): Key,
     ApiJson(body): ApiJson<TokenBody>,
 ) -> Result<Response, Error> {
+    let name = app.authorize(&caller, Call::new(P::Lock, Op::Release, name))?;
     if app.locks.release(&name, &body.token).await? {
         Ok(Json(ReleasedReply { released: true }).into_response())
     } else {
@@ -398,9 +468,11 @@ async fn lock_release(
 )]
 async fn lock_extend(
     State(app): State<Arc<App>>,
+    Who(caller): Who,
     Key(name): Key,
     ApiJson(body): ApiJson<ExtendBody>,
 ) -> Result<Response, Error> {
+    let name = app.authorize(&caller, Call::new(P::Lock, Op::Extend, name))?;
     if app.locks.extend(&name, &body.token, body.ttl_ms).await? {
         Ok(Json(ExtendedReply { extended: true }).into_response())
     } else {
@@ -418,9 +490,11 @@ async fn lock_extend(
 )]
 async fn permit_acquire(
     State(app): State<Arc<App>>,
+    Who(caller): Who,
     Key(name): Key,
     ApiJson(body): ApiJson<PermitBody>,
 ) -> Result<Response, Error> {
+    let name = app.authorize(&caller, Call::new(P::Semaphore, Op::Acquire, name))?;
     let token = app
         .locks
         .acquire_permit(&name, body.limit, body.ttl_ms, body.wait_ms)
@@ -444,9 +518,11 @@ async fn permit_acquire(
 )]
 async fn permit_release(
     State(app): State<Arc<App>>,
+    Who(caller): Who,
     Key(name): Key,
     ApiJson(body): ApiJson<TokenBody>,
 ) -> Result<Response, Error> {
+    let name = app.authorize(&caller, Call::new(P::Semaphore, Op::Release, name))?;
     if app.locks.release_permit(&name, &body.token).await? {
         Ok(Json(ReleasedReply { released: true }).into_response())
     } else {
@@ -475,6 +551,7 @@ fn ceil_secs(d: Duration) -> u64 {
 )]
 async fn ratelimit_check(
     State(app): State<Arc<App>>,
+    Who(caller): Who,
     Key(policy): Key,
     ApiJson(body): ApiJson<CheckBody>,
 ) -> Result<Response, Error> {
@@ -484,9 +561,18 @@ async fn ratelimit_check(
         period_ms: l.period_ms,
         burst: l.burst,
     });
+    let (check, inline) = app.classify(
+        &caller,
+        Classified {
+            policy,
+            key: body.key,
+            cost: body.cost,
+        },
+        inline,
+    )?;
     let d = app
         .ratelimits
-        .check(&policy, inline, &body.key, body.cost)
+        .check(&check.policy, inline, &check.key, check.cost)
         .await?;
     let mut headers = HeaderMap::new();
     headers.insert("ratelimit-limit", d.limit.into());
@@ -543,6 +629,7 @@ fn metadata_json(bytes: &[u8]) -> Value {
 )]
 async fn presence_join(
     State(app): State<Arc<App>>,
+    Who(caller): Who,
     Pair(room, member): Pair,
     ApiJson(body): ApiJson<JoinBody>,
 ) -> Result<Response, Error> {
@@ -550,6 +637,12 @@ async fn presence_join(
         None | Some(Value::Null) => Bytes::new(),
         Some(v) => Bytes::from(serde_json::to_vec(&v).expect("a Value serializes")),
     };
+    let room = app.authorize(
+        &caller,
+        Call::new(P::Presence, Op::Join, room)
+            .member(&member)
+            .value_size(metadata.len()),
+    )?;
     let joined = app
         .presence
         .join(&room, &member, metadata, body.ttl_ms)
@@ -566,8 +659,13 @@ async fn presence_join(
 )]
 async fn presence_leave(
     State(app): State<Arc<App>>,
+    Who(caller): Who,
     Pair(room, member): Pair,
 ) -> Result<Response, Error> {
+    let room = app.authorize(
+        &caller,
+        Call::new(P::Presence, Op::Leave, room).member(&member),
+    )?;
     let left = app.presence.leave(&room, &member).await?;
     Ok(Json(LeftReply { left }).into_response())
 }
@@ -581,9 +679,11 @@ async fn presence_leave(
 )]
 async fn presence_list(
     State(app): State<Arc<App>>,
+    Who(caller): Who,
     Key(room): Key,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Response, Error> {
+    let room = app.authorize(&caller, Call::new(P::Presence, Op::Members, room))?;
     let page = app
         .presence
         .list(&room, &params.cursor, params.limit)
@@ -611,7 +711,12 @@ async fn presence_list(
         (status = 413, description = "Over a size limit", body = ErrorBody),
         (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
 )]
-async fn member_rooms(State(app): State<Arc<App>>, Key(member): Key) -> Result<Response, Error> {
+async fn member_rooms(
+    State(app): State<Arc<App>>,
+    Who(caller): Who,
+    Key(member): Key,
+) -> Result<Response, Error> {
+    let member = app.authorize(&caller, Call::new(P::Presence, Op::Rooms, member))?;
     let rooms = app.presence.rooms(&member).await?;
     Ok(Json(RoomsReply { rooms }).into_response())
 }
@@ -627,7 +732,12 @@ const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
         (status = 413, description = "Over a size limit", body = ErrorBody),
         (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
 )]
-async fn presence_events(State(app): State<Arc<App>>, Key(room): Key) -> Result<Response, Error> {
+async fn presence_events(
+    State(app): State<Arc<App>>,
+    Who(caller): Who,
+    Key(room): Key,
+) -> Result<Response, Error> {
+    let room = app.authorize(&caller, Call::new(P::Presence, Op::Watch, room))?;
     let feed = app.presence.watch(&room).await?;
     let events = feed
         .map(|item| {
@@ -660,6 +770,7 @@ const MESSAGE_HEADER_PREFIX: &str = "outrigger-header-";
 )]
 async fn publish(
     State(app): State<Arc<App>>,
+    Who(caller): Who,
     Key(channel): Key,
     ApiQuery(params): ApiQuery<PublishParams>,
     headers: HeaderMap,
@@ -675,6 +786,10 @@ async fn publish(
         }
     }
     let payload = read_limited(body, app.cache.limits().max_value_bytes).await?;
+    let channel = app.authorize(
+        &caller,
+        Call::new(P::Pubsub, Op::Publish, channel).value_size(payload.len()),
+    )?;
     let offset = app
         .pubsub
         .publish(&channel, payload, message_headers, params.durable)
@@ -713,6 +828,7 @@ fn message_json(m: &PubMessage) -> Value {
 )]
 async fn subscribe(
     State(app): State<Arc<App>>,
+    Who(caller): Who,
     Key(channel): Key,
     ApiQuery(params): ApiQuery<SubscribeParams>,
     headers: HeaderMap,
@@ -733,6 +849,7 @@ async fn subscribe(
     };
     // Subscribed before answering: once the client sees the response (or
     // the WebSocket handshake), everything published from then on arrives.
+    let channel = app.authorize(&caller, Call::new(P::Pubsub, Op::Subscribe, channel))?;
     let subscription = app.pubsub.subscribe(vec![channel], vec![], from).await?;
     let subscription = subscription.take_until(app.draining());
     if let Ok(upgrade) = upgrade {
@@ -841,7 +958,37 @@ async fn status(State(app): State<Arc<App>>) -> Json<StatusReply> {
                 }),
             }
         }),
+        plugins: s.plugins.into_iter().map(plugin_reply).collect(),
     })
+}
+
+fn plugin_reply(p: crate::plugins::PluginStatus) -> PluginReply {
+    PluginReply {
+        name: p.name,
+        path: p.path.display().to_string(),
+        healthy: p.healthy,
+        reason: p.reason,
+        hooks: p.hooks.into_iter().map(str::to_string).collect(),
+        fail: match p.fail {
+            crate::config::FailMode::Allow => "allow".into(),
+            crate::config::FailMode::Deny => "deny".into(),
+        },
+        generation: p.generation,
+        reload_error: p.reload_error,
+    }
+}
+
+#[utoipa::path(
+    post, path = "/v1/admin/plugins/reload", tag = "operations",
+    responses(
+        (status = 200, description = "Every plugin reloaded from its file", body = PluginsReply),
+        (status = 422, description = "A plugin failed to load; its previous version stays (the others were reloaded)", body = ErrorBody))
+)]
+async fn reload_plugins(State(app): State<Arc<App>>) -> Result<Json<PluginsReply>, Error> {
+    let plugins = app.plugins.reload(true).await?;
+    Ok(Json(PluginsReply {
+        plugins: plugins.into_iter().map(plugin_reply).collect(),
+    }))
 }
 
 #[utoipa::path(

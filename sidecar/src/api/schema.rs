@@ -229,6 +229,31 @@ pub struct StatusReply {
     pub cache: CacheStatsReply,
     /// Present when Redis is configured.
     pub failover: Option<FailoverReply>,
+    /// Every configured plugin, in the order they run.
+    pub plugins: Vec<PluginReply>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PluginReply {
+    pub name: String,
+    pub path: String,
+    /// Loaded and not disabled.
+    pub healthy: bool,
+    /// Why not healthy: not loaded (and why), or disabled (and why).
+    pub reason: Option<String>,
+    /// The hooks called: `authorize`, `classify`, `on-write`.
+    pub hooks: Vec<String>,
+    /// `allow` or `deny`: what a failure means for the request.
+    pub fail: String,
+    /// Successful loads so far (1 after start-up).
+    pub generation: u64,
+    /// Why the last reload failed (the previous version stayed), if it did.
+    pub reload_error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PluginsReply {
+    pub plugins: Vec<PluginReply>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -363,6 +388,7 @@ pub struct SubscribeParams {
     components(schemas(MessageEvent)),
     paths(
         super::http::get_entry,
+        super::http::reload_plugins,
         super::http::put_entry,
         super::http::delete_entry,
         super::http::invalidate,

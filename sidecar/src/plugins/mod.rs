@@ -247,6 +247,7 @@ fn load(config: &PluginConfig) -> Result<Compiled, String> {
             memory: config.max_memory,
         },
     )?;
+    compiled.init()?;
     if let Some(missing) = config
         .hooks
         .iter()
@@ -288,19 +289,28 @@ impl Version {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
     pub hooks: Vec<&'static str>,
+    /// Why `init` refused the configuration, if it did.
+    pub init_error: Option<String>,
 }
 
 /// Whether `path` is a component that fits the plugin world, and which
 /// hooks it implements. `config` is the plugin's configuration, checked by
 /// its `init`.
 pub fn check_file(path: &Path, config: &serde_json::Value) -> Result<Checked, String> {
-    let mut plugin = PluginConfig::new("check", path);
-    plugin.config = config.clone();
-    // Compiling takes longer than a call; give init a generous budget.
-    plugin.budget = Duration::from_millis(100);
-    let compiled = load(&plugin)?;
+    let bytes =
+        std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    let compiled = Compiled::load(
+        "check",
+        &bytes,
+        config,
+        Budget {
+            time: Duration::from_millis(100),
+            memory: PluginConfig::new("check", path).max_memory,
+        },
+    )?;
     Ok(Checked {
         hooks: names(&compiled.implemented),
+        init_error: compiled.init().err(),
     })
 }
 

@@ -139,7 +139,7 @@ pub(crate) struct Budget {
 
 impl Compiled {
     /// Compiles `bytes`, checks they fit the world, and asks the plugin
-    /// which hooks it implements. Slow (milliseconds): call off the
+    /// which hooks it implements (see [`Compiled::init`] for the rest). Slow (milliseconds): call off the
     /// request path.
     pub fn load(
         name: &str,
@@ -149,7 +149,10 @@ impl Compiled {
     ) -> Result<Compiled, String> {
         let engine = engine();
         let component = Component::new(engine, bytes).map_err(|err| {
-            format!("not a WebAssembly component this sidecar can compile: {err:#}")
+            let text = format!("{err:#}");
+            let first = text.lines().next().unwrap_or_default();
+            let first = first.split(" - expected=").next().unwrap_or_default();
+            format!("not a WebAssembly component this sidecar can compile: {first}")
         })?;
         let mut linker = Linker::<HostState>::new(engine);
         wit::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
@@ -188,11 +191,14 @@ impl Compiled {
             })
             .collect();
         compiled.implemented.dedup();
-        compiled
-            .call(|plugin, store| plugin.call_init(store))
-            .map_err(|err| format!("calling `init`: {err}"))?
-            .map_err(|err| format!("init refused: {err}"))?;
         Ok(compiled)
+    }
+
+    /// Runs the plugin's `init`: builds it from its configuration.
+    pub fn init(&self) -> Result<(), String> {
+        self.call(|plugin, store| plugin.call_init(store))
+            .map_err(|err| format!("calling `init`: {err}"))?
+            .map_err(|err| format!("init refused its config: {err}"))
     }
 
     fn instantiate(&self) -> wasmtime::Result<Instance> {
