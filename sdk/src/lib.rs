@@ -103,7 +103,9 @@ pub struct Config {
 impl Config {
     /// The configuration the sidecar gives this plugin.
     pub fn from_host() -> Config {
-        Config { json: host::config() }
+        Config {
+            json: host::config(),
+        }
     }
 
     /// A configuration from JSON text: for unit tests of a plugin, which
@@ -315,8 +317,18 @@ pub mod __private {
         plugin.on_write(event)
     }
 
+    /// Sends panic messages to the sidecar's log (a plugin has no stderr);
+    /// the panic then traps, and the sidecar counts the call as failed.
+    fn log_panics() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            std::panic::set_hook(Box::new(|info| log(Level::Error, &info.to_string())));
+        });
+    }
+
     /// Builds the plugin for `init`, reporting a bad configuration.
     pub fn init<P: Plugin>(instance: &std::sync::OnceLock<P>) -> Result<(), String> {
+        log_panics();
         if instance.get().is_none() {
             let _ = instance.set(P::new(Config::from_host())?);
         }
@@ -326,6 +338,7 @@ pub mod __private {
     /// Builds the plugin from the host's config. A failure is logged, then
     /// traps: the sidecar counts the call as failed.
     pub fn build<P: Plugin>() -> P {
+        log_panics();
         match P::new(Config::from_host()) {
             Ok(plugin) => plugin,
             Err(err) => {

@@ -14,9 +14,9 @@ use crate::cache::{Cache, CacheStats};
 use crate::config::Config;
 use crate::lock::Locks;
 use crate::plugins::{Call, Caller, Classified, Invalidate, PluginStatus, Plugins, WriteEvent};
-use crate::ratelimit::InlineLimit;
 use crate::presence::Presence;
 use crate::pubsub::PubSub;
+use crate::ratelimit::InlineLimit;
 use crate::ratelimit::RateLimits;
 use crate::telemetry::Metrics;
 
@@ -232,7 +232,11 @@ impl App {
                     .map(drop),
             };
             if let Err(err) = result {
-                tracing::warn!(key = event.key, ?invalidation, "on-write invalidation failed: {err}");
+                tracing::warn!(
+                    key = event.key,
+                    ?invalidation,
+                    "on-write invalidation failed: {err}"
+                );
             }
         }
     }

@@ -572,9 +572,9 @@ pub struct PluginConfig {
     /// implements. Naming a hook it does not implement is a load error.
     #[serde(default)]
     pub hooks: Vec<HookName>,
-    /// Primitives whose calls go through `authorize`; empty (the default)
-    /// = all of them. (`classify` runs for rate limits, `on-write` for
-    /// cache writes, whatever this says.)
+    /// Primitives the plugin applies to; empty (the default) = all of them.
+    /// `authorize` runs for calls to these; `classify` only if `ratelimit`
+    /// is among them, `on-write` only if `cache` is.
     #[serde(default)]
     pub primitives: Vec<PrimitiveName>,
     /// What a failed call (trap, timeout, memory cap, bad return) or a
@@ -582,7 +582,9 @@ pub struct PluginConfig {
     /// no opinion) or `deny` (403).
     #[serde(default)]
     pub fail: FailMode,
-    /// Time budget of one call.
+    /// CPU-time budget of one call (checked every millisecond). A call is
+    /// also stopped after 10 budgets (at least 50ms) of wall-clock time,
+    /// however little CPU it got.
     #[serde(default = "PluginConfig::default_budget", with = "human_duration")]
     pub budget: Duration,
     /// Linear memory cap of one instance, in bytes.

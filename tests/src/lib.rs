@@ -422,3 +422,22 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A plugin component built by `scripts/build-plugins.sh` (which
+/// `scripts/test.sh` runs first): `tenant_guard`, `tiered_limits`,
+/// `invalidate_rules` or the test plugin `hostile`.
+pub fn plugin_wasm(name: &str) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let path = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-plugins.sh first",
+        path.display()
+    );
+    path.canonicalize().expect("canonical plugin path")
+}

@@ -84,7 +84,10 @@ fn compile(rule: RuleConfig) -> Result<Rule, String> {
         .windows(2)
         .any(|w| matches!(w, [Part::Placeholder(_), Part::Placeholder(_)]))
     {
-        return Err(format!("{:?}: two placeholders need text between them", rule.pattern));
+        return Err(format!(
+            "{:?}: two placeholders need text between them",
+            rule.pattern
+        ));
     }
     let names: Vec<&str> = pattern
         .iter()
@@ -101,7 +104,10 @@ fn compile(rule: RuleConfig) -> Result<Rule, String> {
                     if let Part::Placeholder(name) = part
                         && !names.contains(&name.as_str())
                     {
-                        return Err(format!("{template:?}: {{{name}}} is not in {:?}", rule.pattern));
+                        return Err(format!(
+                            "{template:?}: {{{name}}} is not in {:?}",
+                            rule.pattern
+                        ));
                     }
                 }
                 Ok(parts)
@@ -196,9 +202,21 @@ impl OnWrite for InvalidateRules {
             let Some(captures) = matches(&rule.pattern, &event.key) else {
                 continue;
             };
-            out.extend(rule.keys.iter().map(|t| Invalidation::Key(fill(t, &captures))));
-            out.extend(rule.tags.iter().map(|t| Invalidation::Tag(fill(t, &captures))));
-            out.extend(rule.patterns.iter().map(|t| Invalidation::Pattern(fill(t, &captures))));
+            out.extend(
+                rule.keys
+                    .iter()
+                    .map(|t| Invalidation::Key(fill(t, &captures))),
+            );
+            out.extend(
+                rule.tags
+                    .iter()
+                    .map(|t| Invalidation::Tag(fill(t, &captures))),
+            );
+            out.extend(
+                rule.patterns
+                    .iter()
+                    .map(|t| Invalidation::Pattern(fill(t, &captures))),
+            );
         }
         // Never invalidate the key just written: its new value stands.
         out.retain(|inv| !matches!(inv, Invalidation::Key(key) if *key == event.key));
@@ -252,7 +270,10 @@ mod tests {
     #[test]
     fn bad_rules_are_refused_with_their_index() {
         for (json, says) in [
-            (r#"{"rules": [{"match": "a:{id}", "keys": ["b:{other}"]}]}"#, "rules[0]"),
+            (
+                r#"{"rules": [{"match": "a:{id}", "keys": ["b:{other}"]}]}"#,
+                "rules[0]",
+            ),
             (r#"{"rules": [{"match": "a:{x}{y}"}]}"#, "two placeholders"),
             (r#"{"rules": [{"match": "a:{id"}]}"#, "unclosed"),
             (r#"{"rules": [{"match": "a", "bogus": 1}]}"#, "bogus"),

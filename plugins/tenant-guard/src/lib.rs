@@ -117,14 +117,23 @@ mod tests {
     #[test]
     fn allows_only_the_tenants_prefix() {
         let g = guard("{}");
-        assert_eq!(g.authorize(&request(Operation::Read, "acme:x", Some("acme"))), Decision::Allow);
+        assert_eq!(
+            g.authorize(&request(Operation::Read, "acme:x", Some("acme"))),
+            Decision::Allow
+        );
         assert!(matches!(
             g.authorize(&request(Operation::Read, "globex:x", Some("acme"))),
             Decision::Deny(reason) if reason.contains("acme:")
         ));
         // A bare tenant name is not under the prefix.
-        assert!(matches!(g.authorize(&request(Operation::Read, "acme", Some("acme"))), Decision::Deny(_)));
-        assert!(matches!(g.authorize(&request(Operation::Read, "acme:x", None)), Decision::Deny(_)));
+        assert!(matches!(
+            g.authorize(&request(Operation::Read, "acme", Some("acme"))),
+            Decision::Deny(_)
+        ));
+        assert!(matches!(
+            g.authorize(&request(Operation::Read, "acme:x", None)),
+            Decision::Deny(_)
+        ));
     }
 
     #[test]

@@ -126,18 +126,30 @@ mod tests {
     #[test]
     fn tier_and_operation_choose_policy_key_and_cost() {
         let p = TieredLimits::new(Config::from_json(CONFIG)).unwrap();
-        let limit = p.classify(&check(&[("tier", "pro"), ("operation", "write")], 1)).unwrap();
-        assert_eq!((limit.policy.as_str(), limit.key.as_str(), limit.cost), ("pro", "pro:user-7", 2));
+        let limit = p
+            .classify(&check(&[("tier", "pro"), ("operation", "write")], 1))
+            .unwrap();
+        assert_eq!(
+            (limit.policy.as_str(), limit.key.as_str(), limit.cost),
+            ("pro", "pro:user-7", 2)
+        );
         let limit = p.classify(&check(&[("operation", "write")], 1)).unwrap();
         assert_eq!((limit.policy.as_str(), limit.cost), ("free", 5));
         // Unknown tier → default; unlisted kind → the request's cost.
-        let limit = p.classify(&check(&[("tier", "gold"), ("operation", "read")], 3)).unwrap();
-        assert_eq!((limit.policy.as_str(), limit.key.as_str(), limit.cost), ("free", "free:user-7", 3));
+        let limit = p
+            .classify(&check(&[("tier", "gold"), ("operation", "read")], 3))
+            .unwrap();
+        assert_eq!(
+            (limit.policy.as_str(), limit.key.as_str(), limit.cost),
+            ("free", "free:user-7", 3)
+        );
     }
 
     #[test]
     fn bad_config_is_refused() {
-        assert!(TieredLimits::new(Config::from_json(r#"{"default_tier": "x", "tiers": {}}"#)).is_err());
+        assert!(
+            TieredLimits::new(Config::from_json(r#"{"default_tier": "x", "tiers": {}}"#)).is_err()
+        );
         let zero = r#"{"default_tier": "a", "tiers": {"a": {"policy": "p", "costs": {"w": 0}}}}"#;
         assert!(TieredLimits::new(Config::from_json(zero)).is_err());
     }

@@ -17,9 +17,9 @@ use crate::app::App;
 use crate::backend::{Condition, Decision, Entry, FeedItem, PresenceKind};
 use crate::cache::{Invalidation, SetRequest};
 use crate::config::PrimitiveName as P;
-use crate::plugins::{Call, Caller, Classified, Operation as Op, WriteEvent};
 use crate::error::Error;
 use crate::lock::KeepAlive;
+use crate::plugins::{Call, Caller, Classified, Operation as Op, WriteEvent};
 use crate::ratelimit::InlineLimit;
 
 /// Code generated from `proto/outrigger/v1/*.proto`.
@@ -600,11 +600,15 @@ impl RateLimit for RateLimitService {
             period_ms: l.period_ms,
             burst: l.burst,
         });
+        let key = self.0.authorize(
+            &caller,
+            Call::new(P::Ratelimit, Op::Check, req.key).policy(&req.policy, req.cost),
+        )?;
         let (check, inline) = self.0.classify(
             &caller,
             Classified {
                 policy: req.policy,
-                key: req.key,
+                key,
                 cost: req.cost,
             },
             inline,
@@ -781,10 +785,9 @@ impl PubSub for PubSubService {
             (&mut req.patterns, Op::SubscribePattern),
         ] {
             for name in names.iter_mut() {
-                *name = self.0.authorize(
-                    &caller,
-                    Call::new(P::Pubsub, op, std::mem::take(name)),
-                )?;
+                *name = self
+                    .0
+                    .authorize(&caller, Call::new(P::Pubsub, op, std::mem::take(name)))?;
             }
         }
         let from = match req.from_offset.as_str() {

@@ -34,8 +34,8 @@ use crate::app::App;
 use crate::backend::{Condition, FeedItem, PubMessage};
 use crate::cache::{Invalidation, SetRequest};
 use crate::config::PrimitiveName as P;
-use crate::plugins::{Call, Caller, Classified, Operation as Op, WriteEvent};
 use crate::error::Error;
+use crate::plugins::{Call, Caller, Classified, Operation as Op, WriteEvent};
 use crate::ratelimit::InlineLimit;
 
 /// Bound on JSON request bodies (cache values have their own limit).
@@ -364,10 +364,9 @@ async fn invalidate(
                 .map(|tag| app.authorize(&caller, Call::new(P::Cache, Op::InvalidateTag, tag)))
                 .collect::<Result<_, _>>()?,
         ),
-        (None, Some(pattern)) => Invalidation::Pattern(app.authorize(
-            &caller,
-            Call::new(P::Cache, Op::InvalidatePattern, pattern),
-        )?),
+        (None, Some(pattern)) => Invalidation::Pattern(
+            app.authorize(&caller, Call::new(P::Cache, Op::InvalidatePattern, pattern))?,
+        ),
         _ => {
             return Err(Error::InvalidArgument(
                 r#"give exactly one of {"tags": [...]} or {"pattern": "..."}"#.into(),
@@ -561,11 +560,15 @@ async fn ratelimit_check(
         period_ms: l.period_ms,
         burst: l.burst,
     });
+    let key = app.authorize(
+        &caller,
+        Call::new(P::Ratelimit, Op::Check, body.key).policy(&policy, body.cost),
+    )?;
     let (check, inline) = app.classify(
         &caller,
         Classified {
             policy,
-            key: body.key,
+            key,
             cost: body.cost,
         },
         inline,

@@ -130,6 +130,12 @@ impl<'a> Call<'a> {
         self
     }
 
+    pub fn policy(mut self, policy: &'a str, cost: u32) -> Self {
+        self.policy = Some(policy);
+        self.cost = Some(cost);
+        self
+    }
+
     pub fn value_size(mut self, size: usize) -> Self {
         self.value_size = Some(size as u64);
         self
@@ -414,7 +420,8 @@ impl Plugins {
                 attributes: caller.attributes.clone(),
             };
             let outcome = self.run(entry, &version, HookName::Authorize, |compiled| {
-                let decision = compiled.call(|plugin, store| plugin.call_authorize(store, &request))?;
+                let decision =
+                    compiled.call(|plugin, store| plugin.call_authorize(store, &request))?;
                 if let t::Decision::Rewrite(rewrite) = &decision {
                     self.check_name("rewrite target", &rewrite.target)?;
                 }
@@ -440,7 +447,9 @@ impl Plugins {
     pub fn classify(&self, caller: &Caller, mut check: Classified) -> Result<Classified, Error> {
         for entry in &self.entries {
             let version = entry.current();
-            if !version.hooks.contains(&HookName::Classify) {
+            if !version.hooks.contains(&HookName::Classify)
+                || !entry.applies_to(PrimitiveName::Ratelimit)
+            {
                 continue;
             }
             let request = t::Request {
@@ -493,7 +502,9 @@ impl Plugins {
         let mut out = Vec::new();
         for entry in &self.entries {
             let version = entry.current();
-            if !version.hooks.contains(&HookName::OnWrite) {
+            if !version.hooks.contains(&HookName::OnWrite)
+                || !entry.applies_to(PrimitiveName::Cache)
+            {
                 continue;
             }
             let wit_event = t::WriteEvent {
@@ -510,7 +521,8 @@ impl Plugins {
                 attributes: caller.attributes.clone(),
             };
             let outcome = self.run(entry, &version, HookName::OnWrite, |compiled| {
-                let list = compiled.call(|plugin, store| plugin.call_on_write(store, &wit_event))?;
+                let list =
+                    compiled.call(|plugin, store| plugin.call_on_write(store, &wit_event))?;
                 if list.len() > MAX_INVALIDATIONS {
                     return Err(format!(
                         "returned {} invalidations (at most {MAX_INVALIDATIONS})",
@@ -582,12 +594,14 @@ impl Plugins {
         let compiled = match &version.compiled {
             Ok(compiled) => compiled,
             Err(reason) => {
-                self.metrics.count_plugin_call(name, hook.as_str(), "unloaded");
+                self.metrics
+                    .count_plugin_call(name, hook.as_str(), "unloaded");
                 return Err(format!("not loaded: {reason}"));
             }
         };
         if let Some(reason) = version.disabled.lock().expect("plugin lock").as_ref() {
-            self.metrics.count_plugin_call(name, hook.as_str(), "disabled");
+            self.metrics
+                .count_plugin_call(name, hook.as_str(), "disabled");
             return Err(format!("disabled: {reason}"));
         }
         match call(compiled) {
@@ -597,7 +611,8 @@ impl Plugins {
                 Ok(value)
             }
             Err(failure) => {
-                self.metrics.count_plugin_call(name, hook.as_str(), "failed");
+                self.metrics
+                    .count_plugin_call(name, hook.as_str(), "failed");
                 let failures = version.failures.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::warn!(
                     plugin = %name,
@@ -608,7 +623,8 @@ impl Plugins {
                 if failures >= entry.config.max_failures {
                     let mut disabled = version.disabled.lock().expect("plugin lock");
                     if disabled.is_none() {
-                        let reason = format!("{failures} consecutive failures, the last: {failure}");
+                        let reason =
+                            format!("{failures} consecutive failures, the last: {failure}");
                         tracing::error!(
                             plugin = %name,
                             fail = ?entry.config.fail,

@@ -5,7 +5,7 @@
 //! `{"mode": "..."}`: `loop` (never returns), `bomb` (allocates until the
 //! memory cap), `trap` (panics), `garbage` (returns a string that is not
 //! UTF-8), `stack` (unbounded recursion), `slow-start` (fails in `new`),
-//! `deny` (behaves: denies everything, to prove the plugin is called),
+//! `deny` (the default: behaves, denying everything),
 //! `log-flood` (logs without end, then denies).
 
 use outrigger_plugin_sdk::{
@@ -16,7 +16,12 @@ use serde::Deserialize;
 
 #[derive(Deserialize)]
 struct Settings {
+    #[serde(default = "deny")]
     mode: String,
+}
+
+fn deny() -> String {
+    "deny".into()
 }
 
 struct Hostile {
@@ -47,7 +52,9 @@ impl Hostile {
             "bomb" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
-                    hoard.push(vec![1; 1 << 20]);
+                    let mut chunk = Vec::<u8>::with_capacity(1 << 20);
+                    chunk.push(1);
+                    hoard.push(chunk);
                     std::hint::black_box(&hoard);
                 }
             }
@@ -72,14 +79,15 @@ impl Hostile {
 #[inline(never)]
 #[allow(unconditional_recursion)]
 fn recurse(depth: u64) -> u64 {
-    let buffer = std::hint::black_box([depth; 64]);
-    recurse(depth + 1) + buffer[3]
+    recurse(std::hint::black_box(depth + 1)) + 1
 }
 
 impl Authorize for Hostile {
     fn authorize(&self, _: &Request) -> Decision {
         match self.misbehave() {
-            Some(reason) if self.mode == "garbage" => Decision::Rewrite(outrigger_plugin_sdk::Rewrite { target: reason }),
+            Some(reason) if self.mode == "garbage" => {
+                Decision::Rewrite(outrigger_plugin_sdk::Rewrite { target: reason })
+            }
             Some(reason) => Decision::Deny(reason),
             None => Decision::Allow,
         }
@@ -98,7 +106,10 @@ impl Classify for Hostile {
 
 impl OnWrite for Hostile {
     fn on_write(&self, _: &WriteEvent) -> Vec<Invalidation> {
-        self.misbehave().map(Invalidation::Key).into_iter().collect()
+        self.misbehave()
+            .map(Invalidation::Key)
+            .into_iter()
+            .collect()
     }
 }
 

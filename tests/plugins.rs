@@ -1,0 +1,871 @@
+//! WebAssembly plugins in real sidecar processes: the three shipped
+//! plugins over HTTP and gRPC, hostile plugins that must not take the
+//! sidecar down, hot reload under load, and `outrigger plugin check`.
+//!
+//! The components come from `scripts/build-plugins.sh`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use outrigger::api::pb;
+use outrigger::api::pb::cache_client::CacheClient;
+use outrigger::api::pb::pub_sub_client::PubSubClient;
+use outrigger::api::pb::rate_limit_client::RateLimitClient;
+use outrigger_tests::{Sidecar, eventually, plugin_wasm, sidecar};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tonic::Code;
+
+/// Slack on top of a plugin's time budget for a whole HTTP round trip
+/// through a debug-built sidecar on a busy 2-core CI machine.
+const MARGIN: Duration = Duration::from_millis(250);
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Starts a sidecar with `toml` as its config file.
+async fn start(dir: &Path, toml: &str) -> Sidecar {
+    let file = dir.join("outrigger.toml");
+    std::fs::write(&file, toml).unwrap();
+    sidecar!()
+        .arg("--config")
+        .arg(file.display().to_string())
+        .start()
+        .await
+}
+
+fn tenant(req: reqwest::RequestBuilder, tenant: &str) -> reqwest::RequestBuilder {
+    req.header("x-outrigger-attr-tenant", tenant)
+}
+
+/// `req` with gRPC metadata entries.
+fn with_meta<T>(msg: T, entries: &[(&'static str, &str)]) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    for (key, value) in entries {
+        req.metadata_mut().insert(*key, value.parse().unwrap());
+    }
+    req
+}
+
+async fn error_of(resp: reqwest::Response) -> (StatusCode, String, String) {
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    (
+        status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+async fn status(s: &Sidecar) -> Vec<Value> {
+    let body: Value = http()
+        .get(s.url("/v1/admin/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["plugins"].as_array().unwrap().clone()
+}
+
+fn plugin<'a>(plugins: &'a [Value], name: &str) -> &'a Value {
+    plugins
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no plugin {name} in {plugins:?}"))
+}
+
+#[tokio::test]
+async fn tenant_guard_confines_callers_to_their_prefix_over_http_and_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(
+        dir.path(),
+        &format!(
+            r#"
+[ratelimit.policies.api]
+algorithm = "fixed_window"
+limit = 100
+period = "1m"
+
+[[plugins]]
+name = "guard"
+path = "{}"
+config = {{ exempt_callers = ["ops"] }}
+"#,
+            plugin_wasm("tenant_guard").display()
+        ),
+    )
+    .await;
+    let c = http();
+
+    // No tenant: refused, with the plugin's reason.
+    let resp = c
+        .put(s.url("/v1/cache/acme:k"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    let (code, kind, message) = error_of(resp).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert_eq!(kind, "permission_denied");
+    assert!(
+        message.contains("denied by plugin guard") && message.contains("no tenant"),
+        "{message}"
+    );
+
+    // Own prefix: allowed, and stored.
+    let resp = tenant(c.put(s.url("/v1/cache/acme:k")), "acme")
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = tenant(c.get(s.url("/v1/cache/acme:k")), "acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.text().await.unwrap(), "v");
+
+    // Every primitive, outside the prefix: refused.
+    let outside = [
+        c.get(s.url("/v1/cache/globex:k")),
+        c.post(s.url("/v1/cache/invalidate"))
+            .json(&json!({"pattern": "*"})),
+        c.post(s.url("/v1/cache/invalidate"))
+            .json(&json!({"tags": ["globex:t"]})),
+        c.post(s.url("/v1/locks/globex:l/acquire"))
+            .json(&json!({"ttl_ms": 1000})),
+        c.post(s.url("/v1/semaphores/globex:s/acquire"))
+            .json(&json!({"limit": 2, "ttl_ms": 1000})),
+        c.post(s.url("/v1/ratelimit/api/check"))
+            .json(&json!({"key": "globex:u"})),
+        c.put(s.url("/v1/presence/globex:room/m"))
+            .json(&json!({"ttl_ms": 1000})),
+        c.get(s.url("/v1/presence/globex:room")),
+        c.post(s.url("/v1/pubsub/globex:ch")).body("x"),
+        c.get(s.url("/v1/pubsub/globex:ch")),
+    ];
+    for req in outside {
+        let (code, _, message) = error_of(tenant(req, "acme").send().await.unwrap()).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{message}");
+        assert!(
+            message.contains("tenant acme may only use names under \"acme:\""),
+            "{message}"
+        );
+    }
+    // The same calls inside the prefix go through.
+    let inside = [
+        c.post(s.url("/v1/cache/invalidate"))
+            .json(&json!({"pattern": "acme:nothing*"})),
+        c.post(s.url("/v1/locks/acme:l/acquire"))
+            .json(&json!({"ttl_ms": 1000})),
+        c.post(s.url("/v1/ratelimit/api/check"))
+            .json(&json!({"key": "acme:u"})),
+        c.put(s.url("/v1/presence/acme:room/m"))
+            .json(&json!({"ttl_ms": 1000})),
+        c.post(s.url("/v1/pubsub/acme:ch")).body("x"),
+    ];
+    for req in inside {
+        let resp = tenant(req, "acme").send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{:?}", resp.text().await);
+    }
+    // A tenant name with glob characters could reach others' keys.
+    let (code, _, message) = error_of(
+        tenant(c.post(s.url("/v1/cache/invalidate")), "a*")
+            .json(&json!({"pattern": "a*:x"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert!(message.contains("invalid tenant"), "{message}");
+    // An exempt caller goes anywhere.
+    let resp = c
+        .get(s.url("/v1/cache/acme:k"))
+        .header("x-outrigger-caller", "ops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // gRPC: the same policy from metadata.
+    let mut cache = CacheClient::new(s.channel().await);
+    let set = |key: &str| pb::SetRequest {
+        key: key.into(),
+        value: b"g".to_vec().into(),
+        ..Default::default()
+    };
+    cache
+        .set(with_meta(
+            set("acme:g"),
+            &[("x-outrigger-attr-tenant", "acme")],
+        ))
+        .await
+        .expect("own prefix over gRPC");
+    let err = cache
+        .set(with_meta(
+            set("globex:g"),
+            &[("x-outrigger-attr-tenant", "acme")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("\"globex:g\" is not"),
+        "{}",
+        err.message()
+    );
+    let err = cache
+        .get(tonic::Request::new(pb::GetRequest {
+            key: "acme:g".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let mut pubsub = PubSubClient::new(s.channel().await);
+    let err = pubsub
+        .subscribe(with_meta(
+            pb::SubscribeRequest {
+                channels: vec!["acme:ok".into()],
+                patterns: vec!["*".into()],
+                ..Default::default()
+            },
+            &[("x-outrigger-attr-tenant", "acme")],
+        ))
+        .await
+        .err()
+        .expect("a pattern outside the prefix is refused");
+    assert_eq!(err.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn tiered_limits_choose_policy_key_and_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(
+        dir.path(),
+        &format!(
+            r#"
+[ratelimit.policies.free]
+algorithm = "fixed_window"
+limit = 10
+period = "1m"
+
+[ratelimit.policies.pro]
+algorithm = "fixed_window"
+limit = 100
+period = "1m"
+
+[[plugins]]
+name = "tiers"
+path = "{}"
+hooks = ["classify"]
+
+[plugins.config]
+default_tier = "free"
+tiers.free = {{ policy = "free", costs = {{ write = 5 }} }}
+tiers.pro = {{ policy = "pro", costs = {{ write = 2 }} }}
+"#,
+            plugin_wasm("tiered_limits").display()
+        ),
+    )
+    .await;
+    let c = http();
+    let check = |tier: Option<&str>, op: &str, key: &str| {
+        let mut req = c
+            .post(s.url("/v1/ratelimit/api/check"))
+            .header("x-outrigger-attr-operation", op)
+            .json(&json!({"key": key, "cost": 1}));
+        if let Some(tier) = tier {
+            req = req.header("x-outrigger-attr-tier", tier);
+        }
+        req.send()
+    };
+    // `api` is not a configured policy: without the plugin this is a 404.
+    // Free writes cost 5 of 10.
+    for remaining in [5, 0] {
+        let resp = check(Some("free"), "write", "u1").await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(
+            (body["limit"].as_u64(), body["remaining"].as_u64()),
+            (Some(10), Some(remaining))
+        );
+    }
+    let resp = check(Some("free"), "write", "u1").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Pro writes cost 2 of 100, counted under the pro tier's own key.
+    let body: Value = check(Some("pro"), "write", "u1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (body["limit"].as_u64(), body["remaining"].as_u64()),
+        (Some(100), Some(98))
+    );
+    // No tier: the default tier; an unlisted operation costs what was asked.
+    let body: Value = check(None, "read", "u2")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (body["limit"].as_u64(), body["remaining"].as_u64()),
+        (Some(10), Some(9))
+    );
+
+    // gRPC: the same classification from metadata.
+    let mut limits = RateLimitClient::new(s.channel().await);
+    let decision = limits
+        .check(with_meta(
+            pb::CheckRequest {
+                policy: "api".into(),
+                key: "u1".into(),
+                cost: 3,
+                ..Default::default()
+            },
+            &[
+                ("x-outrigger-attr-tier", "pro"),
+                ("x-outrigger-attr-operation", "read"),
+            ],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(decision.allowed);
+    assert_eq!((decision.limit, decision.remaining), (100, 95));
+}
+
+#[tokio::test]
+async fn invalidate_rules_invalidate_what_a_write_implies() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(
+        dir.path(),
+        &format!(
+            r#"
+[[plugins]]
+name = "rules"
+path = "{}"
+
+[[plugins.config.rules]]
+match = "user:{{id}}"
+keys = ["profile:{{id}}"]
+tags = ["user-{{id}}"]
+patterns = ["feed:{{id}}:*"]
+"#,
+            plugin_wasm("invalidate_rules").display()
+        ),
+    )
+    .await;
+    let c = http();
+    let put = |key: &str, query: &str| {
+        c.put(s.url(&format!("/v1/cache/{key}{query}")))
+            .body("v")
+            .send()
+    };
+    let present = |key: &str| {
+        let req = c.get(s.url(&format!("/v1/cache/{key}"))).send();
+        async move { req.await.unwrap().status() == StatusCode::OK }
+    };
+    for key in [
+        "profile:42",
+        "feed:42:a",
+        "feed:42:b",
+        "feed:43:a",
+        "profile:43",
+    ] {
+        assert_eq!(put(key, "").await.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(
+        put("avatar", "?tags=user-42").await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    // A write to user:42, once acknowledged, has invalidated the rest.
+    assert_eq!(put("user:42", "").await.unwrap().status(), StatusCode::OK);
+    for gone in ["profile:42", "feed:42:a", "feed:42:b", "avatar"] {
+        assert!(!present(gone).await, "{gone} should be invalidated");
+    }
+    for kept in ["user:42", "feed:43:a", "profile:43"] {
+        assert!(present(kept).await, "{kept} should stay");
+    }
+
+    // A delete over gRPC runs the rule too.
+    let mut cache = CacheClient::new(s.channel().await);
+    cache
+        .delete(pb::DeleteRequest {
+            key: "user:43".into(),
+        })
+        .await
+        .unwrap();
+    assert!(!present("feed:43:a").await);
+    assert!(!present("profile:43").await);
+}
+
+#[tokio::test]
+async fn hostile_plugins_leave_the_sidecar_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = plugin_wasm("hostile");
+    let entry = |name: &str, mode: &str, primitive: &str| {
+        format!(
+            r#"
+[[plugins]]
+name = "{name}"
+path = "{}"
+primitives = ["{primitive}"]
+max_failures = 3
+max_memory = 8388608
+config = {{ mode = "{mode}" }}
+"#,
+            hostile.display()
+        )
+    };
+    let toml = [
+        "[ratelimit.policies.p]\nalgorithm = \"fixed_window\"\nlimit = 5\nperiod = \"1m\"\n"
+            .to_string(),
+        entry("loop", "loop", "cache"),
+        entry("bomb", "bomb", "lock"),
+        entry("trap", "trap", "semaphore"),
+        entry("garbage", "garbage", "presence"),
+        entry("stack", "stack", "pubsub"),
+    ]
+    .concat();
+    let s = start(dir.path(), &toml).await;
+    let c = http();
+    let requests: [(
+        &str,
+        &str,
+        fn(&reqwest::Client, &Sidecar) -> reqwest::RequestBuilder,
+    ); 5] = [
+        ("loop", "ran past its 5ms budget", |c, s| {
+            c.get(s.url("/v1/cache/k"))
+        }),
+        ("bomb", "hit its memory cap of 8388608 bytes", |c, s| {
+            c.post(s.url("/v1/locks/l/acquire"))
+                .json(&json!({"ttl_ms": 1000}))
+        }),
+        ("trap", "unreachable", |c, s| {
+            c.post(s.url("/v1/semaphores/s/acquire"))
+                .json(&json!({"limit": 1, "ttl_ms": 1000}))
+        }),
+        ("garbage", "utf-8", |c, s| {
+            c.put(s.url("/v1/presence/r/m"))
+                .json(&json!({"ttl_ms": 1000}))
+        }),
+        ("stack", "overflowed its stack", |c, s| {
+            c.post(s.url("/v1/pubsub/ch")).body("x")
+        }),
+    ];
+    for (name, why, request) in requests {
+        for attempt in 1..=4 {
+            let started = Instant::now();
+            let resp = request(&c, &s).send().await.unwrap();
+            let took = started.elapsed();
+            let (code, _, message) = error_of(resp).await;
+            assert_eq!(code, StatusCode::FORBIDDEN, "{name}: {message}");
+            assert!(
+                took < Duration::from_millis(5) + MARGIN,
+                "{name} attempt {attempt} took {took:?}"
+            );
+            assert!(
+                message.contains(&format!("plugin {name} failed and fails closed")),
+                "{message}"
+            );
+            if attempt <= 3 {
+                assert!(message.to_lowercase().contains(why), "{name}: {message}");
+            } else {
+                assert!(
+                    message.contains("disabled: 3 consecutive failures"),
+                    "{name}: {message}"
+                );
+            }
+        }
+    }
+    // Still serving: a primitive no plugin applies to, health, status.
+    let resp = c
+        .post(s.url("/v1/ratelimit/p/check"))
+        .json(&json!({"key": "k"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        c.get(s.url("/healthz")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let plugins = status(&s).await;
+    for name in ["loop", "bomb", "trap", "garbage", "stack"] {
+        let p = plugin(&plugins, name);
+        assert_eq!(p["healthy"], false, "{p}");
+        assert!(
+            p["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("disabled: 3 consecutive failures"),
+            "{p}"
+        );
+    }
+    let metrics = c
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"outrigger_plugin_healthy{plugin="loop"} 0"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"outrigger_plugin_calls_total{plugin="loop",hook="authorize",outcome="failed"} 3"#
+        ),
+        "{metrics}"
+    );
+    // The panic message reached the log through the SDK's panic hook.
+    assert!(s.log().contains("hostile plugin traps"), "{}", s.log());
+}
+
+#[tokio::test]
+async fn plugins_that_cannot_load_get_their_fail_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let core_module = dir.path().join("core.wasm");
+    std::fs::write(&core_module, wat::parse_str("(module)").unwrap()).unwrap();
+    let empty_component = dir.path().join("empty.wasm");
+    std::fs::write(&empty_component, wat::parse_str("(component)").unwrap()).unwrap();
+    let hostile = plugin_wasm("hostile");
+    let toml = format!(
+        r#"
+[ratelimit.policies.p]
+algorithm = "fixed_window"
+limit = 5
+period = "1m"
+
+[[plugins]]
+name = "core"
+path = "{}"
+primitives = ["cache"]
+
+[[plugins]]
+name = "empty"
+path = "{}"
+primitives = ["lock"]
+fail = "allow"
+
+[[plugins]]
+name = "missing"
+path = "{}"
+primitives = ["presence"]
+
+[[plugins]]
+name = "refuses"
+path = "{}"
+primitives = ["pubsub"]
+config = {{ mode = "slow-start" }}
+
+[[plugins]]
+name = "flood"
+path = "{}"
+primitives = ["ratelimit"]
+hooks = ["classify"]
+fail = "allow"
+budget = "50ms"
+config = {{ mode = "log-flood" }}
+"#,
+        core_module.display(),
+        empty_component.display(),
+        dir.path().join("nope.wasm").display(),
+        hostile.display(),
+        hostile.display(),
+    );
+    let s = start(dir.path(), &toml).await;
+    let c = http();
+    let plugins = status(&s).await;
+    for (name, why) in [
+        (
+            "core",
+            "not a WebAssembly component this sidecar can compile",
+        ),
+        (
+            "empty",
+            "does not fit the outrigger:plugin/plugin@0.1.0 world",
+        ),
+        ("missing", "cannot read"),
+        ("refuses", "init refused its config: refusing to start"),
+    ] {
+        let p = plugin(&plugins, name);
+        assert_eq!(p["healthy"], false, "{p}");
+        assert!(p["reason"].as_str().unwrap().contains(why), "{name}: {p}");
+    }
+    assert_eq!(plugin(&plugins, "flood")["healthy"], true);
+
+    // fail = "deny": refused, saying why; fail = "allow": served.
+    let (code, _, message) = error_of(c.get(s.url("/v1/cache/k")).send().await.unwrap()).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert!(
+        message.contains("plugin core failed and fails closed: not loaded"),
+        "{message}"
+    );
+    let resp = c
+        .post(s.url("/v1/locks/l/acquire"))
+        .json(&json!({"ttl_ms": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // A plugin logging without end is cut off: at most 32 lines a call.
+    let resp = c
+        .post(s.url("/v1/ratelimit/p/check"))
+        .json(&json!({"key": "k"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let log = s.log();
+    let floods = log.lines().filter(|l| l.contains("flood ")).count();
+    assert!((1..=32).contains(&floods), "{floods} flood lines:\n{log}");
+    assert!(log.contains("more than 32 log lines in one call"), "{log}");
+}
+
+#[tokio::test]
+async fn hot_reload_swaps_behaviour_under_load_without_failing_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.wasm");
+    // Replaces the plugin file the way a deployment should: atomically.
+    let install = |from: &Path| {
+        let tmp = dir.path().join("policy.wasm.tmp");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+    };
+    install(&plugin_wasm("tenant_guard"));
+    let s = Arc::new(
+        start(
+            dir.path(),
+            &format!(
+                "[[plugins]]\nname = \"policy\"\npath = \"{}\"\nprimitives = [\"cache\"]\n",
+                file.display()
+            ),
+        )
+        .await,
+    );
+    let c = http();
+    let resp = tenant(c.put(s.url("/v1/cache/acme:k")), "acme")
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // Load: 8 clients reading in a loop. Each answer must be the old
+    // behaviour (200) or the new (403 from the hostile plugin), and once a
+    // client has seen the new one it never sees the old again.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (old, new) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (s, c, stop, old, new) = (s.clone(), c.clone(), stop.clone(), old.clone(), new.clone());
+        clients.push(tokio::spawn(async move {
+            let mut switched = false;
+            while !stop.load(Ordering::Relaxed) {
+                let resp = tenant(c.get(s.url("/v1/cache/acme:k")), "acme")
+                    .send()
+                    .await
+                    .unwrap();
+                match resp.status() {
+                    StatusCode::OK => {
+                        assert!(!switched, "old behaviour after the new one");
+                        old.fetch_add(1, Ordering::Relaxed);
+                    }
+                    StatusCode::FORBIDDEN => {
+                        let (_, _, message) = error_of(resp).await;
+                        assert!(
+                            message.contains("denied by the hostile test plugin"),
+                            "{message}"
+                        );
+                        switched = true;
+                        new.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => panic!("request failed during reload: {other}"),
+                }
+            }
+        }));
+    }
+    eventually(Duration::from_secs(5), "traffic on the old plugin", || {
+        let n = old.load(Ordering::Relaxed);
+        async move { (n > 100).then_some(()) }
+    })
+    .await;
+    install(&plugin_wasm("hostile"));
+    eventually(
+        Duration::from_secs(10),
+        "the watcher to swap the plugin",
+        || {
+            let n = new.load(Ordering::Relaxed);
+            async move { (n > 100).then_some(()) }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("no client saw a failure");
+    }
+    assert_eq!(plugin(&status(&s).await, "policy")["generation"], 2);
+
+    // A reload that fails keeps the version in service and says why.
+    std::fs::write(dir.path().join("broken"), b"not wasm").unwrap();
+    install(&dir.path().join("broken"));
+    let resp = c
+        .post(s.url("/v1/admin/plugins/reload"))
+        .send()
+        .await
+        .unwrap();
+    let (code, kind, message) = error_of(resp).await;
+    assert_eq!(
+        (code, kind.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "plugin_error")
+    );
+    assert!(
+        message.contains("plugin policy: not a WebAssembly component"),
+        "{message}"
+    );
+    let resp = tenant(c.get(s.url("/v1/cache/acme:k")), "acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::FORBIDDEN,
+        "the hostile version still serves"
+    );
+    let p = status(&s).await;
+    let p = plugin(&p, "policy");
+    assert_eq!(
+        (p["healthy"].as_bool(), p["generation"].as_u64()),
+        (Some(true), Some(2))
+    );
+    assert!(
+        p["reload_error"]
+            .as_str()
+            .unwrap()
+            .contains("not a WebAssembly component"),
+        "{p}"
+    );
+
+    // And an explicit reload (gRPC this time) brings the guard back.
+    install(&plugin_wasm("tenant_guard"));
+    let mut admin = pb::admin_client::AdminClient::new(s.channel().await);
+    let reply = admin
+        .reload_plugins(pb::ReloadPluginsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reply.plugins[0].healthy && reply.plugins[0].reload_error.is_empty());
+    let resp = tenant(c.get(s.url("/v1/cache/acme:k")), "acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn plugin_check_says_whether_a_file_fits_and_which_hooks_it_has() {
+    let check = |file: PathBuf, config: &str| {
+        sidecar!()
+            .arg("plugin")
+            .arg("check")
+            .arg(file.display().to_string())
+            .arg("--plugin-config")
+            .arg(config)
+            .run()
+    };
+    let (code, out) = check(plugin_wasm("tenant_guard"), "{}").await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("implements: authorize"), "{out}");
+    let (code, out) = check(plugin_wasm("hostile"), "{}").await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("implements: authorize, classify, on-write"),
+        "{out}"
+    );
+    // A config the plugin refuses.
+    let (code, out) = check(plugin_wasm("tiered_limits"), "{}").await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("implements classify, but init refused its config"),
+        "{out}"
+    );
+    assert!(out.contains("default_tier"), "{out}");
+    // Not a component / wrong exports.
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.wasm");
+    std::fs::write(&empty, wat::parse_str("(component)").unwrap()).unwrap();
+    let (code, out) = check(empty, "{}").await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("does not fit the outrigger:plugin/plugin@0.1.0 world"),
+        "{out}"
+    );
+}
+
+/// The cost of one `authorize` call through a plugin, measured in-process
+/// (printed; run with `--nocapture` to see it). Asserts the decisions, not
+/// the time.
+#[tokio::test]
+async fn per_call_overhead_is_measured() {
+    use outrigger::app::{App, Stores};
+    use outrigger::config::{Config, PluginConfig, PrimitiveName};
+    use outrigger::plugins::{Call, Caller, Operation};
+
+    let mut config = Config::default();
+    config.plugins = vec![PluginConfig::new("guard", plugin_wasm("tenant_guard"))];
+    let with = App::with_stores(&config, Stores::memory(&config));
+    let without = App::with_stores(&Config::default(), Stores::memory(&Config::default()));
+    let caller = Caller {
+        id: None,
+        attributes: vec![("tenant".into(), "acme".into())],
+    };
+    let median = |app: &App, target: &str| {
+        let mut times: Vec<Duration> = (0..5000)
+            .map(|_| {
+                let started = Instant::now();
+                let result = app.authorize(
+                    &caller,
+                    Call::new(PrimitiveName::Cache, Operation::Read, target),
+                );
+                let took = started.elapsed();
+                assert_eq!(result.is_ok(), target.starts_with("acme:"), "{result:?}");
+                took
+            })
+            .collect();
+        times.sort();
+        times[times.len() / 2]
+    };
+    let base = median(&without, "acme:k");
+    let allowed = median(&with, "acme:k");
+    let denied = median(&with, "globex:k");
+    println!(
+        "authorize median: no plugins {:.2} µs, tenant-guard allow {:.2} µs, deny {:.2} µs",
+        base.as_secs_f64() * 1e6,
+        allowed.as_secs_f64() * 1e6,
+        denied.as_secs_f64() * 1e6
+    );
+}
