@@ -18,6 +18,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tonic::Code;
 
+/// A request that should fail because of one hostile plugin.
+type Request = fn(&reqwest::Client, &Sidecar) -> reqwest::RequestBuilder;
+
 /// Slack on top of a plugin's time budget for a whole HTTP round trip
 /// through a debug-built sidecar on a busy 2-core CI machine.
 const MARGIN: Duration = Duration::from_millis(250);
@@ -239,7 +242,7 @@ config = {{ exempt_callers = ["ops"] }}
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     let mut pubsub = PubSubClient::new(s.channel().await);
-    let err = pubsub
+    let Err(err) = pubsub
         .subscribe(with_meta(
             pb::SubscribeRequest {
                 channels: vec!["acme:ok".into()],
@@ -249,8 +252,9 @@ config = {{ exempt_callers = ["ops"] }}
             &[("x-outrigger-attr-tenant", "acme")],
         ))
         .await
-        .err()
-        .expect("a pattern outside the prefix is refused");
+    else {
+        panic!("a pattern outside the prefix is refused");
+    };
     assert_eq!(err.code(), Code::PermissionDenied);
 }
 
@@ -450,11 +454,7 @@ config = {{ mode = "{mode}" }}
     .concat();
     let s = start(dir.path(), &toml).await;
     let c = http();
-    let requests: [(
-        &str,
-        &str,
-        fn(&reqwest::Client, &Sidecar) -> reqwest::RequestBuilder,
-    ); 5] = [
+    let requests: [(&str, &str, Request); 5] = [
         ("loop", "ran past its 5ms budget", |c, s| {
             c.get(s.url("/v1/cache/k"))
         }),
@@ -835,8 +835,10 @@ async fn per_call_overhead_is_measured() {
     use outrigger::config::{Config, PluginConfig, PrimitiveName};
     use outrigger::plugins::{Call, Caller, Operation};
 
-    let mut config = Config::default();
-    config.plugins = vec![PluginConfig::new("guard", plugin_wasm("tenant_guard"))];
+    let config = Config {
+        plugins: vec![PluginConfig::new("guard", plugin_wasm("tenant_guard"))],
+        ..Config::default()
+    };
     let with = App::with_stores(&config, Stores::memory(&config));
     let without = App::with_stores(&Config::default(), Stores::memory(&Config::default()));
     let caller = Caller {

@@ -55,6 +55,7 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",
         default_bindings_module: "outrigger_plugin_sdk::bindings",
+        additional_derives: [PartialEq, Eq],
     });
 }
 
@@ -229,6 +230,7 @@ macro_rules! error {
 macro_rules! export {
     ($plugin:ty : $($hook:ident),+ $(,)?) => {
         const _: () = {
+            #[allow(clippy::needless_update)] // when every hook is named
             const TABLE: $crate::__private::Table<$plugin> = $crate::__private::Table {
                 $($hook: ::core::option::Option::Some($crate::__private::$hook::<$plugin>),)+
                 ..$crate::__private::Table::EMPTY
