@@ -13,13 +13,18 @@ COPY . .
 # Cache mounts keep the registry and build artefacts between builds.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p outrigger --bin outrigger \
-    && install -D target/release/outrigger /out/outrigger
+    rustup target add wasm32-wasip2 \
+    && cargo build --release --locked -p outrigger --bin outrigger \
+    && cargo build --release --locked --target wasm32-wasip2 \
+        -p tenant-guard -p tiered-limits -p invalidate-rules \
+    && install -D target/release/outrigger /out/outrigger \
+    && install -D -m 0644 -t /out/plugins target/wasm32-wasip2/release/*.wasm
 
-# Shipped WebAssembly plugins will be copied to /usr/lib/outrigger/plugins
-# once the plugins land (see plugins/README.md).
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/outrigger /usr/local/bin/outrigger
+# The shipped plugins (tenant-guard, tiered-limits, invalidate-rules): name
+# them in [[plugins]] by these paths.
+COPY --from=build /out/plugins /usr/lib/outrigger/plugins
 # In a pod the app reaches the API on localhost; kubelet reaches the ops
 # listener (probes, metrics) on the pod IP.
 ENV OUTRIGGER_HTTP__ADDR=127.0.0.1:7480 \

@@ -724,6 +724,54 @@ mod tests {
     }
 
     #[test]
+    fn plugins_are_an_ordered_list_with_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "outrigger.toml",
+                r#"
+[[plugins]]
+name = "a"
+path = "a.wasm"
+
+[[plugins]]
+name = "b"
+path = "b.wasm"
+hooks = ["on-write"]
+primitives = ["cache", "pubsub"]
+fail = "allow"
+budget = "2ms"
+config = { rules = [{ match = "x" }] }
+"#,
+            )?;
+            let config = Config::load(None).expect("loads");
+            let [a, b] = &config.plugins[..] else {
+                panic!("two plugins: {:?}", config.plugins);
+            };
+            assert_eq!(*a, PluginConfig::new("a", "a.wasm"));
+            assert_eq!(a.fail, FailMode::Deny);
+            assert_eq!(b.hooks, [HookName::OnWrite]);
+            assert_eq!(b.primitives, [PrimitiveName::Cache, PrimitiveName::Pubsub]);
+            assert_eq!(
+                (b.fail, b.budget),
+                (FailMode::Allow, Duration::from_millis(2))
+            );
+            assert_eq!(b.config["rules"][0]["match"], "x");
+            Ok(())
+        });
+        let twice =
+            "[[plugins]]\nname = \"a\"\npath = \"x\"\n[[plugins]]\nname = \"a\"\npath = \"y\"\n";
+        assert!(
+            load_err(twice).contains("plugin \"a\": the name is used twice"),
+            "{}",
+            load_err(twice)
+        );
+        let slow = "[[plugins]]\nname = \"a\"\npath = \"x\"\nbudget = \"2s\"\n";
+        assert!(load_err(slow).contains("budget must be between 1ms and 1s"));
+        let hook = "[[plugins]]\nname = \"a\"\npath = \"x\"\nhooks = [\"before\"]\n";
+        assert!(load_err(hook).contains("plugins"), "{}", load_err(hook));
+    }
+
+    #[test]
     fn defaults_need_no_file() {
         Jail::expect_with(|_| {
             let config = Config::load(None).expect("defaults load");
