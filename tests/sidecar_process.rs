@@ -357,3 +357,81 @@ async fn a_token_file_rotates_without_a_restart() {
     assert_ne!(code, Some(0));
     assert!(out.contains("auth.token_file"), "{out}");
 }
+
+#[tokio::test]
+async fn unix_sockets_serve_both_apis_to_this_user_only() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use outrigger::api::pb;
+    use outrigger::api::pb::cache_client::CacheClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let http_socket = dir.path().join("http.sock");
+    let grpc_socket = dir.path().join("grpc.sock");
+    // A socket file left by a process that is gone is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&http_socket).unwrap());
+    assert!(http_socket.exists());
+    let mut s = sidecar!()
+        .env("OUTRIGGER_HTTP__SOCKET", http_socket.display().to_string())
+        .env("OUTRIGGER_GRPC__SOCKET", grpc_socket.display().to_string())
+        .start()
+        .await;
+    for path in [&http_socket, &grpc_socket] {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+    }
+
+    // HTTP over the socket reaches the same sidecar as TCP.
+    let over_socket = reqwest::Client::builder()
+        .unix_socket(http_socket.clone())
+        .build()
+        .unwrap();
+    let resp = over_socket
+        .put("http://outrigger/v1/cache/uds")
+        .body("via socket")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    let tcp = reqwest::get(s.url("/v1/cache/uds")).await.unwrap();
+    assert_eq!(tcp.text().await.unwrap(), "via socket");
+
+    // gRPC over the other socket.
+    let path = grpc_socket.clone();
+    let channel = tonic::transport::Endpoint::from_static("http://outrigger")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+    let got = CacheClient::new(channel)
+        .get(pb::GetRequest {
+            key: "uds".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got.found);
+    assert_eq!(&got.value[..], b"via socket");
+
+    // A second sidecar cannot take a socket in use; it says which key.
+    let (code, out) = sidecar!()
+        .env("OUTRIGGER_HTTP__SOCKET", http_socket.display().to_string())
+        .run()
+        .await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("http.socket") && out.contains("in use"),
+        "{out}"
+    );
+
+    // Shutting down removes the socket files.
+    s.terminate();
+    assert_eq!(s.wait(Duration::from_secs(10)).await, Some(0));
+    assert!(!http_socket.exists() && !grpc_socket.exists());
+}

@@ -73,6 +73,10 @@ pub struct Config {
 pub struct Listener {
     /// Address to bind; port 0 picks a free port (logged at start-up).
     pub addr: SocketAddr,
+    /// Also listen on this Unix domain socket, created with mode 0600 (only
+    /// this user may connect): the cheapest and most private local hop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
 }
 
 /// API authentication: a bearer token every API call must carry (all but
@@ -331,9 +335,11 @@ impl Default for Config {
             namespace: "default".into(),
             http: Listener {
                 addr: ([127, 0, 0, 1], 7480).into(),
+                socket: None,
             },
             grpc: Listener {
                 addr: ([127, 0, 0, 1], 7481).into(),
+                socket: None,
             },
             ops: OpsListener::default(),
             auth: AuthConfig::default(),

@@ -44,12 +44,14 @@ pub mod validate;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::app::App;
 use crate::config::Config;
@@ -60,7 +62,66 @@ pub struct Sidecar {
     http: TcpListener,
     grpc: TcpListener,
     ops: Option<TcpListener>,
+    http_socket: Option<UnixSocket>,
+    grpc_socket: Option<UnixSocket>,
     grace: Duration,
+}
+
+/// A Unix domain socket listener, and its file.
+struct UnixSocket {
+    listener: UnixListener,
+    path: SocketFile,
+}
+
+/// A socket file, removed when the server on it is done.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Binds a Unix socket at `path` that only this user may connect to. A
+/// stale socket left by a process that is gone is replaced; a live one, or
+/// anything that is not a socket, is an error naming `key`.
+fn bind_unix(key: &str, path: &Path) -> anyhow::Result<UnixSocket> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!("{key}: {} is in use by another process", path.display());
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("{key}: cannot remove the stale {}", path.display()))?;
+        }
+        Ok(_) => anyhow::bail!("{key}: {} exists and is not a socket", path.display()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("{key}: {}", path.display())),
+    }
+    // Bound under a temporary name, restricted, then moved into place: the
+    // socket is never reachable with looser permissions.
+    let name = path
+        .file_name()
+        .with_context(|| format!("{key}: {} is not a file path", path.display()))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)
+        .with_context(|| format!("{key}: cannot listen on {}", path.display()))?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(err) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err).with_context(|| format!("{key}: cannot set up {}", path.display()));
+    }
+    Ok(UnixSocket {
+        listener,
+        path: SocketFile(path.to_path_buf()),
+    })
 }
 
 impl Sidecar {
@@ -93,11 +154,21 @@ impl Sidecar {
             ),
             None => None,
         };
+        let http_socket = match &config.http.socket {
+            Some(path) => Some(bind_unix("http.socket", path)?),
+            None => None,
+        };
+        let grpc_socket = match &config.grpc.socket {
+            Some(path) => Some(bind_unix("grpc.socket", path)?),
+            None => None,
+        };
         Ok(Sidecar {
             app,
             http,
             grpc,
             ops,
+            http_socket,
+            grpc_socket,
             grace: config.shutdown_grace,
         })
     }
@@ -112,6 +183,14 @@ impl Sidecar {
         self.grpc
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// The Unix socket paths the HTTP and gRPC APIs also listen on.
+    pub fn socket_paths(&self) -> (Option<&Path>, Option<&Path>) {
+        (
+            self.http_socket.as_ref().map(|s| s.path.0.as_path()),
+            self.grpc_socket.as_ref().map(|s| s.path.0.as_path()),
+        )
     }
 
     /// The ops listener's address, if one is configured.
@@ -133,9 +212,25 @@ impl Sidecar {
             let _ = rx.wait_for(|stop| *stop).await;
         };
 
-        let http = axum::serve(self.http, api::http::router(self.app.clone()))
-            .with_graceful_shutdown(stopped(stop_rx.clone()));
-        let mut http = tokio::spawn(async move { http.await.context("HTTP server failed") });
+        let mut servers: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
+        let router = api::http::router(self.app.clone());
+        let http =
+            axum::serve(self.http, router.clone()).with_graceful_shutdown(stopped(stop_rx.clone()));
+        servers.push((
+            "HTTP server",
+            tokio::spawn(async move { http.await.context("HTTP server failed") }),
+        ));
+        if let Some(UnixSocket { listener, path }) = self.http_socket {
+            let server =
+                axum::serve(listener, router).with_graceful_shutdown(stopped(stop_rx.clone()));
+            servers.push((
+                "HTTP server (Unix socket)",
+                tokio::spawn(async move {
+                    let _remove_when_done = path;
+                    server.await.context("HTTP server (Unix socket) failed")
+                }),
+            ));
+        }
         if let Some(ops) = self.ops {
             let server = axum::serve(ops, api::http::ops_router(self.app.clone()))
                 .with_graceful_shutdown(stopped(stop_rx.clone()));
@@ -149,39 +244,44 @@ impl Sidecar {
         self.app.plugins.watch(self.app.draining());
         let routes = api::grpc::routes(self.app.clone()).await?;
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
-        let auth = self.app.auth.clone();
-        let grpc = tonic::transport::Server::builder()
-            .layer(tonic::service::InterceptorLayer::new(
-                move |req: tonic::Request<()>| {
-                    let authorization = req.metadata().get("authorization").map(|v| v.as_bytes());
-                    if auth.allows(authorization) {
-                        Ok(req)
-                    } else {
-                        Err(tonic::Status::unauthenticated(
-                            "a valid `authorization: Bearer <token>` metadata entry is required",
-                        ))
-                    }
-                },
-            ))
-            .layer(tower::util::MapResponseLayer::new(
-                api::grpc::oversized_as_resource_exhausted,
-            ))
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
-        let mut grpc = tokio::spawn(async move { grpc.await.context("gRPC server failed") });
+        let grpc = serve_grpc(
+            routes.clone(),
+            self.app.auth.clone(),
+            incoming,
+            stopped(stop_rx.clone()),
+        );
+        servers.push((
+            "gRPC server",
+            tokio::spawn(async move { grpc.await.context("gRPC server failed") }),
+        ));
+        if let Some(UnixSocket { listener, path }) = self.grpc_socket {
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            let grpc = serve_grpc(routes, self.app.auth.clone(), incoming, stopped(stop_rx));
+            servers.push((
+                "gRPC server (Unix socket)",
+                tokio::spawn(async move {
+                    let _remove_when_done = path;
+                    grpc.await.context("gRPC server (Unix socket) failed")
+                }),
+            ));
+        }
 
+        let names: Vec<&'static str> = servers.iter().map(|(name, _)| *name).collect();
+        let mut handles: Vec<_> = servers.into_iter().map(|(_, handle)| handle).collect();
         tokio::select! {
             () = shutdown => {}
-            result = &mut http => return result?.and(Err(anyhow::anyhow!("HTTP server stopped"))),
-            result = &mut grpc => return result?.and(Err(anyhow::anyhow!("gRPC server stopped"))),
+            (result, index, _) = futures::future::select_all(handles.iter_mut()) => {
+                return result?.and(Err(anyhow::anyhow!("{} stopped", names[index])));
+            }
         }
         tracing::info!(grace = ?self.grace, "shutting down: draining in-flight requests");
         self.app.start_draining();
         let _ = stop_tx.send(true);
-        match tokio::time::timeout(self.grace, async { (http.await, grpc.await) }).await {
-            Ok((http, grpc)) => {
-                http??;
-                grpc??;
+        match tokio::time::timeout(self.grace, futures::future::join_all(handles)).await {
+            Ok(results) => {
+                for result in results {
+                    result??;
+                }
                 tracing::info!("drained; bye");
                 Ok(())
             }
@@ -191,4 +291,44 @@ impl Sidecar {
             ),
         }
     }
+}
+
+/// The gRPC services over one listener, behind the token check and the
+/// oversized-message mapping.
+async fn serve_grpc<I, IO, IE>(
+    routes: tonic::service::Routes,
+    auth: Arc<auth::Auth>,
+    incoming: I,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error>
+where
+    I: tokio_stream::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tonic::transport::Server::builder()
+        .layer(tonic::service::InterceptorLayer::new(
+            move |req: tonic::Request<()>| {
+                let authorization = req.metadata().get("authorization").map(|v| v.as_bytes());
+                if auth.allows(authorization) {
+                    Ok(req)
+                } else {
+                    Err(tonic::Status::unauthenticated(
+                        "a valid `authorization: Bearer <token>` metadata entry is required",
+                    ))
+                }
+            },
+        ))
+        .layer(tower::util::MapResponseLayer::new(
+            api::grpc::oversized_as_resource_exhausted,
+        ))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
 }

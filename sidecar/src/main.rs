@@ -167,6 +167,8 @@ fn serve(config: Config) -> ExitCode {
             http_addr = %sidecar.http_addr(),
             grpc_addr = %sidecar.grpc_addr(),
             ops_addr = sidecar.ops_addr().map(|a| a.to_string()),
+            http_socket = sidecar.socket_paths().0.map(|p| p.display().to_string()),
+            grpc_socket = sidecar.socket_paths().1.map(|p| p.display().to_string()),
             backend = sidecar.app().cache.backend_kind(),
             namespace = %config.namespace,
             version = env!("CARGO_PKG_VERSION"),
