@@ -63,6 +63,8 @@ async fn check_config_validates_without_serving() {
     .unwrap();
     let (code, out) = sidecar!()
         .env("OUTRIGGER_HTTP__ADDR", "127.0.0.1:1")
+        .env("OUTRIGGER_AUTH__TOKEN", "s3cret-token")
+        .env("OUTRIGGER_REDIS__URL", "redis://app:hunter2@127.0.0.1:1")
         .arg("--config")
         .arg(file.display().to_string())
         .arg("check-config")
@@ -74,6 +76,12 @@ async fn check_config_validates_without_serving() {
         out.contains("\"shop\"") && out.contains("4096"),
         "file values shown: {out}"
     );
+    // Secrets are masked in what it prints.
+    assert!(
+        !out.contains("s3cret-token") && !out.contains("hunter2"),
+        "{out}"
+    );
+    assert!(out.contains("redis://app:***@127.0.0.1:1"), "{out}");
 }
 
 #[tokio::test]

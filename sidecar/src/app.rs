@@ -98,7 +98,10 @@ impl App {
         let metrics = Arc::new(Metrics::new("redis"));
         let redis = RedisStore::connect_lazy(&config.redis, &config.namespace, &config.pubsub)
             .await
-            .map_err(|err| anyhow::anyhow!("redis.url: cannot use {url}: {err}"))?;
+            .map_err(|err| {
+                let url = crate::config::redact_url(url);
+                anyhow::anyhow!("redis.url: cannot use {url}: {err}")
+            })?;
         let memory = Memory::new(config);
         let failover = Failover::start(
             Arc::new(redis),

@@ -678,6 +678,34 @@ pub enum FailMode {
     Deny,
 }
 
+/// `url` with its password (if any) replaced by `***`, for logs and output.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        // `redis://secret@host`: the lone field is the password.
+        None => format!("{scheme}://***@{host}"),
+    }
+}
+
+impl Config {
+    /// This configuration with its secrets (the API token, the Redis
+    /// password) masked: what `check-config` prints.
+    pub fn redacted(&self) -> Config {
+        let mut config = self.clone();
+        if config.auth.token.is_some() {
+            config.auth.token = Some("***".into());
+        }
+        config.redis.url = config.redis.url.as_deref().map(redact_url);
+        config
+    }
+}
+
 /// Names the key as the config file spells it (`redis.timeout`), and where
 /// the bad value came from.
 fn parse_error(err: figment::Error) -> ConfigError {
@@ -775,6 +803,26 @@ config = { rules = [{ match = "x" }] }
         assert!(load_err(slow).contains("budget must be between 1ms and 1s"));
         let hook = "[[plugins]]\nname = \"a\"\npath = \"x\"\nhooks = [\"before\"]\n";
         assert!(load_err(hook).contains("plugins"), "{}", load_err(hook));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(
+            redact_url("redis://u:pw@h:6379/0"),
+            "redis://u:***@h:6379/0"
+        );
+        assert_eq!(redact_url("redis://pw@h:6379"), "redis://***@h:6379");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact_url("redis://u:p@ss@h"), "redis://u:***@h");
+        let mut config = Config::default();
+        config.auth.token = Some("s3cret".into());
+        config.redis.url = Some("redis://app:hunter2@redis:6379".into());
+        let text = serde_json::to_string(&config.redacted()).unwrap();
+        assert!(
+            !text.contains("s3cret") && !text.contains("hunter2"),
+            "{text}"
+        );
+        assert!(text.contains("redis://app:***@redis:6379"), "{text}");
     }
 
     #[test]

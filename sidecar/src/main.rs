@@ -129,7 +129,7 @@ fn main() -> ExitCode {
             if broken {
                 return ExitCode::FAILURE;
             }
-            match serde_json::to_string_pretty(&config) {
+            match serde_json::to_string_pretty(&config.redacted()) {
                 Ok(text) => println!("configuration is valid:\n{text}"),
                 Err(err) => eprintln!("configuration is valid (cannot print it: {err})"),
             }
