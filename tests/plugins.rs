@@ -13,7 +13,7 @@ use outrigger::api::pb;
 use outrigger::api::pb::cache_client::CacheClient;
 use outrigger::api::pb::pub_sub_client::PubSubClient;
 use outrigger::api::pb::rate_limit_client::RateLimitClient;
-use outrigger_tests::{Sidecar, eventually, plugin_wasm, sidecar};
+use outrigger_tests::{RedisServer, Sidecar, both_backends, eventually, plugin_wasm, sidecar};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tonic::Code;
@@ -32,15 +32,42 @@ fn http() -> reqwest::Client {
         .unwrap()
 }
 
-/// Starts a sidecar with `toml` as its config file.
+/// Where a sidecar stores: memory (`None`), or a Redis of the test's own.
+type Backend = Option<RedisServer>;
+
+async fn on_memory() -> Backend {
+    None
+}
+
+async fn on_redis() -> Backend {
+    Some(RedisServer::start().await)
+}
+
+// The shipped plugins on each backend: their effects (denied calls, the
+// policy and cost counted, the invalidations applied) go through the store.
+both_backends!(
+    on_memory, on_redis;
+    tenant_guard_confines_callers_to_their_prefix_over_http_and_grpc,
+    tiered_limits_choose_policy_key_and_cost,
+    invalidate_rules_invalidate_what_a_write_implies,
+);
+
+/// Starts a memory-backed sidecar with `toml` as its config file.
 async fn start(dir: &Path, toml: &str) -> Sidecar {
+    start_on(&None, dir, toml).await
+}
+
+/// Starts a sidecar on `backend` with `toml` as its config file.
+async fn start_on(backend: &Backend, dir: &Path, toml: &str) -> Sidecar {
     let file = dir.join("outrigger.toml");
     std::fs::write(&file, toml).unwrap();
-    sidecar!()
-        .arg("--config")
-        .arg(file.display().to_string())
-        .start()
-        .await
+    let builder = sidecar!().arg("--config").arg(file.display().to_string());
+    match backend {
+        Some(redis) => builder.redis(redis),
+        None => builder,
+    }
+    .start()
+    .await
 }
 
 fn tenant(req: reqwest::RequestBuilder, tenant: &str) -> reqwest::RequestBuilder {
@@ -91,10 +118,10 @@ fn plugin<'a>(plugins: &'a [Value], name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no plugin {name} in {plugins:?}"))
 }
 
-#[tokio::test]
-async fn tenant_guard_confines_callers_to_their_prefix_over_http_and_grpc() {
+async fn tenant_guard_confines_callers_to_their_prefix_over_http_and_grpc(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let s = start(
+    let s = start_on(
+        &backend,
         dir.path(),
         &format!(
             r#"
@@ -258,10 +285,10 @@ config = {{ exempt_callers = ["ops"] }}
     assert_eq!(err.code(), Code::PermissionDenied);
 }
 
-#[tokio::test]
-async fn tiered_limits_choose_policy_key_and_cost() {
+async fn tiered_limits_choose_policy_key_and_cost(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let s = start(
+    let s = start_on(
+        &backend,
         dir.path(),
         &format!(
             r#"
@@ -358,10 +385,10 @@ tiers.pro = {{ policy = "pro", costs = {{ write = 2 }} }}
     assert_eq!((decision.limit, decision.remaining), (100, 95));
 }
 
-#[tokio::test]
-async fn invalidate_rules_invalidate_what_a_write_implies() {
+async fn invalidate_rules_invalidate_what_a_write_implies(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let s = start(
+    let s = start_on(
+        &backend,
         dir.path(),
         &format!(
             r#"

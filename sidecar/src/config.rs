@@ -678,6 +678,15 @@ pub enum FailMode {
     Deny,
 }
 
+impl FailMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailMode::Allow => "allow",
+            FailMode::Deny => "deny",
+        }
+    }
+}
+
 /// `url` with its password (if any) replaced by `***`, for logs and output.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

@@ -307,10 +307,7 @@ fn plugin_pb(p: crate::plugins::PluginStatus) -> pb::Plugin {
         healthy: p.healthy,
         reason: p.reason.unwrap_or_default(),
         hooks: p.hooks.into_iter().map(str::to_string).collect(),
-        fail: match p.fail {
-            crate::config::FailMode::Allow => "allow".into(),
-            crate::config::FailMode::Deny => "deny".into(),
-        },
+        fail: p.fail.as_str().into(),
         generation: p.generation,
         reload_error: p.reload_error.unwrap_or_default(),
     }

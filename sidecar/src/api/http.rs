@@ -972,10 +972,7 @@ fn plugin_reply(p: crate::plugins::PluginStatus) -> PluginReply {
         healthy: p.healthy,
         reason: p.reason,
         hooks: p.hooks.into_iter().map(str::to_string).collect(),
-        fail: match p.fail {
-            crate::config::FailMode::Allow => "allow".into(),
-            crate::config::FailMode::Deny => "deny".into(),
-        },
+        fail: p.fail.as_str().into(),
         generation: p.generation,
         reload_error: p.reload_error,
     }
