@@ -14,7 +14,7 @@ use bytes::Bytes;
 use outrigger::backend::memory::MemoryStore;
 use outrigger::backend::redis::RedisStore;
 use outrigger::backend::{BackendError, CacheStore, Condition, SetOutcome, Write};
-use outrigger::config::{Config, RedisConfig};
+use outrigger::config::{Config, NearCacheConfig, RedisConfig};
 use outrigger_tests::{RedisServer, eventually, unique};
 
 /// A store under test, and the Redis behind it when there is one.
@@ -49,6 +49,29 @@ async fn redis() -> Backend {
     }
 }
 
+/// Redis with the near cache in front, once it is live: the suite then
+/// also proves that L1 never answers what Redis would not.
+async fn redis_near() -> Backend {
+    let server = RedisServer::start().await;
+    let mut store = RedisStore::connect(&redis_config(&server), &unique("conformance"))
+        .await
+        .expect("connect");
+    store.enable_near_cache(&NearCacheConfig {
+        enabled: true,
+        ..NearCacheConfig::default()
+    });
+    let near = store.near_cache().expect("enabled").clone();
+    eventually(Duration::from_secs(5), "the near cache to go live", || {
+        let live = near.stats().live;
+        async move { live.then_some(()) }
+    })
+    .await;
+    Backend {
+        store: Arc::new(store),
+        _redis: Some(server),
+    }
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod on_memory {
@@ -66,6 +89,18 @@ macro_rules! conformance {
                 async fn $case() {
                     let backend = super::redis().await;
                     super::cases::$case(&*backend.store).await;
+                }
+            )*
+        }
+        mod on_redis_with_near_cache {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let backend = super::redis_near().await;
+                    super::cases::$case(&*backend.store).await;
+                    // L1 stayed in use throughout.
+                    let near = backend.store.stats().near.expect("near stats");
+                    assert!(near.live, "{near:?}");
                 }
             )*
         }

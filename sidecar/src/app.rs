@@ -96,12 +96,15 @@ impl App {
             )?));
         };
         let metrics = Arc::new(Metrics::new("redis"));
-        let redis = RedisStore::connect_lazy(&config.redis, &config.namespace, &config.pubsub)
+        let mut redis = RedisStore::connect_lazy(&config.redis, &config.namespace, &config.pubsub)
             .await
             .map_err(|err| {
                 let url = crate::config::redact_url(url);
                 anyhow::anyhow!("redis.url: cannot use {url}: {err}")
             })?;
+        if config.cache.near.enabled {
+            redis.enable_near_cache(&config.cache.near);
+        }
         let memory = Memory::new(config);
         let failover = Failover::start(
             Arc::new(redis),

@@ -43,6 +43,7 @@ pub struct CacheStats {
     pub keys: Option<u64>,
     pub bytes: Option<u64>,
     pub evictions: Option<u64>,
+    pub near: Option<crate::backend::redis::near::NearStats>,
 }
 
 /// The cache primitive.
@@ -213,6 +214,7 @@ impl Cache {
             keys: store.keys,
             bytes: store.bytes,
             evictions: store.evictions,
+            near: store.near,
         }
     }
 

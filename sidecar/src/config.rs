@@ -31,6 +31,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "auth",
     "redis",
     "memory",
+    "cache",
     "limits",
     "ratelimit",
     "presence",
@@ -54,6 +55,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub redis: RedisConfig,
     pub memory: MemoryConfig,
+    pub cache: CacheConfig,
     pub limits: Limits,
     pub ratelimit: RateLimitConfig,
     pub presence: PresenceConfig,
@@ -111,6 +113,44 @@ pub struct RedisConfig {
     /// Deadline of establishing a connection.
     #[serde(with = "human_duration")]
     pub connect_timeout: Duration,
+}
+
+/// The cache primitive.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    pub near: NearCacheConfig,
+}
+
+/// The near cache: an in-process copy of values read from Redis, evicted
+/// by every write, delete and invalidation made through any sidecar of the
+/// namespace (see "Near cache" in the README for what it guarantees).
+/// Only with Redis: the memory backend is local already.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NearCacheConfig {
+    pub enabled: bool,
+    /// Entries kept; least recently used ones are evicted beyond this.
+    pub max_entries: usize,
+    /// Keys plus values kept, in bytes; values larger than a sixteenth of
+    /// this are never kept.
+    pub max_bytes: usize,
+    /// Longest an entry is served from the near cache after it was read
+    /// from Redis: the bound on staleness if an invalidation never arrives
+    /// (a value changed in Redis behind the sidecars' back).
+    #[serde(with = "human_duration")]
+    pub max_ttl: Duration,
+}
+
+impl Default for NearCacheConfig {
+    fn default() -> Self {
+        NearCacheConfig {
+            enabled: false,
+            max_entries: 10_000,
+            max_bytes: 64 * 1024 * 1024,
+            max_ttl: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Bounds of the memory backend; least recently used entries are evicted to
@@ -352,6 +392,7 @@ impl Default for Config {
                 max_entries: 100_000,
                 max_bytes: 256 * 1024 * 1024,
             },
+            cache: CacheConfig::default(),
             limits: Limits {
                 max_key_bytes: 512,
                 max_value_bytes: 1024 * 1024,
@@ -465,6 +506,18 @@ impl Config {
         }
         if self.redis.connect_timeout.is_zero() {
             return invalid("redis.connect_timeout", "must be greater than zero");
+        }
+        let near = &self.cache.near;
+        if near.enabled {
+            if near.max_entries == 0 {
+                return invalid("cache.near.max_entries", "must be at least 1");
+            }
+            if near.max_bytes < 16 * 1024 {
+                return invalid("cache.near.max_bytes", "must be at least 16384");
+            }
+            if near.max_ttl.is_zero() || near.max_ttl > Duration::from_secs(3600) {
+                return invalid("cache.near.max_ttl", "must be between 1ms and 1h");
+            }
         }
         if self.memory.max_entries == 0 {
             return invalid("memory.max_entries", "must be at least 1");

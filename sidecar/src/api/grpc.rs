@@ -334,6 +334,16 @@ impl Admin for AdminService {
                 keys: s.cache.keys,
                 bytes: s.cache.bytes,
                 evictions: s.cache.evictions,
+                near: s.cache.near.map(|n| pb::NearCacheStats {
+                    live: n.live,
+                    entries: n.entries,
+                    bytes: n.bytes,
+                    hits: n.hits,
+                    fills: n.fills,
+                    raced: n.raced,
+                    invalidations: n.invalidations,
+                    flushes: n.flushes,
+                }),
             }),
             failover: s.failover.map(|f| pb::Failover {
                 mode: f.mode.to_string(),

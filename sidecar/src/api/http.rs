@@ -941,6 +941,16 @@ async fn status(State(app): State<Arc<App>>) -> Json<StatusReply> {
             keys: s.cache.keys,
             bytes: s.cache.bytes,
             evictions: s.cache.evictions,
+            near: s.cache.near.map(|n| NearCacheReply {
+                live: n.live,
+                entries: n.entries,
+                bytes: n.bytes,
+                hits: n.hits,
+                fills: n.fills,
+                raced: n.raced,
+                invalidations: n.invalidations,
+                flushes: n.flushes,
+            }),
         },
         failover: s.failover.map(|f| {
             let r = f.reconciliation;

@@ -263,6 +263,26 @@ pub struct CacheStatsReply {
     pub keys: Option<u64>,
     pub bytes: Option<u64>,
     pub evictions: Option<u64>,
+    /// The near cache, when `cache.near.enabled` (Redis only).
+    pub near: Option<NearCacheReply>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NearCacheReply {
+    /// In use: the invalidation channel is live.
+    pub live: bool,
+    pub entries: u64,
+    pub bytes: u64,
+    /// Reads answered from the near cache (also counted in `hits`).
+    pub hits: u64,
+    /// Entries kept after a read from Redis.
+    pub fills: u64,
+    /// Reads not kept because an invalidation of their key raced them.
+    pub raced: u64,
+    /// Entries evicted by invalidations.
+    pub invalidations: u64,
+    /// Times the whole near cache was dropped (channel lost, failover).
+    pub flushes: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -239,6 +239,8 @@ impl Failover {
             state.transitions += 1;
             state.last_error = Some(err.to_string());
             drop(state);
+            // Invalidations sent while we are away would be missed.
+            self.redis.flush_near_cache();
             self.metrics.set_backend("memory");
             tracing::warn!(error = %err, "Redis unreachable: serving from memory until it answers again");
         }
@@ -342,6 +344,7 @@ impl Failover {
             state.transitions += 1;
             state.reconciliation = r;
         }
+        self.redis.flush_near_cache();
         self.up.send_replace(true);
         self.metrics.set_backend("redis");
         tracing::info!(
@@ -506,7 +509,10 @@ impl CacheStore for Failover {
         if self.is_up() {
             self.redis.stats()
         } else {
-            self.memory.cache.stats()
+            StoreStats {
+                near: self.redis.stats().near,
+                ..self.memory.cache.stats()
+            }
         }
     }
 }

@@ -101,6 +101,8 @@ pub struct StoreStats {
     pub keys: Option<u64>,
     pub bytes: Option<u64>,
     pub evictions: Option<u64>,
+    /// The Redis backend's near cache, when enabled.
+    pub near: Option<redis::near::NearStats>,
 }
 
 /// Cache storage. Keys are the caller's keys: the namespace is the store's

@@ -347,6 +347,7 @@ impl CacheStore for MemoryStore {
             keys: Some(inner.entries.len() as u64),
             bytes: Some(inner.bytes as u64),
             evictions: Some(inner.evictions),
+            near: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures::future::try_join_all;
 use redis::Value;
 
+use super::near::{KEY_PREFIX, PATTERN_PREFIX};
 use super::{RedisStore, SCAN_BATCH};
 use crate::backend::{
     BackendError, CacheStore, Condition, Entry, KeyPage, SetOutcome, StoreStats, Write,
@@ -49,15 +50,31 @@ impl RedisStore {
         self.call(try_join_all(adds)).await.map(drop)
     }
 
+    /// Evicts `key` from this sidecar's near cache (the others hear it on
+    /// the invalidation channel).
+    fn evict(&self, key: &str) {
+        if let Some(near) = self.near_cache() {
+            near.invalidate(key);
+        }
+    }
+
     /// Deletes each of `keys` that still carries `tag`; returns how many.
     async fn delete_tagged(&self, tag: &str, keys: &[String]) -> Result<u64, BackendError> {
         let deletes = keys.iter().map(|key| {
             let mut conn = self.conn();
             let mut call = self.scripts.delete_if_tagged.key(self.entry_key(key));
-            call.arg(tag);
+            call.arg(tag)
+                .arg(&self.invalidations)
+                .arg(format!("{KEY_PREFIX}{key}"));
             async move { call.invoke_async::<u64>(&mut conn).await }
         });
-        Ok(self.call(try_join_all(deletes)).await?.into_iter().sum())
+        let deleted = self.call(try_join_all(deletes)).await?;
+        for (key, n) in keys.iter().zip(&deleted) {
+            if *n > 0 {
+                self.evict(key);
+            }
+        }
+        Ok(deleted.into_iter().sum())
     }
 
     async fn invalidate_tag(&self, tag: &str) -> Result<u64, BackendError> {
@@ -164,6 +181,18 @@ impl CacheStore for RedisStore {
     }
 
     async fn get(&self, key: &str, refresh_ttl: bool) -> Result<Option<Entry>, BackendError> {
+        let near = self.near_cache();
+        let ticket = match near {
+            Some(near) => {
+                // A sliding-expiration read must reach Redis to restart
+                // the TTL; its reply then replaces what L1 holds.
+                if !refresh_ttl && let Some(entry) = near.get(key) {
+                    return Ok(Some(entry));
+                }
+                near.ticket(key)
+            }
+            None => None,
+        };
         let mut conn = self.conn();
         let mut call = self.scripts.get.key(self.entry_key(key));
         call.arg(if refresh_ttl { "1" } else { "0" });
@@ -176,27 +205,44 @@ impl CacheStore for RedisStore {
             // The TTL grew: the tag indexes must not forget the key earlier.
             self.index_tags(key, &tags, ttl.as_millis() as u64).await?;
         }
+        if let (Some(near), Some(ticket)) = (near, ticket) {
+            near.fill(key, &entry, ticket);
+        }
         Ok(Some(entry))
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, BackendError> {
+        let near = self.near_cache();
+        let mut found: Vec<Option<Entry>> = keys
+            .iter()
+            .map(|key| near.and_then(|near| near.get(key)))
+            .collect();
+        let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let tickets: Vec<_> = missing
+            .iter()
+            .map(|&i| near.and_then(|near| near.ticket(&keys[i])))
+            .collect();
         // Concurrent calls on the multiplexed connection go out as one
         // pipeline: one round trip for the whole batch.
-        let reads = keys.iter().map(|key| {
+        let reads = missing.iter().map(|&i| {
             let mut conn = self.conn();
-            let mut call = self.scripts.get.key(self.entry_key(key));
+            let mut call = self.scripts.get.key(self.entry_key(&keys[i]));
             call.arg("0");
             async move { call.invoke_async::<Option<Vec<Value>>>(&mut conn).await }
         });
-        self.call(try_join_all(reads))
-            .await?
-            .into_iter()
-            .map(|reply| {
-                reply
-                    .map(|r| entry_from_reply(r).map(|(entry, _)| entry))
-                    .transpose()
-            })
-            .collect()
+        let replies = self.call(try_join_all(reads)).await?;
+        for ((&i, reply), ticket) in missing.iter().zip(replies).zip(tickets) {
+            let Some(reply) = reply else { continue };
+            let (entry, _) = entry_from_reply(reply)?;
+            if let (Some(near), Some(ticket)) = (near, ticket) {
+                near.fill(&keys[i], &entry, ticket);
+            }
+            found[i] = Some(entry);
+        }
+        Ok(found)
     }
 
     async fn set(&self, key: &str, write: Write) -> Result<SetOutcome, BackendError> {
@@ -213,11 +259,14 @@ impl CacheStore for RedisStore {
             .arg(ttl_ms)
             .arg(condition)
             .arg(expected)
+            .arg(&self.invalidations)
+            .arg(format!("{KEY_PREFIX}{key}"))
             .arg(&write.tags);
         let version: i64 = self.call(call.invoke_async(&mut conn)).await?;
         if version < 0 {
             return Ok(SetOutcome::ConditionFailed);
         }
+        self.evict(key);
         self.index_tags(key, &write.tags, ttl_ms).await?;
         Ok(SetOutcome::Written {
             version: version as u64,
@@ -226,13 +275,13 @@ impl CacheStore for RedisStore {
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
         let mut conn = self.conn();
-        let removed: u64 = self
-            .call(
-                redis::cmd("DEL")
-                    .arg(self.entry_key(key))
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let mut call = self.scripts.delete.key(self.entry_key(key));
+        call.arg(&self.invalidations)
+            .arg(format!("{KEY_PREFIX}{key}"));
+        let removed: u64 = self.call(call.invoke_async(&mut conn)).await?;
+        if removed > 0 {
+            self.evict(key);
+        }
         Ok(removed > 0)
     }
 
@@ -260,10 +309,26 @@ impl CacheStore for RedisStore {
                     .await?;
             }
             if next == 0 {
-                return Ok(deleted);
+                break;
             }
             cursor = next;
         }
+        if deleted > 0 {
+            // Every sidecar's near cache evicts what matches, now that
+            // Redis holds none of it.
+            let mut conn = self.conn();
+            self.call(
+                redis::cmd("PUBLISH")
+                    .arg(&self.invalidations)
+                    .arg(format!("{PATTERN_PREFIX}{pattern}"))
+                    .query_async::<()>(&mut conn),
+            )
+            .await?;
+            if let Some(near) = self.near_cache() {
+                near.invalidate_pattern(pattern);
+            }
+        }
+        Ok(deleted)
     }
 
     async fn list_keys(
@@ -289,6 +354,9 @@ impl CacheStore for RedisStore {
     fn stats(&self) -> StoreStats {
         // Counting a namespace's keys in a shared Redis takes a full SCAN:
         // not something a status call should do.
-        StoreStats::default()
+        StoreStats {
+            near: self.near_cache().map(|near| near.stats()),
+            ..StoreStats::default()
+        }
     }
 }

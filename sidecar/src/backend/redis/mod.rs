@@ -25,6 +25,7 @@
 //! | `ns:pm:{member}`           | set    | rooms a member joined (checked against the rooms)   |
 //! | `ns:ps:{channel}`          | stream | durable messages; also the live pub/sub channel     |
 //! | channel `ns:released`      | pubsub | `lock:<name>` / `sem:<name>` on every release       |
+//! | channel `ns:inv`           | pubsub | `k:<key>` / `p:<pattern>` on every cache change (near caches evict) |
 //!
 //! Cache entries and their tag indexes live in different slots, so a write
 //! and its indexing are two steps. The ordering makes that safe: a write
@@ -49,6 +50,7 @@ use crate::config::{PubSubConfig, RedisConfig};
 
 mod cache;
 mod lock;
+pub mod near;
 mod presence;
 mod pubsub;
 mod ratelimit;
@@ -80,6 +82,11 @@ pub struct RedisStore {
     _release_forwarder: AbortOnDrop,
     /// Messages kept per durable pub/sub channel.
     stream_max_len: usize,
+    /// The cache's invalidation channel, `ns:inv`.
+    invalidations: String,
+    /// The near cache, when enabled, and what keeps it following the
+    /// invalidation channel.
+    near: Option<(Arc<near::NearCache>, AbortOnDrop)>,
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);
@@ -93,6 +100,7 @@ impl Drop for AbortOnDrop {
 struct Scripts {
     get: Script,
     set: Script,
+    delete: Script,
     tag_add: Script,
     delete_if_tagged: Script,
     lock_acquire: Script,
@@ -115,6 +123,7 @@ impl Scripts {
         Scripts {
             get: Script::new(include_str!("get.lua")),
             set: Script::new(include_str!("set.lua")),
+            delete: Script::new(include_str!("delete.lua")),
             tag_add: Script::new(include_str!("tag_add.lua")),
             delete_if_tagged: Script::new(include_str!("delete_if_tagged.lua")),
             lock_acquire: Script::new(include_str!("lock_acquire.lua")),
@@ -293,7 +302,29 @@ impl RedisStore {
             released,
             _release_forwarder: AbortOnDrop(forwarder.abort_handle()),
             stream_max_len: pubsub.stream_max_len,
+            invalidations: format!("{namespace}:inv"),
+            near: None,
         })
+    }
+
+    /// Keeps a near cache (L1) of what this store reads, following the
+    /// namespace's invalidation channel (see [`near`]).
+    pub fn enable_near_cache(&mut self, config: &crate::config::NearCacheConfig) {
+        let cache = Arc::new(near::NearCache::new(config.clone()));
+        let follower = near::follow(cache.clone(), &self.subscriber, self.invalidations.clone());
+        self.near = Some((cache, AbortOnDrop(follower)));
+    }
+
+    /// Empties the near cache, if enabled.
+    pub fn flush_near_cache(&self) {
+        if let Some(near) = self.near_cache() {
+            near.flush();
+        }
+    }
+
+    /// The near cache, if enabled.
+    pub fn near_cache(&self) -> Option<&Arc<near::NearCache>> {
+        self.near.as_ref().map(|(cache, _)| cache)
     }
 
     /// Runs one Redis call under the deadline.

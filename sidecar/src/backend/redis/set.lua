@@ -2,7 +2,8 @@
 -- KEYS[1] entry hash
 -- ARGV[1] value, ARGV[2] ttl in ms (0 = none), ARGV[3] condition
 -- ('none' | 'absent' | 'present' | 'version'), ARGV[4] expected version,
--- ARGV[5..] tags.
+-- ARGV[5] invalidation channel, ARGV[6] invalidation message,
+-- ARGV[7..] tags.
 -- Returns the new version, or -1 when the condition does not hold.
 --
 -- Versions are max(previous + 1, Redis time in microseconds): strictly
@@ -21,7 +22,7 @@ if current and tonumber(current) >= version then
   version = tonumber(current) + 1
 end
 local fields = {'v', ARGV[1], 'ver', string.format('%d', version), 'ttl', ARGV[2]}
-for i = 5, #ARGV do
+for i = 7, #ARGV do
   fields[#fields + 1] = 't:' .. ARGV[i]
   fields[#fields + 1] = '1'
 end
@@ -31,4 +32,6 @@ local ttl = tonumber(ARGV[2])
 if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)
 end
+-- Near caches of every sidecar evict the key.
+redis.call('PUBLISH', ARGV[5], ARGV[6])
 return version

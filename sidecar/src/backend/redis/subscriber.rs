@@ -7,6 +7,13 @@
 //! many (never slowing the connection or the other listeners). The last
 //! listener of a topic leaving unsubscribes it. When the connection drops, a
 //! background task reconnects and subscribes every live topic again.
+//!
+//! A connection that stops answering without closing (a half-open TCP
+//! connection, a frozen server) is found by a PING every
+//! [`PING_INTERVAL`], answered within the deadline or the connection is
+//! dropped and made again. Every loss and every re-establishment is
+//! announced on [`Subscriber::connection`], so listeners that must not miss
+//! a message (the near cache's invalidations) know when they may have.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -20,6 +27,20 @@ use crate::backend::BackendError;
 
 /// Pause before reconnecting a lost pub/sub connection.
 const RECONNECT_DELAY: Duration = Duration::from_millis(250);
+
+/// How often an idle pub/sub connection is checked with a PING.
+pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The state of the pub/sub connection, as [`Subscriber::connection`]
+/// reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Connection {
+    /// Counts connections made: changes whenever messages may have been
+    /// missed.
+    pub epoch: u64,
+    /// Connected, with every topic that had listeners subscribed.
+    pub up: bool,
+}
 
 /// A channel, or a pattern of channels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -57,6 +78,7 @@ pub(crate) struct Subscriber {
     /// Messages a listener may fall behind by.
     buffer: usize,
     deadline: Duration,
+    connection: tokio::sync::watch::Receiver<Connection>,
     task: tokio::task::AbortHandle,
 }
 
@@ -101,14 +123,25 @@ impl Subscriber {
     pub fn start(client: redis::Client, buffer: usize, deadline: Duration) -> Arc<Subscriber> {
         let (commands, rx) = mpsc::unbounded_channel();
         let topics: Topics = Arc::default();
-        let task = tokio::spawn(run(client, topics.clone(), rx)).abort_handle();
+        let (state, connection) = tokio::sync::watch::channel(Connection {
+            epoch: 0,
+            up: false,
+        });
+        let task = tokio::spawn(run(client, topics.clone(), rx, state, deadline)).abort_handle();
         Arc::new(Subscriber {
             commands,
             topics,
             buffer,
             deadline,
+            connection,
             task,
         })
+    }
+
+    /// Follows the connection: a new epoch means a new connection, and
+    /// messages published while there was none were not received.
+    pub fn connection(&self) -> tokio::sync::watch::Receiver<Connection> {
+        self.connection.clone()
     }
 
     /// Listens to `topic`. With `confirm`, returns once Redis has confirmed
@@ -189,6 +222,8 @@ async fn run(
     client: redis::Client,
     topics: Topics,
     mut commands: mpsc::UnboundedReceiver<Command>,
+    state: tokio::sync::watch::Sender<Connection>,
+    deadline: Duration,
 ) {
     loop {
         match client.get_async_pubsub().await {
@@ -204,8 +239,28 @@ async fn run(
                         break;
                     }
                 }
+                if healthy {
+                    state.send_modify(|c| {
+                        c.epoch += 1;
+                        c.up = true;
+                    });
+                }
+                let mut ping = tokio::time::interval(PING_INTERVAL);
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ping.reset();
                 while healthy {
                     tokio::select! {
+                        _ = ping.tick() => {
+                            let answered = tokio::time::timeout(
+                                deadline,
+                                sink.ping::<redis::Value>(),
+                            )
+                            .await;
+                            if !matches!(answered, Ok(Ok(_))) {
+                                tracing::warn!("the Redis pub/sub connection did not answer a PING");
+                                healthy = false;
+                            }
+                        }
                         command = commands.recv() => match command {
                             None => return,
                             Some(Command::Subscribe(topic, ack)) => {
@@ -255,6 +310,7 @@ async fn run(
                 for entry in lock(&topics).values_mut() {
                     entry.active = false;
                 }
+                state.send_modify(|c| c.up = false);
             }
             Err(err) => tracing::debug!(error = %err, "cannot open a Redis pub/sub connection"),
         }

@@ -1,0 +1,271 @@
+//! The near cache across sidecars: real `outrigger` processes sharing one
+//! real `redis-server`, each with `cache.near.enabled`.
+//!
+//! The guarantees under test (README, "Near cache"):
+//! - once a sidecar has received the invalidation of a write, it never
+//!   serves the value the write replaced (the invalidation is published by
+//!   the write's own script, before the write is acknowledged);
+//! - whatever happens to invalidations, no entry is served longer than
+//!   `cache.near.max_ttl` after it was read from Redis;
+//! - losing the invalidation channel empties the near cache.
+
+use std::time::{Duration, Instant};
+
+use outrigger_tests::{RedisServer, Sidecar, eventually, sidecar, unique};
+use serde_json::Value;
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn with_near(redis: &RedisServer, ns: &str, max_ttl: &str) -> Sidecar {
+    let sidecar = sidecar!()
+        .redis(redis)
+        .namespace(ns)
+        .env("OUTRIGGER_CACHE__NEAR__ENABLED", "true")
+        .env("OUTRIGGER_CACHE__NEAR__MAX_TTL", max_ttl)
+        .start()
+        .await;
+    eventually(Duration::from_secs(5), "the near cache to go live", || {
+        let sidecar = &sidecar;
+        async move { (near(sidecar).await["live"] == true).then_some(()) }
+    })
+    .await;
+    sidecar
+}
+
+async fn near(sidecar: &Sidecar) -> Value {
+    let status: Value = http()
+        .get(sidecar.url("/v1/admin/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    status["cache"]["near"].clone()
+}
+
+async fn counter(sidecar: &Sidecar, name: &str) -> u64 {
+    near(sidecar).await[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("near.{name}"))
+}
+
+async fn put(sidecar: &Sidecar, key: &str, value: &str) -> u64 {
+    let resp = http()
+        .put(sidecar.url(&format!("/v1/cache/{key}")))
+        .body(value.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    let body: Value = resp.json().await.unwrap();
+    body["version"].as_u64().expect("version")
+}
+
+/// The value, or `None` on 404.
+async fn get(sidecar: &Sidecar, key: &str) -> Option<String> {
+    let resp = http()
+        .get(sidecar.url(&format!("/v1/cache/{key}")))
+        .send()
+        .await
+        .unwrap();
+    match resp.status().as_u16() {
+        200 => Some(resp.text().await.unwrap()),
+        404 => None,
+        other => panic!("GET {key}: {other} {:?}", resp.text().await),
+    }
+}
+
+/// Reads `key` through `sidecar` until its near cache serves it: the entry
+/// is in L1.
+async fn read_into_near(sidecar: &Sidecar, key: &str) -> String {
+    let value = get(sidecar, key).await.expect("present");
+    let hits = counter(sidecar, "hits").await;
+    assert_eq!(get(sidecar, key).await.as_deref(), Some(value.as_str()));
+    assert_eq!(counter(sidecar, "hits").await, hits + 1, "served from L1");
+    value
+}
+
+/// Changes a value in Redis without telling any sidecar (no invalidation),
+/// keeping its version.
+async fn change_behind_the_back(redis: &RedisServer, ns: &str, key: &str, value: &str) {
+    let mut conn = redis.client().await;
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{ns}:c:{{{key}}}"))
+        .arg("v")
+        .arg(value)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_write_through_one_sidecar_evicts_it_from_the_others() {
+    let redis = RedisServer::start().await;
+    let ns = unique("near");
+    let a = with_near(&redis, &ns, "60s").await;
+    let b = with_near(&redis, &ns, "60s").await;
+    put(&a, "k", "v0").await;
+    for i in 1..=20 {
+        assert_eq!(read_into_near(&b, "k").await, format!("v{}", i - 1));
+        let before = counter(&b, "invalidations").await;
+        put(&a, "k", &format!("v{i}")).await;
+        // Once B has received the invalidation, the old value is gone.
+        eventually(
+            Duration::from_secs(2),
+            "B to receive the invalidation",
+            || {
+                let b = &b;
+                async move { (counter(b, "invalidations").await > before).then_some(()) }
+            },
+        )
+        .await;
+        assert_eq!(get(&b, "k").await, Some(format!("v{i}")), "round {i}");
+    }
+    // Deletes, tags and patterns reach B's near cache too.
+    let c = http();
+    for (key, tag) in [("t1", "red"), ("t2", "blue")] {
+        c.put(a.url(&format!("/v1/cache/{key}?tags={tag}")))
+            .body("tagged")
+            .send()
+            .await
+            .unwrap();
+    }
+    put(&a, "p:1", "patterned").await;
+    put(&a, "gone", "soon").await;
+    for key in ["t1", "t2", "p:1", "gone"] {
+        read_into_near(&b, key).await;
+    }
+    let resp = c.delete(a.url("/v1/cache/gone")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = c
+        .post(a.url("/v1/cache/invalidate"))
+        .json(&serde_json::json!({"tags": ["red"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = c
+        .post(a.url("/v1/cache/invalidate"))
+        .json(&serde_json::json!({"pattern": "p:*"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for key in ["gone", "t1", "p:1"] {
+        eventually(
+            Duration::from_secs(2),
+            "B to drop the invalidated key",
+            || {
+                let b = &b;
+                async move { get(b, key).await.is_none().then_some(()) }
+            },
+        )
+        .await;
+    }
+    assert_eq!(get(&b, "t2").await.as_deref(), Some("tagged"));
+}
+
+/// A reader on B never goes back to an older version, and sees each write
+/// through A within the stated delivery bound.
+#[tokio::test]
+async fn readers_never_go_back_and_see_writes_within_the_delivery_bound() {
+    const BOUND: Duration = Duration::from_millis(250);
+    let redis = RedisServer::start().await;
+    let ns = unique("near");
+    let a = with_near(&redis, &ns, "60s").await;
+    let b = with_near(&redis, &ns, "60s").await;
+    put(&a, "hot", "0").await;
+    let mut slowest = Duration::ZERO;
+    let mut last_seen = 0u64;
+    for i in 1..=100u64 {
+        put(&a, "hot", &i.to_string()).await;
+        let acked = Instant::now();
+        loop {
+            let seen: u64 = get(&b, "hot").await.unwrap().parse().unwrap();
+            assert!(seen >= last_seen, "B went back from {last_seen} to {seen}");
+            last_seen = seen;
+            if seen == i {
+                break;
+            }
+            assert!(
+                acked.elapsed() < BOUND,
+                "B still served {seen} {:?} after write {i} was acknowledged",
+                acked.elapsed()
+            );
+        }
+        slowest = slowest.max(acked.elapsed());
+    }
+    let hits = counter(&b, "hits").await;
+    assert!(hits > 0, "B's reads never used the near cache");
+    println!("slowest propagation A -> B: {slowest:?}; B near hits: {hits}");
+}
+
+#[tokio::test]
+async fn an_entry_is_never_served_past_max_ttl() {
+    let redis = RedisServer::start().await;
+    let ns = unique("near");
+    let max_ttl = Duration::from_millis(1000);
+    let b = with_near(&redis, &ns, "1s").await;
+    put(&b, "k", "old").await;
+    read_into_near(&b, "k").await;
+    let read_at = Instant::now();
+    change_behind_the_back(&redis, &ns, "k", "new").await;
+    // Nobody announced the change: L1 may keep serving "old", but only
+    // until max_ttl after it was read.
+    assert_eq!(get(&b, "k").await.as_deref(), Some("old"));
+    eventually(Duration::from_secs(3), "the new value", || {
+        let b = &b;
+        async move { (get(b, "k").await.as_deref() == Some("new")).then_some(()) }
+    })
+    .await;
+    assert!(
+        read_at.elapsed() <= max_ttl + Duration::from_millis(500),
+        "served the old value for {:?}",
+        read_at.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn losing_the_invalidation_channel_empties_the_near_cache() {
+    let redis = RedisServer::start().await;
+    let ns = unique("near");
+    let b = with_near(&redis, &ns, "60s").await;
+    put(&b, "k", "old").await;
+    read_into_near(&b, "k").await;
+    let flushes = counter(&b, "flushes").await;
+    change_behind_the_back(&redis, &ns, "k", "new").await;
+    // Drop every pub/sub connection: messages could be lost from here on.
+    let mut conn = redis.client().await;
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(killed >= 1);
+    eventually(Duration::from_secs(5), "B to flush its near cache", || {
+        let b = &b;
+        async move { (counter(b, "flushes").await > flushes).then_some(()) }
+    })
+    .await;
+    // Long before max_ttl (60 s), B reads Redis again.
+    assert_eq!(get(&b, "k").await.as_deref(), Some("new"));
+    // And the near cache comes back once the channel does.
+    eventually(
+        Duration::from_secs(5),
+        "the near cache to go live again",
+        || {
+            let b = &b;
+            async move { (near(b).await["live"] == true).then_some(()) }
+        },
+    )
+    .await;
+    read_into_near(&b, "k").await;
+}
