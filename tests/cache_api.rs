@@ -51,6 +51,9 @@ both_backends!(
     grpc_rejects_bad_input_with_status_codes,
     grpc_health_reflection_and_status,
     both_apis_share_one_cache,
+    http_get_or_lease_gives_one_lease_to_a_stampede,
+    grpc_get_or_lease_gives_one_lease_to_a_stampede,
+    get_or_lease_serves_stale_values_and_rejects_bad_input,
 );
 
 fn http() -> reqwest::Client {
@@ -733,4 +736,169 @@ async fn sidecars_sharing_a_namespace_share_the_cache() {
         c.get(a.url("/v1/cache/k")).send().await.unwrap().status(),
         StatusCode::NOT_FOUND
     );
+}
+
+/// 100 concurrent misses on one key over HTTP: exactly one caller is
+/// granted the lease; it fills the key, and every other caller receives
+/// that value within its wait.
+async fn http_get_or_lease_gives_one_lease_to_a_stampede(t: Target) {
+    use futures::StreamExt;
+    let c = http();
+    let url = t.sidecar.url("/v1/cache/hot/lease");
+    let mut calls: futures::stream::FuturesUnordered<_> = (0..100)
+        .map(|_| {
+            c.post(&url)
+                .json(&json!({"lease_ms": 10_000, "wait_ms": 8_000}))
+                .send()
+        })
+        .collect();
+    let (mut granted, mut filled) = (0, 0);
+    while let Some(resp) = calls.next().await {
+        let resp = resp.unwrap();
+        let outcome = resp.headers()["outrigger-lease"].to_str().unwrap().to_string();
+        match (resp.status(), outcome.as_str()) {
+            (StatusCode::NO_CONTENT, "granted") => {
+                granted += 1;
+                // The holder computes and fills.
+                let put = c
+                    .put(t.sidecar.url("/v1/cache/hot?ttl_ms=60000"))
+                    .body("computed once")
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(put.status(), StatusCode::OK);
+            }
+            (StatusCode::OK, "hit") => {
+                assert_eq!(resp.text().await.unwrap(), "computed once");
+                filled += 1;
+            }
+            (status, outcome) => panic!("{status} {outcome}: {:?}", resp.text().await),
+        }
+    }
+    assert_eq!((granted, filled), (1, 99));
+}
+
+async fn grpc_get_or_lease_gives_one_lease_to_a_stampede(t: Target) {
+    let channel = t.sidecar.channel().await;
+    let calls = (0..100).map(|_| {
+        let mut cache = CacheClient::new(channel.clone());
+        async move {
+            let reply = cache
+                .get_or_lease(pb::GetOrLeaseRequest {
+                    key: "hot".into(),
+                    lease_ms: 10_000,
+                    wait_ms: 8_000,
+                    accept_stale: false,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if reply.outcome() == pb::LeaseOutcome::Granted {
+                assert!(!reply.found);
+                cache
+                    .set(pb::SetRequest {
+                        key: "hot".into(),
+                        value: "computed once".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            } else {
+                assert_eq!(reply.outcome(), pb::LeaseOutcome::Hit);
+                assert_eq!(&reply.value[..], b"computed once");
+            }
+            reply.outcome()
+        }
+    });
+    let outcomes = futures::future::join_all(calls).await;
+    let granted = outcomes
+        .iter()
+        .filter(|o| **o == pb::LeaseOutcome::Granted)
+        .count();
+    assert_eq!(granted, 1, "{outcomes:?}");
+}
+
+async fn get_or_lease_serves_stale_values_and_rejects_bad_input(t: Target) {
+    let c = http();
+    let lease = |body: Value| c.post(t.sidecar.url("/v1/cache/page/lease")).json(&body).send();
+    let put = c
+        .put(t.sidecar.url("/v1/cache/page?ttl_ms=100&stale_ms=60000"))
+        .body("yesterday")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    outrigger_tests::eventually(Duration::from_secs(5), "the page to expire", || async {
+        let resp = c.get(t.sidecar.url("/v1/cache/page")).send().await.unwrap();
+        (resp.status() == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    // The one who recomputes gets the stale value along with the lease.
+    let first = lease(json!({"lease_ms": 30_000, "accept_stale": true})).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()["outrigger-lease"], "granted");
+    assert_eq!(first.text().await.unwrap(), "yesterday");
+    // The others are served the stale value at once.
+    let other = lease(json!({"lease_ms": 30_000, "wait_ms": 10_000, "accept_stale": true}))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    assert_eq!(other.headers()["outrigger-lease"], "stale");
+    assert_eq!(other.text().await.unwrap(), "yesterday");
+    // Those who will not take it and do not wait: 409 with the reason.
+    let strict = lease(json!({"lease_ms": 30_000})).await.unwrap();
+    assert_eq!(strict.status(), StatusCode::CONFLICT);
+    assert_eq!(error_code(strict).await, "conflict");
+    // gRPC says the same.
+    let mut cache = CacheClient::new(t.sidecar.channel().await);
+    let stale = cache
+        .get_or_lease(pb::GetOrLeaseRequest {
+            key: "page".into(),
+            lease_ms: 30_000,
+            wait_ms: 0,
+            accept_stale: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stale.outcome(), pb::LeaseOutcome::Stale);
+    assert_eq!(&stale.value[..], b"yesterday");
+    let pending = cache
+        .get_or_lease(pb::GetOrLeaseRequest {
+            key: "page".into(),
+            lease_ms: 30_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(pending.code(), Code::Aborted, "{pending:?}");
+    assert!(pending.message().contains("lease"), "{pending:?}");
+    // Bad input.
+    for body in [
+        json!({"lease_ms": 0}),
+        json!({"lease_ms": 1000, "wait_ms": 999_999_999u64}),
+        json!({"lease_ms": "soon"}),
+        json!({"wait_ms": 10}),
+        json!({"lease_ms": 1000, "later": true}),
+    ] {
+        let resp = lease(body.clone()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(error_code(resp).await, "invalid_argument", "{body}");
+    }
+    let bad = c
+        .put(t.sidecar.url("/v1/cache/forever?stale_ms=1000"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let bad = cache
+        .get_or_lease(pb::GetOrLeaseRequest {
+            key: "page".into(),
+            lease_ms: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
 }

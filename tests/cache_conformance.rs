@@ -13,7 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use outrigger::backend::memory::MemoryStore;
 use outrigger::backend::redis::RedisStore;
-use outrigger::backend::{BackendError, CacheStore, Condition, SetOutcome, Write};
+use outrigger::backend::{
+    BackendError, CacheStore, Condition, Entry, LeaseRead, LeaseRequest, SetOutcome, Write,
+};
 use outrigger::config::{Config, NearCacheConfig, RedisConfig};
 use outrigger_tests::{RedisServer, eventually, unique};
 
@@ -127,6 +129,9 @@ conformance!(
     listing_pages_through_every_matching_key,
     an_unknown_cursor_is_rejected,
     keys_with_braces_and_glob_characters_stay_apart,
+    one_lease_per_miss_and_waiters_get_the_fill,
+    a_lease_that_runs_out_is_granted_again,
+    stale_values_serve_lease_waiters_until_deleted,
 );
 
 mod cases {
@@ -138,6 +143,7 @@ mod cases {
             ttl: None,
             tags: vec![],
             condition: Condition::None,
+            stale: None,
         }
     }
 
@@ -167,6 +173,130 @@ mod cases {
             .await
             .expect("get")
             .map(|e| String::from_utf8(e.value.to_vec()).expect("utf-8"))
+    }
+
+    fn lease(wait: Duration, stale_ok: bool) -> LeaseRequest {
+        LeaseRequest {
+            lease: Duration::from_secs(30),
+            deadline: tokio::time::Instant::now() + wait,
+            stale_ok,
+        }
+    }
+
+    fn text(entry: &Entry) -> &str {
+        std::str::from_utf8(&entry.value).expect("utf-8")
+    }
+
+    pub async fn one_lease_per_miss_and_waiters_get_the_fill(s: &dyn CacheStore) {
+        let first = s.get_or_lease("k", lease(Duration::ZERO, false)).await;
+        assert_eq!(first.unwrap(), LeaseRead::Lease { stale: None });
+        // Held: without waiting, nobody else gets it.
+        for _ in 0..3 {
+            let again = s.get_or_lease("k", lease(Duration::ZERO, true)).await;
+            assert_eq!(again.unwrap(), LeaseRead::Pending);
+        }
+        // Waiters get the value as soon as the holder writes it.
+        let waiters = futures::future::join_all(
+            (0..5).map(|_| s.get_or_lease("k", lease(Duration::from_secs(10), false))),
+        );
+        let started = std::time::Instant::now();
+        let fill = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            set(s, "k", write("computed")).await
+        };
+        let (results, version) = tokio::join!(waiters, fill);
+        for result in results {
+            match result.unwrap() {
+                LeaseRead::Hit(entry) => {
+                    assert_eq!(text(&entry), "computed");
+                    assert_eq!(entry.version, version);
+                }
+                other => panic!("a waiter got {other:?}"),
+            }
+        }
+        // Woken by the write, not by their 10 s deadline.
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        // The write ended the lease: once the key is gone again, a new one
+        // is granted at once.
+        assert!(s.delete("k").await.unwrap());
+        let next = s.get_or_lease("k", lease(Duration::ZERO, false)).await;
+        assert_eq!(next.unwrap(), LeaseRead::Lease { stale: None });
+    }
+
+    pub async fn a_lease_that_runs_out_is_granted_again(s: &dyn CacheStore) {
+        let short = LeaseRequest {
+            lease: Duration::from_millis(200),
+            ..lease(Duration::ZERO, false)
+        };
+        assert_eq!(
+            s.get_or_lease("k", short).await.unwrap(),
+            LeaseRead::Lease { stale: None }
+        );
+        // The holder never fills: a waiter is granted the lease once it
+        // runs out, well before its own deadline.
+        let started = std::time::Instant::now();
+        let waited = s.get_or_lease("k", lease(Duration::from_secs(10), false)).await;
+        assert_eq!(waited.unwrap(), LeaseRead::Lease { stale: None });
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(100) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        // A waiter whose deadline comes first is told so.
+        let started = std::time::Instant::now();
+        let timed_out = s.get_or_lease("k", lease(Duration::from_millis(300), false)).await;
+        assert_eq!(timed_out.unwrap(), LeaseRead::Pending);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+
+    pub async fn stale_values_serve_lease_waiters_until_deleted(s: &dyn CacheStore) {
+        for key in ["k", "tagged"] {
+            let w = Write {
+                ttl: Some(Duration::from_millis(100)),
+                stale: Some(Duration::from_secs(60)),
+                ..tagged("old", &["t"])
+            };
+            set(s, key, w).await;
+        }
+        let written = set(s, "plain", Write {
+            ttl: Some(Duration::from_millis(100)),
+            ..write("old")
+        })
+        .await;
+        assert!(written > 0);
+        eventually(Duration::from_secs(5), "the entries to expire", || async {
+            (value(s, "k").await.is_none() && value(s, "plain").await.is_none()).then_some(())
+        })
+        .await;
+        // The first caller gets the lease and the stale value with it...
+        match s.get_or_lease("k", lease(Duration::ZERO, true)).await.unwrap() {
+            LeaseRead::Lease { stale: Some(e) } => assert_eq!(text(&e), "old"),
+            other => panic!("{other:?}"),
+        }
+        // ...the others take the stale value rather than wait...
+        match s.get_or_lease("k", lease(Duration::from_secs(10), true)).await.unwrap() {
+            LeaseRead::Stale(e) => assert_eq!(text(&e), "old"),
+            other => panic!("{other:?}"),
+        }
+        // ...unless they do not accept it.
+        let strict = s.get_or_lease("k", lease(Duration::ZERO, false)).await;
+        assert_eq!(strict.unwrap(), LeaseRead::Pending);
+        // Without a stale window there is nothing stale to give.
+        assert_eq!(
+            s.get_or_lease("plain", lease(Duration::ZERO, true)).await.unwrap(),
+            LeaseRead::Lease { stale: None }
+        );
+        // Deletes and invalidations remove stale values at once.
+        s.delete("k").await.unwrap();
+        assert_eq!(
+            s.get_or_lease("k", lease(Duration::ZERO, true)).await.unwrap(),
+            LeaseRead::Pending
+        );
+        s.invalidate_tags(&["t".into()]).await.unwrap();
+        assert_eq!(
+            s.get_or_lease("tagged", lease(Duration::ZERO, true)).await.unwrap(),
+            LeaseRead::Lease { stale: None }
+        );
     }
 
     pub async fn get_of_an_absent_key_is_none(s: &dyn CacheStore) {

@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{self, CacheStore, Condition, Entry, KeyPage, SetOutcome, Write};
+use crate::backend::{
+    self, CacheStore, Condition, Entry, KeyPage, LeaseRead, LeaseRequest, SetOutcome, Write,
+};
 use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::telemetry::{self, Metrics};
@@ -26,6 +28,35 @@ pub struct SetRequest {
     pub ttl_ms: u64,
     pub tags: Vec<String>,
     pub condition: Condition,
+    /// With `ttl_ms`: how long after expiring the value may still be
+    /// handed to `GetOrLease` callers that accept stale values; 0: not.
+    pub stale_ms: u64,
+}
+
+/// A `GetOrLease` as a client asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseAsk {
+    pub key: String,
+    /// How long a granted lease keeps other callers waiting.
+    pub lease_ms: u64,
+    /// How long to wait for another caller's lease to be filled; 0: answer
+    /// at once.
+    pub wait_ms: u64,
+    /// Whether the expired value (written with `stale_ms`) is an
+    /// acceptable answer while another caller fills the key.
+    pub accept_stale: bool,
+}
+
+/// What a `GetOrLease` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leased {
+    /// The value.
+    Hit(Entry),
+    /// The expired value, while another caller fills the key.
+    Stale(Entry),
+    /// The key is missing and the caller must fill it; with the expired
+    /// value, if one is kept.
+    Granted(Option<Entry>),
 }
 
 /// What to invalidate.
@@ -107,6 +138,42 @@ impl Cache {
         .await
     }
 
+    /// Reads `key`, or grants the caller a lease to fill it: of all the
+    /// callers that find the key missing, exactly one gets the lease; the
+    /// others wait (at most `wait_ms`) for its value, or take the stale one.
+    pub async fn get_or_lease(&self, ask: LeaseAsk) -> Result<Leased> {
+        let span = tracing::info_span!("outrigger.cache.get_or_lease", key = %ask.key);
+        self.op("get_or_lease", span, async {
+            self.check_key(&ask.key)?;
+            let lease = validate::ttl_ms("lease_ms", ask.lease_ms, &self.limits)?;
+            let max_wait = self.limits.max_wait.as_millis() as u64;
+            if ask.wait_ms > max_wait {
+                return Err(Error::InvalidArgument(format!(
+                    "wait_ms must be 0..={max_wait} (limits.max_wait), not {}",
+                    ask.wait_ms
+                )));
+            }
+            let req = LeaseRequest {
+                lease,
+                deadline: tokio::time::Instant::now() + Duration::from_millis(ask.wait_ms),
+                stale_ok: ask.accept_stale,
+            };
+            let read = self.store.get_or_lease(&ask.key, req).await?;
+            self.count_read(matches!(read, LeaseRead::Hit(_)));
+            match read {
+                LeaseRead::Hit(entry) => Ok(Leased::Hit(entry)),
+                LeaseRead::Stale(entry) => Ok(Leased::Stale(entry)),
+                LeaseRead::Lease { stale } => Ok(Leased::Granted(stale)),
+                LeaseRead::Pending => Err(Error::Conflict(format!(
+                    "another caller holds the lease on key {:?} and did not fill it within \
+                     wait_ms ({} ms)",
+                    ask.key, ask.wait_ms
+                ))),
+            }
+        })
+        .await
+    }
+
     /// Writes; returns the new version, or [`Error::PreconditionFailed`].
     pub async fn set(&self, req: SetRequest) -> Result<u64> {
         let span =
@@ -116,6 +183,14 @@ impl Cache {
             validate::value("value", req.value.len(), &self.limits)?;
             if req.ttl_ms > 0 {
                 validate::ttl_ms("ttl_ms", req.ttl_ms, &self.limits)?;
+            }
+            if req.stale_ms > 0 {
+                if req.ttl_ms == 0 {
+                    return Err(Error::InvalidArgument(
+                        "stale_ms needs ttl_ms: a value that never expires is never stale".into(),
+                    ));
+                }
+                validate::ttl_ms("stale_ms", req.stale_ms, &self.limits)?;
             }
             if req.tags.len() > self.limits.max_tags {
                 return Err(Error::TooLarge(format!(
@@ -132,6 +207,7 @@ impl Cache {
                 ttl: (req.ttl_ms > 0).then(|| Duration::from_millis(req.ttl_ms)),
                 tags: req.tags,
                 condition: req.condition,
+                stale: (req.stale_ms > 0).then(|| Duration::from_millis(req.stale_ms)),
             };
             match self.store.set(&req.key, write).await? {
                 SetOutcome::Written { version } => Ok(version),

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{ceil_ms, unix_ms};
 use crate::app::App;
 use crate::backend::{Condition, Decision, Entry, FeedItem, PresenceKind};
-use crate::cache::{Invalidation, SetRequest};
+use crate::cache::{Invalidation, LeaseAsk, Leased, SetRequest};
 use crate::config::PrimitiveName as P;
 use crate::error::Error;
 use crate::lock::KeepAlive;
@@ -204,6 +204,7 @@ impl Cache for CacheService {
                 ttl_ms: req.ttl_ms,
                 tags: req.tags.clone(),
                 condition,
+                stale_ms: req.stale_ms,
             })
             .await?;
         self.0
@@ -218,6 +219,43 @@ impl Cache for CacheService {
             )
             .await;
         Ok(Response::new(pb::SetResponse { version }))
+    }
+
+    async fn get_or_lease(
+        &self,
+        req: Request<pb::GetOrLeaseRequest>,
+    ) -> Result<Response<pb::GetOrLeaseResponse>, Status> {
+        let caller = caller(&self.0, &req);
+        let req = req.into_inner();
+        let key = self
+            .0
+            .authorize(&caller, Call::new(P::Cache, Op::Read, req.key))?;
+        let leased = self
+            .0
+            .cache
+            .get_or_lease(LeaseAsk {
+                key,
+                lease_ms: req.lease_ms,
+                wait_ms: req.wait_ms,
+                accept_stale: req.accept_stale,
+            })
+            .await?;
+        let (outcome, entry) = match leased {
+            Leased::Hit(e) => (pb::LeaseOutcome::Hit, Some(e)),
+            Leased::Stale(e) => (pb::LeaseOutcome::Stale, Some(e)),
+            Leased::Granted(stale) => (pb::LeaseOutcome::Granted, stale),
+        };
+        let mut reply = pb::GetOrLeaseResponse {
+            outcome: outcome as i32,
+            ..Default::default()
+        };
+        if let Some(e) = entry {
+            reply.found = true;
+            reply.ttl_ms = ttl_ms(&e);
+            reply.version = e.version;
+            reply.value = e.value;
+        }
+        Ok(Response::new(reply))
     }
 
     async fn delete(

@@ -32,7 +32,7 @@ use super::schema::*;
 use super::{ceil_ms, unix_ms};
 use crate::app::App;
 use crate::backend::{Condition, FeedItem, PubMessage};
-use crate::cache::{Invalidation, SetRequest};
+use crate::cache::{Invalidation, LeaseAsk, Leased, SetRequest};
 use crate::config::PrimitiveName as P;
 use crate::error::Error;
 use crate::plugins::{Call, Caller, Classified, Operation as Op, WriteEvent};
@@ -56,6 +56,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/cache/{key}",
             get(get_entry).put(put_entry).delete(delete_entry),
         )
+        .route("/v1/cache/{key}/lease", post(get_or_lease))
         .route("/v1/locks/{name}/acquire", post(lock_acquire))
         .route("/v1/locks/{name}/release", post(lock_release))
         .route("/v1/locks/{name}/extend", post(lock_extend))
@@ -238,6 +239,63 @@ async fn get_entry(
     Ok((headers, entry.value).into_response())
 }
 
+/// The header telling what a GetOrLease answered: `hit`, `stale` or
+/// `granted`.
+pub const LEASE_HEADER: &str = "outrigger-lease";
+
+#[utoipa::path(
+    post, path = "/v1/cache/{key}/lease", tag = "cache",
+    params(("key" = String, Path, description = "The key")),
+    request_body = GetOrLeaseBody,
+    responses(
+        (status = 200, description = "The value (`outrigger-lease: hit`), the expired value while another caller fills the key (`stale`), or the expired value with the lease (`granted`)", content_type = "application/octet-stream", body = String,
+            headers(("outrigger-lease" = String, description = "hit, stale or granted"),
+                    ("outrigger-version" = u64, description = "The value's version"),
+                    ("outrigger-ttl-ms" = u64, description = "Remaining TTL in ms (hits only)"))),
+        (status = 204, description = "The key is missing and this caller holds the lease: compute the value and PUT it (`outrigger-lease: granted`)",
+            headers(("outrigger-lease" = String, description = "granted"))),
+        (status = 400, description = "Malformed input", body = ErrorBody),
+        (status = 409, description = "Another caller holds the lease and did not fill the key within wait_ms", body = ErrorBody),
+        (status = 413, description = "Over a size limit", body = ErrorBody),
+        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+)]
+async fn get_or_lease(
+    State(app): State<Arc<App>>,
+    Who(caller): Who,
+    Key(key): Key,
+    ApiJson(body): ApiJson<GetOrLeaseBody>,
+) -> Result<Response, Error> {
+    let key = app.authorize(&caller, Call::new(P::Cache, Op::Read, key))?;
+    let leased = app
+        .cache
+        .get_or_lease(LeaseAsk {
+            key,
+            lease_ms: body.lease_ms,
+            wait_ms: body.wait_ms,
+            accept_stale: body.accept_stale,
+        })
+        .await?;
+    let (outcome, entry) = match leased {
+        Leased::Hit(entry) => ("hit", Some(entry)),
+        Leased::Stale(entry) => ("stale", Some(entry)),
+        Leased::Granted(stale) => ("granted", stale),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(LEASE_HEADER, HeaderValue::from_static(outcome));
+    let Some(entry) = entry else {
+        return Ok((StatusCode::NO_CONTENT, headers).into_response());
+    };
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(VERSION_HEADER, entry.version.into());
+    if let Some(ttl) = entry.ttl {
+        headers.insert(TTL_HEADER, (ttl.as_millis() as u64).into());
+    }
+    Ok((headers, entry.value).into_response())
+}
+
 fn parse_condition(text: Option<&str>) -> Result<Condition, Error> {
     Ok(match text {
         None => Condition::None,
@@ -304,6 +362,7 @@ async fn put_entry(
             ttl_ms: params.ttl_ms,
             tags: tags.clone(),
             condition,
+            stale_ms: params.stale_ms,
         })
         .await?;
     app.after_write(

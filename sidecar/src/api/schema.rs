@@ -60,6 +60,23 @@ pub struct KeyPageReply {
     pub next_cursor: Option<String>,
 }
 
+/// Body of `POST /v1/cache/{key}/lease` (GetOrLease).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetOrLeaseBody {
+    /// How long a granted lease keeps other callers waiting, in ms:
+    /// 1 ..= `limits.max_ttl`. Any write of the key ends it.
+    #[schema(minimum = 1)]
+    pub lease_ms: u64,
+    /// How long to wait for another caller's lease to be filled; 0
+    /// (default) answers at once (409 while another caller holds it).
+    #[serde(default)]
+    pub wait_ms: u64,
+    /// Take the expired value (written with `stale_ms`) rather than wait.
+    #[serde(default)]
+    pub accept_stale: bool,
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcquireBody {
@@ -349,6 +366,10 @@ pub struct PutParams {
     #[serde(default, rename = "if")]
     #[param(rename = "if", pattern = "^(absent|present|version:[0-9]+)$")]
     pub condition: Option<String>,
+    /// With `ttl_ms`: how long after expiring the value is still handed to
+    /// GetOrLease callers that accept stale values.
+    #[serde(default)]
+    pub stale_ms: u64,
 }
 
 /// Query of `GET /v1/cache`.
@@ -408,6 +429,7 @@ pub struct SubscribeParams {
     components(schemas(MessageEvent)),
     paths(
         super::http::get_entry,
+        super::http::get_or_lease,
         super::http::reload_plugins,
         super::http::put_entry,
         super::http::delete_entry,

@@ -36,7 +36,7 @@ use super::redis::RedisStore;
 use super::{
     Acquire, BackendError, CacheStore, Decision, Entry, Feed, FeedItem, KeyPage, Limit, LockStore,
     MemberPage, Offset, PresenceEvent, PresenceStore, PubMessage, PubSubStore, RateLimitStore,
-    SetOutcome, StoreStats, Write,
+    SetOutcome, LeaseRead, LeaseRequest, StoreStats, Write,
 };
 use crate::config::{FailoverConfig, Fallback, LockFallback, RateLimitFallback};
 use crate::telemetry::Metrics;
@@ -466,6 +466,18 @@ impl CacheStore for Failover {
         let fail = self.fallback("cache", self.config.cache);
         self.route("cache", fail, self.redis.delete(key), || {
             self.memory.cache.delete(key)
+        })
+        .await
+    }
+
+    async fn get_or_lease(
+        &self,
+        key: &str,
+        req: LeaseRequest,
+    ) -> Result<LeaseRead, BackendError> {
+        let fail = self.fallback("cache", self.config.cache);
+        self.route("cache", fail, self.redis.get_or_lease(key, req), || {
+            self.memory.cache.get_or_lease(key, req)
         })
         .await
     }

@@ -15,7 +15,8 @@ use lru::LruCache;
 use tokio::time::Instant;
 
 use crate::backend::{
-    BackendError, CacheStore, Condition, Entry, KeyPage, SetOutcome, StoreStats, Write, glob,
+    BackendError, CacheStore, Condition, Entry, KeyPage, LeaseAttempt, LeaseRead, LeaseRequest,
+    SetOutcome, StoreStats, Write, glob, wait_for_lease,
 };
 use crate::config::MemoryConfig;
 
@@ -25,6 +26,8 @@ pub struct MemoryStore {
     /// with no `.await` inside, which is what `std::sync::Mutex` is for.
     inner: Mutex<Inner>,
     bounds: MemoryConfig,
+    /// Ticks on every write, to wake `GetOrLease` waiters.
+    written: tokio::sync::broadcast::Sender<()>,
 }
 
 struct Inner {
@@ -39,6 +42,19 @@ struct Inner {
     /// deleted and written again never reuses a version.
     last_version: u64,
     evictions: u64,
+    /// Values written with a stale window, kept for `GetOrLease` until the
+    /// window closes (the value is shared with the entry, not copied).
+    stale: HashMap<String, StaleCopy>,
+    /// `GetOrLease` leases: key -> when the lease runs out.
+    leases: HashMap<String, Instant>,
+}
+
+struct StaleCopy {
+    value: Bytes,
+    version: u64,
+    until: Instant,
+    /// The entry's tags: tag invalidation removes the copy too.
+    tags: Vec<String>,
 }
 
 struct MemEntry {
@@ -80,8 +96,11 @@ impl MemoryStore {
                 bytes: 0,
                 last_version: 0,
                 evictions: 0,
+                stale: HashMap::new(),
+                leases: HashMap::new(),
             }),
             bounds,
+            written: tokio::sync::broadcast::channel(16).0,
         });
         super::spawn_sweep(Arc::downgrade(&store), |s| {
             s.sweep_expired();
@@ -102,6 +121,8 @@ impl MemoryStore {
         inner.entries.clear();
         inner.tags.clear();
         inner.expiries.clear();
+        inner.stale.clear();
+        inner.leases.clear();
         inner.bytes = 0;
         n
     }
@@ -171,6 +192,7 @@ impl Inner {
             };
             let key = key.clone();
             self.remove(&key);
+            self.stale.remove(&key);
             self.evictions += 1;
         }
     }
@@ -185,7 +207,40 @@ impl Inner {
             self.remove(&key);
             dropped += 1;
         }
+        self.stale.retain(|_, copy| copy.until > now);
+        self.leases.retain(|_, until| *until > now);
         dropped
+    }
+
+    /// Removes a key for good: its stale copy goes with it.
+    fn delete(&mut self, key: &str, now: Instant) -> bool {
+        self.stale.remove(key);
+        self.remove(key).is_some_and(|e| !e.is_expired(now))
+    }
+
+    fn lease_attempt(&mut self, key: &str, lease: Duration, now: Instant) -> LeaseAttempt {
+        if let Some(entry) = self.live(key, now) {
+            return LeaseAttempt::Hit(entry.to_entry(now));
+        }
+        let stale = self
+            .stale
+            .get(key)
+            .filter(|copy| copy.until > now)
+            .map(|copy| Entry {
+                value: copy.value.clone(),
+                version: copy.version,
+                ttl: None,
+            });
+        match self.leases.get(key) {
+            Some(until) if *until > now => LeaseAttempt::Held {
+                stale,
+                retry_in: *until - now,
+            },
+            _ => {
+                self.leases.insert(key.to_string(), now + lease);
+                LeaseAttempt::Granted { stale }
+            }
+        }
     }
 
     fn next_version(&mut self) -> u64 {
@@ -246,6 +301,21 @@ impl CacheStore for MemoryStore {
         let mut tags = write.tags;
         tags.sort();
         tags.dedup();
+        match (write.ttl, write.stale) {
+            (Some(ttl), Some(stale)) if !stale.is_zero() => {
+                let copy = StaleCopy {
+                    value: write.value.clone(),
+                    version,
+                    until: now + ttl + stale,
+                    tags: tags.clone(),
+                };
+                inner.stale.insert(key.to_string(), copy);
+            }
+            _ => {
+                inner.stale.remove(key);
+            }
+        }
+        inner.leases.remove(key);
         inner.insert(
             key.to_string(),
             MemEntry {
@@ -257,13 +327,33 @@ impl CacheStore for MemoryStore {
             },
         );
         inner.evict_to(&self.bounds, now);
+        drop(inner);
+        let _ = self.written.send(());
         Ok(SetOutcome::Written { version })
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
         let now = Instant::now();
         let mut inner = self.lock();
-        Ok(inner.remove(key).is_some_and(|e| !e.is_expired(now)))
+        Ok(inner.delete(key, now))
+    }
+
+    async fn get_or_lease(
+        &self,
+        key: &str,
+        req: LeaseRequest,
+    ) -> Result<LeaseRead, BackendError> {
+        let mut written = self.written.subscribe();
+        wait_for_lease(
+            &req,
+            || {
+                let look = self.lock().lease_attempt(key, req.lease, Instant::now());
+                std::future::ready(Ok(look))
+            },
+            // Any write may be the fill.
+            &mut written,
+        )
+        .await
     }
 
     async fn invalidate_tags(&self, tags: &[String]) -> Result<u64, BackendError> {
@@ -277,10 +367,12 @@ impl CacheStore for MemoryStore {
                 .map(|keys| keys.iter().cloned().collect())
                 .unwrap_or_default();
             for key in keys {
-                if inner.remove(&key).is_some_and(|e| !e.is_expired(now)) {
+                if inner.delete(&key, now) {
                     deleted += 1;
                 }
             }
+            // Stale copies of entries that have expired since.
+            inner.stale.retain(|_, copy| !copy.tags.contains(tag));
         }
         Ok(deleted)
     }
@@ -291,12 +383,14 @@ impl CacheStore for MemoryStore {
         let keys: Vec<String> = inner
             .entries
             .iter()
-            .filter(|(key, _)| glob::matches(pattern, key))
-            .map(|(key, _)| key.clone())
+            .map(|(key, _)| key)
+            .chain(inner.stale.keys())
+            .filter(|key| glob::matches(pattern, key))
+            .cloned()
             .collect();
         let mut deleted = 0;
         for key in keys {
-            if inner.remove(&key).is_some_and(|e| !e.is_expired(now)) {
+            if inner.delete(&key, now) {
                 deleted += 1;
             }
         }

@@ -10,14 +10,25 @@ use futures::future::try_join_all;
 use redis::Value;
 
 use super::near::{KEY_PREFIX, PATTERN_PREFIX};
+use super::subscriber::{Delivery, Topic};
 use super::{RedisStore, SCAN_BATCH};
 use crate::backend::{
-    BackendError, CacheStore, Condition, Entry, KeyPage, SetOutcome, StoreStats, Write,
+    BackendError, CacheStore, Changes, Condition, Entry, KeyPage, LeaseAttempt, LeaseRead,
+    LeaseRequest, SetOutcome, StoreStats, Write, glob, wait_for_lease,
 };
 
 impl RedisStore {
     fn entry_key(&self, key: &str) -> String {
         format!("{}:c:{{{key}}}", self.namespace)
+    }
+
+    /// The copy of an entry kept past its expiry for `GetOrLease`.
+    fn stale_key(&self, key: &str) -> String {
+        format!("{}:cs:{{{key}}}", self.namespace)
+    }
+
+    fn lease_key(&self, key: &str) -> String {
+        format!("{}:cl:{{{key}}}", self.namespace)
     }
 
     fn tag_key(&self, tag: &str) -> String {
@@ -63,7 +74,8 @@ impl RedisStore {
         let deletes = keys.iter().map(|key| {
             let mut conn = self.conn();
             let mut call = self.scripts.delete_if_tagged.key(self.entry_key(key));
-            call.arg(tag)
+            call.key(self.stale_key(key))
+                .arg(tag)
                 .arg(&self.invalidations)
                 .arg(format!("{KEY_PREFIX}{key}"));
             async move { call.invoke_async::<u64>(&mut conn).await }
@@ -122,8 +134,19 @@ impl RedisStore {
         pattern: &str,
         count: usize,
     ) -> Result<(u64, Vec<String>), BackendError> {
+        self.scan_kind("c", cursor, pattern, count).await
+    }
+
+    /// One SCAN step over `ns:<kind>:{pattern}`.
+    async fn scan_kind(
+        &self,
+        kind: &str,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> Result<(u64, Vec<String>), BackendError> {
         let mut conn = self.conn();
-        let mut full = format!("{}:c:{{", self.namespace);
+        let mut full = format!("{}:{kind}:{{", self.namespace);
         full.push_str(if pattern.is_empty() { "*" } else { pattern });
         full.push('}');
         self.call(
@@ -172,6 +195,96 @@ fn entry_from_reply(reply: Vec<Value>) -> Result<(Entry, Vec<String>), BackendEr
         },
         tags,
     ))
+}
+
+/// Wakes a `GetOrLease` waiter when its key (or a pattern that may cover
+/// it) is announced on the invalidation channel.
+struct FillWatch {
+    key: String,
+    rx: Option<(
+        tokio::sync::broadcast::Receiver<Delivery>,
+        super::subscriber::Listening,
+    )>,
+}
+
+impl Changes for FillWatch {
+    async fn changed(&mut self, limit: Duration) {
+        let Some((rx, _)) = &mut self.rx else {
+            tokio::time::sleep(limit).await;
+            return;
+        };
+        let key = self.key.as_str();
+        let wait = async {
+            loop {
+                match rx.recv().await {
+                    Ok(d) => {
+                        let text = String::from_utf8_lossy(&d.payload);
+                        let hit = match text.strip_prefix(KEY_PREFIX) {
+                            Some(k) => k == key,
+                            None => text
+                                .strip_prefix(PATTERN_PREFIX)
+                                .is_none_or(|p| glob::matches(p, key)),
+                        };
+                        if hit {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        std::future::pending::<()>().await
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
+    }
+}
+
+fn lease_from_reply(reply: Vec<Value>) -> Result<LeaseAttempt, BackendError> {
+    let bad = |what: &str| BackendError::Protocol(format!("cache lease: {what}"));
+    let mut fields = reply.into_iter();
+    let kind = match fields.next() {
+        Some(Value::BulkString(k)) => k,
+        _ => return Err(bad("kind")),
+    };
+    let value = fields.next();
+    let version = fields.next();
+    let entry = |value: Option<Value>, version: Option<Value>| -> Result<Option<Entry>, BackendError> {
+        match (value, version) {
+            (Some(Value::BulkString(v)), Some(Value::BulkString(ver))) => Ok(Some(Entry {
+                value: Bytes::from(v),
+                version: std::str::from_utf8(&ver)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| bad("version"))?,
+                ttl: None,
+            })),
+            (Some(Value::Nil) | None, _) => Ok(None),
+            _ => Err(bad("entry")),
+        }
+    };
+    let pttl = match fields.next() {
+        Some(Value::Int(ms)) => Some(ms),
+        None => None,
+        _ => return Err(bad("ttl")),
+    };
+    match kind.as_slice() {
+        b"hit" => {
+            let mut found = entry(value, version)?.ok_or_else(|| bad("hit without a value"))?;
+            found.ttl = pttl
+                .filter(|ms| *ms >= 0)
+                .map(|ms| Duration::from_millis(ms as u64));
+            Ok(LeaseAttempt::Hit(found))
+        }
+        b"lease" => Ok(LeaseAttempt::Granted {
+            stale: entry(value, version)?,
+        }),
+        b"held" => Ok(LeaseAttempt::Held {
+            stale: entry(value, version)?,
+            retry_in: Duration::from_millis(pttl.unwrap_or(0).max(0) as u64),
+        }),
+        _ => Err(bad("kind")),
+    }
 }
 
 #[async_trait]
@@ -254,20 +367,29 @@ impl CacheStore for RedisStore {
             Condition::IfVersion(v) => ("version", v),
         };
         let mut conn = self.conn();
+        let stale_ms = match (write.ttl, write.stale) {
+            (Some(_), Some(stale)) => stale.as_millis() as u64,
+            _ => 0,
+        };
         let mut call = self.scripts.set.key(self.entry_key(key));
-        call.arg(write.value.as_ref())
+        call.key(self.stale_key(key))
+            .key(self.lease_key(key))
+            .arg(write.value.as_ref())
             .arg(ttl_ms)
             .arg(condition)
             .arg(expected)
             .arg(&self.invalidations)
             .arg(format!("{KEY_PREFIX}{key}"))
+            .arg(stale_ms)
             .arg(&write.tags);
         let version: i64 = self.call(call.invoke_async(&mut conn)).await?;
         if version < 0 {
             return Ok(SetOutcome::ConditionFailed);
         }
         self.evict(key);
-        self.index_tags(key, &write.tags, ttl_ms).await?;
+        // The stale copy carries the tags too: index it as long as it lives.
+        let index_ms = if ttl_ms > 0 { ttl_ms + stale_ms } else { 0 };
+        self.index_tags(key, &write.tags, index_ms).await?;
         Ok(SetOutcome::Written {
             version: version as u64,
         })
@@ -276,13 +398,47 @@ impl CacheStore for RedisStore {
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
         let mut conn = self.conn();
         let mut call = self.scripts.delete.key(self.entry_key(key));
-        call.arg(&self.invalidations)
+        call.key(self.stale_key(key))
+            .arg(&self.invalidations)
             .arg(format!("{KEY_PREFIX}{key}"));
         let removed: u64 = self.call(call.invoke_async(&mut conn)).await?;
         if removed > 0 {
             self.evict(key);
         }
         Ok(removed > 0)
+    }
+
+    async fn get_or_lease(
+        &self,
+        key: &str,
+        req: LeaseRequest,
+    ) -> Result<LeaseRead, BackendError> {
+        // Fills publish the key on the invalidation channel: listen before
+        // the first look. Without pub/sub, waiters poll.
+        let mut changes = FillWatch {
+            key: key.to_string(),
+            rx: self
+                .subscriber
+                .listen(Topic::Channel(self.invalidations.clone()), true)
+                .await
+                .ok()
+                .map(|subscription| subscription.into_parts()),
+        };
+        let lease_ms = req.lease.as_millis().max(1) as u64;
+        wait_for_lease(
+            &req,
+            || async move {
+                let mut conn = self.conn();
+                let mut call = self.scripts.lease.key(self.entry_key(key));
+                call.key(self.stale_key(key))
+                    .key(self.lease_key(key))
+                    .arg(lease_ms);
+                let reply: Vec<Value> = self.call(call.invoke_async(&mut conn)).await?;
+                lease_from_reply(reply)
+            },
+            &mut changes,
+        )
+        .await
     }
 
     async fn invalidate_tags(&self, tags: &[String]) -> Result<u64, BackendError> {
@@ -307,6 +463,24 @@ impl CacheStore for RedisStore {
                             .query_async::<u64>(&mut conn),
                     )
                     .await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        // Stale copies, including those whose entry has expired.
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = self.scan_kind("cs", cursor, pattern, SCAN_BATCH).await?;
+            if !keys.is_empty() {
+                let mut conn = self.conn();
+                self.call(
+                    redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async::<u64>(&mut conn),
+                )
+                .await?;
             }
             if next == 0 {
                 break;

@@ -97,10 +97,13 @@ pub(crate) struct Subscription {
 impl Subscription {
     /// Splits off what keeps the subscription alive, for callers that want
     /// to own the receiver separately.
-    pub fn into_parts(self) -> (broadcast::Receiver<Delivery>, impl Send + 'static) {
-        (self.rx, self.guard)
+    pub fn into_parts(self) -> (broadcast::Receiver<Delivery>, Listening) {
+        (self.rx, Listening(self.guard))
     }
 }
+
+/// Keeps a topic listened to; dropping it lets the topic go.
+pub(crate) struct Listening(#[allow(dead_code)] Unlisten);
 
 struct Unlisten {
     subscriber: Weak<Subscriber>,
