@@ -755,7 +755,10 @@ async fn http_get_or_lease_gives_one_lease_to_a_stampede(t: Target) {
     let (mut granted, mut filled) = (0, 0);
     while let Some(resp) = calls.next().await {
         let resp = resp.unwrap();
-        let outcome = resp.headers()["outrigger-lease"].to_str().unwrap().to_string();
+        let outcome = resp.headers()["outrigger-lease"]
+            .to_str()
+            .unwrap()
+            .to_string();
         match (resp.status(), outcome.as_str()) {
             (StatusCode::NO_CONTENT, "granted") => {
                 granted += 1;
@@ -820,7 +823,11 @@ async fn grpc_get_or_lease_gives_one_lease_to_a_stampede(t: Target) {
 
 async fn get_or_lease_serves_stale_values_and_rejects_bad_input(t: Target) {
     let c = http();
-    let lease = |body: Value| c.post(t.sidecar.url("/v1/cache/page/lease")).json(&body).send();
+    let lease = |body: Value| {
+        c.post(t.sidecar.url("/v1/cache/page/lease"))
+            .json(&body)
+            .send()
+    };
     let put = c
         .put(t.sidecar.url("/v1/cache/page?ttl_ms=100&stale_ms=60000"))
         .body("yesterday")
@@ -834,7 +841,9 @@ async fn get_or_lease_serves_stale_values_and_rejects_bad_input(t: Target) {
     })
     .await;
     // The one who recomputes gets the stale value along with the lease.
-    let first = lease(json!({"lease_ms": 30_000, "accept_stale": true})).await.unwrap();
+    let first = lease(json!({"lease_ms": 30_000, "accept_stale": true}))
+        .await
+        .unwrap();
     assert_eq!(first.status(), StatusCode::OK);
     assert_eq!(first.headers()["outrigger-lease"], "granted");
     assert_eq!(first.text().await.unwrap(), "yesterday");

@@ -215,7 +215,11 @@ mod cases {
             }
         }
         // Woken by the write, not by their 10 s deadline.
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
         // The write ended the lease: once the key is gone again, a new one
         // is granted at once.
         assert!(s.delete("k").await.unwrap());
@@ -235,7 +239,9 @@ mod cases {
         // The holder never fills: a waiter is granted the lease once it
         // runs out, well before its own deadline.
         let started = std::time::Instant::now();
-        let waited = s.get_or_lease("k", lease(Duration::from_secs(10), false)).await;
+        let waited = s
+            .get_or_lease("k", lease(Duration::from_secs(10), false))
+            .await;
         assert_eq!(waited.unwrap(), LeaseRead::Lease { stale: None });
         let took = started.elapsed();
         assert!(
@@ -244,7 +250,9 @@ mod cases {
         );
         // A waiter whose deadline comes first is told so.
         let started = std::time::Instant::now();
-        let timed_out = s.get_or_lease("k", lease(Duration::from_millis(300), false)).await;
+        let timed_out = s
+            .get_or_lease("k", lease(Duration::from_millis(300), false))
+            .await;
         assert_eq!(timed_out.unwrap(), LeaseRead::Pending);
         assert!(started.elapsed() >= Duration::from_millis(300));
     }
@@ -258,10 +266,14 @@ mod cases {
             };
             set(s, key, w).await;
         }
-        let written = set(s, "plain", Write {
-            ttl: Some(Duration::from_millis(100)),
-            ..write("old")
-        })
+        let written = set(
+            s,
+            "plain",
+            Write {
+                ttl: Some(Duration::from_millis(100)),
+                ..write("old")
+            },
+        )
         .await;
         assert!(written > 0);
         eventually(Duration::from_secs(5), "the entries to expire", || async {
@@ -269,12 +281,20 @@ mod cases {
         })
         .await;
         // The first caller gets the lease and the stale value with it...
-        match s.get_or_lease("k", lease(Duration::ZERO, true)).await.unwrap() {
+        match s
+            .get_or_lease("k", lease(Duration::ZERO, true))
+            .await
+            .unwrap()
+        {
             LeaseRead::Lease { stale: Some(e) } => assert_eq!(text(&e), "old"),
             other => panic!("{other:?}"),
         }
         // ...the others take the stale value rather than wait...
-        match s.get_or_lease("k", lease(Duration::from_secs(10), true)).await.unwrap() {
+        match s
+            .get_or_lease("k", lease(Duration::from_secs(10), true))
+            .await
+            .unwrap()
+        {
             LeaseRead::Stale(e) => assert_eq!(text(&e), "old"),
             other => panic!("{other:?}"),
         }
@@ -283,18 +303,24 @@ mod cases {
         assert_eq!(strict.unwrap(), LeaseRead::Pending);
         // Without a stale window there is nothing stale to give.
         assert_eq!(
-            s.get_or_lease("plain", lease(Duration::ZERO, true)).await.unwrap(),
+            s.get_or_lease("plain", lease(Duration::ZERO, true))
+                .await
+                .unwrap(),
             LeaseRead::Lease { stale: None }
         );
         // Deletes and invalidations remove stale values at once.
         s.delete("k").await.unwrap();
         assert_eq!(
-            s.get_or_lease("k", lease(Duration::ZERO, true)).await.unwrap(),
+            s.get_or_lease("k", lease(Duration::ZERO, true))
+                .await
+                .unwrap(),
             LeaseRead::Pending
         );
         s.invalidate_tags(&["t".into()]).await.unwrap();
         assert_eq!(
-            s.get_or_lease("tagged", lease(Duration::ZERO, true)).await.unwrap(),
+            s.get_or_lease("tagged", lease(Duration::ZERO, true))
+                .await
+                .unwrap(),
             LeaseRead::Lease { stale: None }
         );
     }

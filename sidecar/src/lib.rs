@@ -214,8 +214,12 @@ impl Sidecar {
 
         let mut servers: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
         let router = api::http::router(self.app.clone());
-        let http =
-            axum::serve(self.http, router.clone()).with_graceful_shutdown(stopped(stop_rx.clone()));
+        // Small responses go out at once: no Nagle delay on loopback.
+        let http_listener = axum::serve::ListenerExt::tap_io(self.http, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let http = axum::serve(http_listener, router.clone())
+            .with_graceful_shutdown(stopped(stop_rx.clone()));
         servers.push((
             "HTTP server",
             tokio::spawn(async move { http.await.context("HTTP server failed") }),
@@ -243,7 +247,17 @@ impl Sidecar {
 
         self.app.plugins.watch(self.app.draining());
         let routes = api::grpc::routes(self.app.clone()).await?;
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
+        // Without TCP_NODELAY, a streamed message can wait for the peer's
+        // delayed ACK (40 ms on Linux).
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(self.grpc),
+            |conn| {
+                if let Ok(tcp) = &conn {
+                    let _ = tcp.set_nodelay(true);
+                }
+                conn
+            },
+        );
         let grpc = serve_grpc(
             routes.clone(),
             self.app.auth.clone(),

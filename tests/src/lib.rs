@@ -344,6 +344,11 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
+    /// The process id (for reading its memory and CPU use).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// `http://127.0.0.1:port{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)

@@ -34,9 +34,9 @@ use tokio::time::Instant;
 use super::memory::{MemoryLocks, MemoryPresence, MemoryPubSub, MemoryRateLimits, MemoryStore};
 use super::redis::RedisStore;
 use super::{
-    Acquire, BackendError, CacheStore, Decision, Entry, Feed, FeedItem, KeyPage, Limit, LockStore,
-    MemberPage, Offset, PresenceEvent, PresenceStore, PubMessage, PubSubStore, RateLimitStore,
-    SetOutcome, LeaseRead, LeaseRequest, StoreStats, Write,
+    Acquire, BackendError, CacheStore, Decision, Entry, Feed, FeedItem, KeyPage, LeaseRead,
+    LeaseRequest, Limit, LockStore, MemberPage, Offset, PresenceEvent, PresenceStore, PubMessage,
+    PubSubStore, RateLimitStore, SetOutcome, StoreStats, Write,
 };
 use crate::config::{FailoverConfig, Fallback, LockFallback, RateLimitFallback};
 use crate::telemetry::Metrics;
@@ -470,11 +470,7 @@ impl CacheStore for Failover {
         .await
     }
 
-    async fn get_or_lease(
-        &self,
-        key: &str,
-        req: LeaseRequest,
-    ) -> Result<LeaseRead, BackendError> {
+    async fn get_or_lease(&self, key: &str, req: LeaseRequest) -> Result<LeaseRead, BackendError> {
         let fail = self.fallback("cache", self.config.cache);
         self.route("cache", fail, self.redis.get_or_lease(key, req), || {
             self.memory.cache.get_or_lease(key, req)

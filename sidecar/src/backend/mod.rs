@@ -161,8 +161,7 @@ where
             LeaseAttempt::Hit(entry) => return Ok(LeaseRead::Hit(entry)),
             LeaseAttempt::Granted { stale } => return Ok(LeaseRead::Lease { stale }),
             LeaseAttempt::Held {
-                stale: Some(stale),
-                ..
+                stale: Some(stale), ..
             } if req.stale_ok => return Ok(LeaseRead::Stale(stale)),
             LeaseAttempt::Held { retry_in, .. } => {
                 let now = tokio::time::Instant::now();
@@ -231,8 +230,7 @@ pub trait CacheStore: Send + Sync + 'static {
     /// Reads `key`; if it is missing, grants this caller a lease to fill it
     /// unless another caller holds one, in which case waits (until
     /// `req.deadline`) for it to be filled. See [`LeaseRead`].
-    async fn get_or_lease(&self, key: &str, req: LeaseRequest)
-    -> Result<LeaseRead, BackendError>;
+    async fn get_or_lease(&self, key: &str, req: LeaseRequest) -> Result<LeaseRead, BackendError>;
 
     /// Deletes every key carrying any of `tags`; returns how many.
     async fn invalidate_tags(&self, tags: &[String]) -> Result<u64, BackendError>;

@@ -338,11 +338,7 @@ impl CacheStore for MemoryStore {
         Ok(inner.delete(key, now))
     }
 
-    async fn get_or_lease(
-        &self,
-        key: &str,
-        req: LeaseRequest,
-    ) -> Result<LeaseRead, BackendError> {
+    async fn get_or_lease(&self, key: &str, req: LeaseRequest) -> Result<LeaseRead, BackendError> {
         let mut written = self.written.subscribe();
         wait_for_lease(
             &req,
@@ -463,6 +459,7 @@ mod tests {
             ttl: None,
             tags: vec![],
             condition: Condition::None,
+            stale: None,
         }
     }
 

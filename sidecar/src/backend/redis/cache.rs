@@ -249,20 +249,21 @@ fn lease_from_reply(reply: Vec<Value>) -> Result<LeaseAttempt, BackendError> {
     };
     let value = fields.next();
     let version = fields.next();
-    let entry = |value: Option<Value>, version: Option<Value>| -> Result<Option<Entry>, BackendError> {
-        match (value, version) {
-            (Some(Value::BulkString(v)), Some(Value::BulkString(ver))) => Ok(Some(Entry {
-                value: Bytes::from(v),
-                version: std::str::from_utf8(&ver)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| bad("version"))?,
-                ttl: None,
-            })),
-            (Some(Value::Nil) | None, _) => Ok(None),
-            _ => Err(bad("entry")),
-        }
-    };
+    let entry =
+        |value: Option<Value>, version: Option<Value>| -> Result<Option<Entry>, BackendError> {
+            match (value, version) {
+                (Some(Value::BulkString(v)), Some(Value::BulkString(ver))) => Ok(Some(Entry {
+                    value: Bytes::from(v),
+                    version: std::str::from_utf8(&ver)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| bad("version"))?,
+                    ttl: None,
+                })),
+                (Some(Value::Nil) | None, _) => Ok(None),
+                _ => Err(bad("entry")),
+            }
+        };
     let pttl = match fields.next() {
         Some(Value::Int(ms)) => Some(ms),
         None => None,
@@ -408,11 +409,7 @@ impl CacheStore for RedisStore {
         Ok(removed > 0)
     }
 
-    async fn get_or_lease(
-        &self,
-        key: &str,
-        req: LeaseRequest,
-    ) -> Result<LeaseRead, BackendError> {
+    async fn get_or_lease(&self, key: &str, req: LeaseRequest) -> Result<LeaseRead, BackendError> {
         // Fills publish the key on the invalidation channel: listen before
         // the first look. Without pub/sub, waiters poll.
         let mut changes = FillWatch {
