@@ -59,7 +59,16 @@ impl Telemetry {
         let otel = provider
             .as_ref()
             .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("outrigger")));
-        let registry = tracing_subscriber::registry().with(filter).with(otel);
+        // Without a trace exporter, spans have no reader: disable them
+        // outright, so a request's spans cost a cached callsite check and
+        // nothing else (the log lines carry their own fields).
+        let spans_wanted = otel.is_some();
+        let spans =
+            tracing_subscriber::filter::filter_fn(move |meta| spans_wanted || !meta.is_span());
+        let registry = tracing_subscriber::registry()
+            .with(filter)
+            .with(spans)
+            .with(otel);
         match log.format {
             LogFormat::Text => registry
                 .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()))

@@ -51,6 +51,10 @@ struct Args {
     /// Timed window per cell, in ms (default 3000; 150 with --quick).
     #[arg(long)]
     window_ms: Option<u64>,
+    /// Extra environment for the sidecar, `KEY=VALUE` (repeatable), e.g.
+    /// `OUTRIGGER_CACHE__NEAR__ENABLED=false`.
+    #[arg(long = "sidecar-env")]
+    sidecar_env: Vec<String>,
 }
 
 /// One measured cell.
@@ -76,6 +80,7 @@ struct Row {
 #[derive(Debug, Serialize)]
 struct Report {
     mode: &'static str,
+    sidecar: String,
     cpus: usize,
     redis_version: String,
     sidecar_rss_idle_mb: f64,
@@ -113,7 +118,14 @@ async fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let http_socket = dir.path().join("http.sock");
     let grpc_socket = dir.path().join("grpc.sock");
-    let sidecar = SidecarBuilder::new(args.sidecar.to_str().context("sidecar path")?)
+    let mut builder = SidecarBuilder::new(args.sidecar.to_str().context("sidecar path")?);
+    for pair in &args.sidecar_env {
+        let (key, value) = pair
+            .split_once('=')
+            .context("--sidecar-env takes KEY=VALUE")?;
+        builder = builder.env(key, value);
+    }
+    let sidecar = builder
         .redis(&redis)
         .namespace("bench")
         .env("OUTRIGGER_CACHE__NEAR__ENABLED", "true")
@@ -180,6 +192,7 @@ async fn main() -> Result<()> {
     }
     let report = Report {
         mode: if args.quick { "quick" } else { "full" },
+        sidecar: args.sidecar.display().to_string(),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         redis_version: clients.redis_version().await?,
         sidecar_rss_idle_mb: rss_idle,
@@ -288,6 +301,7 @@ struct Clients {
     grpc_uds: Channel,
     http: reqwest::Client,
     http_uds: reqwest::Client,
+    http_socket: PathBuf,
     base: String,
 }
 
@@ -321,6 +335,7 @@ impl Clients {
                 .unix_socket(http_socket.to_path_buf())
                 .pool_max_idle_per_host(128)
                 .build()?,
+            http_socket: http_socket.to_path_buf(),
             base: sidecar.url(""),
         })
     }
@@ -425,6 +440,10 @@ fn plan(c: &Clients) -> Vec<(&'static str, Vec<(&'static str, Op)>)> {
             }),
         ));
     }
+    vias.push((
+        "http+uds raw",
+        raw_http(c, "GET /v1/cache/hit", 200, Some(VALUE)),
+    ));
     plan.push(("cache get (hit)", vias));
 
     // --- cache get, miss ------------------------------------------------
@@ -476,6 +495,10 @@ fn plan(c: &Clients) -> Vec<(&'static str, Vec<(&'static str, Op)>)> {
             }),
         ));
     }
+    vias.push((
+        "http+uds raw",
+        raw_http(c, "GET /v1/cache/absent", 404, None),
+    ));
     plan.push(("cache get (miss)", vias));
 
     // --- cache set ------------------------------------------------------
@@ -749,6 +772,59 @@ fn plan(c: &Clients) -> Vec<(&'static str, Vec<(&'static str, Op)>)> {
         ],
     ));
     plan
+}
+
+/// A minimal HTTP/1.1 keep-alive client over the Unix socket, one
+/// connection per worker: what the sidecar's hop costs without a client
+/// library's own machinery (pools, connection tasks) on top.
+fn raw_http(c: &Clients, request_line: &str, status: u16, body: Option<&'static [u8]>) -> Op {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    type Conn = BufReader<tokio::net::UnixStream>;
+    let request = format!("{request_line} HTTP/1.1\r\nhost: outrigger\r\n\r\n").into_bytes();
+    let request: Arc<[u8]> = request.into();
+    let socket = c.http_socket.clone();
+    let conns: Arc<Vec<Mutex<Option<Conn>>>> =
+        Arc::new((0..CONCURRENCY[1]).map(|_| Mutex::new(None)).collect());
+    op(move |w, _| {
+        let (request, socket, conns) = (request.clone(), socket.clone(), conns.clone());
+        async move {
+            let mut slot = conns[w].lock().await;
+            if slot.is_none() {
+                *slot = Some(BufReader::new(
+                    tokio::net::UnixStream::connect(&socket).await?,
+                ));
+            }
+            let conn = slot.as_mut().expect("connected");
+            conn.get_mut().write_all(&request).await?;
+            let mut line = String::new();
+            conn.read_line(&mut line).await?;
+            let got: u16 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .with_context(|| format!("status line {line:?}"))?;
+            let mut length = 0usize;
+            loop {
+                line.clear();
+                conn.read_line(&mut line).await?;
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse()?;
+                }
+            }
+            let mut content = vec![0u8; length];
+            conn.read_exact(&mut content).await?;
+            ensure!(got == status, "status {got}");
+            if let Some(body) = body {
+                ensure!(content == body, "wrong value");
+            }
+            Ok(())
+        }
+    })
 }
 
 fn base_for(c: &Clients, via: &str, path: &str) -> String {
@@ -1029,7 +1105,7 @@ fn markdown(r: &Report, window: Duration) -> String {
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
         out,
-        "Generated by `scripts/bench.sh` (`outrigger-bench`, {} mode): one release `outrigger` \
+        "Generated by `scripts/bench.sh` (`outrigger-bench`, {} mode): `{}` \
          (Redis backend, near cache on) and redis-server {} on this machine ({} CPUs), \
          client and servers sharing the cores. Each cell: a warm-up, then {} ms timed; \
          every request's latency recorded. \"direct\" is the same operation sent straight \
@@ -1037,6 +1113,7 @@ fn markdown(r: &Report, window: Duration) -> String {
          where the sidecar uses one), measured in the same run. Ratios are sidecar ÷ direct: \
          latency ratios below 1 and throughput ratios above 1 favour the sidecar.\n",
         r.mode,
+        r.sidecar,
         r.redis_version,
         r.cpus,
         window.as_millis()
