@@ -1123,6 +1123,8 @@ fn markdown(r: &Report, window: Duration) -> String {
         "Sidecar memory: RSS {:.1} MB idle, {:.1} MB after the run, {:.1} MB peak.\n",
         r.sidecar_rss_idle_mb, r.sidecar_rss_after_mb, r.sidecar_rss_peak_mb
     );
+    targets(&mut out, r);
+    let _ = writeln!(out, "## All measurements\n");
     let _ = writeln!(
         out,
         "| operation | via | c | req/s | p50 µs | p99 µs | p99.9 µs | p50 × | p99 × | req/s × | sidecar CPU ms / 1k req |"
@@ -1151,4 +1153,70 @@ fn markdown(r: &Report, window: Duration) -> String {
         );
     }
     out
+}
+
+/// The targets the sidecar is held to, checked against this run: for each,
+/// the best way through the sidecar and whether it meets the target.
+fn targets(out: &mut String, r: &Report) {
+    use std::fmt::Write;
+    let best = |op: &str, c: usize, key: fn(&Row) -> Option<f64>, lower: bool| {
+        r.rows
+            .iter()
+            .filter(|row| row.op == op && row.concurrency == c && row.via != "direct")
+            .filter_map(|row| key(row).map(|v| (v, row.via)))
+            .reduce(|a, b| if (b.0 < a.0) == lower { b } else { a })
+    };
+    let _ = writeln!(out, "## Targets\n");
+    let _ = writeln!(
+        out,
+        "| target | best way through the sidecar | measured | met |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---|");
+    let mut line = |what: String, found: Option<(f64, &str)>, limit: f64, lower: bool| {
+        let (text, via, met) = match found {
+            Some((v, via)) => (
+                format!("{v:.2}"),
+                via,
+                if (v <= limit) == lower { "yes" } else { "no" },
+            ),
+            None => ("-".into(), "-", "-"),
+        };
+        let _ = writeln!(out, "| {what} | {via} | {text} | {met} |");
+    };
+    line(
+        "cache get (hit), c=1: p50 ≤ 1.0× direct GET".into(),
+        best("cache get (hit)", 1, |row| row.p50_ratio, true),
+        1.0,
+        true,
+    );
+    let mut ops: Vec<&str> = r.rows.iter().map(|row| row.op).collect();
+    ops.dedup();
+    for op in ops.iter().filter(|op| **op != "cache get (hit)") {
+        line(
+            format!("{op}, c=1: p50 ≤ 2× direct"),
+            best(op, 1, |row| row.p50_ratio, true),
+            2.0,
+            true,
+        );
+        line(
+            format!("{op}, c=1: p99 ≤ 2.5× direct"),
+            best(op, 1, |row| row.p99_ratio, true),
+            2.5,
+            true,
+        );
+    }
+    for op in &ops {
+        line(
+            format!("{op}, c=64: throughput ≥ 0.5× direct"),
+            best(op, 64, |row| row.throughput_ratio, false),
+            0.5,
+            false,
+        );
+    }
+    let rss = r.sidecar_rss_idle_mb;
+    let _ = writeln!(
+        out,
+        "| sidecar RSS idle ≤ 30 MB | - | {rss:.1} MB | {} |\n",
+        if rss <= 30.0 { "yes" } else { "no" }
+    );
 }
