@@ -443,3 +443,113 @@ async fn unix_sockets_serve_both_apis_to_this_user_only() {
     assert_eq!(s.wait(Duration::from_secs(10)).await, Some(0));
     assert!(!http_socket.exists() && !grpc_socket.exists());
 }
+
+/// The API token and the Redis password never reach a log line, the
+/// status, the metrics or an error, whether Redis accepts the password,
+/// refuses it, or goes away.
+#[tokio::test]
+async fn secrets_stay_out_of_logs_status_and_errors() {
+    const TOKEN: &str = "tok-4f9e1c-secret";
+    const PASSWORD: &str = "pw-7d2b8a-secret";
+    const WRONG: &str = "pw-wrong-0c3e55";
+    let mut redis = RedisServer::start_with(&["--requirepass", PASSWORD]).await;
+    let url = |password: &str| format!("redis://:{password}@127.0.0.1:{}", redis.port);
+    let good = sidecar!()
+        .env("OUTRIGGER_REDIS__URL", url(PASSWORD))
+        .env("OUTRIGGER_AUTH__TOKEN", TOKEN)
+        .env("OUTRIGGER_LOG__LEVEL", "debug")
+        .namespace(&unique("secrets"))
+        .start()
+        .await;
+    let bad = sidecar!()
+        .env("OUTRIGGER_REDIS__URL", url(WRONG))
+        .env("OUTRIGGER_LOG__LEVEL", "debug")
+        .namespace(&unique("secrets"))
+        .start()
+        .await;
+    let http = reqwest::Client::new();
+    let bearer = format!("Bearer {TOKEN}");
+    let mut seen = String::new();
+    // Served from Redis with the right password.
+    let put = http
+        .put(good.url("/v1/cache/k"))
+        .header("authorization", &bearer)
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let text = |resp: reqwest::Response| async move { resp.text().await.unwrap() };
+    for (path, auth) in [
+        ("/v1/admin/status", true),
+        ("/metrics", true),
+        ("/v1/cache/k", false),
+        ("/v1/cache/nope", true),
+    ] {
+        let mut req = http.get(good.url(path));
+        if auth {
+            req = req.header("authorization", &bearer);
+        }
+        seen.push_str(&text(req.send().await.unwrap()).await);
+    }
+    // A wrong token is refused without echoing anything.
+    let wrong = http
+        .get(good.url("/v1/cache/k"))
+        .header("authorization", format!("Bearer {TOKEN}x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    seen.push_str(&text(wrong).await);
+    // The sidecar whose password Redis refuses serves from memory and says
+    // why, without the password.
+    let status = eventually(Duration::from_secs(5), "the refusal in the status", || {
+        let (http, bad) = (&http, &bad);
+        async move {
+            let status: serde_json::Value = http
+                .get(bad.url("/v1/admin/status"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            status["failover"]["last_error"]
+                .is_string()
+                .then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(status["failover"]["mode"], "memory", "{status}");
+    seen.push_str(&status.to_string());
+    // Redis going away makes both log errors and report them.
+    redis.kill().await;
+    let put = http
+        .put(good.url("/v1/cache/k2"))
+        .header("authorization", &bearer)
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200, "served from memory");
+    let status = http
+        .get(good.url("/v1/admin/status"))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(status.contains("\"memory\""), "{status}");
+    seen.push_str(&status);
+    seen.push_str(&good.log());
+    seen.push_str(&bad.log());
+    assert!(
+        seen.contains("127.0.0.1"),
+        "the checks above did read the outputs"
+    );
+    for secret in [TOKEN, PASSWORD, WRONG] {
+        assert!(!seen.contains(secret), "{secret} leaked:\n{seen}");
+    }
+}
