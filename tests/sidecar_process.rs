@@ -553,3 +553,36 @@ async fn secrets_stay_out_of_logs_status_and_errors() {
         assert!(!seen.contains(secret), "{secret} leaked:\n{seen}");
     }
 }
+
+/// Listening beyond loopback without a token is allowed but loud; with a
+/// token, or on loopback, nothing is said.
+#[tokio::test]
+async fn listening_beyond_loopback_without_a_token_warns() {
+    const WARNING: &str = "the API listens beyond this host with no auth token";
+    let open = sidecar!()
+        .env("OUTRIGGER_HTTP__ADDR", "0.0.0.0:0")
+        .start()
+        .await;
+    let guarded = sidecar!()
+        .env("OUTRIGGER_HTTP__ADDR", "0.0.0.0:0")
+        .env("OUTRIGGER_AUTH__TOKEN", "t0ken-for-the-test")
+        .start()
+        .await;
+    let local = sidecar!().start().await;
+    let log = open.log();
+    let warning = log
+        .lines()
+        .find(|line| line.contains(WARNING))
+        .unwrap_or_else(|| panic!("no warning:\n{log}"));
+    assert!(
+        warning.contains("http.addr") && warning.contains("WARN"),
+        "{warning}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains(WARNING) && l.contains("grpc.addr")),
+        "gRPC stayed on loopback: {log}"
+    );
+    assert!(!guarded.log().contains(WARNING), "{}", guarded.log());
+    assert!(!local.log().contains(WARNING), "{}", local.log());
+}
