@@ -1,0 +1,256 @@
+//! Namespace isolation: two sidecars with different namespaces on one real
+//! Redis. Everything sidecar A does stays invisible and untouchable through
+//! sidecar B, by every route: reads, batch reads, listings, deletes, tag and
+//! pattern invalidations (globs included), locks, rate limits, presence and
+//! pub/sub (channels and patterns).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use outrigger::api::pb;
+use outrigger::api::pb::cache_client::CacheClient;
+use outrigger::api::pb::pub_sub_client::PubSubClient;
+use outrigger_tests::{RedisServer, Sidecar, sidecar, unique};
+use serde_json::{Value, json};
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn start(redis: &RedisServer, ns: &str) -> Sidecar {
+    sidecar!()
+        .redis(redis)
+        .namespace(ns)
+        .env(
+            "OUTRIGGER_RATELIMIT__POLICIES__ONCE__ALGORITHM",
+            "fixed_window",
+        )
+        .env("OUTRIGGER_RATELIMIT__POLICIES__ONCE__LIMIT", "1")
+        .env("OUTRIGGER_RATELIMIT__POLICIES__ONCE__PERIOD", "1h")
+        .start()
+        .await
+}
+
+async fn json_of(resp: reqwest::Response) -> Value {
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}"))
+}
+
+#[tokio::test]
+async fn a_namespace_sees_and_touches_nothing_of_another() {
+    let redis = RedisServer::start().await;
+    // Names chosen so that one is a prefix of the other.
+    let ns = unique("iso");
+    let a = start(&redis, &ns).await;
+    let b = start(&redis, &format!("{ns}x")).await;
+    let c = http();
+
+    // A's state: cache entries (tagged, with glob-looking and brace-laden
+    // keys), a held lock, a used-up rate limit, a present member.
+    let keys = ["k", "user:1", "a*b", "x}:c:{y", "{k}"];
+    for key in keys {
+        let url = a.url(&format!(
+            "/v1/cache/{}?tags=t",
+            key.replace('{', "%7B").replace('}', "%7D")
+        ));
+        let resp = c.put(url).body("from-a").send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{key}");
+    }
+    let lock = json_of(
+        c.post(a.url("/v1/locks/L/acquire"))
+            .json(&json!({"ttl_ms": 60_000}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(lock["token"].is_string(), "{lock}");
+    let first = c
+        .post(a.url("/v1/ratelimit/once/check"))
+        .json(&json!({"key": "u"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let resp = c
+        .put(a.url("/v1/presence/room/alice"))
+        .json(&json!({"metadata": {}, "ttl_ms": 60_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // Through B: nothing of it is visible...
+    for key in keys {
+        let url = b.url(&format!(
+            "/v1/cache/{}",
+            key.replace('{', "%7B").replace('}', "%7D")
+        ));
+        assert_eq!(c.get(url).send().await.unwrap().status(), 404, "{key}");
+    }
+    let mut cache_b = CacheClient::new(b.channel().await);
+    let many = cache_b
+        .get_many(pb::GetManyRequest {
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(many.entries.iter().all(|e| !e.found), "{many:?}");
+    for pattern in ["*", "k", "*k*", "\\*", "[a-z]*"] {
+        let listed = json_of(
+            c.get(b.url("/v1/cache"))
+                .query(&[("pattern", pattern)])
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(listed["keys"], json!([]), "pattern {pattern}: {listed}");
+    }
+    let members = json_of(c.get(b.url("/v1/presence/room")).send().await.unwrap()).await;
+    assert_eq!(members["members"], json!([]), "{members}");
+    let rooms = json_of(
+        c.get(b.url("/v1/members/alice/rooms"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(rooms["rooms"], json!([]), "{rooms}");
+
+    // ...its lock and rate limit are not B's...
+    let lock_b = c
+        .post(b.url("/v1/locks/L/acquire"))
+        .json(&json!({"ttl_ms": 60_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lock_b.status(), 200, "B's lock L is its own");
+    let check_b = c
+        .post(b.url("/v1/ratelimit/once/check"))
+        .json(&json!({"key": "u"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(check_b.status(), 200, "B's bucket is its own");
+    let release = c
+        .post(b.url("/v1/locks/L/release"))
+        .json(&json!({"token": lock["token"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(release.status(), 409, "A's token means nothing to B");
+
+    // ...and nothing B deletes or invalidates reaches it.
+    for key in keys {
+        let url = b.url(&format!(
+            "/v1/cache/{}",
+            key.replace('{', "%7B").replace('}', "%7D")
+        ));
+        c.delete(url).send().await.unwrap();
+    }
+    for body in [
+        json!({"tags": ["t"]}),
+        json!({"pattern": "*"}),
+        json!({"pattern": "*}*"}),
+    ] {
+        let resp = json_of(
+            c.post(b.url("/v1/cache/invalidate"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(resp["deleted"], 0, "{body}: {resp}");
+    }
+    c.delete(b.url("/v1/presence/room/alice"))
+        .send()
+        .await
+        .unwrap();
+    for key in keys {
+        let url = a.url(&format!(
+            "/v1/cache/{}",
+            key.replace('{', "%7B").replace('}', "%7D")
+        ));
+        let resp = c.get(url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{key} survived");
+        assert_eq!(resp.text().await.unwrap(), "from-a");
+    }
+    let members = json_of(c.get(a.url("/v1/presence/room")).send().await.unwrap()).await;
+    assert_eq!(members["members"][0]["member"], "alice", "{members}");
+    // A still holds its lock: only its own token releases it.
+    let release = c
+        .post(a.url("/v1/locks/L/release"))
+        .json(&json!({"token": lock["token"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_of(release).await["released"], true);
+    let again = c
+        .post(a.url("/v1/ratelimit/once/check"))
+        .json(&json!({"key": "u"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 429, "A's bucket is still used up");
+
+    // Pub/sub: B subscribed to the channel and to every channel never
+    // hears A. B's own messages prove the subscription is live: the one
+    // B publishes after A's must be the next thing B receives.
+    let mut pubsub_b = PubSubClient::new(b.channel().await);
+    let mut stream = pubsub_b
+        .subscribe(pb::SubscribeRequest {
+            channels: vec!["news".into()],
+            patterns: vec!["*".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next_payload = async || -> String {
+        let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("stream open")
+            .unwrap();
+        match event.event {
+            Some(pb::subscribe_event::Event::Message(m)) => {
+                String::from_utf8(m.payload.to_vec()).unwrap()
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let publish = |s: &Sidecar, payload: &str| {
+        c.post(s.url("/v1/pubsub/news"))
+            .body(payload.to_string())
+            .send()
+    };
+    // Live once B hears itself (twice: channel and pattern).
+    let mut live = false;
+    for _ in 0..50 {
+        assert_eq!(publish(&b, "b-ready").await.unwrap().status(), 200);
+        if let Ok(payload) = tokio::time::timeout(Duration::from_millis(200), next_payload()).await
+        {
+            assert_eq!(payload, "b-ready");
+            live = true;
+            break;
+        }
+    }
+    assert!(live, "B's subscription never went live");
+    assert_eq!(publish(&a, "from-a").await.unwrap().status(), 200);
+    assert_eq!(publish(&b, "b-after").await.unwrap().status(), 200);
+    loop {
+        let payload = next_payload().await;
+        assert_ne!(payload, "from-a", "B heard A's message");
+        if payload == "b-after" {
+            break;
+        }
+        assert_eq!(payload, "b-ready", "only B's own messages");
+    }
+}
