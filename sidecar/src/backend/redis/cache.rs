@@ -198,17 +198,35 @@ fn entry_from_reply(reply: Vec<Value>) -> Result<(Entry, Vec<String>), BackendEr
 }
 
 /// Wakes a `GetOrLease` waiter when its key (or a pattern that may cover
-/// it) is announced on the invalidation channel.
-struct FillWatch {
+/// it) is announced on the invalidation channel. Callers answered at once
+/// (a hit, a lease) never subscribe: the first wait only starts listening
+/// and returns, so the next look, made while listening, cannot miss a fill
+/// that landed in between. Without pub/sub, waiters poll.
+struct FillWatch<'a> {
     key: String,
+    store: &'a RedisStore,
+    listening: bool,
     rx: Option<(
         tokio::sync::broadcast::Receiver<Delivery>,
         super::subscriber::Listening,
     )>,
 }
 
-impl Changes for FillWatch {
+impl Changes for FillWatch<'_> {
     async fn changed(&mut self, limit: Duration) {
+        if !self.listening {
+            self.listening = true;
+            let topic = Topic::Channel(self.store.invalidations.clone());
+            // Bounded by the subscriber's own deadline (`redis.timeout`).
+            self.rx = self
+                .store
+                .subscriber
+                .listen(topic, true)
+                .await
+                .ok()
+                .map(|subscription| subscription.into_parts());
+            return;
+        }
         let Some((rx, _)) = &mut self.rx else {
             tokio::time::sleep(limit).await;
             return;
@@ -410,16 +428,13 @@ impl CacheStore for RedisStore {
     }
 
     async fn get_or_lease(&self, key: &str, req: LeaseRequest) -> Result<LeaseRead, BackendError> {
-        // Fills publish the key on the invalidation channel: listen before
-        // the first look. Without pub/sub, waiters poll.
+        // Fills publish the key on the invalidation channel; a caller that
+        // has to wait listens to it (see FillWatch).
         let mut changes = FillWatch {
             key: key.to_string(),
-            rx: self
-                .subscriber
-                .listen(Topic::Channel(self.invalidations.clone()), true)
-                .await
-                .ok()
-                .map(|subscription| subscription.into_parts()),
+            store: self,
+            listening: false,
+            rx: None,
         };
         let lease_ms = req.lease.as_millis().max(1) as u64;
         wait_for_lease(
