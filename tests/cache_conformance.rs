@@ -37,6 +37,31 @@ fn redis_config(server: &RedisServer) -> RedisConfig {
         url: Some(server.url()),
         timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
+        ..RedisConfig::default()
+    }
+}
+
+/// The shared 3-master Redis Cluster.
+async fn cluster() -> Backend {
+    let cluster = outrigger_tests::shared_cluster().await;
+    let store = RedisStore::connect(&cluster.redis_config(), &unique("conformance"))
+        .await
+        .expect("connect");
+    Backend {
+        store: Arc::new(store),
+        _redis: None,
+    }
+}
+
+/// The shared master/replica set behind three Sentinels.
+async fn sentinel() -> Backend {
+    let set = outrigger_tests::shared_sentinels().await;
+    let store = RedisStore::connect(&set.redis_config(), &unique("conformance"))
+        .await
+        .expect("connect");
+    Backend {
+        store: Arc::new(store),
+        _redis: None,
     }
 }
 
@@ -90,6 +115,24 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $case() {
                     let backend = super::redis().await;
+                    super::cases::$case(&*backend.store).await;
+                }
+            )*
+        }
+        mod on_cluster {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let backend = super::cluster().await;
+                    super::cases::$case(&*backend.store).await;
+                }
+            )*
+        }
+        mod on_sentinel {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let backend = super::sentinel().await;
                     super::cases::$case(&*backend.store).await;
                 }
             )*

@@ -47,12 +47,29 @@ async fn memory() -> Backend {
 
 async fn redis() -> Backend {
     let server = RedisServer::start().await;
-    let config = config();
     let redis_config = RedisConfig {
         url: Some(server.url()),
         timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(2),
+        ..RedisConfig::default()
     };
+    on_redis_config(redis_config, Some(server)).await
+}
+
+/// The shared 3-master Redis Cluster.
+async fn cluster() -> Backend {
+    let cluster = outrigger_tests::shared_cluster().await;
+    on_redis_config(cluster.redis_config(), None).await
+}
+
+/// The shared master/replica set behind three Sentinels.
+async fn sentinel() -> Backend {
+    let set = outrigger_tests::shared_sentinels().await;
+    on_redis_config(set.redis_config(), None).await
+}
+
+async fn on_redis_config(redis_config: RedisConfig, server: Option<RedisServer>) -> Backend {
+    let config = config();
     let store = Arc::new(
         RedisStore::connect(&redis_config, &unique("locks"))
             .await
@@ -63,7 +80,7 @@ async fn redis() -> Backend {
     stores.ratelimits = store;
     Backend {
         app: App::with_stores(&config, stores),
-        _redis: Some(server),
+        _redis: server,
     }
 }
 
@@ -74,6 +91,12 @@ macro_rules! conformance {
         }
         mod on_redis {
             $( #[tokio::test] async fn $case() { let b = super::redis().await; super::cases::$case(&b.app).await; } )*
+        }
+        mod on_cluster {
+            $( #[tokio::test] async fn $case() { let b = super::cluster().await; super::cases::$case(&b.app).await; } )*
+        }
+        mod on_sentinel {
+            $( #[tokio::test] async fn $case() { let b = super::sentinel().await; super::cases::$case(&b.app).await; } )*
         }
     };
 }

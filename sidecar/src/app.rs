@@ -80,12 +80,12 @@ pub struct App {
 }
 
 impl App {
-    /// Connects the configured backend: Redis when `redis.url` is set,
-    /// memory otherwise.
+    /// Connects the configured backend: Redis when `redis.url` (or, in
+    /// cluster and sentinel mode, `redis.nodes`) is set, memory otherwise.
     /// With Redis configured, every primitive goes through the failover
     /// backend: it starts on memory if Redis does not answer yet.
     pub async fn new(config: &Config) -> anyhow::Result<Arc<App>> {
-        let Some(url) = &config.redis.url else {
+        if !config.redis.enabled() {
             let metrics = Arc::new(Metrics::new("memory"));
             let plugins = load_plugins(config, &metrics).await;
             return Ok(Arc::new(App::build(
@@ -94,13 +94,16 @@ impl App {
                 metrics,
                 plugins,
             )?));
-        };
+        }
         let metrics = Arc::new(Metrics::new("redis"));
         let mut redis = RedisStore::connect_lazy(&config.redis, &config.namespace, &config.pubsub)
             .await
             .map_err(|err| {
-                let url = crate::config::redact_url(url);
-                anyhow::anyhow!("redis.url: cannot use {url}: {err}")
+                let key = match config.redis.mode {
+                    crate::config::RedisMode::Standalone => "redis.url",
+                    _ => "redis.nodes",
+                };
+                anyhow::anyhow!("{key}: cannot use {}: {err}", config.redis.describe())
             })?;
         if config.cache.near.enabled {
             redis.enable_near_cache(&config.cache.near);

@@ -101,18 +101,188 @@ pub struct OpsListener {
     pub addr: Option<SocketAddr>,
 }
 
-/// Where state lives. No `url` means the memory backend.
+/// Where state lives. Neither `url` nor `nodes` means the memory backend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`; absent = memory backend.
+    /// How Redis is deployed: one server, a Cluster, or a master watched
+    /// by Sentinels.
+    pub mode: RedisMode,
+    /// Standalone: `redis://[user:password@]host:port[/db]`.
     pub url: Option<String>,
+    /// Cluster: seed nodes (any of the cluster's nodes; the rest are
+    /// discovered). Sentinel: the Sentinels. `redis://host:port` each; a
+    /// list, or one string of comma-separated addresses.
+    #[serde(deserialize_with = "string_or_list")]
+    pub nodes: Vec<String>,
+    /// Sentinel: the name the Sentinels know the master by.
+    pub master_name: Option<String>,
+    /// Cluster and Sentinel: the ACL user of the data nodes (standalone
+    /// puts it in `url`).
+    pub username: Option<String>,
+    /// Cluster and Sentinel: the data nodes' password.
+    pub password: Option<String>,
+    /// Replicas that must have a lock's fence before the acquisition is
+    /// answered (`WAIT`); 0 = do not wait. With 1 or more, a master
+    /// failover cannot lose a fence a client was given.
+    pub lock_wait_replicas: u32,
     /// Deadline of every Redis call. No request waits longer on Redis.
     #[serde(with = "human_duration")]
     pub timeout: Duration,
     /// Deadline of establishing a connection.
     #[serde(with = "human_duration")]
     pub connect_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            mode: RedisMode::Standalone,
+            url: None,
+            nodes: vec![],
+            master_name: None,
+            username: None,
+            password: None,
+            lock_wait_replicas: 0,
+            timeout: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RedisConfig {
+    /// Whether any Redis is configured (else: the memory backend).
+    pub fn enabled(&self) -> bool {
+        self.url.is_some() || !self.nodes.is_empty()
+    }
+
+    /// Where Redis is, for messages: URLs with passwords masked.
+    pub fn describe(&self) -> String {
+        match self.mode {
+            RedisMode::Standalone => self.url.as_deref().map(redact_url).unwrap_or_default(),
+            RedisMode::Cluster | RedisMode::Sentinel => {
+                let nodes: Vec<String> = self.nodes.iter().map(|n| redact_url(n)).collect();
+                let mut text = format!("{} {}", self.mode.as_str(), nodes.join(","));
+                if let Some(master) = &self.master_name {
+                    text.push_str(&format!(" (master {master})"));
+                }
+                text
+            }
+        }
+    }
+}
+
+impl RedisConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        let looks_like_redis =
+            |url: &str| matches!(url.split_once("://"), Some(("redis", rest)) if !rest.is_empty());
+        if let Some(url) = &self.url {
+            if !looks_like_redis(url) {
+                return invalid(
+                    "redis.url",
+                    "must look like redis://host:port (rediss:// comes with TLS support)",
+                );
+            }
+        }
+        if self.nodes.iter().any(|n| !looks_like_redis(n)) {
+            return invalid("redis.nodes", "every node must look like redis://host:port");
+        }
+        match self.mode {
+            RedisMode::Standalone => {
+                if !self.nodes.is_empty() {
+                    return invalid(
+                        "redis.nodes",
+                        "is for mode = \"cluster\" or \"sentinel\"; standalone takes redis.url",
+                    );
+                }
+                if self.username.is_some() || self.password.is_some() {
+                    return invalid(
+                        "redis.password",
+                        "standalone takes its credentials in redis.url (redis://user:password@host)",
+                    );
+                }
+            }
+            RedisMode::Cluster | RedisMode::Sentinel => {
+                if self.url.is_some() {
+                    return invalid(
+                        "redis.url",
+                        "is for mode = \"standalone\"; list the nodes in redis.nodes",
+                    );
+                }
+                if self.nodes.is_empty() {
+                    return invalid(
+                        "redis.nodes",
+                        "needs at least one redis://host:port (cluster seeds or Sentinels)",
+                    );
+                }
+            }
+        }
+        match (self.mode, &self.master_name) {
+            (RedisMode::Sentinel, None) => {
+                invalid("redis.master_name", "sentinel mode needs the master's name")
+            }
+            (RedisMode::Sentinel, Some(name)) if name.trim().is_empty() => {
+                invalid("redis.master_name", "must not be empty")
+            }
+            (RedisMode::Standalone | RedisMode::Cluster, Some(_)) => {
+                invalid("redis.master_name", "is for mode = \"sentinel\"")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How Redis is deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisMode {
+    /// One server (`redis.url`).
+    #[default]
+    Standalone,
+    /// Redis Cluster (`redis.nodes` are seeds).
+    Cluster,
+    /// A master and its replicas, found through Sentinels (`redis.nodes`
+    /// are the Sentinels, `redis.master_name` names the master).
+    Sentinel,
+}
+
+impl RedisMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisMode::Standalone => "standalone",
+            RedisMode::Cluster => "cluster",
+            RedisMode::Sentinel => "sentinel",
+        }
+    }
+}
+
+/// A list, or a string of comma-separated items (environment variables
+/// and Helm values are easier to write that way).
+fn string_or_list<'de, D>(deserializer: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Nodes {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Nodes::deserialize(deserializer)? {
+        Nodes::One(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        Nodes::Many(list) => list,
+    })
 }
 
 /// The cache primitive.
@@ -383,11 +553,7 @@ impl Default for Config {
             },
             ops: OpsListener::default(),
             auth: AuthConfig::default(),
-            redis: RedisConfig {
-                url: None,
-                timeout: Duration::from_millis(250),
-                connect_timeout: Duration::from_secs(1),
-            },
+            redis: RedisConfig::default(),
             memory: MemoryConfig {
                 max_entries: 100_000,
                 max_bytes: 256 * 1024 * 1024,
@@ -481,17 +647,7 @@ impl Config {
                 "must be 1 to 64 characters of A-Z, a-z, 0-9, '_', '-' or '.'",
             );
         }
-        if let Some(url) = &self.redis.url {
-            match url.split_once("://") {
-                Some(("redis", rest)) if !rest.is_empty() => {}
-                _ => {
-                    return invalid(
-                        "redis.url",
-                        "must look like redis://host:port (rediss:// comes with TLS support)",
-                    );
-                }
-            }
-        }
+        self.redis.validate()?;
         match (&self.auth.token, &self.auth.token_file) {
             (Some(_), Some(_)) => {
                 return invalid("auth.token", "give auth.token or auth.token_file, not both");
@@ -764,6 +920,10 @@ impl Config {
             config.auth.token = Some("***".into());
         }
         config.redis.url = config.redis.url.as_deref().map(redact_url);
+        config.redis.nodes = config.redis.nodes.iter().map(|n| redact_url(n)).collect();
+        if config.redis.password.is_some() {
+            config.redis.password = Some("***".into());
+        }
         config
     }
 }

@@ -66,12 +66,79 @@ fn capture(child: &mut Child, log: &Log) -> mpsc::UnboundedReceiver<String> {
     rx
 }
 
+/// Has the child killed (SIGKILL) when the thread that started it ends,
+/// so no Redis outlives the test process, even one kept for the whole
+/// process by [`shared_cluster`].
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Starts a value on a thread of its own that runs for the rest of the
+/// process (its processes' logs keep being read there), once per process.
+fn process_fixture<T, F, Fut>(cell: &'static std::sync::OnceLock<T>, start: F) -> &'static T
+where
+    T: Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+{
+    cell.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("fixture runtime");
+            runtime.block_on(async move {
+                let _ = tx.send(start().await);
+                std::future::pending::<()>().await
+            })
+        });
+        rx.recv().expect("the fixture started")
+    })
+}
+
+/// A 3-master Redis Cluster shared by every test of this process (each
+/// test uses its own namespace).
+pub async fn shared_cluster() -> &'static RedisCluster {
+    static CLUSTER: std::sync::OnceLock<RedisCluster> = std::sync::OnceLock::new();
+    tokio::task::spawn_blocking(|| process_fixture(&CLUSTER, || RedisCluster::start(3, 0)))
+        .await
+        .expect("cluster fixture")
+}
+
+/// A master, a replica and three Sentinels shared by every test of this
+/// process (each test uses its own namespace).
+pub async fn shared_sentinels() -> &'static RedisSentinels {
+    static SET: std::sync::OnceLock<RedisSentinels> = std::sync::OnceLock::new();
+    tokio::task::spawn_blocking(|| process_fixture(&SET, RedisSentinels::start))
+        .await
+        .expect("sentinel fixture")
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind an ephemeral port")
         .port()
+}
+
+/// A free port whose cluster bus port (10000 higher) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A random name, so tests sharing a Redis cannot see each other's keys.
@@ -87,7 +154,7 @@ async fn spawn_redis(
     extra: &[&str],
     log: &Log,
 ) -> Result<Child, String> {
-    let mut child = Command::new("redis-server")
+    let mut child = die_with_parent(&mut Command::new("redis-server"))
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--logfile", ""])
         .arg("--dir")
@@ -135,8 +202,14 @@ impl RedisServer {
         let mut last_log = String::new();
         // The free port may be taken between our probe and Redis' bind:
         // then Redis exits, and we try another.
+        let cluster = extra.contains(&"--cluster-enabled");
         for _ in 0..5 {
-            match Self::try_start(free_port(), extra).await {
+            let port = if cluster {
+                free_cluster_port()
+            } else {
+                free_port()
+            };
+            match Self::try_start(port, extra).await {
                 Ok(server) => return server,
                 Err(log) => last_log = log,
             }
@@ -150,6 +223,62 @@ impl RedisServer {
         Self::try_start(port, &[])
             .await
             .unwrap_or_else(|log| panic!("redis-server did not start on :{port}:\n{log}"))
+    }
+
+    /// Starts a Sentinel watching the master on `master_port` as
+    /// [`SENTINEL_MASTER`] (quorum 2, down after 1 s, failover timeout
+    /// 5 s).
+    pub async fn start_sentinel(master_port: u16) -> RedisServer {
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let port = free_port();
+            let conf = dir.path().join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\n\
+                     sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                     sentinel failover-timeout {SENTINEL_MASTER} 5000\n\
+                     sentinel parallel-syncs {SENTINEL_MASTER} 1\n"
+                ),
+            )
+            .expect("write sentinel.conf");
+            let log = Log::default();
+            let mut child = die_with_parent(&mut Command::new("redis-server"))
+                .arg(&conf)
+                .args(["--sentinel", "--logfile", ""])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("redis-server must be installed (scripts/test.sh installs it)");
+            let mut lines = capture(&mut child, &log);
+            let ready = tokio::time::timeout(START_TIMEOUT, async {
+                while let Some(line) = lines.recv().await {
+                    if line.contains("+monitor master") {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            if ready == Ok(true) {
+                return RedisServer {
+                    child: Some(child),
+                    port,
+                    log,
+                    dir,
+                };
+            }
+            let _ = child.kill().await;
+            last_log = log.text();
+        }
+        panic!("redis-sentinel did not start; last log:\n{last_log}");
     }
 
     async fn try_start(port: u16, extra: &[&str]) -> Result<RedisServer, String> {
@@ -208,6 +337,251 @@ impl Drop for RedisServer {
                 self.log.text()
             );
         }
+    }
+}
+
+/// A Redis Cluster of real `redis-server` processes on free ports,
+/// created with `redis-cli --cluster create`; returned once every node
+/// reports `cluster_state:ok`. Nodes time out after 1 s
+/// (`cluster-node-timeout`), so a killed master's replica takes over
+/// within a few seconds.
+pub struct RedisCluster {
+    /// Masters first, then replicas, as `redis-cli` was given them.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// `masters` masters with `replicas` replicas each.
+    pub async fn start(masters: usize, replicas: usize) -> RedisCluster {
+        let args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "1000",
+        ];
+        let nodes = futures::future::join_all(
+            (0..masters * (1 + replicas)).map(|_| RedisServer::start_with(&args)),
+        )
+        .await;
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        create
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null());
+        let out = tokio::time::timeout(START_TIMEOUT, create.output())
+            .await
+            .expect("redis-cli --cluster create finishes in time")
+            .expect("redis-cli must be installed (scripts/test.sh installs it)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("All 16384 slots covered"),
+            "redis-cli --cluster create failed:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        for node in &cluster.nodes {
+            let conn = node.client().await;
+            eventually(START_TIMEOUT, "cluster_state:ok on every node", || {
+                let mut conn = conn.clone();
+                async move {
+                    let info: String = redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query_async(&mut conn)
+                        .await
+                        .ok()?;
+                    info.contains("cluster_state:ok").then_some(())
+                }
+            })
+            .await;
+        }
+        cluster
+    }
+
+    /// `[redis]` for a store on this cluster (2 s deadlines).
+    pub fn redis_config(&self) -> outrigger::config::RedisConfig {
+        outrigger::config::RedisConfig {
+            mode: outrigger::config::RedisMode::Cluster,
+            nodes: self.nodes.iter().map(RedisServer::url).collect(),
+            timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            ..Default::default()
+        }
+    }
+
+    /// Every node's URL, comma-separated: what `redis.nodes` takes.
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A cluster connection, for looking behind the sidecar's back.
+    pub async fn client(&self) -> redis::cluster_async::ClusterConnection {
+        redis::cluster::ClusterClient::new(
+            self.nodes.iter().map(RedisServer::url).collect::<Vec<_>>(),
+        )
+        .expect("valid nodes")
+        .get_async_connection()
+        .await
+        .expect("connect to test cluster")
+    }
+
+    /// The node that is master of `key`'s slot now (index into `nodes`),
+    /// as a live node sees it.
+    pub async fn master_of(&self, key: &str) -> usize {
+        for node in &self.nodes {
+            let Ok(client) = redis::Client::open(node.url()) else {
+                continue;
+            };
+            let Ok(Ok(mut conn)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                client.get_multiplexed_async_connection(),
+            )
+            .await
+            else {
+                continue; // killed
+            };
+            let slot: u16 = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .expect("CLUSTER KEYSLOT");
+            let nodes: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async(&mut conn)
+                .await
+                .expect("CLUSTER NODES");
+            let port = nodes
+                .lines()
+                .find(|line| line.contains("master") && serves_slot(line, slot))
+                .and_then(|line| line.split(' ').nth(1))
+                .and_then(|addr| {
+                    addr.split('@')
+                        .next()?
+                        .rsplit(':')
+                        .next()?
+                        .parse::<u16>()
+                        .ok()
+                })
+                .expect("a master serves every slot");
+            return self
+                .nodes
+                .iter()
+                .position(|n| n.port == port)
+                .expect("the master is one of ours");
+        }
+        panic!("no node of the cluster answers");
+    }
+}
+
+/// Whether a `CLUSTER NODES` line lists `slot` among its ranges.
+fn serves_slot(line: &str, slot: u16) -> bool {
+    line.split(' ').skip(8).any(|range| {
+        let (start, end) = range.split_once('-').unwrap_or((range, range));
+        matches!((start.parse::<u16>(), end.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
+    })
+}
+
+/// A master, its replica, and three Sentinels watching them as `mymaster`
+/// (quorum 2, down after 1 s), all real processes on free ports; returned
+/// once every Sentinel knows the replica.
+pub struct RedisSentinels {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    pub sentinels: Vec<RedisServer>,
+}
+
+/// The name the Sentinels of [`RedisSentinels`] know the master by.
+pub const SENTINEL_MASTER: &str = "mymaster";
+
+impl RedisSentinels {
+    pub async fn start() -> RedisSentinels {
+        let master = RedisServer::start().await;
+        let of = master.port.to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &of]).await;
+        let mut sentinels = vec![];
+        for _ in 0..3 {
+            sentinels.push(RedisServer::start_sentinel(master.port).await);
+        }
+        let set = RedisSentinels {
+            master,
+            replica,
+            sentinels,
+        };
+        for sentinel in &set.sentinels {
+            let conn = sentinel.client().await;
+            eventually(
+                START_TIMEOUT,
+                "sentinels see the replica and each other",
+                || {
+                    let mut conn = conn.clone();
+                    async move {
+                        let info: Vec<redis::Value> = redis::cmd("SENTINEL")
+                            .arg("MASTER")
+                            .arg(SENTINEL_MASTER)
+                            .query_async(&mut conn)
+                            .await
+                            .ok()?;
+                        let fields: Vec<String> = info
+                            .into_iter()
+                            .map(|v| redis::from_redis_value::<String>(v).unwrap_or_default())
+                            .collect();
+                        let field = |name: &str| {
+                            fields
+                                .iter()
+                                .position(|f| f == name)
+                                .and_then(|i| fields.get(i + 1))
+                                .and_then(|v| v.parse::<u32>().ok())
+                        };
+                        (field("num-slaves")? >= 1 && field("num-other-sentinels")? >= 2)
+                            .then_some(())
+                    }
+                },
+            )
+            .await;
+        }
+        set
+    }
+
+    /// `[redis]` for a store on this set (2 s deadlines).
+    pub fn redis_config(&self) -> outrigger::config::RedisConfig {
+        outrigger::config::RedisConfig {
+            mode: outrigger::config::RedisMode::Sentinel,
+            nodes: self.sentinels.iter().map(RedisServer::url).collect(),
+            master_name: Some(SENTINEL_MASTER.into()),
+            timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            ..Default::default()
+        }
+    }
+
+    /// The Sentinels' URLs, comma-separated: what `redis.nodes` takes.
+    pub fn nodes(&self) -> String {
+        self.sentinels
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The master's port as the Sentinels report it now.
+    pub async fn master_port(&self) -> u16 {
+        let mut conn = self.sentinels[0].client().await;
+        let (_host, port): (String, u16) = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(SENTINEL_MASTER)
+            .query_async(&mut conn)
+            .await
+            .expect("SENTINEL GET-MASTER-ADDR-BY-NAME");
+        port
     }
 }
 

@@ -22,6 +22,36 @@ impl RedisStore {
         format!("{}:released", self.namespace)
     }
 
+    /// Waits (`WAIT`, within half the deadline) until
+    /// `redis.lock_wait_replicas` replicas have the acquisition, so a
+    /// master failover cannot hand the same fence out again. If they do
+    /// not confirm in time, releases the lock and fails the acquisition:
+    /// a fence only the master has is never given to a client.
+    async fn await_fence_replicated(
+        &self,
+        name: &str,
+        token: &str,
+        key: &str,
+    ) -> Result<(), BackendError> {
+        let wanted = self.lock_wait_replicas;
+        let limit = self.deadline / 2;
+        let mut conn = self.conn();
+        let confirmed = self.call(conn.wait_replicas(key, wanted, limit)).await;
+        if matches!(confirmed, Ok(n) if n >= wanted) {
+            return Ok(());
+        }
+        // Best effort: if this fails too, the lease runs out by itself.
+        let _ = self.release(name, token).await;
+        let got = match confirmed {
+            Ok(n) => format!("{n} of {wanted} replicas"),
+            Err(err) => format!("no answer from the master ({err})"),
+        };
+        Err(BackendError::FailClosed(format!(
+            "lock {name:?} was not acquired: its fence reached {got} within {limit:?} \
+             (redis.lock_wait_replicas), so a failover could lose it"
+        )))
+    }
+
     fn held(remaining_ms: i64) -> Acquire {
         Acquire::Held {
             retry_in: (remaining_ms >= 0).then(|| Duration::from_millis(remaining_ms as u64)),
@@ -42,11 +72,13 @@ impl LockStore for RedisStore {
         let mut call = self.scripts.lock_acquire.key(&key);
         call.key(format!("{key}:fence")).arg(token).arg(ms(ttl));
         let (acquired, n): (i64, i64) = self.call(call.invoke_async(&mut conn)).await?;
-        Ok(if acquired == 1 {
-            Acquire::Acquired { fence: n as u64 }
-        } else {
-            Self::held(n)
-        })
+        if acquired != 1 {
+            return Ok(Self::held(n));
+        }
+        if self.lock_wait_replicas > 0 {
+            self.await_fence_replicated(name, token, &key).await?;
+        }
+        Ok(Acquire::Acquired { fence: n as u64 })
     }
 
     async fn release(&self, name: &str, token: &str) -> Result<bool, BackendError> {

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::{RedisError, Script};
 use tokio::sync::broadcast;
 
@@ -55,21 +55,26 @@ mod presence;
 mod pubsub;
 mod ratelimit;
 mod subscriber;
+mod topology;
 
 use subscriber::{Subscriber, Topic};
+use topology::{Conn, Topology};
 
 /// Keys read per SCAN / ZSCAN step of invalidations.
 const SCAN_BATCH: usize = 500;
 
 /// Every primitive's storage in Redis.
 pub struct RedisStore {
-    /// Cheap to clone: clones share one multiplexed connection. Replaced
-    /// by a fresh one when the failover prober finds Redis back, so no
-    /// request inherits a connection manager stuck in its retry backoff. A
-    /// std lock: held only to clone or swap.
-    conn: std::sync::RwLock<ConnectionManager>,
-    client: redis::Client,
+    /// Cheap to clone: clones share one multiplexed connection (per node,
+    /// on a cluster). Replaced by a fresh one when the failover prober
+    /// finds Redis back, so no request inherits a connection stuck in its
+    /// retry backoff, and a Sentinel store reaches the new master. A std
+    /// lock: held only to clone or swap.
+    conn: std::sync::RwLock<Conn>,
+    topology: Arc<Topology>,
     manager_config: ConnectionManagerConfig,
+    /// Replicas that must acknowledge a lock's fence (`redis.lock_wait_replicas`).
+    lock_wait_replicas: u32,
     connect_timeout: Duration,
     namespace: String,
     deadline: Duration,
@@ -209,8 +214,7 @@ impl RedisStore {
     /// (within `redis.connect_timeout`) and, if Redis answers a PING on the
     /// new connection, makes it the one every request uses.
     pub async fn probe(&self) -> Result<(), BackendError> {
-        let connect =
-            ConnectionManager::new_with_config(self.client.clone(), self.manager_config.clone());
+        let connect = self.topology.connect(&self.manager_config, true);
         let mut fresh = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| BackendError::Timeout(self.connect_timeout))?
@@ -222,7 +226,7 @@ impl RedisStore {
     }
 
     /// The current connection (a cheap clone).
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -232,13 +236,7 @@ impl RedisStore {
         pubsub: &PubSubConfig,
         eager: bool,
     ) -> Result<Self, BackendError> {
-        let url = config
-            .url
-            .as_deref()
-            .ok_or_else(|| BackendError::Unavailable("no redis.url configured".into()))?;
-        let client = redis::Client::open(url).map_err(map_err)?;
-        let listener_client = client.clone();
-        let store_client = client.clone();
+        let topology = Arc::new(Topology::new(config).map_err(map_err)?);
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.timeout))
@@ -247,7 +245,7 @@ impl RedisStore {
         let conn = if eager {
             let conn = tokio::time::timeout(
                 config.connect_timeout * 3,
-                ConnectionManager::new_with_config(client, manager_config.clone()),
+                topology.connect(&manager_config, true),
             )
             .await
             .map_err(|_| BackendError::Timeout(config.connect_timeout * 3))?
@@ -264,11 +262,13 @@ impl RedisStore {
             }
             conn
         } else {
-            ConnectionManager::new_lazy_with_config(client, manager_config.clone())
+            topology
+                .connect(&manager_config, false)
+                .await
                 .map_err(map_err)?
         };
         let subscriber = Subscriber::start(
-            listener_client,
+            topology.clone(),
             pubsub.subscriber_buffer,
             config.connect_timeout,
         );
@@ -294,8 +294,9 @@ impl RedisStore {
         });
         Ok(RedisStore {
             conn: std::sync::RwLock::new(conn),
-            client: store_client,
+            topology,
             manager_config,
+            lock_wait_replicas: config.lock_wait_replicas,
             connect_timeout: config.connect_timeout,
             namespace: namespace.to_string(),
             deadline: config.timeout,

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::Topology;
 use crate::backend::BackendError;
 
 /// Pause before reconnecting a lost pub/sub connection.
@@ -123,14 +124,14 @@ fn lock(topics: &Topics) -> std::sync::MutexGuard<'_, HashMap<Topic, Entry>> {
 }
 
 impl Subscriber {
-    pub fn start(client: redis::Client, buffer: usize, deadline: Duration) -> Arc<Subscriber> {
+    pub fn start(topology: Arc<Topology>, buffer: usize, deadline: Duration) -> Arc<Subscriber> {
         let (commands, rx) = mpsc::unbounded_channel();
         let topics: Topics = Arc::default();
         let (state, connection) = tokio::sync::watch::channel(Connection {
             epoch: 0,
             up: false,
         });
-        let task = tokio::spawn(run(client, topics.clone(), rx, state, deadline)).abort_handle();
+        let task = tokio::spawn(run(topology, topics.clone(), rx, state, deadline)).abort_handle();
         Arc::new(Subscriber {
             commands,
             topics,
@@ -222,14 +223,26 @@ fn set_active(topics: &Topics, topic: &Topic, active: bool) {
 
 /// Owns the connection: (re)connects, (re)subscribes, routes messages.
 async fn run(
-    client: redis::Client,
+    topology: Arc<Topology>,
     topics: Topics,
     mut commands: mpsc::UnboundedReceiver<Command>,
     state: tokio::sync::watch::Sender<Connection>,
     deadline: Duration,
 ) {
+    let mut attempt = 0;
     loop {
-        match client.get_async_pubsub().await {
+        let connect = async {
+            let client = topology.node(attempt).await?;
+            client.get_async_pubsub().await
+        };
+        let connected = match tokio::time::timeout(deadline, connect).await {
+            Ok(result) => result,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "timed out connecting",
+            ))),
+        };
+        match connected {
             Ok(pubsub) => {
                 let (mut sink, mut stream) = pubsub.split();
                 let wanted: Vec<Topic> = lock(&topics).keys().cloned().collect();
@@ -324,6 +337,8 @@ async fn run(
                 let _ = ack.send(Err("Redis pub/sub connection lost".into()));
             }
         }
+        // Next time, the next seed (on a cluster: this node may be gone).
+        attempt = attempt.wrapping_add(1);
         tokio::time::sleep(RECONNECT_DELAY).await;
     }
 }
