@@ -157,6 +157,8 @@ async fn spawn_redis(
     let mut child = die_with_parent(&mut Command::new("redis-server"))
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+        // A replica syncs at once (the default waits 5 s for more replicas).
+        .args(["--repl-diskless-sync-delay", "0"])
         .arg("--dir")
         .arg(dir)
         .args(extra)
@@ -189,6 +191,8 @@ pub struct RedisServer {
     pub port: u16,
     log: Log,
     dir: tempfile::TempDir,
+    /// The extra arguments it was started with, used again on restart.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -273,6 +277,7 @@ impl RedisServer {
                     port,
                     log,
                     dir,
+                    extra: vec![],
                 };
             }
             let _ = child.kill().await;
@@ -290,6 +295,7 @@ impl RedisServer {
             port,
             log,
             dir,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         })
     }
 
@@ -306,11 +312,14 @@ impl RedisServer {
             .expect("connect to test redis")
     }
 
-    /// Kills the server (SIGKILL) and starts a new one on the same port, as
-    /// a crashed Redis coming back would. Its data is gone (no persistence).
+    /// Kills the server (SIGKILL) and starts a new one on the same port,
+    /// with the same arguments, as a crashed Redis coming back would. Its
+    /// data is gone (no persistence); a cluster node keeps its identity
+    /// (`nodes.conf`) and rejoins.
     pub async fn restart(&mut self) {
         self.kill().await;
-        let child = spawn_redis(self.port, self.dir.path(), &[], &self.log)
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let child = spawn_redis(self.port, self.dir.path(), &extra, &self.log)
             .await
             .unwrap_or_else(|log| panic!("redis-server did not restart on :{}:\n{log}", self.port));
         self.child = Some(child);
@@ -325,6 +334,23 @@ impl RedisServer {
 
     pub fn log(&self) -> String {
         self.log.text()
+    }
+
+    /// Waits until this replica has synced with its master.
+    pub async fn synced(&self) {
+        let conn = self.client().await;
+        eventually(START_TIMEOUT, "the replica to sync", || {
+            let mut conn = conn.clone();
+            async move {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                info.contains("master_link_status:up").then_some(())
+            }
+        })
+        .await;
     }
 }
 
@@ -398,6 +424,9 @@ impl RedisCluster {
                 }
             })
             .await;
+        }
+        for replica in &cluster.nodes[masters..] {
+            replica.synced().await;
         }
         cluster
     }
@@ -516,6 +545,7 @@ impl RedisSentinels {
             replica,
             sentinels,
         };
+        set.replica.synced().await;
         for sentinel in &set.sentinels {
             let conn = sentinel.client().await;
             eventually(

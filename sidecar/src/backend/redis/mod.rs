@@ -163,9 +163,18 @@ fn map_err(err: RedisError) -> BackendError {
         redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType => {
             BackendError::Protocol(err.to_string())
         }
-        // Redis is there but cannot serve anyone right now.
+        // Redis is there but cannot serve anyone right now, or the
+        // topology is changing under us (a redirection the cluster client
+        // could not follow within its retries, a master demoted to
+        // replica): the prober's fresh connection finds the new layout.
         redis::ErrorKind::Server(
-            S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly,
+            S::BusyLoading
+            | S::TryAgain
+            | S::ClusterDown
+            | S::MasterDown
+            | S::ReadOnly
+            | S::Moved
+            | S::Ask,
         ) => BackendError::Unavailable(err.to_string()),
         redis::ErrorKind::Server(_) if err.to_string().contains("BUSY") => {
             BackendError::Unavailable(err.to_string())

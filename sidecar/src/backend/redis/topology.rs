@@ -178,9 +178,9 @@ impl Topology {
                 let mut builder = ClusterClientBuilder::new(config.nodes.clone())
                     .connection_timeout(config.connect_timeout)
                     .response_timeout(config.timeout)
-                    // Redirections and topology refreshes are retries: a
-                    // few quick ones, all inside the request's deadline.
-                    .retries(4)
+                    // Redirections and topology refreshes are retries:
+                    // quick ones, all inside the request's deadline.
+                    .retries(16)
                     .min_retry_wait(10)
                     .max_retry_wait(100);
                 if let Some(user) = &config.username {
