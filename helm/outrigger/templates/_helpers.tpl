@@ -83,6 +83,13 @@ of a release of this chart (or a context with the same .Values shape).
           name: {{ . }}
           key: {{ if $.Values.redis.existingSecret }}{{ $.Values.redis.existingSecretKey }}{{ else }}url{{ end }}
     {{- end }}
+    {{- with .Values.redis.passwordSecret }}
+    - name: OUTRIGGER_REDIS__PASSWORD
+      valueFrom:
+        secretKeyRef:
+          name: {{ . }}
+          key: {{ $.Values.redis.passwordSecretKey }}
+    {{- end }}
     {{- if (include "outrigger.tokenSecret" .) }}
     - name: OUTRIGGER_AUTH__TOKEN_FILE
       value: /var/run/secrets/outrigger/token
