@@ -969,6 +969,16 @@ mod tests {
     use super::*;
     use figment::Jail;
 
+    fn load(toml: &str) -> Result<Config, String> {
+        let mut out = Err(String::new());
+        Jail::expect_with(|jail| {
+            jail.create_file("outrigger.toml", toml)?;
+            out = Config::load(None).map_err(|e| e.to_string());
+            Ok(())
+        });
+        out
+    }
+
     fn load_err(toml: &str) -> String {
         let mut out = String::new();
         Jail::expect_with(|jail| {
@@ -1025,6 +1035,56 @@ config = { rules = [{ match = "x" }] }
         assert!(load_err(slow).contains("budget must be between 1ms and 1s"));
         let hook = "[[plugins]]\nname = \"a\"\npath = \"x\"\nhooks = [\"before\"]\n";
         assert!(load_err(hook).contains("plugins"), "{}", load_err(hook));
+    }
+
+    #[test]
+    fn redis_modes_need_their_settings() {
+        let cluster =
+            load("[redis]\nmode = \"cluster\"\nnodes = [\"redis://a:1\", \"redis://b:2\"]")
+                .unwrap();
+        assert_eq!(cluster.redis.mode, RedisMode::Cluster);
+        assert_eq!(cluster.redis.nodes, ["redis://a:1", "redis://b:2"]);
+        assert!(cluster.redis.enabled());
+        // One comma-separated string (environment variables, Helm --set).
+        let listed =
+            load("[redis]\nmode = \"cluster\"\nnodes = \"redis://a:1, redis://b:2\"").unwrap();
+        assert_eq!(listed.redis.nodes, cluster.redis.nodes);
+        let sentinel = load(
+            "[redis]\nmode = \"sentinel\"\nnodes = \"redis://s:26379\"\nmaster_name = \"m\"\npassword = \"pw\"",
+        )
+        .unwrap();
+        assert_eq!(sentinel.redis.master_name.as_deref(), Some("m"));
+        let redacted = serde_json::to_string(&sentinel.redacted()).unwrap();
+        assert!(!redacted.contains("\"pw\""), "{redacted}");
+
+        for (toml, key) in [
+            ("[redis]\nmode = \"cluster\"", "redis.nodes"),
+            (
+                "[redis]\nmode = \"cluster\"\nurl = \"redis://a:1\"",
+                "redis.url",
+            ),
+            (
+                "[redis]\nmode = \"cluster\"\nnodes = \"http://a:1\"",
+                "redis.nodes",
+            ),
+            (
+                "[redis]\nmode = \"sentinel\"\nnodes = \"redis://s:1\"",
+                "redis.master_name",
+            ),
+            ("[redis]\nnodes = \"redis://a:1\"", "redis.nodes"),
+            (
+                "[redis]\nurl = \"redis://a:1\"\nmaster_name = \"m\"",
+                "redis.master_name",
+            ),
+            (
+                "[redis]\nurl = \"redis://a:1\"\npassword = \"pw\"",
+                "redis.password",
+            ),
+            ("[redis]\nmode = \"ring\"", "redis.mode"),
+        ] {
+            let err = load_err(toml);
+            assert!(err.contains(key), "{toml}: {err}");
+        }
     }
 
     #[test]

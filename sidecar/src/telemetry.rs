@@ -27,6 +27,18 @@ use crate::config::{LogConfig, LogFormat};
 use crate::error::Error;
 
 /// Keeps the trace exporter alive; [`Telemetry::shutdown`] flushes it.
+/// `filter`, with the Redis client library's own messages limited to
+/// errors unless the filter names them: during a cluster failover it logs
+/// every retry, and the sidecar logs what matters (the switch to memory
+/// and back) itself.
+fn with_quiet_redis_client(filter: &str) -> String {
+    if filter.split(',').any(|d| d.trim().starts_with("redis")) {
+        filter.to_string()
+    } else {
+        format!("{filter},redis=error")
+    }
+}
+
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
 }
@@ -35,8 +47,8 @@ impl Telemetry {
     /// Installs the global subscriber. Call once, outside any async runtime:
     /// the OTLP exporter runs its own blocking client on its own thread.
     pub fn init(log: &LogConfig) -> anyhow::Result<Telemetry> {
-        let filter =
-            EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&log.level))?;
+        let filter = EnvFilter::try_from_default_env()
+            .or_else(|_| EnvFilter::try_new(with_quiet_redis_client(&log.level)))?;
         let otlp_configured = [
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -411,6 +423,19 @@ impl Drop for OpTimer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_redis_client_is_quiet_unless_named() {
+        assert_eq!(with_quiet_redis_client("info"), "info,redis=error");
+        assert_eq!(
+            with_quiet_redis_client("debug,outrigger=trace"),
+            "debug,outrigger=trace,redis=error"
+        );
+        assert_eq!(
+            with_quiet_redis_client("info,redis=warn"),
+            "info,redis=warn"
+        );
+    }
 
     #[test]
     fn records_outcomes_latency_and_in_flight() {

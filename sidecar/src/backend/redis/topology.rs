@@ -35,7 +35,11 @@ pub(super) enum Topology {
         seeds: Vec<redis::Client>,
         config: ClusterConfig,
     },
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    Sentinel {
+        sentinels: tokio::sync::Mutex<SentinelClient>,
+        /// Bounds asking the Sentinels (`redis.connect_timeout`).
+        timeout: Duration,
+    },
 }
 
 /// The connection requests use. Cheap to clone: clones share one
@@ -218,7 +222,10 @@ impl Topology {
                     Some(node),
                     SentinelServerType::Master,
                 )?;
-                Ok(Topology::Sentinel(tokio::sync::Mutex::new(client)))
+                Ok(Topology::Sentinel {
+                    sentinels: tokio::sync::Mutex::new(client),
+                    timeout: config.connect_timeout,
+                })
             }
         }
     }
@@ -230,7 +237,17 @@ impl Topology {
         match self {
             Topology::Standalone(client) => Ok(client.clone()),
             Topology::Cluster { seeds, .. } => Ok(seeds[attempt % seeds.len()].clone()),
-            Topology::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await,
+            Topology::Sentinel { sentinels, timeout } => {
+                let ask = async { sentinels.lock().await.async_get_client().await };
+                tokio::time::timeout(*timeout, ask)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(RedisError::from((
+                            redis::ErrorKind::Io,
+                            "no Sentinel named the master in time",
+                        )))
+                    })
+            }
         }
     }
 
@@ -258,7 +275,7 @@ impl Topology {
             Topology::Cluster { client, config, .. } => Ok(Conn::Cluster(
                 client.get_pending_async_connection_with_config(config.clone()),
             )),
-            Topology::Sentinel(_) => {
+            Topology::Sentinel { .. } => {
                 // The master is asked for now; a lazy store asks when
                 // the prober connects (Redis may not be up yet).
                 let client = if eager {
