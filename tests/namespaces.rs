@@ -254,3 +254,179 @@ async fn a_namespace_sees_and_touches_nothing_of_another() {
         assert_eq!(payload, "b-ready", "only B's own messages");
     }
 }
+
+/// The deployment the security model recommends on a shared Redis: an
+/// ACL user that may touch only its namespace's keys and channels. Every
+/// primitive works through it (nothing the sidecar does reaches outside
+/// the namespace), and the user really is confined.
+#[tokio::test]
+async fn every_primitive_works_for_an_acl_user_confined_to_its_namespace() {
+    let redis = RedisServer::start().await;
+    let ns = unique("acl");
+    let mut admin = redis.client().await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("app")
+        .arg("on")
+        .arg(">app-secret")
+        .arg("resetkeys")
+        .arg(format!("~{ns}:*"))
+        .arg("resetchannels")
+        .arg(format!("&{ns}:*"))
+        .arg("+@all")
+        .arg("-@dangerous")
+        .arg("-@admin")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let url = format!("redis://app:app-secret@127.0.0.1:{}", redis.port);
+    let s = sidecar!()
+        .env("OUTRIGGER_REDIS__URL", &url)
+        .namespace(&ns)
+        .env("OUTRIGGER_RATELIMIT__POLICIES__API__ALGORITHM", "gcra")
+        .env("OUTRIGGER_RATELIMIT__POLICIES__API__LIMIT", "100")
+        .env("OUTRIGGER_RATELIMIT__POLICIES__API__PERIOD", "1s")
+        .start()
+        .await;
+    let c = http();
+
+    // A subscriber first (SSE), so the publish below has someone to reach.
+    let mut feed = c.get(s.url("/v1/pubsub/news")).send().await.unwrap();
+    assert_eq!(feed.status(), 200);
+
+    let ok = |what: &'static str| {
+        move |resp: reqwest::Response| {
+            assert!(resp.status().is_success(), "{what}: {}", resp.status());
+            resp
+        }
+    };
+    ok("set")(
+        c.put(s.url("/v1/cache/user:1?tags=users&ttl_ms=60000&stale_ms=1000"))
+            .body("v")
+            .send()
+            .await
+            .unwrap(),
+    );
+    ok("get")(c.get(s.url("/v1/cache/user:1")).send().await.unwrap());
+    ok("lease")(
+        c.post(s.url("/v1/cache/report/lease"))
+            .json(&json!({"lease_ms": 1000}))
+            .send()
+            .await
+            .unwrap(),
+    );
+    let listed = json_of(
+        c.get(s.url("/v1/cache?pattern=user:*"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(listed["keys"], json!(["user:1"]));
+    let r = json_of(
+        c.post(s.url("/v1/cache/invalidate"))
+            .json(&json!({"tags": ["users"]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r["deleted"], 1, "{r}");
+    ok("set")(
+        c.put(s.url("/v1/cache/user:2"))
+            .body("v")
+            .send()
+            .await
+            .unwrap(),
+    );
+    let r = json_of(
+        c.post(s.url("/v1/cache/invalidate"))
+            .json(&json!({"pattern": "user:*"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r["deleted"], 1, "{r}");
+    let lock = json_of(
+        c.post(s.url("/v1/locks/L/acquire"))
+            .json(&json!({"ttl_ms": 10_000}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(lock["fence"], 1, "{lock}");
+    ok("release")(
+        c.post(s.url("/v1/locks/L/release"))
+            .json(&json!({"token": lock["token"]}))
+            .send()
+            .await
+            .unwrap(),
+    );
+    ok("semaphore")(
+        c.post(s.url("/v1/semaphores/S/acquire"))
+            .json(&json!({"limit": 2, "ttl_ms": 10_000}))
+            .send()
+            .await
+            .unwrap(),
+    );
+    ok("rate limit")(
+        c.post(s.url("/v1/ratelimit/api/check"))
+            .json(&json!({"key": "u"}))
+            .send()
+            .await
+            .unwrap(),
+    );
+    ok("join")(
+        c.put(s.url("/v1/presence/room/alice"))
+            .json(&json!({"metadata": {}, "ttl_ms": 60_000}))
+            .send()
+            .await
+            .unwrap(),
+    );
+    let members = json_of(c.get(s.url("/v1/presence/room")).send().await.unwrap()).await;
+    assert_eq!(members["members"][0]["member"], "alice", "{members}");
+    ok("publish")(
+        c.post(s.url("/v1/pubsub/news?durable=true"))
+            .body("hello")
+            .send()
+            .await
+            .unwrap(),
+    );
+    let heard = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut text = String::new();
+        while let Some(chunk) = feed.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains("hello") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(heard, Ok(true), "the subscriber hears the publish");
+
+    // Nothing was refused: the sidecar never left Redis.
+    let status = json_of(c.get(s.url("/v1/admin/status")).send().await.unwrap()).await;
+    assert_eq!(status["failover"]["mode"], "redis", "{status}");
+    assert_eq!(status["failover"]["transitions"], 0, "{status}");
+
+    // And the user is confined: outside the namespace it may do nothing.
+    let client = redis::Client::open(url).unwrap();
+    let mut app = client.get_multiplexed_async_connection().await.unwrap();
+    let err = redis::cmd("SET")
+        .arg("other:key")
+        .arg("x")
+        .query_async::<()>(&mut app)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("noperm"), "{err}");
+    let err = redis::cmd("PUBLISH")
+        .arg("other:chan")
+        .arg("x")
+        .query_async::<()>(&mut app)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("noperm"), "{err}");
+}
