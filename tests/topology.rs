@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use outrigger_tests::{
     RedisCluster, RedisSentinels, RedisServer, SENTINEL_MASTER, Sidecar, SidecarBuilder,
-    eventually, sidecar, unique,
+    TestCertificates, eventually, sidecar, unique,
 };
 use serde_json::{Value, json};
 
@@ -523,4 +523,101 @@ async fn a_fence_no_replica_confirms_is_never_handed_out() {
         .await
         .unwrap();
     assert_eq!(fence, body["fence"].as_u64());
+}
+
+#[tokio::test]
+async fn redis_over_tls_with_a_client_certificate() {
+    let certs = TestCertificates::generate();
+    let redis = RedisServer::start_tls(&certs).await;
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let path = |name: &str| certs.path(name).to_string_lossy().into_owned();
+    let ns = unique("tls");
+    let c = http();
+
+    // CA and client certificate: every primitive on Redis, over TLS.
+    let s = sidecar!()
+        .namespace(&ns)
+        .env("OUTRIGGER_REDIS__URL", &url)
+        .env("OUTRIGGER_REDIS__TLS__CA_FILE", path("ca.crt"))
+        .env("OUTRIGGER_REDIS__TLS__CERT_FILE", path("client.crt"))
+        .env("OUTRIGGER_REDIS__TLS__KEY_FILE", path("client.key"))
+        .start()
+        .await;
+    let r = c
+        .put(s.url("/v1/cache/k"))
+        .body("over tls")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.get(s.url("/v1/cache/k")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "over tls");
+    let r = c
+        .post(s.url("/v1/locks/L/acquire"))
+        .json(&json!({"ttl_ms": 10_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "locks fail closed unless Redis answers");
+    let st = status(&s).await;
+    assert_eq!(st["failover"]["mode"], "redis", "{st}");
+    assert_eq!(st["failover"]["transitions"], 0, "{st}");
+    // The value really is in that Redis (read over TLS, directly).
+    let direct = redis::Client::build_with_tls(
+        url.as_str(),
+        redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: std::fs::read(certs.path("client.crt")).unwrap(),
+                client_key: std::fs::read(certs.path("client.key")).unwrap(),
+            }),
+            root_cert: Some(std::fs::read(certs.path("ca.crt")).unwrap()),
+        },
+    )
+    .unwrap();
+    let mut conn = direct.get_multiplexed_async_connection().await.unwrap();
+    let value: Vec<u8> = redis::cmd("HGET")
+        .arg(format!("{ns}:c:{{k}}"))
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(value, b"over tls");
+
+    // Refused: no client certificate, a CA that did not sign the server's,
+    // or plain TCP to the TLS port. The sidecar serves from memory and
+    // says why Redis is out of reach.
+    for (what, says, builder) in [
+        (
+            "no client certificate",
+            "CertificateRequired",
+            sidecar!()
+                .env("OUTRIGGER_REDIS__URL", &url)
+                .env("OUTRIGGER_REDIS__TLS__CA_FILE", path("ca.crt")),
+        ),
+        (
+            "another CA",
+            "UnknownIssuer",
+            sidecar!()
+                .env("OUTRIGGER_REDIS__URL", &url)
+                .env("OUTRIGGER_REDIS__TLS__CA_FILE", path("other-ca.crt"))
+                .env("OUTRIGGER_REDIS__TLS__CERT_FILE", path("client.crt"))
+                .env("OUTRIGGER_REDIS__TLS__KEY_FILE", path("client.key")),
+        ),
+        (
+            "plain TCP",
+            "",
+            sidecar!().env(
+                "OUTRIGGER_REDIS__URL",
+                format!("redis://127.0.0.1:{}", redis.port),
+            ),
+        ),
+    ] {
+        let s = builder.namespace(&ns).start().await;
+        let r = c.put(s.url("/v1/cache/k")).body("x").send().await.unwrap();
+        assert_eq!(r.status(), 200, "{what}: the cache falls back to memory");
+        let st = status(&s).await;
+        assert_eq!(st["failover"]["mode"], "memory", "{what}: {st}");
+        let error = st["failover"]["last_error"].as_str().unwrap_or_default();
+        assert!(!error.is_empty() && error.contains(says), "{what}: {st}");
+    }
 }

@@ -122,6 +122,8 @@ pub struct RedisConfig {
     pub username: Option<String>,
     /// Cluster and Sentinel: the data nodes' password.
     pub password: Option<String>,
+    /// TLS settings for `rediss://` nodes.
+    pub tls: RedisTlsConfig,
     /// Replicas that must have a lock's fence before the acquisition is
     /// answered (`WAIT`); 0 = do not wait. With 1 or more, a master
     /// failover cannot lose a fence a client was given.
@@ -143,6 +145,7 @@ impl Default for RedisConfig {
             master_name: None,
             username: None,
             password: None,
+            tls: RedisTlsConfig::default(),
             lock_wait_replicas: 0,
             timeout: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(1),
@@ -180,18 +183,49 @@ impl RedisConfig {
                 reason: reason.to_string(),
             })
         };
-        let looks_like_redis =
-            |url: &str| matches!(url.split_once("://"), Some(("redis", rest)) if !rest.is_empty());
+        let looks_like_redis = |url: &str| matches!(url.split_once("://"), Some(("redis" | "rediss", rest)) if !rest.is_empty());
         if let Some(url) = &self.url {
             if !looks_like_redis(url) {
                 return invalid(
                     "redis.url",
-                    "must look like redis://host:port (rediss:// comes with TLS support)",
+                    "must look like redis://host:port (rediss:// for TLS)",
                 );
             }
         }
         if self.nodes.iter().any(|n| !looks_like_redis(n)) {
-            return invalid("redis.nodes", "every node must look like redis://host:port");
+            return invalid(
+                "redis.nodes",
+                "every node must look like redis://host:port (rediss:// for TLS)",
+            );
+        }
+        let tls = &self.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return invalid(
+                "redis.tls.cert_file",
+                "a client certificate needs its key: give both cert_file and key_file",
+            );
+        }
+        let uses_tls = self
+            .url
+            .iter()
+            .chain(&self.nodes)
+            .any(|u| u.starts_with("rediss://"));
+        if tls.is_set() && !uses_tls {
+            return invalid(
+                "redis.tls",
+                "TLS settings need rediss:// URLs (redis.url or redis.nodes)",
+            );
+        }
+        for (key, file) in [
+            ("redis.tls.ca_file", &tls.ca_file),
+            ("redis.tls.cert_file", &tls.cert_file),
+            ("redis.tls.key_file", &tls.key_file),
+        ] {
+            if let Some(path) = file
+                && !path.is_file()
+            {
+                return invalid(key, &format!("{} is not a readable file", path.display()));
+            }
         }
         match self.mode {
             RedisMode::Standalone => {
@@ -235,6 +269,26 @@ impl RedisConfig {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// TLS to Redis: on for `rediss://` URLs and nodes. Without `ca_file`,
+/// the system's root certificates verify the server.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisTlsConfig {
+    /// PEM file of the CA(s) that signed the servers' certificates.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, when Redis requires one
+    /// (`tls-auth-clients yes`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+}
+
+impl RedisTlsConfig {
+    pub fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
     }
 }
 
@@ -1081,6 +1135,18 @@ config = { rules = [{ match = "x" }] }
                 "redis.password",
             ),
             ("[redis]\nmode = \"ring\"", "redis.mode"),
+            (
+                "[redis]\nurl = \"rediss://a:1\"\ntls = { cert_file = \"Cargo.toml\" }",
+                "redis.tls.cert_file",
+            ),
+            (
+                "[redis]\nurl = \"redis://a:1\"\ntls = { ca_file = \"Cargo.toml\" }",
+                "redis.tls",
+            ),
+            (
+                "[redis]\nurl = \"rediss://a:1\"\ntls = { ca_file = \"/no/such.pem\" }",
+                "redis.tls.ca_file",
+            ),
         ] {
             let err = load_err(toml);
             assert!(err.contains(key), "{toml}: {err}");

@@ -229,6 +229,39 @@ impl RedisServer {
             .unwrap_or_else(|log| panic!("redis-server did not start on :{port}:\n{log}"))
     }
 
+    /// Starts `redis-server` speaking only TLS, with the certificates of
+    /// `certs` (`ca.crt`, `server.crt`, `server.key`, as
+    /// [`TestCertificates`] writes them), requiring clients to present a
+    /// certificate the CA signed.
+    pub async fn start_tls(certs: &TestCertificates) -> RedisServer {
+        let file = |name: &str| certs.path(name).to_string_lossy().into_owned();
+        let (ca, cert, key) = (file("ca.crt"), file("server.crt"), file("server.key"));
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let tls_port = port.to_string();
+            let extra = [
+                "--port",
+                "0",
+                "--tls-port",
+                &tls_port,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "yes",
+            ];
+            match Self::try_start(port, &extra).await {
+                Ok(server) => return server,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("redis-server (TLS) did not start; last log:\n{last_log}");
+    }
+
     /// Starts a Sentinel watching the master on `master_port` as
     /// [`SENTINEL_MASTER`] (quorum 2, down after 1 s, failover timeout
     /// 5 s).
@@ -612,6 +645,89 @@ impl RedisSentinels {
             .await
             .expect("SENTINEL GET-MASTER-ADDR-BY-NAME");
         port
+    }
+}
+
+/// A throw-away CA, a server certificate for 127.0.0.1 / localhost and a
+/// client certificate, made with the `openssl` command line in a temporary
+/// directory: `ca.crt`, `server.crt`, `server.key`, `client.crt`,
+/// `client.key`, and `other-ca.crt` (a CA that signed none of them).
+pub struct TestCertificates {
+    dir: tempfile::TempDir,
+}
+
+impl TestCertificates {
+    pub fn generate() -> TestCertificates {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl must be installed");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for ca in ["ca", "other-ca"] {
+            let (key, crt, subj) = (
+                format!("{ca}.key"),
+                format!("{ca}.crt"),
+                format!("/CN={ca}"),
+            );
+            let mut args = vec!["req", "-x509", "-days", "2", "-subj", &subj];
+            args.extend(ec);
+            args.extend(["-keyout", &key, "-out", &crt]);
+            run(&args);
+        }
+        std::fs::write(
+            dir.path().join("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .expect("write san.ext");
+        for who in ["server", "client"] {
+            let (key, csr, crt, subj) = (
+                format!("{who}.key"),
+                format!("{who}.csr"),
+                format!("{who}.crt"),
+                format!("/CN={who}"),
+            );
+            let mut args = vec!["req", "-subj", &subj];
+            args.extend(ec);
+            args.extend(["-keyout", &key, "-out", &csr]);
+            run(&args);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+                "-out",
+                &crt,
+            ]);
+        }
+        TestCertificates { dir }
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
     }
 }
 

@@ -21,8 +21,11 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    ClientTlsConfig, Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult,
+    TlsCertificates, TlsMode, Value,
+};
 
 use crate::config::{RedisConfig, RedisMode};
 
@@ -168,6 +171,10 @@ impl Conn {
 impl Topology {
     /// Reads where Redis is from the configuration.
     pub(super) fn new(config: &RedisConfig) -> RedisResult<Topology> {
+        // rustls needs a process-wide crypto provider for rediss://; ring
+        // is the one this build carries. Installing twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certs = certificates(config)?;
         match config.mode {
             RedisMode::Standalone => {
                 let url = config.url.as_deref().ok_or_else(|| {
@@ -176,7 +183,7 @@ impl Topology {
                         "no redis.url configured",
                     ))
                 })?;
-                Ok(Topology::Standalone(redis::Client::open(url)?))
+                Ok(Topology::Standalone(client(url, &certs)?))
             }
             RedisMode::Cluster => {
                 let mut builder = ClusterClientBuilder::new(config.nodes.clone())
@@ -193,10 +200,13 @@ impl Topology {
                 if let Some(password) = &config.password {
                     builder = builder.password(password);
                 }
+                if let Some(certs) = &certs {
+                    builder = builder.certs(certs.clone());
+                }
                 let seeds = config
                     .nodes
                     .iter()
-                    .map(|node| node_client(node, config))
+                    .map(|node| node_client(node, config, &certs))
                     .collect::<RedisResult<_>>()?;
                 Ok(Topology::Cluster {
                     client: builder.build()?,
@@ -207,21 +217,44 @@ impl Topology {
                 })
             }
             RedisMode::Sentinel => {
-                let mut info = redis::RedisConnectionInfo::default();
-                if let Some(user) = &config.username {
-                    info = info.set_username(user);
-                }
-                if let Some(password) = &config.password {
-                    info = info.set_password(password);
-                }
-                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
-                let name = config.master_name.clone().unwrap_or_default();
-                let client = SentinelClient::build(
-                    config.nodes.clone(),
-                    name,
-                    Some(node),
+                let sentinels: Vec<redis::ConnectionInfo> = config
+                    .nodes
+                    .iter()
+                    .map(|node| node.as_str().into_connection_info())
+                    .collect::<RedisResult<_>>()?;
+                let mut builder = SentinelClientBuilder::new(
+                    sentinels.iter().map(|info| info.addr().clone()),
+                    config.master_name.clone().unwrap_or_default(),
                     SentinelServerType::Master,
                 )?;
+                // The Sentinels' own credentials ride in their URLs.
+                if let Some(first) = sentinels.first() {
+                    let own = first.redis_settings();
+                    if let Some(user) = own.username() {
+                        builder = builder.set_client_to_sentinel_username(user);
+                    }
+                    if let Some(password) = own.password() {
+                        builder = builder.set_client_to_sentinel_password(password);
+                    }
+                }
+                if let Some(user) = &config.username {
+                    builder = builder.set_client_to_redis_username(user);
+                }
+                if let Some(password) = &config.password {
+                    builder = builder.set_client_to_redis_password(password);
+                }
+                // rediss:// Sentinels: the data nodes speak TLS too.
+                if config.nodes.iter().any(|n| n.starts_with("rediss://")) {
+                    builder = builder
+                        .set_client_to_redis_tls_mode(TlsMode::Secure)
+                        .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+                    if let Some(certs) = &certs {
+                        builder = builder
+                            .set_client_to_redis_certificates(certs.clone())
+                            .set_client_to_sentinel_certificates(certs.clone());
+                    }
+                }
+                let client = builder.build()?;
                 Ok(Topology::Sentinel {
                     sentinels: tokio::sync::Mutex::new(client),
                     timeout: config.connect_timeout,
@@ -297,9 +330,53 @@ impl Topology {
     }
 }
 
+/// The CA and client certificate of `redis.tls`, read from their files.
+fn certificates(config: &RedisConfig) -> RedisResult<Option<TlsCertificates>> {
+    let tls = &config.tls;
+    if !tls.is_set() {
+        return Ok(None);
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|err| {
+            RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "cannot read a redis.tls file",
+                format!("{}: {err}", path.display()),
+            ))
+        })
+    };
+    let client_tls = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        _ => None,
+    };
+    let root_cert = tls.ca_file.as_deref().map(read).transpose()?;
+    Ok(Some(TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+/// A client for `url`, with the configured certificates.
+fn client(
+    url: impl IntoConnectionInfo,
+    certs: &Option<TlsCertificates>,
+) -> RedisResult<redis::Client> {
+    match certs {
+        Some(certs) => redis::Client::build_with_tls(url, certs.clone()),
+        None => redis::Client::open(url),
+    }
+}
+
 /// A client for one node of the configuration, with the data nodes'
-/// credentials.
-fn node_client(node: &str, config: &RedisConfig) -> RedisResult<redis::Client> {
+/// credentials and certificates.
+fn node_client(
+    node: &str,
+    config: &RedisConfig,
+    certs: &Option<TlsCertificates>,
+) -> RedisResult<redis::Client> {
     let mut info = redis::IntoConnectionInfo::into_connection_info(node)?;
     let mut settings = info.redis_settings().clone();
     if let Some(user) = &config.username {
@@ -309,7 +386,7 @@ fn node_client(node: &str, config: &RedisConfig) -> RedisResult<redis::Client> {
         settings = settings.set_password(password);
     }
     info = info.set_redis_settings(settings);
-    redis::Client::open(info)
+    client(info, certs)
 }
 
 /// A connection manager whose every command fails: what a lazy Sentinel
