@@ -586,3 +586,145 @@ async fn listening_beyond_loopback_without_a_token_warns() {
     assert!(!guarded.log().contains(WARNING), "{}", guarded.log());
     assert!(!local.log().contains(WARNING), "{}", local.log());
 }
+
+/// Reads from `conn` until the sidecar closes it; returns what it sent
+/// and how long that took. Panics if it stays open past `limit`.
+async fn read_until_closed(
+    conn: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> (String, Duration) {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(started + limit),
+            conn.read(&mut buf),
+        )
+        .await
+        {
+            Err(_) => panic!(
+                "connection still open after {limit:?}; got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (
+                    String::from_utf8_lossy(&got).into_owned(),
+                    started.elapsed(),
+                );
+            }
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_and_idle_http_clients_are_disconnected_but_streams_are_not() {
+    use tokio::io::AsyncWriteExt;
+    let s = sidecar!()
+        .env("OUTRIGGER_LIMITS__HEADER_TIMEOUT", "300ms")
+        .start()
+        .await;
+
+    // Slowloris: headers that never end.
+    let mut slow = tokio::net::TcpStream::connect(s.http).await.unwrap();
+    slow.write_all(b"GET /v1/cache/k HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let (_, took) = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(250), "closed after {took:?}");
+
+    // Idle keep-alive: one request, then silence.
+    let mut idle = tokio::net::TcpStream::connect(s.http).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, took) = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(took >= Duration::from_millis(250), "closed after {took:?}");
+
+    // A stream outlives the header timeout many times over.
+    let c = reqwest::Client::new();
+    let mut feed = c.get(s.url("/v1/pubsub/news")).send().await.unwrap();
+    assert_eq!(feed.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await; // 4 header timeouts
+    let r = c
+        .post(s.url("/v1/pubsub/news"))
+        .body("still here")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let heard = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut text = String::new();
+        while let Some(chunk) = feed.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains("still here") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(heard, Ok(true), "the subscriber's stream stayed open");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_refused_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let s = sidecar!()
+        .env("OUTRIGGER_LIMITS__MAX_CONNECTIONS", "4")
+        .start()
+        .await;
+
+    // Four idle connections hold every place, on each API.
+    let mut held = vec![];
+    for _ in 0..4 {
+        held.push(tokio::net::TcpStream::connect(s.http).await.unwrap());
+        held.push(tokio::net::TcpStream::connect(s.grpc).await.unwrap());
+    }
+    // Connections are accepted in order: a request on a fifth HTTP
+    // connection is answered 503 with the JSON error, and closed.
+    let mut fifth = tokio::net::TcpStream::connect(s.http).await.unwrap();
+    fifth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut fifth, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains(r#""code":"exhausted""#), "{answer}");
+    assert!(answer.contains("limits.max_connections"), "{answer}");
+    // gRPC: a fifth connection is closed before the handshake.
+    let refused = tonic::transport::Endpoint::from_shared(s.grpc_url())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await;
+    let refused = match refused {
+        Err(err) => Err(err.to_string()),
+        Ok(channel) => tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .map(|_| ())
+            .map_err(|status| status.to_string()),
+    };
+    assert!(refused.is_err(), "the fifth gRPC connection was served");
+    assert!(
+        s.log().contains("limits.max_connections reached"),
+        "the refusal is logged"
+    );
+
+    // Places free up as connections close.
+    held.clear();
+    eventually(Duration::from_secs(5), "HTTP served again", || async {
+        let r = reqwest::get(s.url("/healthz")).await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let channel = s.channel().await;
+    let ok = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await;
+    assert!(ok.is_ok(), "{ok:?}");
+}

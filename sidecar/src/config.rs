@@ -184,13 +184,13 @@ impl RedisConfig {
             })
         };
         let looks_like_redis = |url: &str| matches!(url.split_once("://"), Some(("redis" | "rediss", rest)) if !rest.is_empty());
-        if let Some(url) = &self.url {
-            if !looks_like_redis(url) {
-                return invalid(
-                    "redis.url",
-                    "must look like redis://host:port (rediss:// for TLS)",
-                );
-            }
+        if let Some(url) = &self.url
+            && !looks_like_redis(url)
+        {
+            return invalid(
+                "redis.url",
+                "must look like redis://host:port (rediss:// for TLS)",
+            );
         }
         if self.nodes.iter().any(|n| !looks_like_redis(n)) {
             return invalid(
@@ -405,6 +405,14 @@ pub struct Limits {
     pub max_wait: Duration,
     /// Most permits a semaphore may have.
     pub max_permits: u32,
+    /// Connections each API listener serves at once; beyond it, new ones
+    /// are refused (HTTP: 503 and closed; gRPC: closed).
+    pub max_connections: usize,
+    /// Longest an HTTP client may take to send a request's headers, and
+    /// to start its next request on a kept-alive connection: slow and
+    /// idle clients are disconnected.
+    #[serde(with = "human_duration")]
+    pub header_timeout: Duration,
 }
 
 /// Rate limiting.
@@ -622,6 +630,8 @@ impl Default for Config {
                 max_ttl: Duration::from_secs(30 * 24 * 3600),
                 max_wait: Duration::from_secs(60),
                 max_permits: 10_000,
+                max_connections: 1024,
+                header_timeout: Duration::from_secs(30),
             },
             ratelimit: RateLimitConfig::default(),
             presence: PresenceConfig::default(),
@@ -777,6 +787,12 @@ impl Config {
         }
         if self.failover.publish_buffer == 0 {
             return invalid("failover.publish_buffer", "must be at least 1");
+        }
+        if self.limits.max_connections == 0 || self.limits.max_connections > 1 << 20 {
+            return invalid("limits.max_connections", "must be 1 to 1048576");
+        }
+        if self.limits.header_timeout < Duration::from_millis(100) {
+            return invalid("limits.header_timeout", "must be at least 100ms");
         }
         if self.limits.max_permits == 0 {
             return invalid("limits.max_permits", "must be at least 1");

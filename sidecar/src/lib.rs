@@ -39,6 +39,7 @@ pub mod plugins;
 pub mod presence;
 pub mod pubsub;
 pub mod ratelimit;
+pub mod serve;
 pub mod telemetry;
 pub mod validate;
 
@@ -65,6 +66,7 @@ pub struct Sidecar {
     http_socket: Option<UnixSocket>,
     grpc_socket: Option<UnixSocket>,
     grace: Duration,
+    limits: serve::ConnectionLimits,
 }
 
 /// A Unix domain socket listener, and its file.
@@ -170,6 +172,7 @@ impl Sidecar {
             http_socket,
             grpc_socket,
             grace: config.shutdown_grace,
+            limits: serve::ConnectionLimits::from_config(&config.limits),
         })
     }
 
@@ -218,20 +221,35 @@ impl Sidecar {
         let http_listener = axum::serve::ListenerExt::tap_io(self.http, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let http = axum::serve(http_listener, router.clone())
-            .with_graceful_shutdown(stopped(stop_rx.clone()));
+        let limits = self.limits;
+        let http = serve::serve_http(
+            http_listener,
+            router.clone(),
+            limits,
+            "http.addr",
+            stopped(stop_rx.clone()),
+        );
         servers.push((
             "HTTP server",
-            tokio::spawn(async move { http.await.context("HTTP server failed") }),
+            tokio::spawn(async move {
+                http.await;
+                Ok(())
+            }),
         ));
         if let Some(UnixSocket { listener, path }) = self.http_socket {
-            let server =
-                axum::serve(listener, router).with_graceful_shutdown(stopped(stop_rx.clone()));
+            let server = serve::serve_http(
+                listener,
+                router,
+                limits,
+                "http.socket",
+                stopped(stop_rx.clone()),
+            );
             servers.push((
                 "HTTP server (Unix socket)",
                 tokio::spawn(async move {
                     let _remove_when_done = path;
-                    server.await.context("HTTP server (Unix socket) failed")
+                    server.await;
+                    Ok(())
                 }),
             ));
         }
@@ -261,7 +279,7 @@ impl Sidecar {
         let grpc = serve_grpc(
             routes.clone(),
             self.app.auth.clone(),
-            incoming,
+            serve::capped(incoming, limits, "grpc.addr"),
             stopped(stop_rx.clone()),
         );
         servers.push((
@@ -269,7 +287,11 @@ impl Sidecar {
             tokio::spawn(async move { grpc.await.context("gRPC server failed") }),
         ));
         if let Some(UnixSocket { listener, path }) = self.grpc_socket {
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            let incoming = serve::capped(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                limits,
+                "grpc.socket",
+            );
             let grpc = serve_grpc(routes, self.app.auth.clone(), incoming, stopped(stop_rx));
             servers.push((
                 "gRPC server (Unix socket)",
@@ -327,6 +349,9 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     tonic::transport::Server::builder()
+        // Peers that stop answering pings are dropped.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(tonic::service::InterceptorLayer::new(
             move |req: tonic::Request<()>| {
                 let authorization = req.metadata().get("authorization").map(|v| v.as_bytes());

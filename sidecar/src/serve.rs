@@ -1,0 +1,257 @@
+//! Accepting connections with bounds, so no client (slow, idle or one of
+//! thousands) can hold the sidecar's memory or tasks hostage.
+//!
+//! - **A cap on connections per listener** (`limits.max_connections`): a
+//!   connection beyond it is answered at once (HTTP: 503 with a JSON body,
+//!   then closed; gRPC: closed before the handshake) instead of queuing.
+//! - **A header deadline** (`limits.header_timeout`, HTTP/1): a client
+//!   must send a request's headers within it, and start its next request
+//!   on a kept-alive connection within it, or is disconnected. A streaming
+//!   response (SSE) is not a wait for headers and is not cut.
+//! - gRPC connections are pinged (HTTP/2 keep-alive) and dropped when the
+//!   peer stops answering.
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::serve::Listener;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+/// What each listener allows.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    pub fn from_config(limits: &crate::config::Limits) -> Self {
+        ConnectionLimits {
+            max_connections: limits.max_connections,
+            header_timeout: limits.header_timeout,
+        }
+    }
+}
+
+/// The answer to a connection over the cap.
+const REFUSAL_BODY: &str = r#"{"error":{"code":"exhausted","message":"too many connections: this listener serves limits.max_connections at once; retry later"}}"#;
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets
+/// every connection finish its request in flight and returns once all
+/// have closed.
+pub async fn serve_http<L>(
+    mut listener: L,
+    router: Router,
+    limits: ConnectionLimits,
+    name: &'static str,
+    shutdown: impl Future<Output = ()>,
+) where
+    L: Listener,
+{
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let (closing, closing_rx) = watch::channel(false);
+    let refusals = Refusals::default();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let io = tokio::select! {
+            (io, _) = listener.accept() => io,
+            () = &mut shutdown => break,
+        };
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(serve_connection(
+                    io,
+                    router.clone(),
+                    limits.header_timeout,
+                    permit,
+                    closing_rx.clone(),
+                ));
+            }
+            Err(_) => {
+                refusals.note(name, limits.max_connections);
+                tokio::spawn(refuse(io));
+            }
+        }
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    // Every connection holds a permit until it closes.
+    let _ = permits.acquire_many(limits.max_connections as u32).await;
+}
+
+async fn serve_connection<I>(
+    io: I,
+    router: Router,
+    header_timeout: Duration,
+    _permit: OwnedSemaphorePermit,
+    mut closing: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // WebSockets over HTTP/2.
+        .enable_connect_protocol()
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let service = TowerToHyperService::new(router);
+    let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(err) = result {
+                tracing::trace!(error = %err, "HTTP connection ended with an error");
+            }
+            return;
+        }
+        _ = closing.wait_for(|closing| *closing) => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
+}
+
+/// Answers 503 and closes, reading (for at most a second) what the client
+/// sent meanwhile, so closing does not reset the connection before the
+/// answer is read.
+async fn refuse<I>(mut io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{REFUSAL_BODY}",
+        REFUSAL_BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        io.write_all(response.as_bytes()).await?;
+        io.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while io.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
+/// Logs refusals at most once every 10 s per listener, with how many.
+#[derive(Default, Clone)]
+struct Refusals {
+    count: Arc<AtomicU64>,
+    last_log: Arc<AtomicU64>,
+}
+
+impl Refusals {
+    fn note(&self, name: &'static str, max: usize) {
+        let count = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_log.load(Ordering::Relaxed);
+        if now >= last + 10
+            && self
+                .last_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                listener = name,
+                max_connections = max,
+                refused_so_far = count,
+                "refusing connections: limits.max_connections reached"
+            );
+        }
+    }
+}
+
+/// The connections a gRPC listener accepts, capped: one over the cap is
+/// closed at once (it never reaches the HTTP/2 handshake).
+pub fn capped<S, IO, E>(
+    incoming: S,
+    limits: ConnectionLimits,
+    name: &'static str,
+) -> impl tokio_stream::Stream<Item = Result<Capped<IO>, E>>
+where
+    S: tokio_stream::Stream<Item = Result<IO, E>>,
+{
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let refusals = Refusals::default();
+    tokio_stream::StreamExt::filter_map(incoming, move |conn| match conn {
+        Err(err) => Some(Err(err)),
+        Ok(io) => match permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(Ok(Capped {
+                io,
+                _permit: permit,
+            })),
+            Err(_) => {
+                refusals.note(name, limits.max_connections);
+                None
+            }
+        },
+    })
+}
+
+/// A connection holding its place under the cap until it is dropped.
+pub struct Capped<IO> {
+    io: IO,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Capped<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Capped<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected for Capped<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
