@@ -22,11 +22,28 @@ pub fn validate(pattern: &str) -> Result<(), &'static str> {
                 if p.get(i) == Some(&b'^') {
                     i += 1;
                 }
+                // Read as Redis reads it: an escape, the end, a range
+                // `x-y` (whose `y` may be `]`), or one character.
                 loop {
                     match p.get(i) {
                         None => return Err("pattern has a '[' without a closing ']'"),
                         Some(b'\\') if i + 1 < p.len() => i += 2,
                         Some(b']') => break,
+                        Some(_) if i + 2 < p.len() && p[i + 1] == b'-' => {
+                            if p[i + 2] == b']' {
+                                return Err(
+                                    "a class ends in '-]': Redis reads 'x-]' as a range up to ']'; write '\\-' for a dash",
+                                );
+                            }
+                            // Redis compares C chars, signed on some
+                            // platforms: a range is only portable in ASCII.
+                            if !p[i].is_ascii() || !p[i + 2].is_ascii() {
+                                return Err(
+                                    "a range in a '[...]' class must be between ASCII characters",
+                                );
+                            }
+                            i += 3;
+                        }
                         Some(_) => i += 1,
                     }
                 }
@@ -82,7 +99,7 @@ fn match_bytes(mut p: &[u8], mut s: &[u8]) -> bool {
                             p = &p[2..];
                         }
                         [b']', ..] => break,
-                        [lo, b'-', hi, ..] if *hi != b']' => {
+                        [lo, b'-', hi, ..] => {
                             let (lo, hi) = if lo <= hi { (*lo, *hi) } else { (*hi, *lo) };
                             matched |= (lo..=hi).contains(&ch);
                             p = &p[3..];
@@ -161,5 +178,14 @@ mod tests {
         assert!(validate("a[\\]]c").is_ok());
         assert!(validate("user:*:[0-9]").is_ok());
         assert!(validate("x\\\\").is_ok());
+        // Redis reads `*-]` as the range '*'..']': the class would run on
+        // into whatever follows the pattern (the hash tag's '}').
+        assert!(validate(":[a*-]").is_err());
+        assert!(validate(":[a*\\-]").is_ok());
+        assert!(validate("[-a]").is_ok());
+        assert!(validate("[a-\\]").is_ok());
+        assert!(validate("[*é-{]").is_err());
+        assert!(validate("[é- ]").is_err());
+        assert!(validate("[é]").is_ok());
     }
 }
