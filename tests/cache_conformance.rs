@@ -772,7 +772,7 @@ async fn generated_globs_list_the_same_keys_on_memory_and_redis() {
     const ALPHABET: &[&str] = &[
         "a", "b", "c", "-", "*", "?", "[", "]", "\\", "^", "{", "}", ":", "é", " ",
     ];
-    let mut word = |rng: &mut StdRng, max: usize| -> String {
+    let word = |rng: &mut StdRng, max: usize| -> String {
         let len = rng.random_range(1..=max);
         (0..len)
             .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())])

@@ -80,12 +80,30 @@ pub async fn routes(app: Arc<App>) -> anyhow::Result<tonic::service::Routes> {
     Ok(routes.routes())
 }
 
-/// Tonic rejects a message over the decoding limit with `OUT_OF_RANGE`;
-/// our contract says an oversized request is `RESOURCE_EXHAUSTED`, whether
-/// our own limit or the transport's caught it. Applied as a response layer.
+/// Statuses the transport makes, in our contract's terms (a response
+/// layer):
+/// - tonic rejects a message over the decoding limit with `OUT_OF_RANGE`;
+///   an oversized request is `RESOURCE_EXHAUSTED`, whether our own limit
+///   or the transport's caught it;
+/// - a request body that is not a valid protobuf message of the method's
+///   type comes back from tonic as `INTERNAL`; it is the caller's error:
+///   `INVALID_ARGUMENT`, saying what did not decode.
 pub fn oversized_as_resource_exhausted(
     resp: http::Response<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body> {
+    let internal = resp.headers().get("grpc-status").is_some_and(|v| v == "13");
+    if internal
+        && let Some(status) = Status::from_header_map(resp.headers())
+        && status
+            .message()
+            .starts_with("failed to decode Protobuf message")
+    {
+        return Status::invalid_argument(format!(
+            "the request is not a valid message for this method: {}",
+            status.message()
+        ))
+        .into_http();
+    }
     let out_of_range = resp.headers().get("grpc-status").is_some_and(|v| v == "11");
     let too_large = resp
         .headers()
