@@ -41,7 +41,7 @@ fn redis_config(server: &RedisServer) -> RedisConfig {
     }
 }
 
-/// The shared 3-master Redis Cluster.
+/// The shared Redis Cluster (3 masters, a replica each).
 async fn cluster() -> Backend {
     let cluster = outrigger_tests::shared_cluster().await;
     let store = RedisStore::connect(&cluster.redis_config(), &unique("conformance"))

@@ -56,7 +56,7 @@ async fn redis() -> Backend {
     on_redis_config(redis_config, Some(server)).await
 }
 
-/// The shared 3-master Redis Cluster.
+/// The shared Redis Cluster (3 masters, a replica each).
 async fn cluster() -> Backend {
     let cluster = outrigger_tests::shared_cluster().await;
     on_redis_config(cluster.redis_config(), None).await

@@ -430,3 +430,92 @@ async fn every_primitive_works_for_an_acl_user_confined_to_its_namespace() {
         .unwrap_err();
     assert!(err.to_string().to_lowercase().contains("noperm"), "{err}");
 }
+
+/// A plugin that rewrites every target at another namespace's keys cannot
+/// reach them: a rewritten target is a name inside the sidecar's own
+/// namespace, however it is spelled.
+#[tokio::test]
+async fn a_plugin_rewrite_cannot_reach_another_namespace() {
+    let redis = RedisServer::start().await;
+    let ns_a = unique("victim");
+    let a = start(&redis, &ns_a).await;
+    let c = http();
+    let put = c
+        .put(a.url("/v1/cache/secret?tags=t"))
+        .body("a-data")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let mut conn = redis.client().await;
+    let keys_of_a = async |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{ns_a}:*"))
+            .query_async(conn)
+            .await
+            .unwrap();
+        keys.sort();
+        keys
+    };
+    let before = keys_of_a(&mut conn).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    for target in [
+        "secret".to_string(),
+        "}:c:{secret".to_string(),
+        format!("{ns_a}:c:{{secret}}"),
+        format!("../{ns_a}:c:{{secret}}"),
+        "*".to_string(),
+    ] {
+        let ns_b = unique("attacker");
+        let file = dir.path().join(format!("{ns_b}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "[[plugins]]\nname = \"escape\"\nhooks = [\"authorize\"]\npath = {:?}\nconfig = {{ mode = \"rewrite\", target = {:?} }}\n",
+                outrigger_tests::plugin_wasm("hostile").display().to_string(),
+                target
+            ),
+        )
+        .unwrap();
+        let b = sidecar!()
+            .redis(&redis)
+            .namespace(&ns_b)
+            .arg("--config")
+            .arg(file.display().to_string())
+            .start()
+            .await;
+        // Reads through the rewrite see nothing of A...
+        let get = c.get(b.url("/v1/cache/anything")).send().await.unwrap();
+        assert_eq!(get.status(), 404, "{target:?}");
+        // ...a write through it lands in B, under the rewritten name...
+        let put = c
+            .put(b.url("/v1/cache/anything"))
+            .body("b-data")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200, "{target:?}");
+        let landed: bool = redis::cmd("EXISTS")
+            .arg(format!("{ns_b}:c:{{{target}}}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(landed, "{target:?}: the rewrite applied, inside B");
+        // ...and so do deletes and invalidations.
+        for request in [
+            c.put(b.url("/v1/cache/anything")).body("b-data"),
+            c.delete(b.url("/v1/cache/anything")),
+            c.post(b.url("/v1/cache/invalidate"))
+                .json(&json!({"tags": ["t"]})),
+            c.post(b.url("/v1/cache/invalidate"))
+                .json(&json!({"pattern": "*"})),
+        ] {
+            let status = request.send().await.unwrap().status();
+            assert!(status.is_success() || status == 404, "{target:?}: {status}");
+        }
+        let value = c.get(a.url("/v1/cache/secret")).send().await.unwrap();
+        assert_eq!(value.text().await.unwrap(), "a-data", "{target:?}");
+        assert_eq!(keys_of_a(&mut conn).await, before, "{target:?}");
+    }
+}

@@ -49,7 +49,7 @@ async fn redis() -> Backend {
     on_redis_config(redis_config, Some(server)).await
 }
 
-/// The shared 3-master Redis Cluster.
+/// The shared Redis Cluster (3 masters, a replica each).
 async fn cluster() -> Backend {
     let cluster = outrigger_tests::shared_cluster().await;
     on_redis_config(cluster.redis_config(), None).await
@@ -105,6 +105,7 @@ conformance!(
     patterns_match_channels,
     durable_offsets_increase_and_replay_after_an_offset,
     resume_has_no_gap_and_no_duplicate_at_the_seam,
+    a_resumed_subscriber_that_falls_behind_catches_up_from_the_stream,
     a_slow_subscriber_lags_without_holding_up_others,
     subscriber_count_is_limited,
     bad_pubsub_input_is_rejected,
@@ -412,6 +413,44 @@ mod cases {
         let ((), got) = tokio::join!(publisher, reader);
         let expected: Vec<String> = (0..400).map(|i| i.to_string()).collect();
         assert_eq!(got, expected, "every message once, in order");
+    }
+
+    pub async fn a_resumed_subscriber_that_falls_behind_catches_up_from_the_stream(app: &App) {
+        let ps = &app.pubsub;
+        let publish = async |i: usize| {
+            ps.publish("behind", Bytes::from(i.to_string()), BTreeMap::new(), true)
+                .await
+                .unwrap()
+        };
+        for i in 0..5 {
+            publish(i).await;
+        }
+        let mut sub = ps
+            .subscribe(vec!["behind".into()], vec![], Some(Offset::default()))
+            .await
+            .unwrap();
+        for i in 0..5 {
+            assert_eq!(
+                next_message(&mut sub).await.payload,
+                i.to_string().as_bytes()
+            );
+        }
+        // Live now; 50 more while it reads nothing: far past its buffer
+        // of 16. A resumed subscriber is not told it lagged: it catches up
+        // from the stream, every message once, in order.
+        for i in 5..55 {
+            publish(i).await;
+        }
+        for i in 5..55 {
+            assert_eq!(
+                next_message(&mut sub).await.payload,
+                i.to_string().as_bytes(),
+                "message {i}"
+            );
+        }
+        // And goes on live.
+        publish(55).await;
+        assert_eq!(next_message(&mut sub).await.payload, &b"55"[..]);
     }
 
     pub async fn a_slow_subscriber_lags_without_holding_up_others(app: &App) {

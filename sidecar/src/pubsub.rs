@@ -172,7 +172,11 @@ impl PubSub {
     }
 }
 
-/// Replay after `after`, then the live feed without what was replayed.
+/// Replay after `after`, then the live feed without what was replayed. If
+/// the live feed overflows meanwhile, replay resumes from the last offset
+/// delivered: a resumed subscriber receives every durable message once,
+/// in order, however far behind it falls (messages published without
+/// `durable` on the same channel are not in the stream and can be missed).
 fn resume(
     store: Arc<dyn PubSubStore>,
     channel: String,
@@ -231,7 +235,10 @@ fn resume(
                     }
                     return Some((Ok(FeedItem::Item(m)), s));
                 }
-                FeedItem::Lagged(n) => return Some((Ok(FeedItem::Lagged(n)), s)),
+                // Fell behind the live feed (typically while a long
+                // replay ran): what was missed is in the stream, so catch
+                // up from it again rather than report a loss.
+                FeedItem::Lagged(_) => s.replaying = true,
             }
         }
     }))

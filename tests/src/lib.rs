@@ -105,11 +105,11 @@ where
     })
 }
 
-/// A 3-master Redis Cluster shared by every test of this process (each
-/// test uses its own namespace).
+/// A Redis Cluster of 3 masters with a replica each, shared by every test
+/// of this process (each test uses its own namespace).
 pub async fn shared_cluster() -> &'static RedisCluster {
     static CLUSTER: std::sync::OnceLock<RedisCluster> = std::sync::OnceLock::new();
-    tokio::task::spawn_blocking(|| process_fixture(&CLUSTER, || RedisCluster::start(3, 0)))
+    tokio::task::spawn_blocking(|| process_fixture(&CLUSTER, || RedisCluster::start(3, 1)))
         .await
         .expect("cluster fixture")
 }

@@ -6,7 +6,8 @@
 //! memory cap), `trap` (panics), `garbage` (returns a string that is not
 //! UTF-8), `stack` (unbounded recursion), `slow-start` (fails in `new`),
 //! `deny` (the default: behaves, denying everything),
-//! `log-flood` (logs without end, then denies).
+//! `log-flood` (logs without end, then denies), `rewrite` (rewrites every
+//! target to `{"target": "..."}`: an attempt to reach another namespace).
 
 use outrigger_plugin_sdk::{
     Authorize, Classify, Config, Decision, Invalidation, Limit, OnWrite, Plugin, Request,
@@ -18,6 +19,8 @@ use serde::Deserialize;
 struct Settings {
     #[serde(default = "deny")]
     mode: String,
+    #[serde(default)]
+    target: String,
 }
 
 fn deny() -> String {
@@ -26,6 +29,7 @@ fn deny() -> String {
 
 struct Hostile {
     mode: String,
+    target: String,
 }
 
 impl Plugin for Hostile {
@@ -36,6 +40,7 @@ impl Plugin for Hostile {
         }
         Ok(Hostile {
             mode: settings.mode,
+            target: settings.target,
         })
     }
 }
@@ -71,6 +76,8 @@ impl Hostile {
                 }
                 Some("flooded".into())
             }
+            // Every hook aims at the configured target.
+            "rewrite" => Some(self.target.clone()),
             _ => Some("denied by the hostile test plugin".into()),
         }
     }
@@ -84,6 +91,11 @@ fn recurse(depth: u64) -> u64 {
 
 impl Authorize for Hostile {
     fn authorize(&self, _: &Request) -> Decision {
+        if self.mode == "rewrite" {
+            return Decision::Rewrite(outrigger_plugin_sdk::Rewrite {
+                target: self.target.clone(),
+            });
+        }
         match self.misbehave() {
             Some(reason) if self.mode == "garbage" => {
                 Decision::Rewrite(outrigger_plugin_sdk::Rewrite { target: reason })
