@@ -10,7 +10,7 @@ use futures::StreamExt;
 use outrigger::api::pb;
 use outrigger::api::pb::cache_client::CacheClient;
 use outrigger::api::pb::pub_sub_client::PubSubClient;
-use outrigger_tests::{RedisServer, Sidecar, sidecar, unique};
+use outrigger_tests::{RedisServer, Sidecar, read_until, sidecar, unique};
 use serde_json::{Value, json};
 
 fn http() -> reqwest::Client {
@@ -394,18 +394,8 @@ async fn every_primitive_works_for_an_acl_user_confined_to_its_namespace() {
             .await
             .unwrap(),
     );
-    let heard = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut text = String::new();
-        while let Some(chunk) = feed.chunk().await.unwrap() {
-            text.push_str(&String::from_utf8_lossy(&chunk));
-            if text.contains("hello") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(heard, Ok(true), "the subscriber hears the publish");
+    let heard = read_until(&mut feed, "hello", Duration::from_secs(5)).await;
+    assert!(heard, "the subscriber hears the publish");
 
     // Nothing was refused: the sidecar never left Redis.
     let status = json_of(c.get(s.url("/v1/admin/status")).send().await.unwrap()).await;

@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use outrigger_tests::{RedisServer, eventually, sidecar, unique};
+use outrigger_tests::{RedisServer, eventually, read_until, sidecar, unique};
 use prost::Message;
 use tokio::sync::mpsc;
 
@@ -656,18 +656,8 @@ async fn slow_and_idle_http_clients_are_disconnected_but_streams_are_not() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let heard = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut text = String::new();
-        while let Some(chunk) = feed.chunk().await.unwrap() {
-            text.push_str(&String::from_utf8_lossy(&chunk));
-            if text.contains("still here") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(heard, Ok(true), "the subscriber's stream stayed open");
+    let heard = read_until(&mut feed, "still here", Duration::from_secs(5)).await;
+    assert!(heard, "the subscriber's stream stayed open");
 }
 
 #[tokio::test]

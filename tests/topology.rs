@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use outrigger_tests::{
     RedisCluster, RedisSentinels, RedisServer, SENTINEL_MASTER, Sidecar, SidecarBuilder,
-    TestCertificates, eventually, sidecar, unique,
+    TestCertificates, eventually, read_until, sidecar, unique,
 };
 use serde_json::{Value, json};
 
@@ -174,19 +174,9 @@ async fn a_namespace_spreads_over_every_master_and_cross_slot_operations_reach_t
             }
         }
     });
-    let heard = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut text = String::new();
-        while let Some(chunk) = feed.chunk().await.unwrap() {
-            text.push_str(&String::from_utf8_lossy(&chunk));
-            if text.contains("hello from A") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
+    let heard = read_until(&mut feed, "hello from A", Duration::from_secs(10)).await;
     publisher.abort();
-    assert_eq!(heard, Ok(true), "B's subscriber hears A's publish");
+    assert!(heard, "B's subscriber hears A's publish");
 
     // Locks: one holder across both sidecars.
     let held: Value = c
@@ -294,6 +284,33 @@ async fn fences_after(load: &SharedLoad, since: Instant, more: usize, limit: Dur
     .await;
 }
 
+/// Stops the load, checks that it held up (below), and reports how the
+/// switch went.
+async fn stop_load(
+    stop: &AtomicBool,
+    task: tokio::task::JoinHandle<()>,
+    load: &SharedLoad,
+    what: &str,
+    switched_at: Instant,
+    recovered: Duration,
+) -> Load {
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    let load = std::mem::take(&mut *load.lock().unwrap());
+    assert_load_held_up(&load, what);
+    let refused = load
+        .locks
+        .iter()
+        .filter(|(s, t)| *s == 503 && *t > switched_at)
+        .count();
+    eprintln!(
+        "{what}: {} fences, {refused} lock requests refused during the switch, \
+         fences from the new master within {recovered:?}",
+        load.fences.len()
+    );
+    load
+}
+
 /// Fences strictly increase in the order they were handed out; lock
 /// requests answered 200, 409 (the lease of a holder cut off by the
 /// switch) or 503 (failing closed while no master answers); every cache
@@ -380,10 +397,7 @@ async fn a_cluster_master_failover_under_load_is_followed_and_fences_never_go_ba
     cluster.nodes[victim].synced().await;
     fences_after(&load, killed_at, 20, Duration::from_secs(30)).await;
     let recovered = killed_at.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    task.await.unwrap();
-    let load = std::mem::take(&mut *load.lock().unwrap());
-    assert_load_held_up(&load, "cluster failover");
+    let load = stop_load(&stop, task, &load, "cluster failover", killed_at, recovered).await;
     assert_eq!(
         cluster.master_of(&lock_key).await,
         promoted,
@@ -396,16 +410,6 @@ async fn a_cluster_master_failover_under_load_is_followed_and_fences_never_go_ba
         Some(last)
     );
     wait_mode(&s, "redis", Duration::from_secs(10)).await;
-    let refused = load
-        .locks
-        .iter()
-        .filter(|(s, t)| *s == 503 && *t > killed_at)
-        .count();
-    eprintln!(
-        "cluster failover: {} fences, {refused} lock requests refused during the switch, \
-         fences from the new master within {recovered:?}",
-        load.fences.len()
-    );
 }
 
 /// The fence counter of `lock_key`, read on `node` (its master).
@@ -453,24 +457,19 @@ async fn a_sentinel_failover_under_load_is_followed_and_fences_never_go_back() {
     .await;
     fences_after(&load, switched_at, 20, Duration::from_secs(30)).await;
     let recovered = switched_at.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    task.await.unwrap();
-    let load = std::mem::take(&mut *load.lock().unwrap());
-    assert_load_held_up(&load, "sentinel failover");
+    let load = stop_load(
+        &stop,
+        task,
+        &load,
+        "sentinel failover",
+        switched_at,
+        recovered,
+    )
+    .await;
     wait_mode(&s, "redis", Duration::from_secs(10)).await;
     // The fences now come from the promoted replica.
     let last = load.fences.last().unwrap().0;
     assert_eq!(counter(&set.replica, &lock_key).await, Some(last));
-    let refused = load
-        .locks
-        .iter()
-        .filter(|(s, t)| *s == 503 && *t > switched_at)
-        .count();
-    eprintln!(
-        "sentinel failover: {} fences, {refused} lock requests refused during the switch, \
-         fences from the new master within {recovered:?}",
-        load.fences.len()
-    );
 }
 
 #[tokio::test]
@@ -512,6 +511,7 @@ async fn a_fence_no_replica_confirms_is_never_handed_out() {
     let of = master.port.to_string();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &of]).await;
     replica.synced().await;
+    master.replicas_acknowledge(1).await;
     let r = acquire().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let body: Value = r.json().await.unwrap();

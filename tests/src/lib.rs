@@ -371,18 +371,57 @@ impl RedisServer {
 
     /// Waits until this replica has synced with its master.
     pub async fn synced(&self) {
+        self.reports(
+            redis::cmd("INFO").arg("replication"),
+            "master_link_status:up",
+        )
+        .await;
+    }
+
+    /// Waits until `replicas` replicas acknowledge this master's writes
+    /// (`WAIT` answers). A replica whose link is up is not there yet: after
+    /// a diskless sync the master streams to it only once its first
+    /// `REPLCONF ACK` arrives, up to a second later.
+    pub async fn replicas_acknowledge(&self, replicas: u32) {
         let conn = self.client().await;
-        eventually(START_TIMEOUT, "the replica to sync", || {
-            let mut conn = conn.clone();
-            async move {
-                let info: String = redis::cmd("INFO")
-                    .arg("replication")
-                    .query_async(&mut conn)
-                    .await
-                    .ok()?;
-                info.contains("master_link_status:up").then_some(())
-            }
-        })
+        eventually(
+            START_TIMEOUT,
+            &format!(":{} to hear from {replicas} replicas", self.port),
+            || {
+                let mut conn = conn.clone();
+                async move {
+                    let _: () = redis::cmd("INCR")
+                        .arg("outrigger-test:replication-probe")
+                        .query_async(&mut conn)
+                        .await
+                        .ok()?;
+                    let acknowledged: u32 = redis::cmd("WAIT")
+                        .arg(replicas)
+                        .arg(100)
+                        .query_async(&mut conn)
+                        .await
+                        .ok()?;
+                    (acknowledged >= replicas).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Waits until `command` (an `INFO`-like report) says `what`.
+    async fn reports(&self, command: &redis::Cmd, what: &str) {
+        let conn = self.client().await;
+        eventually(
+            START_TIMEOUT,
+            &format!(":{} to report {what}", self.port),
+            || {
+                let mut conn = conn.clone();
+                async move {
+                    let info: String = command.query_async(&mut conn).await.ok()?;
+                    info.contains(what).then_some(())
+                }
+            },
+        )
         .await;
     }
 }
@@ -444,19 +483,8 @@ impl RedisCluster {
         );
         let cluster = RedisCluster { nodes };
         for node in &cluster.nodes {
-            let conn = node.client().await;
-            eventually(START_TIMEOUT, "cluster_state:ok on every node", || {
-                let mut conn = conn.clone();
-                async move {
-                    let info: String = redis::cmd("CLUSTER")
-                        .arg("INFO")
-                        .query_async(&mut conn)
-                        .await
-                        .ok()?;
-                    info.contains("cluster_state:ok").then_some(())
-                }
-            })
-            .await;
+            node.reports(redis::cmd("CLUSTER").arg("INFO"), "cluster_state:ok")
+                .await;
         }
         for replica in &cluster.nodes[masters..] {
             replica.synced().await;
@@ -926,6 +954,22 @@ impl Drop for Sidecar {
             );
         }
     }
+}
+
+/// Reads a streaming response (Server-Sent Events) until its text so far
+/// contains `needle`; false if the stream ends first. At most `limit`.
+pub async fn read_until(feed: &mut reqwest::Response, needle: &str, limit: Duration) -> bool {
+    let read = async {
+        let mut text = String::new();
+        while let Ok(Some(chunk)) = feed.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains(needle) {
+                return true;
+            }
+        }
+        false
+    };
+    tokio::time::timeout(limit, read).await.unwrap_or(false)
 }
 
 /// Polls `check` every 10 ms until it returns `Some`, for at most `limit`.
