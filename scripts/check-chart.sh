@@ -35,6 +35,14 @@ for doc in yaml.safe_load_all(open(sys.argv[1])):
 else:
     sys.exit("no outrigger.toml ConfigMap rendered")
 PY
+  # Files the pod mounts from Secrets: stand in for them here.
+  if grep -q /etc/outrigger/redis-tls/ "$out/$i.toml"; then
+    mkdir -p "$out/redis-tls"
+    for f in $(grep -o '/etc/outrigger/redis-tls/[^"]*' "$out/$i.toml"); do
+      touch "$out/redis-tls/${f##*/}"
+    done
+    sed -i "s#/etc/outrigger/redis-tls/#$out/redis-tls/#g" "$out/$i.toml"
+  fi
   cargo run -q -p outrigger -- --config "$out/$i.toml" check-config >/dev/null
   echo "chart ok with ${values:-default values}"
 done

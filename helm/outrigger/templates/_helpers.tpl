@@ -137,6 +137,11 @@ of a release of this chart (or a context with the same .Values shape).
       mountPath: /var/run/secrets/outrigger
       readOnly: true
     {{- end }}
+    {{- if .Values.redis.tls.secret }}
+    - name: outrigger-redis-tls
+      mountPath: /etc/outrigger/redis-tls
+      readOnly: true
+    {{- end }}
 {{- end -}}
 
 {{/*
@@ -161,6 +166,20 @@ The volumes the sidecar mounts: add them to the pod's `volumes`.
     items:
       - key: token
         path: token
+{{- end }}
+{{- with .Values.redis.tls }}
+{{- if .secret }}
+- name: outrigger-redis-tls
+  secret:
+    secretName: {{ .secret }}
+    items:
+      {{- range (list .caKey .certKey .keyKey) }}
+      {{- if . }}
+      - key: {{ . | quote }}
+        path: {{ . | quote }}
+      {{- end }}
+      {{- end }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
