@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use outrigger_tests::{RedisServer, eventually, read_until, sidecar, unique};
+use outrigger_tests::{RedisServer, Sidecar, eventually, read_until, sidecar, unique};
 use prost::Message;
 use tokio::sync::mpsc;
 
@@ -249,17 +249,13 @@ async fn traces_are_exported_over_otlp_when_an_endpoint_is_set() {
 
 #[tokio::test]
 async fn the_ops_listener_serves_probes_and_metrics_but_not_the_api() {
+    use tokio::io::AsyncWriteExt;
     let sidecar = sidecar!()
         .env("OUTRIGGER_OPS__ADDR", "127.0.0.1:0")
+        .env("OUTRIGGER_LIMITS__HEADER_TIMEOUT", "300ms")
         .start()
         .await;
-    let ops = sidecar
-        .log()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|e| e["message"] == "ready")
-        .and_then(|e| e["ops_addr"].as_str().map(str::to_string))
-        .expect("ready line names the ops address");
+    let ops = ops_addr(&sidecar);
     let c = reqwest::Client::new();
     for path in ["/healthz", "/readyz", "/metrics"] {
         let r = c.get(format!("http://{ops}{path}")).send().await.unwrap();
@@ -271,6 +267,25 @@ async fn the_ops_listener_serves_probes_and_metrics_but_not_the_api() {
         .await
         .unwrap();
     assert_eq!(api.status().as_u16(), 404);
+
+    // Often reachable from the network: slow headers are cut off here too.
+    let mut slow = tokio::net::TcpStream::connect(&ops).await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let (_, took) = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(250), "closed after {took:?}");
+}
+
+/// The ops listener's address, from the sidecar's "ready" line.
+fn ops_addr(sidecar: &Sidecar) -> String {
+    sidecar
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["message"] == "ready")
+        .and_then(|e| e["ops_addr"].as_str().map(str::to_string))
+        .expect("ready line names the ops address")
 }
 
 #[tokio::test]
@@ -665,26 +680,31 @@ async fn connections_beyond_the_cap_are_refused_at_once() {
     use tokio::io::AsyncWriteExt;
     let s = sidecar!()
         .env("OUTRIGGER_LIMITS__MAX_CONNECTIONS", "4")
+        .env("OUTRIGGER_OPS__ADDR", "127.0.0.1:0")
         .start()
         .await;
+    let ops = ops_addr(&s);
 
-    // Four idle connections hold every place, on each API.
+    // Four idle connections hold every place, on each listener.
     let mut held = vec![];
     for _ in 0..4 {
         held.push(tokio::net::TcpStream::connect(s.http).await.unwrap());
         held.push(tokio::net::TcpStream::connect(s.grpc).await.unwrap());
+        held.push(tokio::net::TcpStream::connect(&ops).await.unwrap());
     }
     // Connections are accepted in order: a request on a fifth HTTP
     // connection is answered 503 with the JSON error, and closed.
-    let mut fifth = tokio::net::TcpStream::connect(s.http).await.unwrap();
-    fifth
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let (answer, _) = read_until_closed(&mut fifth, Duration::from_secs(5)).await;
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.contains(r#""code":"exhausted""#), "{answer}");
-    assert!(answer.contains("limits.max_connections"), "{answer}");
+    for (listener, addr) in [("http.addr", s.http.to_string()), ("ops.addr", ops.clone())] {
+        let mut fifth = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        fifth
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (answer, _) = read_until_closed(&mut fifth, Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{listener}: {answer}");
+        assert!(answer.contains(r#""code":"exhausted""#), "{answer}");
+        assert!(answer.contains("limits.max_connections"), "{answer}");
+    }
     // gRPC: a fifth connection is closed before the handshake.
     let refused = tonic::transport::Endpoint::from_shared(s.grpc_url())
         .unwrap()

@@ -254,13 +254,15 @@ impl Sidecar {
             ));
         }
         if let Some(ops) = self.ops {
-            let server = axum::serve(ops, api::http::ops_router(self.app.clone()))
-                .with_graceful_shutdown(stopped(stop_rx.clone()));
-            tokio::spawn(async move {
-                if let Err(err) = server.await {
-                    tracing::error!(error = %err, "ops listener failed");
-                }
-            });
+            // Often bound beyond loopback for the kubelet and Prometheus:
+            // the same connection cap and header timeout as the API.
+            tokio::spawn(serve::serve_http(
+                ops,
+                api::http::ops_router(self.app.clone()),
+                limits,
+                "ops.addr",
+                stopped(stop_rx.clone()),
+            ));
         }
 
         self.app.plugins.watch(self.app.draining());
