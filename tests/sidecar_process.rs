@@ -8,6 +8,8 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use outrigger::api::pb;
+use outrigger::api::pb::pub_sub_client::PubSubClient;
 use outrigger_tests::{RedisServer, Sidecar, eventually, read_until, sidecar, unique};
 use prost::Message;
 use tokio::sync::mpsc;
@@ -650,6 +652,13 @@ async fn slow_and_idle_http_clients_are_disconnected_but_streams_are_not() {
     let (_, took) = read_until_closed(&mut slow, Duration::from_secs(5)).await;
     assert!(took >= Duration::from_millis(250), "closed after {took:?}");
 
+    // Silent: connects and sends nothing, to either API.
+    for addr in [s.http, s.grpc] {
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (_, took) = read_until_closed(&mut silent, Duration::from_secs(5)).await;
+        assert!(took >= Duration::from_millis(250), "closed after {took:?}");
+    }
+
     // Idle keep-alive: one request, then silence.
     let mut idle = tokio::net::TcpStream::connect(s.http).await.unwrap();
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -673,6 +682,33 @@ async fn slow_and_idle_http_clients_are_disconnected_but_streams_are_not() {
     assert_eq!(r.status(), 200);
     let heard = read_until(&mut feed, "still here", Duration::from_secs(5)).await;
     assert!(heard, "the subscriber's stream stayed open");
+
+    // So does a gRPC stream, on a connection that said its first bytes.
+    let mut subscription = PubSubClient::new(s.channel().await)
+        .subscribe(pb::SubscribeRequest {
+            channels: vec!["grpc-news".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(1200)).await; // 4 header timeouts
+    let r = c
+        .post(s.url("/v1/pubsub/grpc-news"))
+        .body("still here")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let event = tokio::time::timeout(Duration::from_secs(5), subscription.message())
+        .await
+        .expect("a message within 5 s")
+        .expect("the gRPC stream stayed open")
+        .expect("the stream did not end");
+    let Some(pb::subscribe_event::Event::Message(message)) = event.event else {
+        panic!("expected a message, got {event:?}");
+    };
+    assert_eq!(message.payload, b"still here".as_slice());
 }
 
 #[tokio::test]

@@ -4,10 +4,11 @@
 //! - **A cap on connections per listener** (`limits.max_connections`): a
 //!   connection beyond it is answered at once (HTTP: 503 with a JSON body,
 //!   then closed; gRPC: closed before the handshake) instead of queuing.
-//! - **A header deadline** (`limits.header_timeout`, HTTP/1): a client
-//!   must send a request's headers within it, and start its next request
-//!   on a kept-alive connection within it, or is disconnected. A streaming
-//!   response (SSE) is not a wait for headers and is not cut.
+//! - **A header deadline** (`limits.header_timeout`): every connection,
+//!   HTTP or gRPC, must send its first bytes within it. HTTP/1 clients
+//!   must also send each request's headers within it, and start their next
+//!   request on a kept-alive connection within it, or are disconnected. A
+//!   streaming response (SSE) is not a wait for headers and is not cut.
 //! - gRPC connections are pinged (HTTP/2 keep-alive) and dropped when the
 //!   peer stops answering.
 
@@ -69,10 +70,9 @@ pub async fn serve_http<L>(
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 tokio::spawn(serve_connection(
-                    io,
+                    Capped::new(io, permit, limits.header_timeout),
                     router.clone(),
                     limits.header_timeout,
-                    permit,
                     closing_rx.clone(),
                 ));
             }
@@ -89,10 +89,9 @@ pub async fn serve_http<L>(
 }
 
 async fn serve_connection<I>(
-    io: I,
+    io: Capped<I>,
     router: Router,
     header_timeout: Duration,
-    _permit: OwnedSemaphorePermit,
     mut closing: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -176,7 +175,8 @@ impl Refusals {
 }
 
 /// The connections a gRPC listener accepts, capped: one over the cap is
-/// closed at once (it never reaches the HTTP/2 handshake).
+/// closed at once (it never reaches the HTTP/2 handshake), one that sends
+/// nothing within the header timeout is closed then.
 pub fn capped<S, IO, E>(
     incoming: S,
     limits: ConnectionLimits,
@@ -190,10 +190,7 @@ where
     tokio_stream::StreamExt::filter_map(incoming, move |conn| match conn {
         Err(err) => Some(Err(err)),
         Ok(io) => match permits.clone().try_acquire_owned() {
-            Ok(permit) => Some(Ok(Capped {
-                io,
-                _permit: permit,
-            })),
+            Ok(permit) => Some(Ok(Capped::new(io, permit, limits.header_timeout))),
             Err(_) => {
                 refusals.note(name, limits.max_connections);
                 None
@@ -202,10 +199,25 @@ where
     })
 }
 
-/// A connection holding its place under the cap until it is dropped.
+/// A connection holding its place under the cap until it is dropped. Its
+/// reads fail if the client's first bytes (a request line, the HTTP/2
+/// preface) do not arrive within the header timeout: a client that
+/// connects and says nothing does not keep its place.
 pub struct Capped<IO> {
     io: IO,
     _permit: OwnedSemaphorePermit,
+    /// Until the first bytes arrive.
+    first_bytes: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO> Capped<IO> {
+    fn new(io: IO, permit: OwnedSemaphorePermit, header_timeout: Duration) -> Self {
+        Capped {
+            io,
+            _permit: permit,
+            first_bytes: Some(Box::pin(tokio::time::sleep(header_timeout))),
+        }
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Capped<IO> {
@@ -214,7 +226,23 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Capped<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        let Some(deadline) = &mut this.first_bytes else {
+            return read;
+        };
+        match read {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => this.first_bytes = None,
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "nothing received within limits.header_timeout",
+                )));
+            }
+            _ => {}
+        }
+        read
     }
 }
 
