@@ -11,7 +11,9 @@ use outrigger::api::pb;
 use outrigger::api::pb::presence_client::PresenceClient;
 use outrigger::api::pb::presence_event::Kind;
 use outrigger::api::pb::pub_sub_client::PubSubClient;
-use outrigger_tests::{RedisServer, Sidecar, both_backends, sidecar, unique};
+use outrigger_tests::{
+    RedisServer, Sidecar, both_backends, next_message, sidecar, subscribe_from, unique,
+};
 use serde_json::{Value, json};
 use tonic::Streaming;
 
@@ -366,30 +368,6 @@ both_backends!(
     a_subscriber_that_never_reads_does_not_stop_another,
     bad_realtime_input_gets_json_errors,
 );
-
-async fn subscribe_from(s: &Sidecar, channel: &str, from: &str) -> Streaming<pb::SubscribeEvent> {
-    PubSubClient::new(s.channel().await)
-        .subscribe(pb::SubscribeRequest {
-            channels: vec![channel.into()],
-            patterns: vec![],
-            from_offset: from.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn next_message(stream: &mut Streaming<pb::SubscribeEvent>) -> pb::Message {
-    let e = tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .expect("a message within 10 s")
-        .unwrap()
-        .expect("stream open");
-    match e.event {
-        Some(pb::subscribe_event::Event::Message(m)) => m,
-        other => panic!("expected a message, got {other:?}"),
-    }
-}
 
 async fn publish(s: &Sidecar, channel: &str, payload: String, durable: bool) -> String {
     PubSubClient::new(s.channel().await)

@@ -8,9 +8,9 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use outrigger::api::pb;
-use outrigger::api::pb::pub_sub_client::PubSubClient;
-use outrigger_tests::{RedisServer, Sidecar, eventually, read_until, sidecar, unique};
+use outrigger_tests::{
+    RedisServer, Sidecar, eventually, next_message, read_until, sidecar, subscribe_from, unique,
+};
 use prost::Message;
 use tokio::sync::mpsc;
 
@@ -684,14 +684,7 @@ async fn slow_and_idle_http_clients_are_disconnected_but_streams_are_not() {
     assert!(heard, "the subscriber's stream stayed open");
 
     // So does a gRPC stream, on a connection that said its first bytes.
-    let mut subscription = PubSubClient::new(s.channel().await)
-        .subscribe(pb::SubscribeRequest {
-            channels: vec!["grpc-news".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut subscription = subscribe_from(&s, "grpc-news", "").await;
     tokio::time::sleep(Duration::from_millis(1200)).await; // 4 header timeouts
     let r = c
         .post(s.url("/v1/pubsub/grpc-news"))
@@ -700,14 +693,7 @@ async fn slow_and_idle_http_clients_are_disconnected_but_streams_are_not() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let event = tokio::time::timeout(Duration::from_secs(5), subscription.message())
-        .await
-        .expect("a message within 5 s")
-        .expect("the gRPC stream stayed open")
-        .expect("the stream did not end");
-    let Some(pb::subscribe_event::Event::Message(message)) = event.event else {
-        panic!("expected a message, got {event:?}");
-    };
+    let message = next_message(&mut subscription).await;
     assert_eq!(message.payload, b"still here".as_slice());
 }
 

@@ -18,6 +18,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use outrigger::api::pb;
+use outrigger::api::pb::pub_sub_client::PubSubClient;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -953,6 +955,37 @@ impl Drop for Sidecar {
                 self.log.text()
             );
         }
+    }
+}
+
+/// Subscribes to `channel` over gRPC, replaying from `from` ("" for live
+/// messages only).
+pub async fn subscribe_from(
+    s: &Sidecar,
+    channel: &str,
+    from: &str,
+) -> tonic::Streaming<pb::SubscribeEvent> {
+    PubSubClient::new(s.channel().await)
+        .subscribe(pb::SubscribeRequest {
+            channels: vec![channel.into()],
+            patterns: vec![],
+            from_offset: from.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The next message of a gRPC subscription, within 10 s.
+pub async fn next_message(stream: &mut tonic::Streaming<pb::SubscribeEvent>) -> pb::Message {
+    let e = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a message within 10 s")
+        .unwrap()
+        .expect("stream open");
+    match e.event {
+        Some(pb::subscribe_event::Event::Message(m)) => m,
+        other => panic!("expected a message, got {other:?}"),
     }
 }
 
