@@ -2,18 +2,52 @@
 # Installs what the test suite needs on a Debian machine with Rust (rustup).
 # Idempotent: installs only what is missing.
 #
-#   redis-server, redis-cli   the tests start their own servers on free ports
-#   rustfmt, clippy           the lint step of .ci/run
+#   scripts/install-test-deps.sh           what building and the Rust tests need:
+#     redis-server, redis-cli               the tests start their own servers on free ports
+#     rustfmt, clippy                       the lint step
+#     the wasm32-wasip2 target              the plugins are built to it
+#   scripts/install-test-deps.sh --tools   what the scripts after them need:
+#     .tools/venv-contract                  schemathesis (scripts/fuzz-contract.sh)
+#     .tools/venv, .tools/bin/helm          kubernetes-validate, helm (scripts/check-chart.sh)
+#     .tools/venv-examples-python           grpcio (examples/python)
+#     examples/node/node_modules            @grpc/grpc-js (examples/node)
+#
+# scripts/test.sh runs the second while the workspace compiles.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
-  echo "installing redis-server and redis-tools (apt)"
+# venv DIR REQUIREMENTS MODULE: a virtualenv with REQUIREMENTS, unless
+# MODULE already imports there.
+venv() {
+  local dir=$1 requirements=$2 module=$3
+  if [ ! -x "$dir/bin/python" ] || ! "$dir/bin/python" -c "import $module" 2>/dev/null; then
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install --quiet -r "$requirements"
+  fi
+}
+
+if [ "${1:-}" = "--tools" ]; then
+  venv .tools/venv-contract scripts/requirements-contract.txt schemathesis
+  venv .tools/venv scripts/requirements-chart.txt kubernetes_validate
+  venv .tools/venv-examples-python examples/python/requirements.txt grpc_tools
+  [ -d examples/node/node_modules/@grpc/grpc-js ] \
+    || (cd examples/node && npm ci --silent --no-audit --no-fund)
+  scripts/install-helm.sh
+  echo "tools: schemathesis, kubernetes-validate, grpcio, @grpc/grpc-js, helm $(.tools/bin/helm version --short)"
+  exit 0
+fi
+
+missing=()
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing+=(redis-server redis-tools)
+command -v unzip >/dev/null || missing+=(unzip) # scripts/install-helm.sh
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} (apt)"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 if command -v rustup >/dev/null; then
@@ -21,10 +55,11 @@ if command -v rustup >/dev/null; then
     rustup component list --installed 2>/dev/null | grep -q "^$component" \
       || rustup component add "$component"
   done
+  rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 fi
 
-for tool in node npm python3 curl; do
-  command -v "$tool" >/dev/null || echo "warning: $tool is missing: the examples and chart checks need it" >&2
+for tool in node npm python3 curl openssl; do
+  command -v "$tool" >/dev/null || echo "warning: $tool is missing: the examples, chart checks and TLS tests need it" >&2
 done
 
 echo "test prerequisites: $(redis-server --version | cut -d' ' -f1-3), $(cargo --version)"

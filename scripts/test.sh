@@ -1,13 +1,97 @@
 #!/usr/bin/env bash
-# Installs the test prerequisites (idempotent), then runs every test in the
-# workspace: unit tests, the conformance suites on memory and on real Redis
-# servers, and the end-to-end tests against real sidecar processes (with
-# the plugins built to WebAssembly first).
+# Installs what the tests need (idempotent), builds everything once, and
+# runs every test: the Rust suites (unit tests, the conformance suites on
+# memory and real Redis topologies, the end-to-end tests against real
+# sidecar processes), the SDK guide as written, contract fuzzing, the chart
+# checks, the examples, the benchmark smoke test, then formatting and lints.
+# Ends with a table of each step's wall time, whether the run passed or not.
 #
-# Extra arguments go to `cargo test` (e.g. `scripts/test.sh cache`).
+#   scripts/test.sh               everything (what .ci/run runs)
+#   scripts/test.sh FILTER...     only the Rust tests, arguments to `cargo test`,
+#                                 e.g. `scripts/test.sh -p outrigger-tests
+#                                 --test suite -- cache_api::`
+#
+# The steps after the Rust tests run side by side: they share no ports
+# (each picks free ones, except the SDK guide's 7480) and no files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/install-test-deps.sh
-scripts/build-plugins.sh
-cargo test --workspace --locked "$@"
+logs=$(mktemp -d)
+started=$SECONDS
+names=()
+secs=()
+report() {
+  local rc=$?
+  if [ ${#names[@]} -gt 0 ]; then
+    printf '\n%-38s %8s\n' "step" "seconds"
+    for i in "${!names[@]}"; do printf '%-38s %8s\n' "${names[$i]}" "${secs[$i]}"; done
+    printf '%-38s %8s\n' "total" "$((SECONDS - started))"
+  fi
+  rm -rf "$logs"
+  exit $rc
+}
+trap report EXIT
+
+# step NAME COMMAND...: runs COMMAND in the foreground, timed as NAME.
+step() {
+  local name=$1 t0=$SECONDS
+  shift
+  echo "=== $name"
+  names+=("$name")
+  secs+=("failed")
+  "$@"
+  secs[${#secs[@]}-1]=$((SECONDS - t0))
+}
+
+# start NAME COMMAND...: runs COMMAND in the background, its output kept
+# in a log; `finish` waits for it.
+start() {
+  local name=$1
+  shift
+  (
+    t0=$SECONDS
+    rc=0
+    "$@" >"$logs/$name.log" 2>&1 || rc=$?
+    echo "$rc $((SECONDS - t0))" >"$logs/$name.status"
+  ) &
+  echo "$!" >"$logs/$name.pid"
+}
+
+# finish NAME...: waits for each background step in turn, prints its
+# output, and fails (after all have finished) if any of them failed.
+finish() {
+  local failed=0 name rc took
+  for name in "$@"; do
+    wait "$(cat "$logs/$name.pid")" || true
+    read -r rc took <"$logs/$name.status"
+    echo "=== $name (exit $rc, ${took}s)"
+    cat "$logs/$name.log"
+    names+=("$name")
+    if [ "$rc" -eq 0 ]; then secs+=("$took"); else secs+=("failed"); failed=1; fi
+  done
+  return $failed
+}
+
+step "install test prerequisites" scripts/install-test-deps.sh
+
+if [ $# -gt 0 ]; then
+  step "build plugins" scripts/build-plugins.sh
+  step "cargo test $*" cargo test --locked "$@"
+  exit 0
+fi
+
+# Downloads (Python venvs, npm packages, helm) overlap the compilation.
+start "install tools" scripts/install-test-deps.sh --tools
+step "build plugins (wasm32-wasip2)" scripts/build-plugins.sh
+step "build workspace (test profile)" cargo test --workspace --locked --no-run
+step "one build for tests and scripts" scripts/check-one-build.sh
+step "rust tests" cargo test --workspace --locked
+finish "install tools"
+
+start "sdk guide" scripts/check-sdk-guide.py
+start "contract fuzzing" scripts/fuzz-contract.sh
+start "chart" scripts/check-chart.sh
+start "examples" examples/run.sh
+start "bench --quick" scripts/bench.sh --quick
+start "fmt + clippy" bash -c 'cargo fmt --all --check && cargo clippy --workspace --all-targets --locked -- -D warnings'
+finish "sdk guide" "contract fuzzing" "chart" "examples" "bench --quick" "fmt + clippy"

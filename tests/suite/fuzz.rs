@@ -6,7 +6,8 @@
 //! 5xx), and stay up. (The HTTP request decoders are also fuzzed from the
 //! OpenAPI document by schemathesis, in `scripts/fuzz-contract.sh`.)
 //!
-//! The seed is printed; `FUZZ_SEED=... cargo test --test fuzz` replays a run.
+//! The seed is printed; `FUZZ_SEED=... cargo test -p outrigger-tests
+//! --test suite -- fuzz::` replays a run.
 
 use std::time::Duration;
 

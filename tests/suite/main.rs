@@ -1,0 +1,21 @@
+//! Every integration suite, linked into one test binary (`cargo test -p
+//! outrigger-tests --test suite`): the sidecar and its dependencies are
+//! linked once, and libtest runs the cases of all suites side by side.
+//!
+//! Each module is one suite; run one alone with its name as the filter,
+//! e.g. `cargo test -p outrigger-tests --test suite -- cache_api::`.
+//! `tests/README.md` says what each proves.
+
+mod cache_api;
+mod cache_conformance;
+mod failover;
+mod fuzz;
+mod lock_api;
+mod lock_conformance;
+mod namespaces;
+mod near_cache;
+mod plugins;
+mod realtime_api;
+mod realtime_conformance;
+mod sidecar_process;
+mod topology;
