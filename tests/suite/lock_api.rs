@@ -492,7 +492,11 @@ async fn hold_reports_lost_when_the_lock_is_taken(t: Target) {
     assert!(released.released);
     assert!(try_lock(s, "stolen", 0).await.is_some());
     let started = Instant::now();
-    let ev = h.events.message().await.unwrap().expect("LOST");
+    let ev = tokio::time::timeout(Duration::from_secs(5), h.events.message())
+        .await
+        .expect("LOST within 5 s (a hold that never noticed would hang)")
+        .unwrap()
+        .expect("LOST");
     assert_eq!(ev.event, Event::Lost as i32, "{ev:?}");
     assert!(!ev.reason.is_empty());
     assert!(
@@ -711,16 +715,29 @@ async fn a_stale_holder_is_fenced_out_after_its_ttl() {
     let ns = unique("stale");
     let a = sidecar!().redis(&redis).namespace(&ns).start().await;
     let b = sidecar!().redis(&redis).namespace(&ns).start().await;
-    let (_, stale) = post(&a, "/v1/locks/job/acquire", json!({"ttl_ms": 200})).await;
-    // The holder stops renewing; after its TTL another sidecar gets it.
+    let fence = |v: &Value| {
+        v["fence"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no fence: {v}"))
+    };
+    let (status, stale) = post(&a, "/v1/locks/job/acquire", json!({"ttl_ms": 200})).await;
+    assert_eq!(status, 200, "{stale}");
+    let held_since = Instant::now();
+    // The holder stops renewing; once its TTL runs out (not before, and
+    // long before the waiter's own 5 s) another sidecar gets it.
     let (status, fresh) = post(
         &b,
         "/v1/locks/job/acquire",
         json!({"ttl_ms": 10_000, "wait_ms": 5_000}),
     )
     .await;
-    assert_eq!(status, 200);
-    assert!(fresh["fence"].as_u64() > stale["fence"].as_u64());
+    let waited = held_since.elapsed();
+    assert_eq!(status, 200, "{fresh}");
+    assert!(
+        waited >= Duration::from_millis(100) && waited < Duration::from_secs(2),
+        "got the lock {waited:?} after a 200 ms lease was taken"
+    );
+    assert!(fence(&fresh) > fence(&stale));
     let (status, _) = post(
         &a,
         "/v1/locks/job/release",
@@ -750,6 +767,7 @@ async fn a_stale_holder_is_fenced_out_after_its_ttl() {
         .await
         .unwrap();
     assert!(!exists);
-    let (_, next) = post(&a, "/v1/locks/job/acquire", json!({"ttl_ms": 1000})).await;
-    assert!(next["fence"].as_u64() > fresh["fence"].as_u64());
+    let (status, next) = post(&a, "/v1/locks/job/acquire", json!({"ttl_ms": 1000})).await;
+    assert_eq!(status, 200, "{next}");
+    assert!(fence(&next) > fence(&fresh));
 }

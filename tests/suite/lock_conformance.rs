@@ -330,10 +330,14 @@ mod cases {
         assert!(app.locks.release("t", &lease.token).await.unwrap());
         let _thief = app.locks.acquire("t", 10_000, 0).await.unwrap().unwrap();
         let started = Instant::now();
-        let end = app
-            .locks
-            .keep_alive("t", &lease, ttl, std::future::pending())
-            .await;
+        // Bounded: a keep-alive that never noticed would hang here forever.
+        let end = tokio::time::timeout(
+            ttl * 10,
+            app.locks
+                .keep_alive("t", &lease, ttl, std::future::pending()),
+        )
+        .await
+        .expect("the keep-alive ends once the lock is taken");
         assert!(matches!(end, KeepAlive::Lost(_)), "{end:?}");
         assert!(
             started.elapsed() < ttl,

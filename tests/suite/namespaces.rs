@@ -40,13 +40,27 @@ async fn json_of(resp: reqwest::Response) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}"))
 }
 
+// Names chosen so that one is a prefix of the other, both ways round: a
+// key, listing or pattern built without its separator would reach `nsx:…`
+// from `ns`.
 #[tokio::test]
-async fn a_namespace_sees_and_touches_nothing_of_another() {
-    let redis = RedisServer::start().await;
-    // Names chosen so that one is a prefix of the other.
+async fn a_namespace_sees_and_touches_nothing_of_one_it_prefixes() {
     let ns = unique("iso");
-    let a = start(&redis, &ns).await;
-    let b = start(&redis, &format!("{ns}x")).await;
+    isolation(&format!("{ns}x"), &ns).await;
+}
+
+#[tokio::test]
+async fn a_namespace_sees_and_touches_nothing_of_one_that_prefixes_it() {
+    let ns = unique("iso");
+    isolation(&ns, &format!("{ns}x")).await;
+}
+
+/// Whatever A (namespace `ns_a`) holds, B (`ns_b`, on the same Redis) can
+/// neither see nor touch.
+async fn isolation(ns_a: &str, ns_b: &str) {
+    let redis = RedisServer::start().await;
+    let a = start(&redis, ns_a).await;
+    let b = start(&redis, ns_b).await;
     let c = http();
 
     // A's state: cache entries (tagged, with glob-looking and brace-laden
