@@ -6,13 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KUBE_VERSION=1.33.0
-scripts/install-helm.sh
+scripts/install-test-deps.sh --tools >/dev/null
 helm=.tools/bin/helm
 venv=.tools/venv
-if [ ! -x "$venv/bin/kubernetes-validate" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet -r scripts/requirements-chart.txt
-fi
 
 chart=helm/outrigger
 "$helm" lint --strict "$chart"

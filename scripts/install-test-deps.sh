@@ -12,7 +12,8 @@
 #     .tools/venv-examples-python           grpcio (examples/python)
 #     examples/node/node_modules            @grpc/grpc-js (examples/node)
 #
-# scripts/test.sh runs the second while the workspace compiles.
+# scripts/test.sh runs the second while the workspace compiles; the scripts
+# that need those tools run it too (it only checks once they are there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

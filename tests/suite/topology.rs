@@ -227,12 +227,12 @@ fn lock_and_cache_load(
         let mut i = 0u64;
         while !stop.load(Ordering::Relaxed) {
             i += 1;
-            // Each request is timed on its own.
+            // Each request is timed on its own: `lap()` after each.
             let mut slowest = Duration::ZERO;
-            let mut timed = Instant::now();
-            let mut lap = |slowest: &mut Duration| {
-                *slowest = (*slowest).max(timed.elapsed());
-                timed = Instant::now();
+            let mut lap_started = Instant::now();
+            let mut lap = || {
+                slowest = slowest.max(lap_started.elapsed());
+                lap_started = Instant::now();
             };
             let started = Instant::now();
             let r = c
@@ -250,7 +250,7 @@ fn lock_and_cache_load(
                 }
                 Ok(r) if code == 200 => {
                     let body: Value = r.json().await.unwrap();
-                    lap(&mut slowest);
+                    lap();
                     fence = Some(body["fence"].as_u64().unwrap());
                     // A release that fails (the switch began) leaves the
                     // lease to run out; the next acquisitions answer 409.
@@ -262,20 +262,20 @@ fn lock_and_cache_load(
                 }
                 _ => {}
             }
-            lap(&mut slowest);
+            lap();
             let set = c
                 .put(s.url(&format!("/v1/cache/k{}", i % 20)))
                 .body("v")
                 .send()
                 .await
                 .map_or(0, |r| r.status().as_u16());
-            lap(&mut slowest);
+            lap();
             let get = c
                 .get(s.url(&format!("/v1/cache/k{}", i % 20)))
                 .send()
                 .await
                 .map_or(0, |r| r.status().as_u16());
-            lap(&mut slowest);
+            lap();
             let mut load = load.lock().unwrap();
             load.locks.push((code, started));
             if let Some(message) = refusal {
