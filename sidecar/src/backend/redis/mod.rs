@@ -176,6 +176,13 @@ fn map_err(err: RedisError) -> BackendError {
             | S::Moved
             | S::Ask,
         ) => BackendError::Unavailable(err.to_string()),
+        // redis-rs answers NOSCRIPT by loading the script and sending it
+        // again; NOSCRIPT once more means Redis lost its scripts between
+        // the two (restarted under us, or SCRIPT FLUSH): its state is gone,
+        // which is an outage, not the caller's error.
+        redis::ErrorKind::Server(S::NoScript) => BackendError::Unavailable(format!(
+            "Redis lost its scripts (restarted or flushed): {err}"
+        )),
         redis::ErrorKind::Server(_) if err.to_string().contains("BUSY") => {
             BackendError::Unavailable(err.to_string())
         }
