@@ -4,7 +4,7 @@
 //! store anything.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use outrigger::api::pb;
 use outrigger::api::pb::admin_client::AdminClient;
@@ -753,6 +753,8 @@ async fn http_get_or_lease_gives_one_lease_to_a_stampede(t: Target) {
         })
         .collect();
     let (mut granted, mut filled) = (0, 0);
+    let mut filled_at = None;
+    let mut woken = vec![];
     while let Some(resp) = calls.next().await {
         let resp = resp.unwrap();
         let outcome = resp.headers()["outrigger-lease"]
@@ -763,6 +765,7 @@ async fn http_get_or_lease_gives_one_lease_to_a_stampede(t: Target) {
             (StatusCode::NO_CONTENT, "granted") => {
                 granted += 1;
                 // The holder computes and fills.
+                filled_at = Some(Instant::now());
                 let put = c
                     .put(t.sidecar.url("/v1/cache/hot?ttl_ms=60000"))
                     .body("computed once")
@@ -772,6 +775,7 @@ async fn http_get_or_lease_gives_one_lease_to_a_stampede(t: Target) {
                 assert_eq!(put.status(), StatusCode::OK);
             }
             (StatusCode::OK, "hit") => {
+                woken.push(filled_at.expect("a hit before the fill").elapsed());
                 assert_eq!(resp.text().await.unwrap(), "computed once");
                 filled += 1;
             }
@@ -779,12 +783,36 @@ async fn http_get_or_lease_gives_one_lease_to_a_stampede(t: Target) {
         }
     }
     assert_eq!((granted, filled), (1, 99));
+    assert_woken_by_the_fill(woken);
+}
+
+/// Lease waiters are woken by the fill, not by the 100 ms safety poll:
+/// the typical waiter has its answer well before a poll would have
+/// looked again. (The median, since the last of 99 answers over one
+/// client also waits its turn.)
+fn assert_woken_by_the_fill(mut woken: Vec<Duration>) {
+    woken.sort();
+    let median = woken[woken.len() / 2];
+    println!(
+        "waiters answered {:?} / {median:?} / {:?} (fastest / median / slowest) after the fill",
+        woken[0],
+        woken[woken.len() - 1]
+    );
+    assert!(
+        median < Duration::from_millis(40),
+        "half the waiters answered more than {median:?} after the fill: not woken by it \
+         (fastest {:?}, slowest {:?})",
+        woken[0],
+        woken[woken.len() - 1]
+    );
 }
 
 async fn grpc_get_or_lease_gives_one_lease_to_a_stampede(t: Target) {
     let channel = t.sidecar.channel().await;
+    let filled_at = std::sync::OnceLock::new();
     let calls = (0..100).map(|_| {
         let mut cache = CacheClient::new(channel.clone());
+        let filled_at = &filled_at;
         async move {
             let reply = cache
                 .get_or_lease(pb::GetOrLeaseRequest {
@@ -796,8 +824,10 @@ async fn grpc_get_or_lease_gives_one_lease_to_a_stampede(t: Target) {
                 .await
                 .unwrap()
                 .into_inner();
+            let answered_at = Instant::now();
             if reply.outcome() == pb::LeaseOutcome::Granted {
                 assert!(!reply.found);
+                filled_at.set(Instant::now()).unwrap();
                 cache
                     .set(pb::SetRequest {
                         key: "hot".into(),
@@ -810,15 +840,24 @@ async fn grpc_get_or_lease_gives_one_lease_to_a_stampede(t: Target) {
                 assert_eq!(reply.outcome(), pb::LeaseOutcome::Hit);
                 assert_eq!(&reply.value[..], b"computed once");
             }
-            reply.outcome()
+            (reply.outcome(), answered_at)
         }
     });
-    let outcomes = futures::future::join_all(calls).await;
+    let answers = futures::future::join_all(calls).await;
+    let outcomes: Vec<_> = answers.iter().map(|(o, _)| *o).collect();
     let granted = outcomes
         .iter()
         .filter(|o| **o == pb::LeaseOutcome::Granted)
         .count();
     assert_eq!(granted, 1, "{outcomes:?}");
+    let filled_at = *filled_at.get().unwrap();
+    assert_woken_by_the_fill(
+        answers
+            .iter()
+            .filter(|(o, _)| *o == pb::LeaseOutcome::Hit)
+            .map(|(_, at)| at.saturating_duration_since(filled_at))
+            .collect(),
+    );
 }
 
 async fn get_or_lease_serves_stale_values_and_rejects_bad_input(t: Target) {
