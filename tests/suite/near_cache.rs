@@ -223,6 +223,90 @@ async fn readers_never_go_back_and_see_writes_within_the_delivery_bound() {
     println!("slowest propagation A -> B: {slowest:?}; B near hits: {hits}");
 }
 
+/// The no-stale-fill rule end to end: readers on B keep reading while A
+/// writes in bursts, so B's reads from Redis race the invalidations of the
+/// writes (B counts those as `raced`). After each burst, once the delivery
+/// bound has passed since the last write was acknowledged, B serves only
+/// that write's value: a read that raced an invalidation and was kept
+/// anyway would leave an older value in L1 for the whole `max_ttl` (60 s).
+#[tokio::test]
+async fn a_read_racing_a_write_never_leaves_the_old_value_behind() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const BOUND: Duration = Duration::from_millis(250);
+    let redis = RedisServer::start().await;
+    let ns = unique("near");
+    let a = with_near(&redis, &ns, "60s").await;
+    let b = Arc::new(with_near(&redis, &ns, "60s").await);
+    // Large values: Redis answers a read before a write, but the reply
+    // takes longer to arrive than the write's invalidation, which widens
+    // the race under test.
+    let value = |n: u64| format!("{n}:{}", "x".repeat(256 * 1024));
+    put(&a, "hot", &value(0)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (b, stop) = (b.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    get(&b, "hot").await.expect("present");
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let mut written = 0u64;
+    for round in 0..20 {
+        for _ in 0..8 {
+            written += 1;
+            put(&a, "hot", &value(written)).await;
+        }
+        let acked = Instant::now();
+        let last = value(written);
+        // Converged within the bound...
+        loop {
+            if get(&b, "hot").await.as_deref() == Some(last.as_str()) {
+                break;
+            }
+            assert!(
+                acked.elapsed() < BOUND,
+                "round {round}: B did not serve value {written} within {BOUND:?}"
+            );
+        }
+        // ...and once the bound has passed, nothing older, ever (here: for
+        // 50 ms of reads).
+        while acked.elapsed() < BOUND + Duration::from_millis(50) {
+            let started = acked.elapsed();
+            let seen = get(&b, "hot").await;
+            if started >= BOUND {
+                assert!(
+                    seen.as_deref() == Some(last.as_str()),
+                    "round {round}: B served value {:?}, not {written}, {started:?} after the write",
+                    seen.as_deref().and_then(|v| v.split(':').next())
+                );
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut reads = 0;
+    for reader in readers {
+        reads += reader.await.unwrap();
+    }
+    let stats = near(&b).await;
+    let (raced, hits) = (
+        stats["raced"].as_u64().unwrap(),
+        stats["hits"].as_u64().unwrap(),
+    );
+    assert!(
+        raced > 0,
+        "no read raced an invalidation: not exercised ({stats})"
+    );
+    assert!(hits > 0, "L1 served nothing ({stats})");
+    println!("{written} writes, {reads} concurrent reads on B; near cache: {stats}");
+}
+
 #[tokio::test]
 async fn an_entry_is_never_served_past_max_ttl() {
     let redis = RedisServer::start().await;
