@@ -11,11 +11,16 @@ use outrigger::api::pb::pub_sub_client::PubSubClient;
 use outrigger_tests::{RedisServer, Sidecar, SidecarBuilder, eventually, sidecar, unique};
 use serde_json::{Value, json};
 
-/// The Redis call deadline (the default) and the margin a request may take
-/// beyond it: the one request that meets the outage waits at most the
+/// The Redis call deadline (`redis.timeout`, set below to other than the
+/// 250 ms default, so that ignoring it shows) and the margin a request may
+/// take beyond it: the one request that meets a silent Redis waits the
 /// deadline, then is answered from memory.
-const DEADLINE: Duration = Duration::from_millis(250);
-const MARGIN: Duration = Duration::from_millis(500);
+const DEADLINE: Duration = Duration::from_millis(300);
+const MARGIN: Duration = Duration::from_millis(150);
+/// A Redis that is gone refuses at once: no request under a kill waits
+/// for anything (the README's figure is ~8 ms; this bound leaves room for
+/// a loaded 2-core CI machine and a debug build).
+const UNDER_KILL: Duration = Duration::from_millis(100);
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
@@ -28,6 +33,7 @@ fn on(redis: &RedisServer, ns: &str) -> SidecarBuilder {
     sidecar!()
         .redis(redis)
         .namespace(ns)
+        .env("OUTRIGGER_REDIS__TIMEOUT", "300ms")
         .env("OUTRIGGER_RATELIMIT__POLICIES__API__ALGORITHM", "gcra")
         .env("OUTRIGGER_RATELIMIT__POLICIES__API__LIMIT", "100000")
         .env("OUTRIGGER_RATELIMIT__POLICIES__API__PERIOD", "1s")
@@ -130,8 +136,9 @@ fn mixed_load(
     })
 }
 
-/// Asserts no request failed or overran; returns the slowest latency.
-fn assert_none_failed(results: &[(&str, u16, Duration)]) -> Duration {
+/// Asserts no request failed or took longer than `bound`; returns the
+/// slowest latency.
+fn assert_none_failed(results: &[(&str, u16, Duration)], bound: Duration) -> Duration {
     // Failed: no answer, or a 5xx. A cache miss (404) or a denied rate
     // limit (429) is an answer.
     let failed: Vec<_> = results
@@ -147,8 +154,8 @@ fn assert_none_failed(results: &[(&str, u16, Duration)]) -> Duration {
     );
     let slowest = results.iter().max_by_key(|r| r.2).unwrap();
     assert!(
-        slowest.2 <= DEADLINE + MARGIN,
-        "slowest request took {:?} ({}), over the {DEADLINE:?} deadline + {MARGIN:?}",
+        slowest.2 <= bound,
+        "slowest request took {:?} ({}), over {bound:?}",
         slowest.2,
         slowest.0
     );
@@ -169,7 +176,7 @@ async fn killing_redis_under_load_fails_no_request_and_locks_fail_closed() {
     stop.store(true, Ordering::Relaxed);
     let results = load.await.unwrap();
     assert!(results.len() > 50, "only {} requests", results.len());
-    let slowest = assert_none_failed(&results);
+    let slowest = assert_none_failed(&results, UNDER_KILL);
     println!(
         "failover noticed {tripped_in:?} after the kill; {} requests, none failed, slowest {slowest:?}",
         results.len()
@@ -184,7 +191,7 @@ async fn killing_redis_under_load_fails_no_request_and_locks_fail_closed() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 503);
-    assert!(started.elapsed() < DEADLINE + MARGIN);
+    assert!(started.elapsed() < UNDER_KILL, "{:?}", started.elapsed());
     let body: Value = resp.json().await.unwrap();
     assert!(
         body["error"]["message"]
@@ -403,12 +410,23 @@ async fn a_paused_redis_trips_failover_within_the_deadline() {
         .query_async(&mut conn)
         .await
         .unwrap();
+    // The first request waits out the deadline, then is answered from
+    // memory...
     let started = Instant::now();
     let r = c.put(s.url("/v1/cache/k")).body("w").send().await.unwrap();
     let took = started.elapsed();
     assert_eq!(r.status(), 200, "answered from memory");
-    assert!(took <= DEADLINE + MARGIN, "took {took:?}");
+    assert!(
+        (DEADLINE..=DEADLINE + MARGIN).contains(&took),
+        "the first request took {took:?}, not the {DEADLINE:?} deadline"
+    );
     assert_eq!(status(&s).await["failover"]["mode"], "memory");
+    // ...and with the circuit open, the next one does not wait at all.
+    let started = Instant::now();
+    let r = c.get(s.url("/v1/cache/k")).send().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.text().await.unwrap(), "w");
+    assert!(took < UNDER_KILL, "the next request took {took:?}");
     // Once the pause ends, the prober brings it back.
     wait_mode(&s, "redis", Duration::from_secs(10)).await;
 }
@@ -460,7 +478,9 @@ async fn flapping_redis_ends_on_redis_without_leaks() {
     }
     stop.store(true, Ordering::Relaxed);
     let results = load.await.unwrap();
-    let slowest = assert_none_failed(&results);
+    // A request may meet the restarted Redis still loading: at most the
+    // deadline.
+    let slowest = assert_none_failed(&results, DEADLINE + MARGIN);
 
     let st = status(&s).await;
     assert_eq!(st["failover"]["mode"], "redis");
@@ -557,7 +577,7 @@ async fn scripts_lost_under_load_are_an_outage_not_an_error() {
     stop.store(true, Ordering::Relaxed);
     let flushes = flusher.await.unwrap();
     let results = checks.await.unwrap();
-    assert_none_failed(&results);
+    assert_none_failed(&results, DEADLINE + MARGIN);
     // Once the flushing stops, the prober brings it back to Redis.
     wait_mode(&s, "redis", Duration::from_secs(10)).await;
     println!(
@@ -569,7 +589,8 @@ async fn scripts_lost_under_load_are_an_outage_not_an_error() {
 #[tokio::test]
 async fn local_locks_and_fail_open_rate_limits_when_configured() {
     let mut redis = RedisServer::start().await;
-    let s = on(&redis, &unique("modes"))
+    let ns = unique("modes");
+    let s = on(&redis, &ns)
         .env("OUTRIGGER_FAILOVER__LOCKS", "local")
         .env("OUTRIGGER_FAILOVER__RATELIMIT", "fail_open")
         .start()
@@ -613,7 +634,15 @@ async fn local_locks_and_fail_open_rate_limits_when_configured() {
         r["locks_released"], 1,
         "local locks are released on recovery: {r}"
     );
-    // And the lock is free in Redis.
+    // Nothing taken locally was written to Redis, and the lock is free
+    // there.
+    let mut conn = redis.client().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{ns}:lock:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "a local lock reached Redis: {keys:?}");
     let again = c
         .post(s.url("/v1/locks/l/acquire"))
         .json(&json!({"ttl_ms": 1000}))
@@ -621,6 +650,22 @@ async fn local_locks_and_fail_open_rate_limits_when_configured() {
         .await
         .unwrap();
     assert_eq!(again.status(), 200);
+    // Released, not just forgotten while Redis serves: in the next outage
+    // the lock is free in memory too (the first one's 60 s TTL has not
+    // run out).
+    redis.kill().await;
+    let relocked = c
+        .post(s.url("/v1/locks/l/acquire"))
+        .json(&json!({"ttl_ms": 60_000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(&s).await["failover"]["mode"], "memory");
+    assert_eq!(
+        relocked.status(),
+        200,
+        "the lock taken in the first outage was still held locally"
+    );
 }
 
 #[tokio::test]
