@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
+scripts/build-plugins.sh >/dev/null   # the plugin-call cost runs tenant-guard
 
 if [ "${1:-}" = "--quick" ]; then
   shift

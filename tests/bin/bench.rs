@@ -86,7 +86,19 @@ struct Report {
     sidecar_rss_idle_mb: f64,
     sidecar_rss_after_mb: f64,
     sidecar_rss_peak_mb: f64,
+    plugin_authorize: PluginCost,
     rows: Vec<Row>,
+}
+
+/// What one `authorize` hook call through a plugin costs, measured
+/// in-process (the sidecar calls plugins inline, on the request's own
+/// thread): medians, in µs.
+#[derive(Debug, Serialize)]
+struct PluginCost {
+    calls: usize,
+    no_plugin_us: f64,
+    tenant_guard_allow_us: f64,
+    tenant_guard_deny_us: f64,
 }
 
 type OpFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
@@ -114,6 +126,8 @@ async fn main() -> Result<()> {
         "{} does not exist: build it first (scripts/bench.sh does)",
         args.sidecar.display()
     );
+    let plugin_authorize = plugin_cost(if args.quick { 200 } else { 20_000 })?;
+    eprintln!("{plugin_authorize:?}");
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir()?;
     let http_socket = dir.path().join("http.sock");
@@ -198,6 +212,7 @@ async fn main() -> Result<()> {
         sidecar_rss_idle_mb: rss_idle,
         sidecar_rss_after_mb: proc_kb(pid, "VmRSS")? as f64 / 1024.0,
         sidecar_rss_peak_mb: proc_kb(pid, "VmHWM")? as f64 / 1024.0,
+        plugin_authorize,
         rows,
     };
     if let Some(parent) = args.json.parent() {
@@ -212,6 +227,51 @@ async fn main() -> Result<()> {
     );
     drop(sidecar);
     Ok(())
+}
+
+/// Medians of `calls` in-process `authorize` calls: with no plugin, and
+/// through `tenant-guard` allowing and denying; every decision checked.
+fn plugin_cost(calls: usize) -> Result<PluginCost> {
+    use outrigger::app::{App, Stores};
+    use outrigger::config::{Config, PluginConfig, PrimitiveName};
+    use outrigger::plugins::{Call, Caller, Operation};
+
+    let config = Config {
+        plugins: vec![PluginConfig::new(
+            "guard",
+            outrigger_tests::plugin_wasm("tenant_guard"),
+        )],
+        ..Config::default()
+    };
+    let with = App::with_stores(&config, Stores::memory(&config));
+    let without = App::with_stores(&Config::default(), Stores::memory(&Config::default()));
+    let caller = Caller {
+        id: None,
+        attributes: vec![("tenant".into(), "acme".into())],
+    };
+    let median = |app: &App, target: &str| -> Result<f64> {
+        let mut times = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let started = Instant::now();
+            let result = app.authorize(
+                &caller,
+                Call::new(PrimitiveName::Cache, Operation::Read, target),
+            );
+            times.push(started.elapsed());
+            ensure!(
+                result.is_ok() == target.starts_with("acme:"),
+                "authorize {target}: {result:?}"
+            );
+        }
+        times.sort();
+        Ok(times[times.len() / 2].as_secs_f64() * 1e6)
+    };
+    Ok(PluginCost {
+        calls,
+        no_plugin_us: median(&without, "acme:k")?,
+        tenant_guard_allow_us: median(&with, "acme:k")?,
+        tenant_guard_deny_us: median(&with, "globex:k")?,
+    })
 }
 
 fn ratio(a: Duration, b: Duration) -> f64 {
@@ -1124,6 +1184,17 @@ fn markdown(r: &Report, window: Duration) -> String {
         r.sidecar_rss_idle_mb, r.sidecar_rss_after_mb, r.sidecar_rss_peak_mb
     );
     targets(&mut out, r);
+    let p = &r.plugin_authorize;
+    let _ = writeln!(
+        out,
+        "## Plugin calls\n\n\
+         One `authorize` hook call, in-process (plugins run inline, on the request's own \
+         thread), median of {} calls:\n\n\
+         | no plugin | tenant-guard, allowed | tenant-guard, denied |\n\
+         |---:|---:|---:|\n\
+         | {:.2} µs | {:.2} µs | {:.2} µs |\n",
+        p.calls, p.no_plugin_us, p.tenant_guard_allow_us, p.tenant_guard_deny_us
+    );
     let _ = writeln!(out, "## All measurements\n");
     let _ = writeln!(
         out,

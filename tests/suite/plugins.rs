@@ -21,9 +21,14 @@ use tonic::Code;
 /// A request that should fail because of one hostile plugin.
 type Request = fn(&reqwest::Client, &Sidecar) -> reqwest::RequestBuilder;
 
-/// Slack on top of a plugin's time budget for a whole HTTP round trip
-/// through a debug-built sidecar on a busy 2-core CI machine.
-const MARGIN: Duration = Duration::from_millis(250);
+/// The default budget: CPU time per plugin call.
+const BUDGET: Duration = Duration::from_millis(5);
+/// The wall-clock cap of a call (10 budgets, at least 50 ms), which only a
+/// call starved of CPU reaches.
+const WALL_CAP: Duration = Duration::from_millis(50);
+/// Slack for a whole HTTP round trip through a debug-built sidecar on a
+/// busy 2-core CI machine.
+const MARGIN: Duration = Duration::from_millis(50);
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
@@ -412,9 +417,17 @@ patterns = ["feed:{{id}}:*"]
             .body("v")
             .send()
     };
+    // 200 or 404: anything else (a 403 from a confused plugin, a 500) is
+    // neither present nor invalidated.
     let present = |key: &str| {
         let req = c.get(s.url(&format!("/v1/cache/{key}"))).send();
-        async move { req.await.unwrap().status() == StatusCode::OK }
+        async move {
+            match req.await.unwrap().status() {
+                StatusCode::OK => true,
+                StatusCode::NOT_FOUND => false,
+                other => panic!("GET answered {other}"),
+            }
+        }
     };
     for key in [
         "profile:42",
@@ -508,10 +521,19 @@ config = {{ mode = "{mode}" }}
             let took = started.elapsed();
             let (code, _, message) = error_of(resp).await;
             assert_eq!(code, StatusCode::FORBIDDEN, "{name}: {message}");
-            assert!(
-                took < Duration::from_millis(5) + MARGIN,
-                "{name} attempt {attempt} took {took:?}"
-            );
+            if name == "loop" && attempt <= 3 {
+                // It ran its CPU budget, and was stopped by it, long
+                // before the wall-clock cap.
+                assert!(
+                    took >= BUDGET && took < WALL_CAP - Duration::from_millis(5),
+                    "{name} attempt {attempt} took {took:?}, not about the {BUDGET:?} budget"
+                );
+            } else {
+                assert!(
+                    took < WALL_CAP + MARGIN,
+                    "{name} attempt {attempt} took {took:?}"
+                );
+            }
             assert!(
                 message.contains(&format!("plugin {name} failed and fails closed")),
                 "{message}"
@@ -741,15 +763,27 @@ async fn hot_reload_swaps_behaviour_under_load_without_failing_a_request() {
         async move { (n > 100).then_some(()) }
     })
     .await;
+    // The watcher looks every 500 ms, then compiles the new version
+    // (about 0.2 s here): in service well within 2 s, however loaded.
     install(&plugin_wasm("hostile"));
+    let installed = Instant::now();
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(2),
         "the watcher to swap the plugin",
         || {
             let n = new.load(Ordering::Relaxed);
-            async move { (n > 100).then_some(()) }
+            async move { (n > 0).then_some(()) }
         },
     )
+    .await;
+    println!(
+        "hot reload: new behaviour {:?} after the file changed",
+        installed.elapsed()
+    );
+    eventually(Duration::from_secs(5), "load on the new plugin", || {
+        let n = new.load(Ordering::Relaxed);
+        async move { (n > 100).then_some(()) }
+    })
     .await;
     stop.store(true, Ordering::Relaxed);
     for client in clients {
@@ -813,6 +847,91 @@ async fn hot_reload_swaps_behaviour_under_load_without_failing_a_request() {
     assert_eq!(resp.status(), StatusCode::OK);
 }
 
+/// A reload does not touch calls in flight: one that entered the old
+/// version before the swap finishes there and is answered by it (not
+/// failed, not waited for by the reload), while calls after the swap meet
+/// the new version. In-process, so that the call in flight has a thread
+/// of its own and the reload is timed alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_finish_on_the_old_version() {
+    use outrigger::app::{App, Stores};
+    use outrigger::config::{Config, PluginConfig, PrimitiveName};
+    use outrigger::plugins::{Call, Caller, Operation};
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.wasm");
+    std::fs::copy(plugin_wasm("hostile"), &file).unwrap();
+    let config = Config {
+        plugins: vec![PluginConfig {
+            budget: Duration::from_secs(1),
+            ..PluginConfig::new("policy", &file)
+        }],
+        ..Config::default()
+    };
+    let app = Arc::new(App::with_stores(&config, Stores::memory(&config)));
+    // The old version (hostile) spins on `spin:<n>` targets, then denies.
+    let spin = |n: u64| {
+        let app = app.clone();
+        std::thread::spawn(move || {
+            let caller = Caller {
+                id: None,
+                attributes: vec![],
+            };
+            let target = format!("spin:{n}");
+            let result = app.authorize(
+                &caller,
+                Call::new(PrimitiveName::Cache, Operation::Read, &target),
+            );
+            (result, Instant::now())
+        })
+    };
+    // Calibrated (warm) to spin about 0.8 s of CPU, the budget being 1 s:
+    // several times a reload, since a loaded machine slows both alike.
+    assert!(spin(1_000).join().unwrap().0.is_err(), "hostile denies");
+    let started = Instant::now();
+    assert!(
+        spin(100_000_000).join().unwrap().0.is_err(),
+        "hostile denies"
+    );
+    let n = (100_000_000.0 * 0.8 / started.elapsed().as_secs_f64()) as u64;
+    let in_flight = spin(n);
+    // Swap in the new version (tenant-guard) while it spins.
+    std::fs::copy(plugin_wasm("tenant_guard"), &file).unwrap();
+    let reload = Instant::now();
+    let statuses = app.plugins.reload(true).await.expect("reloaded");
+    let reloaded = Instant::now();
+    assert_eq!(statuses[0].generation, 2);
+    // The next call meets tenant-guard...
+    let caller = Caller {
+        id: None,
+        attributes: vec![("tenant".into(), "acme".into())],
+    };
+    app.authorize(
+        &caller,
+        Call::new(PrimitiveName::Cache, Operation::Read, "acme:k"),
+    )
+    .expect("allowed by tenant-guard");
+    // ...while the one in flight is answered by hostile, after the swap.
+    let (result, answered) = in_flight.join().unwrap();
+    let message = result.expect_err("denied").to_string();
+    assert!(
+        message.contains("denied by the hostile test plugin"),
+        "answered by the old version, not failed: {message}"
+    );
+    assert!(
+        answered > reloaded,
+        "the reload ({:?}) returned {:?} after the call in flight was answered: it waited \
+         for the call, or the call was too short to overlap it",
+        reloaded - reload,
+        reloaded - answered
+    );
+    println!(
+        "reload took {:?}; the call in flight was answered {:?} after it",
+        reloaded - reload,
+        answered - reloaded
+    );
+}
+
 #[tokio::test]
 async fn plugin_check_says_whether_a_file_fits_and_which_hooks_it_has() {
     let check = |file: PathBuf, config: &str| {
@@ -850,51 +969,5 @@ async fn plugin_check_says_whether_a_file_fits_and_which_hooks_it_has() {
     assert!(
         out.contains("does not fit the outrigger:plugin/plugin@0.1.0 world"),
         "{out}"
-    );
-}
-
-/// The cost of one `authorize` call through a plugin, measured in-process
-/// (printed; run with `--nocapture` to see it). Asserts the decisions, not
-/// the time.
-#[tokio::test]
-async fn per_call_overhead_is_measured() {
-    use outrigger::app::{App, Stores};
-    use outrigger::config::{Config, PluginConfig, PrimitiveName};
-    use outrigger::plugins::{Call, Caller, Operation};
-
-    let config = Config {
-        plugins: vec![PluginConfig::new("guard", plugin_wasm("tenant_guard"))],
-        ..Config::default()
-    };
-    let with = App::with_stores(&config, Stores::memory(&config));
-    let without = App::with_stores(&Config::default(), Stores::memory(&Config::default()));
-    let caller = Caller {
-        id: None,
-        attributes: vec![("tenant".into(), "acme".into())],
-    };
-    let median = |app: &App, target: &str| {
-        let mut times: Vec<Duration> = (0..5000)
-            .map(|_| {
-                let started = Instant::now();
-                let result = app.authorize(
-                    &caller,
-                    Call::new(PrimitiveName::Cache, Operation::Read, target),
-                );
-                let took = started.elapsed();
-                assert_eq!(result.is_ok(), target.starts_with("acme:"), "{result:?}");
-                took
-            })
-            .collect();
-        times.sort();
-        times[times.len() / 2]
-    };
-    let base = median(&without, "acme:k");
-    let allowed = median(&with, "acme:k");
-    let denied = median(&with, "globex:k");
-    println!(
-        "authorize median: no plugins {:.2} µs, tenant-guard allow {:.2} µs, deny {:.2} µs",
-        base.as_secs_f64() * 1e6,
-        allowed.as_secs_f64() * 1e6,
-        denied.as_secs_f64() * 1e6
     );
 }

@@ -8,6 +8,9 @@
 //! `deny` (the default: behaves, denying everything),
 //! `log-flood` (logs without end, then denies), `rewrite` (rewrites every
 //! target to `{"target": "..."}`: an attempt to reach another namespace).
+//!
+//! Whatever the mode, `authorize` of a target `spin:<n>` logs "spinning",
+//! spins `n` iterations, then denies: a call that stays in flight.
 
 use outrigger_plugin_sdk::{
     Authorize, Classify, Config, Decision, Invalidation, Limit, OnWrite, Plugin, Request,
@@ -90,7 +93,15 @@ fn recurse(depth: u64) -> u64 {
 }
 
 impl Authorize for Hostile {
-    fn authorize(&self, _: &Request) -> Decision {
+    fn authorize(&self, request: &Request) -> Decision {
+        if let Some(n) = request.target.strip_prefix("spin:") {
+            outrigger_plugin_sdk::info!("spinning");
+            let mut x: u64 = 0;
+            for _ in 0..n.parse::<u64>().unwrap_or(0) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            return Decision::Deny("denied by the hostile test plugin".into());
+        }
         if self.mode == "rewrite" {
             return Decision::Rewrite(outrigger_plugin_sdk::Rewrite {
                 target: self.target.clone(),
