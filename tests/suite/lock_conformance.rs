@@ -217,6 +217,7 @@ mod cases {
     }
 
     pub async fn an_expired_holder_loses_to_the_next(app: &App) {
+        let started = Instant::now();
         let stale = app.locks.acquire("e", 100, 0).await.unwrap().unwrap();
         let next = app
             .locks
@@ -224,6 +225,13 @@ mod cases {
             .await
             .unwrap()
             .expect("after TTL");
+        // Once the 100 ms TTL ran out: not before, and long before the
+        // waiter's own 3 s.
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(95) && waited < Duration::from_secs(1),
+            "granted after {waited:?}"
+        );
         assert!(next.fence > stale.fence);
         assert!(
             !app.locks.release("e", &stale.token).await.unwrap(),
