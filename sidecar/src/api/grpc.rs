@@ -46,15 +46,11 @@ fn max_message_bytes(app: &App) -> usize {
     app.cache.limits().max_value_bytes + 1024 * 1024
 }
 
-/// The gRPC services, health and reflection, ready to serve.
+/// The gRPC services, health and reflection, ready to serve. Every service
+/// is added through [`Services::add`], which also marks it `SERVING` in
+/// health: the one list cannot drift from the other.
 pub async fn routes(app: Arc<App>) -> anyhow::Result<tonic::service::Routes> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<CacheServer<CacheService>>().await;
-    health.set_serving::<AdminServer<AdminService>>().await;
-    health.set_serving::<LockServer<LockService>>().await;
-    health
-        .set_serving::<RateLimitServer<RateLimitService>>()
-        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -64,20 +60,56 @@ pub async fn routes(app: Arc<App>) -> anyhow::Result<tonic::service::Routes> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let max = max_message_bytes(&app);
-    let mut routes = tonic::service::Routes::builder();
-    routes
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(CacheServer::new(CacheService(app.clone())).max_decoding_message_size(max))
-        .add_service(LockServer::new(LockService(app.clone())))
-        .add_service(RateLimitServer::new(RateLimitService(app.clone())))
-        .add_service(
-            PresenceServer::new(PresenceService(app.clone())).max_decoding_message_size(max),
-        )
-        .add_service(PubSubServer::new(PubSubService(app.clone())).max_decoding_message_size(max))
-        .add_service(AdminServer::new(AdminService(app)));
-    Ok(routes.routes())
+    let mut services = Services {
+        routes: tonic::service::Routes::builder(),
+        health,
+    };
+    services.add(health_service).await;
+    services.add(reflection_v1).await;
+    services.add(reflection_v1alpha).await;
+    services
+        .add(CacheServer::new(CacheService(app.clone())).max_decoding_message_size(max))
+        .await;
+    services
+        .add(LockServer::new(LockService(app.clone())))
+        .await;
+    services
+        .add(RateLimitServer::new(RateLimitService(app.clone())))
+        .await;
+    services
+        .add(PresenceServer::new(PresenceService(app.clone())).max_decoding_message_size(max))
+        .await;
+    services
+        .add(PubSubServer::new(PubSubService(app.clone())).max_decoding_message_size(max))
+        .await;
+    services.add(AdminServer::new(AdminService(app))).await;
+    Ok(services.routes.routes())
+}
+
+/// The services being assembled, and their health.
+struct Services {
+    routes: tonic::service::RoutesBuilder,
+    health: tonic_health::server::HealthReporter,
+}
+
+impl Services {
+    /// Serves `service` and reports it `SERVING`.
+    async fn add<S>(&mut self, service: S)
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+            + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.health
+            .set_service_status(S::NAME, tonic_health::ServingStatus::Serving)
+            .await;
+        self.routes.add_service(service);
+    }
 }
 
 /// Statuses the transport makes, in our contract's terms (a response
