@@ -9,9 +9,15 @@
 //!   with JSON logs and port 0 listeners, and returns once it logs `ready`
 //!   with the addresses it bound.
 //!
+//! - [`Topology`] and [`conformance!`] (in `harness.rs`): the same cases on
+//!   memory, Redis, the near cache, the Cluster and the Sentinel set.
+//!
 //! Readiness is always an event read from the process's own log, never a
 //! sleep. Every wait is bounded. Whatever a test started is killed when its
 //! handle drops, and if the test is failing, the process's log is printed.
+
+mod harness;
+pub use harness::{Deployment, RedisTarget, Topology, no_check};
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -759,23 +765,6 @@ impl TestCertificates {
     pub fn path(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(name)
     }
-}
-
-/// Instantiates async test cases against both backends:
-/// `both_backends!(on_memory, on_redis; case_a, case_b)` makes
-/// `memory::case_a` run `case_a(on_memory().await)` and `with_redis::case_a`
-/// run `case_a(on_redis().await)`, where the `on_*` functions build the
-/// target (a sidecar, an app, and the Redis behind it).
-#[macro_export]
-macro_rules! both_backends {
-    ($memory:ident, $redis:ident; $($case:ident),* $(,)?) => {
-        mod memory {
-            $( #[tokio::test] async fn $case() { super::$case(super::$memory().await).await; } )*
-        }
-        mod with_redis {
-            $( #[tokio::test] async fn $case() { super::$case(super::$redis().await).await; } )*
-        }
-    };
 }
 
 /// Starts configuring an `outrigger` process built from this checkout.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use outrigger::api::pb;
 use outrigger::api::pb::admin_client::AdminClient;
 use outrigger::api::pb::cache_client::CacheClient;
-use outrigger_tests::{RedisServer, Sidecar, both_backends, sidecar, unique};
+use outrigger_tests::{RedisServer, Sidecar, Topology, conformance, sidecar, unique};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tonic::Code;
@@ -20,40 +20,34 @@ struct Target {
     redis: Option<RedisServer>,
 }
 
-async fn on_memory() -> Target {
+async fn target(topology: Topology) -> Target {
+    let redis = topology.own_server().await;
+    let mut sidecar = sidecar!();
+    if let Some(redis) = &redis {
+        sidecar = sidecar.redis(redis).namespace(&unique("api"));
+    }
     Target {
-        sidecar: sidecar!().start().await,
-        redis: None,
+        sidecar: sidecar.start().await,
+        redis,
     }
 }
 
-async fn on_redis() -> Target {
-    let redis = RedisServer::start().await;
-    let sidecar = sidecar!()
-        .redis(&redis)
-        .namespace(&unique("api"))
-        .start()
-        .await;
-    Target {
-        sidecar,
-        redis: Some(redis),
+conformance!(
+    target;
+    [memory: Memory, with_redis: Redis];
+    {
+        http_round_trip,
+        http_conditions_and_versions,
+        http_invalidation_and_listing,
+        http_rejects_bad_input_with_json_errors,
+        grpc_round_trip,
+        grpc_rejects_bad_input_with_status_codes,
+        grpc_health_reflection_and_status,
+        both_apis_share_one_cache,
+        http_get_or_lease_gives_one_lease_to_a_stampede,
+        grpc_get_or_lease_gives_one_lease_to_a_stampede,
+        get_or_lease_serves_stale_values_and_rejects_bad_input,
     }
-}
-
-both_backends!(
-    on_memory,
-    on_redis;
-    http_round_trip,
-    http_conditions_and_versions,
-    http_invalidation_and_listing,
-    http_rejects_bad_input_with_json_errors,
-    grpc_round_trip,
-    grpc_rejects_bad_input_with_status_codes,
-    grpc_health_reflection_and_status,
-    both_apis_share_one_cache,
-    http_get_or_lease_gives_one_lease_to_a_stampede,
-    grpc_get_or_lease_gives_one_lease_to_a_stampede,
-    get_or_lease_serves_stale_values_and_rejects_bad_input,
 );
 
 fn http() -> reqwest::Client {
@@ -78,7 +72,7 @@ async fn error_code(resp: reqwest::Response) -> String {
         .to_string()
 }
 
-async fn http_round_trip(t: Target) {
+async fn http_round_trip(t: &Target) {
     let (s, c) = (&t.sidecar, http());
     let put = c
         .put(s.url("/v1/cache/user%3A42?ttl_ms=60000&tags=users,profile"))
@@ -134,7 +128,7 @@ async fn http_round_trip(t: Target) {
     assert_eq!(error_code(gone).await, "not_found");
 }
 
-async fn http_conditions_and_versions(t: Target) {
+async fn http_conditions_and_versions(t: &Target) {
     let (s, c) = (&t.sidecar, http());
     let put = |q: &'static str, v: &'static str| {
         c.put(s.url(&format!("/v1/cache/cas{q}"))).body(v).send()
@@ -170,7 +164,7 @@ async fn http_conditions_and_versions(t: Target) {
     assert_eq!(now.text().await.unwrap(), "c");
 }
 
-async fn http_invalidation_and_listing(t: Target) {
+async fn http_invalidation_and_listing(t: &Target) {
     let (s, c) = (&t.sidecar, http());
     for (key, tags) in [("a1", "a"), ("b1", "b"), ("ab", "a,b"), ("none", "")] {
         let r = c
@@ -238,7 +232,7 @@ async fn http_invalidation_and_listing(t: Target) {
     );
 }
 
-async fn http_rejects_bad_input_with_json_errors(t: Target) {
+async fn http_rejects_bad_input_with_json_errors(t: &Target) {
     let (s, c) = (&t.sidecar, http());
     let long_key = "k".repeat(513);
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
@@ -338,7 +332,7 @@ async fn http_rejects_bad_input_with_json_errors(t: Target) {
     );
 }
 
-async fn grpc_round_trip(t: Target) {
+async fn grpc_round_trip(t: &Target) {
     let mut cache = CacheClient::new(t.sidecar.channel().await);
     let set = cache
         .set(pb::SetRequest {
@@ -448,7 +442,7 @@ async fn grpc_round_trip(t: Target) {
     assert!(!del.deleted);
 }
 
-async fn grpc_rejects_bad_input_with_status_codes(t: Target) {
+async fn grpc_rejects_bad_input_with_status_codes(t: &Target) {
     let mut cache = CacheClient::new(t.sidecar.channel().await);
     let set = |key: &str, value: Vec<u8>, ttl_ms: u64, condition: i32| pb::SetRequest {
         key: key.into(),
@@ -513,7 +507,7 @@ async fn grpc_rejects_bad_input_with_status_codes(t: Target) {
     assert!(!got.found, "rejected writes store nothing");
 }
 
-async fn grpc_health_reflection_and_status(t: Target) {
+async fn grpc_health_reflection_and_status(t: &Target) {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -595,7 +589,7 @@ async fn grpc_health_reflection_and_status(t: Target) {
     );
 }
 
-async fn both_apis_share_one_cache(t: Target) {
+async fn both_apis_share_one_cache(t: &Target) {
     let mut cache = CacheClient::new(t.sidecar.channel().await);
     let set = cache
         .set(pb::SetRequest {
@@ -748,7 +742,7 @@ async fn sidecars_sharing_a_namespace_share_the_cache() {
 /// 100 concurrent misses on one key over HTTP: exactly one caller is
 /// granted the lease; it fills the key, and every other caller receives
 /// that value within its wait.
-async fn http_get_or_lease_gives_one_lease_to_a_stampede(t: Target) {
+async fn http_get_or_lease_gives_one_lease_to_a_stampede(t: &Target) {
     use futures::StreamExt;
     let c = http();
     let url = t.sidecar.url("/v1/cache/hot/lease");
@@ -814,7 +808,7 @@ fn assert_woken_by_the_fill(mut woken: Vec<Duration>) {
     );
 }
 
-async fn grpc_get_or_lease_gives_one_lease_to_a_stampede(t: Target) {
+async fn grpc_get_or_lease_gives_one_lease_to_a_stampede(t: &Target) {
     let channel = t.sidecar.channel().await;
     let filled_at = std::sync::OnceLock::new();
     let calls = (0..100).map(|_| {
@@ -867,7 +861,7 @@ async fn grpc_get_or_lease_gives_one_lease_to_a_stampede(t: Target) {
     );
 }
 
-async fn get_or_lease_serves_stale_values_and_rejects_bad_input(t: Target) {
+async fn get_or_lease_serves_stale_values_and_rejects_bad_input(t: &Target) {
     let c = http();
     let lease = |body: Value| {
         c.post(t.sidecar.url("/v1/cache/page/lease"))

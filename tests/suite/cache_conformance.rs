@@ -17,78 +17,39 @@ use outrigger::backend::{
     BackendError, CacheStore, Condition, Entry, KeyPage, LeaseRead, LeaseRequest, SetOutcome,
     StoreStats, Write,
 };
-use outrigger::config::{Config, NearCacheConfig, RedisConfig};
-use outrigger_tests::{RedisServer, eventually, unique};
+use outrigger::config::Config;
+use outrigger_tests::{RedisServer, Topology, conformance, eventually, unique};
 
-/// A store under test, and the Redis behind it when there is one.
+/// A store under test, and the Redis behind it when there is one. With
+/// the near cache, a read is made again until L1 answers (a few times at
+/// most), and the last answer counts: the first read fills L1 (unless the
+/// echo of the case's own write evicts it again) and the next is served
+/// from it, so each case's assertions hold of what L1 serves, proving that
+/// L1 never answers what Redis would not.
 struct Backend {
     store: Arc<dyn CacheStore>,
+    near: Option<Arc<RedisStore>>,
     _redis: Option<RedisServer>,
 }
 
-async fn memory() -> Backend {
+async fn setup(topology: Topology) -> Backend {
+    let deployment = topology.deploy(&Config::default(), "conformance").await;
     Backend {
-        store: MemoryStore::new(Config::default().memory),
-        _redis: None,
+        store: deployment.stores.cache,
+        near: deployment.redis.filter(|_| topology == Topology::RedisNear),
+        _redis: deployment.server,
     }
 }
 
-fn redis_config(server: &RedisServer) -> RedisConfig {
-    RedisConfig {
-        url: Some(server.url()),
-        timeout: Duration::from_secs(2),
-        connect_timeout: Duration::from_secs(2),
-        ..RedisConfig::default()
-    }
-}
-
-/// The shared Redis Cluster (3 masters, a replica each).
-async fn cluster() -> Backend {
-    let cluster = outrigger_tests::shared_cluster().await;
-    let store = RedisStore::connect(&cluster.redis_config(), &unique("conformance"))
-        .await
-        .expect("connect");
-    Backend {
-        store: Arc::new(store),
-        _redis: None,
-    }
-}
-
-/// The shared master/replica set behind three Sentinels.
-async fn sentinel() -> Backend {
-    let set = outrigger_tests::shared_sentinels().await;
-    let store = RedisStore::connect(&set.redis_config(), &unique("conformance"))
-        .await
-        .expect("connect");
-    Backend {
-        store: Arc::new(store),
-        _redis: None,
-    }
-}
-
-async fn redis() -> Backend {
-    let server = RedisServer::start().await;
-    let store = RedisStore::connect(&redis_config(&server), &unique("conformance"))
-        .await
-        .expect("connect");
-    Backend {
-        store: Arc::new(store),
-        _redis: Some(server),
-    }
-}
-
-/// Reads again until the near cache answers (a few times at most) and
-/// answers with the last read: the first read fills L1 (unless the echo of
-/// the case's own write evicts it again) and the next is served from it,
-/// so each case's assertions hold of what L1 serves.
-struct ReadsFromNear(RedisStore);
-
-impl ReadsFromNear {
-    async fn read_from_near<T, F: Future<Output = Result<T, BackendError>>>(
+impl Backend {
+    async fn read<T, F: Future<Output = Result<T, BackendError>>>(
         &self,
         read: impl Fn() -> F,
     ) -> Result<T, BackendError> {
-        let hits = || self.0.near_cache().expect("enabled").stats().hits;
+        let Some(near) = &self.near else {
+            return read().await;
+        };
+        let hits = || near.near_cache().expect("enabled").stats().hits;
         let before = hits();
         let mut answer = read().await?;
         for _ in 0..4 {
@@ -102,30 +63,30 @@ impl ReadsFromNear {
 }
 
 #[async_trait::async_trait]
-impl CacheStore for ReadsFromNear {
+impl CacheStore for Backend {
     fn kind(&self) -> &'static str {
-        self.0.kind()
+        self.store.kind()
     }
     async fn get(&self, key: &str, refresh_ttl: bool) -> Result<Option<Entry>, BackendError> {
-        self.read_from_near(|| self.0.get(key, refresh_ttl)).await
+        self.read(|| self.store.get(key, refresh_ttl)).await
     }
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, BackendError> {
-        self.read_from_near(|| self.0.get_many(keys)).await
+        self.read(|| self.store.get_many(keys)).await
     }
     async fn set(&self, key: &str, write: Write) -> Result<SetOutcome, BackendError> {
-        self.0.set(key, write).await
+        self.store.set(key, write).await
     }
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        self.0.delete(key).await
+        self.store.delete(key).await
     }
     async fn get_or_lease(&self, key: &str, req: LeaseRequest) -> Result<LeaseRead, BackendError> {
-        self.0.get_or_lease(key, req).await
+        self.store.get_or_lease(key, req).await
     }
     async fn invalidate_tags(&self, tags: &[String]) -> Result<u64, BackendError> {
-        self.0.invalidate_tags(tags).await
+        self.store.invalidate_tags(tags).await
     }
     async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
-        self.0.invalidate_pattern(pattern).await
+        self.store.invalidate_pattern(pattern).await
     }
     async fn list_keys(
         &self,
@@ -133,115 +94,60 @@ impl CacheStore for ReadsFromNear {
         cursor: &str,
         limit: usize,
     ) -> Result<KeyPage, BackendError> {
-        self.0.list_keys(pattern, cursor, limit).await
+        self.store.list_keys(pattern, cursor, limit).await
     }
     fn stats(&self) -> StoreStats {
-        self.0.stats()
+        self.store.stats()
     }
 }
 
-/// Redis with the near cache in front, once it is live, read through
-/// [`ReadsFromNear`]: the suite then also proves that L1 never answers what
-/// Redis would not.
-async fn redis_near() -> Backend {
-    let server = RedisServer::start().await;
-    let mut store = RedisStore::connect(&redis_config(&server), &unique("conformance"))
-        .await
-        .expect("connect");
-    store.enable_near_cache(&NearCacheConfig {
-        enabled: true,
-        ..NearCacheConfig::default()
-    });
-    let near = store.near_cache().expect("enabled").clone();
-    eventually(Duration::from_secs(5), "the near cache to go live", || {
-        let live = near.stats().live;
-        async move { live.then_some(()) }
-    })
-    .await;
-    Backend {
-        store: Arc::new(ReadsFromNear(store)),
-        _redis: Some(server),
+/// With the near cache: L1 stayed in use throughout, and answered the
+/// reads of whatever it kept.
+fn near_cache_served(backend: &Backend) {
+    if backend.near.is_some() {
+        let near = backend.store.stats().near.expect("near stats");
+        assert!(near.live, "{near:?}");
+        assert!(
+            near.fills == 0 || near.hits > 0,
+            "L1 served nothing: {near:?}"
+        );
     }
-}
-
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod on_memory {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let backend = super::memory().await;
-                    super::cases::$case(&*backend.store).await;
-                }
-            )*
-        }
-        mod on_redis {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let backend = super::redis().await;
-                    super::cases::$case(&*backend.store).await;
-                }
-            )*
-        }
-        mod on_cluster {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let backend = super::cluster().await;
-                    super::cases::$case(&*backend.store).await;
-                }
-            )*
-        }
-        mod on_sentinel {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let backend = super::sentinel().await;
-                    super::cases::$case(&*backend.store).await;
-                }
-            )*
-        }
-        mod on_redis_with_near_cache {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let backend = super::redis_near().await;
-                    super::cases::$case(&*backend.store).await;
-                    // L1 stayed in use throughout, and answered the
-                    // reads of whatever it kept.
-                    let near = backend.store.stats().near.expect("near stats");
-                    assert!(near.live, "{near:?}");
-                    assert!(near.fills == 0 || near.hits > 0, "L1 served nothing: {near:?}");
-                }
-            )*
-        }
-    };
 }
 
 conformance!(
-    get_of_an_absent_key_is_none,
-    set_then_get_returns_value_and_version,
-    values_are_arbitrary_bytes,
-    versions_strictly_increase_even_across_delete,
-    if_absent_writes_only_new_keys,
-    if_present_writes_only_existing_keys,
-    if_version_is_compare_and_set,
-    ttl_is_reported_and_entries_expire,
-    a_write_without_ttl_clears_the_old_ttl,
-    refresh_ttl_restarts_the_ttl,
-    get_many_keeps_request_order,
-    delete_reports_whether_the_key_existed,
-    tag_invalidation_removes_exactly_the_tagged_keys,
-    retagged_keys_follow_their_latest_tags,
-    a_key_under_several_invalidated_tags_counts_once,
-    pattern_invalidation_uses_redis_globs,
-    listing_pages_through_every_matching_key,
-    an_unknown_cursor_is_rejected,
-    keys_with_braces_and_glob_characters_stay_apart,
-    one_lease_per_miss_and_waiters_get_the_fill,
-    a_lease_that_runs_out_is_granted_again,
-    stale_values_serve_lease_waiters_until_deleted,
+    setup;
+    [
+        on_memory: Memory,
+        on_redis: Redis,
+        on_cluster: Cluster,
+        on_sentinel: Sentinel,
+        on_redis_with_near_cache: RedisNear,
+    ];
+    cases {
+        get_of_an_absent_key_is_none,
+        set_then_get_returns_value_and_version,
+        values_are_arbitrary_bytes,
+        versions_strictly_increase_even_across_delete,
+        if_absent_writes_only_new_keys,
+        if_present_writes_only_existing_keys,
+        if_version_is_compare_and_set,
+        ttl_is_reported_and_entries_expire,
+        a_write_without_ttl_clears_the_old_ttl,
+        refresh_ttl_restarts_the_ttl,
+        get_many_keeps_request_order,
+        delete_reports_whether_the_key_existed,
+        tag_invalidation_removes_exactly_the_tagged_keys,
+        retagged_keys_follow_their_latest_tags,
+        a_key_under_several_invalidated_tags_counts_once,
+        pattern_invalidation_uses_redis_globs,
+        listing_pages_through_every_matching_key,
+        an_unknown_cursor_is_rejected,
+        keys_with_braces_and_glob_characters_stay_apart,
+        one_lease_per_miss_and_waiters_get_the_fill,
+        a_lease_that_runs_out_is_granted_again,
+        stale_values_serve_lease_waiters_until_deleted,
+    };
+    after near_cache_served
 );
 
 mod cases {
@@ -763,7 +669,7 @@ fn cases_tagged(tag: &str) -> Write {
 async fn redis_keys_carry_the_namespace_and_expired_keys_leave_no_tag_index() {
     let server = RedisServer::start().await;
     let ns = unique("ns");
-    let store = RedisStore::connect(&redis_config(&server), &ns)
+    let store = RedisStore::connect(&server.redis_config(), &ns)
         .await
         .unwrap();
     let mut short = cases_tagged("t");
@@ -799,7 +705,7 @@ async fn redis_keys_carry_the_namespace_and_expired_keys_leave_no_tag_index() {
 #[tokio::test]
 async fn redis_calls_are_bounded_by_the_deadline() {
     let server = RedisServer::start().await;
-    let mut config = redis_config(&server);
+    let mut config = server.redis_config();
     config.timeout = Duration::from_millis(200);
     let store = RedisStore::connect(&config, &unique("ns")).await.unwrap();
     let mut conn = server.client().await;
@@ -824,7 +730,7 @@ async fn redis_calls_are_bounded_by_the_deadline() {
 #[tokio::test]
 async fn redis_that_is_gone_fails_fast_at_connect() {
     let mut server = RedisServer::start().await;
-    let config = redis_config(&server);
+    let config = server.redis_config();
     server.kill().await;
     let started = std::time::Instant::now();
     let result = RedisStore::connect(&config, "ns").await;
@@ -862,9 +768,9 @@ async fn generated_globs_list_the_same_keys_on_memory_and_redis() {
     };
     let keys: BTreeSet<String> = (0..150).map(|_| word(&mut rng, 6)).collect();
 
-    let memory = memory().await;
+    let memory = setup(Topology::Memory).await;
     let server = RedisServer::start().await;
-    let redis = RedisStore::connect(&redis_config(&server), &unique("glob"))
+    let redis = RedisStore::connect(&server.redis_config(), &unique("glob"))
         .await
         .expect("connect");
     for key in &keys {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes};
 use http::uri::PathAndQuery;
 use outrigger::api::pb;
-use outrigger_tests::{RedisServer, Sidecar, both_backends, sidecar, unique};
+use outrigger_tests::{RedisServer, Sidecar, Topology, conformance, sidecar, unique};
 use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -367,29 +367,25 @@ fn fuzzed(builder: outrigger_tests::SidecarBuilder) -> outrigger_tests::SidecarB
         .env("OUTRIGGER_RATELIMIT__POLICIES__K0__PERIOD", "1s")
 }
 
-async fn on_memory() -> Target {
+async fn target(topology: Topology) -> Target {
+    let redis = topology.own_server().await;
+    let mut sidecar = sidecar!();
+    if let Some(redis) = &redis {
+        sidecar = sidecar.redis(redis).namespace(&unique("fuzz"));
+    }
     Target {
-        sidecar: fuzzed(sidecar!()).start().await,
-        _redis: None,
+        sidecar: fuzzed(sidecar).start().await,
+        _redis: redis,
     }
 }
 
-async fn on_redis() -> Target {
-    let redis = RedisServer::start().await;
-    let sidecar = fuzzed(sidecar!().redis(&redis).namespace(&unique("fuzz")))
-        .start()
-        .await;
-    Target {
-        sidecar,
-        _redis: Some(redis),
+conformance!(
+    target;
+    [memory: Memory, with_redis: Redis];
+    {
+        every_grpc_decoder_answers_generated_hostile_messages_clearly,
+        random_binary_keys_round_trip_or_are_refused_clearly_over_http,
     }
-}
-
-both_backends!(
-    on_memory,
-    on_redis;
-    every_grpc_decoder_answers_generated_hostile_messages_clearly,
-    random_binary_keys_round_trip_or_are_refused_clearly_over_http,
 );
 
 /// Proves an accepted stream is live, not hung: an event caused through
@@ -463,7 +459,7 @@ async fn prove_live(
     true
 }
 
-async fn every_grpc_decoder_answers_generated_hostile_messages_clearly(t: Target) {
+async fn every_grpc_decoder_answers_generated_hostile_messages_clearly(t: &Target) {
     let mut rng = StdRng::seed_from_u64(seed());
     let s = &t.sidecar;
     let mut grpc = tonic::client::Grpc::new(s.channel().await);
@@ -616,7 +612,7 @@ fn random_key(rng: &mut StdRng) -> Vec<u8> {
     key
 }
 
-async fn random_binary_keys_round_trip_or_are_refused_clearly_over_http(t: Target) {
+async fn random_binary_keys_round_trip_or_are_refused_clearly_over_http(t: &Target) {
     let mut rng = StdRng::seed_from_u64(seed());
     let s = &t.sidecar;
     let c = reqwest::Client::new();

@@ -10,7 +10,9 @@ use outrigger::api::pb;
 use outrigger::api::pb::hold_response::Event;
 use outrigger::api::pb::lock_client::LockClient;
 use outrigger::api::pb::rate_limit_client::RateLimitClient;
-use outrigger_tests::{RedisServer, Sidecar, SidecarBuilder, both_backends, sidecar, unique};
+use outrigger_tests::{
+    RedisServer, Sidecar, SidecarBuilder, Topology, conformance, sidecar, unique,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -46,36 +48,32 @@ struct Target {
     _redis: Option<RedisServer>,
 }
 
-async fn on_memory() -> Target {
+async fn target(topology: Topology) -> Target {
+    let redis = topology.own_server().await;
+    let mut sidecar = sidecar!();
+    if let Some(redis) = &redis {
+        sidecar = sidecar.redis(redis).namespace(&unique("locks"));
+    }
     Target {
-        sidecar: with_policies(sidecar!()).start().await,
-        _redis: None,
+        sidecar: with_policies(sidecar).start().await,
+        _redis: redis,
     }
 }
 
-async fn on_redis() -> Target {
-    let redis = RedisServer::start().await;
-    let sidecar = with_policies(sidecar!().redis(&redis).namespace(&unique("locks")))
-        .start()
-        .await;
-    Target {
-        sidecar,
-        _redis: Some(redis),
+conformance!(
+    target;
+    [memory: Memory, with_redis: Redis];
+    {
+        http_locks,
+        http_semaphores,
+        http_rate_limits_answer_429_with_headers,
+        http_rejects_bad_lock_and_rate_limit_input,
+        grpc_locks_semaphores_and_rate_limits,
+        hold_renews_while_open_and_releases_on_close,
+        hold_release_message_releases,
+        hold_reports_lost_when_the_lock_is_taken,
+        a_killed_hold_client_releases_its_lock,
     }
-}
-
-both_backends!(
-    on_memory,
-    on_redis;
-    http_locks,
-    http_semaphores,
-    http_rate_limits_answer_429_with_headers,
-    http_rejects_bad_lock_and_rate_limit_input,
-    grpc_locks_semaphores_and_rate_limits,
-    hold_renews_while_open_and_releases_on_close,
-    hold_release_message_releases,
-    hold_reports_lost_when_the_lock_is_taken,
-    a_killed_hold_client_releases_its_lock,
 );
 
 fn http() -> reqwest::Client {
@@ -91,7 +89,7 @@ async fn post(s: &Sidecar, path: &str, body: Value) -> (u16, Value) {
     (status, resp.json().await.unwrap())
 }
 
-async fn http_locks(t: Target) {
+async fn http_locks(t: &Target) {
     let s = &t.sidecar;
     let (status, lease) = post(s, "/v1/locks/orders/acquire", json!({"ttl_ms": 10_000})).await;
     assert_eq!(status, 200, "{lease}");
@@ -138,7 +136,7 @@ async fn http_locks(t: Target) {
     assert!(again["fence"].as_u64().unwrap() > fence);
 }
 
-async fn http_semaphores(t: Target) {
+async fn http_semaphores(t: &Target) {
     let s = &t.sidecar;
     let body = json!({"limit": 2, "ttl_ms": 10_000});
     let (s1, p1) = post(s, "/v1/semaphores/pool/acquire", body.clone()).await;
@@ -156,7 +154,7 @@ async fn http_semaphores(t: Target) {
     assert_eq!(status, 200);
 }
 
-async fn http_rate_limits_answer_429_with_headers(t: Target) {
+async fn http_rate_limits_answer_429_with_headers(t: &Target) {
     let s = &t.sidecar;
     for remaining in (0..5).rev() {
         let resp = http()
@@ -208,7 +206,7 @@ async fn http_rate_limits_answer_429_with_headers(t: Target) {
     assert_eq!(post(s, "/v1/ratelimit/adhoc/check", inline).await.0, 429);
 }
 
-async fn http_rejects_bad_lock_and_rate_limit_input(t: Target) {
+async fn http_rejects_bad_lock_and_rate_limit_input(t: &Target) {
     let s = &t.sidecar;
     let cases = [
         (
@@ -281,7 +279,7 @@ async fn http_rejects_bad_lock_and_rate_limit_input(t: Target) {
     assert_eq!(bad_json.status(), StatusCode::BAD_REQUEST);
 }
 
-async fn grpc_locks_semaphores_and_rate_limits(t: Target) {
+async fn grpc_locks_semaphores_and_rate_limits(t: &Target) {
     let channel = t.sidecar.channel().await;
     let mut locks = LockClient::new(channel.clone());
     let acquire = |name: &str, ttl_ms, wait_ms| pb::AcquireRequest {
@@ -423,7 +421,7 @@ async fn try_lock(s: &Sidecar, name: &str, wait_ms: u64) -> Option<pb::AcquireRe
     r.acquired.then_some(r)
 }
 
-async fn hold_renews_while_open_and_releases_on_close(t: Target) {
+async fn hold_renews_while_open_and_releases_on_close(t: &Target) {
     let s = &t.sidecar;
     let (h, first) = hold(s, "held", 300).await;
     assert_eq!(first.event, Event::Acquired as i32);
@@ -452,7 +450,7 @@ async fn hold_renews_while_open_and_releases_on_close(t: Target) {
     drop(h);
 }
 
-async fn hold_release_message_releases(t: Target) {
+async fn hold_release_message_releases(t: &Target) {
     let s = &t.sidecar;
     let (mut h, first) = hold(s, "r", 30_000).await;
     assert_eq!(first.event, Event::Acquired as i32);
@@ -475,7 +473,7 @@ async fn hold_release_message_releases(t: Target) {
     assert!(h2.events.message().await.unwrap().is_none());
 }
 
-async fn hold_reports_lost_when_the_lock_is_taken(t: Target) {
+async fn hold_reports_lost_when_the_lock_is_taken(t: &Target) {
     let s = &t.sidecar;
     let (mut h, first) = hold(s, "stolen", 600).await;
     assert_eq!(first.event, Event::Acquired as i32);
@@ -509,7 +507,7 @@ async fn hold_reports_lost_when_the_lock_is_taken(t: Target) {
     );
 }
 
-async fn a_killed_hold_client_releases_its_lock(t: Target) {
+async fn a_killed_hold_client_releases_its_lock(t: &Target) {
     let s = &t.sidecar;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hold-client"))
         .args([s.grpc_url().as_str(), "victim", "30000"])

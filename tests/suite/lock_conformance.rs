@@ -3,16 +3,14 @@
 //! primitives (`Locks`, `RateLimits`) so that waiting, keep-alive and
 //! validation are covered on both.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outrigger::app::{App, Stores};
-use outrigger::backend::redis::RedisStore;
-use outrigger::config::{Config, PolicyConfig, RedisConfig};
+use outrigger::app::App;
+use outrigger::config::{Config, PolicyConfig};
 use outrigger::error::Error;
 use outrigger::lock::KeepAlive;
 use outrigger::ratelimit::InlineLimit;
-use outrigger_tests::{RedisServer, unique};
+use outrigger_tests::{RedisServer, Topology, conformance};
 
 /// An app under test, and the Redis behind it when there is one.
 struct Backend {
@@ -37,92 +35,49 @@ fn config() -> Config {
     config
 }
 
-async fn memory() -> Backend {
-    let config = config();
-    Backend {
-        app: App::with_stores(&config, Stores::memory(&config)),
-        _redis: None,
+/// The cases take the app.
+impl std::ops::Deref for Backend {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.app
     }
 }
 
-async fn redis() -> Backend {
-    let server = RedisServer::start().await;
-    let redis_config = RedisConfig {
-        url: Some(server.url()),
-        timeout: Duration::from_secs(2),
-        connect_timeout: Duration::from_secs(2),
-        ..RedisConfig::default()
-    };
-    on_redis_config(redis_config, Some(server)).await
-}
-
-/// The shared Redis Cluster (3 masters, a replica each).
-async fn cluster() -> Backend {
-    let cluster = outrigger_tests::shared_cluster().await;
-    on_redis_config(cluster.redis_config(), None).await
-}
-
-/// The shared master/replica set behind three Sentinels.
-async fn sentinel() -> Backend {
-    let set = outrigger_tests::shared_sentinels().await;
-    on_redis_config(set.redis_config(), None).await
-}
-
-async fn on_redis_config(redis_config: RedisConfig, server: Option<RedisServer>) -> Backend {
+async fn setup(topology: Topology) -> Backend {
     let config = config();
-    let store = Arc::new(
-        RedisStore::connect(&redis_config, &unique("locks"))
-            .await
-            .unwrap(),
-    );
-    let mut stores = Stores::memory(&config);
-    stores.locks = store.clone();
-    stores.ratelimits = store;
+    let deployment = topology.deploy(&config, "locks").await;
     Backend {
-        app: App::with_stores(&config, stores),
-        _redis: server,
+        app: App::with_stores(&config, deployment.stores),
+        _redis: deployment.server,
     }
-}
-
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod on_memory {
-            $( #[tokio::test] async fn $case() { super::cases::$case(&super::memory().await.app).await; } )*
-        }
-        mod on_redis {
-            $( #[tokio::test] async fn $case() { let b = super::redis().await; super::cases::$case(&b.app).await; } )*
-        }
-        mod on_cluster {
-            $( #[tokio::test] async fn $case() { let b = super::cluster().await; super::cases::$case(&b.app).await; } )*
-        }
-        mod on_sentinel {
-            $( #[tokio::test] async fn $case() { let b = super::sentinel().await; super::cases::$case(&b.app).await; } )*
-        }
-    };
 }
 
 conformance!(
-    acquire_release_and_reacquire,
-    try_lock_fails_at_once_while_held,
-    only_the_current_token_releases_or_extends,
-    fences_strictly_increase_and_survive_expiry,
-    an_expired_holder_loses_to_the_next,
-    extend_keeps_the_lock_past_its_first_ttl,
-    a_waiter_is_woken_by_the_release_not_the_ttl,
-    wait_ms_bounds_the_wait,
-    bad_lock_input_is_rejected,
-    keep_alive_renews_until_stopped,
-    keep_alive_reports_lost_when_the_lock_is_taken,
-    semaphore_grants_exactly_limit_permits,
-    semaphore_permits_expire_and_wake_waiters,
-    gcra_allows_the_burst_then_denies_with_retry_after,
-    gcra_honours_retry_after,
-    gcra_cost_counts_several_units,
-    cost_above_the_burst_is_rejected,
-    sliding_window_limits_any_period,
-    fixed_window_limits_each_window,
-    inline_limits_and_unknown_policies,
-    keys_and_policies_have_separate_counters,
+    setup;
+    [on_memory: Memory, on_redis: Redis, on_cluster: Cluster, on_sentinel: Sentinel];
+    cases {
+        acquire_release_and_reacquire,
+        try_lock_fails_at_once_while_held,
+        only_the_current_token_releases_or_extends,
+        fences_strictly_increase_and_survive_expiry,
+        an_expired_holder_loses_to_the_next,
+        extend_keeps_the_lock_past_its_first_ttl,
+        a_waiter_is_woken_by_the_release_not_the_ttl,
+        wait_ms_bounds_the_wait,
+        bad_lock_input_is_rejected,
+        keep_alive_renews_until_stopped,
+        keep_alive_reports_lost_when_the_lock_is_taken,
+        semaphore_grants_exactly_limit_permits,
+        semaphore_permits_expire_and_wake_waiters,
+        gcra_allows_the_burst_then_denies_with_retry_after,
+        gcra_honours_retry_after,
+        gcra_cost_counts_several_units,
+        cost_above_the_burst_is_rejected,
+        sliding_window_limits_any_period,
+        fixed_window_limits_each_window,
+        inline_limits_and_unknown_policies,
+        keys_and_policies_have_separate_counters,
+    }
 );
 
 mod cases {

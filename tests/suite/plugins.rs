@@ -13,7 +13,9 @@ use outrigger::api::pb;
 use outrigger::api::pb::cache_client::CacheClient;
 use outrigger::api::pb::pub_sub_client::PubSubClient;
 use outrigger::api::pb::rate_limit_client::RateLimitClient;
-use outrigger_tests::{RedisServer, Sidecar, both_backends, eventually, plugin_wasm, sidecar};
+use outrigger_tests::{
+    RedisServer, Sidecar, Topology, conformance, eventually, plugin_wasm, sidecar,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tonic::Code;
@@ -40,21 +42,18 @@ fn http() -> reqwest::Client {
 /// Where a sidecar stores: memory (`None`), or a Redis of the test's own.
 type Backend = Option<RedisServer>;
 
-async fn on_memory() -> Backend {
-    None
+async fn target(topology: Topology) -> Backend {
+    topology.own_server().await
 }
 
-async fn on_redis() -> Backend {
-    Some(RedisServer::start().await)
-}
-
-// The shipped plugins on each backend: their effects (denied calls, the
-// policy and cost counted, the invalidations applied) go through the store.
-both_backends!(
-    on_memory, on_redis;
-    tenant_guard_confines_callers_to_their_prefix_over_http_and_grpc,
-    tiered_limits_choose_policy_key_and_cost,
-    invalidate_rules_invalidate_what_a_write_implies,
+conformance!(
+    target;
+    [memory: Memory, with_redis: Redis];
+    {
+        tenant_guard_confines_callers_to_their_prefix_over_http_and_grpc,
+        tiered_limits_choose_policy_key_and_cost,
+        invalidate_rules_invalidate_what_a_write_implies,
+    }
 );
 
 /// Starts a memory-backed sidecar with `toml` as its config file.
@@ -123,10 +122,10 @@ fn plugin<'a>(plugins: &'a [Value], name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no plugin {name} in {plugins:?}"))
 }
 
-async fn tenant_guard_confines_callers_to_their_prefix_over_http_and_grpc(backend: Backend) {
+async fn tenant_guard_confines_callers_to_their_prefix_over_http_and_grpc(backend: &Backend) {
     let dir = tempfile::tempdir().unwrap();
     let s = start_on(
-        &backend,
+        backend,
         dir.path(),
         &format!(
             r#"
@@ -290,10 +289,10 @@ config = {{ exempt_callers = ["ops"] }}
     assert_eq!(err.code(), Code::PermissionDenied);
 }
 
-async fn tiered_limits_choose_policy_key_and_cost(backend: Backend) {
+async fn tiered_limits_choose_policy_key_and_cost(backend: &Backend) {
     let dir = tempfile::tempdir().unwrap();
     let s = start_on(
-        &backend,
+        backend,
         dir.path(),
         &format!(
             r#"
@@ -390,10 +389,10 @@ tiers.pro = {{ policy = "pro", costs = {{ write = 2 }} }}
     assert_eq!((decision.limit, decision.remaining), (100, 95));
 }
 
-async fn invalidate_rules_invalidate_what_a_write_implies(backend: Backend) {
+async fn invalidate_rules_invalidate_what_a_write_implies(backend: &Backend) {
     let dir = tempfile::tempdir().unwrap();
     let s = start_on(
-        &backend,
+        backend,
         dir.path(),
         &format!(
             r#"

@@ -12,7 +12,7 @@ use outrigger::api::pb::presence_client::PresenceClient;
 use outrigger::api::pb::presence_event::Kind;
 use outrigger::api::pb::pub_sub_client::PubSubClient;
 use outrigger_tests::{
-    RedisServer, Sidecar, both_backends, next_message, sidecar, subscribe_from, unique,
+    RedisServer, Sidecar, Topology, conformance, next_message, sidecar, subscribe_from, unique,
 };
 use serde_json::{Value, json};
 use tonic::Streaming;
@@ -344,18 +344,15 @@ impl Pair {
     }
 }
 
-async fn on_memory() -> Pair {
-    Pair {
-        publisher: sidecar!().start().await,
-        subscriber: None,
-        _redis: None,
-    }
-}
-
-async fn on_redis() -> Pair {
-    let redis = RedisServer::start().await;
-    let ns = unique("pair");
-    let mut s = cluster(&redis, &ns, 2).await;
+async fn target(topology: Topology) -> Pair {
+    let Some(redis) = topology.own_server().await else {
+        return Pair {
+            publisher: sidecar!().start().await,
+            subscriber: None,
+            _redis: None,
+        };
+    };
+    let mut s = cluster(&redis, &unique("pair"), 2).await;
     let subscriber = s.pop();
     Pair {
         publisher: s.pop().unwrap(),
@@ -364,12 +361,14 @@ async fn on_redis() -> Pair {
     }
 }
 
-both_backends!(
-    on_memory,
-    on_redis;
-    durable_replay_of_1000_missed_messages_then_live_ones,
-    a_subscriber_that_never_reads_does_not_stop_another,
-    bad_realtime_input_gets_json_errors,
+conformance!(
+    target;
+    [memory: Memory, with_redis: Redis];
+    {
+        durable_replay_of_1000_missed_messages_then_live_ones,
+        a_subscriber_that_never_reads_does_not_stop_another,
+        bad_realtime_input_gets_json_errors,
+    }
 );
 
 async fn publish(s: &Sidecar, channel: &str, payload: String, durable: bool) -> String {
@@ -386,7 +385,7 @@ async fn publish(s: &Sidecar, channel: &str, payload: String, durable: bool) -> 
         .offset
 }
 
-async fn durable_replay_of_1000_missed_messages_then_live_ones(p: Pair) {
+async fn durable_replay_of_1000_missed_messages_then_live_ones(p: &Pair) {
     let sub = p.subscriber();
     // A subscriber reads the first message, notes its offset, goes away.
     let mut first = subscribe_from(sub, "orders", "0").await;
@@ -438,7 +437,7 @@ fn offset_key(o: &str) -> (u64, u64) {
     (ms.parse().unwrap(), seq.parse().unwrap())
 }
 
-async fn a_subscriber_that_never_reads_does_not_stop_another(p: Pair) {
+async fn a_subscriber_that_never_reads_does_not_stop_another(p: &Pair) {
     let sub = p.subscriber();
     let mut stuck = subscribe_from(sub, "firehose", "").await;
     let mut reader = subscribe_from(sub, "firehose", "").await;
@@ -493,7 +492,7 @@ async fn a_subscriber_that_never_reads_does_not_stop_another(p: Pair) {
     assert!(lagged, "the stuck subscriber was told it lagged");
 }
 
-async fn bad_realtime_input_gets_json_errors(p: Pair) {
+async fn bad_realtime_input_gets_json_errors(p: &Pair) {
     let s = &p.publisher;
     let c = http();
     let cases: Vec<(reqwest::RequestBuilder, u16)> = vec![

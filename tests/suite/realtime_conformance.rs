@@ -2,23 +2,29 @@
 //! against the memory backend and a real Redis, through the primitives.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use outrigger::app::{App, Stores};
-use outrigger::backend::redis::RedisStore;
+use outrigger::app::App;
 use outrigger::backend::{FeedItem, Offset, PresenceEvent, PresenceKind};
-use outrigger::config::{Config, RedisConfig};
+use outrigger::config::Config;
 use outrigger::error::Error;
 use outrigger::pubsub::Subscription;
-use outrigger_tests::{RedisServer, unique};
+use outrigger_tests::{RedisServer, Topology, conformance};
 
 /// An app under test, and the Redis behind it when there is one.
 struct Backend {
     app: App,
     _redis: Option<RedisServer>,
+}
+
+/// The cases take the app.
+impl std::ops::Deref for Backend {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.app
+    }
 }
 
 fn config() -> Config {
@@ -30,85 +36,34 @@ fn config() -> Config {
     config
 }
 
-async fn memory() -> Backend {
+async fn setup(topology: Topology) -> Backend {
     let config = config();
+    let deployment = topology.deploy(&config, "rt").await;
     Backend {
-        app: App::with_stores(&config, Stores::memory(&config)),
-        _redis: None,
+        app: App::with_stores(&config, deployment.stores),
+        _redis: deployment.server,
     }
-}
-
-async fn redis() -> Backend {
-    let server = RedisServer::start().await;
-    let redis_config = RedisConfig {
-        url: Some(server.url()),
-        timeout: Duration::from_secs(2),
-        connect_timeout: Duration::from_secs(2),
-        ..RedisConfig::default()
-    };
-    on_redis_config(redis_config, Some(server)).await
-}
-
-/// The shared Redis Cluster (3 masters, a replica each).
-async fn cluster() -> Backend {
-    let cluster = outrigger_tests::shared_cluster().await;
-    on_redis_config(cluster.redis_config(), None).await
-}
-
-/// The shared master/replica set behind three Sentinels.
-async fn sentinel() -> Backend {
-    let set = outrigger_tests::shared_sentinels().await;
-    on_redis_config(set.redis_config(), None).await
-}
-
-async fn on_redis_config(redis_config: RedisConfig, server: Option<RedisServer>) -> Backend {
-    let config = config();
-    let store = Arc::new(
-        RedisStore::connect_with(&redis_config, &unique("rt"), &config.pubsub)
-            .await
-            .unwrap(),
-    );
-    let mut stores = Stores::memory(&config);
-    stores.presence = store.clone();
-    stores.pubsub = store;
-    Backend {
-        app: App::with_stores(&config, stores),
-        _redis: server,
-    }
-}
-
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod on_memory {
-            $( #[tokio::test] async fn $case() { super::cases::$case(&super::memory().await.app).await; } )*
-        }
-        mod on_redis {
-            $( #[tokio::test] async fn $case() { let b = super::redis().await; super::cases::$case(&b.app).await; } )*
-        }
-        mod on_cluster {
-            $( #[tokio::test] async fn $case() { let b = super::cluster().await; super::cases::$case(&b.app).await; } )*
-        }
-        mod on_sentinel {
-            $( #[tokio::test] async fn $case() { let b = super::sentinel().await; super::cases::$case(&b.app).await; } )*
-        }
-    };
 }
 
 conformance!(
-    join_heartbeat_list_and_leave,
-    members_list_in_pages,
-    rooms_of_a_member,
-    watchers_see_join_leave_and_timeout,
-    heartbeats_keep_a_member_in,
-    bad_presence_input_is_rejected,
-    publish_reaches_every_subscriber_with_headers,
-    patterns_match_channels,
-    durable_offsets_increase_and_replay_after_an_offset,
-    resume_has_no_gap_and_no_duplicate_at_the_seam,
-    a_resumed_subscriber_that_falls_behind_catches_up_from_the_stream,
-    a_slow_subscriber_lags_without_holding_up_others,
-    subscriber_count_is_limited,
-    bad_pubsub_input_is_rejected,
+    setup;
+    [on_memory: Memory, on_redis: Redis, on_cluster: Cluster, on_sentinel: Sentinel];
+    cases {
+        join_heartbeat_list_and_leave,
+        members_list_in_pages,
+        rooms_of_a_member,
+        watchers_see_join_leave_and_timeout,
+        heartbeats_keep_a_member_in,
+        bad_presence_input_is_rejected,
+        publish_reaches_every_subscriber_with_headers,
+        patterns_match_channels,
+        durable_offsets_increase_and_replay_after_an_offset,
+        resume_has_no_gap_and_no_duplicate_at_the_seam,
+        a_resumed_subscriber_that_falls_behind_catches_up_from_the_stream,
+        a_slow_subscriber_lags_without_holding_up_others,
+        subscriber_count_is_limited,
+        bad_pubsub_input_is_rejected,
+    }
 );
 
 /// The next item of a feed, within a bound.
