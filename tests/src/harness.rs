@@ -11,7 +11,9 @@ use outrigger::app::Stores;
 use outrigger::backend::redis::RedisStore;
 use outrigger::config::{Config, NearCacheConfig, RedisConfig};
 
-use crate::{RedisServer, eventually, shared_cluster, shared_sentinels, unique};
+use crate::{
+    RedisServer, Sidecar, SidecarBuilder, eventually, shared_cluster, shared_sentinels, unique,
+};
 
 /// Where a case's state lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +35,12 @@ pub enum Topology {
 pub struct RedisTarget {
     pub config: RedisConfig,
     pub server: Option<RedisServer>,
+}
+
+/// A sidecar process on a topology, and the case's own Redis behind it.
+pub struct SidecarOn {
+    pub sidecar: Sidecar,
+    pub redis: Option<RedisServer>,
 }
 
 /// Every primitive's store on a topology, in a namespace of its own.
@@ -86,6 +94,21 @@ impl Topology {
             Topology::Memory => None,
             Topology::Redis | Topology::RedisNear => Some(RedisServer::start().await),
             shared => panic!("{shared:?} is shared: use Topology::redis"),
+        }
+    }
+
+    /// Starts the sidecar `builder` configures, on a `redis-server` of the
+    /// case's own (in a fresh namespace starting with `prefix`) or on
+    /// memory.
+    pub async fn sidecar(self, builder: SidecarBuilder, prefix: &str) -> SidecarOn {
+        let redis = self.own_server().await;
+        let builder = match &redis {
+            Some(redis) => builder.redis(redis).namespace(&unique(prefix)),
+            None => builder,
+        };
+        SidecarOn {
+            sidecar: builder.start().await,
+            redis,
         }
     }
 

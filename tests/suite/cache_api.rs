@@ -9,27 +9,16 @@ use std::time::{Duration, Instant};
 use outrigger::api::pb;
 use outrigger::api::pb::admin_client::AdminClient;
 use outrigger::api::pb::cache_client::CacheClient;
-use outrigger_tests::{RedisServer, Sidecar, Topology, conformance, sidecar, unique};
+use outrigger_tests::{RedisServer, SidecarOn, Topology, conformance, sidecar, unique};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tonic::Code;
 
-/// A sidecar under test, and the Redis behind it when there is one.
-struct Target {
-    sidecar: Sidecar,
-    redis: Option<RedisServer>,
-}
+/// A sidecar on the case's topology.
+type Target = SidecarOn;
 
 async fn target(topology: Topology) -> Target {
-    let redis = topology.own_server().await;
-    let mut sidecar = sidecar!();
-    if let Some(redis) = &redis {
-        sidecar = sidecar.redis(redis).namespace(&unique("api"));
-    }
-    Target {
-        sidecar: sidecar.start().await,
-        redis,
-    }
+    topology.sidecar(sidecar!(), "api").await
 }
 
 conformance!(

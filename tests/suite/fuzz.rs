@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes};
 use http::uri::PathAndQuery;
 use outrigger::api::pb;
-use outrigger_tests::{RedisServer, Sidecar, Topology, conformance, sidecar, unique};
+use outrigger_tests::{Sidecar, SidecarOn, Topology, conformance, sidecar};
 use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -352,11 +352,8 @@ fn is_a_server_failure(code: Code) -> bool {
     )
 }
 
-/// A sidecar under fuzzing, and the Redis behind it when there is one.
-struct Target {
-    sidecar: Sidecar,
-    _redis: Option<RedisServer>,
-}
+/// A sidecar on the case's topology.
+type Target = SidecarOn;
 
 fn fuzzed(builder: outrigger_tests::SidecarBuilder) -> outrigger_tests::SidecarBuilder {
     builder
@@ -368,15 +365,7 @@ fn fuzzed(builder: outrigger_tests::SidecarBuilder) -> outrigger_tests::SidecarB
 }
 
 async fn target(topology: Topology) -> Target {
-    let redis = topology.own_server().await;
-    let mut sidecar = sidecar!();
-    if let Some(redis) = &redis {
-        sidecar = sidecar.redis(redis).namespace(&unique("fuzz"));
-    }
-    Target {
-        sidecar: fuzzed(sidecar).start().await,
-        _redis: redis,
-    }
+    topology.sidecar(fuzzed(sidecar!()), "fuzz").await
 }
 
 conformance!(

@@ -11,7 +11,7 @@ use outrigger::api::pb::hold_response::Event;
 use outrigger::api::pb::lock_client::LockClient;
 use outrigger::api::pb::rate_limit_client::RateLimitClient;
 use outrigger_tests::{
-    RedisServer, Sidecar, SidecarBuilder, Topology, conformance, sidecar, unique,
+    RedisServer, Sidecar, SidecarBuilder, SidecarOn, Topology, conformance, sidecar, unique,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -43,21 +43,11 @@ fn with_policies(b: SidecarBuilder) -> SidecarBuilder {
     p(b, "window", "fixed_window", 2, "1m", None)
 }
 
-struct Target {
-    sidecar: Sidecar,
-    _redis: Option<RedisServer>,
-}
+/// A sidecar on the case's topology.
+type Target = SidecarOn;
 
 async fn target(topology: Topology) -> Target {
-    let redis = topology.own_server().await;
-    let mut sidecar = sidecar!();
-    if let Some(redis) = &redis {
-        sidecar = sidecar.redis(redis).namespace(&unique("locks"));
-    }
-    Target {
-        sidecar: with_policies(sidecar).start().await,
-        _redis: redis,
-    }
+    topology.sidecar(with_policies(sidecar!()), "locks").await
 }
 
 conformance!(
