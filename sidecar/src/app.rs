@@ -7,13 +7,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::auth::Auth;
+use crate::backend::Decision;
 use crate::backend::failover::{Failover, FailoverStatus, Memory};
 use crate::backend::redis::RedisStore;
 use crate::backend::{CacheStore, LockStore, PresenceStore, PubSubStore, RateLimitStore};
-use crate::cache::{Cache, CacheStats};
+use crate::cache::{Cache, CacheStats, SetRequest};
 use crate::config::Config;
+use crate::config::PrimitiveName;
+use crate::error::Result;
 use crate::lock::Locks;
-use crate::plugins::{Call, Caller, Classified, Invalidate, PluginStatus, Plugins, WriteEvent};
+use crate::plugins::{
+    Call, Caller, Classified, Invalidate, Operation, PluginStatus, Plugins, WriteEvent,
+};
 use crate::presence::Presence;
 use crate::pubsub::PubSub;
 use crate::ratelimit::InlineLimit;
@@ -217,6 +222,65 @@ impl App {
             None
         };
         Ok((classified, inline))
+    }
+
+    /// A cache write for `caller`, as both APIs serve it: authorized (a
+    /// plugin may rewrite the key), written, and the plugins' `on-write`
+    /// invalidations applied before it is answered. Returns the version.
+    pub async fn cache_set(&self, caller: &Caller, mut req: SetRequest) -> Result<u64> {
+        let size = req.value.len();
+        req.key = self.authorize(
+            caller,
+            Call::new(PrimitiveName::Cache, Operation::Write, req.key).value_size(size),
+        )?;
+        let (key, tags) = (req.key.clone(), req.tags.clone());
+        let version = self.cache.set(req).await?;
+        let event = WriteEvent {
+            deleted: false,
+            key: &key,
+            tags: &tags,
+            value_size: size,
+        };
+        self.after_write(caller, event).await;
+        Ok(version)
+    }
+
+    /// A cache delete for `caller`, as [`App::cache_set`]: whether the key
+    /// existed.
+    pub async fn cache_delete(&self, caller: &Caller, key: String) -> Result<bool> {
+        let key = self.authorize(
+            caller,
+            Call::new(PrimitiveName::Cache, Operation::Delete, key),
+        )?;
+        let deleted = self.cache.delete(&key).await?;
+        let event = WriteEvent {
+            deleted: true,
+            key: &key,
+            tags: &[],
+            value_size: 0,
+        };
+        self.after_write(caller, event).await;
+        Ok(deleted)
+    }
+
+    /// A rate-limit check for `caller`, as both APIs serve it: authorized (a
+    /// plugin may rewrite the key), classified (a plugin may choose the
+    /// policy, key and cost), then decided.
+    pub async fn ratelimit_check(
+        &self,
+        caller: &Caller,
+        check: Classified,
+        inline: Option<InlineLimit>,
+    ) -> Result<Decision> {
+        let key = self.authorize(
+            caller,
+            Call::new(PrimitiveName::Ratelimit, Operation::Check, check.key)
+                .policy(&check.policy, check.cost),
+        )?;
+        let (check, inline) = self.classify(caller, Classified { key, ..check }, inline)?;
+        self.ratelimits
+            .check(&check.policy, inline, &check.key, check.cost)
+            .await
     }
 
     /// After an acknowledged cache set or delete: runs `on-write` and

@@ -19,7 +19,7 @@ use crate::cache::{Invalidation, LeaseAsk, Leased, SetRequest};
 use crate::config::PrimitiveName as P;
 use crate::error::Error;
 use crate::lock::KeepAlive;
-use crate::plugins::{Call, Caller, Classified, Operation as Op, WriteEvent};
+use crate::plugins::{Call, Caller, Classified, Operation as Op};
 use crate::ratelimit::InlineLimit;
 
 /// Code generated from `proto/outrigger/v1/*.proto`.
@@ -228,11 +228,7 @@ impl Cache for CacheService {
 
     async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
         let caller = caller(&self.0, &req);
-        let mut req = req.into_inner();
-        req.key = self.0.authorize(
-            &caller,
-            Call::new(P::Cache, Op::Write, req.key).value_size(req.value.len()),
-        )?;
+        let req = req.into_inner();
         let condition = match pb::Condition::try_from(req.condition) {
             Ok(pb::Condition::None) => Condition::None,
             Ok(pb::Condition::IfAbsent) => Condition::IfAbsent,
@@ -244,30 +240,20 @@ impl Cache for CacheService {
                 );
             }
         };
-        let size = req.value.len();
         let version = self
             .0
-            .cache
-            .set(SetRequest {
-                key: req.key.clone(),
-                value: req.value,
-                ttl_ms: req.ttl_ms,
-                tags: req.tags.clone(),
-                condition,
-                stale_ms: req.stale_ms,
-            })
-            .await?;
-        self.0
-            .after_write(
+            .cache_set(
                 &caller,
-                WriteEvent {
-                    deleted: false,
-                    key: &req.key,
-                    tags: &req.tags,
-                    value_size: size,
+                SetRequest {
+                    key: req.key,
+                    value: req.value,
+                    ttl_ms: req.ttl_ms,
+                    tags: req.tags,
+                    condition,
+                    stale_ms: req.stale_ms,
                 },
             )
-            .await;
+            .await?;
         Ok(Response::new(pb::SetResponse { version }))
     }
 
@@ -313,22 +299,7 @@ impl Cache for CacheService {
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let caller = caller(&self.0, &req);
-        let key = self.0.authorize(
-            &caller,
-            Call::new(P::Cache, Op::Delete, req.into_inner().key),
-        )?;
-        let deleted = self.0.cache.delete(&key).await?;
-        self.0
-            .after_write(
-                &caller,
-                WriteEvent {
-                    deleted: true,
-                    key: &key,
-                    tags: &[],
-                    value_size: 0,
-                },
-            )
-            .await;
+        let deleted = self.0.cache_delete(&caller, req.into_inner().key).await?;
         Ok(Response::new(pb::DeleteResponse { deleted }))
     }
 
@@ -695,24 +666,12 @@ impl RateLimit for RateLimitService {
             period_ms: l.period_ms,
             burst: l.burst,
         });
-        let key = self.0.authorize(
-            &caller,
-            Call::new(P::Ratelimit, Op::Check, req.key).policy(&req.policy, req.cost),
-        )?;
-        let (check, inline) = self.0.classify(
-            &caller,
-            Classified {
-                policy: req.policy,
-                key,
-                cost: req.cost,
-            },
-            inline,
-        )?;
-        let decision = self
-            .0
-            .ratelimits
-            .check(&check.policy, inline, &check.key, check.cost)
-            .await?;
+        let check = Classified {
+            policy: req.policy,
+            key: req.key,
+            cost: req.cost,
+        };
+        let decision = self.0.ratelimit_check(&caller, check, inline).await?;
         Ok(Response::new(check_response(decision)))
     }
 }

@@ -35,7 +35,7 @@ use crate::backend::{Condition, FeedItem, PubMessage};
 use crate::cache::{Invalidation, LeaseAsk, Leased, SetRequest};
 use crate::config::PrimitiveName as P;
 use crate::error::Error;
-use crate::plugins::{Call, Caller, Classified, Operation as Op, WriteEvent};
+use crate::plugins::{Call, Caller, Classified, Operation as Op};
 use crate::ratelimit::InlineLimit;
 
 /// Bound on JSON request bodies (cache values have their own limit).
@@ -349,32 +349,19 @@ async fn put_entry(
         Some(list) => list.split(',').map(str::to_string).collect(),
     };
     let value = read_limited(body, app.cache.limits().max_value_bytes).await?;
-    let key = app.authorize(
-        &caller,
-        Call::new(P::Cache, Op::Write, key).value_size(value.len()),
-    )?;
-    let size = value.len();
     let version = app
-        .cache
-        .set(SetRequest {
-            key: key.clone(),
-            value,
-            ttl_ms: params.ttl_ms,
-            tags: tags.clone(),
-            condition,
-            stale_ms: params.stale_ms,
-        })
+        .cache_set(
+            &caller,
+            SetRequest {
+                key,
+                value,
+                ttl_ms: params.ttl_ms,
+                tags,
+                condition,
+                stale_ms: params.stale_ms,
+            },
+        )
         .await?;
-    app.after_write(
-        &caller,
-        WriteEvent {
-            deleted: false,
-            key: &key,
-            tags: &tags,
-            value_size: size,
-        },
-    )
-    .await;
     Ok(([(VERSION_HEADER, version)], Json(VersionReply { version })).into_response())
 }
 
@@ -390,18 +377,7 @@ async fn delete_entry(
     Who(caller): Who,
     Key(key): Key,
 ) -> Result<Response, Error> {
-    let key = app.authorize(&caller, Call::new(P::Cache, Op::Delete, key))?;
-    let deleted = app.cache.delete(&key).await?;
-    app.after_write(
-        &caller,
-        WriteEvent {
-            deleted: true,
-            key: &key,
-            tags: &[],
-            value_size: 0,
-        },
-    )
-    .await;
+    let deleted = app.cache_delete(&caller, key).await?;
     Ok(Json(DeletedReply { deleted }).into_response())
 }
 
@@ -619,23 +595,12 @@ async fn ratelimit_check(
         period_ms: l.period_ms,
         burst: l.burst,
     });
-    let key = app.authorize(
-        &caller,
-        Call::new(P::Ratelimit, Op::Check, body.key).policy(&policy, body.cost),
-    )?;
-    let (check, inline) = app.classify(
-        &caller,
-        Classified {
-            policy,
-            key,
-            cost: body.cost,
-        },
-        inline,
-    )?;
-    let d = app
-        .ratelimits
-        .check(&check.policy, inline, &check.key, check.cost)
-        .await?;
+    let check = Classified {
+        policy,
+        key: body.key,
+        cost: body.cost,
+    };
+    let d = app.ratelimit_check(&caller, check, inline).await?;
     let mut headers = HeaderMap::new();
     headers.insert("ratelimit-limit", d.limit.into());
     headers.insert("ratelimit-remaining", d.remaining.into());
