@@ -21,11 +21,14 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::error_response;
 use super::schema::*;
@@ -47,36 +50,49 @@ pub const VERSION_HEADER: &str = "outrigger-version";
 /// the entry never expires.
 pub const TTL_HEADER: &str = "outrigger-ttl-ms";
 
+/// Every route of the HTTP API, each registered once with its OpenAPI
+/// operation (the handler's `#[utoipa::path]`): the router and the
+/// document come from this one list.
+fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list_keys))
+        .routes(routes!(invalidate))
+        .routes(routes!(get_entry, put_entry, delete_entry))
+        .routes(routes!(get_or_lease))
+        .routes(routes!(lock_acquire))
+        .routes(routes!(lock_release))
+        .routes(routes!(lock_extend))
+        .routes(routes!(permit_acquire))
+        .routes(routes!(permit_release))
+        .routes(routes!(ratelimit_check))
+        .routes(routes!(presence_join, presence_leave))
+        .routes(routes!(presence_list))
+        .routes(routes!(presence_events))
+        .routes(routes!(member_rooms))
+        .routes(routes!(publish, subscribe))
+        .routes(routes!(status))
+        .routes(routes!(reload_plugins))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
+}
+
+/// The OpenAPI document of [`router`], as `/openapi.json` serves it.
+pub fn openapi_json() -> &'static str {
+    static DOC: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        routes()
+            .into_openapi()
+            .to_json()
+            .expect("the OpenAPI document serializes")
+    });
+    DOC.as_str()
+}
+
 /// Every route of the HTTP API.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/v1/cache", get(list_keys))
-        .route("/v1/cache/invalidate", post(invalidate))
-        .route(
-            "/v1/cache/{key}",
-            get(get_entry).put(put_entry).delete(delete_entry),
-        )
-        .route("/v1/cache/{key}/lease", post(get_or_lease))
-        .route("/v1/locks/{name}/acquire", post(lock_acquire))
-        .route("/v1/locks/{name}/release", post(lock_release))
-        .route("/v1/locks/{name}/extend", post(lock_extend))
-        .route("/v1/semaphores/{name}/acquire", post(permit_acquire))
-        .route("/v1/semaphores/{name}/release", post(permit_release))
-        .route("/v1/ratelimit/{policy}/check", post(ratelimit_check))
-        .route(
-            "/v1/presence/{room}/{member}",
-            axum::routing::put(presence_join).delete(presence_leave),
-        )
-        .route("/v1/presence/{room}", get(presence_list))
-        .route("/v1/presence/{room}/events", get(presence_events))
-        .route("/v1/members/{member}/rooms", get(member_rooms))
-        .route("/v1/pubsub/{channel}", post(publish).get(subscribe))
-        .route("/v1/admin/status", get(status))
-        .route("/v1/admin/plugins/reload", post(reload_plugins))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             error_response(
@@ -116,23 +132,32 @@ async fn require_token(
     resp
 }
 
-/// Who the application says is calling (`x-outrigger-caller` and
-/// `x-outrigger-attr-*` headers), for plugins; nothing without plugins.
-struct Who(Caller);
+/// The app, and who the application says is calling (`x-outrigger-caller`
+/// and `x-outrigger-attr-*` headers, for plugins; nobody without plugins):
+/// what every API handler starts from.
+struct Ctx {
+    app: Arc<App>,
+    caller: Caller,
+}
 
-impl FromRequestParts<Arc<App>> for Who {
-    type Rejection = Error;
+impl FromRequestParts<Arc<App>> for Ctx {
+    type Rejection = Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Error> {
-        if app.plugins.is_empty() {
-            return Ok(Who(Caller::default()));
-        }
-        Ok(Who(Caller::from_pairs(
-            parts
-                .headers
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_bytes())),
-        )))
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Infallible> {
+        let caller = if app.plugins.is_empty() {
+            Caller::default()
+        } else {
+            Caller::from_pairs(
+                parts
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.as_bytes())),
+            )
+        };
+        Ok(Ctx {
+            app: app.clone(),
+            caller,
+        })
     }
 }
 
@@ -210,14 +235,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         (status = 200, description = "The value, as raw bytes", content_type = "application/octet-stream", body = String,
             headers(("outrigger-version" = u64, description = "The entry's version"),
                     ("outrigger-ttl-ms" = u64, description = "Remaining TTL in ms; absent when the entry never expires"))),
-        (status = 400, description = "Malformed input", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+        CommonErrors)
 )]
 async fn get_entry(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
+    Ctx { app, caller }: Ctx,
     Key(key): Key,
     ApiQuery(params): ApiQuery<GetParams>,
 ) -> Result<Response, Error> {
@@ -254,14 +276,11 @@ pub const LEASE_HEADER: &str = "outrigger-lease";
                     ("outrigger-ttl-ms" = u64, description = "Remaining TTL in ms (hits only)"))),
         (status = 204, description = "The key is missing and this caller holds the lease: compute the value and PUT it (`outrigger-lease: granted`)",
             headers(("outrigger-lease" = String, description = "granted"))),
-        (status = 400, description = "Malformed input", body = ErrorBody),
         (status = 409, description = "Another caller holds the lease and did not fill the key within wait_ms", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+        CommonErrors)
 )]
 async fn get_or_lease(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
+    Ctx { app, caller }: Ctx,
     Key(key): Key,
     ApiJson(body): ApiJson<GetOrLeaseBody>,
 ) -> Result<Response, Error> {
@@ -331,14 +350,11 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, Error> {
     request_body(content = Option<String>, content_type = "application/octet-stream", description = "The value, raw bytes (at most limits.max_value_bytes)"),
     responses(
         (status = 200, description = "Written", body = VersionReply, headers(("outrigger-version" = u64))),
-        (status = 400, description = "Malformed input", body = ErrorBody),
         (status = 412, description = "The condition did not hold", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+        CommonErrors)
 )]
 async fn put_entry(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
+    Ctx { app, caller }: Ctx,
     Key(key): Key,
     ApiQuery(params): ApiQuery<PutParams>,
     body: Body,
@@ -368,15 +384,10 @@ async fn put_entry(
 #[utoipa::path(
     delete, path = "/v1/cache/{key}", tag = "cache",
     params(("key" = String, Path, description = "The key")),
-    responses((status = 200, description = "Deleted (or absent)", body = DeletedReply), (status = 400, description = "Malformed input", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+    responses((status = 200, description = "Deleted (or absent)", body = DeletedReply),
+        CommonErrors)
 )]
-async fn delete_entry(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
-    Key(key): Key,
-) -> Result<Response, Error> {
+async fn delete_entry(Ctx { app, caller }: Ctx, Key(key): Key) -> Result<Response, Error> {
     let deleted = app.cache_delete(&caller, key).await?;
     Ok(Json(DeletedReply { deleted }).into_response())
 }
@@ -384,13 +395,11 @@ async fn delete_entry(
 #[utoipa::path(
     post, path = "/v1/cache/invalidate", tag = "cache",
     request_body = InvalidateBody,
-    responses((status = 200, description = "Keys deleted", body = InvalidatedReply), (status = 400, description = "Malformed input", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+    responses((status = 200, description = "Keys deleted", body = InvalidatedReply),
+        CommonErrors)
 )]
 async fn invalidate(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
+    Ctx { app, caller }: Ctx,
     ApiJson(body): ApiJson<InvalidateBody>,
 ) -> Result<Response, Error> {
     let what = match (body.tags, body.pattern) {
@@ -415,13 +424,11 @@ async fn invalidate(
 #[utoipa::path(
     get, path = "/v1/cache", tag = "cache",
     params(ListParams),
-    responses((status = 200, description = "One page of keys", body = KeyPageReply), (status = 400, description = "Malformed input", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+    responses((status = 200, description = "One page of keys", body = KeyPageReply),
+        CommonErrors)
 )]
 async fn list_keys(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
+    Ctx { app, caller }: Ctx,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Response, Error> {
     let pattern = app.authorize(&caller, Call::new(P::Cache, Op::Scan, params.pattern))?;
@@ -439,14 +446,12 @@ async fn list_keys(
 #[utoipa::path(
     post, path = "/v1/locks/{name}/acquire", tag = "locks",
     params(("name" = String, Path, description = "The lock")), request_body = AcquireBody,
-    responses((status = 200, description = "Acquired", body = LeaseReply), (status = 400, description = "Malformed input", body = ErrorBody),
+    responses((status = 200, description = "Acquired", body = LeaseReply),
         (status = 409, description = "Not acquired, or the token does not hold it", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+        CommonErrors)
 )]
 async fn lock_acquire(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
+    Ctx { app, caller }: Ctx,
     Key(name): Key,
     ApiJson(body): ApiJson<AcquireBody>,
 ) -> Result<Response, Error> {
@@ -473,14 +478,12 @@ fn not_held(what: &str, name: &str) -> Error {
 #[utoipa::path(
     post, path = "/v1/locks/{name}/release", tag = "locks",
     params(("name" = String, Path, description = "The lock")), request_body = TokenBody,
-    responses((status = 200, description = "Released", body = ReleasedReply), (status = 400, description = "Malformed input", body = ErrorBody),
+    responses((status = 200, description = "Released", body = ReleasedReply),
         (status = 409, description = "Not acquired, or the token does not hold it", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+        CommonErrors)
 )]
 async fn lock_release(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
+    Ctx { app, caller }: Ctx,
     Key(name): Key,
     ApiJson(body): ApiJson<TokenBody>,
 ) -> Result<Response, Error> {
@@ -495,14 +498,12 @@ async fn lock_release(
 #[utoipa::path(
     post, path = "/v1/locks/{name}/extend", tag = "locks",
     params(("name" = String, Path, description = "The lock")), request_body = ExtendBody,
-    responses((status = 200, description = "Extended", body = ExtendedReply), (status = 400, description = "Malformed input", body = ErrorBody),
+    responses((status = 200, description = "Extended", body = ExtendedReply),
         (status = 409, description = "Not acquired, or the token does not hold it", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+        CommonErrors)
 )]
 async fn lock_extend(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
+    Ctx { app, caller }: Ctx,
     Key(name): Key,
     ApiJson(body): ApiJson<ExtendBody>,
 ) -> Result<Response, Error> {
@@ -517,14 +518,12 @@ async fn lock_extend(
 #[utoipa::path(
     post, path = "/v1/semaphores/{name}/acquire", tag = "locks",
     params(("name" = String, Path, description = "The semaphore")), request_body = PermitBody,
-    responses((status = 200, description = "A permit", body = PermitReply), (status = 400, description = "Malformed input", body = ErrorBody),
+    responses((status = 200, description = "A permit", body = PermitReply),
         (status = 409, description = "Not acquired, or the token does not hold it", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+        CommonErrors)
 )]
 async fn permit_acquire(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
+    Ctx { app, caller }: Ctx,
     Key(name): Key,
     ApiJson(body): ApiJson<PermitBody>,
 ) -> Result<Response, Error> {
@@ -545,14 +544,12 @@ async fn permit_acquire(
 #[utoipa::path(
     post, path = "/v1/semaphores/{name}/release", tag = "locks",
     params(("name" = String, Path, description = "The semaphore")), request_body = TokenBody,
-    responses((status = 200, description = "Returned", body = ReleasedReply), (status = 400, description = "Malformed input", body = ErrorBody),
+    responses((status = 200, description = "Returned", body = ReleasedReply),
         (status = 409, description = "Not acquired, or the token does not hold it", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+        CommonErrors)
 )]
 async fn permit_release(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
+    Ctx { app, caller }: Ctx,
     Key(name): Key,
     ApiJson(body): ApiJson<TokenBody>,
 ) -> Result<Response, Error> {
@@ -578,14 +575,11 @@ fn ceil_secs(d: Duration) -> u64 {
             headers(("ratelimit-limit" = u32), ("ratelimit-remaining" = u32), ("ratelimit-reset" = u64, description = "Seconds until the limit is whole again"))),
         (status = 429, description = "Denied", body = DecisionReply,
             headers(("ratelimit-limit" = u32), ("ratelimit-remaining" = u32), ("ratelimit-reset" = u64), ("retry-after" = u64, description = "Seconds"))),
-        (status = 400, description = "Malformed input", body = ErrorBody),
         (status = 404, description = "Not found", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+        CommonErrors)
 )]
 async fn ratelimit_check(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
+    Ctx { app, caller }: Ctx,
     Key(policy): Key,
     ApiJson(body): ApiJson<CheckBody>,
 ) -> Result<Response, Error> {
@@ -650,13 +644,11 @@ fn metadata_json(bytes: &[u8]) -> Value {
 #[utoipa::path(
     put, path = "/v1/presence/{room}/{member}", tag = "presence",
     params(("room" = String, Path, description = "The room"), ("member" = String, Path, description = "The member")), request_body = JoinBody,
-    responses((status = 200, description = "Joined, or heartbeat", body = JoinedReply), (status = 400, description = "Malformed input", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+    responses((status = 200, description = "Joined, or heartbeat", body = JoinedReply),
+        CommonErrors)
 )]
 async fn presence_join(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
+    Ctx { app, caller }: Ctx,
     Pair(room, member): Pair,
     ApiJson(body): ApiJson<JoinBody>,
 ) -> Result<Response, Error> {
@@ -680,13 +672,11 @@ async fn presence_join(
 #[utoipa::path(
     delete, path = "/v1/presence/{room}/{member}", tag = "presence",
     params(("room" = String, Path, description = "The room"), ("member" = String, Path, description = "The member")),
-    responses((status = 200, description = "Left (or was not in the room)", body = LeftReply), (status = 400, description = "Malformed input", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+    responses((status = 200, description = "Left (or was not in the room)", body = LeftReply),
+        CommonErrors)
 )]
 async fn presence_leave(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
+    Ctx { app, caller }: Ctx,
     Pair(room, member): Pair,
 ) -> Result<Response, Error> {
     let room = app.authorize(
@@ -700,13 +690,11 @@ async fn presence_leave(
 #[utoipa::path(
     get, path = "/v1/presence/{room}", tag = "presence",
     params(("room" = String, Path, description = "The room"), PageParams),
-    responses((status = 200, description = "One page of live members", body = MembersReply), (status = 400, description = "Malformed input", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+    responses((status = 200, description = "One page of live members", body = MembersReply),
+        CommonErrors)
 )]
 async fn presence_list(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
+    Ctx { app, caller }: Ctx,
     Key(room): Key,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Response, Error> {
@@ -734,15 +722,10 @@ async fn presence_list(
 #[utoipa::path(
     get, path = "/v1/members/{member}/rooms", tag = "presence",
     params(("member" = String, Path, description = "The member")),
-    responses((status = 200, description = "Rooms the member is live in", body = RoomsReply), (status = 400, description = "Malformed input", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+    responses((status = 200, description = "Rooms the member is live in", body = RoomsReply),
+        CommonErrors)
 )]
-async fn member_rooms(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
-    Key(member): Key,
-) -> Result<Response, Error> {
+async fn member_rooms(Ctx { app, caller }: Ctx, Key(member): Key) -> Result<Response, Error> {
     let member = app.authorize(&caller, Call::new(P::Presence, Op::Rooms, member))?;
     let rooms = app.presence.rooms(&member).await?;
     Ok(Json(RoomsReply { rooms }).into_response())
@@ -755,15 +738,9 @@ const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
     get, path = "/v1/presence/{room}/events", tag = "presence",
     params(("room" = String, Path, description = "The room")),
     responses((status = 200, description = "Server-Sent Events: join, leave, timeout (data: room, member, metadata) and lagged (data: missed)", content_type = "text/event-stream", body = String),
-        (status = 400, description = "Malformed input", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+        CommonErrors)
 )]
-async fn presence_events(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
-    Key(room): Key,
-) -> Result<Response, Error> {
+async fn presence_events(Ctx { app, caller }: Ctx, Key(room): Key) -> Result<Response, Error> {
     let room = app.authorize(&caller, Call::new(P::Presence, Op::Watch, room))?;
     let feed = app.presence.watch(&room).await?;
     let events = feed
@@ -791,13 +768,11 @@ const MESSAGE_HEADER_PREFIX: &str = "outrigger-header-";
     post, path = "/v1/pubsub/{channel}", tag = "pubsub",
     params(("channel" = String, Path, description = "The channel"), PublishParams),
     request_body(content = Option<String>, content_type = "application/octet-stream", description = "The payload, raw bytes. Outrigger-Header-<Name> request headers become message headers."),
-    responses((status = 200, description = "Published", body = OffsetReply), (status = 400, description = "Malformed input", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+    responses((status = 200, description = "Published", body = OffsetReply),
+        CommonErrors)
 )]
 async fn publish(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
+    Ctx { app, caller }: Ctx,
     Key(channel): Key,
     ApiQuery(params): ApiQuery<PublishParams>,
     headers: HeaderMap,
@@ -849,13 +824,10 @@ fn message_json(m: &PubMessage) -> Value {
     get, path = "/v1/pubsub/{channel}", tag = "pubsub",
     params(("channel" = String, Path, description = "The channel"), SubscribeParams, ("last-event-id" = Option<String>, Header, description = "Resume after this offset (EventSource reconnection)")),
     responses((status = 200, description = "Server-Sent Events: message (id: the offset of durable messages; data: a MessageEvent), lagged (data: {type, missed}), error (data: {type, code, message}). A WebSocket upgrade on the same URL carries the same JSON as text frames.", content_type = "text/event-stream", body = String),
-        (status = 400, description = "Malformed input", body = ErrorBody),
-        (status = 413, description = "Over a size limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or failing closed while Redis is down", body = ErrorBody))
+        CommonErrors)
 )]
 async fn subscribe(
-    State(app): State<Arc<App>>,
-    Who(caller): Who,
+    Ctx { app, caller }: Ctx,
     Key(channel): Key,
     ApiQuery(params): ApiQuery<SubscribeParams>,
     headers: HeaderMap,
@@ -939,13 +911,7 @@ async fn websocket(
     responses((status = 200, description = "This document", content_type = "application/json", body = Object))
 )]
 async fn openapi() -> Response {
-    use utoipa::OpenApi;
-    static DOC: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        ApiDoc::openapi()
-            .to_json()
-            .expect("the OpenAPI document serializes")
-    });
-    ([(header::CONTENT_TYPE, "application/json")], DOC.as_str()).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }
 
 #[utoipa::path(

@@ -25,6 +25,37 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// The errors any API call may answer, declared once for the OpenAPI
+/// document.
+pub struct CommonErrors;
+
+impl utoipa::IntoResponses for CommonErrors {
+    fn responses() -> BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>>
+    {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        [
+            ("400", "Malformed input"),
+            ("413", "Over a size limit"),
+            (
+                "503",
+                "Storage unavailable, or failing closed while Redis is down",
+            ),
+        ]
+        .into_iter()
+        .map(|(status, description)| {
+            let body = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build();
+            let response = ResponseBuilder::new()
+                .description(description)
+                .content("application/json", body)
+                .build();
+            (status.to_string(), response.into())
+        })
+        .collect()
+    }
+}
+
 /// A cache write's result.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct VersionReply {
@@ -419,7 +450,8 @@ pub struct SubscribeParams {
     pub from: Option<String>,
 }
 
-/// The OpenAPI 3.1 document of the HTTP API.
+/// The OpenAPI 3.1 document of the HTTP API: its info, shared schemas and
+/// tags. The paths are added as the routes are registered (`api::http`).
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -427,33 +459,6 @@ pub struct SubscribeParams {
         description = "Coordination sidecar: cache, locks, rate limits, presence and pub/sub. Errors are {\"error\": {\"code\", \"message\"}}.",
     ),
     components(schemas(MessageEvent)),
-    paths(
-        super::http::get_entry,
-        super::http::get_or_lease,
-        super::http::reload_plugins,
-        super::http::put_entry,
-        super::http::delete_entry,
-        super::http::invalidate,
-        super::http::list_keys,
-        super::http::lock_acquire,
-        super::http::lock_release,
-        super::http::lock_extend,
-        super::http::permit_acquire,
-        super::http::permit_release,
-        super::http::ratelimit_check,
-        super::http::presence_join,
-        super::http::presence_leave,
-        super::http::presence_list,
-        super::http::presence_events,
-        super::http::member_rooms,
-        super::http::publish,
-        super::http::subscribe,
-        super::http::status,
-        super::http::healthz,
-        super::http::readyz,
-        super::http::metrics,
-        super::http::openapi,
-    ),
     tags(
         (name = "cache"), (name = "locks"), (name = "ratelimit"), (name = "presence"),
         (name = "pubsub"), (name = "operations"),
