@@ -15,8 +15,6 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::backend::{Algorithm, Limit};
-
 /// The file read when no `--config` is given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "outrigger.toml";
 
@@ -541,6 +539,51 @@ pub enum RateLimitFallback {
     FailOpen,
     /// Answer 503 / `UNAVAILABLE`.
     FailClosed,
+}
+
+/// A rate-limit algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Token bucket in GCRA form: `burst` at once, refilled at
+    /// `limit / period`.
+    Gcra,
+    /// At most `limit` in any window of `period` (weighted two-window
+    /// approximation).
+    SlidingWindow,
+    /// At most `limit` per calendar window of `period`.
+    FixedWindow,
+}
+
+impl Algorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Gcra => "gcra",
+            Algorithm::SlidingWindow => "sliding_window",
+            Algorithm::FixedWindow => "fixed_window",
+        }
+    }
+}
+
+/// A validated rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub algorithm: Algorithm,
+    pub limit: u32,
+    pub period: Duration,
+    /// GCRA: how many at once. Equal to `limit` for the window algorithms.
+    pub burst: u32,
+}
+
+impl Limit {
+    /// The most units one decision can ever allow: the burst for GCRA, the
+    /// limit for the window algorithms (what `Decision::limit` reports).
+    pub fn most(&self) -> u32 {
+        match self.algorithm {
+            Algorithm::Gcra => self.burst,
+            Algorithm::SlidingWindow | Algorithm::FixedWindow => self.limit,
+        }
+    }
 }
 
 /// One named rate-limit policy.

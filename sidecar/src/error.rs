@@ -5,7 +5,7 @@
 //! the client-facing variants are written for the caller; the causes behind
 //! [`Error::Unavailable`] and [`Error::Internal`] are logged, not sent.
 
-use crate::backend::BackendError;
+use std::time::Duration;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -93,3 +93,30 @@ impl Error {
 
 /// Shorthand for results of primitive operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a backend (storage) call failed: what every store returns.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BackendError {
+    /// The call did not finish within the configured deadline.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The backend refused or lost the connection, or cannot serve at all
+    /// right now (loading, busy, no master): the failover backend switches
+    /// to memory on this.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered with an error about this request (out of
+    /// memory, a wrong type): not a reason to fail over.
+    #[error("server error: {0}")]
+    Server(String),
+    /// The backend is down and this primitive is configured to refuse
+    /// rather than fall back; the message says so to the client.
+    #[error("{0}")]
+    FailClosed(String),
+    /// The backend answered something this code does not understand.
+    #[error("unexpected reply: {0}")]
+    Protocol(String),
+    /// A listing cursor that this backend never handed out.
+    #[error("invalid cursor")]
+    InvalidCursor,
+}

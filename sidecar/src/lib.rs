@@ -34,6 +34,8 @@ pub mod backend;
 pub mod cache;
 pub mod config;
 pub mod error;
+#[cfg(test)]
+mod layers;
 pub mod lock;
 pub mod plugins;
 pub mod presence;

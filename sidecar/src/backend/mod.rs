@@ -17,37 +17,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use crate::config::{Algorithm, Limit};
+pub use crate::error::BackendError;
+
 pub mod failover;
 pub mod glob;
 pub mod memory;
 pub mod redis;
-
-/// Why a backend call failed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum BackendError {
-    /// The call did not finish within the configured deadline.
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    /// The backend refused or lost the connection, or cannot serve at all
-    /// right now (loading, busy, no master): the failover backend switches
-    /// to memory on this.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    /// The backend answered with an error about this request (out of
-    /// memory, a wrong type): not a reason to fail over.
-    #[error("server error: {0}")]
-    Server(String),
-    /// The backend is down and this primitive is configured to refuse
-    /// rather than fall back; the message says so to the client.
-    #[error("{0}")]
-    FailClosed(String),
-    /// The backend answered something this code does not understand.
-    #[error("unexpected reply: {0}")]
-    Protocol(String),
-    /// A listing cursor that this backend never handed out.
-    #[error("invalid cursor")]
-    InvalidCursor,
-}
 
 /// A cache value as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,20 +272,6 @@ pub trait LockStore: Send + Sync + 'static {
     fn releases(&self) -> tokio::sync::broadcast::Receiver<String>;
 }
 
-/// A rate-limit algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Algorithm {
-    /// Token bucket in GCRA form: `burst` at once, refilled at
-    /// `limit / period`.
-    Gcra,
-    /// At most `limit` in any window of `period` (weighted two-window
-    /// approximation).
-    SlidingWindow,
-    /// At most `limit` per calendar window of `period`.
-    FixedWindow,
-}
-
 impl BackendError {
     /// Whether this error means the backend is unreachable or unusable (so
     /// the failover backend should stop sending it requests).
@@ -318,37 +280,6 @@ impl BackendError {
             self,
             BackendError::Timeout(_) | BackendError::Unavailable(_)
         )
-    }
-}
-
-impl Algorithm {
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::Gcra => "gcra",
-            Algorithm::SlidingWindow => "sliding_window",
-            Algorithm::FixedWindow => "fixed_window",
-        }
-    }
-}
-
-/// A validated rate limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limit {
-    pub algorithm: Algorithm,
-    pub limit: u32,
-    pub period: Duration,
-    /// GCRA: how many at once. Equal to `limit` for the window algorithms.
-    pub burst: u32,
-}
-
-impl Limit {
-    /// The most units one decision can ever allow: the burst for GCRA, the
-    /// limit for the window algorithms (what `Decision::limit` reports).
-    pub fn most(&self) -> u32 {
-        match self.algorithm {
-            Algorithm::Gcra => self.burst,
-            Algorithm::SlidingWindow | Algorithm::FixedWindow => self.limit,
-        }
     }
 }
 
