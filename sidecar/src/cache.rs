@@ -74,7 +74,7 @@ pub struct CacheStats {
     pub keys: Option<u64>,
     pub bytes: Option<u64>,
     pub evictions: Option<u64>,
-    pub near: Option<crate::backend::redis::near::NearStats>,
+    pub near: Option<crate::backend::NearStats>,
 }
 
 /// The cache primitive.

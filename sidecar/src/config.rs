@@ -556,6 +556,19 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    pub const ALL: [Algorithm; 3] = [
+        Algorithm::Gcra,
+        Algorithm::SlidingWindow,
+        Algorithm::FixedWindow,
+    ];
+
+    /// The algorithm called `name`, as in the configuration.
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// Its name in the configuration and the APIs (serde spells the same,
+    /// checked by a test).
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::Gcra => "gcra",
@@ -1079,6 +1092,18 @@ mod human_duration {
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod tests {
+    #[test]
+    fn algorithm_names_are_the_serde_names() {
+        for algorithm in super::Algorithm::ALL {
+            let serde = serde_json::to_value(algorithm).unwrap();
+            assert_eq!(serde, algorithm.name(), "{algorithm:?}");
+            assert_eq!(
+                super::Algorithm::from_name(algorithm.name()),
+                Some(algorithm)
+            );
+        }
+    }
+
     use super::*;
     use figment::Jail;
 

@@ -34,14 +34,14 @@ pub struct RateLimits {
 }
 
 fn parse_algorithm(name: &str) -> Result<Algorithm> {
-    match name {
-        "gcra" => Ok(Algorithm::Gcra),
-        "sliding_window" => Ok(Algorithm::SlidingWindow),
-        "fixed_window" => Ok(Algorithm::FixedWindow),
-        other => Err(Error::InvalidArgument(format!(
-            "algorithm {other:?}: expected gcra, sliding_window or fixed_window"
-        ))),
-    }
+    Algorithm::from_name(name).ok_or_else(|| {
+        let names: Vec<_> = Algorithm::ALL.iter().map(|a| a.name()).collect();
+        let (last, rest) = names.split_last().expect("algorithms");
+        Error::InvalidArgument(format!(
+            "algorithm {name:?}: expected {} or {last}",
+            rest.join(", ")
+        ))
+    })
 }
 
 impl RateLimits {

@@ -176,8 +176,29 @@ pub struct StoreStats {
     pub keys: Option<u64>,
     pub bytes: Option<u64>,
     pub evictions: Option<u64>,
-    /// The Redis backend's near cache, when enabled.
-    pub near: Option<redis::near::NearStats>,
+    /// The store's in-process copy of what it read (the Redis backend's
+    /// near cache), when it keeps one.
+    pub near: Option<NearStats>,
+}
+
+/// What a store's in-process copy of its reads (a near cache) has done
+/// since start, for `Admin.Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NearStats {
+    /// Whether it is in use: the invalidation channel is live.
+    pub live: bool,
+    pub entries: u64,
+    pub bytes: u64,
+    /// Reads answered from L1.
+    pub hits: u64,
+    /// Entries kept after a read from Redis.
+    pub fills: u64,
+    /// Reads whose entry was not kept because an invalidation raced them.
+    pub raced: u64,
+    /// Entries evicted by invalidations.
+    pub invalidations: u64,
+    /// Times everything was dropped (channel lost, failover).
+    pub flushes: u64,
 }
 
 /// Cache storage. Keys are the caller's keys: the namespace is the store's

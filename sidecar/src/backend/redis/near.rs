@@ -47,29 +47,12 @@ const STRIPES: usize = 1024;
 /// Bytes counted per entry on top of its key and value.
 const ENTRY_OVERHEAD: usize = 64;
 
+pub use crate::backend::NearStats;
+
 /// Prefix of a message naming one key.
 pub(super) const KEY_PREFIX: &str = "k:";
 /// Prefix of a message carrying a glob pattern of keys.
 pub(super) const PATTERN_PREFIX: &str = "p:";
-
-/// What the near cache has done since start, for `Admin.Status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct NearStats {
-    /// Whether it is in use: the invalidation channel is live.
-    pub live: bool,
-    pub entries: u64,
-    pub bytes: u64,
-    /// Reads answered from L1.
-    pub hits: u64,
-    /// Entries kept after a read from Redis.
-    pub fills: u64,
-    /// Reads whose entry was not kept because an invalidation raced them.
-    pub raced: u64,
-    /// Entries evicted by invalidations.
-    pub invalidations: u64,
-    /// Times everything was dropped (channel lost, failover).
-    pub flushes: u64,
-}
 
 struct Slot {
     entry: Entry,
