@@ -66,10 +66,21 @@ async fn wait_mode(s: &Sidecar, mode: &str, limit: Duration) -> Duration {
     started.elapsed()
 }
 
-/// One request of the mixed load; returns (what, status, latency).
-async fn one_request(c: &reqwest::Client, s: &Sidecar, i: usize) -> (&'static str, u16, Duration) {
+/// The kinds of request in the mixed load, by number.
+const MIXED: &[usize] = &[0, 1, 2, 3, 4];
+/// Rate-limit checks only (a Lua script each).
+const RATE_LIMITS: &[usize] = &[2];
+
+/// One request of kind `kind` (see `one_request`'s arms), the `i`th of its
+/// worker; returns (what, status, latency).
+async fn one_request(
+    c: &reqwest::Client,
+    s: &Sidecar,
+    kind: usize,
+    i: usize,
+) -> (&'static str, u16, Duration) {
     let started = Instant::now();
-    let (what, resp) = match i % 5 {
+    let (what, resp) = match kind {
         0 => (
             "cache set",
             c.put(s.url(&format!("/v1/cache/k{}", i % 50)))
@@ -107,33 +118,43 @@ async fn one_request(c: &reqwest::Client, s: &Sidecar, i: usize) -> (&'static st
     (what, status, started.elapsed())
 }
 
-/// Runs a steady mixed load (4 workers) until `stop`; returns every
-/// request's outcome.
-fn mixed_load(
+/// Runs a steady load until `stop`: `workers` clients, each sending the
+/// `kinds` of request in turn; returns every request's outcome.
+fn load(
     s: Arc<Sidecar>,
     stop: Arc<AtomicBool>,
+    workers: usize,
+    kinds: &'static [usize],
 ) -> tokio::task::JoinHandle<Vec<(&'static str, u16, Duration)>> {
     tokio::spawn(async move {
         let c = http();
-        let mut workers = vec![];
-        for w in 0..4 {
+        let mut tasks = vec![];
+        for w in 0..workers {
             let (c, s, stop) = (c.clone(), s.clone(), stop.clone());
-            workers.push(tokio::spawn(async move {
+            tasks.push(tokio::spawn(async move {
                 let mut out = vec![];
                 let mut i = w;
                 while !stop.load(Ordering::Relaxed) {
-                    out.push(one_request(&c, &s, i).await);
-                    i += 4;
+                    out.push(one_request(&c, &s, kinds[i % kinds.len()], i).await);
+                    i += workers;
                 }
                 out
             }));
         }
         let mut all = vec![];
-        for w in workers {
-            all.extend(w.await.unwrap());
+        for task in tasks {
+            all.extend(task.await.unwrap());
         }
         all
     })
+}
+
+/// The mixed load of every kind of request, from 4 workers.
+fn mixed_load(
+    s: Arc<Sidecar>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(&'static str, u16, Duration)>> {
+    load(s, stop, 4, MIXED)
 }
 
 /// Asserts no request failed or took longer than `bound`; returns the
@@ -534,35 +555,7 @@ async fn scripts_lost_under_load_are_an_outage_not_an_error() {
             flushes
         })
     };
-    let checks = {
-        let (stop, s) = (stop.clone(), s.clone());
-        tokio::spawn(async move {
-            let c = http();
-            let mut workers = vec![];
-            for _ in 0..8 {
-                let (c, s, stop) = (c.clone(), s.clone(), stop.clone());
-                workers.push(tokio::spawn(async move {
-                    let mut out = vec![];
-                    while !stop.load(Ordering::Relaxed) {
-                        let started = Instant::now();
-                        let r = c
-                            .post(s.url("/v1/ratelimit/api/check"))
-                            .json(&json!({"key": "u"}))
-                            .send()
-                            .await;
-                        let status = r.map(|r| r.status().as_u16()).unwrap_or(0);
-                        out.push(("rate limit", status, started.elapsed()));
-                    }
-                    out
-                }));
-            }
-            let mut all = vec![];
-            for w in workers {
-                all.extend(w.await.unwrap());
-            }
-            all
-        })
-    };
+    let checks = load(s.clone(), stop.clone(), 8, RATE_LIMITS);
     // Until Redis has lost a script mid-call at least once (the failover
     // counts the trip), within a bound.
     eventually(

@@ -850,20 +850,28 @@ async fn hot_reload_swaps_behaviour_under_load_without_failing_a_request() {
 /// that logs stays in flight (inside its host call, using no CPU) for as
 /// long as the gate is shut.
 #[derive(Clone, Default)]
-struct Gate(Arc<(std::sync::Mutex<(bool, bool)>, std::sync::Condvar)>);
+struct Gate(Arc<(std::sync::Mutex<GateState>, std::sync::Condvar)>);
+
+#[derive(Default)]
+struct GateState {
+    /// A line has reached the gate.
+    held: bool,
+    /// Lines may pass.
+    open: bool,
+}
 
 impl Gate {
     /// Waits (at most `limit`) until a line is held at the gate.
     fn wait_held(&self, limit: Duration) -> bool {
         let (lock, cv) = &*self.0;
         let state = lock.lock().unwrap();
-        let (state, _) = cv.wait_timeout_while(state, limit, |s| !s.0).unwrap();
-        state.0
+        let (state, _) = cv.wait_timeout_while(state, limit, |s| !s.held).unwrap();
+        state.held
     }
 
     fn open(&self) {
         let (lock, cv) = &*self.0;
-        lock.lock().unwrap().1 = true;
+        lock.lock().unwrap().open = true;
         cv.notify_all();
     }
 }
@@ -872,11 +880,11 @@ impl std::io::Write for Gate {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let (lock, cv) = &*self.0;
         let mut state = lock.lock().unwrap();
-        state.0 = true;
+        state.held = true;
         cv.notify_all();
         // Bounded: a test that never opens it fails, it does not hang.
         let _ = cv
-            .wait_timeout_while(state, Duration::from_secs(5), |s| !s.1)
+            .wait_timeout_while(state, Duration::from_secs(5), |s| !s.open)
             .unwrap();
         Ok(buf.len())
     }
@@ -908,7 +916,7 @@ async fn calls_in_flight_finish_on_the_old_version() {
         ..Config::default()
     };
     let app = Arc::new(App::with_stores(&config, Stores::memory(&config)));
-    // The old version (hostile) logs "spinning" on `spin:` targets, then
+    // The old version (hostile) logs a line on `log:` targets, then
     // denies; the log line waits at the gate.
     let gate = Gate::default();
     let in_flight = {
@@ -925,7 +933,7 @@ async fn calls_in_flight_finish_on_the_old_version() {
             let result = tracing::subscriber::with_default(logs, || {
                 app.authorize(
                     &caller,
-                    Call::new(PrimitiveName::Cache, Operation::Read, "spin:0"),
+                    Call::new(PrimitiveName::Cache, Operation::Read, "log:k"),
                 )
             });
             (result, Instant::now())

@@ -9,8 +9,8 @@
 //! `log-flood` (logs without end, then denies), `rewrite` (rewrites every
 //! target to `{"target": "..."}`: an attempt to reach another namespace).
 //!
-//! Whatever the mode, `authorize` of a target `spin:<n>` logs "spinning",
-//! spins `n` iterations, then denies: a call that stays in flight.
+//! Whatever the mode, `authorize` of a target starting `log:` logs one line,
+//! then denies: a test can hold the call in flight at that line.
 
 use outrigger_plugin_sdk::{
     Authorize, Classify, Config, Decision, Invalidation, Limit, OnWrite, Plugin, Request,
@@ -94,12 +94,8 @@ fn recurse(depth: u64) -> u64 {
 
 impl Authorize for Hostile {
     fn authorize(&self, request: &Request) -> Decision {
-        if let Some(n) = request.target.strip_prefix("spin:") {
-            outrigger_plugin_sdk::info!("spinning");
-            let mut x: u64 = 0;
-            for _ in 0..n.parse::<u64>().unwrap_or(0) {
-                x = std::hint::black_box(x.wrapping_add(1));
-            }
+        if request.target.starts_with("log:") {
+            outrigger_plugin_sdk::info!("logged before answering");
             return Decision::Deny("denied by the hostile test plugin".into());
         }
         if self.mode == "rewrite" {
