@@ -7,22 +7,40 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::auth::Auth;
-use crate::backend::Decision;
-use crate::backend::failover::{Failover, FailoverStatus, Memory};
+use crate::backend::BackendError;
+use crate::backend::circuit::{Circuit, FailoverStatus, Probing};
 use crate::backend::redis::RedisStore;
-use crate::backend::{CacheStore, LockStore, PresenceStore, PubSubStore, RateLimitStore};
-use crate::cache::{Cache, CacheStats, SetRequest};
 use crate::config::Config;
-use crate::config::PrimitiveName;
 use crate::error::Result;
-use crate::lock::Locks;
+use crate::plugins::config::PrimitiveName;
 use crate::plugins::{
-    Call, Caller, Classified, Invalidate, Operation, PluginStatus, Plugins, WriteEvent,
+    Call, Caller, Classified, HostFacts, Invalidate, Operation, PluginStatus, Plugins, WriteEvent,
 };
-use crate::presence::Presence;
-use crate::pubsub::PubSub;
-use crate::ratelimit::InlineLimit;
-use crate::ratelimit::RateLimits;
+use crate::primitives::cache::failover::FailoverCache;
+use crate::primitives::cache::memory::MemoryStore;
+use crate::primitives::cache::redis::RedisCache;
+use crate::primitives::cache::store::CacheStore;
+use crate::primitives::cache::{Cache, CacheStats, SetRequest};
+use crate::primitives::lock::Locks;
+use crate::primitives::lock::failover::FailoverLocks;
+use crate::primitives::lock::memory::MemoryLocks;
+use crate::primitives::lock::redis::RedisLocks;
+use crate::primitives::lock::store::LockStore;
+use crate::primitives::presence::Presence;
+use crate::primitives::presence::failover::FailoverPresence;
+use crate::primitives::presence::memory::MemoryPresence;
+use crate::primitives::presence::redis::RedisPresence;
+use crate::primitives::presence::store::PresenceStore;
+use crate::primitives::pubsub::PubSub;
+use crate::primitives::pubsub::failover::{Buffering, FailoverPubSub};
+use crate::primitives::pubsub::memory::MemoryPubSub;
+use crate::primitives::pubsub::redis::RedisPubSub;
+use crate::primitives::pubsub::store::PubSubStore;
+use crate::primitives::ratelimit::failover::FailoverRateLimits;
+use crate::primitives::ratelimit::memory::MemoryRateLimits;
+use crate::primitives::ratelimit::redis::RedisRateLimits;
+use crate::primitives::ratelimit::store::{Decision, RateLimitStore};
+use crate::primitives::ratelimit::{InlineLimit, RateLimits};
 use crate::telemetry::Metrics;
 
 /// What the sidecar is and how it is doing.
@@ -52,14 +70,72 @@ pub struct Stores {
 impl Stores {
     /// Local memory, bounded as `config.memory` says.
     pub fn memory(config: &Config) -> Stores {
-        let memory = Memory::new(config);
         Stores {
-            cache: memory.cache,
-            locks: memory.locks,
-            ratelimits: memory.ratelimits,
-            presence: memory.presence,
-            pubsub: memory.pubsub,
+            cache: MemoryStore::new(config.memory.clone()),
+            locks: MemoryLocks::new(),
+            ratelimits: MemoryRateLimits::new(),
+            presence: Arc::new(MemoryPresence::new(config.pubsub.subscriber_buffer)),
+            pubsub: Arc::new(MemoryPubSub::new(
+                config.pubsub.subscriber_buffer,
+                config.pubsub.stream_max_len,
+            )),
         }
+    }
+
+    /// Redis alone, with no fallback (tests and tools), and the near cache
+    /// if `config.cache.near` enables it.
+    pub async fn redis(redis: Arc<RedisStore>, config: &Config) -> Result<Stores, BackendError> {
+        let mut cache = RedisCache::new(redis.clone());
+        if config.cache.near.enabled {
+            cache.enable_near_cache(&config.cache.near);
+        }
+        Ok(Stores {
+            cache: Arc::new(cache),
+            locks: Arc::new(RedisLocks::new(redis.clone()).await?),
+            ratelimits: Arc::new(RedisRateLimits::new(redis.clone())),
+            presence: Arc::new(RedisPresence::new(redis.clone())),
+            pubsub: Arc::new(RedisPubSub::new(redis, config.pubsub.stream_max_len)),
+        })
+    }
+
+    /// Redis behind `circuit`, each primitive with its memory fallback as
+    /// `config.failover` says.
+    pub async fn failover(circuit: &Arc<Circuit>, config: &Config) -> Result<Stores, BackendError> {
+        let failover = &config.failover;
+        let mut cache = RedisCache::new(circuit.redis().clone());
+        if config.cache.near.enabled {
+            cache.enable_near_cache(&config.cache.near);
+        }
+        Ok(Stores {
+            cache: FailoverCache::new(
+                circuit.clone(),
+                cache,
+                MemoryStore::new(config.memory.clone()),
+                failover.cache.while_down("cache"),
+            ),
+            locks: FailoverLocks::new(circuit.clone(), failover.locks).await?,
+            ratelimits: FailoverRateLimits::new(
+                circuit.clone(),
+                failover.ratelimit,
+                failover.fallback_share,
+                failover.probe_interval,
+            ),
+            presence: FailoverPresence::new(
+                circuit.clone(),
+                failover.presence.while_down("presence"),
+                config.pubsub.subscriber_buffer,
+            ),
+            pubsub: FailoverPubSub::new(
+                circuit.clone(),
+                Buffering {
+                    down: failover.pubsub.while_down("pubsub"),
+                    capacity: failover.publish_buffer,
+                    flush_delay: failover.flush_delay,
+                },
+                config.pubsub.subscriber_buffer,
+                config.pubsub.stream_max_len,
+            ),
+        })
     }
 }
 
@@ -77,8 +153,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     namespace: String,
     started: Instant,
-    /// The failover backend, when Redis is configured: its status.
-    failover: Option<Arc<Failover>>,
+    /// The failover circuit, when Redis is configured: its status.
+    circuit: Option<Arc<Circuit>>,
     /// Set when shutdown begins, so `/readyz` turns away new traffic while
     /// in-flight requests drain, and long-lived streams (Hold) end.
     draining: watch::Sender<bool>,
@@ -101,36 +177,30 @@ impl App {
             )?));
         }
         let metrics = Arc::new(Metrics::new("redis"));
-        let mut redis = RedisStore::connect_lazy(&config.redis, &config.namespace, &config.pubsub)
-            .await
-            .map_err(|err| {
-                let key = match config.redis.mode {
-                    crate::config::RedisMode::Standalone => "redis.url",
-                    _ => "redis.nodes",
-                };
-                anyhow::anyhow!("{key}: cannot use {}: {err}", config.redis.describe())
-            })?;
-        if config.cache.near.enabled {
-            redis.enable_near_cache(&config.cache.near);
-        }
-        let memory = Memory::new(config);
-        let failover = Failover::start(
-            Arc::new(redis),
-            memory,
-            config.failover.clone(),
-            metrics.clone(),
+        let redis = RedisStore::connect_lazy(
+            &config.redis,
+            &config.namespace,
+            config.pubsub.subscriber_buffer,
         )
-        .await;
-        let stores = Stores {
-            cache: failover.clone(),
-            locks: failover.clone(),
-            ratelimits: failover.clone(),
-            presence: failover.clone(),
-            pubsub: failover.clone(),
+        .await
+        .map_err(|err| {
+            let key = match config.redis.mode {
+                crate::config::RedisMode::Standalone => "redis.url",
+                _ => "redis.nodes",
+            };
+            anyhow::anyhow!("{key}: cannot use {}: {err}", config.redis.describe())
+        })?;
+        let probing = Probing {
+            interval: config.failover.probe_interval,
+            max: config.failover.probe_max,
         };
+        let circuit = Circuit::start(Arc::new(redis), probing, metrics.clone()).await;
+        let stores = Stores::failover(&circuit, config)
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot set up the Redis stores: {err}"))?;
         let plugins = load_plugins(config, &metrics).await;
         let mut app = App::build(config, stores, metrics, plugins)?;
-        app.failover = Some(failover);
+        app.circuit = Some(circuit);
         Ok(Arc::new(app))
     }
 
@@ -140,7 +210,11 @@ impl App {
         let metrics = Arc::new(Metrics::new(stores.cache.kind()));
         let mut config = config.clone();
         config.auth = Default::default();
-        let plugins = Arc::new(Plugins::load(&config, metrics.clone()));
+        let plugins = Arc::new(Plugins::load(
+            &config.plugins,
+            host_facts(&config),
+            metrics.clone(),
+        ));
         App::build(&config, stores, metrics, plugins).expect("no token file to read")
     }
 
@@ -153,7 +227,7 @@ impl App {
         Ok(App {
             plugins,
             auth: Auth::new(&config.auth)?,
-            failover: None,
+            circuit: None,
             cache: Cache::new(stores.cache, config.limits.clone(), metrics.clone()),
             locks: Locks::new(stores.locks, config.limits.clone(), metrics.clone()),
             ratelimits: RateLimits::new(
@@ -188,7 +262,7 @@ impl App {
             backend: self.cache.backend_kind(),
             uptime: self.started.elapsed(),
             cache: self.cache.stats(),
-            failover: self.failover.as_ref().map(|f| f.status()),
+            failover: self.circuit.as_ref().map(|c| c.status()),
             plugins: self.plugins.status(),
         }
     }
@@ -295,12 +369,16 @@ impl App {
                 Invalidate::Key(key) => self.cache.delete(key).await.map(drop),
                 Invalidate::Tag(tag) => self
                     .cache
-                    .invalidate(crate::cache::Invalidation::Tags(vec![tag.clone()]))
+                    .invalidate(crate::primitives::cache::Invalidation::Tags(vec![
+                        tag.clone(),
+                    ]))
                     .await
                     .map(drop),
                 Invalidate::Pattern(pattern) => self
                     .cache
-                    .invalidate(crate::cache::Invalidation::Pattern(pattern.clone()))
+                    .invalidate(crate::primitives::cache::Invalidation::Pattern(
+                        pattern.clone(),
+                    ))
                     .await
                     .map(drop),
             };
@@ -335,8 +413,19 @@ impl App {
 /// Compiles the configured plugins off the async workers.
 async fn load_plugins(config: &Config, metrics: &Arc<Metrics>) -> Arc<Plugins> {
     let (config, metrics) = (config.clone(), metrics.clone());
-    let plugins = tokio::task::spawn_blocking(move || Plugins::load(&config, metrics))
-        .await
-        .expect("loading plugins does not panic");
+    let plugins = tokio::task::spawn_blocking(move || {
+        Plugins::load(&config.plugins, host_facts(&config), metrics)
+    })
+    .await
+    .expect("loading plugins does not panic");
     Arc::new(plugins)
+}
+
+/// What plugins may ask about this sidecar.
+fn host_facts(config: &Config) -> HostFacts {
+    HostFacts {
+        namespace: config.namespace.clone(),
+        max_key_bytes: config.limits.max_key_bytes,
+        policies: config.ratelimit.policies.keys().cloned().collect(),
+    }
 }

@@ -6,7 +6,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use crate::config::AuthConfig;
+use serde::{Deserialize, Serialize};
+
+/// API authentication: a bearer token every API call must carry (all but
+/// `/healthz` and `/readyz`). Neither key set: no authentication.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub token: Option<String>,
+    /// A file holding the token (as Kubernetes mounts a Secret); re-read
+    /// when it changes, so the token rotates without a restart.
+    pub token_file: Option<PathBuf>,
+}
 
 /// How often a token file is checked for changes.
 const RELOAD_INTERVAL: Duration = Duration::from_millis(500);

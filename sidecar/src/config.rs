@@ -6,14 +6,34 @@
 //! with nested keys joined by `__` (`OUTRIGGER_REDIS__URL` sets `redis.url`).
 //! A bad value fails [`Config::load`] with a message that names the key.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+//!
+//! Each section's types live beside what they configure (`[redis]` in
+//! `backend/redis/config.rs`, `[ratelimit]` in the rate-limit folder, ...);
+//! this module composes them into [`Config`], loads it and checks what
+//! spans sections. Every section type is re-exported here.
+
+use std::path::Path;
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
+
+pub use crate::auth::AuthConfig;
+pub use crate::backend::circuit::Fallback;
+pub use crate::backend::redis::config::{RedisConfig, RedisMode, RedisTlsConfig, redact_url};
+pub use crate::error::ConfigError;
+pub use crate::plugins::config::{FailMode, HookName, PluginConfig, PrimitiveName};
+pub use crate::primitives::cache::config::{CacheConfig, MemoryConfig, NearCacheConfig};
+pub use crate::primitives::lock::config::LockFallback;
+pub use crate::primitives::presence::config::PresenceConfig;
+pub use crate::primitives::pubsub::config::PubSubConfig;
+pub use crate::primitives::ratelimit::config::{
+    Algorithm, Limit, PolicyConfig, RateLimitConfig, RateLimitFallback,
+};
+pub use crate::serve::{Listener, OpsListener};
+pub use crate::telemetry::{LogConfig, LogFormat};
+pub use crate::validate::Limits;
 
 /// The file read when no `--config` is given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "outrigger.toml";
@@ -63,404 +83,8 @@ pub struct Config {
     pub plugins: Vec<PluginConfig>,
     pub log: LogConfig,
     /// How long SIGTERM waits for in-flight requests before exiting anyway.
-    #[serde(with = "human_duration")]
+    #[serde(with = "crate::duration")]
     pub shutdown_grace: Duration,
-}
-
-/// A TCP listener.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Listener {
-    /// Address to bind; port 0 picks a free port (logged at start-up).
-    pub addr: SocketAddr,
-    /// Also listen on this Unix domain socket, created with mode 0600 (only
-    /// this user may connect): the cheapest and most private local hop.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub socket: Option<PathBuf>,
-}
-
-/// API authentication: a bearer token every API call must carry (all but
-/// `/healthz` and `/readyz`). Neither key set: no authentication.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    pub token: Option<String>,
-    /// A file holding the token (as Kubernetes mounts a Secret); re-read
-    /// when it changes, so the token rotates without a restart.
-    pub token_file: Option<PathBuf>,
-}
-
-/// An optional listener with only `/healthz`, `/readyz` and `/metrics`: for
-/// kubelet probes and scrapers, which reach the pod's IP rather than its
-/// loopback, without exposing the API beyond localhost.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OpsListener {
-    pub addr: Option<SocketAddr>,
-}
-
-/// Where state lives. Neither `url` nor `nodes` means the memory backend.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisConfig {
-    /// How Redis is deployed: one server, a Cluster, or a master watched
-    /// by Sentinels.
-    pub mode: RedisMode,
-    /// Standalone: `redis://[user:password@]host:port[/db]`.
-    pub url: Option<String>,
-    /// Cluster: seed nodes (any of the cluster's nodes; the rest are
-    /// discovered). Sentinel: the Sentinels. `redis://host:port` each; a
-    /// list, or one string of comma-separated addresses.
-    #[serde(deserialize_with = "string_or_list")]
-    pub nodes: Vec<String>,
-    /// Sentinel: the name the Sentinels know the master by.
-    pub master_name: Option<String>,
-    /// Cluster and Sentinel: the ACL user of the data nodes (standalone
-    /// puts it in `url`).
-    pub username: Option<String>,
-    /// Cluster and Sentinel: the data nodes' password.
-    pub password: Option<String>,
-    /// TLS settings for `rediss://` nodes.
-    pub tls: RedisTlsConfig,
-    /// Replicas that must have a lock's fence before the acquisition is
-    /// answered (`WAIT`); 0 = do not wait. With 1 or more, a master
-    /// failover cannot lose a fence a client was given.
-    pub lock_wait_replicas: u32,
-    /// Deadline of every Redis call. No request waits longer on Redis.
-    #[serde(with = "human_duration")]
-    pub timeout: Duration,
-    /// Deadline of establishing a connection.
-    #[serde(with = "human_duration")]
-    pub connect_timeout: Duration,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        RedisConfig {
-            mode: RedisMode::Standalone,
-            url: None,
-            nodes: vec![],
-            master_name: None,
-            username: None,
-            password: None,
-            tls: RedisTlsConfig::default(),
-            lock_wait_replicas: 0,
-            timeout: Duration::from_millis(250),
-            connect_timeout: Duration::from_secs(1),
-        }
-    }
-}
-
-impl RedisConfig {
-    /// Whether any Redis is configured (else: the memory backend).
-    pub fn enabled(&self) -> bool {
-        self.url.is_some() || !self.nodes.is_empty()
-    }
-
-    /// Where Redis is, for messages: URLs with passwords masked.
-    pub fn describe(&self) -> String {
-        match self.mode {
-            RedisMode::Standalone => self.url.as_deref().map(redact_url).unwrap_or_default(),
-            RedisMode::Cluster | RedisMode::Sentinel => {
-                let nodes: Vec<String> = self.nodes.iter().map(|n| redact_url(n)).collect();
-                let mut text = format!("{} {}", self.mode.as_str(), nodes.join(","));
-                if let Some(master) = &self.master_name {
-                    text.push_str(&format!(" (master {master})"));
-                }
-                text
-            }
-        }
-    }
-}
-
-impl RedisConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.to_string(),
-            })
-        };
-        let looks_like_redis = |url: &str| matches!(url.split_once("://"), Some(("redis" | "rediss", rest)) if !rest.is_empty());
-        if let Some(url) = &self.url
-            && !looks_like_redis(url)
-        {
-            return invalid(
-                "redis.url",
-                "must look like redis://host:port (rediss:// for TLS)",
-            );
-        }
-        if self.nodes.iter().any(|n| !looks_like_redis(n)) {
-            return invalid(
-                "redis.nodes",
-                "every node must look like redis://host:port (rediss:// for TLS)",
-            );
-        }
-        let tls = &self.tls;
-        if tls.cert_file.is_some() != tls.key_file.is_some() {
-            return invalid(
-                "redis.tls.cert_file",
-                "a client certificate needs its key: give both cert_file and key_file",
-            );
-        }
-        let uses_tls = self
-            .url
-            .iter()
-            .chain(&self.nodes)
-            .any(|u| u.starts_with("rediss://"));
-        if tls.is_set() && !uses_tls {
-            return invalid(
-                "redis.tls",
-                "TLS settings need rediss:// URLs (redis.url or redis.nodes)",
-            );
-        }
-        for (key, file) in [
-            ("redis.tls.ca_file", &tls.ca_file),
-            ("redis.tls.cert_file", &tls.cert_file),
-            ("redis.tls.key_file", &tls.key_file),
-        ] {
-            if let Some(path) = file
-                && !path.is_file()
-            {
-                return invalid(key, &format!("{} is not a readable file", path.display()));
-            }
-        }
-        match self.mode {
-            RedisMode::Standalone => {
-                if !self.nodes.is_empty() {
-                    return invalid(
-                        "redis.nodes",
-                        "is for mode = \"cluster\" or \"sentinel\"; standalone takes redis.url",
-                    );
-                }
-                if self.username.is_some() || self.password.is_some() {
-                    return invalid(
-                        "redis.password",
-                        "standalone takes its credentials in redis.url (redis://user:password@host)",
-                    );
-                }
-            }
-            RedisMode::Cluster | RedisMode::Sentinel => {
-                if self.url.is_some() {
-                    return invalid(
-                        "redis.url",
-                        "is for mode = \"standalone\"; list the nodes in redis.nodes",
-                    );
-                }
-                if self.nodes.is_empty() {
-                    return invalid(
-                        "redis.nodes",
-                        "needs at least one redis://host:port (cluster seeds or Sentinels)",
-                    );
-                }
-            }
-        }
-        match (self.mode, &self.master_name) {
-            (RedisMode::Sentinel, None) => {
-                invalid("redis.master_name", "sentinel mode needs the master's name")
-            }
-            (RedisMode::Sentinel, Some(name)) if name.trim().is_empty() => {
-                invalid("redis.master_name", "must not be empty")
-            }
-            (RedisMode::Standalone | RedisMode::Cluster, Some(_)) => {
-                invalid("redis.master_name", "is for mode = \"sentinel\"")
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
-/// TLS to Redis: on for `rediss://` URLs and nodes. Without `ca_file`,
-/// the system's root certificates verify the server.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisTlsConfig {
-    /// PEM file of the CA(s) that signed the servers' certificates.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate, when Redis requires one
-    /// (`tls-auth-clients yes`).
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key of `cert_file`.
-    pub key_file: Option<PathBuf>,
-}
-
-impl RedisTlsConfig {
-    pub fn is_set(&self) -> bool {
-        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
-    }
-}
-
-/// How Redis is deployed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum RedisMode {
-    /// One server (`redis.url`).
-    #[default]
-    Standalone,
-    /// Redis Cluster (`redis.nodes` are seeds).
-    Cluster,
-    /// A master and its replicas, found through Sentinels (`redis.nodes`
-    /// are the Sentinels, `redis.master_name` names the master).
-    Sentinel,
-}
-
-impl RedisMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RedisMode::Standalone => "standalone",
-            RedisMode::Cluster => "cluster",
-            RedisMode::Sentinel => "sentinel",
-        }
-    }
-}
-
-/// A list, or a string of comma-separated items (environment variables
-/// and Helm values are easier to write that way).
-fn string_or_list<'de, D>(deserializer: D) -> Result<Vec<String>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Nodes {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match Nodes::deserialize(deserializer)? {
-        Nodes::One(text) => text
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
-        Nodes::Many(list) => list,
-    })
-}
-
-/// The cache primitive.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CacheConfig {
-    pub near: NearCacheConfig,
-}
-
-/// The near cache: an in-process copy of values read from Redis, evicted
-/// by every write, delete and invalidation made through any sidecar of the
-/// namespace (see "Near cache" in the README for what it guarantees).
-/// Only with Redis: the memory backend is local already.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NearCacheConfig {
-    pub enabled: bool,
-    /// Entries kept; least recently used ones are evicted beyond this.
-    pub max_entries: usize,
-    /// Keys plus values kept, in bytes; values larger than a sixteenth of
-    /// this are never kept.
-    pub max_bytes: usize,
-    /// Longest an entry is served from the near cache after it was read
-    /// from Redis: the bound on staleness if an invalidation never arrives
-    /// (a value changed in Redis behind the sidecars' back).
-    #[serde(with = "human_duration")]
-    pub max_ttl: Duration,
-}
-
-impl Default for NearCacheConfig {
-    fn default() -> Self {
-        NearCacheConfig {
-            enabled: false,
-            max_entries: 10_000,
-            max_bytes: 64 * 1024 * 1024,
-            max_ttl: Duration::from_secs(5),
-        }
-    }
-}
-
-/// Bounds of the memory backend; least recently used entries are evicted to
-/// stay within both.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MemoryConfig {
-    pub max_entries: usize,
-    /// Keys plus values, in bytes.
-    pub max_bytes: usize,
-}
-
-/// Input limits; requests over them fail with a clear error.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    pub max_key_bytes: usize,
-    pub max_value_bytes: usize,
-    /// Keys per GetMany, tags per invalidation, keys per listing page.
-    pub max_batch: usize,
-    /// Tags on one cache entry.
-    pub max_tags: usize,
-    pub max_tag_bytes: usize,
-    #[serde(with = "human_duration")]
-    pub max_ttl: Duration,
-    /// Longest a lock or permit acquisition may wait.
-    #[serde(with = "human_duration")]
-    pub max_wait: Duration,
-    /// Most permits a semaphore may have.
-    pub max_permits: u32,
-    /// Connections each API listener serves at once; beyond it, new ones
-    /// are refused (HTTP: 503 and closed; gRPC: closed).
-    pub max_connections: usize,
-    /// Longest an HTTP client may take to send a request's headers, and
-    /// to start its next request on a kept-alive connection: slow and
-    /// idle clients are disconnected.
-    #[serde(with = "human_duration")]
-    pub header_timeout: Duration,
-}
-
-/// Rate limiting.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitConfig {
-    /// Named policies: `[ratelimit.policies.login]`.
-    pub policies: BTreeMap<String, PolicyConfig>,
-}
-
-/// Presence.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PresenceConfig {
-    /// How often this sidecar takes timed-out members out of the rooms it
-    /// watches or joined members to: the bound on how late a timeout is
-    /// noticed after a member's TTL runs out.
-    #[serde(with = "human_duration")]
-    pub reap_interval: Duration,
-}
-
-impl Default for PresenceConfig {
-    fn default() -> Self {
-        PresenceConfig {
-            reap_interval: Duration::from_millis(250),
-        }
-    }
-}
-
-/// Pub/sub.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PubSubConfig {
-    /// Messages kept per durable channel (Redis: `XADD MAXLEN ~`).
-    pub stream_max_len: usize,
-    /// Messages (or presence events) a subscriber may fall behind by before
-    /// it is told it lagged.
-    pub subscriber_buffer: usize,
-    /// Subscribers this sidecar serves at once.
-    pub max_subscribers: usize,
-}
-
-impl Default for PubSubConfig {
-    fn default() -> Self {
-        PubSubConfig {
-            stream_max_len: 10_000,
-            subscriber_buffer: 1024,
-            max_subscribers: 10_000,
-        }
-    }
 }
 
 /// What happens while Redis is down (see "When Redis is down" in the
@@ -469,9 +93,9 @@ impl Default for PubSubConfig {
 #[serde(deny_unknown_fields)]
 pub struct FailoverConfig {
     /// First pause between probes of a down Redis; doubles up to `probe_max`.
-    #[serde(with = "human_duration")]
+    #[serde(with = "crate::duration")]
     pub probe_interval: Duration,
-    #[serde(with = "human_duration")]
+    #[serde(with = "crate::duration")]
     pub probe_max: Duration,
     pub cache: Fallback,
     pub locks: LockFallback,
@@ -486,7 +110,7 @@ pub struct FailoverConfig {
     pub publish_buffer: usize,
     /// After Redis returns, how long to wait before flushing buffered
     /// publishes, so subscribers on other sidecars have resubscribed.
-    #[serde(with = "human_duration")]
+    #[serde(with = "crate::duration")]
     pub flush_delay: Duration,
 }
 
@@ -505,156 +129,6 @@ impl Default for FailoverConfig {
             flush_delay: Duration::from_millis(500),
         }
     }
-}
-
-/// Cache, presence and pub/sub while Redis is down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Fallback {
-    /// Serve from this sidecar's memory.
-    Local,
-    /// Answer 503 / `UNAVAILABLE`.
-    Fail,
-}
-
-/// Locks while Redis is down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LockFallback {
-    /// Answer 503 / `UNAVAILABLE`: no lock is better than a lock that
-    /// another sidecar can also take.
-    FailClosed,
-    /// Lock in this sidecar's memory only. Unsafe across instances: two
-    /// sidecars can hold "the same" lock. Released when Redis returns.
-    Local,
-}
-
-/// Rate limits while Redis is down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RateLimitFallback {
-    /// Local buckets at `fallback_share` of each limit.
-    Local,
-    /// Allow everything (counted in metrics).
-    FailOpen,
-    /// Answer 503 / `UNAVAILABLE`.
-    FailClosed,
-}
-
-/// A rate-limit algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Algorithm {
-    /// Token bucket in GCRA form: `burst` at once, refilled at
-    /// `limit / period`.
-    Gcra,
-    /// At most `limit` in any window of `period` (weighted two-window
-    /// approximation).
-    SlidingWindow,
-    /// At most `limit` per calendar window of `period`.
-    FixedWindow,
-}
-
-impl Algorithm {
-    pub const ALL: [Algorithm; 3] = [
-        Algorithm::Gcra,
-        Algorithm::SlidingWindow,
-        Algorithm::FixedWindow,
-    ];
-
-    /// The algorithm called `name`, as in the configuration.
-    pub fn from_name(name: &str) -> Option<Algorithm> {
-        Algorithm::ALL.into_iter().find(|a| a.name() == name)
-    }
-
-    /// Its name in the configuration and the APIs (serde spells the same,
-    /// checked by a test).
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::Gcra => "gcra",
-            Algorithm::SlidingWindow => "sliding_window",
-            Algorithm::FixedWindow => "fixed_window",
-        }
-    }
-}
-
-/// A validated rate limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limit {
-    pub algorithm: Algorithm,
-    pub limit: u32,
-    pub period: Duration,
-    /// GCRA: how many at once. Equal to `limit` for the window algorithms.
-    pub burst: u32,
-}
-
-impl Limit {
-    /// The most units one decision can ever allow: the burst for GCRA, the
-    /// limit for the window algorithms (what `Decision::limit` reports).
-    pub fn most(&self) -> u32 {
-        match self.algorithm {
-            Algorithm::Gcra => self.burst,
-            Algorithm::SlidingWindow | Algorithm::FixedWindow => self.limit,
-        }
-    }
-}
-
-/// One named rate-limit policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyConfig {
-    pub algorithm: Algorithm,
-    /// Requests (cost units) per `period`.
-    pub limit: u32,
-    #[serde(with = "human_duration")]
-    pub period: Duration,
-    /// GCRA only: how many at once; defaults to `limit`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u32>,
-}
-
-impl PolicyConfig {
-    /// The checked limit, or why it is not one.
-    pub fn to_limit(&self) -> Result<Limit, String> {
-        if self.limit == 0 {
-            return Err("limit must be at least 1".into());
-        }
-        if self.period < Duration::from_millis(1) {
-            return Err("period must be at least 1ms".into());
-        }
-        if self.period > Duration::from_secs(366 * 24 * 3600) {
-            return Err("period must be at most a year".into());
-        }
-        let burst = match (self.algorithm, self.burst) {
-            (Algorithm::Gcra, Some(0)) => return Err("burst must be at least 1".into()),
-            (Algorithm::Gcra, Some(b)) => b,
-            (_, Some(_)) => return Err("burst applies to the gcra algorithm only".into()),
-            (_, None) => self.limit,
-        };
-        Ok(Limit {
-            algorithm: self.algorithm,
-            limit: self.limit,
-            period: self.period,
-            burst,
-        })
-    }
-}
-
-/// Logging.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogConfig {
-    pub format: LogFormat,
-    /// A `tracing` filter (`info`, `outrigger=debug,info`); `RUST_LOG` wins.
-    pub level: String,
-}
-
-/// How log lines look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 impl Default for Config {
@@ -701,21 +175,6 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
         }
     }
-}
-
-/// Why the configuration was rejected; the message names the key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("invalid value for `{key}` (from {origin}): {reason}")]
-    Parse {
-        key: String,
-        origin: String,
-        reason: String,
-    },
-    #[error("config file {0} does not exist")]
-    MissingFile(PathBuf),
-    #[error("invalid value for `{key}`: {reason}")]
-    Invalid { key: &'static str, reason: String },
 }
 
 impl Config {
@@ -900,143 +359,6 @@ impl Config {
     }
 }
 
-/// One `[[plugins]]` entry: a WebAssembly component and where it applies.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PluginConfig {
-    /// Shown in logs, metrics and status; unique.
-    pub name: String,
-    /// The `.wasm` component (relative paths: from the working directory).
-    /// Watched: a changed file is reloaded.
-    pub path: PathBuf,
-    /// Hooks to call; empty (the default) = every hook the plugin
-    /// implements. Naming a hook it does not implement is a load error.
-    #[serde(default)]
-    pub hooks: Vec<HookName>,
-    /// Primitives the plugin applies to; empty (the default) = all of them.
-    /// `authorize` runs for calls to these; `classify` only if `ratelimit`
-    /// is among them, `on-write` only if `cache` is.
-    #[serde(default)]
-    pub primitives: Vec<PrimitiveName>,
-    /// What a failed call (trap, timeout, memory cap, bad return) or a
-    /// disabled plugin means for the request: `allow` (as if the plugin had
-    /// no opinion) or `deny` (403).
-    #[serde(default)]
-    pub fail: FailMode,
-    /// CPU-time budget of one call (checked every millisecond). A call is
-    /// also stopped after 10 budgets (at least 50ms) of wall-clock time,
-    /// however little CPU it got.
-    #[serde(default = "PluginConfig::default_budget", with = "human_duration")]
-    pub budget: Duration,
-    /// Linear memory cap of one instance, in bytes.
-    #[serde(default = "PluginConfig::default_max_memory")]
-    pub max_memory: usize,
-    /// Consecutive failed calls after which the plugin is disabled (until
-    /// it is reloaded); its fail mode then answers for it.
-    #[serde(default = "PluginConfig::default_max_failures")]
-    pub max_failures: u32,
-    /// Given to the plugin as JSON (`host.config`).
-    #[serde(default = "PluginConfig::default_config")]
-    pub config: serde_json::Value,
-}
-
-impl PluginConfig {
-    fn default_budget() -> Duration {
-        Duration::from_millis(5)
-    }
-
-    fn default_max_memory() -> usize {
-        16 * 1024 * 1024
-    }
-
-    fn default_max_failures() -> u32 {
-        5
-    }
-
-    fn default_config() -> serde_json::Value {
-        serde_json::Value::Object(Default::default())
-    }
-
-    /// A plugin with the defaults: every hook, every primitive, fail deny.
-    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> PluginConfig {
-        PluginConfig {
-            name: name.into(),
-            path: path.into(),
-            hooks: Vec::new(),
-            primitives: Vec::new(),
-            fail: FailMode::default(),
-            budget: Self::default_budget(),
-            max_memory: Self::default_max_memory(),
-            max_failures: Self::default_max_failures(),
-            config: Self::default_config(),
-        }
-    }
-}
-
-/// A plugin hook, as configured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum HookName {
-    Authorize,
-    Classify,
-    OnWrite,
-}
-
-impl HookName {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HookName::Authorize => "authorize",
-            HookName::Classify => "classify",
-            HookName::OnWrite => "on-write",
-        }
-    }
-}
-
-/// A primitive, as configured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PrimitiveName {
-    Cache,
-    Lock,
-    Semaphore,
-    Ratelimit,
-    Presence,
-    Pubsub,
-}
-
-/// What a plugin failure means for the request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FailMode {
-    Allow,
-    #[default]
-    Deny,
-}
-
-impl FailMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailMode::Allow => "allow",
-            FailMode::Deny => "deny",
-        }
-    }
-}
-
-/// `url` with its password (if any) replaced by `***`, for logs and output.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-        // `redis://secret@host`: the lone field is the password.
-        None => format!("{scheme}://***@{host}"),
-    }
-}
-
 impl Config {
     /// This configuration with its secrets (the API token, the Redis
     /// password) masked: what `check-config` prints.
@@ -1071,39 +393,9 @@ fn parse_error(err: figment::Error) -> ConfigError {
     }
 }
 
-/// Durations as humantime strings: "250ms", "1s", "30d".
-mod human_duration {
-    use super::*;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{text:?} is not a duration like \"250ms\", \"1s\" or \"5m\": {e}"
-            ))
-        })
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod tests {
-    #[test]
-    fn algorithm_names_are_the_serde_names() {
-        for algorithm in super::Algorithm::ALL {
-            let serde = serde_json::to_value(algorithm).unwrap();
-            assert_eq!(serde, algorithm.name(), "{algorithm:?}");
-            assert_eq!(
-                super::Algorithm::from_name(algorithm.name()),
-                Some(algorithm)
-            );
-        }
-    }
-
     use super::*;
     use figment::Jail;
 

@@ -5,7 +5,23 @@
 //! the client-facing variants are written for the caller; the causes behind
 //! [`Error::Unavailable`] and [`Error::Internal`] are logged, not sent.
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// Why the configuration was rejected; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid value for `{key}` (from {origin}): {reason}")]
+    Parse {
+        key: String,
+        origin: String,
+        reason: String,
+    },
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]

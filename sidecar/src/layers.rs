@@ -5,29 +5,30 @@
 /// Every top-level module, by layer, bottom up.
 const LAYERS: &[(&str, &[&str])] = &[
     (
-        "foundation: configuration, errors, logs and metrics, input checks",
-        &["config", "error", "telemetry", "validate", "auth"],
-    ),
-    (
-        "the storage seam: store traits, memory, Redis, the failover circuit",
-        &["backend"],
-    ),
-    (
-        "the primitives and the plugin host",
+        "foundation: errors, durations, logs and metrics, input checks, auth, connection serving",
         &[
-            "cache",
-            "lock",
-            "ratelimit",
-            "presence",
-            "pubsub",
-            "plugins",
+            "error",
+            "duration",
+            "telemetry",
+            "validate",
+            "auth",
+            "serve",
         ],
     ),
-    ("what both APIs share", &["app"]),
     (
-        "the APIs, the listeners, the process",
-        &["api", "serve", "lib"],
+        "the storage seam: the Redis connection, the memory sweep, the failover circuit",
+        &["backend"],
     ),
+    ("the plugin host", &["plugins"]),
+    (
+        "the primitives, one folder each (store, backends, failover, APIs, config)",
+        &["primitives"],
+    ),
+    (
+        "composition: the configuration and the shared state",
+        &["config", "app"],
+    ),
+    ("the APIs and the process", &["api", "lib"]),
 ];
 
 #[cfg(test)]

@@ -31,16 +31,13 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod backend;
-pub mod cache;
 pub mod config;
+pub mod duration;
 pub mod error;
 #[cfg(test)]
 mod layers;
-pub mod lock;
 pub mod plugins;
-pub mod presence;
-pub mod pubsub;
-pub mod ratelimit;
+pub mod primitives;
 pub mod serve;
 pub mod telemetry;
 pub mod validate;

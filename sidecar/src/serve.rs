@@ -20,12 +20,37 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::serve::Listener;
+use axum::serve::Listener as Accept;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use serde::{Deserialize, Serialize};
+
+/// A TCP listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Address to bind; port 0 picks a free port (logged at start-up).
+    pub addr: SocketAddr,
+    /// Also listen on this Unix domain socket, created with mode 0600 (only
+    /// this user may connect): the cheapest and most private local hop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+}
+
+/// An optional listener with only `/healthz`, `/readyz` and `/metrics`: for
+/// kubelet probes and scrapers, which reach the pod's IP rather than its
+/// loopback, without exposing the API beyond localhost.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsListener {
+    pub addr: Option<SocketAddr>,
+}
 
 /// What each listener allows.
 #[derive(Debug, Clone, Copy)]
@@ -35,7 +60,7 @@ pub struct ConnectionLimits {
 }
 
 impl ConnectionLimits {
-    pub fn from_config(limits: &crate::config::Limits) -> Self {
+    pub fn from_config(limits: &crate::validate::Limits) -> Self {
         ConnectionLimits {
             max_connections: limits.max_connections,
             header_timeout: limits.header_timeout,
@@ -56,7 +81,7 @@ pub async fn serve_http<L>(
     name: &'static str,
     shutdown: impl Future<Output = ()>,
 ) where
-    L: Listener,
+    L: Accept,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (closing, closing_rx) = watch::channel(false);

@@ -4,8 +4,36 @@
 
 use std::time::Duration;
 
-use crate::config::Limits;
 use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Input limits; requests over them fail with a clear error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Keys per GetMany, tags per invalidation, keys per listing page.
+    pub max_batch: usize,
+    /// Tags on one cache entry.
+    pub max_tags: usize,
+    pub max_tag_bytes: usize,
+    #[serde(with = "crate::duration")]
+    pub max_ttl: Duration,
+    /// Longest a lock or permit acquisition may wait.
+    #[serde(with = "crate::duration")]
+    pub max_wait: Duration,
+    /// Most permits a semaphore may have.
+    pub max_permits: u32,
+    /// Connections each API listener serves at once; beyond it, new ones
+    /// are refused (HTTP: 503 and closed; gRPC: closed).
+    pub max_connections: usize,
+    /// Longest an HTTP client may take to send a request's headers, and
+    /// to start its next request on a kept-alive connection: slow and
+    /// idle clients are disconnected.
+    #[serde(with = "crate::duration")]
+    pub header_timeout: Duration,
+}
 
 /// A key or a name (cache key, lock, room, member, channel): non-empty and
 /// at most `limits.max_key_bytes`.

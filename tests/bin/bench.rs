@@ -908,14 +908,16 @@ impl DirectScripts {
     fn new() -> Self {
         DirectScripts {
             lock_acquire: redis::Script::new(include_str!(
-                "../../sidecar/src/backend/redis/lock_acquire.lua"
+                "../../sidecar/src/primitives/lock/lock_acquire.lua"
             )),
             lock_release: redis::Script::new(include_str!(
-                "../../sidecar/src/backend/redis/lock_release.lua"
+                "../../sidecar/src/primitives/lock/lock_release.lua"
             )),
-            gcra: redis::Script::new(include_str!("../../sidecar/src/backend/redis/gcra.lua")),
+            gcra: redis::Script::new(include_str!(
+                "../../sidecar/src/primitives/ratelimit/gcra.lua"
+            )),
             presence_join: redis::Script::new(include_str!(
-                "../../sidecar/src/backend/redis/presence_join.lua"
+                "../../sidecar/src/primitives/presence/presence_join.lua"
             )),
         }
     }

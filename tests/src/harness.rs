@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use outrigger::app::Stores;
 use outrigger::backend::redis::RedisStore;
-use outrigger::config::{Config, NearCacheConfig, RedisConfig};
+use outrigger::config::{Config, RedisConfig};
 
 use crate::{
     RedisServer, Sidecar, SidecarBuilder, eventually, shared_cluster, shared_sentinels, unique,
@@ -116,7 +116,7 @@ impl Topology {
     /// namespace starting with `prefix`. With the near cache, once it is
     /// live.
     pub async fn deploy(self, config: &Config, prefix: &str) -> Deployment {
-        let mut stores = Stores::memory(config);
+        let stores = Stores::memory(config);
         let Some(target) = self.redis().await else {
             return Deployment {
                 stores,
@@ -124,27 +124,27 @@ impl Topology {
                 server: None,
             };
         };
-        let mut store = RedisStore::connect_with(&target.config, &unique(prefix), &config.pubsub)
+        let store = RedisStore::connect_with(
+            &target.config,
+            &unique(prefix),
+            config.pubsub.subscriber_buffer,
+        )
+        .await
+        .expect("connect to Redis");
+        let store = Arc::new(store);
+        let mut config = config.clone();
+        config.cache.near.enabled = self == Topology::RedisNear;
+        let stores = Stores::redis(store.clone(), &config)
             .await
-            .expect("connect to Redis");
+            .expect("Redis stores");
         if self == Topology::RedisNear {
-            store.enable_near_cache(&NearCacheConfig {
-                enabled: true,
-                ..NearCacheConfig::default()
-            });
-            let near = store.near_cache().expect("enabled").clone();
+            let cache = stores.cache.clone();
             eventually(Duration::from_secs(5), "the near cache to go live", || {
-                let live = near.stats().live;
+                let live = cache.stats().near.is_some_and(|near| near.live);
                 async move { live.then_some(()) }
             })
             .await;
         }
-        let store = Arc::new(store);
-        stores.cache = store.clone();
-        stores.locks = store.clone();
-        stores.ratelimits = store.clone();
-        stores.presence = store.clone();
-        stores.pubsub = store.clone();
         Deployment {
             stores,
             redis: Some(store),

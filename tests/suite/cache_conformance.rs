@@ -11,13 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use outrigger::backend::memory::MemoryStore;
+use outrigger::backend::BackendError;
 use outrigger::backend::redis::RedisStore;
-use outrigger::backend::{
-    BackendError, CacheStore, Condition, Entry, KeyPage, LeaseRead, LeaseRequest, SetOutcome,
-    StoreStats, Write,
-};
 use outrigger::config::Config;
+use outrigger::primitives::cache::memory::MemoryStore;
+use outrigger::primitives::cache::redis::RedisCache;
+use outrigger::primitives::cache::store::{
+    CacheStore, Condition, Entry, KeyPage, LeaseRead, LeaseRequest, SetOutcome, StoreStats, Write,
+};
 use outrigger_tests::{RedisServer, Topology, conformance, eventually, unique};
 
 /// A store under test, and the Redis behind it when there is one. With
@@ -28,7 +29,8 @@ use outrigger_tests::{RedisServer, Topology, conformance, eventually, unique};
 /// L1 never answers what Redis would not.
 struct Backend {
     store: Arc<dyn CacheStore>,
-    near: Option<Arc<RedisStore>>,
+    /// Whether `store` keeps a near cache.
+    near: bool,
     _redis: Option<RedisServer>,
 }
 
@@ -36,7 +38,7 @@ async fn setup(topology: Topology) -> Backend {
     let deployment = topology.deploy(&Config::default(), "conformance").await;
     Backend {
         store: deployment.stores.cache,
-        near: deployment.redis.filter(|_| topology == Topology::RedisNear),
+        near: topology == Topology::RedisNear,
         _redis: deployment.server,
     }
 }
@@ -46,10 +48,10 @@ impl Backend {
         &self,
         read: impl Fn() -> F,
     ) -> Result<T, BackendError> {
-        let Some(near) = &self.near else {
+        if !self.near {
             return read().await;
-        };
-        let hits = || near.near_cache().expect("enabled").stats().hits;
+        }
+        let hits = || self.store.stats().near.expect("near cache stats").hits;
         let before = hits();
         let mut answer = read().await?;
         for _ in 0..4 {
@@ -104,7 +106,7 @@ impl CacheStore for Backend {
 /// With the near cache: L1 stayed in use throughout, and answered the
 /// reads of whatever it kept.
 fn near_cache_served(backend: &Backend) {
-    if backend.near.is_some() {
+    if backend.near {
         let near = backend.store.stats().near.expect("near stats");
         assert!(near.live, "{near:?}");
         assert!(
@@ -669,9 +671,11 @@ fn cases_tagged(tag: &str) -> Write {
 async fn redis_keys_carry_the_namespace_and_expired_keys_leave_no_tag_index() {
     let server = RedisServer::start().await;
     let ns = unique("ns");
-    let store = RedisStore::connect(&server.redis_config(), &ns)
-        .await
-        .unwrap();
+    let store = RedisCache::new(Arc::new(
+        RedisStore::connect(&server.redis_config(), &ns)
+            .await
+            .unwrap(),
+    ));
     let mut short = cases_tagged("t");
     short.ttl = Some(Duration::from_millis(100));
     store.set("k", short).await.unwrap();
@@ -707,7 +711,9 @@ async fn redis_calls_are_bounded_by_the_deadline() {
     let server = RedisServer::start().await;
     let mut config = server.redis_config();
     config.timeout = Duration::from_millis(200);
-    let store = RedisStore::connect(&config, &unique("ns")).await.unwrap();
+    let store = RedisCache::new(Arc::new(
+        RedisStore::connect(&config, &unique("ns")).await.unwrap(),
+    ));
     let mut conn = server.client().await;
     let _: () = redis::cmd("CLIENT")
         .arg(&["PAUSE", "3000", "ALL"][..])
@@ -770,9 +776,11 @@ async fn generated_globs_list_the_same_keys_on_memory_and_redis() {
 
     let memory = setup(Topology::Memory).await;
     let server = RedisServer::start().await;
-    let redis = RedisStore::connect(&server.redis_config(), &unique("glob"))
-        .await
-        .expect("connect");
+    let redis = RedisCache::new(Arc::new(
+        RedisStore::connect(&server.redis_config(), &unique("glob"))
+            .await
+            .expect("connect"),
+    ));
     for key in &keys {
         let write = || Write {
             value: Bytes::from_static(b"v"),

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use outrigger::app::App;
 use outrigger::config::{Config, PolicyConfig};
 use outrigger::error::Error;
-use outrigger::lock::KeepAlive;
-use outrigger::ratelimit::InlineLimit;
+use outrigger::primitives::lock::KeepAlive;
+use outrigger::primitives::ratelimit::InlineLimit;
 use outrigger_tests::{RedisServer, Topology, conformance};
 
 /// An app under test, and the Redis behind it when there is one.

@@ -7,10 +7,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use outrigger::app::App;
-use outrigger::backend::{FeedItem, Offset, PresenceEvent, PresenceKind};
+use outrigger::backend::FeedItem;
 use outrigger::config::Config;
 use outrigger::error::Error;
-use outrigger::pubsub::Subscription;
+use outrigger::primitives::presence::store::{PresenceEvent, PresenceKind};
+use outrigger::primitives::pubsub::Subscription;
+use outrigger::primitives::pubsub::store::{Offset, PubMessage};
 use outrigger_tests::{RedisServer, Topology, conformance};
 
 /// An app under test, and the Redis behind it when there is one.
@@ -74,7 +76,7 @@ async fn next<S: futures::Stream + Unpin>(feed: &mut S) -> S::Item {
         .expect("the feed goes on")
 }
 
-async fn next_message(sub: &mut Subscription) -> outrigger::backend::PubMessage {
+async fn next_message(sub: &mut Subscription) -> PubMessage {
     match next(sub).await.expect("no error") {
         FeedItem::Item(m) => (*m).clone(),
         FeedItem::Lagged(n) => panic!("lagged by {n}"),

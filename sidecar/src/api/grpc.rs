@@ -14,13 +14,16 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{ceil_ms, unix_ms};
 use crate::app::App;
-use crate::backend::{Condition, Decision, Entry, FeedItem, PresenceKind};
-use crate::cache::{Invalidation, LeaseAsk, Leased, SetRequest};
-use crate::config::PrimitiveName as P;
+use crate::backend::FeedItem;
 use crate::error::Error;
-use crate::lock::KeepAlive;
+use crate::plugins::config::PrimitiveName as P;
 use crate::plugins::{Call, Caller, Classified, Operation as Op};
-use crate::ratelimit::InlineLimit;
+use crate::primitives::cache::store::{Condition, Entry};
+use crate::primitives::cache::{Invalidation, LeaseAsk, Leased, SetRequest};
+use crate::primitives::lock::KeepAlive;
+use crate::primitives::presence::store::PresenceKind;
+use crate::primitives::ratelimit::InlineLimit;
+use crate::primitives::ratelimit::store::Decision;
 
 /// Code generated from `proto/outrigger/v1/*.proto`.
 pub mod pb {

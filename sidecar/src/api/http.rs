@@ -34,12 +34,14 @@ use super::error::error_response;
 use super::schema::*;
 use super::{ceil_ms, unix_ms};
 use crate::app::App;
-use crate::backend::{Condition, FeedItem, PubMessage};
-use crate::cache::{Invalidation, LeaseAsk, Leased, SetRequest};
-use crate::config::PrimitiveName as P;
+use crate::backend::FeedItem;
 use crate::error::Error;
+use crate::plugins::config::PrimitiveName as P;
 use crate::plugins::{Call, Caller, Classified, Operation as Op};
-use crate::ratelimit::InlineLimit;
+use crate::primitives::cache::store::Condition;
+use crate::primitives::cache::{Invalidation, LeaseAsk, Leased, SetRequest};
+use crate::primitives::pubsub::store::PubMessage;
+use crate::primitives::ratelimit::InlineLimit;
 
 /// Bound on JSON request bodies (cache values have their own limit).
 const JSON_BODY_LIMIT: usize = 64 * 1024;

@@ -20,6 +20,7 @@
 //! [`WATCH_INTERVAL`]; `POST /v1/admin/plugins/reload` reloads them all.
 //! A reload that fails keeps the previous version serving.
 
+pub mod config;
 mod runtime;
 
 use std::collections::BTreeSet;
@@ -30,8 +31,8 @@ use std::time::{Duration, SystemTime};
 
 use runtime::{Budget, Compiled, t};
 
-use crate::config::{Config, FailMode, HookName, PluginConfig, PrimitiveName};
 use crate::error::Error;
+use crate::plugins::config::{FailMode, HookName, PluginConfig, PrimitiveName};
 use crate::telemetry::Metrics;
 
 /// How often plugin files are checked for changes.
@@ -320,14 +321,22 @@ pub fn check_file(path: &Path, config: &serde_json::Value) -> Result<Checked, St
     })
 }
 
+/// What plugins may ask the host about this sidecar.
+#[derive(Debug, Clone, Default)]
+pub struct HostFacts {
+    pub namespace: String,
+    pub max_key_bytes: usize,
+    /// The configured rate-limit policies' names.
+    pub policies: BTreeSet<String>,
+}
+
 impl Plugins {
     /// Loads every configured plugin. A plugin that cannot be loaded is
     /// kept, unhealthy, so its fail mode answers for it; the reasons are
     /// logged. Compiling takes milliseconds per plugin: call this off the
     /// async runtime's workers (or before it starts).
-    pub fn load(config: &Config, metrics: Arc<Metrics>) -> Plugins {
-        let entries = config
-            .plugins
+    pub fn load(plugins: &[PluginConfig], host: HostFacts, metrics: Arc<Metrics>) -> Plugins {
+        let entries = plugins
             .iter()
             .map(|plugin| {
                 let tried = stamp(&plugin.path);
@@ -358,9 +367,9 @@ impl Plugins {
             .collect();
         Plugins {
             entries,
-            namespace: config.namespace.clone(),
-            max_key_bytes: config.limits.max_key_bytes,
-            policies: config.ratelimit.policies.keys().cloned().collect(),
+            namespace: host.namespace,
+            max_key_bytes: host.max_key_bytes,
+            policies: host.policies,
             metrics,
             reloading: tokio::sync::Mutex::new(()),
         }

@@ -16,7 +16,7 @@ use cpu_time::ThreadTime;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 
-use crate::config::HookName;
+use crate::plugins::config::HookName;
 
 /// The bindings of `sdk/wit`, generated at build time.
 pub(crate) mod wit {

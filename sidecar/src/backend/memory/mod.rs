@@ -1,30 +1,19 @@
-//! The memory backend: every primitive's state inside the sidecar.
-//!
-//! Used when no Redis is configured. Everything is bounded or expires:
+//! The memory backend's shared part: each primitive keeps its state inside
+//! the sidecar (`primitives/<name>/memory.rs`), used when no Redis is
+//! configured and while Redis is down. Everything is bounded or expires:
 //! the cache by entry count and bytes (LRU), locks, permits and rate-limit
-//! counters by their own TTLs, with a background sweep for what nobody
-//! touches again. Semantics match the Redis backend (the conformance suites
-//! check it), except that nothing is shared with other sidecars.
+//! counters by their own TTLs, with a background sweep (started here) for
+//! what nobody touches again. Semantics match the Redis backend (the
+//! conformance suites check it), except that nothing is shared with other
+//! sidecars.
 
 use std::time::Duration;
-
-mod cache;
-mod lock;
-mod presence;
-mod pubsub;
-mod ratelimit;
-
-pub use cache::MemoryStore;
-pub use lock::MemoryLocks;
-pub use presence::MemoryPresence;
-pub use pubsub::MemoryPubSub;
-pub use ratelimit::MemoryRateLimits;
 
 /// How often background sweeps drop expired state.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs `sweep` every [`SWEEP_INTERVAL`] for as long as `target` lives.
-fn spawn_sweep<T: Send + Sync + 'static>(target: std::sync::Weak<T>, sweep: fn(&T)) {
+pub(crate) fn spawn_sweep<T: Send + Sync + 'static>(target: std::sync::Weak<T>, sweep: fn(&T)) {
     if tokio::runtime::Handle::try_current().is_err() {
         return;
     }

@@ -8,7 +8,7 @@
 //! matters across sidecars (TTLs, leases, rate limits) is Redis' own (`TIME`
 //! in scripts, `PX` expiries), never the sidecar's clock.
 //!
-//! Key layout (`ns` is the namespace; the braces are Redis Cluster hash tags,
+//! Key layout, every primitive's (`ns` is the namespace; the braces are Redis Cluster hash tags,
 //! built from the object's own name so objects spread over all slots, and
 //! every script touches keys of one tag only):
 //!
@@ -41,29 +41,27 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use redis::RedisError;
 use redis::aio::ConnectionManagerConfig;
-use redis::{RedisError, Script};
 use tokio::sync::broadcast;
 
 use super::BackendError;
-use crate::config::{PubSubConfig, RedisConfig};
+use crate::backend::redis::config::RedisConfig;
 
-mod cache;
-mod lock;
-pub mod near;
-mod presence;
-mod pubsub;
-mod ratelimit;
-mod subscriber;
-mod topology;
+/// Messages a pub/sub listener may fall behind by, unless configured.
+pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 1024;
+
+pub mod config;
+pub(crate) mod subscriber;
+pub(crate) mod topology;
 
 use subscriber::{Subscriber, Topic};
 use topology::{Conn, Topology};
 
-/// Keys read per SCAN / ZSCAN step of invalidations.
-const SCAN_BATCH: usize = 500;
+/// Keys read per SCAN / ZSCAN step.
+pub(crate) const SCAN_BATCH: usize = 500;
 
-/// Every primitive's storage in Redis.
+/// The connection to Redis every primitive's Redis store shares.
 pub struct RedisStore {
     /// Cheap to clone: clones share one multiplexed connection (per node,
     /// on a cluster). Replaced by a fresh one when the failover prober
@@ -73,28 +71,23 @@ pub struct RedisStore {
     conn: std::sync::RwLock<Conn>,
     topology: Arc<Topology>,
     manager_config: ConnectionManagerConfig,
-    /// Replicas that must acknowledge a lock's fence (`redis.lock_wait_replicas`).
-    lock_wait_replicas: u32,
+    /// Replicas that must acknowledge a write that needs to survive a
+    /// failover (`redis.lock_wait_replicas`).
+    pub(crate) wait_replicas: u32,
     connect_timeout: Duration,
-    namespace: String,
-    deadline: Duration,
-    scripts: Scripts,
+    /// Prefix of every key and channel.
+    pub(crate) namespace: String,
+    /// Bound on every call.
+    pub(crate) deadline: Duration,
     /// The one pub/sub connection, shared by every listener.
-    subscriber: Arc<Subscriber>,
-    /// Releases heard on `ns:released`, fanned out to local lock waiters.
-    released: broadcast::Sender<String>,
-    /// Forwards `ns:released` into `released` while the store lives.
-    _release_forwarder: AbortOnDrop,
-    /// Messages kept per durable pub/sub channel.
-    stream_max_len: usize,
-    /// The cache's invalidation channel, `ns:inv`.
-    invalidations: String,
-    /// The near cache, when enabled, and what keeps it following the
-    /// invalidation channel.
-    near: Option<(Arc<near::NearCache>, AbortOnDrop)>,
+    pub(crate) subscriber: Arc<Subscriber>,
+    /// Whether it connected before returning (tests and tools) rather than
+    /// in the background (the sidecar, behind the circuit).
+    eager: bool,
 }
 
-struct AbortOnDrop(tokio::task::AbortHandle);
+/// A background task, stopped when this is dropped.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -102,55 +95,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-struct Scripts {
-    get: Script,
-    set: Script,
-    delete: Script,
-    lease: Script,
-    tag_add: Script,
-    delete_if_tagged: Script,
-    lock_acquire: Script,
-    lock_release: Script,
-    lock_extend: Script,
-    permit_acquire: Script,
-    permit_release: Script,
-    gcra: Script,
-    window: Script,
-    presence_join: Script,
-    presence_leave: Script,
-    presence_reap: Script,
-    presence_list: Script,
-    presence_ttl: Script,
-    publish: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        Scripts {
-            get: Script::new(include_str!("get.lua")),
-            set: Script::new(include_str!("set.lua")),
-            delete: Script::new(include_str!("delete.lua")),
-            lease: Script::new(include_str!("lease.lua")),
-            tag_add: Script::new(include_str!("tag_add.lua")),
-            delete_if_tagged: Script::new(include_str!("delete_if_tagged.lua")),
-            lock_acquire: Script::new(include_str!("lock_acquire.lua")),
-            lock_release: Script::new(include_str!("lock_release.lua")),
-            lock_extend: Script::new(include_str!("lock_extend.lua")),
-            permit_acquire: Script::new(include_str!("permit_acquire.lua")),
-            permit_release: Script::new(include_str!("permit_release.lua")),
-            gcra: Script::new(include_str!("gcra.lua")),
-            window: Script::new(include_str!("window.lua")),
-            presence_join: Script::new(include_str!("presence_join.lua")),
-            presence_leave: Script::new(include_str!("presence_leave.lua")),
-            presence_reap: Script::new(include_str!("presence_reap.lua")),
-            presence_list: Script::new(include_str!("presence_list.lua")),
-            presence_ttl: Script::new(include_str!("presence_ttl.lua")),
-            publish: Script::new(include_str!("publish.lua")),
-        }
-    }
-}
-
-fn map_err(err: RedisError) -> BackendError {
+pub(crate) fn map_err(err: RedisError) -> BackendError {
     use redis::ServerErrorKind as S;
     if err.is_timeout()
         || err.is_io_error()
@@ -196,17 +141,17 @@ fn map_err(err: RedisError) -> BackendError {
 impl RedisStore {
     /// Connects, within `connect_timeout`, and checks that Redis answers.
     pub async fn connect(config: &RedisConfig, namespace: &str) -> Result<Self, BackendError> {
-        Self::connect_with(config, namespace, &PubSubConfig::default()).await
+        Self::connect_with(config, namespace, DEFAULT_SUBSCRIBER_BUFFER).await
     }
 
-    /// Connects, with pub/sub buffer and stream settings, and checks that
-    /// Redis answers.
+    /// Connects, with `subscriber_buffer` messages of slack per pub/sub
+    /// listener, and checks that Redis answers.
     pub async fn connect_with(
         config: &RedisConfig,
         namespace: &str,
-        pubsub: &PubSubConfig,
+        subscriber_buffer: usize,
     ) -> Result<Self, BackendError> {
-        Self::open(config, namespace, pubsub, true).await
+        Self::open(config, namespace, subscriber_buffer, true).await
     }
 
     /// A store whose connections are made in the background: returns at
@@ -214,9 +159,9 @@ impl RedisStore {
     pub async fn connect_lazy(
         config: &RedisConfig,
         namespace: &str,
-        pubsub: &PubSubConfig,
+        subscriber_buffer: usize,
     ) -> Result<Self, BackendError> {
-        Self::open(config, namespace, pubsub, false).await
+        Self::open(config, namespace, subscriber_buffer, false).await
     }
 
     /// One PING under the deadline.
@@ -242,14 +187,14 @@ impl RedisStore {
     }
 
     /// The current connection (a cheap clone).
-    fn conn(&self) -> Conn {
+    pub(crate) fn conn(&self) -> Conn {
         self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     async fn open(
         config: &RedisConfig,
         namespace: &str,
-        pubsub: &PubSubConfig,
+        subscriber_buffer: usize,
         eager: bool,
     ) -> Result<Self, BackendError> {
         let topology = Arc::new(Topology::new(config).map_err(map_err)?);
@@ -283,71 +228,54 @@ impl RedisStore {
                 .await
                 .map_err(map_err)?
         };
-        let subscriber = Subscriber::start(
-            topology.clone(),
-            pubsub.subscriber_buffer,
-            config.connect_timeout,
-        );
-        // Lock waiters on this sidecar hear releases from every sidecar.
-        let released = broadcast::channel(1024).0;
-        let (mut releases, guard) = subscriber
-            .listen(Topic::Channel(format!("{namespace}:released")), eager)
+        let subscriber =
+            Subscriber::start(topology.clone(), subscriber_buffer, config.connect_timeout);
+        Ok(RedisStore {
+            conn: std::sync::RwLock::new(conn),
+            topology,
+            manager_config,
+            wait_replicas: config.lock_wait_replicas,
+            connect_timeout: config.connect_timeout,
+            namespace: namespace.to_string(),
+            deadline: config.timeout,
+            subscriber,
+            eager,
+        })
+    }
+
+    /// Forwards every message of `channel` (as text) to the returned
+    /// sender's receivers, for as long as the returned task lives. On a
+    /// store that connected eagerly, the subscription is active when this
+    /// returns; otherwise it is made in the background.
+    pub(crate) async fn forward_channel(
+        &self,
+        channel: String,
+    ) -> Result<(broadcast::Sender<String>, AbortOnDrop), BackendError> {
+        let sender = broadcast::channel(1024).0;
+        let (mut messages, guard) = self
+            .subscriber
+            .listen(Topic::Channel(channel), self.eager)
             .await?
             .into_parts();
-        let forward = released.clone();
+        let forward = sender.clone();
         let forwarder = tokio::spawn(async move {
             let _guard = guard;
             loop {
-                match releases.recv().await {
+                match messages.recv().await {
                     Ok(d) => {
                         let _ = forward.send(String::from_utf8_lossy(&d.payload).into_owned());
                     }
-                    // Missed some: waiters fall back to their poll.
+                    // Missed some: listeners fall back to their poll.
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
         });
-        Ok(RedisStore {
-            conn: std::sync::RwLock::new(conn),
-            topology,
-            manager_config,
-            lock_wait_replicas: config.lock_wait_replicas,
-            connect_timeout: config.connect_timeout,
-            namespace: namespace.to_string(),
-            deadline: config.timeout,
-            scripts: Scripts::new(),
-            subscriber,
-            released,
-            _release_forwarder: AbortOnDrop(forwarder.abort_handle()),
-            stream_max_len: pubsub.stream_max_len,
-            invalidations: format!("{namespace}:inv"),
-            near: None,
-        })
-    }
-
-    /// Keeps a near cache (L1) of what this store reads, following the
-    /// namespace's invalidation channel (see [`near`]).
-    pub fn enable_near_cache(&mut self, config: &crate::config::NearCacheConfig) {
-        let cache = Arc::new(near::NearCache::new(config.clone()));
-        let follower = near::follow(cache.clone(), &self.subscriber, self.invalidations.clone());
-        self.near = Some((cache, AbortOnDrop(follower)));
-    }
-
-    /// Empties the near cache, if enabled.
-    pub fn flush_near_cache(&self) {
-        if let Some(near) = self.near_cache() {
-            near.flush();
-        }
-    }
-
-    /// The near cache, if enabled.
-    pub fn near_cache(&self) -> Option<&Arc<near::NearCache>> {
-        self.near.as_ref().map(|(cache, _)| cache)
+        Ok((sender, AbortOnDrop(forwarder.abort_handle())))
     }
 
     /// Runs one Redis call under the deadline.
-    async fn call<T>(
+    pub(crate) async fn call<T>(
         &self,
         fut: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, BackendError> {

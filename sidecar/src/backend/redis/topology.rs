@@ -27,10 +27,10 @@ use redis::{
     TlsCertificates, TlsMode, Value,
 };
 
-use crate::config::{RedisConfig, RedisMode};
+use crate::backend::redis::config::{RedisConfig, RedisMode};
 
 /// Where Redis is, and how to connect to it.
-pub(super) enum Topology {
+pub(crate) enum Topology {
     Standalone(redis::Client),
     Cluster {
         client: ClusterClient,
@@ -48,7 +48,7 @@ pub(super) enum Topology {
 /// The connection requests use. Cheap to clone: clones share one
 /// multiplexed connection (per node, on a cluster).
 #[derive(Clone)]
-pub(super) enum Conn {
+pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -84,7 +84,7 @@ impl ConnectionLike for Conn {
 impl Conn {
     /// Runs `cmd` on the master that serves slot `slot` (on a single
     /// server: on it).
-    pub(super) async fn on_slot<T: redis::FromRedisValue>(
+    pub(crate) async fn on_slot<T: redis::FromRedisValue>(
         &mut self,
         slot: u16,
         cmd: &Cmd,
@@ -110,7 +110,7 @@ impl Conn {
 
     /// One slot of each master, lowest first: `SCAN` visits the masters
     /// through them. A single server is "slot 0".
-    pub(super) async fn masters(&mut self) -> RedisResult<Vec<u16>> {
+    pub(crate) async fn masters(&mut self) -> RedisResult<Vec<u16>> {
         let Conn::Cluster(conn) = self else {
             return Ok(vec![0]);
         };
@@ -155,7 +155,7 @@ impl Conn {
     /// Waits until `replicas` replicas acknowledged this connection's
     /// writes to the master that holds `key`, for at most `limit`;
     /// returns how many did.
-    pub(super) async fn wait_replicas(
+    pub(crate) async fn wait_replicas(
         &mut self,
         key: &str,
         replicas: u32,
@@ -170,7 +170,7 @@ impl Conn {
 
 impl Topology {
     /// Reads where Redis is from the configuration.
-    pub(super) fn new(config: &RedisConfig) -> RedisResult<Topology> {
+    pub(crate) fn new(config: &RedisConfig) -> RedisResult<Topology> {
         // rustls needs a process-wide crypto provider for rediss://; ring
         // is the one this build carries. Installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -266,7 +266,7 @@ impl Topology {
     /// A client for one data node, for the pub/sub connection: the server,
     /// the master the Sentinels name now, or the `attempt`-th seed (in
     /// turn, so a dead seed is passed over).
-    pub(super) async fn node(&self, attempt: usize) -> RedisResult<redis::Client> {
+    pub(crate) async fn node(&self, attempt: usize) -> RedisResult<redis::Client> {
         match self {
             Topology::Standalone(client) => Ok(client.clone()),
             Topology::Cluster { seeds, .. } => Ok(seeds[attempt % seeds.len()].clone()),
@@ -286,7 +286,7 @@ impl Topology {
 
     /// Connects: at once (`eager`, the first command waits for the
     /// connection) or in the background.
-    pub(super) async fn connect(
+    pub(crate) async fn connect(
         &self,
         manager: &ConnectionManagerConfig,
         eager: bool,

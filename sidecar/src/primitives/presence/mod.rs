@@ -6,6 +6,12 @@
 //! through it. The backend's reap is atomic, so when several sidecars reap
 //! one room, each expiry is announced exactly once.
 
+pub mod config;
+pub mod failover;
+pub mod memory;
+pub mod redis;
+pub mod store;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -14,11 +20,12 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use crate::backend::{Feed, MemberPage, PresenceEvent, PresenceStore};
-use crate::config::Limits;
+use crate::backend::Feed;
 use crate::error::{Error, Result};
 use crate::telemetry::{self, Metrics};
 use crate::validate;
+use crate::validate::Limits;
+use store::{MemberPage, PresenceEvent, PresenceStore};
 
 /// Page size of a member listing when the caller gives none.
 const DEFAULT_PAGE: usize = 100;

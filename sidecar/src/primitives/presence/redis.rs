@@ -7,6 +7,7 @@
 //! in another slot, is updated after the join, and is checked against the
 //! rooms themselves when read, so a stale entry never shows.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,11 +16,12 @@ use futures::StreamExt;
 use futures::future::try_join_all;
 use redis::Value;
 
-use super::{RedisStore, Topic};
-use crate::backend::{
-    BackendError, Feed, FeedItem, MemberInfo, MemberPage, PresenceEvent, PresenceKind,
-    PresenceStore,
-};
+use redis::Script;
+
+use super::store::{MemberInfo, MemberPage, PresenceEvent, PresenceKind, PresenceStore};
+use crate::backend::redis::RedisStore;
+use crate::backend::redis::subscriber::Topic;
+use crate::backend::{BackendError, Feed, FeedItem};
 
 /// Members taken out per reap call.
 const REAP_BATCH: usize = 1000;
@@ -27,13 +29,42 @@ const REAP_BATCH: usize = 1000;
 /// How long the member -> rooms index outlives a heartbeat.
 const ROOMS_INDEX_SLACK: Duration = Duration::from_secs(600);
 
-impl RedisStore {
+/// Presence in Redis.
+pub struct RedisPresence {
+    redis: Arc<RedisStore>,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    presence_join: Script,
+    presence_leave: Script,
+    presence_reap: Script,
+    presence_list: Script,
+    presence_ttl: Script,
+}
+
+impl RedisPresence {
+    pub fn new(redis: Arc<RedisStore>) -> Self {
+        RedisPresence {
+            redis,
+            scripts: Scripts {
+                presence_join: Script::new(include_str!("presence_join.lua")),
+                presence_leave: Script::new(include_str!("presence_leave.lua")),
+                presence_reap: Script::new(include_str!("presence_reap.lua")),
+                presence_list: Script::new(include_str!("presence_list.lua")),
+                presence_ttl: Script::new(include_str!("presence_ttl.lua")),
+            },
+        }
+    }
+}
+
+impl RedisPresence {
     fn room_key(&self, room: &str) -> String {
-        format!("{}:pr:{{{room}}}", self.namespace)
+        format!("{}:pr:{{{room}}}", self.redis.namespace)
     }
 
     fn member_rooms_key(&self, member: &str) -> String {
-        format!("{}:pm:{{{member}}}", self.namespace)
+        format!("{}:pm:{{{member}}}", self.redis.namespace)
     }
 }
 
@@ -52,7 +83,7 @@ fn parse_event(room: &str, payload: &[u8]) -> Option<PresenceEvent> {
 }
 
 #[async_trait]
-impl PresenceStore for RedisStore {
+impl PresenceStore for RedisPresence {
     async fn join(
         &self,
         room: &str,
@@ -61,37 +92,38 @@ impl PresenceStore for RedisStore {
         ttl: Duration,
     ) -> Result<bool, BackendError> {
         let key = self.room_key(room);
-        let mut conn = self.conn();
+        let mut conn = self.redis.conn();
         let mut call = self.scripts.presence_join.key(&key);
         call.key(format!("{key}:meta"))
             .arg(member)
             .arg(metadata.as_ref())
             .arg(ttl.as_millis() as u64)
             .arg(&key);
-        let joined: i64 = self.call(call.invoke_async(&mut conn)).await?;
+        let joined: i64 = self.redis.call(call.invoke_async(&mut conn)).await?;
         let index = self.member_rooms_key(member);
         let mut pipe = redis::pipe();
         pipe.sadd(&index, room)
             .ignore()
             .pexpire(&index, (ttl + ROOMS_INDEX_SLACK).as_millis() as i64)
             .ignore();
-        self.call(pipe.query_async::<()>(&mut conn)).await?;
+        self.redis.call(pipe.query_async::<()>(&mut conn)).await?;
         Ok(joined == 1)
     }
 
     async fn leave(&self, room: &str, member: &str) -> Result<bool, BackendError> {
         let key = self.room_key(room);
-        let mut conn = self.conn();
+        let mut conn = self.redis.conn();
         let mut call = self.scripts.presence_leave.key(&key);
         call.key(format!("{key}:meta")).arg(member).arg(&key);
-        let left: i64 = self.call(call.invoke_async(&mut conn)).await?;
-        self.call(
-            redis::cmd("SREM")
-                .arg(self.member_rooms_key(member))
-                .arg(room)
-                .query_async::<()>(&mut conn),
-        )
-        .await?;
+        let left: i64 = self.redis.call(call.invoke_async(&mut conn)).await?;
+        self.redis
+            .call(
+                redis::cmd("SREM")
+                    .arg(self.member_rooms_key(member))
+                    .arg(room)
+                    .query_async::<()>(&mut conn),
+            )
+            .await?;
         Ok(left == 1)
     }
 
@@ -106,10 +138,10 @@ impl PresenceStore for RedisStore {
             c => c.parse().map_err(|_| BackendError::InvalidCursor)?,
         };
         let key = self.room_key(room);
-        let mut conn = self.conn();
+        let mut conn = self.redis.conn();
         let mut call = self.scripts.presence_list.key(&key);
         call.key(format!("{key}:meta")).arg(cursor).arg(limit);
-        let reply: Vec<Value> = self.call(call.invoke_async(&mut conn)).await?;
+        let reply: Vec<Value> = self.redis.call(call.invoke_async(&mut conn)).await?;
         let bad = || BackendError::Protocol("presence list reply".into());
         let mut fields = reply.into_iter();
         let next: u64 = match fields.next() {
@@ -141,18 +173,19 @@ impl PresenceStore for RedisStore {
     }
 
     async fn rooms(&self, member: &str) -> Result<Vec<String>, BackendError> {
-        let mut conn = self.conn();
+        let mut conn = self.redis.conn();
         let index = self.member_rooms_key(member);
         let mut rooms: Vec<String> = self
+            .redis
             .call(redis::cmd("SMEMBERS").arg(&index).query_async(&mut conn))
             .await?;
         let checks = rooms.iter().map(|room| {
-            let mut conn = self.conn();
+            let mut conn = self.redis.conn();
             let mut call = self.scripts.presence_ttl.key(self.room_key(room));
             call.arg(member);
             async move { call.invoke_async::<i64>(&mut conn).await }
         });
-        let left = self.call(try_join_all(checks)).await?;
+        let left = self.redis.call(try_join_all(checks)).await?;
         let mut live = vec![];
         let mut stale = vec![];
         for (room, left) in rooms.drain(..).zip(left) {
@@ -163,13 +196,14 @@ impl PresenceStore for RedisStore {
             }
         }
         if !stale.is_empty() {
-            self.call(
-                redis::cmd("SREM")
-                    .arg(&index)
-                    .arg(&stale)
-                    .query_async::<()>(&mut conn),
-            )
-            .await?;
+            self.redis
+                .call(
+                    redis::cmd("SREM")
+                        .arg(&index)
+                        .arg(&stale)
+                        .query_async::<()>(&mut conn),
+                )
+                .await?;
         }
         live.sort();
         Ok(live)
@@ -177,10 +211,10 @@ impl PresenceStore for RedisStore {
 
     async fn reap(&self, room: &str) -> Result<u64, BackendError> {
         let key = self.room_key(room);
-        let mut conn = self.conn();
+        let mut conn = self.redis.conn();
         let mut call = self.scripts.presence_reap.key(&key);
         call.key(format!("{key}:meta")).arg(&key).arg(REAP_BATCH);
-        self.call(call.invoke_async(&mut conn)).await
+        self.redis.call(call.invoke_async(&mut conn)).await
     }
 
     async fn watch(&self, room: &str) -> Result<Feed<PresenceEvent>, BackendError> {
@@ -188,7 +222,7 @@ impl PresenceStore for RedisStore {
     }
 }
 
-impl RedisStore {
+impl RedisPresence {
     /// [`PresenceStore::watch`]; with `confirm` false it does not wait for
     /// Redis (the subscription is made when the connection is up).
     pub async fn watch_with(
@@ -197,12 +231,13 @@ impl RedisStore {
         confirm: bool,
     ) -> Result<Feed<PresenceEvent>, BackendError> {
         let (rx, guard) = self
+            .redis
             .subscriber
             .listen(Topic::Channel(self.room_key(room)), confirm)
             .await?
             .into_parts();
         let room = room.to_string();
-        let feed = super::super::feed_from(vec![rx], guard).filter_map(move |item| {
+        let feed = crate::backend::feed_from(vec![rx], guard).filter_map(move |item| {
             let event = match item {
                 FeedItem::Item(d) => parse_event(&room, &d.payload).map(FeedItem::Item),
                 FeedItem::Lagged(n) => Some(FeedItem::Lagged(n)),

@@ -1,15 +1,42 @@
 //! Rate limits on Redis: one script per decision (`gcra.lua`,
 //! `window.lua`), on Redis' clock.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use redis::Script;
 
-use super::RedisStore;
-use crate::backend::{Algorithm, BackendError, Decision, Limit, RateLimitStore};
+use super::config::{Algorithm, Limit};
+use super::store::{Decision, RateLimitStore};
+use crate::backend::BackendError;
+use crate::backend::redis::RedisStore;
+
+/// Rate-limit counters in Redis.
+pub struct RedisRateLimits {
+    redis: Arc<RedisStore>,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    gcra: Script,
+    window: Script,
+}
+
+impl RedisRateLimits {
+    pub fn new(redis: Arc<RedisStore>) -> Self {
+        RedisRateLimits {
+            redis,
+            scripts: Scripts {
+                gcra: Script::new(include_str!("gcra.lua")),
+                window: Script::new(include_str!("window.lua")),
+            },
+        }
+    }
+}
 
 #[async_trait]
-impl RateLimitStore for RedisStore {
+impl RateLimitStore for RedisRateLimits {
     async fn check(
         &self,
         policy: &str,
@@ -19,11 +46,11 @@ impl RateLimitStore for RedisStore {
     ) -> Result<Decision, BackendError> {
         let state = format!(
             "{}:rl:{}:{{{policy}:{key}}}",
-            self.namespace,
+            self.redis.namespace,
             limit.algorithm.name()
         );
         let period_us = limit.period.as_micros() as f64;
-        let mut conn = self.conn();
+        let mut conn = self.redis.conn();
         let call = match limit.algorithm {
             Algorithm::Gcra => {
                 let mut call = self.scripts.gcra.key(state);
@@ -47,7 +74,7 @@ impl RateLimitStore for RedisStore {
             }
         };
         let (allowed, remaining, reset_us, retry_us): (i64, i64, i64, i64) =
-            self.call(call.invoke_async(&mut conn)).await?;
+            self.redis.call(call.invoke_async(&mut conn)).await?;
         let us = |n: i64| Duration::from_micros(n.max(0) as u64);
         Ok(Decision {
             allowed: allowed == 1,

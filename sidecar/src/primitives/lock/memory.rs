@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::backend::{Acquire, BackendError, LockStore};
+use super::store::{Acquire, LockStore};
+use crate::backend::BackendError;
 
 /// Lock and semaphore state in local memory.
 pub struct MemoryLocks {
@@ -41,7 +42,7 @@ impl MemoryLocks {
             inner: Mutex::new(Inner::default()),
             released: broadcast::channel(1024).0,
         });
-        super::spawn_sweep(Arc::downgrade(&locks), MemoryLocks::sweep);
+        crate::backend::memory::spawn_sweep(Arc::downgrade(&locks), MemoryLocks::sweep);
         locks
     }
 

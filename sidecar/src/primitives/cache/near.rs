@@ -37,9 +37,10 @@ use bytes::Bytes;
 use lru::LruCache;
 use tokio::sync::broadcast;
 
-use super::subscriber::{Subscriber, Topic};
-use crate::backend::{Entry, glob};
-use crate::config::NearCacheConfig;
+use super::config::NearCacheConfig;
+use super::store::Entry;
+use crate::backend::glob;
+use crate::backend::redis::subscriber::{self, Subscriber, Topic};
 
 /// Invalidation counters; a collision only costs a skipped fill.
 const STRIPES: usize = 1024;
@@ -47,7 +48,7 @@ const STRIPES: usize = 1024;
 /// Bytes counted per entry on top of its key and value.
 const ENTRY_OVERHEAD: usize = 64;
 
-pub use crate::backend::NearStats;
+pub use super::store::NearStats;
 
 /// Prefix of a message naming one key.
 pub(super) const KEY_PREFIX: &str = "k:";
@@ -323,11 +324,8 @@ pub(super) fn follow(
                     break subscription;
                 }
                 Err(_) => {
-                    let _ = tokio::time::timeout(
-                        super::subscriber::PING_INTERVAL,
-                        connection.changed(),
-                    )
-                    .await;
+                    let _ =
+                        tokio::time::timeout(subscriber::PING_INTERVAL, connection.changed()).await;
                 }
             }
         };

@@ -1,15 +1,23 @@
 //! The rate-limit primitive: named policies from configuration or inline
 //! limits, validated, then one backend decision per check.
 
+pub mod config;
+pub mod failover;
+pub mod memory;
+pub mod redis;
+pub mod store;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{Algorithm, Decision, Limit, RateLimitStore};
-use crate::config::{Limits, PolicyConfig};
 use crate::error::{Error, Result};
 use crate::telemetry::{self, Metrics};
 use crate::validate;
+use crate::validate::Limits;
+use config::PolicyConfig;
+use config::{Algorithm, Limit};
+use store::{Decision, RateLimitStore};
 
 /// Longest policy name.
 const MAX_POLICY_NAME: usize = 128;

@@ -13,12 +13,34 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{RedisStore, Topic};
-use crate::backend::{BackendError, Feed, FeedItem, Offset, PubMessage, PubSubStore};
+use redis::Script;
 
-impl RedisStore {
+use super::store::{Offset, PubMessage, PubSubStore};
+use crate::backend::redis::RedisStore;
+use crate::backend::redis::subscriber::Topic;
+use crate::backend::{BackendError, Feed, FeedItem};
+
+/// Pub/sub in Redis.
+pub struct RedisPubSub {
+    redis: Arc<RedisStore>,
+    publish: Script,
+    /// Messages kept per durable channel.
+    stream_max_len: usize,
+}
+
+impl RedisPubSub {
+    pub fn new(redis: Arc<RedisStore>, stream_max_len: usize) -> Self {
+        RedisPubSub {
+            redis,
+            publish: Script::new(include_str!("publish.lua")),
+            stream_max_len,
+        }
+    }
+}
+
+impl RedisPubSub {
     fn pubsub_key(&self, channel: &str) -> String {
-        format!("{}:ps:{{{channel}}}", self.namespace)
+        format!("{}:ps:{{{channel}}}", self.redis.namespace)
     }
 }
 
@@ -41,7 +63,7 @@ fn parse_live(channel: &str, payload: &[u8]) -> Option<PubMessage> {
 }
 
 #[async_trait]
-impl PubSubStore for RedisStore {
+impl PubSubStore for RedisPubSub {
     async fn publish(
         &self,
         message: PubMessage,
@@ -50,28 +72,29 @@ impl PubSubStore for RedisStore {
         let key = self.pubsub_key(&message.channel);
         let headers = serde_json::to_string(&message.headers)
             .map_err(|e| BackendError::Protocol(e.to_string()))?;
-        let mut conn = self.conn();
+        let mut conn = self.redis.conn();
         if !durable {
             let mut live = Vec::with_capacity(headers.len() + message.payload.len() + 2);
             live.push(b'\n');
             live.extend_from_slice(headers.as_bytes());
             live.push(b'\n');
             live.extend_from_slice(&message.payload);
-            self.call(
-                redis::cmd("PUBLISH")
-                    .arg(&key)
-                    .arg(live)
-                    .query_async::<()>(&mut conn),
-            )
-            .await?;
+            self.redis
+                .call(
+                    redis::cmd("PUBLISH")
+                        .arg(&key)
+                        .arg(live)
+                        .query_async::<()>(&mut conn),
+                )
+                .await?;
             return Ok(None);
         }
-        let mut call = self.scripts.publish.key(&key);
+        let mut call = self.publish.key(&key);
         call.arg(self.stream_max_len)
             .arg(&key)
             .arg(&headers)
             .arg(message.payload.as_ref());
-        let id: String = self.call(call.invoke_async(&mut conn)).await?;
+        let id: String = self.redis.call(call.invoke_async(&mut conn)).await?;
         id.parse()
             .map(Some)
             .map_err(|_| BackendError::Protocol(format!("stream id {id:?}")))
@@ -95,7 +118,7 @@ impl PubSubStore for RedisStore {
     }
 }
 
-impl RedisStore {
+impl RedisPubSub {
     /// [`PubSubStore::subscribe`]; with `confirm` false it does not wait for
     /// Redis (subscriptions are made when the connection is up).
     pub async fn subscribe_with(
@@ -111,12 +134,17 @@ impl RedisStore {
             .map(|c| Topic::Channel(self.pubsub_key(c)))
             .chain(patterns.iter().map(|p| Topic::Pattern(self.pubsub_key(p))));
         for topic in topics {
-            let (rx, guard) = self.subscriber.listen(topic, confirm).await?.into_parts();
+            let (rx, guard) = self
+                .redis
+                .subscriber
+                .listen(topic, confirm)
+                .await?
+                .into_parts();
             receivers.push(rx);
             guards.push(guard);
         }
-        let namespace = self.namespace.clone();
-        let feed = super::super::feed_from(receivers, guards).filter_map(move |item| {
+        let namespace = self.redis.namespace.clone();
+        let feed = crate::backend::feed_from(receivers, guards).filter_map(move |item| {
             let message = match item {
                 FeedItem::Item(d) => {
                     let channel = d
@@ -141,8 +169,9 @@ impl RedisStore {
         after: Offset,
         count: usize,
     ) -> Result<Vec<PubMessage>, BackendError> {
-        let mut conn = self.conn();
+        let mut conn = self.redis.conn();
         let entries: Vec<StreamEntry> = self
+            .redis
             .call(
                 redis::cmd("XRANGE")
                     .arg(self.pubsub_key(channel))

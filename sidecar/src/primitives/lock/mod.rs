@@ -6,6 +6,12 @@
 //! announced, the current lease runs out, or a safety-net poll interval
 //! passes, whichever is first; `wait_ms` bounds the whole wait.
 
+pub mod config;
+pub mod failover;
+pub mod memory;
+pub mod redis;
+pub mod store;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +19,12 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-use crate::backend::{Acquire, BackendError, LockStore};
-use crate::config::Limits;
+use crate::backend::BackendError;
 use crate::error::{Error, Result};
 use crate::telemetry::{self, Metrics};
 use crate::validate;
+use crate::validate::Limits;
+use store::{Acquire, LockStore};
 
 /// Longest nap between attempts when no release is announced: the safety
 /// net for a lost notification.

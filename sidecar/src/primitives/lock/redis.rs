@@ -1,25 +1,66 @@
 //! Locks and semaphores on Redis: one script per decision; releases are
 //! published on `ns:released` so waiters on every sidecar wake at once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use redis::Script;
 use tokio::sync::broadcast;
 
-use super::RedisStore;
-use crate::backend::{Acquire, BackendError, LockStore};
+use super::store::{Acquire, LockStore};
+use crate::backend::BackendError;
+use crate::backend::redis::{AbortOnDrop, RedisStore};
+
+/// Locks and semaphores in Redis.
+pub struct RedisLocks {
+    redis: Arc<RedisStore>,
+    scripts: Scripts,
+    /// Releases heard on `ns:released`, fanned out to local lock waiters.
+    released: broadcast::Sender<String>,
+    /// Forwards `ns:released` into `released` while the store lives.
+    _forwarder: AbortOnDrop,
+}
+
+struct Scripts {
+    lock_acquire: Script,
+    lock_release: Script,
+    lock_extend: Script,
+    permit_acquire: Script,
+    permit_release: Script,
+}
+
+impl RedisLocks {
+    /// Listens for releases from every sidecar sharing `redis`.
+    pub async fn new(redis: Arc<RedisStore>) -> Result<Self, BackendError> {
+        let channel = format!("{}:released", redis.namespace);
+        let (released, forwarder) = redis.forward_channel(channel).await?;
+        Ok(RedisLocks {
+            redis,
+            scripts: Scripts {
+                lock_acquire: Script::new(include_str!("lock_acquire.lua")),
+                lock_release: Script::new(include_str!("lock_release.lua")),
+                lock_extend: Script::new(include_str!("lock_extend.lua")),
+                permit_acquire: Script::new(include_str!("permit_acquire.lua")),
+                permit_release: Script::new(include_str!("permit_release.lua")),
+            },
+            released,
+            _forwarder: forwarder,
+        })
+    }
+}
 
 fn ms(d: Duration) -> u64 {
     d.as_millis().max(1) as u64
 }
 
-impl RedisStore {
+impl RedisLocks {
     fn lock_key(&self, name: &str) -> String {
-        format!("{}:lock:{{{name}}}", self.namespace)
+        format!("{}:lock:{{{name}}}", self.redis.namespace)
     }
 
     fn release_channel(&self) -> String {
-        format!("{}:released", self.namespace)
+        format!("{}:released", self.redis.namespace)
     }
 
     /// Waits (`WAIT`, within half the deadline) until
@@ -33,10 +74,13 @@ impl RedisStore {
         token: &str,
         key: &str,
     ) -> Result<(), BackendError> {
-        let wanted = self.lock_wait_replicas;
-        let limit = self.deadline / 2;
-        let mut conn = self.conn();
-        let confirmed = self.call(conn.wait_replicas(key, wanted, limit)).await;
+        let wanted = self.redis.wait_replicas;
+        let limit = self.redis.deadline / 2;
+        let mut conn = self.redis.conn();
+        let confirmed = self
+            .redis
+            .call(conn.wait_replicas(key, wanted, limit))
+            .await;
         if matches!(confirmed, Ok(n) if n >= wanted) {
             return Ok(());
         }
@@ -60,7 +104,7 @@ impl RedisStore {
 }
 
 #[async_trait]
-impl LockStore for RedisStore {
+impl LockStore for RedisLocks {
     async fn try_acquire(
         &self,
         name: &str,
@@ -68,34 +112,34 @@ impl LockStore for RedisStore {
         ttl: Duration,
     ) -> Result<Acquire, BackendError> {
         let key = self.lock_key(name);
-        let mut conn = self.conn();
+        let mut conn = self.redis.conn();
         let mut call = self.scripts.lock_acquire.key(&key);
         call.key(format!("{key}:fence")).arg(token).arg(ms(ttl));
-        let (acquired, n): (i64, i64) = self.call(call.invoke_async(&mut conn)).await?;
+        let (acquired, n): (i64, i64) = self.redis.call(call.invoke_async(&mut conn)).await?;
         if acquired != 1 {
             return Ok(Self::held(n));
         }
-        if self.lock_wait_replicas > 0 {
+        if self.redis.wait_replicas > 0 {
             self.await_fence_replicated(name, token, &key).await?;
         }
         Ok(Acquire::Acquired { fence: n as u64 })
     }
 
     async fn release(&self, name: &str, token: &str) -> Result<bool, BackendError> {
-        let mut conn = self.conn();
+        let mut conn = self.redis.conn();
         let mut call = self.scripts.lock_release.key(self.lock_key(name));
         call.arg(token)
             .arg(self.release_channel())
             .arg(format!("lock:{name}"));
-        let released: i64 = self.call(call.invoke_async(&mut conn)).await?;
+        let released: i64 = self.redis.call(call.invoke_async(&mut conn)).await?;
         Ok(released == 1)
     }
 
     async fn extend(&self, name: &str, token: &str, ttl: Duration) -> Result<bool, BackendError> {
-        let mut conn = self.conn();
+        let mut conn = self.redis.conn();
         let mut call = self.scripts.lock_extend.key(self.lock_key(name));
         call.arg(token).arg(ms(ttl));
-        let extended: i64 = self.call(call.invoke_async(&mut conn)).await?;
+        let extended: i64 = self.redis.call(call.invoke_async(&mut conn)).await?;
         Ok(extended == 1)
     }
 
@@ -106,13 +150,13 @@ impl LockStore for RedisStore {
         limit: u32,
         ttl: Duration,
     ) -> Result<Acquire, BackendError> {
-        let mut conn = self.conn();
+        let mut conn = self.redis.conn();
         let mut call = self
             .scripts
             .permit_acquire
-            .key(format!("{}:sem:{{{name}}}", self.namespace));
+            .key(format!("{}:sem:{{{name}}}", self.redis.namespace));
         call.arg(token).arg(limit).arg(ms(ttl));
-        let (acquired, n): (i64, i64) = self.call(call.invoke_async(&mut conn)).await?;
+        let (acquired, n): (i64, i64) = self.redis.call(call.invoke_async(&mut conn)).await?;
         Ok(if acquired == 1 {
             Acquire::Acquired { fence: 0 }
         } else {
@@ -121,15 +165,15 @@ impl LockStore for RedisStore {
     }
 
     async fn release_permit(&self, name: &str, token: &str) -> Result<bool, BackendError> {
-        let mut conn = self.conn();
+        let mut conn = self.redis.conn();
         let mut call = self
             .scripts
             .permit_release
-            .key(format!("{}:sem:{{{name}}}", self.namespace));
+            .key(format!("{}:sem:{{{name}}}", self.redis.namespace));
         call.arg(token)
             .arg(self.release_channel())
             .arg(format!("sem:{name}"));
-        let released: i64 = self.call(call.invoke_async(&mut conn)).await?;
+        let released: i64 = self.redis.call(call.invoke_async(&mut conn)).await?;
         Ok(released == 1)
     }
 

@@ -14,11 +14,12 @@ use bytes::Bytes;
 use lru::LruCache;
 use tokio::time::Instant;
 
-use crate::backend::{
-    BackendError, CacheStore, Condition, Entry, KeyPage, LeaseAttempt, LeaseRead, LeaseRequest,
-    SetOutcome, StoreStats, Write, glob, wait_for_lease,
+use super::config::MemoryConfig;
+use super::store::{
+    CacheStore, Condition, Entry, KeyPage, LeaseAttempt, LeaseRead, LeaseRequest, SetOutcome,
+    StoreStats, Write, wait_for_lease,
 };
-use crate::config::MemoryConfig;
+use crate::backend::{BackendError, glob};
 
 /// Cache storage in local memory.
 pub struct MemoryStore {
@@ -102,7 +103,7 @@ impl MemoryStore {
             bounds,
             written: tokio::sync::broadcast::channel(16).0,
         });
-        super::spawn_sweep(Arc::downgrade(&store), |s| {
+        crate::backend::memory::spawn_sweep(Arc::downgrade(&store), |s| {
             s.sweep_expired();
         });
         store

@@ -5,17 +5,23 @@
 //! enforced here holds for every client, and the backends only ever see
 //! valid input.
 
+pub mod config;
+pub mod failover;
+pub mod memory;
+pub mod near;
+pub mod redis;
+pub mod store;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{
-    self, CacheStore, Condition, Entry, KeyPage, LeaseRead, LeaseRequest, SetOutcome, Write,
-};
-use crate::config::Limits;
+use crate::backend;
 use crate::error::{Error, Result};
 use crate::telemetry::{self, Metrics};
 use crate::validate;
+use crate::validate::Limits;
 use bytes::Bytes;
+use store::{CacheStore, Condition, Entry, KeyPage, LeaseRead, LeaseRequest, SetOutcome, Write};
 
 /// Page size of a key listing when the caller gives none.
 pub const DEFAULT_PAGE: usize = 100;
@@ -74,7 +80,7 @@ pub struct CacheStats {
     pub keys: Option<u64>,
     pub bytes: Option<u64>,
     pub evictions: Option<u64>,
-    pub near: Option<crate::backend::NearStats>,
+    pub near: Option<store::NearStats>,
 }
 
 /// The cache primitive.

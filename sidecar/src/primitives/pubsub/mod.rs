@@ -8,6 +8,12 @@
 //! live subscription started before the first read, so the seam has neither
 //! a gap nor a duplicate.
 
+pub mod config;
+pub mod failover;
+pub mod memory;
+pub mod redis;
+pub mod store;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,11 +22,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
-use crate::backend::{Feed, FeedItem, Offset, PubMessage, PubSubStore, glob};
-use crate::config::{Limits, PubSubConfig};
+use crate::backend::{Feed, FeedItem, glob};
 use crate::error::{Error, Result};
 use crate::telemetry::{self, Metrics};
 use crate::validate;
+use crate::validate::Limits;
+use config::PubSubConfig;
+use store::{Offset, PubMessage, PubSubStore};
 
 /// Durable messages read per replay step.
 const REPLAY_PAGE: usize = 500;

@@ -8,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use crate::backend::{BackendError, Feed, Offset, PubMessage, PubSubStore, feed_from, glob};
+use super::store::{Offset, PubMessage, PubSubStore};
+use crate::backend::{BackendError, Feed, feed_from, glob};
 
 /// Pub/sub in local memory.
 pub struct MemoryPubSub {

@@ -2,6 +2,7 @@
 //! the module docs of `backend::redis` for the layout and the ordering that
 //! keeps tag invalidation exact).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,36 +10,102 @@ use bytes::Bytes;
 use futures::future::try_join_all;
 use redis::Value;
 
-use super::near::{KEY_PREFIX, PATTERN_PREFIX};
-use super::subscriber::{Delivery, Topic};
-use super::{RedisStore, SCAN_BATCH};
-use crate::backend::{
-    BackendError, CacheStore, Changes, Condition, Entry, KeyPage, LeaseAttempt, LeaseRead,
-    LeaseRequest, SetOutcome, StoreStats, Write, glob, wait_for_lease,
-};
+use redis::Script;
 
-impl RedisStore {
+use super::config::NearCacheConfig;
+use super::near::{self, KEY_PREFIX, NearCache, PATTERN_PREFIX};
+use super::store::{
+    CacheStore, Changes, Condition, Entry, KeyPage, LeaseAttempt, LeaseRead, LeaseRequest,
+    SetOutcome, StoreStats, Write, wait_for_lease,
+};
+use crate::backend::redis::subscriber::{Delivery, Topic};
+use crate::backend::redis::{AbortOnDrop, RedisStore, SCAN_BATCH};
+use crate::backend::{BackendError, glob};
+
+/// The cache in Redis.
+pub struct RedisCache {
+    redis: Arc<RedisStore>,
+    scripts: Scripts,
+    /// The invalidation channel, `ns:inv`.
+    invalidations: String,
+    /// The near cache, when enabled, and what keeps it following the
+    /// invalidation channel.
+    near: Option<(Arc<NearCache>, AbortOnDrop)>,
+}
+
+struct Scripts {
+    get: Script,
+    set: Script,
+    delete: Script,
+    lease: Script,
+    tag_add: Script,
+    delete_if_tagged: Script,
+}
+
+impl RedisCache {
+    pub fn new(redis: Arc<RedisStore>) -> Self {
+        RedisCache {
+            invalidations: format!("{}:inv", redis.namespace),
+            redis,
+            scripts: Scripts {
+                get: Script::new(include_str!("get.lua")),
+                set: Script::new(include_str!("set.lua")),
+                delete: Script::new(include_str!("delete.lua")),
+                lease: Script::new(include_str!("lease.lua")),
+                tag_add: Script::new(include_str!("tag_add.lua")),
+                delete_if_tagged: Script::new(include_str!("delete_if_tagged.lua")),
+            },
+            near: None,
+        }
+    }
+
+    /// Keeps a near cache (L1) of what this store reads, following the
+    /// namespace's invalidation channel (see [`near`]).
+    pub fn enable_near_cache(&mut self, config: &NearCacheConfig) {
+        let cache = Arc::new(NearCache::new(config.clone()));
+        let follower = near::follow(
+            cache.clone(),
+            &self.redis.subscriber,
+            self.invalidations.clone(),
+        );
+        self.near = Some((cache, AbortOnDrop(follower)));
+    }
+
+    /// Empties the near cache, if enabled.
+    pub fn flush_near_cache(&self) {
+        if let Some(near) = self.near_cache() {
+            near.flush();
+        }
+    }
+
+    /// The near cache, if enabled.
+    pub fn near_cache(&self) -> Option<&Arc<NearCache>> {
+        self.near.as_ref().map(|(cache, _)| cache)
+    }
+}
+
+impl RedisCache {
     fn entry_key(&self, key: &str) -> String {
-        format!("{}:c:{{{key}}}", self.namespace)
+        format!("{}:c:{{{key}}}", self.redis.namespace)
     }
 
     /// The copy of an entry kept past its expiry for `GetOrLease`.
     fn stale_key(&self, key: &str) -> String {
-        format!("{}:cs:{{{key}}}", self.namespace)
+        format!("{}:cs:{{{key}}}", self.redis.namespace)
     }
 
     fn lease_key(&self, key: &str) -> String {
-        format!("{}:cl:{{{key}}}", self.namespace)
+        format!("{}:cl:{{{key}}}", self.redis.namespace)
     }
 
     fn tag_key(&self, tag: &str) -> String {
-        format!("{}:t:{{{tag}}}", self.namespace)
+        format!("{}:t:{{{tag}}}", self.redis.namespace)
     }
 
     /// `ns:c:{key}` back to `key`.
     fn user_key<'a>(&self, entry_key: &'a str) -> Option<&'a str> {
         entry_key
-            .strip_prefix(self.namespace.as_str())?
+            .strip_prefix(self.redis.namespace.as_str())?
             .strip_prefix(":c:{")?
             .strip_suffix('}')
     }
@@ -53,12 +120,12 @@ impl RedisStore {
             return Ok(());
         }
         let adds = tags.iter().map(|tag| {
-            let mut conn = self.conn();
+            let mut conn = self.redis.conn();
             let mut call = self.scripts.tag_add.key(self.tag_key(tag));
             call.arg(key).arg(ttl_ms);
             async move { call.invoke_async::<()>(&mut conn).await }
         });
-        self.call(try_join_all(adds)).await.map(drop)
+        self.redis.call(try_join_all(adds)).await.map(drop)
     }
 
     /// Evicts `key` from this sidecar's near cache (the others hear it on
@@ -72,7 +139,7 @@ impl RedisStore {
     /// Deletes each of `keys` that still carries `tag`; returns how many.
     async fn delete_tagged(&self, tag: &str, keys: &[String]) -> Result<u64, BackendError> {
         let deletes = keys.iter().map(|key| {
-            let mut conn = self.conn();
+            let mut conn = self.redis.conn();
             let mut call = self.scripts.delete_if_tagged.key(self.entry_key(key));
             call.key(self.stale_key(key))
                 .arg(tag)
@@ -80,7 +147,7 @@ impl RedisStore {
                 .arg(format!("{KEY_PREFIX}{key}"));
             async move { call.invoke_async::<u64>(&mut conn).await }
         });
-        let deleted = self.call(try_join_all(deletes)).await?;
+        let deleted = self.redis.call(try_join_all(deletes)).await?;
         for (key, n) in keys.iter().zip(&deleted) {
             if *n > 0 {
                 self.evict(key);
@@ -94,8 +161,9 @@ impl RedisStore {
         let mut deleted = 0;
         let mut cursor = 0u64;
         loop {
-            let mut conn = self.conn();
+            let mut conn = self.redis.conn();
             let (next, flat): (u64, Vec<String>) = self
+                .redis
                 .call(
                     redis::cmd("ZSCAN")
                         .arg(&index)
@@ -109,13 +177,14 @@ impl RedisStore {
             let keys: Vec<String> = flat.into_iter().step_by(2).collect();
             if !keys.is_empty() {
                 deleted += self.delete_tagged(tag, &keys).await?;
-                self.call(
-                    redis::cmd("ZREM")
-                        .arg(&index)
-                        .arg(&keys)
-                        .query_async::<()>(&mut conn),
-                )
-                .await?;
+                self.redis
+                    .call(
+                        redis::cmd("ZREM")
+                            .arg(&index)
+                            .arg(&keys)
+                            .query_async::<()>(&mut conn),
+                    )
+                    .await?;
                 // A write that landed between the first delete and the ZREM
                 // may have been indexed before the ZREM removed it: delete
                 // again so it cannot survive unindexed.
@@ -150,15 +219,15 @@ impl RedisStore {
         count: usize,
     ) -> Result<(u64, Vec<String>), BackendError> {
         const NODE_BITS: u32 = 48;
-        let mut conn = self.conn();
-        let mut full = format!("{}:{kind}:{{", self.namespace);
+        let mut conn = self.redis.conn();
+        let mut full = format!("{}:{kind}:{{", self.redis.namespace);
         full.push_str(if pattern.is_empty() { "*" } else { pattern });
         full.push('}');
         let (slot, node_cursor) = (
             (cursor >> NODE_BITS) as u16,
             cursor & ((1 << NODE_BITS) - 1),
         );
-        let masters = self.call(conn.masters()).await?;
+        let masters = self.redis.call(conn.masters()).await?;
         // The master to go on with: the one the cursor names, or, if the
         // slots moved since, the next one (from its start).
         let Some(&at) = masters.iter().find(|&&s| s >= slot) else {
@@ -171,7 +240,7 @@ impl RedisStore {
             .arg(full)
             .arg("COUNT")
             .arg(count);
-        let (next, keys): (u64, Vec<String>) = self.call(conn.on_slot(at, &scan)).await?;
+        let (next, keys): (u64, Vec<String>) = self.redis.call(conn.on_slot(at, &scan)).await?;
         if next >> NODE_BITS != 0 {
             return Err(BackendError::Protocol(format!(
                 "SCAN cursor {next} out of range"
@@ -228,11 +297,11 @@ fn entry_from_reply(reply: Vec<Value>) -> Result<(Entry, Vec<String>), BackendEr
 /// that landed in between. Without pub/sub, waiters poll.
 struct FillWatch<'a> {
     key: String,
-    store: &'a RedisStore,
+    store: &'a RedisCache,
     listening: bool,
     rx: Option<(
         tokio::sync::broadcast::Receiver<Delivery>,
-        super::subscriber::Listening,
+        crate::backend::redis::subscriber::Listening,
     )>,
 }
 
@@ -244,6 +313,7 @@ impl Changes for FillWatch<'_> {
             // Bounded by the subscriber's own deadline (`redis.timeout`).
             self.rx = self
                 .store
+                .redis
                 .subscriber
                 .listen(topic, true)
                 .await
@@ -331,7 +401,7 @@ fn lease_from_reply(reply: Vec<Value>) -> Result<LeaseAttempt, BackendError> {
 }
 
 #[async_trait]
-impl CacheStore for RedisStore {
+impl CacheStore for RedisCache {
     fn kind(&self) -> &'static str {
         "redis"
     }
@@ -349,10 +419,10 @@ impl CacheStore for RedisStore {
             }
             None => None,
         };
-        let mut conn = self.conn();
+        let mut conn = self.redis.conn();
         let mut call = self.scripts.get.key(self.entry_key(key));
         call.arg(if refresh_ttl { "1" } else { "0" });
-        let reply: Option<Vec<Value>> = self.call(call.invoke_async(&mut conn)).await?;
+        let reply: Option<Vec<Value>> = self.redis.call(call.invoke_async(&mut conn)).await?;
         let Some(reply) = reply else {
             return Ok(None);
         };
@@ -384,12 +454,12 @@ impl CacheStore for RedisStore {
         // Concurrent calls on the multiplexed connection go out as one
         // pipeline: one round trip for the whole batch.
         let reads = missing.iter().map(|&i| {
-            let mut conn = self.conn();
+            let mut conn = self.redis.conn();
             let mut call = self.scripts.get.key(self.entry_key(&keys[i]));
             call.arg("0");
             async move { call.invoke_async::<Option<Vec<Value>>>(&mut conn).await }
         });
-        let replies = self.call(try_join_all(reads)).await?;
+        let replies = self.redis.call(try_join_all(reads)).await?;
         for ((&i, reply), ticket) in missing.iter().zip(replies).zip(tickets) {
             let Some(reply) = reply else { continue };
             let (entry, _) = entry_from_reply(reply)?;
@@ -409,7 +479,7 @@ impl CacheStore for RedisStore {
             Condition::IfPresent => ("present", 0),
             Condition::IfVersion(v) => ("version", v),
         };
-        let mut conn = self.conn();
+        let mut conn = self.redis.conn();
         let stale_ms = match (write.ttl, write.stale) {
             (Some(_), Some(stale)) => stale.as_millis() as u64,
             _ => 0,
@@ -425,7 +495,7 @@ impl CacheStore for RedisStore {
             .arg(format!("{KEY_PREFIX}{key}"))
             .arg(stale_ms)
             .arg(&write.tags);
-        let version: i64 = self.call(call.invoke_async(&mut conn)).await?;
+        let version: i64 = self.redis.call(call.invoke_async(&mut conn)).await?;
         if version < 0 {
             return Ok(SetOutcome::ConditionFailed);
         }
@@ -439,12 +509,12 @@ impl CacheStore for RedisStore {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        let mut conn = self.conn();
+        let mut conn = self.redis.conn();
         let mut call = self.scripts.delete.key(self.entry_key(key));
         call.key(self.stale_key(key))
             .arg(&self.invalidations)
             .arg(format!("{KEY_PREFIX}{key}"));
-        let removed: u64 = self.call(call.invoke_async(&mut conn)).await?;
+        let removed: u64 = self.redis.call(call.invoke_async(&mut conn)).await?;
         if removed > 0 {
             self.evict(key);
         }
@@ -464,12 +534,12 @@ impl CacheStore for RedisStore {
         wait_for_lease(
             &req,
             || async move {
-                let mut conn = self.conn();
+                let mut conn = self.redis.conn();
                 let mut call = self.scripts.lease.key(self.entry_key(key));
                 call.key(self.stale_key(key))
                     .key(self.lease_key(key))
                     .arg(lease_ms);
-                let reply: Vec<Value> = self.call(call.invoke_async(&mut conn)).await?;
+                let reply: Vec<Value> = self.redis.call(call.invoke_async(&mut conn)).await?;
                 lease_from_reply(reply)
             },
             &mut changes,
@@ -491,8 +561,9 @@ impl CacheStore for RedisStore {
         loop {
             let (next, keys) = self.scan(cursor, pattern, SCAN_BATCH).await?;
             if !keys.is_empty() {
-                let mut conn = self.conn();
+                let mut conn = self.redis.conn();
                 deleted += self
+                    .redis
                     .call(
                         redis::cmd("UNLINK")
                             .arg(&keys)
@@ -510,13 +581,14 @@ impl CacheStore for RedisStore {
         loop {
             let (next, keys) = self.scan_kind("cs", cursor, pattern, SCAN_BATCH).await?;
             if !keys.is_empty() {
-                let mut conn = self.conn();
-                self.call(
-                    redis::cmd("UNLINK")
-                        .arg(&keys)
-                        .query_async::<u64>(&mut conn),
-                )
-                .await?;
+                let mut conn = self.redis.conn();
+                self.redis
+                    .call(
+                        redis::cmd("UNLINK")
+                            .arg(&keys)
+                            .query_async::<u64>(&mut conn),
+                    )
+                    .await?;
             }
             if next == 0 {
                 break;
@@ -526,14 +598,15 @@ impl CacheStore for RedisStore {
         if deleted > 0 {
             // Every sidecar's near cache evicts what matches, now that
             // Redis holds none of it.
-            let mut conn = self.conn();
-            self.call(
-                redis::cmd("PUBLISH")
-                    .arg(&self.invalidations)
-                    .arg(format!("{PATTERN_PREFIX}{pattern}"))
-                    .query_async::<()>(&mut conn),
-            )
-            .await?;
+            let mut conn = self.redis.conn();
+            self.redis
+                .call(
+                    redis::cmd("PUBLISH")
+                        .arg(&self.invalidations)
+                        .arg(format!("{PATTERN_PREFIX}{pattern}"))
+                        .query_async::<()>(&mut conn),
+                )
+                .await?;
             if let Some(near) = self.near_cache() {
                 near.invalidate_pattern(pattern);
             }

@@ -10,10 +10,8 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::backend::{
-    BackendError, Feed, MemberInfo, MemberPage, PresenceEvent, PresenceKind, PresenceStore,
-    feed_from,
-};
+use super::store::{MemberInfo, MemberPage, PresenceEvent, PresenceKind, PresenceStore};
+use crate::backend::{BackendError, Feed, feed_from};
 
 /// Presence in local memory.
 pub struct MemoryPresence {

@@ -10,7 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::backend::{Algorithm, BackendError, Decision, Limit, RateLimitStore};
+use super::config::{Algorithm, Limit};
+use super::store::{Decision, RateLimitStore};
+use crate::backend::BackendError;
 
 /// Slack for float rounding when comparing times, in µs.
 const EPSILON_US: f64 = 0.5;
@@ -56,7 +58,7 @@ impl MemoryRateLimits {
             inner: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
         });
-        super::spawn_sweep(Arc::downgrade(&limits), MemoryRateLimits::sweep);
+        crate::backend::memory::spawn_sweep(Arc::downgrade(&limits), MemoryRateLimits::sweep);
         limits
     }
 

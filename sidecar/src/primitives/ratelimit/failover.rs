@@ -1,0 +1,120 @@
+//! Rate limits behind the failover circuit: Redis while it answers; while
+//! it does not, as `failover.ratelimit` says: local buckets at
+//! `failover.fallback_share` of each limit, allow everything, or refuse.
+//! When Redis returns, the local buckets are forgotten.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::config::{Limit, RateLimitFallback};
+use super::memory::MemoryRateLimits;
+use super::redis::RedisRateLimits;
+use super::store::{Decision, RateLimitStore};
+use crate::backend::BackendError;
+use crate::backend::circuit::{Circuit, Reconcile, Reconciliation};
+
+/// Rate limits in Redis, with a memory fallback.
+pub struct FailoverRateLimits {
+    circuit: Arc<Circuit>,
+    redis: RedisRateLimits,
+    memory: Arc<MemoryRateLimits>,
+    mode: RateLimitFallback,
+    /// Share of each limit the local buckets allow.
+    share: f64,
+    /// What a denial for a cost over the local share says to wait: until
+    /// the next probe may find Redis back.
+    retry: Duration,
+}
+
+impl FailoverRateLimits {
+    pub fn new(
+        circuit: Arc<Circuit>,
+        mode: RateLimitFallback,
+        share: f64,
+        retry: Duration,
+    ) -> Arc<Self> {
+        let store = Arc::new(FailoverRateLimits {
+            redis: RedisRateLimits::new(circuit.redis().clone()),
+            memory: MemoryRateLimits::new(),
+            circuit,
+            mode,
+            share,
+            retry,
+        });
+        store.circuit.register(Arc::downgrade(&store) as _);
+        store
+    }
+}
+
+impl Reconcile for FailoverRateLimits {
+    fn reconcile(&self, _report: &mut Reconciliation) {
+        self.memory.clear();
+    }
+}
+
+/// `limit` scaled to `share` (at least 1 of everything).
+fn scaled(limit: &Limit, share: f64) -> Limit {
+    let scale = |n: u32| ((f64::from(n) * share).floor() as u32).max(1);
+    Limit {
+        limit: scale(limit.limit),
+        burst: scale(limit.burst),
+        ..*limit
+    }
+}
+
+#[async_trait]
+impl RateLimitStore for FailoverRateLimits {
+    async fn check(
+        &self,
+        policy: &str,
+        key: &str,
+        limit: &Limit,
+        cost: u32,
+    ) -> Result<Decision, BackendError> {
+        if self.circuit.is_up() {
+            match self.redis.check(policy, key, limit, cost).await {
+                Err(err) if err.is_outage() => self.circuit.trip(&err),
+                other => return other,
+            }
+        }
+        let metrics = self.circuit.metrics();
+        match self.mode {
+            RateLimitFallback::Local => {
+                metrics.count_fallback("ratelimit", "local");
+                let local = scaled(limit, self.share);
+                let most = local.most();
+                if cost > most {
+                    // Allowed with the whole limit, never with this share.
+                    return Ok(Decision {
+                        allowed: false,
+                        limit: most,
+                        remaining: 0,
+                        reset_after: limit.period,
+                        retry_after: Some(self.retry),
+                    });
+                }
+                self.memory.check(policy, key, &local, cost).await
+            }
+            RateLimitFallback::FailOpen => {
+                metrics.count_fallback("ratelimit", "fail_open");
+                let most = limit.most();
+                Ok(Decision {
+                    allowed: true,
+                    limit: most,
+                    remaining: most,
+                    reset_after: Duration::ZERO,
+                    retry_after: None,
+                })
+            }
+            RateLimitFallback::FailClosed => {
+                metrics.count_fallback("ratelimit", "fail_closed");
+                Err(BackendError::FailClosed(
+                    "Redis is unreachable and rate limits fail closed (failover.ratelimit = \"fail_closed\")"
+                        .into(),
+                ))
+            }
+        }
+    }
+}
