@@ -12,15 +12,13 @@ use crate::backend::circuit::{Circuit, FailoverStatus, Probing};
 use crate::backend::redis::RedisStore;
 use crate::config::Config;
 use crate::error::Result;
-use crate::plugins::config::PrimitiveName;
-use crate::plugins::{
-    Call, Caller, Classified, HostFacts, Invalidate, Operation, PluginStatus, Plugins, WriteEvent,
-};
+use crate::plugins::{Call, Caller, HostFacts, PluginStatus, Plugins};
+use crate::primitives::Common;
 use crate::primitives::cache::failover::FailoverCache;
 use crate::primitives::cache::memory::MemoryStore;
 use crate::primitives::cache::redis::RedisCache;
 use crate::primitives::cache::store::CacheStore;
-use crate::primitives::cache::{Cache, CacheStats, SetRequest};
+use crate::primitives::cache::{Cache, CacheStats};
 use crate::primitives::lock::Locks;
 use crate::primitives::lock::failover::FailoverLocks;
 use crate::primitives::lock::memory::MemoryLocks;
@@ -36,11 +34,11 @@ use crate::primitives::pubsub::failover::{Buffering, FailoverPubSub};
 use crate::primitives::pubsub::memory::MemoryPubSub;
 use crate::primitives::pubsub::redis::RedisPubSub;
 use crate::primitives::pubsub::store::PubSubStore;
+use crate::primitives::ratelimit::RateLimits;
 use crate::primitives::ratelimit::failover::FailoverRateLimits;
 use crate::primitives::ratelimit::memory::MemoryRateLimits;
 use crate::primitives::ratelimit::redis::RedisRateLimits;
-use crate::primitives::ratelimit::store::{Decision, RateLimitStore};
-use crate::primitives::ratelimit::{InlineLimit, RateLimits};
+use crate::primitives::ratelimit::store::RateLimitStore;
 use crate::telemetry::Metrics;
 
 /// What the sidecar is and how it is doing.
@@ -141,11 +139,11 @@ impl Stores {
 
 /// Shared state behind both APIs.
 pub struct App {
-    pub cache: Cache,
-    pub locks: Locks,
-    pub ratelimits: RateLimits,
+    pub cache: Arc<Cache>,
+    pub locks: Arc<Locks>,
+    pub ratelimits: Arc<RateLimits>,
     pub presence: Arc<Presence>,
-    pub pubsub: PubSub,
+    pub pubsub: Arc<PubSub>,
     /// WebAssembly plugins (none configured: every hook is a no-op).
     pub plugins: Arc<Plugins>,
     /// The API token, if authentication is on.
@@ -155,6 +153,8 @@ pub struct App {
     started: Instant,
     /// The failover circuit, when Redis is configured: its status.
     circuit: Option<Arc<Circuit>>,
+    /// What every primitive is given.
+    common: Common,
     /// Set when shutdown begins, so `/readyz` turns away new traffic while
     /// in-flight requests drain, and long-lived streams (Hold) end.
     draining: watch::Sender<bool>,
@@ -224,34 +224,51 @@ impl App {
         metrics: Arc<Metrics>,
         plugins: Arc<Plugins>,
     ) -> anyhow::Result<App> {
+        let draining = watch::channel(false).0;
+        let common = Common::new(plugins.clone(), draining.subscribe());
+        let limits = &config.limits;
         Ok(App {
-            plugins,
             auth: Auth::new(&config.auth)?,
             circuit: None,
-            cache: Cache::new(stores.cache, config.limits.clone(), metrics.clone()),
-            locks: Locks::new(stores.locks, config.limits.clone(), metrics.clone()),
-            ratelimits: RateLimits::new(
+            cache: Arc::new(Cache::new(
+                stores.cache,
+                limits.clone(),
+                metrics.clone(),
+                common.clone(),
+            )),
+            locks: Arc::new(Locks::new(
+                stores.locks,
+                limits.clone(),
+                metrics.clone(),
+                common.clone(),
+            )),
+            ratelimits: Arc::new(RateLimits::new(
                 stores.ratelimits,
                 &config.ratelimit.policies,
-                config.limits.clone(),
+                limits.clone(),
                 metrics.clone(),
-            ),
+                common.clone(),
+            )),
             presence: Presence::new(
                 stores.presence,
-                config.limits.clone(),
+                limits.clone(),
                 metrics.clone(),
                 config.presence.reap_interval,
+                common.clone(),
             ),
-            pubsub: PubSub::new(
+            pubsub: Arc::new(PubSub::new(
                 stores.pubsub,
-                config.limits.clone(),
+                limits.clone(),
                 &config.pubsub,
                 metrics.clone(),
-            ),
+                common.clone(),
+            )),
+            plugins,
+            common,
             metrics,
             namespace: config.namespace.clone(),
             started: Instant::now(),
-            draining: watch::channel(false).0,
+            draining,
         })
     }
 
@@ -269,127 +286,8 @@ impl App {
 
     /// Runs the plugins' `authorize` chain for one call: the target to use
     /// (the caller's, or a plugin's rewrite), or why the call is refused.
-    pub fn authorize(&self, caller: &Caller, call: Call<'_>) -> crate::error::Result<String> {
-        if self.plugins.is_empty() {
-            return Ok(call.target);
-        }
-        self.plugins.authorize(caller, call)
-    }
-
-    /// Runs the plugins' `classify` chain for one rate-limit check. When a
-    /// plugin moves the check to another policy, an inline limit the
-    /// caller gave no longer applies.
-    pub fn classify(
-        &self,
-        caller: &Caller,
-        check: Classified,
-        inline: Option<InlineLimit>,
-    ) -> crate::error::Result<(Classified, Option<InlineLimit>)> {
-        if self.plugins.is_empty() {
-            return Ok((check, inline));
-        }
-        let original = check.policy.clone();
-        let classified = self.plugins.classify(caller, check)?;
-        let inline = if classified.policy == original {
-            inline
-        } else {
-            None
-        };
-        Ok((classified, inline))
-    }
-
-    /// A cache write for `caller`, as both APIs serve it: authorized (a
-    /// plugin may rewrite the key), written, and the plugins' `on-write`
-    /// invalidations applied before it is answered. Returns the version.
-    pub async fn cache_set(&self, caller: &Caller, mut req: SetRequest) -> Result<u64> {
-        let size = req.value.len();
-        req.key = self.authorize(
-            caller,
-            Call::new(PrimitiveName::Cache, Operation::Write, req.key).value_size(size),
-        )?;
-        let (key, tags) = (req.key.clone(), req.tags.clone());
-        let version = self.cache.set(req).await?;
-        let event = WriteEvent {
-            deleted: false,
-            key: &key,
-            tags: &tags,
-            value_size: size,
-        };
-        self.after_write(caller, event).await;
-        Ok(version)
-    }
-
-    /// A cache delete for `caller`, as [`App::cache_set`]: whether the key
-    /// existed.
-    pub async fn cache_delete(&self, caller: &Caller, key: String) -> Result<bool> {
-        let key = self.authorize(
-            caller,
-            Call::new(PrimitiveName::Cache, Operation::Delete, key),
-        )?;
-        let deleted = self.cache.delete(&key).await?;
-        let event = WriteEvent {
-            deleted: true,
-            key: &key,
-            tags: &[],
-            value_size: 0,
-        };
-        self.after_write(caller, event).await;
-        Ok(deleted)
-    }
-
-    /// A rate-limit check for `caller`, as both APIs serve it: authorized (a
-    /// plugin may rewrite the key), classified (a plugin may choose the
-    /// policy, key and cost), then decided.
-    pub async fn ratelimit_check(
-        &self,
-        caller: &Caller,
-        check: Classified,
-        inline: Option<InlineLimit>,
-    ) -> Result<Decision> {
-        let key = self.authorize(
-            caller,
-            Call::new(PrimitiveName::Ratelimit, Operation::Check, check.key)
-                .policy(&check.policy, check.cost),
-        )?;
-        let (check, inline) = self.classify(caller, Classified { key, ..check }, inline)?;
-        self.ratelimits
-            .check(&check.policy, inline, &check.key, check.cost)
-            .await
-    }
-
-    /// After an acknowledged cache set or delete: runs `on-write` and
-    /// applies what it returns, before the write is answered. Failures to
-    /// invalidate are logged; the write itself stands.
-    pub async fn after_write(&self, caller: &Caller, event: WriteEvent<'_>) {
-        if self.plugins.is_empty() {
-            return;
-        }
-        for invalidation in self.plugins.on_write(caller, event) {
-            let result = match &invalidation {
-                Invalidate::Key(key) => self.cache.delete(key).await.map(drop),
-                Invalidate::Tag(tag) => self
-                    .cache
-                    .invalidate(crate::primitives::cache::Invalidation::Tags(vec![
-                        tag.clone(),
-                    ]))
-                    .await
-                    .map(drop),
-                Invalidate::Pattern(pattern) => self
-                    .cache
-                    .invalidate(crate::primitives::cache::Invalidation::Pattern(
-                        pattern.clone(),
-                    ))
-                    .await
-                    .map(drop),
-            };
-            if let Err(err) = result {
-                tracing::warn!(
-                    key = event.key,
-                    ?invalidation,
-                    "on-write invalidation failed: {err}"
-                );
-            }
-        }
+    pub fn authorize(&self, caller: &Caller, call: Call<'_>) -> Result<String> {
+        self.common.authorize(caller, call)
     }
 
     pub fn is_ready(&self) -> bool {
@@ -402,11 +300,7 @@ impl App {
 
     /// Resolves once shutdown has begun.
     pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.draining.subscribe();
-        async move {
-            // Err only if the sender is gone: the app is gone, so stop too.
-            let _ = rx.wait_for(|draining| *draining).await;
-        }
+        self.common.draining()
     }
 }
 

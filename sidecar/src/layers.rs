@@ -19,7 +19,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         "the storage seam: the Redis connection, the memory sweep, the failover circuit",
         &["backend"],
     ),
-    ("the plugin host", &["plugins"]),
+    (
+        "the plugin host, and what every primitive shares (the adapters' kit)",
+        &["plugins", "kit"],
+    ),
     (
         "the primitives, one folder each (store, backends, failover, APIs, config)",
         &["primitives"],

@@ -34,6 +34,7 @@ pub mod backend;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod kit;
 #[cfg(test)]
 mod layers;
 pub mod plugins;

@@ -4,80 +4,75 @@
 //! with `tower::ServiceExt::oneshot`. Every failure, including unknown
 //! routes and unparsable input, answers with the JSON error shape
 //! `{"error": {"code", "message"}}`.
+//!
+//! Each primitive's routes live in its folder (`primitives/<name>/http.rs`);
+//! this module merges them with the operations routes and serves them.
 
-use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::StreamExt;
-
-use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::Json;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRef, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::error_response;
 use super::schema::*;
-use super::{ceil_ms, unix_ms};
 use crate::app::App;
-use crate::backend::FeedItem;
 use crate::error::Error;
-use crate::plugins::config::PrimitiveName as P;
-use crate::plugins::{Call, Caller, Classified, Operation as Op};
-use crate::primitives::cache::store::Condition;
-use crate::primitives::cache::{Invalidation, LeaseAsk, Leased, SetRequest};
-use crate::primitives::pubsub::store::PubMessage;
-use crate::primitives::ratelimit::InlineLimit;
-
-/// Bound on JSON request bodies (cache values have their own limit).
-const JSON_BODY_LIMIT: usize = 64 * 1024;
-
-/// Response header carrying a cache entry's version.
-pub const VERSION_HEADER: &str = "outrigger-version";
-/// Response header carrying a cache entry's remaining TTL in ms; absent when
-/// the entry never expires.
-pub const TTL_HEADER: &str = "outrigger-ttl-ms";
+use crate::kit::error::error_response;
+use crate::kit::http::{ErrorBody, JSON_BODY_LIMIT};
+use crate::kit::unix_ms;
+use crate::primitives;
 
 /// Every route of the HTTP API, each registered once with its OpenAPI
 /// operation (the handler's `#[utoipa::path]`): the router and the
 /// document come from this one list.
-fn routes() -> OpenApiRouter<Arc<App>> {
+fn routes() -> OpenApiRouter<Api> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(list_keys))
-        .routes(routes!(invalidate))
-        .routes(routes!(get_entry, put_entry, delete_entry))
-        .routes(routes!(get_or_lease))
-        .routes(routes!(lock_acquire))
-        .routes(routes!(lock_release))
-        .routes(routes!(lock_extend))
-        .routes(routes!(permit_acquire))
-        .routes(routes!(permit_release))
-        .routes(routes!(ratelimit_check))
-        .routes(routes!(presence_join, presence_leave))
-        .routes(routes!(presence_list))
-        .routes(routes!(presence_events))
-        .routes(routes!(member_rooms))
-        .routes(routes!(publish, subscribe))
+        .merge(primitives::cache::http::routes())
+        .merge(primitives::lock::http::routes())
+        .merge(primitives::ratelimit::http::routes())
+        .merge(primitives::presence::http::routes())
+        .merge(primitives::pubsub::http::routes())
         .routes(routes!(status))
         .routes(routes!(reload_plugins))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
         .routes(routes!(openapi))
+}
+
+/// The routes' state: the app, and each primitive through it (handlers
+/// extract what they serve: `State<Arc<App>>`, or a primitive's `Ctx`).
+#[derive(Clone)]
+struct Api(Arc<App>);
+
+impl FromRef<Api> for Arc<App> {
+    fn from_ref(api: &Api) -> Self {
+        api.0.clone()
+    }
+}
+
+macro_rules! primitive_state {
+    ($($field:ident: $primitive:ty),* $(,)?) => {$(
+        impl FromRef<Api> for Arc<$primitive> {
+            fn from_ref(api: &Api) -> Self {
+                api.0.$field.clone()
+            }
+        }
+    )*};
+}
+
+primitive_state! {
+    cache: primitives::cache::Cache,
+    locks: primitives::lock::Locks,
+    ratelimits: primitives::ratelimit::RateLimits,
+    presence: primitives::presence::Presence,
+    pubsub: primitives::pubsub::PubSub,
 }
 
 /// The OpenAPI document of [`router`], as `/openapi.json` serves it.
@@ -108,7 +103,7 @@ pub fn router(app: Arc<App>) -> Router {
             app.clone(),
             require_token,
         ))
-        .with_state(app)
+        .with_state(Api(app))
 }
 
 /// With authentication on, every route but the probes needs
@@ -134,49 +129,6 @@ async fn require_token(
     resp
 }
 
-/// The app, and who the application says is calling (`x-outrigger-caller`
-/// and `x-outrigger-attr-*` headers, for plugins; nobody without plugins):
-/// what every API handler starts from.
-struct Ctx {
-    app: Arc<App>,
-    caller: Caller,
-}
-
-impl FromRequestParts<Arc<App>> for Ctx {
-    type Rejection = Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Infallible> {
-        let caller = if app.plugins.is_empty() {
-            Caller::default()
-        } else {
-            Caller::from_pairs(
-                parts
-                    .headers
-                    .iter()
-                    .map(|(name, value)| (name.as_str(), value.as_bytes())),
-            )
-        };
-        Ok(Ctx {
-            app: app.clone(),
-            caller,
-        })
-    }
-}
-
-/// `Query` whose rejection is our JSON 400.
-struct ApiQuery<T>(T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(v)| ApiQuery(v))
-            .map_err(|e: QueryRejection| Error::InvalidArgument(e.body_text()))
-    }
-}
-
 /// Only the probes and metrics, for the optional `ops.addr` listener.
 pub fn ops_router(app: Arc<App>) -> Router {
     Router::new()
@@ -191,721 +143,6 @@ pub fn ops_router(app: Arc<App>) -> Router {
             )
         })
         .with_state(app)
-}
-
-/// A single path segment (a cache key, a lock or policy name),
-/// percent-decoded, whose rejection is our JSON 400.
-struct Key(String);
-
-impl<S: Send + Sync> FromRequestParts<S> for Key {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
-        Path::<String>::from_request_parts(parts, state)
-            .await
-            .map(|Path(v)| Key(v))
-            .map_err(|e: PathRejection| Error::InvalidArgument(e.body_text()))
-    }
-}
-
-/// A JSON body, whatever its content type says, of at most
-/// [`JSON_BODY_LIMIT`] bytes; rejections are our JSON 400 / 413.
-struct ApiJson<T>(T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
-    type Rejection = Error;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Error> {
-        let body = Bytes::from_request(req, state)
-            .await
-            .map_err(|e: BytesRejection| match e.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => Error::TooLarge(format!(
-                    "JSON bodies are limited to {JSON_BODY_LIMIT} bytes"
-                )),
-                _ => Error::InvalidArgument(e.body_text()),
-            })?;
-        serde_json::from_slice(&body)
-            .map(ApiJson)
-            .map_err(|e| Error::InvalidArgument(format!("invalid JSON body: {e}")))
-    }
-}
-
-#[utoipa::path(
-    get, path = "/v1/cache/{key}", tag = "cache",
-    params(("key" = String, Path, description = "The key; percent-encode reserved characters"), GetParams),
-    responses(
-        (status = 200, description = "The value, as raw bytes", content_type = "application/octet-stream", body = String,
-            headers(("outrigger-version" = u64, description = "The entry's version"),
-                    ("outrigger-ttl-ms" = u64, description = "Remaining TTL in ms; absent when the entry never expires"))),
-        (status = 404, description = "Not found", body = ErrorBody),
-        CommonErrors)
-)]
-async fn get_entry(
-    Ctx { app, caller }: Ctx,
-    Key(key): Key,
-    ApiQuery(params): ApiQuery<GetParams>,
-) -> Result<Response, Error> {
-    let key = app.authorize(&caller, Call::new(P::Cache, Op::Read, key))?;
-    let entry = app
-        .cache
-        .get(&key, params.refresh_ttl)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no cache entry for key {key:?}")))?;
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    headers.insert(VERSION_HEADER, entry.version.into());
-    if let Some(ttl) = entry.ttl {
-        headers.insert(TTL_HEADER, (ttl.as_millis() as u64).into());
-    }
-    Ok((headers, entry.value).into_response())
-}
-
-/// The header telling what a GetOrLease answered: `hit`, `stale` or
-/// `granted`.
-pub const LEASE_HEADER: &str = "outrigger-lease";
-
-#[utoipa::path(
-    post, path = "/v1/cache/{key}/lease", tag = "cache",
-    params(("key" = String, Path, description = "The key")),
-    request_body = GetOrLeaseBody,
-    responses(
-        (status = 200, description = "The value (`outrigger-lease: hit`), the expired value while another caller fills the key (`stale`), or the expired value with the lease (`granted`)", content_type = "application/octet-stream", body = String,
-            headers(("outrigger-lease" = String, description = "hit, stale or granted"),
-                    ("outrigger-version" = u64, description = "The value's version"),
-                    ("outrigger-ttl-ms" = u64, description = "Remaining TTL in ms (hits only)"))),
-        (status = 204, description = "The key is missing and this caller holds the lease: compute the value and PUT it (`outrigger-lease: granted`)",
-            headers(("outrigger-lease" = String, description = "granted"))),
-        (status = 409, description = "Another caller holds the lease and did not fill the key within wait_ms", body = ErrorBody),
-        CommonErrors)
-)]
-async fn get_or_lease(
-    Ctx { app, caller }: Ctx,
-    Key(key): Key,
-    ApiJson(body): ApiJson<GetOrLeaseBody>,
-) -> Result<Response, Error> {
-    let key = app.authorize(&caller, Call::new(P::Cache, Op::Read, key))?;
-    let leased = app
-        .cache
-        .get_or_lease(LeaseAsk {
-            key,
-            lease_ms: body.lease_ms,
-            wait_ms: body.wait_ms,
-            accept_stale: body.accept_stale,
-        })
-        .await?;
-    let (outcome, entry) = match leased {
-        Leased::Hit(entry) => ("hit", Some(entry)),
-        Leased::Stale(entry) => ("stale", Some(entry)),
-        Leased::Granted(stale) => ("granted", stale),
-    };
-    let mut headers = HeaderMap::new();
-    headers.insert(LEASE_HEADER, HeaderValue::from_static(outcome));
-    let Some(entry) = entry else {
-        return Ok((StatusCode::NO_CONTENT, headers).into_response());
-    };
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    headers.insert(VERSION_HEADER, entry.version.into());
-    if let Some(ttl) = entry.ttl {
-        headers.insert(TTL_HEADER, (ttl.as_millis() as u64).into());
-    }
-    Ok((headers, entry.value).into_response())
-}
-
-fn parse_condition(text: Option<&str>) -> Result<Condition, Error> {
-    Ok(match text {
-        None => Condition::None,
-        Some("absent") => Condition::IfAbsent,
-        Some("present") => Condition::IfPresent,
-        Some(other) => match other.strip_prefix("version:").map(str::parse) {
-            Some(Ok(v)) => Condition::IfVersion(v),
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "if={other:?}: expected absent, present or version:<N>"
-                )));
-            }
-        },
-    })
-}
-
-/// Reads a body of at most `limit` bytes.
-async fn read_limited(body: Body, limit: usize) -> Result<Bytes, Error> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(Error::TooLarge(
-            format!("value is over the limit of {limit} bytes (limits.max_value_bytes)"),
-        )),
-        Err(err) => Err(Error::InvalidArgument(format!(
-            "could not read the body: {err}"
-        ))),
-    }
-}
-
-#[utoipa::path(
-    put, path = "/v1/cache/{key}", tag = "cache",
-    params(("key" = String, Path, description = "The key"), PutParams),
-    request_body(content = Option<String>, content_type = "application/octet-stream", description = "The value, raw bytes (at most limits.max_value_bytes)"),
-    responses(
-        (status = 200, description = "Written", body = VersionReply, headers(("outrigger-version" = u64))),
-        (status = 412, description = "The condition did not hold", body = ErrorBody),
-        CommonErrors)
-)]
-async fn put_entry(
-    Ctx { app, caller }: Ctx,
-    Key(key): Key,
-    ApiQuery(params): ApiQuery<PutParams>,
-    body: Body,
-) -> Result<Response, Error> {
-    let condition = parse_condition(params.condition.as_deref())?;
-    let tags = match params.tags.as_deref() {
-        None | Some("") => vec![],
-        Some(list) => list.split(',').map(str::to_string).collect(),
-    };
-    let value = read_limited(body, app.cache.limits().max_value_bytes).await?;
-    let version = app
-        .cache_set(
-            &caller,
-            SetRequest {
-                key,
-                value,
-                ttl_ms: params.ttl_ms,
-                tags,
-                condition,
-                stale_ms: params.stale_ms,
-            },
-        )
-        .await?;
-    Ok(([(VERSION_HEADER, version)], Json(VersionReply { version })).into_response())
-}
-
-#[utoipa::path(
-    delete, path = "/v1/cache/{key}", tag = "cache",
-    params(("key" = String, Path, description = "The key")),
-    responses((status = 200, description = "Deleted (or absent)", body = DeletedReply),
-        CommonErrors)
-)]
-async fn delete_entry(Ctx { app, caller }: Ctx, Key(key): Key) -> Result<Response, Error> {
-    let deleted = app.cache_delete(&caller, key).await?;
-    Ok(Json(DeletedReply { deleted }).into_response())
-}
-
-#[utoipa::path(
-    post, path = "/v1/cache/invalidate", tag = "cache",
-    request_body = InvalidateBody,
-    responses((status = 200, description = "Keys deleted", body = InvalidatedReply),
-        CommonErrors)
-)]
-async fn invalidate(
-    Ctx { app, caller }: Ctx,
-    ApiJson(body): ApiJson<InvalidateBody>,
-) -> Result<Response, Error> {
-    let what = match (body.tags, body.pattern) {
-        (Some(tags), None) => Invalidation::Tags(
-            tags.into_iter()
-                .map(|tag| app.authorize(&caller, Call::new(P::Cache, Op::InvalidateTag, tag)))
-                .collect::<Result<_, _>>()?,
-        ),
-        (None, Some(pattern)) => Invalidation::Pattern(
-            app.authorize(&caller, Call::new(P::Cache, Op::InvalidatePattern, pattern))?,
-        ),
-        _ => {
-            return Err(Error::InvalidArgument(
-                r#"give exactly one of {"tags": [...]} or {"pattern": "..."}"#.into(),
-            ));
-        }
-    };
-    let deleted = app.cache.invalidate(what).await?;
-    Ok(Json(InvalidatedReply { deleted }).into_response())
-}
-
-#[utoipa::path(
-    get, path = "/v1/cache", tag = "cache",
-    params(ListParams),
-    responses((status = 200, description = "One page of keys", body = KeyPageReply),
-        CommonErrors)
-)]
-async fn list_keys(
-    Ctx { app, caller }: Ctx,
-    ApiQuery(params): ApiQuery<ListParams>,
-) -> Result<Response, Error> {
-    let pattern = app.authorize(&caller, Call::new(P::Cache, Op::Scan, params.pattern))?;
-    let page = app
-        .cache
-        .list_keys(&pattern, &params.cursor, params.limit)
-        .await?;
-    Ok(Json(KeyPageReply {
-        keys: page.keys,
-        next_cursor: page.next_cursor,
-    })
-    .into_response())
-}
-
-#[utoipa::path(
-    post, path = "/v1/locks/{name}/acquire", tag = "locks",
-    params(("name" = String, Path, description = "The lock")), request_body = AcquireBody,
-    responses((status = 200, description = "Acquired", body = LeaseReply),
-        (status = 409, description = "Not acquired, or the token does not hold it", body = ErrorBody),
-        CommonErrors)
-)]
-async fn lock_acquire(
-    Ctx { app, caller }: Ctx,
-    Key(name): Key,
-    ApiJson(body): ApiJson<AcquireBody>,
-) -> Result<Response, Error> {
-    let name = app.authorize(&caller, Call::new(P::Lock, Op::Acquire, name))?;
-    match app.locks.acquire(&name, body.ttl_ms, body.wait_ms).await? {
-        Some(lease) => Ok(Json(LeaseReply {
-            token: lease.token,
-            fence: lease.fence,
-        })
-        .into_response()),
-        None => Err(Error::Conflict(format!(
-            "lock {name:?} is held by someone else (waited {} ms)",
-            body.wait_ms
-        ))),
-    }
-}
-
-fn not_held(what: &str, name: &str) -> Error {
-    Error::Conflict(format!(
-        "{what} {name:?} is not held with this token (it expired, or another holder has it)"
-    ))
-}
-
-#[utoipa::path(
-    post, path = "/v1/locks/{name}/release", tag = "locks",
-    params(("name" = String, Path, description = "The lock")), request_body = TokenBody,
-    responses((status = 200, description = "Released", body = ReleasedReply),
-        (status = 409, description = "Not acquired, or the token does not hold it", body = ErrorBody),
-        CommonErrors)
-)]
-async fn lock_release(
-    Ctx { app, caller }: Ctx,
-    Key(name): Key,
-    ApiJson(body): ApiJson<TokenBody>,
-) -> Result<Response, Error> {
-    let name = app.authorize(&caller, Call::new(P::Lock, Op::Release, name))?;
-    if app.locks.release(&name, &body.token).await? {
-        Ok(Json(ReleasedReply { released: true }).into_response())
-    } else {
-        Err(not_held("lock", &name))
-    }
-}
-
-#[utoipa::path(
-    post, path = "/v1/locks/{name}/extend", tag = "locks",
-    params(("name" = String, Path, description = "The lock")), request_body = ExtendBody,
-    responses((status = 200, description = "Extended", body = ExtendedReply),
-        (status = 409, description = "Not acquired, or the token does not hold it", body = ErrorBody),
-        CommonErrors)
-)]
-async fn lock_extend(
-    Ctx { app, caller }: Ctx,
-    Key(name): Key,
-    ApiJson(body): ApiJson<ExtendBody>,
-) -> Result<Response, Error> {
-    let name = app.authorize(&caller, Call::new(P::Lock, Op::Extend, name))?;
-    if app.locks.extend(&name, &body.token, body.ttl_ms).await? {
-        Ok(Json(ExtendedReply { extended: true }).into_response())
-    } else {
-        Err(not_held("lock", &name))
-    }
-}
-
-#[utoipa::path(
-    post, path = "/v1/semaphores/{name}/acquire", tag = "locks",
-    params(("name" = String, Path, description = "The semaphore")), request_body = PermitBody,
-    responses((status = 200, description = "A permit", body = PermitReply),
-        (status = 409, description = "Not acquired, or the token does not hold it", body = ErrorBody),
-        CommonErrors)
-)]
-async fn permit_acquire(
-    Ctx { app, caller }: Ctx,
-    Key(name): Key,
-    ApiJson(body): ApiJson<PermitBody>,
-) -> Result<Response, Error> {
-    let name = app.authorize(&caller, Call::new(P::Semaphore, Op::Acquire, name))?;
-    let token = app
-        .locks
-        .acquire_permit(&name, body.limit, body.ttl_ms, body.wait_ms)
-        .await?;
-    match token {
-        Some(token) => Ok(Json(PermitReply { token }).into_response()),
-        None => Err(Error::Conflict(format!(
-            "all {} permits of semaphore {name:?} are held (waited {} ms)",
-            body.limit, body.wait_ms
-        ))),
-    }
-}
-
-#[utoipa::path(
-    post, path = "/v1/semaphores/{name}/release", tag = "locks",
-    params(("name" = String, Path, description = "The semaphore")), request_body = TokenBody,
-    responses((status = 200, description = "Returned", body = ReleasedReply),
-        (status = 409, description = "Not acquired, or the token does not hold it", body = ErrorBody),
-        CommonErrors)
-)]
-async fn permit_release(
-    Ctx { app, caller }: Ctx,
-    Key(name): Key,
-    ApiJson(body): ApiJson<TokenBody>,
-) -> Result<Response, Error> {
-    let name = app.authorize(&caller, Call::new(P::Semaphore, Op::Release, name))?;
-    if app.locks.release_permit(&name, &body.token).await? {
-        Ok(Json(ReleasedReply { released: true }).into_response())
-    } else {
-        Err(not_held("permit of semaphore", &name))
-    }
-}
-
-/// Whole seconds, rounded up: what `RateLimit-Reset` and `Retry-After`
-/// carry.
-fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-#[utoipa::path(
-    post, path = "/v1/ratelimit/{policy}/check", tag = "ratelimit",
-    params(("policy" = String, Path, description = "A configured policy, or the name of an inline limit's counters")), request_body = CheckBody,
-    responses(
-        (status = 200, description = "Allowed", body = DecisionReply,
-            headers(("ratelimit-limit" = u32), ("ratelimit-remaining" = u32), ("ratelimit-reset" = u64, description = "Seconds until the limit is whole again"))),
-        (status = 429, description = "Denied", body = DecisionReply,
-            headers(("ratelimit-limit" = u32), ("ratelimit-remaining" = u32), ("ratelimit-reset" = u64), ("retry-after" = u64, description = "Seconds"))),
-        (status = 404, description = "Not found", body = ErrorBody),
-        CommonErrors)
-)]
-async fn ratelimit_check(
-    Ctx { app, caller }: Ctx,
-    Key(policy): Key,
-    ApiJson(body): ApiJson<CheckBody>,
-) -> Result<Response, Error> {
-    let inline = body.inline.map(|l| InlineLimit {
-        algorithm: l.algorithm,
-        limit: l.limit,
-        period_ms: l.period_ms,
-        burst: l.burst,
-    });
-    let check = Classified {
-        policy,
-        key: body.key,
-        cost: body.cost,
-    };
-    let d = app.ratelimit_check(&caller, check, inline).await?;
-    let mut headers = HeaderMap::new();
-    headers.insert("ratelimit-limit", d.limit.into());
-    headers.insert("ratelimit-remaining", d.remaining.into());
-    headers.insert("ratelimit-reset", ceil_secs(d.reset_after).into());
-    let mut body = DecisionReply {
-        allowed: d.allowed,
-        limit: d.limit,
-        remaining: d.remaining,
-        reset_after_ms: ceil_ms(d.reset_after),
-        retry_after_ms: d.retry_after.map_or(0, ceil_ms),
-        error: None,
-    };
-    if let Some(retry) = d.retry_after {
-        headers.insert(header::RETRY_AFTER, ceil_secs(retry).into());
-        body.error = Some(ErrorDetail {
-            code: "rate_limited".into(),
-            message: format!("rate limited; retry after {} ms", ceil_ms(retry)),
-        });
-        return Ok((StatusCode::TOO_MANY_REQUESTS, headers, Json(body)).into_response());
-    }
-    Ok((headers, Json(body)).into_response())
-}
-
-/// Two path segments, percent-decoded.
-struct Pair(String, String);
-
-impl<S: Send + Sync> FromRequestParts<S> for Pair {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
-        Path::<(String, String)>::from_request_parts(parts, state)
-            .await
-            .map(|Path((a, b))| Pair(a, b))
-            .map_err(|e: PathRejection| Error::InvalidArgument(e.body_text()))
-    }
-}
-
-/// Metadata goes in as any JSON value and is stored as its JSON text.
-fn metadata_json(bytes: &[u8]) -> Value {
-    if bytes.is_empty() {
-        return Value::Null;
-    }
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
-}
-
-#[utoipa::path(
-    put, path = "/v1/presence/{room}/{member}", tag = "presence",
-    params(("room" = String, Path, description = "The room"), ("member" = String, Path, description = "The member")), request_body = JoinBody,
-    responses((status = 200, description = "Joined, or heartbeat", body = JoinedReply),
-        CommonErrors)
-)]
-async fn presence_join(
-    Ctx { app, caller }: Ctx,
-    Pair(room, member): Pair,
-    ApiJson(body): ApiJson<JoinBody>,
-) -> Result<Response, Error> {
-    let metadata = match body.metadata {
-        None | Some(Value::Null) => Bytes::new(),
-        Some(v) => Bytes::from(serde_json::to_vec(&v).expect("a Value serializes")),
-    };
-    let room = app.authorize(
-        &caller,
-        Call::new(P::Presence, Op::Join, room)
-            .member(&member)
-            .value_size(metadata.len()),
-    )?;
-    let joined = app
-        .presence
-        .join(&room, &member, metadata, body.ttl_ms)
-        .await?;
-    Ok(Json(JoinedReply { joined }).into_response())
-}
-
-#[utoipa::path(
-    delete, path = "/v1/presence/{room}/{member}", tag = "presence",
-    params(("room" = String, Path, description = "The room"), ("member" = String, Path, description = "The member")),
-    responses((status = 200, description = "Left (or was not in the room)", body = LeftReply),
-        CommonErrors)
-)]
-async fn presence_leave(
-    Ctx { app, caller }: Ctx,
-    Pair(room, member): Pair,
-) -> Result<Response, Error> {
-    let room = app.authorize(
-        &caller,
-        Call::new(P::Presence, Op::Leave, room).member(&member),
-    )?;
-    let left = app.presence.leave(&room, &member).await?;
-    Ok(Json(LeftReply { left }).into_response())
-}
-
-#[utoipa::path(
-    get, path = "/v1/presence/{room}", tag = "presence",
-    params(("room" = String, Path, description = "The room"), PageParams),
-    responses((status = 200, description = "One page of live members", body = MembersReply),
-        CommonErrors)
-)]
-async fn presence_list(
-    Ctx { app, caller }: Ctx,
-    Key(room): Key,
-    ApiQuery(params): ApiQuery<PageParams>,
-) -> Result<Response, Error> {
-    let room = app.authorize(&caller, Call::new(P::Presence, Op::Members, room))?;
-    let page = app
-        .presence
-        .list(&room, &params.cursor, params.limit)
-        .await?;
-    let members = page
-        .members
-        .iter()
-        .map(|m| MemberReply {
-            member: m.member.clone(),
-            metadata: metadata_json(&m.metadata),
-            ttl_ms: ceil_ms(m.ttl),
-        })
-        .collect();
-    Ok(Json(MembersReply {
-        members,
-        next_cursor: page.next_cursor,
-    })
-    .into_response())
-}
-
-#[utoipa::path(
-    get, path = "/v1/members/{member}/rooms", tag = "presence",
-    params(("member" = String, Path, description = "The member")),
-    responses((status = 200, description = "Rooms the member is live in", body = RoomsReply),
-        CommonErrors)
-)]
-async fn member_rooms(Ctx { app, caller }: Ctx, Key(member): Key) -> Result<Response, Error> {
-    let member = app.authorize(&caller, Call::new(P::Presence, Op::Rooms, member))?;
-    let rooms = app.presence.rooms(&member).await?;
-    Ok(Json(RoomsReply { rooms }).into_response())
-}
-
-/// How often an idle event stream sends a comment, so proxies keep it open.
-const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
-
-#[utoipa::path(
-    get, path = "/v1/presence/{room}/events", tag = "presence",
-    params(("room" = String, Path, description = "The room")),
-    responses((status = 200, description = "Server-Sent Events: join, leave, timeout (data: room, member, metadata) and lagged (data: missed)", content_type = "text/event-stream", body = String),
-        CommonErrors)
-)]
-async fn presence_events(Ctx { app, caller }: Ctx, Key(room): Key) -> Result<Response, Error> {
-    let room = app.authorize(&caller, Call::new(P::Presence, Op::Watch, room))?;
-    let feed = app.presence.watch(&room).await?;
-    let events = feed
-        .map(|item| {
-            Ok::<_, Infallible>(match item {
-                FeedItem::Item(e) => SseEvent::default().event(e.kind.name()).data(
-                    json!({ "room": e.room, "member": e.member, "metadata": metadata_json(&e.metadata) })
-                        .to_string(),
-                ),
-                FeedItem::Lagged(missed) => SseEvent::default()
-                    .event("lagged")
-                    .data(json!({ "missed": missed }).to_string()),
-            })
-        })
-        .take_until(app.draining());
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
-        .into_response())
-}
-
-/// Request headers `Outrigger-Header-<Name>: value` become message headers.
-const MESSAGE_HEADER_PREFIX: &str = "outrigger-header-";
-
-#[utoipa::path(
-    post, path = "/v1/pubsub/{channel}", tag = "pubsub",
-    params(("channel" = String, Path, description = "The channel"), PublishParams),
-    request_body(content = Option<String>, content_type = "application/octet-stream", description = "The payload, raw bytes. Outrigger-Header-<Name> request headers become message headers."),
-    responses((status = 200, description = "Published", body = OffsetReply),
-        CommonErrors)
-)]
-async fn publish(
-    Ctx { app, caller }: Ctx,
-    Key(channel): Key,
-    ApiQuery(params): ApiQuery<PublishParams>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, Error> {
-    let mut message_headers = BTreeMap::new();
-    for (name, value) in &headers {
-        if let Some(name) = name.as_str().strip_prefix(MESSAGE_HEADER_PREFIX) {
-            let value = value
-                .to_str()
-                .map_err(|_| Error::InvalidArgument(format!("header {name:?} is not text")))?;
-            message_headers.insert(name.to_string(), value.to_string());
-        }
-    }
-    let payload = read_limited(body, app.cache.limits().max_value_bytes).await?;
-    let channel = app.authorize(
-        &caller,
-        Call::new(P::Pubsub, Op::Publish, channel).value_size(payload.len()),
-    )?;
-    let offset = app
-        .pubsub
-        .publish(&channel, payload, message_headers, params.durable)
-        .await?;
-    Ok(Json(OffsetReply {
-        offset: offset.map(|o| o.to_string()),
-    })
-    .into_response())
-}
-
-/// A message as SSE data and WebSocket text: the payload as text when it is
-/// UTF-8, as `payload_base64` otherwise.
-fn message_json(m: &PubMessage) -> Value {
-    use base64::Engine;
-    let text = std::str::from_utf8(&m.payload).ok();
-    let event = MessageEvent {
-        kind: "message".into(),
-        channel: m.channel.clone(),
-        offset: m.offset.map(|o| o.to_string()),
-        headers: m.headers.clone(),
-        payload: text.map(str::to_string),
-        payload_base64: text
-            .is_none()
-            .then(|| base64::engine::general_purpose::STANDARD.encode(&m.payload)),
-    };
-    serde_json::to_value(event).expect("a message serializes")
-}
-
-#[utoipa::path(
-    get, path = "/v1/pubsub/{channel}", tag = "pubsub",
-    params(("channel" = String, Path, description = "The channel"), SubscribeParams, ("last-event-id" = Option<String>, Header, description = "Resume after this offset (EventSource reconnection)")),
-    responses((status = 200, description = "Server-Sent Events: message (id: the offset of durable messages; data: a MessageEvent), lagged (data: {type, missed}), error (data: {type, code, message}). A WebSocket upgrade on the same URL carries the same JSON as text frames.", content_type = "text/event-stream", body = String),
-        CommonErrors)
-)]
-async fn subscribe(
-    Ctx { app, caller }: Ctx,
-    Key(channel): Key,
-    ApiQuery(params): ApiQuery<SubscribeParams>,
-    headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, Error> {
-    // `from`, else the EventSource reconnection header.
-    let from = params.from.or_else(|| {
-        headers
-            .get("last-event-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    });
-    let from = match from.as_deref() {
-        None | Some("") => None,
-        Some(o) => Some(o.parse().map_err(|()| {
-            Error::InvalidArgument(format!("from={o:?} is not an offset like 1700000000000-0"))
-        })?),
-    };
-    // Subscribed before answering: once the client sees the response (or
-    // the WebSocket handshake), everything published from then on arrives.
-    let channel = app.authorize(&caller, Call::new(P::Pubsub, Op::Subscribe, channel))?;
-    let subscription = app.pubsub.subscribe(vec![channel], vec![], from).await?;
-    let subscription = subscription.take_until(app.draining());
-    if let Ok(upgrade) = upgrade {
-        return Ok(upgrade.on_upgrade(move |socket| websocket(socket, subscription)));
-    }
-    let events = subscription.map(|item| {
-        Ok::<_, Infallible>(match item {
-            Ok(FeedItem::Item(m)) => {
-                let event = SseEvent::default()
-                    .event("message")
-                    .data(message_json(&m).to_string());
-                match m.offset {
-                    Some(o) => event.id(o.to_string()),
-                    None => event,
-                }
-            }
-            Ok(FeedItem::Lagged(missed)) => SseEvent::default()
-                .event("lagged")
-                .data(json!({ "type": "lagged", "missed": missed }).to_string()),
-            Err(err) => SseEvent::default().event("error").data(
-                json!({ "type": "error", "code": err.code(), "message": err.to_string() })
-                    .to_string(),
-            ),
-        })
-    });
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
-        .into_response())
-}
-
-async fn websocket(
-    mut socket: WebSocket,
-    subscription: impl futures::Stream<Item = crate::error::Result<FeedItem<Arc<PubMessage>>>> + Send,
-) {
-    let mut subscription = std::pin::pin!(subscription);
-    loop {
-        tokio::select! {
-            item = subscription.next() => {
-                let text = match item {
-                    None => break,
-                    Some(Ok(FeedItem::Item(m))) => message_json(&m),
-                    Some(Ok(FeedItem::Lagged(missed))) => json!({ "type": "lagged", "missed": missed }),
-                    Some(Err(err)) => json!({ "type": "error", "code": err.code(), "message": err.to_string() }),
-                };
-                if socket.send(WsMessage::Text(text.to_string().into())).await.is_err() {
-                    return;
-                }
-            }
-            incoming = socket.recv() => match incoming {
-                None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return,
-                Some(Ok(_)) => {} // clients have nothing to say on this socket
-            },
-        }
-    }
-    let _ = socket.send(WsMessage::Close(None)).await;
 }
 
 #[utoipa::path(
@@ -1044,7 +281,10 @@ mod tests {
     use super::*;
     use crate::app::Stores;
     use crate::config::Config;
+    use crate::primitives::cache::http::{TTL_HEADER, VERSION_HEADER};
+    use axum::body::Body;
     use axum::http::{Method, Request};
+    use http_body_util::BodyExt;
     use tower::ServiceExt;
 
     fn app() -> Router {

@@ -13,3 +13,5 @@ pub mod lock;
 pub mod presence;
 pub mod pubsub;
 pub mod ratelimit;
+
+pub use crate::kit::Common;

@@ -7,6 +7,8 @@
 
 pub mod config;
 pub mod failover;
+pub mod grpc;
+pub mod http;
 pub mod memory;
 pub mod near;
 pub mod redis;
@@ -15,8 +17,11 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Common;
 use crate::backend;
 use crate::error::{Error, Result};
+use crate::plugins::config::PrimitiveName;
+use crate::plugins::{Call, Caller, Invalidate, Operation, WriteEvent};
 use crate::telemetry::{self, Metrics};
 use crate::validate;
 use crate::validate::Limits;
@@ -85,15 +90,22 @@ pub struct CacheStats {
 
 /// The cache primitive.
 pub struct Cache {
+    common: Common,
     store: Arc<dyn CacheStore>,
     limits: Limits,
     metrics: Arc<Metrics>,
 }
 
 impl Cache {
-    pub fn new(store: Arc<dyn CacheStore>, limits: Limits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        store: Arc<dyn CacheStore>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        common: Common,
+    ) -> Self {
         Cache {
             store,
+            common,
             limits,
             metrics,
         }
@@ -341,5 +353,95 @@ impl Cache {
             )));
         }
         backend::glob::validate(pattern).map_err(|reason| Error::InvalidArgument(reason.into()))
+    }
+}
+
+impl Cache {
+    /// Runs the plugins' `authorize` chain for one call (see
+    /// [`Common::authorize`]).
+    pub fn authorize(&self, caller: &Caller, call: Call<'_>) -> Result<String> {
+        self.common.authorize(caller, call)
+    }
+
+    /// What every primitive is given.
+    pub fn common(&self) -> &Common {
+        &self.common
+    }
+}
+
+impl Cache {
+    /// A write for `caller`, as both APIs serve it: authorized (a plugin
+    /// may rewrite the key), written, and the plugins' `on-write`
+    /// invalidations applied before it is answered. Returns the version.
+    pub async fn set_for(&self, caller: &Caller, mut req: SetRequest) -> Result<u64> {
+        let size = req.value.len();
+        req.key = self.authorize(
+            caller,
+            Call::new(PrimitiveName::Cache, Operation::Write, req.key).value_size(size),
+        )?;
+        let (key, tags) = (req.key.clone(), req.tags.clone());
+        let version = self.set(req).await?;
+        let event = WriteEvent {
+            deleted: false,
+            key: &key,
+            tags: &tags,
+            value_size: size,
+        };
+        self.after_write(caller, event).await;
+        Ok(version)
+    }
+
+    /// A delete for `caller`, as [`Cache::set_for`]: whether the key
+    /// existed.
+    pub async fn delete_for(&self, caller: &Caller, key: String) -> Result<bool> {
+        let key = self.authorize(
+            caller,
+            Call::new(PrimitiveName::Cache, Operation::Delete, key),
+        )?;
+        let deleted = self.delete(&key).await?;
+        let event = WriteEvent {
+            deleted: true,
+            key: &key,
+            tags: &[],
+            value_size: 0,
+        };
+        self.after_write(caller, event).await;
+        Ok(deleted)
+    }
+
+    /// After an acknowledged set or delete: runs `on-write` and applies
+    /// what it returns, before the write is answered. Failures to
+    /// invalidate are logged; the write itself stands.
+    pub async fn after_write(&self, caller: &Caller, event: WriteEvent<'_>) {
+        let plugins = &self.common.plugins;
+        if plugins.is_empty() {
+            return;
+        }
+        for invalidation in plugins.on_write(caller, event) {
+            let result = match &invalidation {
+                Invalidate::Key(key) => self.delete(key).await.map(drop),
+                Invalidate::Tag(tag) => self
+                    .invalidate(Invalidation::Tags(vec![tag.clone()]))
+                    .await
+                    .map(drop),
+                Invalidate::Pattern(pattern) => self
+                    .invalidate(Invalidation::Pattern(pattern.clone()))
+                    .await
+                    .map(drop),
+            };
+            if let Err(err) = result {
+                tracing::warn!(
+                    key = event.key,
+                    ?invalidation,
+                    "on-write invalidation failed: {err}"
+                );
+            }
+        }
+    }
+}
+
+impl AsRef<Common> for Cache {
+    fn as_ref(&self) -> &Common {
+        &self.common
     }
 }

@@ -8,6 +8,8 @@
 
 pub mod config;
 pub mod failover;
+pub mod grpc;
+pub mod http;
 pub mod memory;
 pub mod redis;
 pub mod store;
@@ -19,8 +21,10 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
+use super::Common;
 use crate::backend::BackendError;
 use crate::error::{Error, Result};
+use crate::plugins::{Call, Caller};
 use crate::telemetry::{self, Metrics};
 use crate::validate;
 use crate::validate::Limits;
@@ -54,6 +58,7 @@ pub enum KeepAlive {
 
 /// Locks and semaphores.
 pub struct Locks {
+    common: Common,
     store: Arc<dyn LockStore>,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -77,9 +82,15 @@ async fn released(rx: &mut broadcast::Receiver<String>, what: &str) {
 }
 
 impl Locks {
-    pub fn new(store: Arc<dyn LockStore>, limits: Limits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        store: Arc<dyn LockStore>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        common: Common,
+    ) -> Self {
         Locks {
             store,
+            common,
             limits,
             metrics,
         }
@@ -298,5 +309,24 @@ impl Locks {
             )));
         }
         Ok(Duration::from_millis(wait_ms))
+    }
+}
+
+impl Locks {
+    /// Runs the plugins' `authorize` chain for one call (see
+    /// [`Common::authorize`]).
+    pub fn authorize(&self, caller: &Caller, call: Call<'_>) -> Result<String> {
+        self.common.authorize(caller, call)
+    }
+
+    /// What every primitive is given.
+    pub fn common(&self) -> &Common {
+        &self.common
+    }
+}
+
+impl AsRef<Common> for Locks {
+    fn as_ref(&self) -> &Common {
+        &self.common
     }
 }

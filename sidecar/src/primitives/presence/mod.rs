@@ -8,6 +8,8 @@
 
 pub mod config;
 pub mod failover;
+pub mod grpc;
+pub mod http;
 pub mod memory;
 pub mod redis;
 pub mod store;
@@ -20,8 +22,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::time::Instant;
 
+use super::Common;
 use crate::backend::Feed;
 use crate::error::{Error, Result};
+use crate::plugins::{Call, Caller};
 use crate::telemetry::{self, Metrics};
 use crate::validate;
 use crate::validate::Limits;
@@ -32,6 +36,7 @@ const DEFAULT_PAGE: usize = 100;
 
 /// Presence.
 pub struct Presence {
+    common: Common,
     store: Arc<dyn PresenceStore>,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -72,9 +77,11 @@ impl Presence {
         limits: Limits,
         metrics: Arc<Metrics>,
         reap_interval: Duration,
+        common: Common,
     ) -> Arc<Self> {
         let presence = Arc::new(Presence {
             store,
+            common,
             limits,
             metrics,
             interest: Mutex::new(HashMap::new()),
@@ -215,5 +222,24 @@ async fn reaper(presence: Weak<Presence>, interval: Duration) {
             return;
         };
         presence.reap_once().await;
+    }
+}
+
+impl Presence {
+    /// Runs the plugins' `authorize` chain for one call (see
+    /// [`Common::authorize`]).
+    pub fn authorize(&self, caller: &Caller, call: Call<'_>) -> Result<String> {
+        self.common.authorize(caller, call)
+    }
+
+    /// What every primitive is given.
+    pub fn common(&self) -> &Common {
+        &self.common
+    }
+}
+
+impl AsRef<Common> for Presence {
+    fn as_ref(&self) -> &Common {
+        &self.common
     }
 }

@@ -10,6 +10,8 @@
 
 pub mod config;
 pub mod failover;
+pub mod grpc;
+pub mod http;
 pub mod memory;
 pub mod redis;
 pub mod store;
@@ -22,8 +24,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
+use super::Common;
 use crate::backend::{Feed, FeedItem, glob};
 use crate::error::{Error, Result};
+use crate::plugins::{Call, Caller};
 use crate::telemetry::{self, Metrics};
 use crate::validate;
 use crate::validate::Limits;
@@ -42,6 +46,7 @@ pub type Subscription = Pin<Box<dyn Stream<Item = Result<FeedItem<Arc<PubMessage
 
 /// Pub/sub.
 pub struct PubSub {
+    common: Common,
     store: Arc<dyn PubSubStore>,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -65,14 +70,20 @@ impl PubSub {
         limits: Limits,
         config: &PubSubConfig,
         metrics: Arc<Metrics>,
+        common: Common,
     ) -> Self {
         PubSub {
             store,
+            common,
             limits,
             metrics,
             subscribers: Arc::default(),
             max_subscribers: config.max_subscribers,
         }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Subscribers being served now.
@@ -250,4 +261,23 @@ fn resume(
             }
         }
     }))
+}
+
+impl PubSub {
+    /// Runs the plugins' `authorize` chain for one call (see
+    /// [`Common::authorize`]).
+    pub fn authorize(&self, caller: &Caller, call: Call<'_>) -> Result<String> {
+        self.common.authorize(caller, call)
+    }
+
+    /// What every primitive is given.
+    pub fn common(&self) -> &Common {
+        &self.common
+    }
+}
+
+impl AsRef<Common> for PubSub {
+    fn as_ref(&self) -> &Common {
+        &self.common
+    }
 }

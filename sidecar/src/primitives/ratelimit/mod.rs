@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod failover;
+pub mod grpc;
+pub mod http;
 pub mod memory;
 pub mod redis;
 pub mod store;
@@ -11,7 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Common;
 use crate::error::{Error, Result};
+use crate::plugins::config::PrimitiveName;
+use crate::plugins::{Call, Caller, Classified, Operation};
 use crate::telemetry::{self, Metrics};
 use crate::validate;
 use crate::validate::Limits;
@@ -36,6 +41,7 @@ pub struct InlineLimit {
 /// Rate limits.
 pub struct RateLimits {
     store: Arc<dyn RateLimitStore>,
+    common: Common,
     policies: BTreeMap<String, Limit>,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -59,6 +65,7 @@ impl RateLimits {
         policies: &BTreeMap<String, PolicyConfig>,
         limits: Limits,
         metrics: Arc<Metrics>,
+        common: Common,
     ) -> Self {
         let policies = policies
             .iter()
@@ -66,10 +73,53 @@ impl RateLimits {
             .collect();
         RateLimits {
             store,
+            common,
             policies,
             limits,
             metrics,
         }
+    }
+
+    /// A check for `caller`, as both APIs serve it: authorized (a plugin
+    /// may rewrite the key), classified (a plugin may choose the policy, key
+    /// and cost), then decided.
+    pub async fn check_for(
+        &self,
+        caller: &Caller,
+        check: Classified,
+        inline: Option<InlineLimit>,
+    ) -> Result<Decision> {
+        let key = self.common.authorize(
+            caller,
+            Call::new(PrimitiveName::Ratelimit, Operation::Check, check.key)
+                .policy(&check.policy, check.cost),
+        )?;
+        let (check, inline) = self.classify(caller, Classified { key, ..check }, inline)?;
+        self.check(&check.policy, inline, &check.key, check.cost)
+            .await
+    }
+
+    /// Runs the plugins' `classify` chain for one check. When a plugin
+    /// moves the check to another policy, an inline limit the caller gave
+    /// no longer applies.
+    pub fn classify(
+        &self,
+        caller: &Caller,
+        check: Classified,
+        inline: Option<InlineLimit>,
+    ) -> Result<(Classified, Option<InlineLimit>)> {
+        let plugins = &self.common.plugins;
+        if plugins.is_empty() {
+            return Ok((check, inline));
+        }
+        let original = check.policy.clone();
+        let classified = plugins.classify(caller, check)?;
+        let inline = if classified.policy == original {
+            inline
+        } else {
+            None
+        };
+        Ok((classified, inline))
     }
 
     /// Decides whether `cost` (0 means 1) for `key` fits `policy` (or the
@@ -116,5 +166,18 @@ impl RateLimits {
         .await?;
         self.metrics.count_decision(decision.allowed);
         Ok(decision)
+    }
+}
+
+impl AsRef<Common> for RateLimits {
+    fn as_ref(&self) -> &Common {
+        &self.common
+    }
+}
+
+impl RateLimits {
+    /// What every primitive is given.
+    pub fn common(&self) -> &Common {
+        &self.common
     }
 }

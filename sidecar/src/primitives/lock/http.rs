@@ -1,0 +1,227 @@
+//! The HTTP routes of lock: wire types in, primitive calls, wire types out.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::FromRef;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::Locks;
+use crate::error::Error;
+use crate::kit::http::{ApiJson, CommonErrors, Ctx, ErrorBody, Key};
+use crate::plugins::config::PrimitiveName as P;
+use crate::plugins::{Call, Operation as Op};
+
+/// This primitive's routes, each with its OpenAPI operation, on any state
+/// that holds the primitive.
+pub fn routes<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Locks>: FromRef<S>,
+{
+    OpenApiRouter::new()
+        .routes(routes!(lock_acquire))
+        .routes(routes!(lock_release))
+        .routes(routes!(lock_extend))
+        .routes(routes!(permit_acquire))
+        .routes(routes!(permit_release))
+}
+
+#[utoipa::path(
+    post, path = "/v1/locks/{name}/acquire", tag = "locks",
+    params(("name" = String, Path, description = "The lock")), request_body = AcquireBody,
+    responses((status = 200, description = "Acquired", body = LeaseReply),
+        (status = 409, description = "Not acquired, or the token does not hold it", body = ErrorBody),
+        CommonErrors)
+)]
+async fn lock_acquire(
+    Ctx {
+        primitive: locks,
+        caller,
+    }: Ctx<Locks>,
+    Key(name): Key,
+    ApiJson(body): ApiJson<AcquireBody>,
+) -> Result<Response, Error> {
+    let name = locks.authorize(&caller, Call::new(P::Lock, Op::Acquire, name))?;
+    match locks.acquire(&name, body.ttl_ms, body.wait_ms).await? {
+        Some(lease) => Ok(Json(LeaseReply {
+            token: lease.token,
+            fence: lease.fence,
+        })
+        .into_response()),
+        None => Err(Error::Conflict(format!(
+            "lock {name:?} is held by someone else (waited {} ms)",
+            body.wait_ms
+        ))),
+    }
+}
+
+fn not_held(what: &str, name: &str) -> Error {
+    Error::Conflict(format!(
+        "{what} {name:?} is not held with this token (it expired, or another holder has it)"
+    ))
+}
+
+#[utoipa::path(
+    post, path = "/v1/locks/{name}/release", tag = "locks",
+    params(("name" = String, Path, description = "The lock")), request_body = TokenBody,
+    responses((status = 200, description = "Released", body = ReleasedReply),
+        (status = 409, description = "Not acquired, or the token does not hold it", body = ErrorBody),
+        CommonErrors)
+)]
+async fn lock_release(
+    Ctx {
+        primitive: locks,
+        caller,
+    }: Ctx<Locks>,
+    Key(name): Key,
+    ApiJson(body): ApiJson<TokenBody>,
+) -> Result<Response, Error> {
+    let name = locks.authorize(&caller, Call::new(P::Lock, Op::Release, name))?;
+    if locks.release(&name, &body.token).await? {
+        Ok(Json(ReleasedReply { released: true }).into_response())
+    } else {
+        Err(not_held("lock", &name))
+    }
+}
+
+#[utoipa::path(
+    post, path = "/v1/locks/{name}/extend", tag = "locks",
+    params(("name" = String, Path, description = "The lock")), request_body = ExtendBody,
+    responses((status = 200, description = "Extended", body = ExtendedReply),
+        (status = 409, description = "Not acquired, or the token does not hold it", body = ErrorBody),
+        CommonErrors)
+)]
+async fn lock_extend(
+    Ctx {
+        primitive: locks,
+        caller,
+    }: Ctx<Locks>,
+    Key(name): Key,
+    ApiJson(body): ApiJson<ExtendBody>,
+) -> Result<Response, Error> {
+    let name = locks.authorize(&caller, Call::new(P::Lock, Op::Extend, name))?;
+    if locks.extend(&name, &body.token, body.ttl_ms).await? {
+        Ok(Json(ExtendedReply { extended: true }).into_response())
+    } else {
+        Err(not_held("lock", &name))
+    }
+}
+
+#[utoipa::path(
+    post, path = "/v1/semaphores/{name}/acquire", tag = "locks",
+    params(("name" = String, Path, description = "The semaphore")), request_body = PermitBody,
+    responses((status = 200, description = "A permit", body = PermitReply),
+        (status = 409, description = "Not acquired, or the token does not hold it", body = ErrorBody),
+        CommonErrors)
+)]
+async fn permit_acquire(
+    Ctx {
+        primitive: locks,
+        caller,
+    }: Ctx<Locks>,
+    Key(name): Key,
+    ApiJson(body): ApiJson<PermitBody>,
+) -> Result<Response, Error> {
+    let name = locks.authorize(&caller, Call::new(P::Semaphore, Op::Acquire, name))?;
+    let token = locks
+        .acquire_permit(&name, body.limit, body.ttl_ms, body.wait_ms)
+        .await?;
+    match token {
+        Some(token) => Ok(Json(PermitReply { token }).into_response()),
+        None => Err(Error::Conflict(format!(
+            "all {} permits of semaphore {name:?} are held (waited {} ms)",
+            body.limit, body.wait_ms
+        ))),
+    }
+}
+
+#[utoipa::path(
+    post, path = "/v1/semaphores/{name}/release", tag = "locks",
+    params(("name" = String, Path, description = "The semaphore")), request_body = TokenBody,
+    responses((status = 200, description = "Returned", body = ReleasedReply),
+        (status = 409, description = "Not acquired, or the token does not hold it", body = ErrorBody),
+        CommonErrors)
+)]
+async fn permit_release(
+    Ctx {
+        primitive: locks,
+        caller,
+    }: Ctx<Locks>,
+    Key(name): Key,
+    ApiJson(body): ApiJson<TokenBody>,
+) -> Result<Response, Error> {
+    let name = locks.authorize(&caller, Call::new(P::Semaphore, Op::Release, name))?;
+    if locks.release_permit(&name, &body.token).await? {
+        Ok(Json(ReleasedReply { released: true }).into_response())
+    } else {
+        Err(not_held("permit of semaphore", &name))
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireBody {
+    /// Lease length in ms: 1 ..= `limits.max_ttl`.
+    #[schema(minimum = 1)]
+    pub ttl_ms: u64,
+    /// How long to wait for the lock; 0 (default) tries once.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LeaseReply {
+    /// Proof of ownership, for release and extend.
+    pub token: String,
+    /// Strictly increases with every acquisition of this lock name.
+    pub fence: u64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBody {
+    #[schema(min_length = 1, max_length = 128)]
+    pub token: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendBody {
+    #[schema(min_length = 1, max_length = 128)]
+    pub token: String,
+    /// The new lease, counted from now.
+    #[schema(minimum = 1)]
+    pub ttl_ms: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReleasedReply {
+    pub released: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExtendedReply {
+    pub extended: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PermitBody {
+    /// Permits the semaphore has (the same for every caller).
+    #[schema(minimum = 1)]
+    pub limit: u32,
+    #[schema(minimum = 1)]
+    pub ttl_ms: u64,
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PermitReply {
+    pub token: String,
+}
