@@ -138,6 +138,67 @@ mod tests {
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 
+    /// The primitives `text` names as `crate::primitives::<name>`.
+    fn primitive_imports(text: &str) -> BTreeSet<String> {
+        let mut found = BTreeSet::new();
+        for line in text.lines() {
+            let code = line.split("//").next().unwrap_or_default();
+            for (at, _) in code.match_indices("crate::primitives::") {
+                let name: String = code[at + "crate::primitives::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    found.insert(name);
+                }
+            }
+        }
+        found
+    }
+
+    /// Each primitive's folder stands alone: it may use the layers below,
+    /// never another primitive (what they share belongs in `kit` or
+    /// `backend`), so a primitive can be read, changed or removed as one.
+    #[test]
+    fn primitives_do_not_import_each_other() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/primitives");
+        let mut wrong = Vec::new();
+        let mut folders = 0;
+        for entry in std::fs::read_dir(&root).unwrap() {
+            let folder = entry.unwrap().path();
+            if !folder.is_dir() {
+                continue;
+            }
+            folders += 1;
+            let own = folder.file_name().unwrap().to_str().unwrap().to_string();
+            for file in std::fs::read_dir(&folder).unwrap() {
+                let file = file.unwrap().path();
+                if file.extension().is_none_or(|e| e != "rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&file).unwrap();
+                for other in primitive_imports(&text) {
+                    if other != own {
+                        wrong.push(format!(
+                            "{} imports the primitive `{other}`",
+                            file.strip_prefix(&root).unwrap().display()
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(folders >= 5, "found {folders} primitive folders");
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn the_primitive_scan_sees_paths_not_comments() {
+        let text = "use crate::primitives::cache::Cache;\n// crate::primitives::lock\n\
+                    let x = crate::primitives::pubsub::PubSub::new;";
+        let found: Vec<_> = primitive_imports(text).into_iter().collect();
+        assert_eq!(found, ["cache", "pubsub"]);
+    }
+
     #[test]
     fn the_import_scan_sees_paths_not_comments() {
         let text = "use crate::config::Config;\n// crate::app is mentioned\n\

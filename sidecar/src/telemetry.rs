@@ -18,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -146,11 +146,6 @@ struct PluginLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DecisionLabels {
-    decision: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FallbackLabels {
     primitive: &'static str,
     decision: &'static str,
@@ -165,7 +160,9 @@ type HistogramFamily = Family<OpLabels, Histogram, fn() -> Histogram>;
 
 /// Every metric the sidecar exports.
 pub struct Metrics {
-    registry: Registry,
+    /// A std mutex: primitives register their own metrics at start; the
+    /// lock is otherwise taken only to render.
+    registry: std::sync::Mutex<Registry>,
     requests: Family<OpLabels, Counter>,
     latency: HistogramFamily,
     in_flight: Gauge,
@@ -173,11 +170,6 @@ pub struct Metrics {
     failover_transitions: Counter,
     fallback_decisions: Family<FallbackLabels, Counter>,
     alive_tasks: Gauge,
-    pub cache_hits: Counter,
-    pub cache_misses: Counter,
-    cache_keys: Gauge,
-    cache_bytes: Gauge,
-    ratelimit_decisions: Family<DecisionLabels, Counter>,
     plugin_calls: Family<PluginCallLabels, Counter>,
     plugin_healthy: Family<PluginLabels, Gauge>,
 }
@@ -235,36 +227,6 @@ impl Metrics {
             "Tokio tasks alive in this process",
             alive_tasks.clone(),
         );
-        let cache_hits = Counter::default();
-        registry.register(
-            "cache_hits",
-            "Cache reads that found a value",
-            cache_hits.clone(),
-        );
-        let cache_misses = Counter::default();
-        registry.register(
-            "cache_misses",
-            "Cache reads that found nothing",
-            cache_misses.clone(),
-        );
-        let cache_keys = Gauge::default();
-        registry.register(
-            "cache_keys",
-            "Keys stored (memory backend)",
-            cache_keys.clone(),
-        );
-        let cache_bytes = Gauge::default();
-        registry.register(
-            "cache_bytes",
-            "Bytes of keys and values stored (memory backend)",
-            cache_bytes.clone(),
-        );
-        let ratelimit_decisions = Family::<DecisionLabels, Counter>::default();
-        registry.register(
-            "ratelimit_decisions",
-            "Rate-limit decisions by outcome (allowed, denied)",
-            ratelimit_decisions.clone(),
-        );
         let plugin_calls = Family::<PluginCallLabels, Counter>::default();
         registry.register(
             "plugin_calls",
@@ -280,8 +242,7 @@ impl Metrics {
         Metrics {
             plugin_calls,
             plugin_healthy,
-            ratelimit_decisions,
-            registry,
+            registry: std::sync::Mutex::new(registry),
             requests,
             latency,
             in_flight,
@@ -289,10 +250,6 @@ impl Metrics {
             failover_transitions,
             fallback_decisions,
             alive_tasks,
-            cache_hits,
-            cache_misses,
-            cache_keys,
-            cache_bytes,
         }
     }
 
@@ -329,12 +286,13 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one rate-limit decision.
-    pub fn count_decision(&self, allowed: bool) {
-        let decision = if allowed { "allowed" } else { "denied" };
-        self.ratelimit_decisions
-            .get_or_create(&DecisionLabels { decision })
-            .inc();
+    /// Registers a metric of a primitive's own (exported as
+    /// `outrigger_<name>`).
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .register(name, help, metric);
     }
 
     /// Counts one plugin hook call.
@@ -357,16 +315,6 @@ impl Metrics {
             .set(i64::from(healthy));
     }
 
-    /// Sets the gauges that mirror backend statistics.
-    pub fn set_cache_size(&self, keys: Option<u64>, bytes: Option<u64>) {
-        if let Some(keys) = keys {
-            self.cache_keys.set(keys as i64);
-        }
-        if let Some(bytes) = bytes {
-            self.cache_bytes.set(bytes as i64);
-        }
-    }
-
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -374,7 +322,8 @@ impl Metrics {
                 .set(handle.metrics().num_alive_tasks() as i64);
         }
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        prometheus_client::encoding::text::encode(&mut out, &registry)
             .expect("writing to a String cannot fail");
         out
     }

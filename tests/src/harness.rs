@@ -28,6 +28,9 @@ pub enum Topology {
     Cluster,
     /// The shared master and replica behind three Sentinels.
     Sentinel,
+    /// The shared Sentinel set's master, reached directly, with
+    /// `redis.lock_wait_replicas = 1`: every fence must reach its replica.
+    Replicas,
 }
 
 /// A topology's Redis: how to reach it, and the server of the case's own
@@ -84,6 +87,17 @@ impl Topology {
                 config: shared_sentinels().await.redis_config(),
                 server: None,
             }),
+            Topology::Replicas => {
+                let set = shared_sentinels().await;
+                set.master.replicas_acknowledge(1).await;
+                Some(RedisTarget {
+                    config: RedisConfig {
+                        lock_wait_replicas: 1,
+                        ..set.master.redis_config()
+                    },
+                    server: None,
+                })
+            }
         }
     }
 

@@ -54,7 +54,13 @@ async fn setup(topology: Topology) -> Backend {
 
 conformance!(
     setup;
-    [on_memory: Memory, on_redis: Redis, on_cluster: Cluster, on_sentinel: Sentinel];
+    [
+        on_memory: Memory,
+        on_redis: Redis,
+        on_cluster: Cluster,
+        on_sentinel: Sentinel,
+        on_replicas: Replicas,
+    ];
     cases {
         acquire_release_and_reacquire,
         try_lock_fails_at_once_while_held,

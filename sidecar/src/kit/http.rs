@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::Common;
+use super::Primitive;
 use crate::error::Error;
 use crate::plugins::Caller;
 
@@ -35,14 +35,14 @@ pub struct Ctx<P> {
 impl<S, P> FromRequestParts<S> for Ctx<P>
 where
     S: Send + Sync,
-    P: AsRef<Common> + Send + Sync + 'static,
+    P: Primitive,
     Arc<P>: FromRef<S>,
 {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Infallible> {
         let primitive = Arc::<P>::from_ref(state);
-        let caller = if (*primitive).as_ref().plugins.is_empty() {
+        let caller = if primitive.common().plugins.is_empty() {
             Caller::default()
         } else {
             Caller::from_pairs(

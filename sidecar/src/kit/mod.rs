@@ -46,6 +46,18 @@ impl Common {
     }
 }
 
+/// A primitive, as its adapters see it.
+pub trait Primitive: Send + Sync + 'static {
+    /// What it was given.
+    fn common(&self) -> &Common;
+
+    /// Runs the plugins' `authorize` chain for one call (see
+    /// [`Common::authorize`]).
+    fn authorize(&self, caller: &Caller, call: Call<'_>) -> Result<String> {
+        self.common().authorize(caller, call)
+    }
+}
+
 /// Milliseconds, rounded up: a client told to wait this long is never early.
 pub fn ceil_ms(d: Duration) -> u64 {
     d.as_millis() as u64 + u64::from(!d.subsec_nanos().is_multiple_of(1_000_000))

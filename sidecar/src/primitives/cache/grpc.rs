@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use super::store::{Condition, Entry};
 use super::{Cache, Invalidation, LeaseAsk, Leased, SetRequest};
 use crate::error::Error;
+use crate::kit::Primitive;
 use crate::kit::grpc::pb::cache_server::{Cache as Api, CacheServer};
 use crate::kit::grpc::{caller, pb};
 use crate::plugins::config::PrimitiveName as P;

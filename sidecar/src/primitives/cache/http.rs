@@ -15,6 +15,7 @@ use utoipa_axum::routes;
 use super::store::Condition;
 use super::{Cache, Invalidation, LeaseAsk, Leased, SetRequest};
 use crate::error::Error;
+use crate::kit::Primitive;
 use crate::kit::http::{ApiJson, ApiQuery, CommonErrors, Ctx, ErrorBody, Key, read_limited};
 use crate::plugins::config::PrimitiveName as P;
 use crate::plugins::{Call, Operation as Op};

@@ -17,9 +17,13 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
 use super::Common;
 use crate::backend;
 use crate::error::{Error, Result};
+use crate::kit::Primitive;
 use crate::plugins::config::PrimitiveName;
 use crate::plugins::{Call, Caller, Invalidate, Operation, WriteEvent};
 use crate::telemetry::{self, Metrics};
@@ -94,6 +98,49 @@ pub struct Cache {
     store: Arc<dyn CacheStore>,
     limits: Limits,
     metrics: Arc<Metrics>,
+    counts: Counts,
+}
+
+/// The cache's own metrics.
+struct Counts {
+    hits: Counter,
+    misses: Counter,
+    /// Mirrors of the store's statistics (memory backend), set when they
+    /// are read.
+    keys: Gauge,
+    bytes: Gauge,
+}
+
+impl Counts {
+    fn register(metrics: &Metrics) -> Counts {
+        let counts = Counts {
+            hits: Counter::default(),
+            misses: Counter::default(),
+            keys: Gauge::default(),
+            bytes: Gauge::default(),
+        };
+        metrics.register(
+            "cache_hits",
+            "Cache reads that found a value",
+            counts.hits.clone(),
+        );
+        metrics.register(
+            "cache_misses",
+            "Cache reads that found nothing",
+            counts.misses.clone(),
+        );
+        metrics.register(
+            "cache_keys",
+            "Keys stored (memory backend)",
+            counts.keys.clone(),
+        );
+        metrics.register(
+            "cache_bytes",
+            "Bytes of keys and values stored (memory backend)",
+            counts.bytes.clone(),
+        );
+        counts
+    }
 }
 
 impl Cache {
@@ -107,6 +154,7 @@ impl Cache {
             store,
             common,
             limits,
+            counts: Counts::register(&metrics),
             metrics,
         }
     }
@@ -301,10 +349,15 @@ impl Cache {
 
     pub fn stats(&self) -> CacheStats {
         let store = self.store.stats();
-        self.metrics.set_cache_size(store.keys, store.bytes);
+        if let Some(keys) = store.keys {
+            self.counts.keys.set(keys as i64);
+        }
+        if let Some(bytes) = store.bytes {
+            self.counts.bytes.set(bytes as i64);
+        }
         CacheStats {
-            hits: self.metrics.cache_hits.get(),
-            misses: self.metrics.cache_misses.get(),
+            hits: self.counts.hits.get(),
+            misses: self.counts.misses.get(),
             keys: store.keys,
             bytes: store.bytes,
             evictions: store.evictions,
@@ -314,9 +367,9 @@ impl Cache {
 
     fn count_read(&self, hit: bool) {
         if hit {
-            self.metrics.cache_hits.inc();
+            self.counts.hits.inc();
         } else {
-            self.metrics.cache_misses.inc();
+            self.counts.misses.inc();
         }
     }
 
@@ -353,19 +406,6 @@ impl Cache {
             )));
         }
         backend::glob::validate(pattern).map_err(|reason| Error::InvalidArgument(reason.into()))
-    }
-}
-
-impl Cache {
-    /// Runs the plugins' `authorize` chain for one call (see
-    /// [`Common::authorize`]).
-    pub fn authorize(&self, caller: &Caller, call: Call<'_>) -> Result<String> {
-        self.common.authorize(caller, call)
-    }
-
-    /// What every primitive is given.
-    pub fn common(&self) -> &Common {
-        &self.common
     }
 }
 
@@ -440,8 +480,8 @@ impl Cache {
     }
 }
 
-impl AsRef<Common> for Cache {
-    fn as_ref(&self) -> &Common {
+impl Primitive for Cache {
+    fn common(&self) -> &Common {
         &self.common
     }
 }

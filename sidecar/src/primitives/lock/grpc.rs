@@ -9,6 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{KeepAlive, Locks};
+use crate::kit::Primitive;
 use crate::kit::grpc::pb::hold_response::Event;
 use crate::kit::grpc::pb::lock_server::{Lock as Api, LockServer};
 use crate::kit::grpc::{caller, pb};

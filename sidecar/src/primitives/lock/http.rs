@@ -12,6 +12,7 @@ use utoipa_axum::routes;
 
 use super::Locks;
 use crate::error::Error;
+use crate::kit::Primitive;
 use crate::kit::http::{ApiJson, CommonErrors, Ctx, ErrorBody, Key};
 use crate::plugins::config::PrimitiveName as P;
 use crate::plugins::{Call, Operation as Op};

@@ -24,7 +24,8 @@ use tokio::time::Instant;
 use super::Common;
 use crate::backend::BackendError;
 use crate::error::{Error, Result};
-use crate::plugins::{Call, Caller};
+use crate::kit::Primitive;
+
 use crate::telemetry::{self, Metrics};
 use crate::validate;
 use crate::validate::Limits;
@@ -312,21 +313,8 @@ impl Locks {
     }
 }
 
-impl Locks {
-    /// Runs the plugins' `authorize` chain for one call (see
-    /// [`Common::authorize`]).
-    pub fn authorize(&self, caller: &Caller, call: Call<'_>) -> Result<String> {
-        self.common.authorize(caller, call)
-    }
-
-    /// What every primitive is given.
-    pub fn common(&self) -> &Common {
-        &self.common
-    }
-}
-
-impl AsRef<Common> for Locks {
-    fn as_ref(&self) -> &Common {
+impl Primitive for Locks {
+    fn common(&self) -> &Common {
         &self.common
     }
 }

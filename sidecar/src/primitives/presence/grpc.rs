@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::Presence;
 use super::store::PresenceKind;
 use crate::backend::FeedItem;
+use crate::kit::Primitive;
 use crate::kit::ceil_ms;
 use crate::kit::grpc::pb::presence_server::{Presence as Api, PresenceServer};
 use crate::kit::grpc::{EventStream, caller, pb};

@@ -18,6 +18,7 @@ use utoipa_axum::routes;
 use super::Presence;
 use crate::backend::FeedItem;
 use crate::error::Error;
+use crate::kit::Primitive;
 use crate::kit::ceil_ms;
 use crate::kit::http::{ApiJson, ApiQuery, CommonErrors, Ctx, Key, Pair, SSE_KEEP_ALIVE};
 use crate::plugins::config::PrimitiveName as P;

@@ -25,7 +25,8 @@ use tokio::time::Instant;
 use super::Common;
 use crate::backend::Feed;
 use crate::error::{Error, Result};
-use crate::plugins::{Call, Caller};
+use crate::kit::Primitive;
+
 use crate::telemetry::{self, Metrics};
 use crate::validate;
 use crate::validate::Limits;
@@ -225,21 +226,8 @@ async fn reaper(presence: Weak<Presence>, interval: Duration) {
     }
 }
 
-impl Presence {
-    /// Runs the plugins' `authorize` chain for one call (see
-    /// [`Common::authorize`]).
-    pub fn authorize(&self, caller: &Caller, call: Call<'_>) -> Result<String> {
-        self.common.authorize(caller, call)
-    }
-
-    /// What every primitive is given.
-    pub fn common(&self) -> &Common {
-        &self.common
-    }
-}
-
-impl AsRef<Common> for Presence {
-    fn as_ref(&self) -> &Common {
+impl Primitive for Presence {
+    fn common(&self) -> &Common {
         &self.common
     }
 }

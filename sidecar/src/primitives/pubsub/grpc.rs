@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::PubSub;
 use crate::backend::FeedItem;
+use crate::kit::Primitive;
 use crate::kit::grpc::pb::pub_sub_server::{PubSub as Api, PubSubServer};
 use crate::kit::grpc::{EventStream, caller, pb};
 use crate::plugins::config::PrimitiveName as P;

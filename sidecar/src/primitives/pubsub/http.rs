@@ -23,6 +23,7 @@ use super::PubSub;
 use super::store::PubMessage;
 use crate::backend::FeedItem;
 use crate::error::Error;
+use crate::kit::Primitive;
 use crate::kit::http::{ApiQuery, CommonErrors, Ctx, Key, SSE_KEEP_ALIVE, read_limited};
 use crate::plugins::config::PrimitiveName as P;
 use crate::plugins::{Call, Operation as Op};

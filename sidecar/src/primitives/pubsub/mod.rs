@@ -27,7 +27,8 @@ use futures::{Stream, StreamExt};
 use super::Common;
 use crate::backend::{Feed, FeedItem, glob};
 use crate::error::{Error, Result};
-use crate::plugins::{Call, Caller};
+use crate::kit::Primitive;
+
 use crate::telemetry::{self, Metrics};
 use crate::validate;
 use crate::validate::Limits;
@@ -263,21 +264,8 @@ fn resume(
     }))
 }
 
-impl PubSub {
-    /// Runs the plugins' `authorize` chain for one call (see
-    /// [`Common::authorize`]).
-    pub fn authorize(&self, caller: &Caller, call: Call<'_>) -> Result<String> {
-        self.common.authorize(caller, call)
-    }
-
-    /// What every primitive is given.
-    pub fn common(&self) -> &Common {
-        &self.common
-    }
-}
-
-impl AsRef<Common> for PubSub {
-    fn as_ref(&self) -> &Common {
+impl Primitive for PubSub {
+    fn common(&self) -> &Common {
         &self.common
     }
 }

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::store::Decision;
 use super::{InlineLimit, RateLimits};
+use crate::kit::Primitive;
 use crate::kit::ceil_ms;
 use crate::kit::grpc::pb::rate_limit_server::{RateLimit as Api, RateLimitServer};
 use crate::kit::grpc::{caller, pb};

@@ -13,8 +13,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use super::Common;
 use crate::error::{Error, Result};
+use crate::kit::Primitive;
 use crate::plugins::config::PrimitiveName;
 use crate::plugins::{Call, Caller, Classified, Operation};
 use crate::telemetry::{self, Metrics};
@@ -23,6 +28,11 @@ use crate::validate::Limits;
 use config::PolicyConfig;
 use config::{Algorithm, Limit};
 use store::{Decision, RateLimitStore};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: &'static str,
+}
 
 /// Longest policy name.
 const MAX_POLICY_NAME: usize = 128;
@@ -41,6 +51,8 @@ pub struct InlineLimit {
 /// Rate limits.
 pub struct RateLimits {
     store: Arc<dyn RateLimitStore>,
+    /// `outrigger_ratelimit_decisions`.
+    decisions: Family<DecisionLabels, Counter>,
     common: Common,
     policies: BTreeMap<String, Limit>,
     limits: Limits,
@@ -71,8 +83,15 @@ impl RateLimits {
             .iter()
             .filter_map(|(name, p)| p.to_limit().ok().map(|l| (name.clone(), l)))
             .collect();
+        let decisions = Family::default();
+        metrics.register(
+            "ratelimit_decisions",
+            "Rate-limit decisions by outcome (allowed, denied)",
+            decisions.clone(),
+        );
         RateLimits {
             store,
+            decisions,
             common,
             policies,
             limits,
@@ -164,20 +183,20 @@ impl RateLimits {
             Ok(self.store.check(policy, key, &limit, cost).await?)
         })
         .await?;
-        self.metrics.count_decision(decision.allowed);
+        let outcome = if decision.allowed {
+            "allowed"
+        } else {
+            "denied"
+        };
+        self.decisions
+            .get_or_create(&DecisionLabels { decision: outcome })
+            .inc();
         Ok(decision)
     }
 }
 
-impl AsRef<Common> for RateLimits {
-    fn as_ref(&self) -> &Common {
-        &self.common
-    }
-}
-
-impl RateLimits {
-    /// What every primitive is given.
-    pub fn common(&self) -> &Common {
+impl Primitive for RateLimits {
+    fn common(&self) -> &Common {
         &self.common
     }
 }
