@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "outrigger/v1/ratelimit.proto",
     "outrigger/v1/presence.proto",
     "outrigger/v1/pubsub.proto",
+    "outrigger/v1/counter.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

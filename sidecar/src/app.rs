@@ -19,6 +19,11 @@ use crate::primitives::cache::memory::MemoryStore;
 use crate::primitives::cache::redis::RedisCache;
 use crate::primitives::cache::store::CacheStore;
 use crate::primitives::cache::{Cache, CacheStats};
+use crate::primitives::counter::Counters;
+use crate::primitives::counter::failover::FailoverCounters;
+use crate::primitives::counter::memory::MemoryCounters;
+use crate::primitives::counter::redis::RedisCounters;
+use crate::primitives::counter::store::CounterStore;
 use crate::primitives::lock::Locks;
 use crate::primitives::lock::failover::FailoverLocks;
 use crate::primitives::lock::memory::MemoryLocks;
@@ -63,6 +68,7 @@ pub struct Stores {
     pub ratelimits: Arc<dyn RateLimitStore>,
     pub presence: Arc<dyn PresenceStore>,
     pub pubsub: Arc<dyn PubSubStore>,
+    pub counters: Arc<dyn CounterStore>,
 }
 
 impl Stores {
@@ -77,6 +83,7 @@ impl Stores {
                 config.pubsub.subscriber_buffer,
                 config.pubsub.stream_max_len,
             )),
+            counters: MemoryCounters::new(),
         }
     }
 
@@ -92,7 +99,11 @@ impl Stores {
             locks: Arc::new(RedisLocks::new(redis.clone()).await?),
             ratelimits: Arc::new(RedisRateLimits::new(redis.clone())),
             presence: Arc::new(RedisPresence::new(redis.clone())),
-            pubsub: Arc::new(RedisPubSub::new(redis, config.pubsub.stream_max_len)),
+            pubsub: Arc::new(RedisPubSub::new(
+                redis.clone(),
+                config.pubsub.stream_max_len,
+            )),
+            counters: Arc::new(RedisCounters::new(redis)),
         })
     }
 
@@ -133,6 +144,10 @@ impl Stores {
                 config.pubsub.subscriber_buffer,
                 config.pubsub.stream_max_len,
             ),
+            counters: FailoverCounters::new(
+                circuit.clone(),
+                failover.counters.while_down("counters"),
+            ),
         })
     }
 }
@@ -144,6 +159,7 @@ pub struct App {
     pub ratelimits: Arc<RateLimits>,
     pub presence: Arc<Presence>,
     pub pubsub: Arc<PubSub>,
+    pub counters: Arc<Counters>,
     /// WebAssembly plugins (none configured: every hook is a no-op).
     pub plugins: Arc<Plugins>,
     /// The API token, if authentication is on.
@@ -260,6 +276,12 @@ impl App {
                 stores.pubsub,
                 limits.clone(),
                 &config.pubsub,
+                metrics.clone(),
+                common.clone(),
+            )),
+            counters: Arc::new(Counters::new(
+                stores.counters,
+                limits.clone(),
                 metrics.clone(),
                 common.clone(),
             )),

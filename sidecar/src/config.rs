@@ -105,6 +105,10 @@ pub struct FailoverConfig {
     pub fallback_share: f64,
     pub presence: Fallback,
     pub pubsub: Fallback,
+    /// Counters: "fail" by default, since a counter read from an empty
+    /// local store lets through what it exists to stop (a login throttle);
+    /// "local" counts here and adds the counts to Redis when it returns.
+    pub counters: Fallback,
     /// Publishes kept for Redis while it is down; more are dropped (and
     /// counted).
     pub publish_buffer: usize,
@@ -125,6 +129,7 @@ impl Default for FailoverConfig {
             fallback_share: 0.5,
             presence: Fallback::Local,
             pubsub: Fallback::Local,
+            counters: Fallback::Fail,
             publish_buffer: 10_000,
             flush_delay: Duration::from_millis(500),
         }

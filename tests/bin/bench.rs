@@ -24,6 +24,7 @@ use clap::Parser;
 use futures::StreamExt;
 use outrigger::api::pb;
 use outrigger::api::pb::cache_client::CacheClient;
+use outrigger::api::pb::counter_client::CounterClient;
 use outrigger::api::pb::lock_client::LockClient;
 use outrigger::api::pb::presence_client::PresenceClient;
 use outrigger::api::pb::pub_sub_client::PubSubClient;
@@ -821,6 +822,56 @@ fn plan(c: &Clients) -> Vec<(&'static str, Vec<(&'static str, Op)>)> {
         }),
     ));
     plan.push(("presence join", vias));
+
+    // --- counter increment ----------------------------------------------
+    let mut vias: Vec<(&'static str, Op)> = vec![("direct", {
+        let conn = c.redis.clone();
+        op(move |w, _| {
+            let mut conn = conn.clone();
+            async move {
+                let _: i64 = redis::cmd("INCR")
+                    .arg(format!("direct:ctr:{{c{w}}}"))
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(())
+            }
+        })
+    })];
+    let client = CounterClient::new(c.grpc.clone());
+    vias.push((
+        "grpc",
+        op(move |w, _| {
+            let mut client = client.clone();
+            async move {
+                let r = client
+                    .increment(pb::IncrementRequest {
+                        name: format!("c{w}"),
+                        by: 1,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                ensure!(r.value > 0, "not counted");
+                Ok(())
+            }
+        }),
+    ));
+    let http = c.http.clone();
+    let base = format!("{}/v1/counters/c", c.base);
+    vias.push((
+        "http",
+        op(move |w, _| {
+            let req = http
+                .post(format!("{base}{w}/incr"))
+                .json(&serde_json::json!({"by": 1}));
+            async move {
+                let resp = req.send().await?;
+                ensure!(resp.status() == 200, "status {}", resp.status());
+                Ok(())
+            }
+        }),
+    ));
+    plan.push(("counter increment", vias));
 
     // --- publish -> receive ---------------------------------------------
     plan.push((

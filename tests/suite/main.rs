@@ -8,6 +8,8 @@
 
 mod cache_api;
 mod cache_conformance;
+mod counter_api;
+mod counter_conformance;
 mod failover;
 mod fuzz;
 mod lock_api;

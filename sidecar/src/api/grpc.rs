@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::app::App;
 use crate::kit::grpc::pb;
 use crate::kit::unix_ms;
-use crate::primitives::{cache, lock, presence, pubsub, ratelimit};
+use crate::primitives::{cache, counter, lock, presence, pubsub, ratelimit};
 
 use pb::admin_server::{Admin, AdminServer};
 
@@ -52,6 +52,9 @@ pub async fn routes(app: Arc<App>) -> anyhow::Result<tonic::service::Routes> {
         .await;
     services
         .add(pubsub::grpc::service(app.pubsub.clone()).max_decoding_message_size(max))
+        .await;
+    services
+        .add(counter::grpc::service(app.counters.clone()))
         .await;
     services.add(AdminServer::new(AdminService(app))).await;
     Ok(services.routes.routes())

@@ -38,6 +38,7 @@ fn routes() -> OpenApiRouter<Api> {
         .merge(primitives::ratelimit::http::routes())
         .merge(primitives::presence::http::routes())
         .merge(primitives::pubsub::http::routes())
+        .merge(primitives::counter::http::routes())
         .routes(routes!(status))
         .routes(routes!(reload_plugins))
         .routes(routes!(healthz))
@@ -73,6 +74,7 @@ primitive_state! {
     ratelimits: primitives::ratelimit::RateLimits,
     presence: primitives::presence::Presence,
     pubsub: primitives::pubsub::PubSub,
+    counters: primitives::counter::Counters,
 }
 
 /// The OpenAPI document of [`router`], as `/openapi.json` serves it.
@@ -557,8 +559,8 @@ mod tests {
                 }
             }
         }
-        // Every route of `router` is documented: 24 method + path pairs.
-        assert_eq!(operations, 25, "documented operations");
+        // Every route of `router` is documented: 28 method + path pairs.
+        assert_eq!(operations, 28, "documented operations");
         for schema in ["ErrorBody", "DecisionReply", "StatusReply", "MessageEvent"] {
             assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
         }

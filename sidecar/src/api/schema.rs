@@ -111,7 +111,7 @@ pub struct ReconciliationReply {
     components(schemas(crate::primitives::pubsub::http::MessageEvent)),
     tags(
         (name = "cache"), (name = "locks"), (name = "ratelimit"), (name = "presence"),
-        (name = "pubsub"), (name = "operations"),
+        (name = "pubsub"), (name = "counters"), (name = "operations"),
     )
 )]
 pub struct ApiDoc;

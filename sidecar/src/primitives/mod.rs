@@ -9,6 +9,7 @@
 //! `sidecar/ADDING_A_PRIMITIVE.md`.
 
 pub mod cache;
+pub mod counter;
 pub mod lock;
 pub mod presence;
 pub mod pubsub;
