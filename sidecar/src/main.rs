@@ -71,16 +71,18 @@ fn check_plugin(file: &std::path::Path, config: &str) -> ExitCode {
             match checked.init_error {
                 None => {
                     println!(
-                        "{}: ok, fits outrigger:plugin/plugin@0.1.0; implements: {hooks}",
-                        file.display()
+                        "{}: ok, fits outrigger:plugin/plugin@{}; implements: {hooks}",
+                        file.display(),
+                        checked.world
                     );
                     ExitCode::SUCCESS
                 }
                 Some(reason) => {
                     eprintln!(
-                        "{}: fits outrigger:plugin/plugin@0.1.0 and implements {hooks}, but {reason} \
+                        "{}: fits outrigger:plugin/plugin@{} and implements {hooks}, but {reason} \
                          (give the plugin's config as JSON with --plugin-config)",
-                        file.display()
+                        file.display(),
+                        checked.world
                     );
                     ExitCode::FAILURE
                 }

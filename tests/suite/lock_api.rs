@@ -63,8 +63,75 @@ conformance!(
         hold_release_message_releases,
         hold_reports_lost_when_the_lock_is_taken,
         a_killed_hold_client_releases_its_lock,
+        rate_limit_peek_and_reset_over_http_and_grpc,
     }
 );
+
+async fn rate_limit_peek_and_reset_over_http_and_grpc(t: &Target) {
+    let s = &t.sidecar;
+    for _ in 0..2 {
+        assert_eq!(
+            post(s, "/v1/ratelimit/window/check", json!({"key": "u"}))
+                .await
+                .0,
+            200
+        );
+    }
+    // Used up: a peek says so with 200 (not 429) and takes nothing.
+    let (status, peek) = post(s, "/v1/ratelimit/window/peek", json!({"key": "u"})).await;
+    assert_eq!(status, 200, "{peek}");
+    assert_eq!(
+        (peek["allowed"].as_bool(), peek["remaining"].as_u64()),
+        (Some(false), Some(0))
+    );
+    assert!(peek["retry_after_ms"].as_u64().unwrap() > 0, "{peek}");
+    assert_eq!(
+        post(s, "/v1/ratelimit/window/check", json!({"key": "u"}))
+            .await
+            .0,
+        429
+    );
+    let (status, reset) = post(s, "/v1/ratelimit/window/reset", json!({"key": "u"})).await;
+    assert_eq!((status, reset), (200, json!({"existed": true})));
+    assert_eq!(
+        post(s, "/v1/ratelimit/window/check", json!({"key": "u"}))
+            .await
+            .0,
+        200
+    );
+    let (status, err) = post(s, "/v1/ratelimit/window/reset", json!({"key": ""})).await;
+    assert_eq!(status, 400, "{err}");
+    let (status, err) = post(s, "/v1/ratelimit/absent/peek", json!({"key": "u"})).await;
+    assert_eq!(status, 404, "{err}");
+
+    let mut rl = RateLimitClient::new(s.channel().await);
+    let check = |key: &str| pb::CheckRequest {
+        policy: "window".into(),
+        key: key.into(),
+        cost: 1,
+        inline: None,
+    };
+    let peek = rl.peek(check("g")).await.unwrap().into_inner();
+    assert!(peek.allowed && peek.remaining == 1, "{peek:?}");
+    assert_eq!(
+        rl.check(check("g")).await.unwrap().into_inner().remaining,
+        1
+    );
+    let reset = pb::ResetLimitRequest {
+        policy: "window".into(),
+        key: "g".into(),
+    };
+    assert!(rl.reset(reset.clone()).await.unwrap().into_inner().existed);
+    assert!(!rl.reset(reset).await.unwrap().into_inner().existed);
+    let bad = rl
+        .reset(pb::ResetLimitRequest {
+            policy: String::new(),
+            key: "g".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+}
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder()

@@ -83,11 +83,71 @@ conformance!(
         fixed_window_limits_each_window,
         inline_limits_and_unknown_policies,
         keys_and_policies_have_separate_counters,
+        peek_decides_without_taking,
+        reset_makes_the_whole_limit_available,
     }
 );
 
 mod cases {
     use super::*;
+
+    pub async fn peek_decides_without_taking(app: &App) {
+        let rl = &app.ratelimits;
+        for (policy, most) in [("login", 5), ("sliding", 4), ("fixed", 3)] {
+            // A fresh key: a peek sees the whole limit and takes nothing.
+            let peek = rl.peek(policy, None, "p", 1).await.unwrap();
+            assert!(peek.allowed, "{policy}");
+            assert_eq!(peek.remaining, most - 1, "{policy}: remaining after one");
+            let first = rl.check(policy, None, "p", 1).await.unwrap();
+            assert_eq!(first.remaining, most - 1, "{policy}: the peek took nothing");
+            // Use up the rest: a peek then says no, with when to retry,
+            // and still takes nothing.
+            for _ in 1..most {
+                assert!(rl.check(policy, None, "p", 1).await.unwrap().allowed);
+            }
+            let full = rl.peek(policy, None, "p", 1).await.unwrap();
+            assert!(!full.allowed, "{policy}");
+            assert_eq!(full.remaining, 0, "{policy}");
+            assert!(full.retry_after.is_some(), "{policy}");
+            assert!(full.reset_after > Duration::ZERO, "{policy}");
+            assert!(!rl.check(policy, None, "p", 1).await.unwrap().allowed);
+        }
+        // Peeks are validated like checks.
+        assert!(matches!(
+            rl.peek("nope", None, "p", 1).await,
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            rl.peek("login", None, "p", 6).await,
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    pub async fn reset_makes_the_whole_limit_available(app: &App) {
+        let rl = &app.ratelimits;
+        for (policy, most) in [("login", 5), ("sliding", 4), ("fixed", 3)] {
+            for _ in 0..most {
+                assert!(rl.check(policy, None, "r", 1).await.unwrap().allowed);
+            }
+            assert!(!rl.check(policy, None, "r", 1).await.unwrap().allowed);
+            assert!(rl.reset(policy, "r").await.unwrap(), "{policy}");
+            let after = rl.check(policy, None, "r", 1).await.unwrap();
+            assert!(after.allowed, "{policy}");
+            assert_eq!(after.remaining, most - 1, "{policy}");
+        }
+        // Only that key, under that policy.
+        assert!(rl.check("login", None, "other", 1).await.unwrap().allowed);
+        assert!(rl.reset("login", "r").await.unwrap());
+        assert_eq!(
+            rl.check("login", None, "other", 1).await.unwrap().remaining,
+            3
+        );
+        assert!(!rl.reset("login", "never").await.unwrap());
+        assert!(matches!(
+            rl.reset("", "r").await,
+            Err(Error::InvalidArgument(_))
+        ));
+    }
 
     pub async fn acquire_release_and_reacquire(app: &App) {
         let lease = app

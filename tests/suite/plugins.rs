@@ -192,6 +192,10 @@ config = {{ exempt_callers = ["ops"] }}
         c.get(s.url("/v1/presence/globex:room")),
         c.post(s.url("/v1/pubsub/globex:ch")).body("x"),
         c.get(s.url("/v1/pubsub/globex:ch")),
+        c.post(s.url("/v1/counters/globex:n/incr"))
+            .json(&json!({"by": 1})),
+        c.get(s.url("/v1/counters/globex:n")),
+        c.delete(s.url("/v1/counters/globex:n")),
     ];
     for req in outside {
         let (code, _, message) = error_of(tenant(req, "acme").send().await.unwrap()).await;
@@ -212,6 +216,9 @@ config = {{ exempt_callers = ["ops"] }}
         c.put(s.url("/v1/presence/acme:room/m"))
             .json(&json!({"ttl_ms": 1000})),
         c.post(s.url("/v1/pubsub/acme:ch")).body("x"),
+        c.post(s.url("/v1/counters/acme:n/incr"))
+            .json(&json!({"by": 1})),
+        c.get(s.url("/v1/counters/acme:n")),
     ];
     for req in inside {
         let resp = tenant(req, "acme").send().await.unwrap();
@@ -655,7 +662,7 @@ config = {{ mode = "log-flood" }}
         ),
         (
             "empty",
-            "does not fit the outrigger:plugin/plugin@0.1.0 world",
+            "does not fit any outrigger:plugin/plugin world this sidecar serves (0.2.0, 0.1.0)",
         ),
         ("missing", "cannot read"),
         ("refuses", "init refused its config: refusing to start"),
@@ -989,6 +996,10 @@ async fn plugin_check_says_whether_a_file_fits_and_which_hooks_it_has() {
     let (code, out) = check(plugin_wasm("tenant_guard"), "{}").await;
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("implements: authorize"), "{out}");
+    assert!(out.contains("fits outrigger:plugin/plugin@0.2.0"), "{out}");
+    let (code, out) = check(plugin_wasm("old_world"), "{}").await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("fits outrigger:plugin/plugin@0.1.0"), "{out}");
     let (code, out) = check(plugin_wasm("hostile"), "{}").await;
     assert_eq!(code, Some(0), "{out}");
     assert!(
@@ -1010,7 +1021,64 @@ async fn plugin_check_says_whether_a_file_fits_and_which_hooks_it_has() {
     let (code, out) = check(empty, "{}").await;
     assert_eq!(code, Some(1), "{out}");
     assert!(
-        out.contains("does not fit the outrigger:plugin/plugin@0.1.0 world"),
+        out.contains("does not fit any outrigger:plugin/plugin world this sidecar serves"),
         "{out}"
+    );
+}
+
+/// A plugin built against the 0.1.0 world keeps loading and working on a
+/// sidecar of a newer world: its `authorize` decides the calls its world
+/// can express, and it is not called for newer ones (counters), as if it
+/// were not configured for them.
+#[tokio::test]
+async fn a_plugin_of_an_older_world_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(
+        dir.path(),
+        &format!(
+            "[[plugins]]\nname = \"old\"\npath = \"{}\"\n",
+            plugin_wasm("old_world").display()
+        ),
+    )
+    .await;
+    let plugins = status(&s).await;
+    let old = plugin(&plugins, "old");
+    assert_eq!(old["healthy"], true, "{old}");
+    assert_eq!(old["hooks"], json!(["authorize"]), "{old}");
+    let c = http();
+    let put = |key: &str| c.put(s.url(&format!("/v1/cache/{key}"))).body("v");
+    assert_eq!(put("open:k").send().await.unwrap().status(), StatusCode::OK);
+    let (code, _, message) = error_of(put("blocked:k").send().await.unwrap()).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert!(
+        message.contains("blocked:k is blocked (0.1.0 plugin)"),
+        "{message}"
+    );
+    // Over gRPC as well: the same conversion.
+    let mut cache = CacheClient::new(s.channel().await);
+    let err = cache
+        .get(pb::GetRequest {
+            key: "blocked:k".into(),
+            refresh_ttl: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // Counters are newer than its world: it is not asked.
+    let resp = c
+        .post(s.url("/v1/counters/blocked:n/incr"))
+        .json(&json!({"by": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = s.log();
+    assert!(
+        text.contains("old-world saw Primitive::Cache blocked:k"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("blocked:n"),
+        "the 0.1.0 plugin was asked about a counter: {text}"
     );
 }

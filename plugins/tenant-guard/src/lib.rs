@@ -1,5 +1,6 @@
 //! `tenant-guard`: callers may only touch keys, tags, patterns, locks,
-//! rate-limit keys, rooms and channels under their tenant's prefix.
+//! rate-limit keys, rooms, channels and counters under their tenant's
+//! prefix.
 //!
 //! The tenant comes from a request attribute (`x-outrigger-attr-tenant` by
 //! default); the prefix is the tenant followed by the separator (`:`). A

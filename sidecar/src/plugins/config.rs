@@ -108,6 +108,7 @@ pub enum PrimitiveName {
     Ratelimit,
     Presence,
     Pubsub,
+    Counter,
 }
 
 /// What a plugin failure means for the request.

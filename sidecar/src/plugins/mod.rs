@@ -69,6 +69,8 @@ pub enum Operation {
     Publish,
     Subscribe,
     SubscribePattern,
+    Increment,
+    Peek,
 }
 
 /// Who is calling, as the application says: from `x-outrigger-caller` and
@@ -134,6 +136,12 @@ impl<'a> Call<'a> {
     pub fn policy(mut self, policy: &'a str, cost: u32) -> Self {
         self.policy = Some(policy);
         self.cost = Some(cost);
+        self
+    }
+
+    /// The policy alone (a rate-limit reset has no cost).
+    pub fn policy_only(mut self, policy: &'a str) -> Self {
+        self.policy = Some(policy);
         self
     }
 
@@ -295,6 +303,8 @@ impl Version {
 /// What checking a file with `outrigger plugin check` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
+    /// The plugin world version it was built against.
+    pub world: &'static str,
     pub hooks: Vec<&'static str>,
     /// Why `init` refused the configuration, if it did.
     pub init_error: Option<String>,
@@ -316,6 +326,7 @@ pub fn check_file(path: &Path, config: &serde_json::Value) -> Result<Checked, St
         },
     )?;
     Ok(Checked {
+        world: compiled.world(),
         hooks: names(&compiled.implemented),
         init_error: compiled.init().err(),
     })
@@ -428,9 +439,11 @@ impl Plugins {
                 caller: caller.id.clone(),
                 attributes: caller.attributes.clone(),
             };
+            if !expresses(&version, &request) {
+                continue;
+            }
             let outcome = self.run(entry, &version, HookName::Authorize, |compiled| {
-                let decision =
-                    compiled.call(|plugin, store| plugin.call_authorize(store, &request))?;
+                let decision = compiled.authorize(&request)?;
                 if let t::Decision::Rewrite(rewrite) = &decision {
                     self.check_name("rewrite target", &rewrite.target)?;
                 }
@@ -474,7 +487,7 @@ impl Plugins {
                 attributes: caller.attributes.clone(),
             };
             let outcome = self.run(entry, &version, HookName::Classify, |compiled| {
-                let limit = compiled.call(|plugin, store| plugin.call_classify(store, &request))?;
+                let limit = compiled.classify(&request)?;
                 if let Some(limit) = &limit {
                     if limit.policy != check.policy && !self.policies.contains(&limit.policy) {
                         return Err(format!(
@@ -530,8 +543,7 @@ impl Plugins {
                 attributes: caller.attributes.clone(),
             };
             let outcome = self.run(entry, &version, HookName::OnWrite, |compiled| {
-                let list =
-                    compiled.call(|plugin, store| plugin.call_on_write(store, &wit_event))?;
+                let list = compiled.on_write(&wit_event)?;
                 if list.len() > MAX_INVALIDATIONS {
                     return Err(format!(
                         "returned {} invalidations (at most {MAX_INVALIDATIONS})",
@@ -733,6 +745,16 @@ fn truncate(text: &mut String, max: usize) {
     }
 }
 
+/// Whether the plugin version's world can express `request` (a plugin of
+/// an older world is not called for newer primitives and operations). An
+/// unloaded version answers with its fail mode, as for any request.
+fn expresses(version: &Version, request: &t::Request) -> bool {
+    version
+        .compiled
+        .as_ref()
+        .map_or(true, |compiled| compiled.expresses(request))
+}
+
 fn wit_primitive(primitive: PrimitiveName) -> t::Primitive {
     match primitive {
         PrimitiveName::Cache => t::Primitive::Cache,
@@ -741,6 +763,7 @@ fn wit_primitive(primitive: PrimitiveName) -> t::Primitive {
         PrimitiveName::Ratelimit => t::Primitive::Ratelimit,
         PrimitiveName::Presence => t::Primitive::Presence,
         PrimitiveName::Pubsub => t::Primitive::Pubsub,
+        PrimitiveName::Counter => t::Primitive::Counter,
     }
 }
 
@@ -764,5 +787,7 @@ fn wit_operation(operation: Operation) -> t::Operation {
         Operation::Publish => t::Operation::Publish,
         Operation::Subscribe => t::Operation::Subscribe,
         Operation::SubscribePattern => t::Operation::SubscribePattern,
+        Operation::Increment => t::Operation::Increment,
+        Operation::Peek => t::Operation::Peek,
     }
 }

@@ -18,7 +18,7 @@ use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadl
 
 use crate::plugins::config::HookName;
 
-/// The bindings of `sdk/wit`, generated at build time.
+/// The bindings of the current world (`sdk/wit`), generated at build time.
 pub(crate) mod wit {
     wasmtime::component::bindgen!({
         path: "../sdk/wit",
@@ -26,7 +26,19 @@ pub(crate) mod wit {
     });
 }
 
+/// The bindings of the older worlds still served (`sidecar/wit/`): a
+/// plugin built against one keeps loading and working.
+mod wit_0_1 {
+    wasmtime::component::bindgen!({
+        path: "wit/outrigger-0.1.0",
+        world: "plugin",
+    });
+}
+
 pub(crate) use wit::outrigger::plugin::types as t;
+
+/// The world versions this sidecar serves, newest first.
+pub(crate) const WORLDS: &[&str] = &["0.2.0", "0.1.0"];
 
 /// How often the epoch advances: the resolution of call budgets.
 const TICK: Duration = Duration::from_millis(1);
@@ -130,9 +142,37 @@ impl wit::outrigger::plugin::host::Host for HostState {
     }
 }
 
+impl wit_0_1::outrigger::plugin::types::Host for HostState {}
+
+impl wit_0_1::outrigger::plugin::host::Host for HostState {
+    fn log(&mut self, level: wit_0_1::outrigger::plugin::types::Level, message: String) {
+        wit::outrigger::plugin::host::Host::log(self, v0_1::level(level), message);
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        wit::outrigger::plugin::host::Host::now_ms(self)
+    }
+
+    fn config(&mut self) -> String {
+        wit::outrigger::plugin::host::Host::config(self)
+    }
+}
+
+/// A plugin compiled against one of the [`WORLDS`].
+enum Pre {
+    Current(wit::PluginPre<HostState>),
+    V0_1(wit_0_1::PluginPre<HostState>),
+}
+
+/// An instance's exports, in its world's types.
+enum Bindings {
+    Current(wit::Plugin),
+    V0_1(wit_0_1::Plugin),
+}
+
 /// One version of one plugin, compiled and linked, ready to instantiate.
 pub(crate) struct Compiled {
-    pre: wit::PluginPre<HostState>,
+    pre: Pre,
     name: Arc<str>,
     config: Arc<str>,
     budget_ticks: u64,
@@ -145,7 +185,7 @@ pub(crate) struct Compiled {
 
 struct Instance {
     store: Store<HostState>,
-    bindings: wit::Plugin,
+    bindings: Bindings,
 }
 
 /// The limits one plugin runs under.
@@ -173,18 +213,34 @@ impl Compiled {
         })?;
         let mut linker = Linker::<HostState>::new(engine);
         wit::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
+            .and_then(|()| {
+                wit_0_1::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(
+                    &mut linker,
+                    |state| state,
+                )
+            })
             .map_err(|err| format!("linking host functions: {err:#}"))?;
         // What a wasip2 guest's std imports (clocks, random, stdio,
         // environment) is there, but traps: plugins get no WASI.
         linker
             .define_unknown_imports_as_traps(&component)
             .map_err(|err| format!("{err:#}"))?;
-        let pre = linker
+        let instance = linker
             .instantiate_pre(&component)
-            .and_then(wit::PluginPre::new)
-            .map_err(|err| {
-                format!("does not fit the outrigger:plugin/plugin@0.1.0 world: {err:#}")
-            })?;
+            .map_err(|err| format!("cannot be linked: {err:#}"))?;
+        // The newest world it fits; the error names the newest's mismatch.
+        let pre = match wit::PluginPre::new(instance.clone()) {
+            Ok(pre) => Pre::Current(pre),
+            Err(newest) => match wit_0_1::PluginPre::new(instance) {
+                Ok(pre) => Pre::V0_1(pre),
+                Err(_) => {
+                    return Err(format!(
+                        "does not fit any outrigger:plugin/plugin world this sidecar serves ({}): {newest:#}",
+                        WORLDS.join(", ")
+                    ));
+                }
+            },
+        };
         let ticks = budget.time.as_micros().div_ceil(TICK.as_micros()) as u64 + 1;
         let mut compiled = Compiled {
             pre,
@@ -197,7 +253,12 @@ impl Compiled {
             implemented: Vec::new(),
         };
         let hooks = compiled
-            .call(|plugin, store| plugin.call_hooks(store))
+            .call(|plugin, store| match plugin {
+                Bindings::Current(p) => p.call_hooks(store),
+                Bindings::V0_1(p) => p
+                    .call_hooks(store)
+                    .map(|hooks| hooks.into_iter().map(v0_1::hook).collect()),
+            })
             .map_err(|err| format!("calling `hooks`: {err}"))?;
         compiled.implemented = hooks
             .into_iter()
@@ -213,9 +274,12 @@ impl Compiled {
 
     /// Runs the plugin's `init`: builds it from its configuration.
     pub fn init(&self) -> Result<(), String> {
-        self.call(|plugin, store| plugin.call_init(store))
-            .map_err(|err| format!("calling `init`: {err}"))?
-            .map_err(|err| format!("init refused its config: {err}"))
+        self.call(|plugin, store| match plugin {
+            Bindings::Current(p) => p.call_init(store),
+            Bindings::V0_1(p) => p.call_init(store),
+        })
+        .map_err(|err| format!("calling `init`: {err}"))?
+        .map_err(|err| format!("init refused its config: {err}"))
     }
 
     fn instantiate(&self) -> wasmtime::Result<Instance> {
@@ -226,8 +290,12 @@ impl Compiled {
             .instances(8)
             .trap_on_grow_failure(true)
             .build();
+        let engine = match &self.pre {
+            Pre::Current(pre) => pre.engine(),
+            Pre::V0_1(pre) => pre.engine(),
+        };
         let mut store = Store::new(
-            self.pre.engine(),
+            engine,
             HostState {
                 name: self.name.clone(),
                 config: self.config.clone(),
@@ -257,15 +325,66 @@ impl Compiled {
         });
         store.data_mut().started = Some((thread_cpu(), Instant::now()));
         store.set_epoch_deadline(self.budget_ticks);
-        let bindings = self.pre.instantiate(&mut store)?;
+        let bindings = match &self.pre {
+            Pre::Current(pre) => Bindings::Current(pre.instantiate(&mut store)?),
+            Pre::V0_1(pre) => Bindings::V0_1(pre.instantiate(&mut store)?),
+        };
         Ok(Instance { store, bindings })
+    }
+
+    /// The world version it was built against.
+    pub fn world(&self) -> &'static str {
+        match self.pre {
+            Pre::Current(_) => WORLDS[0],
+            Pre::V0_1(_) => "0.1.0",
+        }
+    }
+
+    /// Whether its world can express `request` (an older world knows no
+    /// newer primitive or operation): if not, the plugin is not called for
+    /// it, as if it were not configured for it.
+    pub fn expresses(&self, request: &t::Request) -> bool {
+        match self.pre {
+            Pre::Current(_) => true,
+            Pre::V0_1(_) => v0_1::request(request).is_some(),
+        }
+    }
+
+    /// `authorize`, for a request its world [expresses](Self::expresses).
+    pub fn authorize(&self, request: &t::Request) -> Result<t::Decision, String> {
+        self.call(|plugin, store| match plugin {
+            Bindings::Current(p) => p.call_authorize(store, request),
+            Bindings::V0_1(p) => p
+                .call_authorize(store, &v0_1::expressed(request)?)
+                .map(v0_1::decision),
+        })
+    }
+
+    /// `classify`, for a request its world [expresses](Self::expresses).
+    pub fn classify(&self, request: &t::Request) -> Result<Option<t::Limit>, String> {
+        self.call(|plugin, store| match plugin {
+            Bindings::Current(p) => p.call_classify(store, request),
+            Bindings::V0_1(p) => p
+                .call_classify(store, &v0_1::expressed(request)?)
+                .map(|limit| limit.map(v0_1::limit)),
+        })
+    }
+
+    /// `on-write` (cache writes: every world expresses them).
+    pub fn on_write(&self, event: &t::WriteEvent) -> Result<Vec<t::Invalidation>, String> {
+        self.call(|plugin, store| match plugin {
+            Bindings::Current(p) => p.call_on_write(store, event),
+            Bindings::V0_1(p) => p
+                .call_on_write(store, &v0_1::write_event(event))
+                .map(|list| list.into_iter().map(v0_1::invalidation).collect()),
+        })
     }
 
     /// Runs one call on a pooled (or new) instance under the budget. The
     /// error says what went wrong, for logs, status and fail-mode replies.
-    pub fn call<R>(
+    fn call<R>(
         &self,
-        f: impl FnOnce(&wit::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Bindings, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, String> {
         let pooled = self.pool.lock().expect("pool lock").pop();
         let mut instance = match pooled {
@@ -303,6 +422,127 @@ impl Compiled {
                 text.truncate(300);
                 text
             }
+        }
+    }
+}
+
+/// The current world's types to and from 0.1.0's. They differ only in the
+/// primitives and operations 0.2.0 added.
+mod v0_1 {
+    use super::t;
+    use super::wit_0_1::outrigger::plugin::types as o;
+
+    /// `request` in 0.1.0's terms, if 0.1.0 can say it.
+    pub fn request(r: &t::Request) -> Option<o::Request> {
+        Some(o::Request {
+            primitive: primitive(r.primitive)?,
+            operation: operation(r.operation)?,
+            namespace: r.namespace.clone(),
+            target: r.target.clone(),
+            member: r.member.clone(),
+            policy: r.policy.clone(),
+            cost: r.cost,
+            value_size: r.value_size,
+            caller: r.caller.clone(),
+            attributes: r.attributes.clone(),
+        })
+    }
+
+    /// `request` in 0.1.0's terms; callers checked it can be said.
+    pub fn expressed(r: &t::Request) -> wasmtime::Result<o::Request> {
+        request(r).ok_or_else(|| wasmtime::format_err!("a request the 0.1.0 world cannot express"))
+    }
+
+    fn primitive(p: t::Primitive) -> Option<o::Primitive> {
+        Some(match p {
+            t::Primitive::Cache => o::Primitive::Cache,
+            t::Primitive::Lock => o::Primitive::Lock,
+            t::Primitive::Semaphore => o::Primitive::Semaphore,
+            t::Primitive::Ratelimit => o::Primitive::Ratelimit,
+            t::Primitive::Presence => o::Primitive::Presence,
+            t::Primitive::Pubsub => o::Primitive::Pubsub,
+            t::Primitive::Counter => return None,
+        })
+    }
+
+    fn operation(op: t::Operation) -> Option<o::Operation> {
+        Some(match op {
+            t::Operation::Read => o::Operation::Read,
+            t::Operation::Write => o::Operation::Write,
+            t::Operation::Delete => o::Operation::Delete,
+            t::Operation::InvalidateTag => o::Operation::InvalidateTag,
+            t::Operation::InvalidatePattern => o::Operation::InvalidatePattern,
+            t::Operation::Scan => o::Operation::Scan,
+            t::Operation::Acquire => o::Operation::Acquire,
+            t::Operation::Release => o::Operation::Release,
+            t::Operation::Extend => o::Operation::Extend,
+            t::Operation::Check => o::Operation::Check,
+            t::Operation::Join => o::Operation::Join,
+            t::Operation::Leave => o::Operation::Leave,
+            t::Operation::Members => o::Operation::Members,
+            t::Operation::Watch => o::Operation::Watch,
+            t::Operation::Rooms => o::Operation::Rooms,
+            t::Operation::Publish => o::Operation::Publish,
+            t::Operation::Subscribe => o::Operation::Subscribe,
+            t::Operation::SubscribePattern => o::Operation::SubscribePattern,
+            t::Operation::Increment | t::Operation::Peek => return None,
+        })
+    }
+
+    pub fn decision(d: o::Decision) -> t::Decision {
+        match d {
+            o::Decision::Allow => t::Decision::Allow,
+            o::Decision::Deny(reason) => t::Decision::Deny(reason),
+            o::Decision::Rewrite(r) => t::Decision::Rewrite(t::Rewrite { target: r.target }),
+        }
+    }
+
+    pub fn limit(l: o::Limit) -> t::Limit {
+        t::Limit {
+            policy: l.policy,
+            key: l.key,
+            cost: l.cost,
+        }
+    }
+
+    pub fn write_event(e: &t::WriteEvent) -> o::WriteEvent {
+        o::WriteEvent {
+            kind: match e.kind {
+                t::WriteKind::Set => o::WriteKind::Set,
+                t::WriteKind::Delete => o::WriteKind::Delete,
+            },
+            namespace: e.namespace.clone(),
+            key: e.key.clone(),
+            tags: e.tags.clone(),
+            value_size: e.value_size,
+            caller: e.caller.clone(),
+            attributes: e.attributes.clone(),
+        }
+    }
+
+    pub fn invalidation(i: o::Invalidation) -> t::Invalidation {
+        match i {
+            o::Invalidation::Key(key) => t::Invalidation::Key(key),
+            o::Invalidation::Tag(tag) => t::Invalidation::Tag(tag),
+            o::Invalidation::Pattern(pattern) => t::Invalidation::Pattern(pattern),
+        }
+    }
+
+    pub fn hook(h: o::Hook) -> t::Hook {
+        match h {
+            o::Hook::Authorize => t::Hook::Authorize,
+            o::Hook::Classify => t::Hook::Classify,
+            o::Hook::OnWrite => t::Hook::OnWrite,
+        }
+    }
+
+    pub fn level(l: o::Level) -> t::Level {
+        match l {
+            o::Level::Trace => t::Level::Trace,
+            o::Level::Debug => t::Level::Debug,
+            o::Level::Info => t::Level::Info,
+            o::Level::Warn => t::Level::Warn,
+            o::Level::Error => t::Level::Error,
         }
     }
 }

@@ -7,8 +7,9 @@ use tonic::{Request, Response, Status};
 
 use super::store::CounterValue;
 use super::{Counters, IncrementRequest};
-use crate::kit::grpc::pb;
+use crate::kit::Primitive;
 use crate::kit::grpc::pb::counter_server::{Counter as Api, CounterServer};
+use crate::kit::grpc::{caller, pb};
 
 /// The service, ready to add to a server.
 pub fn service(counters: Arc<Counters>) -> CounterServer<CounterService> {
@@ -32,6 +33,7 @@ impl Api for CounterService {
         &self,
         req: Request<pb::IncrementRequest>,
     ) -> Result<Response<pb::CounterValue>, Status> {
+        let caller = caller(self.0.common(), &req);
         let req = req.into_inner();
         let inc = IncrementRequest {
             by: req.by,
@@ -39,7 +41,7 @@ impl Api for CounterService {
             min: req.min,
             max: req.max,
         };
-        let value = self.0.increment(&req.name, inc).await?;
+        let value = self.0.increment_for(&caller, req.name, inc).await?;
         Ok(Response::new(reply(value)))
     }
 
@@ -47,7 +49,8 @@ impl Api for CounterService {
         &self,
         req: Request<pb::GetCounterRequest>,
     ) -> Result<Response<pb::CounterValue>, Status> {
-        let value = self.0.get(&req.into_inner().name).await?;
+        let caller = caller(self.0.common(), &req);
+        let value = self.0.get_for(&caller, req.into_inner().name).await?;
         Ok(Response::new(reply(value)))
     }
 
@@ -55,7 +58,8 @@ impl Api for CounterService {
         &self,
         req: Request<pb::ResetCounterRequest>,
     ) -> Result<Response<pb::ResetCounterResponse>, Status> {
-        let existed = self.0.reset(&req.into_inner().name).await?;
+        let caller = caller(self.0.common(), &req);
+        let existed = self.0.reset_for(&caller, req.into_inner().name).await?;
         Ok(Response::new(pb::ResetCounterResponse { existed }))
     }
 }

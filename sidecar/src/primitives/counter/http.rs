@@ -38,7 +38,7 @@ where
 async fn counter_increment(
     Ctx {
         primitive: counters,
-        ..
+        caller,
     }: Ctx<Counters>,
     Key(name): Key,
     ApiJson(body): ApiJson<IncrementBody>,
@@ -49,7 +49,9 @@ async fn counter_increment(
         min: body.min,
         max: body.max,
     };
-    Ok(Json(counters.increment(&name, req).await?.into()))
+    Ok(Json(
+        counters.increment_for(&caller, name, req).await?.into(),
+    ))
 }
 
 #[utoipa::path(
@@ -61,11 +63,11 @@ async fn counter_increment(
 async fn counter_get(
     Ctx {
         primitive: counters,
-        ..
+        caller,
     }: Ctx<Counters>,
     Key(name): Key,
 ) -> Result<Json<CounterReply>, Error> {
-    Ok(Json(counters.get(&name).await?.into()))
+    Ok(Json(counters.get_for(&caller, name).await?.into()))
 }
 
 #[utoipa::path(
@@ -77,11 +79,11 @@ async fn counter_get(
 async fn counter_reset(
     Ctx {
         primitive: counters,
-        ..
+        caller,
     }: Ctx<Counters>,
     Key(name): Key,
 ) -> Result<Json<ResetReply>, Error> {
-    let existed = counters.reset(&name).await?;
+    let existed = counters.reset_for(&caller, name).await?;
     Ok(Json(ResetReply { existed }))
 }
 

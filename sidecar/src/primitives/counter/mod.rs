@@ -16,6 +16,8 @@ use store::{CounterStore, CounterValue, Increment, Incremented, MAX_MAGNITUDE};
 use super::Common;
 use crate::error::{Error, Result};
 use crate::kit::Primitive;
+use crate::plugins::config::PrimitiveName;
+use crate::plugins::{Call, Caller, Operation};
 use crate::telemetry::{self, Metrics};
 use crate::validate::{self, Limits};
 
@@ -56,6 +58,39 @@ impl Counters {
             limits,
             metrics,
         }
+    }
+
+    /// An increment for `caller`, as both APIs serve it: authorized (a
+    /// plugin may rewrite the name), then applied.
+    pub async fn increment_for(
+        &self,
+        caller: &Caller,
+        name: String,
+        req: IncrementRequest,
+    ) -> Result<CounterValue> {
+        let name = self.authorize(
+            caller,
+            Call::new(PrimitiveName::Counter, Operation::Increment, name),
+        )?;
+        self.increment(&name, req).await
+    }
+
+    /// A read for `caller`, authorized first.
+    pub async fn get_for(&self, caller: &Caller, name: String) -> Result<CounterValue> {
+        let name = self.authorize(
+            caller,
+            Call::new(PrimitiveName::Counter, Operation::Read, name),
+        )?;
+        self.get(&name).await
+    }
+
+    /// A reset for `caller`, authorized first (as a delete).
+    pub async fn reset_for(&self, caller: &Caller, name: String) -> Result<bool> {
+        let name = self.authorize(
+            caller,
+            Call::new(PrimitiveName::Counter, Operation::Delete, name),
+        )?;
+        self.reset(&name).await
     }
 
     /// Adds `req.by` to `name`; refused (`PreconditionFailed`, the counter

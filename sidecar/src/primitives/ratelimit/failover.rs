@@ -11,9 +11,9 @@ use async_trait::async_trait;
 use super::config::{Limit, RateLimitFallback};
 use super::memory::MemoryRateLimits;
 use super::redis::RedisRateLimits;
-use super::store::{Decision, RateLimitStore};
+use super::store::{Decision, RateLimitStore, Take};
 use crate::backend::BackendError;
-use crate::backend::circuit::{Circuit, Reconcile, Reconciliation};
+use crate::backend::circuit::{Circuit, Reconcile, Reconciliation, WhileDown};
 
 /// Rate limits in Redis, with a memory fallback.
 pub struct FailoverRateLimits {
@@ -72,9 +72,10 @@ impl RateLimitStore for FailoverRateLimits {
         key: &str,
         limit: &Limit,
         cost: u32,
+        take: Take,
     ) -> Result<Decision, BackendError> {
         if self.circuit.is_up() {
-            match self.redis.check(policy, key, limit, cost).await {
+            match self.redis.check(policy, key, limit, cost, take).await {
                 Err(err) if err.is_outage() => self.circuit.trip(&err),
                 other => return other,
             }
@@ -95,7 +96,7 @@ impl RateLimitStore for FailoverRateLimits {
                         retry_after: Some(self.retry),
                     });
                 }
-                self.memory.check(policy, key, &local, cost).await
+                self.memory.check(policy, key, &local, cost, take).await
             }
             RateLimitFallback::FailOpen => {
                 metrics.count_fallback("ratelimit", "fail_open");
@@ -116,5 +117,22 @@ impl RateLimitStore for FailoverRateLimits {
                 ))
             }
         }
+    }
+
+    /// Resets in Redis; while it is down, the local buckets (what the
+    /// local fallback counts in), unless rate limits fail closed.
+    async fn reset(&self, policy: &str, key: &str) -> Result<bool, BackendError> {
+        let down = match self.mode {
+            RateLimitFallback::FailClosed => WhileDown::Fail(
+                "Redis is unreachable and rate limits fail closed (failover.ratelimit = \"fail_closed\")"
+                    .into(),
+            ),
+            RateLimitFallback::Local | RateLimitFallback::FailOpen => WhileDown::Local,
+        };
+        self.circuit
+            .route("ratelimit", &down, self.redis.reset(policy, key), || {
+                self.memory.reset(policy, key)
+            })
+            .await
     }
 }

@@ -38,19 +38,44 @@ impl Api for RateLimitService {
         req: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
         let caller = caller(self.0.common(), &req);
-        let req = req.into_inner();
-        let inline = req.inline.map(|l| InlineLimit {
-            algorithm: l.algorithm,
-            limit: l.limit,
-            period_ms: l.period_ms,
-            burst: l.burst,
-        });
-        let check = Classified {
-            policy: req.policy,
-            key: req.key,
-            cost: req.cost,
-        };
+        let (check, inline) = wire_check(req.into_inner());
         let decision = self.0.check_for(&caller, check, inline).await?;
         Ok(Response::new(check_response(decision)))
     }
+
+    async fn peek(
+        &self,
+        req: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        let caller = caller(self.0.common(), &req);
+        let (check, inline) = wire_check(req.into_inner());
+        let decision = self.0.peek_for(&caller, check, inline).await?;
+        Ok(Response::new(check_response(decision)))
+    }
+
+    async fn reset(
+        &self,
+        req: Request<pb::ResetLimitRequest>,
+    ) -> Result<Response<pb::ResetLimitResponse>, Status> {
+        let caller = caller(self.0.common(), &req);
+        let req = req.into_inner();
+        let existed = self.0.reset_for(&caller, &req.policy, req.key).await?;
+        Ok(Response::new(pb::ResetLimitResponse { existed }))
+    }
+}
+
+/// A check request's terms.
+fn wire_check(req: pb::CheckRequest) -> (Classified, Option<InlineLimit>) {
+    let inline = req.inline.map(|l| InlineLimit {
+        algorithm: l.algorithm,
+        limit: l.limit,
+        period_ms: l.period_ms,
+        burst: l.burst,
+    });
+    let check = Classified {
+        policy: req.policy,
+        key: req.key,
+        cost: req.cost,
+    };
+    (check, inline)
 }

@@ -25,7 +25,10 @@ where
     S: Clone + Send + Sync + 'static,
     Arc<RateLimits>: FromRef<S>,
 {
-    OpenApiRouter::new().routes(routes!(ratelimit_check))
+    OpenApiRouter::new()
+        .routes(routes!(ratelimit_check))
+        .routes(routes!(ratelimit_peek))
+        .routes(routes!(ratelimit_reset))
 }
 
 /// Whole seconds, rounded up: what `RateLimit-Reset` and `Retry-After`
@@ -53,17 +56,7 @@ async fn ratelimit_check(
     Key(policy): Key,
     ApiJson(body): ApiJson<CheckBody>,
 ) -> Result<Response, Error> {
-    let inline = body.inline.map(|l| InlineLimit {
-        algorithm: l.algorithm,
-        limit: l.limit,
-        period_ms: l.period_ms,
-        burst: l.burst,
-    });
-    let check = Classified {
-        policy,
-        key: body.key,
-        cost: body.cost,
-    };
+    let (check, inline) = body.terms(policy);
     let d = ratelimits.check_for(&caller, check, inline).await?;
     let mut headers = HeaderMap::new();
     headers.insert("ratelimit-limit", d.limit.into());
@@ -86,6 +79,87 @@ async fn ratelimit_check(
         return Ok((StatusCode::TOO_MANY_REQUESTS, headers, Json(body)).into_response());
     }
     Ok((headers, Json(body)).into_response())
+}
+
+#[utoipa::path(
+    post, path = "/v1/ratelimit/{policy}/peek", tag = "ratelimit",
+    params(("policy" = String, Path, description = "A configured policy, or the name of an inline limit's counters")), request_body = CheckBody,
+    responses(
+        (status = 200, description = "What a check would decide now; nothing is taken (`allowed` says whether the cost would fit)", body = DecisionReply),
+        (status = 404, description = "Not found", body = ErrorBody),
+        CommonErrors)
+)]
+async fn ratelimit_peek(
+    Ctx {
+        primitive: ratelimits,
+        caller,
+    }: Ctx<RateLimits>,
+    Key(policy): Key,
+    ApiJson(body): ApiJson<CheckBody>,
+) -> Result<Json<DecisionReply>, Error> {
+    let (check, inline) = body.terms(policy);
+    let d = ratelimits.peek_for(&caller, check, inline).await?;
+    Ok(Json(DecisionReply {
+        allowed: d.allowed,
+        limit: d.limit,
+        remaining: d.remaining,
+        reset_after_ms: ceil_ms(d.reset_after),
+        retry_after_ms: d.retry_after.map_or(0, ceil_ms),
+        error: None,
+    }))
+}
+
+#[utoipa::path(
+    post, path = "/v1/ratelimit/{policy}/reset", tag = "ratelimit",
+    params(("policy" = String, Path, description = "The policy (or inline limit name) whose state to forget")), request_body = ResetBody,
+    responses(
+        (status = 200, description = "The key's whole limit is available again", body = ResetLimitReply),
+        CommonErrors)
+)]
+async fn ratelimit_reset(
+    Ctx {
+        primitive: ratelimits,
+        caller,
+    }: Ctx<RateLimits>,
+    Key(policy): Key,
+    ApiJson(body): ApiJson<ResetBody>,
+) -> Result<Json<ResetLimitReply>, Error> {
+    let existed = ratelimits.reset_for(&caller, &policy, body.key).await?;
+    Ok(Json(ResetLimitReply { existed }))
+}
+
+/// Body of a reset.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetBody {
+    /// Whose state to forget.
+    #[schema(min_length = 1)]
+    pub key: String,
+}
+
+/// A reset's result.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResetLimitReply {
+    /// Whether the key had any state.
+    pub existed: bool,
+}
+
+impl CheckBody {
+    /// The check's terms, under `policy`.
+    fn terms(self, policy: String) -> (Classified, Option<InlineLimit>) {
+        let inline = self.inline.map(|l| InlineLimit {
+            algorithm: l.algorithm,
+            limit: l.limit,
+            period_ms: l.period_ms,
+            burst: l.burst,
+        });
+        let check = Classified {
+            policy,
+            key: self.key,
+            cost: self.cost,
+        };
+        (check, inline)
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::config::{Algorithm, Limit};
-use super::store::{Decision, RateLimitStore};
+use super::store::{Decision, RateLimitStore, Take};
 use crate::backend::BackendError;
 
 /// Slack for float rounding when comparing times, in µs.
@@ -186,6 +186,7 @@ impl RateLimitStore for MemoryRateLimits {
         key: &str,
         limit: &Limit,
         cost: u32,
+        take: Take,
     ) -> Result<Decision, BackendError> {
         let instant = Instant::now();
         let now = us(instant - self.epoch);
@@ -199,7 +200,7 @@ impl RateLimitStore for MemoryRateLimits {
                     _ => None,
                 };
                 let (decision, new_tat) = gcra(tat, now, limit, cost);
-                if let Some(tat) = new_tat {
+                if let Some(tat) = new_tat.filter(|_| take == Take::Consume) {
                     counters.insert(
                         id,
                         Counter {
@@ -230,6 +231,9 @@ impl RateLimitStore for MemoryRateLimits {
                 } else {
                     fixed_window(current, now, limit, cost)
                 };
+                if take == Take::Peek {
+                    return Ok(decision);
+                }
                 let current = current
                     + if decision.allowed {
                         f64::from(cost)
@@ -253,6 +257,17 @@ impl RateLimitStore for MemoryRateLimits {
                 Ok(decision)
             }
         }
+    }
+
+    async fn reset(&self, policy: &str, key: &str) -> Result<bool, BackendError> {
+        let instant = Instant::now();
+        let mut counters = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut found = false;
+        for algorithm in Algorithm::ALL {
+            let id = format!("{}:{policy}:{key}", algorithm.name());
+            found |= counters.remove(&id).is_some_and(|c| c.expires_at > instant);
+        }
+        Ok(found)
     }
 }
 

@@ -27,7 +27,7 @@ use crate::validate;
 use crate::validate::Limits;
 use config::PolicyConfig;
 use config::{Algorithm, Limit};
-use store::{Decision, RateLimitStore};
+use store::{Decision, RateLimitStore, Take};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
@@ -141,8 +141,37 @@ impl RateLimits {
         Ok((classified, inline))
     }
 
+    /// A peek for `caller`, as both APIs serve it: authorized and
+    /// classified like a check (so a plugin's choices apply), then decided
+    /// without taking anything.
+    pub async fn peek_for(
+        &self,
+        caller: &Caller,
+        check: Classified,
+        inline: Option<InlineLimit>,
+    ) -> Result<Decision> {
+        let key = self.common.authorize(
+            caller,
+            Call::new(PrimitiveName::Ratelimit, Operation::Peek, check.key)
+                .policy(&check.policy, check.cost),
+        )?;
+        let (check, inline) = self.classify(caller, Classified { key, ..check }, inline)?;
+        self.peek(&check.policy, inline, &check.key, check.cost)
+            .await
+    }
+
+    /// A reset for `caller`, authorized first (as a delete).
+    pub async fn reset_for(&self, caller: &Caller, policy: &str, key: String) -> Result<bool> {
+        let key = self.common.authorize(
+            caller,
+            Call::new(PrimitiveName::Ratelimit, Operation::Delete, key).policy_only(policy),
+        )?;
+        self.reset(policy, &key).await
+    }
+
     /// Decides whether `cost` (0 means 1) for `key` fits `policy` (or the
-    /// inline limit, which then names its own counters `policy`).
+    /// inline limit, which then names its own counters `policy`), and takes
+    /// it if it does.
     pub async fn check(
         &self,
         policy: &str,
@@ -152,11 +181,58 @@ impl RateLimits {
     ) -> Result<Decision> {
         let span = tracing::info_span!("outrigger.ratelimit.check", policy, key, cost);
         let decision = telemetry::observe(&self.metrics, "ratelimit", "check", span, async {
-            if policy.is_empty() || policy.len() > MAX_POLICY_NAME {
-                return Err(Error::InvalidArgument(format!(
-                    "policy name must be 1..={MAX_POLICY_NAME} bytes"
-                )));
-            }
+            self.decide(policy, inline, key, cost, Take::Consume).await
+        })
+        .await?;
+        let outcome = if decision.allowed {
+            "allowed"
+        } else {
+            "denied"
+        };
+        self.decisions
+            .get_or_create(&DecisionLabels { decision: outcome })
+            .inc();
+        Ok(decision)
+    }
+
+    /// What [`RateLimits::check`] would decide now, taking nothing: the
+    /// remaining units and when the limit is whole again.
+    pub async fn peek(
+        &self,
+        policy: &str,
+        inline: Option<InlineLimit>,
+        key: &str,
+        cost: u32,
+    ) -> Result<Decision> {
+        let span = tracing::info_span!("outrigger.ratelimit.peek", policy, key, cost);
+        telemetry::observe(&self.metrics, "ratelimit", "peek", span, async {
+            self.decide(policy, inline, key, cost, Take::Peek).await
+        })
+        .await
+    }
+
+    /// Forgets `key`'s state under `policy`: its whole limit is available
+    /// again. Returns whether it had any.
+    pub async fn reset(&self, policy: &str, key: &str) -> Result<bool> {
+        let span = tracing::info_span!("outrigger.ratelimit.reset", policy, key);
+        telemetry::observe(&self.metrics, "ratelimit", "reset", span, async {
+            check_policy_name(policy)?;
+            validate::name("key", key, &self.limits)?;
+            Ok(self.store.reset(policy, key).await?)
+        })
+        .await
+    }
+
+    async fn decide(
+        &self,
+        policy: &str,
+        inline: Option<InlineLimit>,
+        key: &str,
+        cost: u32,
+        take: Take,
+    ) -> Result<Decision> {
+        {
+            check_policy_name(policy)?;
             validate::name("key", key, &self.limits)?;
             let limit = match inline {
                 Some(inline) => PolicyConfig {
@@ -180,19 +256,18 @@ impl RateLimits {
                     "cost {cost} is more than the policy ever allows at once ({most}): it would never be allowed"
                 )));
             }
-            Ok(self.store.check(policy, key, &limit, cost).await?)
-        })
-        .await?;
-        let outcome = if decision.allowed {
-            "allowed"
-        } else {
-            "denied"
-        };
-        self.decisions
-            .get_or_create(&DecisionLabels { decision: outcome })
-            .inc();
-        Ok(decision)
+            Ok(self.store.check(policy, key, &limit, cost, take).await?)
+        }
     }
+}
+
+fn check_policy_name(policy: &str) -> Result<()> {
+    if policy.is_empty() || policy.len() > MAX_POLICY_NAME {
+        return Err(Error::InvalidArgument(format!(
+            "policy name must be 1..={MAX_POLICY_NAME} bytes"
+        )));
+    }
+    Ok(())
 }
 
 impl Primitive for RateLimits {

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use redis::Script;
 
 use super::config::{Algorithm, Limit};
-use super::store::{Decision, RateLimitStore};
+use super::store::{Decision, RateLimitStore, Take};
 use crate::backend::BackendError;
 use crate::backend::redis::RedisStore;
 
@@ -24,6 +24,16 @@ struct Scripts {
 }
 
 impl RedisRateLimits {
+    /// `ns:rl:<algorithm>:{policy:key}`: every algorithm's state of one
+    /// (policy, key) in one slot.
+    fn key(&self, algorithm: Algorithm, policy: &str, key: &str) -> String {
+        format!(
+            "{}:rl:{}:{{{policy}:{key}}}",
+            self.redis.namespace,
+            algorithm.name()
+        )
+    }
+
     pub fn new(redis: Arc<RedisStore>) -> Self {
         RedisRateLimits {
             redis,
@@ -43,12 +53,10 @@ impl RateLimitStore for RedisRateLimits {
         key: &str,
         limit: &Limit,
         cost: u32,
+        take: Take,
     ) -> Result<Decision, BackendError> {
-        let state = format!(
-            "{}:rl:{}:{{{policy}:{key}}}",
-            self.redis.namespace,
-            limit.algorithm.name()
-        );
+        let state = self.key(limit.algorithm, policy, key);
+        let peek = if take == Take::Peek { "1" } else { "0" };
         let period_us = limit.period.as_micros() as f64;
         let mut conn = self.redis.conn();
         let call = match limit.algorithm {
@@ -57,7 +65,8 @@ impl RateLimitStore for RedisRateLimits {
                 // The interval may be fractional: pass it exactly.
                 call.arg(format!("{:.6}", period_us / f64::from(limit.limit)))
                     .arg(limit.burst)
-                    .arg(cost);
+                    .arg(cost)
+                    .arg(peek);
                 call
             }
             Algorithm::SlidingWindow | Algorithm::FixedWindow => {
@@ -69,7 +78,8 @@ impl RateLimitStore for RedisRateLimits {
                         "sliding"
                     } else {
                         "fixed"
-                    });
+                    })
+                    .arg(peek);
                 call
             }
         };
@@ -87,5 +97,15 @@ impl RateLimitStore for RedisRateLimits {
             reset_after: us(reset_us),
             retry_after: (retry_us >= 0).then(|| us(retry_us)),
         })
+    }
+
+    async fn reset(&self, policy: &str, key: &str) -> Result<bool, BackendError> {
+        let mut del = redis::cmd("DEL");
+        for algorithm in Algorithm::ALL {
+            del.arg(self.key(algorithm, policy, key));
+        }
+        let mut conn = self.redis.conn();
+        let deleted: i64 = self.redis.call(del.query_async(&mut conn)).await?;
+        Ok(deleted > 0)
     }
 }

@@ -22,13 +22,29 @@ pub struct Decision {
 
 /// Rate-limit counters. `cost` arrives validated: 1 ..= what the limit can
 /// ever allow (the burst for GCRA, the limit for windows).
+/// Whether a decision takes what it allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// A check: an allowed cost is taken.
+    Consume,
+    /// A peek: the same decision, nothing taken.
+    Peek,
+}
+
 #[async_trait]
 pub trait RateLimitStore: Send + Sync + 'static {
+    /// Decides whether `cost` fits now; with [`Take::Consume`], takes it if
+    /// it does.
     async fn check(
         &self,
         policy: &str,
         key: &str,
         limit: &Limit,
         cost: u32,
+        take: Take,
     ) -> Result<Decision, BackendError>;
+
+    /// Forgets `key`'s state under `policy` (every algorithm's): the whole
+    /// limit is available again. Returns whether there was any.
+    async fn reset(&self, policy: &str, key: &str) -> Result<bool, BackendError>;
 }

@@ -3,10 +3,9 @@
 -- KEYS[1] a hash: w (window index), cur (count in window w), prev (count
 -- in window w - 1)
 -- ARGV[1] period in µs, ARGV[2] limit, ARGV[3] cost, ARGV[4] 'sliding' or
--- 'fixed'
+-- 'fixed', ARGV[5] '1' to peek (decide, take nothing)
 -- Returns {allowed, remaining, reset_after µs, retry_after µs (-1 = none)}.
--- Mirrors `sliding_window` and `fixed_window` in
--- backend/memory/ratelimit.rs.
+-- Mirrors `sliding_window` and `fixed_window` in memory.rs.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local period = tonumber(ARGV[1])
@@ -72,8 +71,10 @@ end
 if allowed == 1 then
   cur = cur + cost
 end
-redis.call('HSET', KEYS[1], 'w', string.format('%d', index), 'cur', cur, 'prev', prev)
-redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil((left + period) / 1000)))
+if ARGV[5] ~= '1' then
+  redis.call('HSET', KEYS[1], 'w', string.format('%d', index), 'cur', cur, 'prev', prev)
+  redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil((left + period) / 1000)))
+end
 if retry >= 0 then
   retry = math.ceil(retry)
 end
