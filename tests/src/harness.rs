@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use outrigger::app::Stores;
+use outrigger::app::{App, Stores};
 use outrigger::backend::redis::RedisStore;
 use outrigger::config::{Config, RedisConfig};
 
@@ -53,6 +53,21 @@ pub struct Deployment {
     pub redis: Option<Arc<RedisStore>>,
     /// The case's own `redis-server`, if any: keep it alive.
     pub server: Option<RedisServer>,
+}
+
+/// An `App` over every store on a topology (what the conformance suites of
+/// the primitives drive), and the case's own Redis behind it. Derefs to the
+/// app.
+pub struct AppOn {
+    pub app: App,
+    _server: Option<RedisServer>,
+}
+
+impl std::ops::Deref for AppOn {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.app
+    }
 }
 
 impl RedisServer {
@@ -163,6 +178,18 @@ impl Topology {
             stores,
             redis: Some(store),
             server: target.server,
+        }
+    }
+}
+
+impl Topology {
+    /// An `App` over every store on this topology, configured by `config`,
+    /// in a fresh namespace starting with `prefix`.
+    pub async fn app(self, config: &Config, prefix: &str) -> AppOn {
+        let deployment = self.deploy(config, prefix).await;
+        AppOn {
+            app: App::with_stores(config, deployment.stores),
+            _server: deployment.server,
         }
     }
 }

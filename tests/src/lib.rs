@@ -17,7 +17,7 @@
 //! handle drops, and if the test is failing, the process's log is printed.
 
 mod harness;
-pub use harness::{Deployment, RedisTarget, SidecarOn, Topology, no_check};
+pub use harness::{AppOn, Deployment, RedisTarget, SidecarOn, Topology, no_check};
 
 use std::net::SocketAddr;
 use std::process::Stdio;

@@ -11,28 +11,10 @@ use outrigger::config::Config;
 use outrigger::error::Error;
 use outrigger::primitives::counter::IncrementRequest;
 use outrigger::primitives::counter::store::MAX_MAGNITUDE;
-use outrigger_tests::{RedisServer, Topology, conformance, eventually, unique};
+use outrigger_tests::{AppOn, RedisServer, Topology, conformance, eventually, unique};
 
-/// An app under test, and the Redis behind it when there is one.
-struct Backend {
-    app: App,
-    _redis: Option<RedisServer>,
-}
-
-impl std::ops::Deref for Backend {
-    type Target = App;
-    fn deref(&self) -> &App {
-        &self.app
-    }
-}
-
-async fn setup(topology: Topology) -> Backend {
-    let config = Config::default();
-    let deployment = topology.deploy(&config, "counters").await;
-    Backend {
-        app: App::with_stores(&config, deployment.stores),
-        _redis: deployment.server,
-    }
+async fn setup(topology: Topology) -> AppOn {
+    topology.app(&Config::default(), "counters").await
 }
 
 conformance!(

@@ -10,13 +10,7 @@ use outrigger::config::{Config, PolicyConfig};
 use outrigger::error::Error;
 use outrigger::primitives::lock::KeepAlive;
 use outrigger::primitives::ratelimit::InlineLimit;
-use outrigger_tests::{RedisServer, Topology, conformance};
-
-/// An app under test, and the Redis behind it when there is one.
-struct Backend {
-    app: App,
-    _redis: Option<RedisServer>,
-}
+use outrigger_tests::{AppOn, Topology, conformance};
 
 fn config() -> Config {
     let mut config = Config::default();
@@ -35,21 +29,8 @@ fn config() -> Config {
     config
 }
 
-/// The cases take the app.
-impl std::ops::Deref for Backend {
-    type Target = App;
-    fn deref(&self) -> &App {
-        &self.app
-    }
-}
-
-async fn setup(topology: Topology) -> Backend {
-    let config = config();
-    let deployment = topology.deploy(&config, "locks").await;
-    Backend {
-        app: App::with_stores(&config, deployment.stores),
-        _redis: deployment.server,
-    }
+async fn setup(topology: Topology) -> AppOn {
+    topology.app(&config(), "locks").await
 }
 
 conformance!(

@@ -13,21 +13,7 @@ use outrigger::error::Error;
 use outrigger::primitives::presence::store::{PresenceEvent, PresenceKind};
 use outrigger::primitives::pubsub::Subscription;
 use outrigger::primitives::pubsub::store::{Offset, PubMessage};
-use outrigger_tests::{RedisServer, Topology, conformance};
-
-/// An app under test, and the Redis behind it when there is one.
-struct Backend {
-    app: App,
-    _redis: Option<RedisServer>,
-}
-
-/// The cases take the app.
-impl std::ops::Deref for Backend {
-    type Target = App;
-    fn deref(&self) -> &App {
-        &self.app
-    }
-}
+use outrigger_tests::{AppOn, Topology, conformance};
 
 fn config() -> Config {
     let mut config = Config::default();
@@ -38,13 +24,8 @@ fn config() -> Config {
     config
 }
 
-async fn setup(topology: Topology) -> Backend {
-    let config = config();
-    let deployment = topology.deploy(&config, "rt").await;
-    Backend {
-        app: App::with_stores(&config, deployment.stores),
-        _redis: deployment.server,
-    }
+async fn setup(topology: Topology) -> AppOn {
+    topology.app(&config(), "rt").await
 }
 
 conformance!(

@@ -108,14 +108,27 @@ impl RateLimits {
         check: Classified,
         inline: Option<InlineLimit>,
     ) -> Result<Decision> {
-        let key = self.common.authorize(
-            caller,
-            Call::new(PrimitiveName::Ratelimit, Operation::Check, check.key)
-                .policy(&check.policy, check.cost),
-        )?;
-        let (check, inline) = self.classify(caller, Classified { key, ..check }, inline)?;
+        let (check, inline) = self.admit(caller, Operation::Check, check, inline)?;
         self.check(&check.policy, inline, &check.key, check.cost)
             .await
+    }
+
+    /// A check or a peek through the plugins: authorized (a plugin may
+    /// rewrite the key), then classified (a plugin may choose the policy,
+    /// key and cost).
+    fn admit(
+        &self,
+        caller: &Caller,
+        operation: Operation,
+        check: Classified,
+        inline: Option<InlineLimit>,
+    ) -> Result<(Classified, Option<InlineLimit>)> {
+        let key = self.common.authorize(
+            caller,
+            Call::new(PrimitiveName::Ratelimit, operation, check.key)
+                .policy(&check.policy, check.cost),
+        )?;
+        self.classify(caller, Classified { key, ..check }, inline)
     }
 
     /// Runs the plugins' `classify` chain for one check. When a plugin
@@ -150,12 +163,7 @@ impl RateLimits {
         check: Classified,
         inline: Option<InlineLimit>,
     ) -> Result<Decision> {
-        let key = self.common.authorize(
-            caller,
-            Call::new(PrimitiveName::Ratelimit, Operation::Peek, check.key)
-                .policy(&check.policy, check.cost),
-        )?;
-        let (check, inline) = self.classify(caller, Classified { key, ..check }, inline)?;
+        let (check, inline) = self.admit(caller, Operation::Peek, check, inline)?;
         self.peek(&check.policy, inline, &check.key, check.cost)
             .await
     }
