@@ -394,6 +394,36 @@ tiers.pro = {{ policy = "pro", costs = {{ write = 2 }} }}
         .into_inner();
     assert!(decision.allowed);
     assert_eq!((decision.limit, decision.remaining), (100, 95));
+
+    // A peek is classified like a check: it reads the pro tier's counters
+    // (95 left, a write would leave 93) and takes nothing.
+    let peek: Value = c
+        .post(s.url("/v1/ratelimit/api/peek"))
+        .header("x-outrigger-attr-operation", "write")
+        .header("x-outrigger-attr-tier", "pro")
+        .json(&json!({"key": "u1", "cost": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (peek["limit"].as_u64(), peek["remaining"].as_u64()),
+        (Some(100), Some(93)),
+        "{peek}"
+    );
+    let body: Value = check(Some("pro"), "write", "u1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["remaining"].as_u64(),
+        Some(93),
+        "the peek took nothing"
+    );
 }
 
 async fn invalidate_rules_invalidate_what_a_write_implies(backend: &Backend) {
