@@ -600,6 +600,7 @@ config = {{ mode = "{mode}" }}
     for name in ["loop", "bomb", "trap", "garbage", "stack"] {
         let p = plugin(&plugins, name);
         assert_eq!(p["healthy"], false, "{p}");
+        assert_eq!(p["world"], "0.2.0", "loaded, then disabled: {p}");
         assert!(
             p["reason"]
                 .as_str()
@@ -700,6 +701,9 @@ config = {{ mode = "log-flood" }}
         let p = plugin(&plugins, name);
         assert_eq!(p["healthy"], false, "{p}");
         assert!(p["reason"].as_str().unwrap().contains(why), "{name}: {p}");
+        if p["reason"].as_str().unwrap().starts_with("not loaded") {
+            assert!(p["world"].is_null(), "not loaded: no world: {p}");
+        }
     }
     assert_eq!(plugin(&plugins, "flood")["healthy"], true);
 
@@ -1066,8 +1070,10 @@ async fn a_plugin_of_an_older_world_keeps_working() {
     let s = start(
         dir.path(),
         &format!(
-            "[[plugins]]\nname = \"old\"\npath = \"{}\"\n",
-            plugin_wasm("old_world").display()
+            "[[plugins]]\nname = \"old\"\npath = \"{}\"\n\n\
+             [[plugins]]\nname = \"new\"\npath = \"{}\"\nprimitives = [\"lock\"]\n",
+            plugin_wasm("old_world").display(),
+            plugin_wasm("tenant_guard").display()
         ),
     )
     .await;
@@ -1075,6 +1081,8 @@ async fn a_plugin_of_an_older_world_keeps_working() {
     let old = plugin(&plugins, "old");
     assert_eq!(old["healthy"], true, "{old}");
     assert_eq!(old["hooks"], json!(["authorize"]), "{old}");
+    assert_eq!(old["world"], "0.1.0", "{old}");
+    assert_eq!(plugin(&plugins, "new")["world"], "0.2.0");
     let c = http();
     let put = |key: &str| c.put(s.url(&format!("/v1/cache/{key}"))).body("v");
     assert_eq!(put("open:k").send().await.unwrap().status(), StatusCode::OK);

@@ -135,6 +135,7 @@ fn plugin_pb(p: crate::plugins::PluginStatus) -> pb::Plugin {
         fail: p.fail.as_str().into(),
         generation: p.generation,
         reload_error: p.reload_error.unwrap_or_default(),
+        world: p.world.unwrap_or_default().into(),
     }
 }
 

@@ -216,6 +216,7 @@ fn plugin_reply(p: crate::plugins::PluginStatus) -> PluginReply {
         fail: p.fail.as_str().into(),
         generation: p.generation,
         reload_error: p.reload_error,
+        world: p.world.map(str::to_string),
     }
 }
 

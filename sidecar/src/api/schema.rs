@@ -42,6 +42,9 @@ pub struct PluginReply {
     pub generation: u64,
     /// Why the last reload failed (the previous version stayed), if it did.
     pub reload_error: Option<String>,
+    /// The plugin world version it was built against (`0.2.0`); absent
+    /// while it is not loaded.
+    pub world: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -187,6 +187,8 @@ pub struct PluginStatus {
     pub reason: Option<String>,
     /// The hooks called.
     pub hooks: Vec<&'static str>,
+    /// The plugin world version it was built against, once loaded.
+    pub world: Option<&'static str>,
     pub fail: FailMode,
     /// Loads so far (1 after start-up; each successful reload adds one).
     pub generation: u64,
@@ -408,6 +410,7 @@ impl Plugins {
                 PluginStatus {
                     name: entry.config.name.clone(),
                     path: entry.config.path.clone(),
+                    world: version.compiled.as_ref().ok().map(Compiled::world),
                     healthy: reason.is_none(),
                     reason,
                     hooks: names(&version.hooks),
