@@ -90,12 +90,8 @@ impl Stores {
     /// Redis alone, with no fallback (tests and tools), and the near cache
     /// if `config.cache.near` enables it.
     pub async fn redis(redis: Arc<RedisStore>, config: &Config) -> Result<Stores, BackendError> {
-        let mut cache = RedisCache::new(redis.clone());
-        if config.cache.near.enabled {
-            cache.enable_near_cache(&config.cache.near);
-        }
         Ok(Stores {
-            cache: Arc::new(cache),
+            cache: Arc::new(redis_cache(&redis, config)),
             locks: Arc::new(RedisLocks::new(redis.clone()).await?),
             ratelimits: Arc::new(RedisRateLimits::new(redis.clone())),
             presence: Arc::new(RedisPresence::new(redis.clone())),
@@ -111,14 +107,10 @@ impl Stores {
     /// `config.failover` says.
     pub async fn failover(circuit: &Arc<Circuit>, config: &Config) -> Result<Stores, BackendError> {
         let failover = &config.failover;
-        let mut cache = RedisCache::new(circuit.redis().clone());
-        if config.cache.near.enabled {
-            cache.enable_near_cache(&config.cache.near);
-        }
         Ok(Stores {
             cache: FailoverCache::new(
                 circuit.clone(),
-                cache,
+                redis_cache(circuit.redis(), config),
                 MemoryStore::new(config.memory.clone()),
                 failover.cache.while_down("cache"),
             ),
@@ -150,6 +142,16 @@ impl Stores {
             ),
         })
     }
+}
+
+/// The cache in `redis`, with the near cache if `config.cache.near` enables
+/// it.
+fn redis_cache(redis: &Arc<RedisStore>, config: &Config) -> RedisCache {
+    let mut cache = RedisCache::new(redis.clone());
+    if config.cache.near.enabled {
+        cache.enable_near_cache(&config.cache.near);
+    }
+    cache
 }
 
 /// Shared state behind both APIs.

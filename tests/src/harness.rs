@@ -49,8 +49,6 @@ pub struct SidecarOn {
 /// Every primitive's store on a topology, in a namespace of its own.
 pub struct Deployment {
     pub stores: Stores,
-    /// The Redis store behind `stores`, if any.
-    pub redis: Option<Arc<RedisStore>>,
     /// The case's own `redis-server`, if any: keep it alive.
     pub server: Option<RedisServer>,
 }
@@ -149,7 +147,6 @@ impl Topology {
         let Some(target) = self.redis().await else {
             return Deployment {
                 stores,
-                redis: None,
                 server: None,
             };
         };
@@ -163,9 +160,7 @@ impl Topology {
         let store = Arc::new(store);
         let mut config = config.clone();
         config.cache.near.enabled = self == Topology::RedisNear;
-        let stores = Stores::redis(store.clone(), &config)
-            .await
-            .expect("Redis stores");
+        let stores = Stores::redis(store, &config).await.expect("Redis stores");
         if self == Topology::RedisNear {
             let cache = stores.cache.clone();
             eventually(Duration::from_secs(5), "the near cache to go live", || {
@@ -176,7 +171,6 @@ impl Topology {
         }
         Deployment {
             stores,
-            redis: Some(store),
             server: target.server,
         }
     }

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::store::Condition;
+use super::store::{Condition, Entry};
 use super::{Cache, Invalidation, LeaseAsk, Leased, SetRequest};
 use crate::error::Error;
 use crate::kit::Primitive;
@@ -64,16 +64,7 @@ async fn get_entry(
         .get(&key, params.refresh_ttl)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no cache entry for key {key:?}")))?;
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    headers.insert(VERSION_HEADER, entry.version.into());
-    if let Some(ttl) = entry.ttl {
-        headers.insert(TTL_HEADER, (ttl.as_millis() as u64).into());
-    }
-    Ok((headers, entry.value).into_response())
+    Ok(entry_response(HeaderMap::new(), entry))
 }
 
 /// The header telling what a GetOrLease answered: `hit`, `stale` or
@@ -121,6 +112,12 @@ async fn get_or_lease(
     let Some(entry) = entry else {
         return Ok((StatusCode::NO_CONTENT, headers).into_response());
     };
+    Ok(entry_response(headers, entry))
+}
+
+/// An entry as raw bytes, with its version and TTL headers added to
+/// `headers`.
+fn entry_response(mut headers: HeaderMap, entry: Entry) -> Response {
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
@@ -129,7 +126,7 @@ async fn get_or_lease(
     if let Some(ttl) = entry.ttl {
         headers.insert(TTL_HEADER, (ttl.as_millis() as u64).into());
     }
-    Ok((headers, entry.value).into_response())
+    (headers, entry.value).into_response()
 }
 
 fn parse_condition(text: Option<&str>) -> Result<Condition, Error> {
