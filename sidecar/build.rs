@@ -15,6 +15,7 @@ const PROTOS: &[&str] = &[
     "outrigger/v1/presence.proto",
     "outrigger/v1/pubsub.proto",
     "outrigger/v1/counter.proto",
+    "outrigger/v1/map.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

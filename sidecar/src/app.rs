@@ -29,6 +29,11 @@ use crate::primitives::lock::failover::FailoverLocks;
 use crate::primitives::lock::memory::MemoryLocks;
 use crate::primitives::lock::redis::RedisLocks;
 use crate::primitives::lock::store::LockStore;
+use crate::primitives::map::Maps;
+use crate::primitives::map::failover::FailoverMaps;
+use crate::primitives::map::memory::MemoryMaps;
+use crate::primitives::map::redis::RedisMaps;
+use crate::primitives::map::store::MapStore;
 use crate::primitives::presence::Presence;
 use crate::primitives::presence::failover::FailoverPresence;
 use crate::primitives::presence::memory::MemoryPresence;
@@ -69,6 +74,7 @@ pub struct Stores {
     pub presence: Arc<dyn PresenceStore>,
     pub pubsub: Arc<dyn PubSubStore>,
     pub counters: Arc<dyn CounterStore>,
+    pub maps: Arc<dyn MapStore>,
 }
 
 impl Stores {
@@ -84,6 +90,7 @@ impl Stores {
                 config.pubsub.stream_max_len,
             )),
             counters: MemoryCounters::new(),
+            maps: Arc::new(MemoryMaps::new(config.pubsub.subscriber_buffer)),
         }
     }
 
@@ -99,7 +106,8 @@ impl Stores {
                 redis.clone(),
                 config.pubsub.stream_max_len,
             )),
-            counters: Arc::new(RedisCounters::new(redis)),
+            counters: Arc::new(RedisCounters::new(redis.clone())),
+            maps: Arc::new(RedisMaps::new(redis)),
         })
     }
 
@@ -140,6 +148,11 @@ impl Stores {
                 circuit.clone(),
                 failover.counters.while_down("counters"),
             ),
+            maps: FailoverMaps::new(
+                circuit.clone(),
+                failover.maps.while_down("maps"),
+                config.pubsub.subscriber_buffer,
+            ),
         })
     }
 }
@@ -162,6 +175,7 @@ pub struct App {
     pub presence: Arc<Presence>,
     pub pubsub: Arc<PubSub>,
     pub counters: Arc<Counters>,
+    pub maps: Arc<Maps>,
     /// WebAssembly plugins (none configured: every hook is a no-op).
     pub plugins: Arc<Plugins>,
     /// The API token, if authentication is on.
@@ -287,6 +301,13 @@ impl App {
                 metrics.clone(),
                 common.clone(),
             )),
+            maps: Maps::new(
+                stores.maps,
+                limits.clone(),
+                &config.maps,
+                metrics.clone(),
+                common.clone(),
+            ),
             plugins,
             common,
             metrics,

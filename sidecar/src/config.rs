@@ -26,6 +26,7 @@ pub use crate::error::ConfigError;
 pub use crate::plugins::config::{FailMode, HookName, PluginConfig, PrimitiveName};
 pub use crate::primitives::cache::config::{CacheConfig, MemoryConfig, NearCacheConfig};
 pub use crate::primitives::lock::config::LockFallback;
+pub use crate::primitives::map::config::MapsConfig;
 pub use crate::primitives::presence::config::PresenceConfig;
 pub use crate::primitives::pubsub::config::PubSubConfig;
 pub use crate::primitives::ratelimit::config::{
@@ -54,6 +55,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "ratelimit",
     "presence",
     "pubsub",
+    "maps",
     "failover",
     "plugins",
     "log",
@@ -78,6 +80,7 @@ pub struct Config {
     pub ratelimit: RateLimitConfig,
     pub presence: PresenceConfig,
     pub pubsub: PubSubConfig,
+    pub maps: MapsConfig,
     pub failover: FailoverConfig,
     /// WebAssembly plugins, in the order they run: `[[plugins]]`.
     pub plugins: Vec<PluginConfig>,
@@ -109,6 +112,11 @@ pub struct FailoverConfig {
     /// local store lets through what it exists to stop (a login throttle);
     /// "local" counts here and adds the counts to Redis when it returns.
     pub counters: Fallback,
+    /// Maps: "fail" by default, since a map is state every instance reads
+    /// and writes (a session): an empty local copy would answer "no such
+    /// session" and take writes no other instance sees. "local" keeps maps
+    /// here and replays the changes on Redis when it returns.
+    pub maps: Fallback,
     /// Publishes kept for Redis while it is down; more are dropped (and
     /// counted).
     pub publish_buffer: usize,
@@ -130,6 +138,7 @@ impl Default for FailoverConfig {
             presence: Fallback::Local,
             pubsub: Fallback::Local,
             counters: Fallback::Fail,
+            maps: Fallback::Fail,
             publish_buffer: 10_000,
             flush_delay: Duration::from_millis(500),
         }
@@ -171,6 +180,7 @@ impl Default for Config {
             ratelimit: RateLimitConfig::default(),
             presence: PresenceConfig::default(),
             pubsub: PubSubConfig::default(),
+            maps: MapsConfig::default(),
             failover: FailoverConfig::default(),
             plugins: Vec::new(),
             log: LogConfig {
@@ -283,6 +293,12 @@ impl Config {
         }
         if self.presence.reap_interval < Duration::from_millis(10) {
             return invalid("presence.reap_interval", "must be at least 10ms");
+        }
+        if self.maps.reap_interval < Duration::from_millis(10) {
+            return invalid("maps.reap_interval", "must be at least 10ms");
+        }
+        if self.maps.max_fields == 0 {
+            return invalid("maps.max_fields", "must be at least 1");
         }
         for (key, value) in [
             ("pubsub.stream_max_len", self.pubsub.stream_max_len),

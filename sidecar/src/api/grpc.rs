@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::app::App;
 use crate::kit::grpc::pb;
 use crate::kit::unix_ms;
-use crate::primitives::{cache, counter, lock, presence, pubsub, ratelimit};
+use crate::primitives::{cache, counter, lock, map, presence, pubsub, ratelimit};
 
 use pb::admin_server::{Admin, AdminServer};
 
@@ -55,6 +55,9 @@ pub async fn routes(app: Arc<App>) -> anyhow::Result<tonic::service::Routes> {
         .await;
     services
         .add(counter::grpc::service(app.counters.clone()))
+        .await;
+    services
+        .add(map::grpc::service(app.maps.clone()).max_decoding_message_size(max))
         .await;
     services.add(AdminServer::new(AdminService(app))).await;
     Ok(services.routes.routes())
@@ -185,6 +188,7 @@ impl Admin for AdminService {
                     messages_flushed: f.reconciliation.messages_flushed,
                     messages_dropped: f.reconciliation.messages_dropped,
                     flushing: f.reconciliation.flushing,
+                    map_changes_replayed: f.reconciliation.map_changes_replayed,
                 }),
             }),
             plugins: s.plugins.into_iter().map(plugin_pb).collect(),

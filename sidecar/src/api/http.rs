@@ -39,6 +39,7 @@ fn routes() -> OpenApiRouter<Api> {
         .merge(primitives::presence::http::routes())
         .merge(primitives::pubsub::http::routes())
         .merge(primitives::counter::http::routes())
+        .merge(primitives::map::http::routes())
         .routes(routes!(status))
         .routes(routes!(reload_plugins))
         .routes(routes!(healthz))
@@ -75,6 +76,7 @@ primitive_state! {
     presence: primitives::presence::Presence,
     pubsub: primitives::pubsub::PubSub,
     counters: primitives::counter::Counters,
+    maps: primitives::map::Maps,
 }
 
 /// The OpenAPI document of [`router`], as `/openapi.json` serves it.
@@ -199,6 +201,7 @@ async fn status(State(app): State<Arc<App>>) -> Json<StatusReply> {
                     messages_flushed: r.messages_flushed,
                     messages_dropped: r.messages_dropped,
                     flushing: r.flushing,
+                    map_changes_replayed: r.map_changes_replayed,
                 }),
             }
         }),
@@ -284,7 +287,7 @@ mod tests {
     use super::*;
     use crate::app::Stores;
     use crate::config::Config;
-    use crate::primitives::cache::http::{TTL_HEADER, VERSION_HEADER};
+    use crate::kit::http::{TTL_HEADER, VERSION_HEADER};
     use axum::body::Body;
     use axum::http::{Method, Request};
     use http_body_util::BodyExt;

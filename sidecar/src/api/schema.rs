@@ -101,6 +101,9 @@ pub struct ReconciliationReply {
     pub messages_flushed: u64,
     pub messages_dropped: u64,
     pub flushing: bool,
+    /// Map changes made locally (`failover.maps = "local"`) and replayed on
+    /// Redis.
+    pub map_changes_replayed: u64,
 }
 
 /// The OpenAPI 3.1 document of the HTTP API: its info, shared schemas and
@@ -109,12 +112,12 @@ pub struct ReconciliationReply {
 #[openapi(
     info(
         title = "Outrigger",
-        description = "Coordination sidecar: cache, locks, rate limits, presence and pub/sub. Errors are {\"error\": {\"code\", \"message\"}}.",
+        description = "Coordination sidecar: cache, locks, rate limits, presence, pub/sub, counters and maps. Errors are {\"error\": {\"code\", \"message\"}}.",
     ),
     components(schemas(crate::primitives::pubsub::http::MessageEvent)),
     tags(
         (name = "cache"), (name = "locks"), (name = "ratelimit"), (name = "presence"),
-        (name = "pubsub"), (name = "counters"), (name = "operations"),
+        (name = "pubsub"), (name = "counters"), (name = "maps"), (name = "operations"),
     )
 )]
 pub struct ApiDoc;

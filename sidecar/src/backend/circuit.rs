@@ -70,6 +70,8 @@ pub struct Reconciliation {
     /// Publishes that never reached Redis: over `failover.publish_buffer`,
     /// or refused by Redis when flushed.
     pub messages_dropped: u64,
+    /// Map changes made while Redis was down, replayed on it.
+    pub map_changes_replayed: u64,
     /// Whether buffered publishes are still being flushed.
     pub flushing: bool,
 }
@@ -292,6 +294,7 @@ impl Circuit {
             members_reasserted = report.members_reasserted,
             members_lost = report.members_lost,
             messages_dropped = report.messages_dropped,
+            map_changes_replayed = report.map_changes_replayed,
             flushing = report.flushing,
             "Redis is back: reconciled and serving from Redis"
         );

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::Primitive;
+use super::{Condition, Primitive};
 use crate::error::Error;
 use crate::plugins::Caller;
 
@@ -182,4 +182,29 @@ impl utoipa::IntoResponses for CommonErrors {
         })
         .collect()
     }
+}
+
+/// Response header carrying a value's version (a cache entry, a map field).
+pub const VERSION_HEADER: &str = "outrigger-version";
+
+/// Response header carrying a value's remaining TTL in ms; absent when it
+/// never expires.
+pub const TTL_HEADER: &str = "outrigger-ttl-ms";
+
+/// The `if` query parameter of a conditional write: `absent`, `present` or
+/// `version:<N>`.
+pub fn parse_condition(text: Option<&str>) -> Result<Condition, Error> {
+    Ok(match text {
+        None => Condition::None,
+        Some("absent") => Condition::IfAbsent,
+        Some("present") => Condition::IfPresent,
+        Some(other) => match other.strip_prefix("version:").map(str::parse) {
+            Some(Ok(v)) => Condition::IfVersion(v),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "if={other:?}: expected absent, present or version:<N>"
+                )));
+            }
+        },
+    })
 }

@@ -46,6 +46,17 @@ impl Common {
     }
 }
 
+/// When a conditional write may happen (a cache entry, a map field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Condition {
+    #[default]
+    None,
+    IfAbsent,
+    IfPresent,
+    /// It exists with exactly this version (compare-and-set).
+    IfVersion(u64),
+}
+
 /// A primitive, as its adapters see it.
 pub trait Primitive: Send + Sync + 'static {
     /// What it was given.

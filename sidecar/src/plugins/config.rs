@@ -109,6 +109,7 @@ pub enum PrimitiveName {
     Presence,
     Pubsub,
     Counter,
+    Map,
 }
 
 /// What a plugin failure means for the request.

@@ -767,6 +767,7 @@ fn wit_primitive(primitive: PrimitiveName) -> t::Primitive {
         PrimitiveName::Presence => t::Primitive::Presence,
         PrimitiveName::Pubsub => t::Primitive::Pubsub,
         PrimitiveName::Counter => t::Primitive::Counter,
+        PrimitiveName::Map => t::Primitive::Map,
     }
 }
 

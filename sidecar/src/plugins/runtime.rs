@@ -35,10 +35,17 @@ mod wit_0_1 {
     });
 }
 
+mod wit_0_2 {
+    wasmtime::component::bindgen!({
+        path: "wit/outrigger-0.2.0",
+        world: "plugin",
+    });
+}
+
 pub(crate) use wit::outrigger::plugin::types as t;
 
 /// The world versions this sidecar serves, newest first.
-pub(crate) const WORLDS: &[&str] = &["0.2.0", "0.1.0"];
+pub(crate) const WORLDS: &[&str] = &["0.3.0", "0.2.0", "0.1.0"];
 
 /// How often the epoch advances: the resolution of call budgets.
 const TICK: Duration = Duration::from_millis(1);
@@ -142,31 +149,40 @@ impl wit::outrigger::plugin::host::Host for HostState {
     }
 }
 
-impl wit_0_1::outrigger::plugin::types::Host for HostState {}
+/// An older world's host functions: the current world's.
+macro_rules! older_host {
+    ($($bindings:ident => $conv:ident),*) => {$(
+        impl $bindings::outrigger::plugin::types::Host for HostState {}
 
-impl wit_0_1::outrigger::plugin::host::Host for HostState {
-    fn log(&mut self, level: wit_0_1::outrigger::plugin::types::Level, message: String) {
-        wit::outrigger::plugin::host::Host::log(self, v0_1::level(level), message);
-    }
+        impl $bindings::outrigger::plugin::host::Host for HostState {
+            fn log(&mut self, level: $bindings::outrigger::plugin::types::Level, message: String) {
+                wit::outrigger::plugin::host::Host::log(self, $conv::level(level), message);
+            }
 
-    fn now_ms(&mut self) -> u64 {
-        wit::outrigger::plugin::host::Host::now_ms(self)
-    }
+            fn now_ms(&mut self) -> u64 {
+                wit::outrigger::plugin::host::Host::now_ms(self)
+            }
 
-    fn config(&mut self) -> String {
-        wit::outrigger::plugin::host::Host::config(self)
-    }
+            fn config(&mut self) -> String {
+                wit::outrigger::plugin::host::Host::config(self)
+            }
+        }
+    )*};
 }
+
+older_host!(wit_0_1 => v0_1, wit_0_2 => v0_2);
 
 /// A plugin compiled against one of the [`WORLDS`].
 enum Pre {
     Current(wit::PluginPre<HostState>),
+    V0_2(wit_0_2::PluginPre<HostState>),
     V0_1(wit_0_1::PluginPre<HostState>),
 }
 
 /// An instance's exports, in its world's types.
 enum Bindings {
     Current(wit::Plugin),
+    V0_2(wit_0_2::Plugin),
     V0_1(wit_0_1::Plugin),
 }
 
@@ -214,6 +230,12 @@ impl Compiled {
         let mut linker = Linker::<HostState>::new(engine);
         wit::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
             .and_then(|()| {
+                wit_0_2::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(
+                    &mut linker,
+                    |state| state,
+                )
+            })
+            .and_then(|()| {
                 wit_0_1::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(
                     &mut linker,
                     |state| state,
@@ -231,15 +253,18 @@ impl Compiled {
         // The newest world it fits; the error names the newest's mismatch.
         let pre = match wit::PluginPre::new(instance.clone()) {
             Ok(pre) => Pre::Current(pre),
-            Err(newest) => match wit_0_1::PluginPre::new(instance) {
-                Ok(pre) => Pre::V0_1(pre),
-                Err(_) => {
+            Err(newest) => {
+                if let Ok(pre) = wit_0_2::PluginPre::new(instance.clone()) {
+                    Pre::V0_2(pre)
+                } else if let Ok(pre) = wit_0_1::PluginPre::new(instance) {
+                    Pre::V0_1(pre)
+                } else {
                     return Err(format!(
                         "does not fit any outrigger:plugin/plugin world this sidecar serves ({}): {newest:#}",
                         WORLDS.join(", ")
                     ));
                 }
-            },
+            }
         };
         let ticks = budget.time.as_micros().div_ceil(TICK.as_micros()) as u64 + 1;
         let mut compiled = Compiled {
@@ -255,6 +280,9 @@ impl Compiled {
         let hooks = compiled
             .call(|plugin, store| match plugin {
                 Bindings::Current(p) => p.call_hooks(store),
+                Bindings::V0_2(p) => p
+                    .call_hooks(store)
+                    .map(|hooks| hooks.into_iter().map(v0_2::hook).collect()),
                 Bindings::V0_1(p) => p
                     .call_hooks(store)
                     .map(|hooks| hooks.into_iter().map(v0_1::hook).collect()),
@@ -276,6 +304,7 @@ impl Compiled {
     pub fn init(&self) -> Result<(), String> {
         self.call(|plugin, store| match plugin {
             Bindings::Current(p) => p.call_init(store),
+            Bindings::V0_2(p) => p.call_init(store),
             Bindings::V0_1(p) => p.call_init(store),
         })
         .map_err(|err| format!("calling `init`: {err}"))?
@@ -292,6 +321,7 @@ impl Compiled {
             .build();
         let engine = match &self.pre {
             Pre::Current(pre) => pre.engine(),
+            Pre::V0_2(pre) => pre.engine(),
             Pre::V0_1(pre) => pre.engine(),
         };
         let mut store = Store::new(
@@ -327,6 +357,7 @@ impl Compiled {
         store.set_epoch_deadline(self.budget_ticks);
         let bindings = match &self.pre {
             Pre::Current(pre) => Bindings::Current(pre.instantiate(&mut store)?),
+            Pre::V0_2(pre) => Bindings::V0_2(pre.instantiate(&mut store)?),
             Pre::V0_1(pre) => Bindings::V0_1(pre.instantiate(&mut store)?),
         };
         Ok(Instance { store, bindings })
@@ -336,6 +367,7 @@ impl Compiled {
     pub fn world(&self) -> &'static str {
         match self.pre {
             Pre::Current(_) => WORLDS[0],
+            Pre::V0_2(_) => "0.2.0",
             Pre::V0_1(_) => "0.1.0",
         }
     }
@@ -346,6 +378,7 @@ impl Compiled {
     pub fn expresses(&self, request: &t::Request) -> bool {
         match self.pre {
             Pre::Current(_) => true,
+            Pre::V0_2(_) => v0_2::request(request).is_some(),
             Pre::V0_1(_) => v0_1::request(request).is_some(),
         }
     }
@@ -354,6 +387,9 @@ impl Compiled {
     pub fn authorize(&self, request: &t::Request) -> Result<t::Decision, String> {
         self.call(|plugin, store| match plugin {
             Bindings::Current(p) => p.call_authorize(store, request),
+            Bindings::V0_2(p) => p
+                .call_authorize(store, &v0_2::expressed(request)?)
+                .map(v0_2::decision),
             Bindings::V0_1(p) => p
                 .call_authorize(store, &v0_1::expressed(request)?)
                 .map(v0_1::decision),
@@ -364,6 +400,9 @@ impl Compiled {
     pub fn classify(&self, request: &t::Request) -> Result<Option<t::Limit>, String> {
         self.call(|plugin, store| match plugin {
             Bindings::Current(p) => p.call_classify(store, request),
+            Bindings::V0_2(p) => p
+                .call_classify(store, &v0_2::expressed(request)?)
+                .map(|limit| limit.map(v0_2::limit)),
             Bindings::V0_1(p) => p
                 .call_classify(store, &v0_1::expressed(request)?)
                 .map(|limit| limit.map(v0_1::limit)),
@@ -374,6 +413,9 @@ impl Compiled {
     pub fn on_write(&self, event: &t::WriteEvent) -> Result<Vec<t::Invalidation>, String> {
         self.call(|plugin, store| match plugin {
             Bindings::Current(p) => p.call_on_write(store, event),
+            Bindings::V0_2(p) => p
+                .call_on_write(store, &v0_2::write_event(event))
+                .map(|list| list.into_iter().map(v0_2::invalidation).collect()),
             Bindings::V0_1(p) => p
                 .call_on_write(store, &v0_1::write_event(event))
                 .map(|list| list.into_iter().map(v0_1::invalidation).collect()),
@@ -426,123 +468,123 @@ impl Compiled {
     }
 }
 
-/// The current world's types to and from 0.1.0's. They differ only in the
-/// primitives and operations 0.2.0 added.
-mod v0_1 {
-    use super::t;
-    use super::wit_0_1::outrigger::plugin::types as o;
+/// The current world's types to and from an older world's, which differ
+/// only in the primitives and operations later versions added: those an
+/// older world knows are listed.
+macro_rules! older_world {
+    ($name:ident, $bindings:ident, $version:literal,
+     primitives: [$($p:ident),*], operations: [$($o:ident),*]) => {
+        mod $name {
+            use super::t;
+            use super::$bindings::outrigger::plugin::types as o;
 
-    /// `request` in 0.1.0's terms, if 0.1.0 can say it.
-    pub fn request(r: &t::Request) -> Option<o::Request> {
-        Some(o::Request {
-            primitive: primitive(r.primitive)?,
-            operation: operation(r.operation)?,
-            namespace: r.namespace.clone(),
-            target: r.target.clone(),
-            member: r.member.clone(),
-            policy: r.policy.clone(),
-            cost: r.cost,
-            value_size: r.value_size,
-            caller: r.caller.clone(),
-            attributes: r.attributes.clone(),
-        })
-    }
+            #[doc = concat!("`request` in ", $version, "'s terms, if it can say it.")]
+            pub fn request(r: &t::Request) -> Option<o::Request> {
+                Some(o::Request {
+                    primitive: primitive(r.primitive)?,
+                    operation: operation(r.operation)?,
+                    namespace: r.namespace.clone(),
+                    target: r.target.clone(),
+                    member: r.member.clone(),
+                    policy: r.policy.clone(),
+                    cost: r.cost,
+                    value_size: r.value_size,
+                    caller: r.caller.clone(),
+                    attributes: r.attributes.clone(),
+                })
+            }
 
-    /// `request` in 0.1.0's terms; callers checked it can be said.
-    pub fn expressed(r: &t::Request) -> wasmtime::Result<o::Request> {
-        request(r).ok_or_else(|| wasmtime::format_err!("a request the 0.1.0 world cannot express"))
-    }
+            /// `request` in the older world's terms; callers checked it can
+            /// be said.
+            pub fn expressed(r: &t::Request) -> wasmtime::Result<o::Request> {
+                request(r).ok_or_else(|| {
+                    wasmtime::format_err!(concat!("a request the ", $version, " world cannot express"))
+                })
+            }
 
-    fn primitive(p: t::Primitive) -> Option<o::Primitive> {
-        Some(match p {
-            t::Primitive::Cache => o::Primitive::Cache,
-            t::Primitive::Lock => o::Primitive::Lock,
-            t::Primitive::Semaphore => o::Primitive::Semaphore,
-            t::Primitive::Ratelimit => o::Primitive::Ratelimit,
-            t::Primitive::Presence => o::Primitive::Presence,
-            t::Primitive::Pubsub => o::Primitive::Pubsub,
-            t::Primitive::Counter => return None,
-        })
-    }
+            fn primitive(p: t::Primitive) -> Option<o::Primitive> {
+                #[allow(unreachable_patterns)]
+                Some(match p {
+                    $(t::Primitive::$p => o::Primitive::$p,)*
+                    _ => return None,
+                })
+            }
 
-    fn operation(op: t::Operation) -> Option<o::Operation> {
-        Some(match op {
-            t::Operation::Read => o::Operation::Read,
-            t::Operation::Write => o::Operation::Write,
-            t::Operation::Delete => o::Operation::Delete,
-            t::Operation::InvalidateTag => o::Operation::InvalidateTag,
-            t::Operation::InvalidatePattern => o::Operation::InvalidatePattern,
-            t::Operation::Scan => o::Operation::Scan,
-            t::Operation::Acquire => o::Operation::Acquire,
-            t::Operation::Release => o::Operation::Release,
-            t::Operation::Extend => o::Operation::Extend,
-            t::Operation::Check => o::Operation::Check,
-            t::Operation::Join => o::Operation::Join,
-            t::Operation::Leave => o::Operation::Leave,
-            t::Operation::Members => o::Operation::Members,
-            t::Operation::Watch => o::Operation::Watch,
-            t::Operation::Rooms => o::Operation::Rooms,
-            t::Operation::Publish => o::Operation::Publish,
-            t::Operation::Subscribe => o::Operation::Subscribe,
-            t::Operation::SubscribePattern => o::Operation::SubscribePattern,
-            t::Operation::Increment | t::Operation::Peek => return None,
-        })
-    }
+            fn operation(op: t::Operation) -> Option<o::Operation> {
+                #[allow(unreachable_patterns)]
+                Some(match op {
+                    $(t::Operation::$o => o::Operation::$o,)*
+                    _ => return None,
+                })
+            }
 
-    pub fn decision(d: o::Decision) -> t::Decision {
-        match d {
-            o::Decision::Allow => t::Decision::Allow,
-            o::Decision::Deny(reason) => t::Decision::Deny(reason),
-            o::Decision::Rewrite(r) => t::Decision::Rewrite(t::Rewrite { target: r.target }),
+            pub fn decision(d: o::Decision) -> t::Decision {
+                match d {
+                    o::Decision::Allow => t::Decision::Allow,
+                    o::Decision::Deny(reason) => t::Decision::Deny(reason),
+                    o::Decision::Rewrite(r) => t::Decision::Rewrite(t::Rewrite { target: r.target }),
+                }
+            }
+
+            pub fn limit(l: o::Limit) -> t::Limit {
+                t::Limit {
+                    policy: l.policy,
+                    key: l.key,
+                    cost: l.cost,
+                }
+            }
+
+            pub fn write_event(e: &t::WriteEvent) -> o::WriteEvent {
+                o::WriteEvent {
+                    kind: match e.kind {
+                        t::WriteKind::Set => o::WriteKind::Set,
+                        t::WriteKind::Delete => o::WriteKind::Delete,
+                    },
+                    namespace: e.namespace.clone(),
+                    key: e.key.clone(),
+                    tags: e.tags.clone(),
+                    value_size: e.value_size,
+                    caller: e.caller.clone(),
+                    attributes: e.attributes.clone(),
+                }
+            }
+
+            pub fn invalidation(i: o::Invalidation) -> t::Invalidation {
+                match i {
+                    o::Invalidation::Key(key) => t::Invalidation::Key(key),
+                    o::Invalidation::Tag(tag) => t::Invalidation::Tag(tag),
+                    o::Invalidation::Pattern(pattern) => t::Invalidation::Pattern(pattern),
+                }
+            }
+
+            pub fn hook(h: o::Hook) -> t::Hook {
+                match h {
+                    o::Hook::Authorize => t::Hook::Authorize,
+                    o::Hook::Classify => t::Hook::Classify,
+                    o::Hook::OnWrite => t::Hook::OnWrite,
+                }
+            }
+
+            pub fn level(l: o::Level) -> t::Level {
+                match l {
+                    o::Level::Trace => t::Level::Trace,
+                    o::Level::Debug => t::Level::Debug,
+                    o::Level::Info => t::Level::Info,
+                    o::Level::Warn => t::Level::Warn,
+                    o::Level::Error => t::Level::Error,
+                }
+            }
         }
-    }
-
-    pub fn limit(l: o::Limit) -> t::Limit {
-        t::Limit {
-            policy: l.policy,
-            key: l.key,
-            cost: l.cost,
-        }
-    }
-
-    pub fn write_event(e: &t::WriteEvent) -> o::WriteEvent {
-        o::WriteEvent {
-            kind: match e.kind {
-                t::WriteKind::Set => o::WriteKind::Set,
-                t::WriteKind::Delete => o::WriteKind::Delete,
-            },
-            namespace: e.namespace.clone(),
-            key: e.key.clone(),
-            tags: e.tags.clone(),
-            value_size: e.value_size,
-            caller: e.caller.clone(),
-            attributes: e.attributes.clone(),
-        }
-    }
-
-    pub fn invalidation(i: o::Invalidation) -> t::Invalidation {
-        match i {
-            o::Invalidation::Key(key) => t::Invalidation::Key(key),
-            o::Invalidation::Tag(tag) => t::Invalidation::Tag(tag),
-            o::Invalidation::Pattern(pattern) => t::Invalidation::Pattern(pattern),
-        }
-    }
-
-    pub fn hook(h: o::Hook) -> t::Hook {
-        match h {
-            o::Hook::Authorize => t::Hook::Authorize,
-            o::Hook::Classify => t::Hook::Classify,
-            o::Hook::OnWrite => t::Hook::OnWrite,
-        }
-    }
-
-    pub fn level(l: o::Level) -> t::Level {
-        match l {
-            o::Level::Trace => t::Level::Trace,
-            o::Level::Debug => t::Level::Debug,
-            o::Level::Info => t::Level::Info,
-            o::Level::Warn => t::Level::Warn,
-            o::Level::Error => t::Level::Error,
-        }
-    }
+    };
 }
+
+older_world!(v0_1, wit_0_1, "0.1.0",
+    primitives: [Cache, Lock, Semaphore, Ratelimit, Presence, Pubsub],
+    operations: [Read, Write, Delete, InvalidateTag, InvalidatePattern, Scan, Acquire, Release,
+        Extend, Check, Join, Leave, Members, Watch, Rooms, Publish, Subscribe, SubscribePattern]);
+
+older_world!(v0_2, wit_0_2, "0.2.0",
+    primitives: [Cache, Lock, Semaphore, Ratelimit, Presence, Pubsub, Counter],
+    operations: [Read, Write, Delete, InvalidateTag, InvalidatePattern, Scan, Acquire, Release,
+        Extend, Check, Join, Leave, Members, Watch, Rooms, Publish, Subscribe, SubscribePattern,
+        Increment, Peek]);

@@ -11,6 +11,7 @@
 pub mod cache;
 pub mod counter;
 pub mod lock;
+pub mod map;
 pub mod presence;
 pub mod pubsub;
 pub mod ratelimit;

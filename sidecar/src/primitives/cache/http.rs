@@ -12,11 +12,14 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::store::{Condition, Entry};
+use super::store::Entry;
 use super::{Cache, Invalidation, LeaseAsk, Leased, SetRequest};
 use crate::error::Error;
 use crate::kit::Primitive;
-use crate::kit::http::{ApiJson, ApiQuery, CommonErrors, Ctx, ErrorBody, Key, read_limited};
+use crate::kit::http::{
+    ApiJson, ApiQuery, CommonErrors, Ctx, ErrorBody, Key, TTL_HEADER, VERSION_HEADER,
+    parse_condition, read_limited,
+};
 use crate::plugins::config::PrimitiveName as P;
 use crate::plugins::{Call, Operation as Op};
 
@@ -33,13 +36,6 @@ where
         .routes(routes!(get_entry, put_entry, delete_entry))
         .routes(routes!(get_or_lease))
 }
-
-/// Response header carrying a cache entry's version.
-pub const VERSION_HEADER: &str = "outrigger-version";
-
-/// Response header carrying a cache entry's remaining TTL in ms; absent when
-/// the entry never expires.
-pub const TTL_HEADER: &str = "outrigger-ttl-ms";
 
 #[utoipa::path(
     get, path = "/v1/cache/{key}", tag = "cache",
@@ -127,22 +123,6 @@ fn entry_response(mut headers: HeaderMap, entry: Entry) -> Response {
         headers.insert(TTL_HEADER, (ttl.as_millis() as u64).into());
     }
     (headers, entry.value).into_response()
-}
-
-fn parse_condition(text: Option<&str>) -> Result<Condition, Error> {
-    Ok(match text {
-        None => Condition::None,
-        Some("absent") => Condition::IfAbsent,
-        Some("present") => Condition::IfPresent,
-        Some(other) => match other.strip_prefix("version:").map(str::parse) {
-            Some(Ok(v)) => Condition::IfVersion(v),
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "if={other:?}: expected absent, present or version:<N>"
-                )));
-            }
-        },
-    })
 }
 
 #[utoipa::path(

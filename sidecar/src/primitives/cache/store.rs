@@ -16,16 +16,7 @@ pub struct Entry {
     pub ttl: Option<Duration>,
 }
 
-/// When a [`Write`] may happen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Condition {
-    #[default]
-    None,
-    IfAbsent,
-    IfPresent,
-    /// The key exists with exactly this version (compare-and-set).
-    IfVersion(u64),
-}
+pub use crate::kit::Condition;
 
 /// A cache write.
 #[derive(Debug, Clone, PartialEq, Eq)]
