@@ -195,7 +195,9 @@ fn plan(map: Option<&Map>, update: &Update, now: Instant) -> Result<Plan, Refusa
             .filter(|f| f.live(now))
             .map(|f| (f.value.clone(), f.expires_at))
     };
-    let mut staged: BTreeMap<String, Staged> = BTreeMap::new();
+    // In the order the update first touches them (events list them so).
+    let mut order: Vec<String> = vec![];
+    let mut staged: HashMap<String, Staged> = HashMap::new();
     let mut outcomes = Vec::with_capacity(update.changes.len());
     for (index, change) in update.changes.iter().enumerate() {
         let field = change.field();
@@ -249,7 +251,9 @@ fn plan(map: Option<&Map>, update: &Update, now: Instant) -> Result<Plan, Refusa
                 )
             }
         };
-        staged.insert(field.to_string(), next);
+        if staged.insert(field.to_string(), next).is_none() {
+            order.push(field.to_string());
+        }
         outcomes.push(outcome);
     }
     let live_now = map.map_or(0, |m| m.fields.values().filter(|f| f.live(now)).count());
@@ -265,7 +269,13 @@ fn plan(map: Option<&Map>, update: &Update, now: Instant) -> Result<Plan, Refusa
         return Err(Refusal::TooManyFields);
     }
     Ok(Plan {
-        fields: staged.into_iter().collect(),
+        fields: order
+            .into_iter()
+            .map(|field| {
+                let state = staged.remove(&field).expect("every touched field is staged");
+                (field, state)
+            })
+            .collect(),
         outcomes,
     })
 }
