@@ -17,7 +17,9 @@
 //! handle drops, and if the test is failing, the process's log is printed.
 
 mod harness;
+mod sse;
 pub use harness::{AppOn, Deployment, RedisTarget, SidecarOn, Topology, no_check};
+pub use sse::{Sse, SseEvent};
 
 use std::net::SocketAddr;
 use std::process::Stdio;

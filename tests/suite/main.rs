@@ -14,6 +14,7 @@ mod failover;
 mod fuzz;
 mod lock_api;
 mod lock_conformance;
+mod map_api;
 mod map_conformance;
 mod namespaces;
 mod near_cache;

@@ -152,7 +152,10 @@ mod cases {
         assert_eq!(absent.fields, vec![None]);
 
         let first = m
-            .update("session", changes(vec![set("user", "ada"), set("theme", "dark")]))
+            .update(
+                "session",
+                changes(vec![set("user", "ada"), set("theme", "dark")]),
+            )
             .await
             .unwrap();
         assert!(first.version > 0);
@@ -170,7 +173,10 @@ mod cases {
             panic!("{read:?}")
         };
         let (user, theme) = (user.as_ref().unwrap(), theme.as_ref().unwrap());
-        assert_eq!((&user.value[..], user.version), (&b"ada"[..], first.version));
+        assert_eq!(
+            (&user.value[..], user.version),
+            (&b"ada"[..], first.version)
+        );
         assert_eq!(
             (&theme.value[..], theme.version),
             (&b"light"[..], second.version)
@@ -197,10 +203,7 @@ mod cases {
         m.update("session", changes(vec![delete("user")]))
             .await
             .unwrap();
-        assert_eq!(
-            m.get("session", &["user".into()]).await.unwrap().version,
-            0
-        );
+        assert_eq!(m.get("session", &["user".into()]).await.unwrap().version, 0);
         assert!(!m.delete("session").await.unwrap());
     }
 
@@ -223,7 +226,10 @@ mod cases {
         assert_eq!(read.fields[0].as_ref().unwrap().value, value);
         let page = app.maps.scan("bin", "", 10).await.unwrap();
         assert_eq!(page.fields.len(), 1);
-        assert_eq!((page.fields[0].0.as_str(), &page.fields[0].1.value), (field, &value));
+        assert_eq!(
+            (page.fields[0].0.as_str(), &page.fields[0].1.value),
+            (field, &value)
+        );
         // An empty value is a value.
         app.maps
             .update("bin", changes(vec![set("empty", "")]))
@@ -250,7 +256,10 @@ mod cases {
             .update("c", changes(vec![set_if("g", "2", Condition::IfPresent)]))
             .await
             .unwrap_err();
-        assert!(matches!(&err, Error::PreconditionFailed(msg) if msg.contains("is absent")), "{err:?}");
+        assert!(
+            matches!(&err, Error::PreconditionFailed(msg) if msg.contains("is absent")),
+            "{err:?}"
+        );
         assert_eq!(text(app, "c", "g").await, None);
         m.update("c", changes(vec![set_if("f", "3", Condition::IfPresent)]))
             .await
@@ -259,11 +268,18 @@ mod cases {
         let err = m
             .update(
                 "c",
-                changes(vec![set_if("f", "4", Condition::IfVersion(created.version))]),
+                changes(vec![set_if(
+                    "f",
+                    "4",
+                    Condition::IfVersion(created.version),
+                )]),
             )
             .await
             .unwrap_err();
-        assert!(matches!(&err, Error::PreconditionFailed(msg) if msg.contains("is not at version")), "{err:?}");
+        assert!(
+            matches!(&err, Error::PreconditionFailed(msg) if msg.contains("is not at version")),
+            "{err:?}"
+        );
         let now = m.get("c", &["f".into()]).await.unwrap().fields[0]
             .clone()
             .unwrap();
@@ -279,9 +295,12 @@ mod cases {
 
     pub async fn an_update_applies_every_change_or_none(app: &App) {
         let m = &app.maps;
-        m.update("u", changes(vec![set("a", "1"), set("b", "x"), set("c", "7")]))
-            .await
-            .unwrap();
+        m.update(
+            "u",
+            changes(vec![set("a", "1"), set("b", "x"), set("c", "7")]),
+        )
+        .await
+        .unwrap();
         let before = m.get("u", &["a".into()]).await.unwrap().version;
         // The last change fails (b is not a number): nothing applies.
         let err = m
@@ -351,7 +370,10 @@ mod cases {
             ..UpdateRequest::default()
         };
         // 0: only if the map does not exist.
-        let created = m.update("g", guarded(0, vec![set("a", "1")])).await.unwrap();
+        let created = m
+            .update("g", guarded(0, vec![set("a", "1")]))
+            .await
+            .unwrap();
         let err = m
             .update("g", guarded(0, vec![set("a", "2")]))
             .await
@@ -370,7 +392,10 @@ mod cases {
             .unwrap_err();
         assert!(matches!(err, Error::PreconditionFailed(_)), "{err:?}");
         assert_eq!(text(app, "g", "c").await, None);
-        assert_eq!(m.get("g", &["a".into()]).await.unwrap().version, next.version);
+        assert_eq!(
+            m.get("g", &["a".into()]).await.unwrap().version,
+            next.version
+        );
     }
 
     pub async fn increments_keep_integers_and_floats_apart(app: &App) {
@@ -386,7 +411,10 @@ mod cases {
         assert_eq!(add("hits", Number::Int(-7)).await.unwrap(), Number::Int(-2));
         assert_eq!(text(app, "n", "hits").await.as_deref(), Some("-2"));
         // Floats, stored in the shortest form that reads back exactly.
-        assert_eq!(add("f", Number::Float(0.1)).await.unwrap(), Number::Float(0.1));
+        assert_eq!(
+            add("f", Number::Float(0.1)).await.unwrap(),
+            Number::Float(0.1)
+        );
         assert_eq!(
             add("f", Number::Float(0.2)).await.unwrap(),
             Number::Float(0.30000000000000004)
@@ -397,22 +425,36 @@ mod cases {
         );
         // An integer added to a float field makes a float; a whole float
         // reads as an integer again.
-        assert_eq!(add("h", Number::Float(1.5)).await.unwrap(), Number::Float(1.5));
+        assert_eq!(
+            add("h", Number::Float(1.5)).await.unwrap(),
+            Number::Float(1.5)
+        );
         assert_eq!(add("h", Number::Float(1.5)).await.unwrap(), Number::Int(3));
         assert_eq!(text(app, "n", "h").await.as_deref(), Some("3"));
-        assert_eq!(add("big", Number::Float(1e300)).await.unwrap(), Number::Float(1e300));
+        assert_eq!(
+            add("big", Number::Float(1e300)).await.unwrap(),
+            Number::Float(1e300)
+        );
         assert_eq!(text(app, "n", "big").await.as_deref(), Some("1e+300"));
         let err = add("big", Number::Float(f64::MAX)).await.unwrap_err();
-        assert!(matches!(&err, Error::Conflict(msg) if msg.contains("range")), "{err:?}");
+        assert!(
+            matches!(&err, Error::Conflict(msg) if msg.contains("range")),
+            "{err:?}"
+        );
         // Integers stay within 2^53 - 1.
         let max = (1i64 << 53) - 1;
         assert_eq!(add("i", Number::Int(max)).await.unwrap(), Number::Int(max));
         let err = add("i", Number::Int(1)).await.unwrap_err();
-        assert!(matches!(&err, Error::Conflict(msg) if msg.contains("9007199254740991")), "{err:?}");
+        assert!(
+            matches!(&err, Error::Conflict(msg) if msg.contains("9007199254740991")),
+            "{err:?}"
+        );
         assert_eq!(text(app, "n", "i").await, Some(max.to_string()));
         // What is not a number is refused.
         for text in ["x", "1.2.3", "0x10", " 1", "1e", "inf", "NaN", ""] {
-            m.update("n", changes(vec![set("text", text)])).await.unwrap();
+            m.update("n", changes(vec![set("text", text)]))
+                .await
+                .unwrap();
             let err = add("text", Number::Int(1)).await.unwrap_err();
             assert!(matches!(&err, Error::Conflict(_)), "{text:?}: {err:?}");
         }
@@ -424,7 +466,9 @@ mod cases {
             ("1e3", Number::Int(1), Number::Int(1001)),
             ("9007199254740991", Number::Int(-1), Number::Int(max - 1)),
         ] {
-            m.update("n", changes(vec![set("text", text)])).await.unwrap();
+            m.update("n", changes(vec![set("text", text)]))
+                .await
+                .unwrap();
             assert_eq!(add("text", by).await.unwrap(), sum, "{text:?}");
         }
         // An increment keeps the field's TTL.
@@ -435,7 +479,10 @@ mod cases {
         let t = m.get("n", &["t".into()]).await.unwrap().fields[0]
             .clone()
             .unwrap();
-        assert!(t.ttl.is_some_and(|ttl| ttl <= Duration::from_secs(60)), "{t:?}");
+        assert!(
+            t.ttl.is_some_and(|ttl| ttl <= Duration::from_secs(60)),
+            "{t:?}"
+        );
     }
 
     pub async fn versions_never_repeat_across_a_delete(app: &App) {
@@ -499,7 +546,10 @@ mod cases {
                 !event.changes.contains(&("x".into(), FieldChange::Expired)),
                 "{event:?}"
             );
-            if event.changes.contains(&("marker".into(), FieldChange::Expired)) {
+            if event
+                .changes
+                .contains(&("marker".into(), FieldChange::Expired))
+            {
                 break;
             }
         }
@@ -520,7 +570,9 @@ mod cases {
         let ttl = m.get("fixed", &["a".into()]).await.unwrap().ttl.unwrap();
         assert!(ttl <= Duration::from_millis(200), "{ttl:?}");
         // Writes without a TTL leave the lifetime; the map ends whole.
-        m.update("fixed", changes(vec![set("b", "2")])).await.unwrap();
+        m.update("fixed", changes(vec![set("b", "2")]))
+            .await
+            .unwrap();
         eventually(Duration::from_secs(5), "the map to end", || async {
             let read = m.get("fixed", &["a".into(), "b".into()]).await.unwrap();
             (read.version == 0 && read.fields == vec![None, None]).then_some(())
@@ -598,7 +650,11 @@ mod cases {
             let mut pages = 0;
             loop {
                 let page = m.scan("p", &cursor, limit).await.unwrap();
-                assert!(page.fields.len() <= limit, "{} > {limit}", page.fields.len());
+                assert!(
+                    page.fields.len() <= limit,
+                    "{} > {limit}",
+                    page.fields.len()
+                );
                 pages += 1;
                 assert!(pages <= 300, "listing does not end");
                 for (name, value) in page.fields {
@@ -616,14 +672,24 @@ mod cases {
         let err = m.scan("p", "not a cursor", 10).await.unwrap_err();
         assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
         let empty = m.scan("nothing", "", 10).await.unwrap();
-        assert_eq!((empty.version, empty.fields.len(), empty.next_cursor), (0, 0, None));
+        assert_eq!(
+            (empty.version, empty.fields.len(), empty.next_cursor),
+            (0, 0, None)
+        );
     }
 
     pub async fn watchers_see_each_update_as_one_event(app: &App) {
         let m = &app.maps;
         let mut feed = m.watch("w").await.unwrap();
         let first = m
-            .update("w", changes(vec![set("b", "1"), set("a", "2"), incr("n", Number::Int(4))]))
+            .update(
+                "w",
+                changes(vec![
+                    set("b", "1"),
+                    set("a", "2"),
+                    incr("n", Number::Int(4)),
+                ]),
+            )
             .await
             .unwrap();
         let event = next_event(&mut feed).await;
@@ -654,9 +720,14 @@ mod cases {
             .unwrap_err();
         assert!(m.delete("w").await.unwrap());
         let event = next_event(&mut feed).await;
-        assert_eq!((event.kind, event.changes.len()), (MapEventKind::Deleted, 0));
+        assert_eq!(
+            (event.kind, event.changes.len()),
+            (MapEventKind::Deleted, 0)
+        );
         // Another map's events are not this one's.
-        m.update("other", changes(vec![set("a", "1")])).await.unwrap();
+        m.update("other", changes(vec![set("a", "1")]))
+            .await
+            .unwrap();
         m.update("w", changes(vec![set("z", "1")])).await.unwrap();
         let event = next_event(&mut feed).await;
         assert_eq!((event.map.as_str(), &event.changes[0].0[..]), ("w", "z"));
@@ -678,7 +749,9 @@ mod cases {
             "{err:?}"
         );
         // Replacing, or adding one while deleting one, is within it.
-        m.update("full", changes(vec![set("f0", "y")])).await.unwrap();
+        m.update("full", changes(vec![set("f0", "y")]))
+            .await
+            .unwrap();
         m.update("full", changes(vec![delete("f1"), set("one-more", "x")]))
             .await
             .unwrap();
@@ -689,7 +762,10 @@ mod cases {
         let tasks = (0..8).map(|_| async {
             for _ in 0..25 {
                 app.maps
-                    .update("hot", changes(vec![incr("n", Number::Int(1)), incr("m", Number::Int(2))]))
+                    .update(
+                        "hot",
+                        changes(vec![incr("n", Number::Int(1)), incr("m", Number::Int(2))]),
+                    )
                     .await
                     .unwrap();
             }
@@ -708,13 +784,19 @@ mod cases {
         invalid(m.update("", changes(vec![set("a", "1")])).await, "map name");
         invalid(m.update("m", changes(vec![])).await, "at least one change");
         invalid(m.update("m", changes(vec![set("", "1")])).await, "field");
-        invalid(m.update("m", changes(vec![incr("a", Number::Int(0))])).await, "not be 0");
         invalid(
-            m.update("m", changes(vec![incr("a", Number::Float(f64::NAN))])).await,
+            m.update("m", changes(vec![incr("a", Number::Int(0))]))
+                .await,
+            "not be 0",
+        );
+        invalid(
+            m.update("m", changes(vec![incr("a", Number::Float(f64::NAN))]))
+                .await,
             "finite",
         );
         invalid(
-            m.update("m", changes(vec![incr("a", Number::Int(1 << 60))])).await,
+            m.update("m", changes(vec![incr("a", Number::Int(1 << 60))]))
+                .await,
             "2^53",
         );
         invalid(
@@ -733,7 +815,10 @@ mod cases {
             "sliding",
         );
         let err = m.get("m", &[]).await.unwrap_err();
-        assert!(matches!(&err, Error::InvalidArgument(msg) if msg.contains("at least one field")), "{err:?}");
+        assert!(
+            matches!(&err, Error::InvalidArgument(msg) if msg.contains("at least one field")),
+            "{err:?}"
+        );
         let huge = Bytes::from(vec![b'x'; Config::default().limits.max_value_bytes + 1]);
         let err = m
             .update(
@@ -772,14 +857,20 @@ mod unreaped {
         // Expired but not reaped: absent to every read and every condition.
         let page = m.scan("late", "", 10).await.unwrap();
         assert_eq!(page.fields.len(), 1, "{page:?}");
-        m.update("late", changes(vec![set_if("f", "again", Condition::IfAbsent)]))
-            .await
-            .unwrap();
+        m.update(
+            "late",
+            changes(vec![set_if("f", "again", Condition::IfAbsent)]),
+        )
+        .await
+        .unwrap();
         // Its expiry is still announced, before the write that replaced it.
         let expired = next_event(&mut feed).await;
         assert_eq!(
             (expired.kind, expired.changes),
-            (MapEventKind::Expired, vec![("f".into(), FieldChange::Expired)])
+            (
+                MapEventKind::Expired,
+                vec![("f".into(), FieldChange::Expired)]
+            )
         );
         assert_eq!(next_event(&mut feed).await.kind, MapEventKind::Updated);
         assert_eq!(m.reap_once().await, 0);

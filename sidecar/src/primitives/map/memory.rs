@@ -272,7 +272,9 @@ fn plan(map: Option<&Map>, update: &Update, now: Instant) -> Result<Plan, Refusa
         fields: order
             .into_iter()
             .map(|field| {
-                let state = staged.remove(&field).expect("every touched field is staged");
+                let state = staged
+                    .remove(&field)
+                    .expect("every touched field is staged");
                 (field, state)
             })
             .collect(),
