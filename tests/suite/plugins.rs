@@ -196,6 +196,17 @@ config = {{ exempt_callers = ["ops"] }}
             .json(&json!({"by": 1})),
         c.get(s.url("/v1/counters/globex:n")),
         c.delete(s.url("/v1/counters/globex:n")),
+        c.put(s.url("/v1/maps/globex:m/f")).body("x"),
+        c.get(s.url("/v1/maps/globex:m/f")),
+        c.get(s.url("/v1/maps/globex:m?field=f")),
+        c.get(s.url("/v1/maps/globex:m")),
+        c.get(s.url("/v1/maps/globex:m?watch=true")),
+        c.post(s.url("/v1/maps/globex:m"))
+            .json(&json!({"changes": [{"op": "delete", "field": "f"}]})),
+        c.post(s.url("/v1/maps/globex:m/f/incr"))
+            .json(&json!({"by": 1})),
+        c.delete(s.url("/v1/maps/globex:m/f")),
+        c.delete(s.url("/v1/maps/globex:m")),
     ];
     for req in outside {
         let (code, _, message) = error_of(tenant(req, "acme").send().await.unwrap()).await;
@@ -219,6 +230,11 @@ config = {{ exempt_callers = ["ops"] }}
         c.post(s.url("/v1/counters/acme:n/incr"))
             .json(&json!({"by": 1})),
         c.get(s.url("/v1/counters/acme:n")),
+        c.put(s.url("/v1/maps/acme:m/f")).body("x"),
+        c.post(s.url("/v1/maps/acme:m/n/incr"))
+            .json(&json!({"by": 1})),
+        c.get(s.url("/v1/maps/acme:m?field=f")),
+        c.delete(s.url("/v1/maps/acme:m")),
     ];
     for req in inside {
         let resp = tenant(req, "acme").send().await.unwrap();
@@ -600,7 +616,7 @@ config = {{ mode = "{mode}" }}
     for name in ["loop", "bomb", "trap", "garbage", "stack"] {
         let p = plugin(&plugins, name);
         assert_eq!(p["healthy"], false, "{p}");
-        assert_eq!(p["world"], "0.2.0", "loaded, then disabled: {p}");
+        assert_eq!(p["world"], "0.3.0", "loaded, then disabled: {p}");
         assert!(
             p["reason"]
                 .as_str()
@@ -693,7 +709,7 @@ config = {{ mode = "log-flood" }}
         ),
         (
             "empty",
-            "does not fit any outrigger:plugin/plugin world this sidecar serves (0.2.0, 0.1.0)",
+            "does not fit any outrigger:plugin/plugin world this sidecar serves (0.3.0, 0.2.0, 0.1.0)",
         ),
         ("missing", "cannot read"),
         ("refuses", "init refused its config: refusing to start"),
@@ -1030,8 +1046,11 @@ async fn plugin_check_says_whether_a_file_fits_and_which_hooks_it_has() {
     let (code, out) = check(plugin_wasm("tenant_guard"), "{}").await;
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("implements: authorize"), "{out}");
+    assert!(out.contains("fits outrigger:plugin/plugin@0.3.0"), "{out}");
+    let (code, out) = check(plugin_wasm("old_world_0_2"), "{}").await;
+    assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("fits outrigger:plugin/plugin@0.2.0"), "{out}");
-    let (code, out) = check(plugin_wasm("old_world"), "{}").await;
+    let (code, out) = check(plugin_wasm("old_world_0_1"), "{}").await;
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("fits outrigger:plugin/plugin@0.1.0"), "{out}");
     let (code, out) = check(plugin_wasm("hostile"), "{}").await;
@@ -1060,29 +1079,32 @@ async fn plugin_check_says_whether_a_file_fits_and_which_hooks_it_has() {
     );
 }
 
-/// A plugin built against the 0.1.0 world keeps loading and working on a
-/// sidecar of a newer world: its `authorize` decides the calls its world
-/// can express, and it is not called for newer ones (counters), as if it
-/// were not configured for them.
+/// Plugins built against the older worlds (0.1.0, 0.2.0) keep loading and
+/// working on a sidecar of a newer world: their `authorize` decides the
+/// calls their world can express, and they are not called for newer ones
+/// (counters for 0.1.0, maps for both), as if they were not configured for
+/// them.
 #[tokio::test]
-async fn a_plugin_of_an_older_world_keeps_working() {
+async fn plugins_of_older_worlds_keep_working() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(
         dir.path(),
         &format!(
-            "[[plugins]]\nname = \"old\"\npath = \"{}\"\n\n\
+            "[[plugins]]\nname = \"v01\"\npath = \"{}\"\n\n\
+             [[plugins]]\nname = \"v02\"\npath = \"{}\"\nprimitives = [\"counter\", \"map\"]\n\n\
              [[plugins]]\nname = \"new\"\npath = \"{}\"\nprimitives = [\"lock\"]\n",
-            plugin_wasm("old_world").display(),
+            plugin_wasm("old_world_0_1").display(),
+            plugin_wasm("old_world_0_2").display(),
             plugin_wasm("tenant_guard").display()
         ),
     )
     .await;
     let plugins = status(&s).await;
-    let old = plugin(&plugins, "old");
-    assert_eq!(old["healthy"], true, "{old}");
-    assert_eq!(old["hooks"], json!(["authorize"]), "{old}");
-    assert_eq!(old["world"], "0.1.0", "{old}");
-    assert_eq!(plugin(&plugins, "new")["world"], "0.2.0");
+    for (name, world) in [("v01", "0.1.0"), ("v02", "0.2.0"), ("new", "0.3.0")] {
+        let p = plugin(&plugins, name);
+        assert_eq!((&p["healthy"], &p["world"]), (&json!(true), &json!(world)), "{p}");
+    }
+    assert_eq!(plugin(&plugins, "v01")["hooks"], json!(["authorize"]));
     let c = http();
     let put = |key: &str| c.put(s.url(&format!("/v1/cache/{key}"))).body("v");
     assert_eq!(put("open:k").send().await.unwrap().status(), StatusCode::OK);
@@ -1102,21 +1124,39 @@ async fn a_plugin_of_an_older_world_keeps_working() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    // Counters are newer than its world: it is not asked.
+    // Counters are newer than 0.1.0 but not than 0.2.0: only v02 is asked.
     let resp = c
         .post(s.url("/v1/counters/blocked:n/incr"))
         .json(&json!({"by": 1}))
         .send()
         .await
         .unwrap();
+    let (code, _, message) = error_of(resp).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert!(
+        message.contains("blocked:n is blocked (0.2.0 plugin)"),
+        "{message}"
+    );
+    // Maps are newer than both: neither is asked.
+    let resp = c
+        .put(s.url("/v1/maps/blocked:m/f"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let text = s.log();
     assert!(
-        text.contains("old-world saw Primitive::Cache blocked:k"),
+        text.contains("old-world 0.1.0 saw Primitive::Cache blocked:k"),
         "{text}"
     );
     assert!(
-        !text.contains("blocked:n"),
+        text.contains("old-world 0.2.0 saw Primitive::Counter blocked:n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("0.1.0 saw Primitive::Counter"),
         "the 0.1.0 plugin was asked about a counter: {text}"
     );
+    assert!(!text.contains("blocked:m"), "an old plugin was asked about a map: {text}");
 }

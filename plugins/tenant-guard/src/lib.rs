@@ -1,5 +1,5 @@
 //! `tenant-guard`: callers may only touch keys, tags, patterns, locks,
-//! rate-limit keys, rooms, channels and counters under their tenant's
+//! rate-limit keys, rooms, channels, counters and maps under their tenant's
 //! prefix.
 //!
 //! The tenant comes from a request attribute (`x-outrigger-attr-tenant` by

@@ -1,7 +1,9 @@
-//! A plugin of the 0.1.0 world, bound with wit-bindgen directly against the
-//! frozen `sidecar/wit/outrigger-0.1.0` (the SDK follows the newest world).
-//! `authorize` denies targets starting with `blocked`, and logs each call.
+//! A plugin of an older world, bound with wit-bindgen directly against a
+//! frozen world in `sidecar/wit/` (the SDK follows the newest): 0.1.0, or
+//! 0.2.0 with the `world-0-2` feature. `authorize` denies targets starting
+//! with `blocked`, and logs each call.
 
+#[cfg(not(feature = "world-0-2"))]
 #[allow(missing_docs, unsafe_op_in_unsafe_fn, clippy::all)]
 mod bindings {
     wit_bindgen::generate!({
@@ -9,6 +11,22 @@ mod bindings {
         path: "../../../sidecar/wit/outrigger-0.1.0",
     });
 }
+
+#[cfg(feature = "world-0-2")]
+#[allow(missing_docs, unsafe_op_in_unsafe_fn, clippy::all)]
+mod bindings {
+    wit_bindgen::generate!({
+        world: "plugin",
+        path: "../../../sidecar/wit/outrigger-0.2.0",
+    });
+}
+
+/// The world this build is bound to.
+const WORLD: &str = if cfg!(feature = "world-0-2") {
+    "0.2.0"
+} else {
+    "0.1.0"
+};
 
 use bindings::outrigger::plugin::host;
 use bindings::outrigger::plugin::types::{
@@ -29,10 +47,13 @@ impl bindings::Guest for OldWorld {
     fn authorize(request: Request) -> Decision {
         host::log(
             Level::Info,
-            &format!("old-world saw {:?} {}", request.primitive, request.target),
+            &format!(
+                "old-world {WORLD} saw {:?} {}",
+                request.primitive, request.target
+            ),
         );
         if request.target.starts_with("blocked") {
-            Decision::Deny(format!("{} is blocked (0.1.0 plugin)", request.target))
+            Decision::Deny(format!("{} is blocked ({WORLD} plugin)", request.target))
         } else {
             Decision::Allow
         }
