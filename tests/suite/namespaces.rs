@@ -1,8 +1,9 @@
 //! Namespace isolation: two sidecars with different namespaces on one real
 //! Redis. Everything sidecar A does stays invisible and untouchable through
 //! sidecar B, by every route: reads, batch reads, listings, deletes, tag and
-//! pattern invalidations (globs included), locks, rate limits, presence and
-//! pub/sub (channels and patterns).
+//! pattern invalidations (globs included), locks, rate limits, presence,
+//! pub/sub (channels and patterns), counters and maps (fields, listings,
+//! deletes and watches).
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use futures::StreamExt;
 use outrigger::api::pb;
 use outrigger::api::pb::cache_client::CacheClient;
 use outrigger::api::pb::pub_sub_client::PubSubClient;
-use outrigger_tests::{RedisServer, Sidecar, read_until, sidecar, unique};
+use outrigger_tests::{RedisServer, Sidecar, Sse, read_until, sidecar, unique};
 use serde_json::{Value, json};
 
 fn http() -> reqwest::Client {
@@ -97,8 +98,63 @@ async fn isolation(ns_a: &str, ns_b: &str) {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    let resp = c
+        .post(a.url("/v1/counters/C/incr"))
+        .json(&json!({"by": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // B watches the map A is about to write.
+    let mut map_events_b = Sse::open(b.url("/v1/maps/M?watch=true"), None).await;
+    let resp = c
+        .put(a.url("/v1/maps/M/f?ttl_ms=60000"))
+        .body("from-a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 
     // Through B: nothing of it is visible...
+    let counter = json_of(c.get(b.url("/v1/counters/C")).send().await.unwrap()).await;
+    assert_eq!(counter["exists"], false, "{counter}");
+    assert_eq!(
+        c.get(b.url("/v1/maps/M/f")).send().await.unwrap().status(),
+        404
+    );
+    let map = json_of(c.get(b.url("/v1/maps/M")).send().await.unwrap()).await;
+    assert_eq!(map, json!({"version": 0, "fields": []}));
+    let deleted = json_of(c.delete(b.url("/v1/maps/M")).send().await.unwrap()).await;
+    assert_eq!(deleted["existed"], false);
+    // B hears only its own map events.
+    let resp = c
+        .put(b.url("/v1/maps/M/g"))
+        .body("from-b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (event, data, _) = map_events_b.next().await;
+    assert_eq!(event, "updated");
+    assert!(
+        data.contains("from-b") && !data.contains("from-a"),
+        "{data}"
+    );
+    let mine = json_of(
+        c.get(a.url("/v1/maps/M?field=f&field=g"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(mine["fields"][0]["value"], "from-a", "{mine}");
+    assert_eq!(
+        mine["fields"].as_array().unwrap().len(),
+        1,
+        "A never sees B's field: {mine}"
+    );
+    let counter = json_of(c.get(a.url("/v1/counters/C")).send().await.unwrap()).await;
+    assert_eq!(counter["value"], 5, "{counter}");
     for key in keys {
         let url = b.url(&format!(
             "/v1/cache/{}",
@@ -410,6 +466,35 @@ async fn every_primitive_works_for_an_acl_user_confined_to_its_namespace() {
     );
     let heard = read_until(&mut feed, "hello", Duration::from_secs(5)).await;
     assert!(heard, "the subscriber hears the publish");
+    ok("counter")(
+        c.post(s.url("/v1/counters/C/incr"))
+            .json(&json!({"by": 1, "ttl_ms": 60_000}))
+            .send()
+            .await
+            .unwrap(),
+    );
+    // Maps: a field with a TTL (the reap index), read, listed, watched and
+    // reaped through the confined user.
+    let mut map_events = Sse::open(s.url("/v1/maps/M?watch=true"), None).await;
+    ok("map set")(
+        c.put(s.url("/v1/maps/M/f?ttl_ms=100&map_ttl_ms=60000&sliding=true"))
+            .body("v")
+            .send()
+            .await
+            .unwrap(),
+    );
+    ok("map incr")(
+        c.post(s.url("/v1/maps/M/n/incr"))
+            .json(&json!({"by": 1}))
+            .send()
+            .await
+            .unwrap(),
+    );
+    ok("map list")(c.get(s.url("/v1/maps/M")).send().await.unwrap());
+    assert_eq!(map_events.next().await.0, "updated");
+    assert_eq!(map_events.next().await.0, "updated");
+    assert_eq!(map_events.next().await.0, "expired");
+    ok("map delete")(c.delete(s.url("/v1/maps/M")).send().await.unwrap());
 
     // Nothing was refused: the sidecar never left Redis.
     let status = json_of(c.get(s.url("/v1/admin/status")).send().await.unwrap()).await;

@@ -1102,7 +1102,11 @@ async fn plugins_of_older_worlds_keep_working() {
     let plugins = status(&s).await;
     for (name, world) in [("v01", "0.1.0"), ("v02", "0.2.0"), ("new", "0.3.0")] {
         let p = plugin(&plugins, name);
-        assert_eq!((&p["healthy"], &p["world"]), (&json!(true), &json!(world)), "{p}");
+        assert_eq!(
+            (&p["healthy"], &p["world"]),
+            (&json!(true), &json!(world)),
+            "{p}"
+        );
     }
     assert_eq!(plugin(&plugins, "v01")["hooks"], json!(["authorize"]));
     let c = http();
@@ -1158,5 +1162,8 @@ async fn plugins_of_older_worlds_keep_working() {
         !text.contains("0.1.0 saw Primitive::Counter"),
         "the 0.1.0 plugin was asked about a counter: {text}"
     );
-    assert!(!text.contains("blocked:m"), "an old plugin was asked about a map: {text}");
+    assert!(
+        !text.contains("blocked:m"),
+        "an old plugin was asked about a map: {text}"
+    );
 }
