@@ -366,7 +366,6 @@ async fn http_rejects_bad_map_input(t: &SidecarOn) {
         ("?encoding=hex", 400),
         ("?color=red", 400),
         ("?field=a&cursor=0%3A", 400),
-        ("?watch=true&field=a", 400),
         ("?cursor=nonsense", 400),
     ] {
         let (got, reply) = get_map(s, "bad", query).await;
@@ -398,7 +397,7 @@ async fn http_rejects_bad_map_input(t: &SidecarOn) {
 
 async fn http_watch_streams_events(t: &SidecarOn) {
     let s = &t.sidecar;
-    let mut events = Sse::open(s.url("/v1/maps/room?watch=true"), None).await;
+    let mut events = Sse::open(s.url("/v1/map-events/room"), None).await;
     let (status, applied) = update(
         s,
         "room",

@@ -106,7 +106,7 @@ async fn isolation(ns_a: &str, ns_b: &str) {
         .unwrap();
     assert_eq!(resp.status(), 200);
     // B watches the map A is about to write.
-    let mut map_events_b = Sse::open(b.url("/v1/maps/M?watch=true"), None).await;
+    let mut map_events_b = Sse::open(b.url("/v1/map-events/M"), None).await;
     let resp = c
         .put(a.url("/v1/maps/M/f?ttl_ms=60000"))
         .body("from-a")
@@ -475,7 +475,7 @@ async fn every_primitive_works_for_an_acl_user_confined_to_its_namespace() {
     );
     // Maps: a field with a TTL (the reap index), read, listed, watched and
     // reaped through the confined user.
-    let mut map_events = Sse::open(s.url("/v1/maps/M?watch=true"), None).await;
+    let mut map_events = Sse::open(s.url("/v1/map-events/M"), None).await;
     ok("map set")(
         c.put(s.url("/v1/maps/M/f?ttl_ms=100&map_ttl_ms=60000&sliding=true"))
             .body("v")

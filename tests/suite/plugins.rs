@@ -200,7 +200,7 @@ config = {{ exempt_callers = ["ops"] }}
         c.get(s.url("/v1/maps/globex:m/f")),
         c.get(s.url("/v1/maps/globex:m?field=f")),
         c.get(s.url("/v1/maps/globex:m")),
-        c.get(s.url("/v1/maps/globex:m?watch=true")),
+        c.get(s.url("/v1/map-events/globex:m")),
         c.post(s.url("/v1/maps/globex:m"))
             .json(&json!({"changes": [{"op": "delete", "field": "f"}]})),
         c.post(s.url("/v1/maps/globex:m/f/incr"))

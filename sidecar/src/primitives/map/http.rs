@@ -45,6 +45,7 @@ where
         .routes(routes!(map_read, map_update, map_delete))
         .routes(routes!(field_get, field_put, field_delete))
         .routes(routes!(field_increment))
+        .routes(routes!(map_events))
 }
 
 /// A value in JSON: text when it is UTF-8 (and base64 was not asked for),
@@ -81,19 +82,11 @@ struct ReadQuery {
     cursor: String,
     limit: usize,
     base64: bool,
-    watch: bool,
 }
 
 impl ReadQuery {
     fn parse(pairs: Vec<(String, String)>) -> Result<ReadQuery, Error> {
         let mut q = ReadQuery::default();
-        let bool_param = |key: &str, v: &str| match v {
-            "true" | "1" | "" => Ok(true),
-            "false" | "0" => Ok(false),
-            _ => Err(Error::InvalidArgument(format!(
-                "{key}={v:?}: expected true or false"
-            ))),
-        };
         for (key, value) in pairs {
             match key.as_str() {
                 "field" => q.fields.push(value),
@@ -114,18 +107,12 @@ impl ReadQuery {
                         }
                     }
                 }
-                "watch" => q.watch = bool_param("watch", &value)?,
                 other => {
                     return Err(Error::InvalidArgument(format!(
-                        "unknown query parameter {other:?} (expected field, cursor, limit, encoding or watch)"
+                        "unknown query parameter {other:?} (expected field, cursor, limit or encoding)"
                     )));
                 }
             }
-        }
-        if q.watch && (!q.fields.is_empty() || !q.cursor.is_empty() || q.limit != 0) {
-            return Err(Error::InvalidArgument(
-                "watch=true takes no field, cursor or limit".into(),
-            ));
         }
         if !q.fields.is_empty() && (!q.cursor.is_empty() || q.limit != 0) {
             return Err(Error::InvalidArgument(
@@ -140,7 +127,7 @@ impl ReadQuery {
     get, path = "/v1/maps/{map}", tag = "maps",
     params(("map" = String, Path, description = "The map"), ReadParams),
     responses(
-        (status = 200, description = "With `field`: those fields (absent ones left out). Without: one page of the map's fields. With `watch=true`: Server-Sent Events, one per update (`updated`), reap of expired fields (`expired`) and deletion (`deleted`), data `{map, version, changes: [{field, change: set|deleted|expired, value | value_base64}]}`, and `lagged` (data: missed)",
+        (status = 200, description = "With `field`: those fields (absent ones left out). Without: one page of the map's fields",
             content((MapReply = "application/json"), (String = "text/event-stream"))),
         CommonErrors)
 )]
@@ -154,9 +141,6 @@ async fn map_read(
 ) -> Result<Response, Error> {
     let Query(pairs) = query.map_err(|e| Error::InvalidArgument(e.body_text()))?;
     let q = ReadQuery::parse(pairs)?;
-    if q.watch {
-        return watch(maps, caller, map).await;
-    }
     if !q.fields.is_empty() {
         let read = maps.get_for(&caller, map, &q.fields).await?;
         let fields = q
@@ -206,10 +190,18 @@ fn event_json(e: &MapEvent) -> serde_json::Value {
     json!({ "map": e.map, "version": e.version, "changes": changes })
 }
 
-async fn watch(
-    maps: Arc<Maps>,
-    caller: crate::plugins::Caller,
-    map: String,
+#[utoipa::path(
+    get, path = "/v1/map-events/{map}", tag = "maps",
+    params(("map" = String, Path, description = "The map")),
+    responses((status = 200, description = "Server-Sent Events: one per update (`updated`), reap of expired fields (`expired`) and deletion (`deleted`), data `{map, version, changes: [{field, change: set|deleted|expired, value | value_base64}]}`; and `lagged` (data: missed)", content_type = "text/event-stream", body = String),
+        CommonErrors)
+)]
+async fn map_events(
+    Ctx {
+        primitive: maps,
+        caller,
+    }: Ctx<Maps>,
+    Key(map): Key,
 ) -> Result<Response, Error> {
     let feed = maps.watch_for(&caller, map).await?;
     let events = feed
@@ -476,8 +468,6 @@ pub struct ReadParams {
     /// or `base64` (always `value_base64`).
     #[param(pattern = "^(utf8|base64)$")]
     pub encoding: Option<String>,
-    /// Stream the map's events (Server-Sent Events) instead.
-    pub watch: Option<bool>,
 }
 
 /// Query of `PUT /v1/maps/{map}/{field}`.
