@@ -24,6 +24,12 @@
 //! | `ns:pr:{room}:meta`        | hash   | members' metadata                                   |
 //! | `ns:pm:{member}`           | set    | rooms a member joined (checked against the rooms)   |
 //! | `ns:ps:{channel}`          | stream | durable messages; also the live pub/sub channel     |
+//! | `ns:ctr:{name}`            | string | a counter (`PX`: its window)                        |
+//! | `ns:map:{map}`             | hash   | fields, `version:expires:value`; also the map's event channel |
+//! | `ns:map:{map}:x`           | zset   | the fields with a TTL, scored by expiry             |
+//! | `ns:map:{map}:s`           | hash   | the map's last version and lifetime                 |
+//! | `ns:{mapx}`                | zset   | maps with fields to reap, scored by when            |
+//! | `ns:{mapx}:claims`         | hash   | which reaper claimed a map                          |
 //! | channel `ns:released`      | pubsub | `lock:<name>` / `sem:<name>` on every release       |
 //! | channel `ns:inv`           | pubsub | `k:<key>` / `p:<pattern>` on every cache change (near caches evict) |
 //!
