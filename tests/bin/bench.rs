@@ -26,6 +26,7 @@ use outrigger::api::pb;
 use outrigger::api::pb::cache_client::CacheClient;
 use outrigger::api::pb::counter_client::CounterClient;
 use outrigger::api::pb::lock_client::LockClient;
+use outrigger::api::pb::map_client::MapClient;
 use outrigger::api::pb::presence_client::PresenceClient;
 use outrigger::api::pb::pub_sub_client::PubSubClient;
 use outrigger::api::pb::rate_limit_client::RateLimitClient;
@@ -417,6 +418,24 @@ impl Clients {
         let mut conn = self.redis.clone();
         let _: () = redis::cmd("SET")
             .arg("direct:hit")
+            .arg(&VALUE[..])
+            .query_async(&mut conn)
+            .await?;
+        // The map field every "map field get" reads.
+        let resp = self
+            .http
+            .put(format!("{}/v1/maps/read/f", self.base))
+            .body(&VALUE[..])
+            .send()
+            .await?;
+        ensure!(
+            resp.status() == 200,
+            "seeding the map field: {}",
+            resp.status()
+        );
+        let _: () = redis::cmd("HSET")
+            .arg("direct:map:{read}")
+            .arg("f")
             .arg(&VALUE[..])
             .query_async(&mut conn)
             .await?;
@@ -872,6 +891,109 @@ fn plan(c: &Clients) -> Vec<(&'static str, Vec<(&'static str, Op)>)> {
         }),
     ));
     plan.push(("counter increment", vias));
+
+    // --- map field set --------------------------------------------------
+    let mut vias: Vec<(&'static str, Op)> = vec![("direct", {
+        let conn = c.redis.clone();
+        op(move |w, _| {
+            let mut conn = conn.clone();
+            async move {
+                let _: i64 = redis::cmd("HSET")
+                    .arg(format!("direct:map:{{m{w}}}"))
+                    .arg("f")
+                    .arg(&VALUE[..])
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(())
+            }
+        })
+    })];
+    let client = MapClient::new(c.grpc.clone());
+    vias.push((
+        "grpc",
+        op(move |w, _| {
+            let mut client = client.clone();
+            async move {
+                let set = pb::SetField {
+                    field: "f".into(),
+                    value: VALUE.to_vec().into(),
+                    ..Default::default()
+                };
+                client
+                    .update(pb::UpdateMapRequest {
+                        map: format!("m{w}"),
+                        changes: vec![pb::MapChange {
+                            change: Some(pb::map_change::Change::Set(set)),
+                        }],
+                        ..Default::default()
+                    })
+                    .await?;
+                Ok(())
+            }
+        }),
+    ));
+    let (http, base) = (c.http.clone(), c.base.clone());
+    vias.push((
+        "http",
+        op(move |w, _| {
+            let req = http.put(format!("{base}/v1/maps/m{w}/f")).body(&VALUE[..]);
+            async move {
+                let resp = req.send().await?;
+                ensure!(resp.status() == 200, "status {}", resp.status());
+                Ok(())
+            }
+        }),
+    ));
+    plan.push(("map field set", vias));
+
+    // --- map field get --------------------------------------------------
+    let mut vias: Vec<(&'static str, Op)> = vec![("direct", {
+        let conn = c.redis.clone();
+        op(move |_, _| {
+            let mut conn = conn.clone();
+            async move {
+                let v: Option<Vec<u8>> = redis::cmd("HGET")
+                    .arg("direct:map:{read}")
+                    .arg("f")
+                    .query_async(&mut conn)
+                    .await?;
+                ensure!(v.is_some(), "missing");
+                Ok(())
+            }
+        })
+    })];
+    let client = MapClient::new(c.grpc.clone());
+    vias.push((
+        "grpc",
+        op(move |_, _| {
+            let mut client = client.clone();
+            async move {
+                let r = client
+                    .get(pb::GetFieldsRequest {
+                        map: "read".into(),
+                        fields: vec!["f".into()],
+                    })
+                    .await?
+                    .into_inner();
+                ensure!(r.fields.first().is_some_and(|f| f.present), "missing");
+                Ok(())
+            }
+        }),
+    ));
+    let (http, base) = (c.http.clone(), c.base.clone());
+    vias.push((
+        "http",
+        op(move |_, _| {
+            let req = http.get(format!("{base}/v1/maps/read/f"));
+            async move {
+                let resp = req.send().await?;
+                ensure!(resp.status() == 200, "status {}", resp.status());
+                resp.bytes().await?;
+                Ok(())
+            }
+        }),
+    ));
+    plan.push(("map field get", vias));
 
     // --- publish -> receive ---------------------------------------------
     plan.push((
