@@ -78,6 +78,7 @@ impl From<BackendError> for Error {
             BackendError::InvalidCursor => {
                 Error::InvalidArgument("cursor is not one this listing returned".into())
             }
+            BackendError::Unservable(reason) => Error::InvalidArgument(reason),
             BackendError::Protocol(_) => Error::Internal(err),
             BackendError::FailClosed(reason) => Error::Degraded(reason),
             BackendError::Timeout(_) | BackendError::Unavailable(_) | BackendError::Server(_) => {
@@ -135,4 +136,8 @@ pub enum BackendError {
     /// A listing cursor that this backend never handed out.
     #[error("invalid cursor")]
     InvalidCursor,
+    /// A request this deployment cannot serve as asked (keys of one atomic
+    /// step in different Cluster slots); the message says what to change.
+    #[error("{0}")]
+    Unservable(String),
 }

@@ -1086,8 +1086,9 @@ impl DirectScripts {
             lock_release: redis::Script::new(include_str!(
                 "../../sidecar/src/primitives/lock/lock_release.lua"
             )),
-            gcra: redis::Script::new(include_str!(
-                "../../sidecar/src/primitives/ratelimit/gcra.lua"
+            gcra: redis::Script::new(concat!(
+                include_str!("../../sidecar/src/primitives/ratelimit/lib.lua"),
+                include_str!("../../sidecar/src/primitives/ratelimit/gcra.lua")
             )),
             presence_join: redis::Script::new(include_str!(
                 "../../sidecar/src/primitives/presence/presence_join.lua"

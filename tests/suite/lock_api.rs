@@ -64,8 +64,97 @@ conformance!(
         hold_reports_lost_when_the_lock_is_taken,
         a_killed_hold_client_releases_its_lock,
         rate_limit_peek_and_reset_over_http_and_grpc,
+        rate_limit_multi_check_over_http_and_grpc,
     }
 );
+
+async fn rate_limit_multi_check_over_http_and_grpc(t: &Target) {
+    let s = &t.sidecar;
+    let both = json!({"checks": [
+        {"policy": "login", "key": "{alice}:user"},
+        {"policy": "window", "key": "{alice}:ip", "cost": 2},
+    ]});
+    let (status, all) = post(s, "/v1/ratelimit/check-all", both.clone()).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["allowed"], true, "{all}");
+    assert_eq!(all["decisions"][0]["remaining"], 4, "{all}");
+    assert_eq!(all["decisions"][1]["remaining"], 0, "{all}");
+    // The window is used up: 429, nothing taken, and which one said no.
+    let resp = http()
+        .post(s.url("/v1/ratelimit/check-all"))
+        .json(&both)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    let refused: Value = resp.json().await.unwrap();
+    assert_eq!(refused["allowed"], false, "{refused}");
+    assert_eq!(refused["error"]["code"], "rate_limited", "{refused}");
+    assert_eq!(
+        (
+            &refused["decisions"][0]["allowed"],
+            &refused["decisions"][1]["allowed"]
+        ),
+        (&json!(true), &json!(false)),
+        "{refused}"
+    );
+    let (_, peek) = post(
+        s,
+        "/v1/ratelimit/login/peek",
+        json!({"key": "{alice}:user"}),
+    )
+    .await;
+    assert_eq!(
+        peek["remaining"], 3,
+        "the refused multi-check took nothing: {peek}"
+    );
+    for (body, status) in [
+        (json!({"checks": []}), 400),
+        (
+            json!({"checks": [{"policy": "login", "key": "k"}, {"policy": "login", "key": "k"}]}),
+            400,
+        ),
+        (json!({"checks": [{"policy": "absent", "key": "k"}]}), 404),
+        (json!({"checks": [{"policy": "login"}]}), 400),
+        (
+            json!({"checks": [{"policy": "login", "key": "k", "color": 1}]}),
+            400,
+        ),
+    ] {
+        let (got, reply) = post(s, "/v1/ratelimit/check-all", body.clone()).await;
+        assert_eq!(got, status, "{body}: {reply}");
+    }
+
+    let mut rl = RateLimitClient::new(s.channel().await);
+    let check = |policy: &str, key: &str| pb::CheckRequest {
+        policy: policy.into(),
+        key: key.into(),
+        cost: 1,
+        inline: None,
+    };
+    let req = pb::CheckAllRequest {
+        checks: vec![check("login", "{bob}:user"), check("window", "{bob}:ip")],
+    };
+    let all = rl.check_all(req.clone()).await.unwrap().into_inner();
+    assert!(all.allowed && all.decisions.len() == 2, "{all:?}");
+    let all = rl.check_all(req.clone()).await.unwrap().into_inner();
+    assert!(all.allowed, "{all:?}");
+    let refused = rl.check_all(req).await.unwrap().into_inner();
+    assert!(
+        !refused.allowed && !refused.decisions[1].allowed,
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.decisions[0].remaining, 2,
+        "nothing taken: {refused:?}"
+    );
+    let err = rl
+        .check_all(pb::CheckAllRequest { checks: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
 
 async fn rate_limit_peek_and_reset_over_http_and_grpc(t: &Target) {
     let s = &t.sidecar;

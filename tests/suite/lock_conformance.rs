@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use outrigger::app::App;
 use outrigger::config::{Config, PolicyConfig};
 use outrigger::error::Error;
+use outrigger::plugins::Classified;
 use outrigger::primitives::lock::KeepAlive;
 use outrigger::primitives::ratelimit::InlineLimit;
 use outrigger_tests::{AppOn, Topology, conformance};
@@ -66,11 +67,158 @@ conformance!(
         keys_and_policies_have_separate_counters,
         peek_decides_without_taking,
         reset_makes_the_whole_limit_available,
+        a_multi_check_takes_all_or_nothing,
+        a_multi_check_is_validated_whole,
     }
 );
 
+// Keys without a shared hash tag: one atomic multi-check needs one slot,
+// which only a Cluster lacks.
+conformance!(
+    setup;
+    [untagged_on_memory: Memory, untagged_on_redis: Redis, untagged_on_sentinel: Sentinel];
+    untagged { a_multi_check_of_untagged_keys_works }
+);
+conformance!(
+    setup;
+    [untagged_on_cluster: Cluster];
+    untagged { a_multi_check_of_untagged_keys_is_refused_on_cluster }
+);
+
+type Checks = Vec<(Classified, Option<InlineLimit>)>;
+
+fn checks(list: &[(&str, &str, u32)]) -> Checks {
+    list.iter()
+        .map(|(policy, key, cost)| {
+            let check = Classified {
+                policy: policy.to_string(),
+                key: key.to_string(),
+                cost: *cost,
+            };
+            (check, None)
+        })
+        .collect()
+}
+
+mod untagged {
+    use super::*;
+
+    pub async fn a_multi_check_of_untagged_keys_works(app: &App) {
+        let all = checks(&[("login", "alice", 1), ("sliding", "10.0.0.1", 1)]);
+        let decisions = app.ratelimits.check_all(all).await.unwrap();
+        assert!(decisions.iter().all(|d| d.allowed), "{decisions:?}");
+    }
+
+    pub async fn a_multi_check_of_untagged_keys_is_refused_on_cluster(app: &App) {
+        let all = checks(&[("login", "alice", 1), ("sliding", "10.0.0.1", 1)]);
+        let err = app.ratelimits.check_all(all).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument(msg) if msg.contains("hash tag")),
+            "{err:?}"
+        );
+        // Nothing was taken.
+        let peek = app
+            .ratelimits
+            .peek("login", None, "alice", 1)
+            .await
+            .unwrap();
+        assert_eq!(peek.remaining, 4);
+    }
+}
+
 mod cases {
     use super::*;
+
+    pub async fn a_multi_check_takes_all_or_nothing(app: &App) {
+        let rl = &app.ratelimits;
+        // Keys sharing a hash tag: one slot, on a Cluster too.
+        let login = [
+            ("login", "{u1}:user", 1),
+            ("sliding", "{u1}:ip", 2),
+            ("fixed", "{u1}:device", 1),
+        ];
+        let taken = rl.check_all(checks(&login)).await.unwrap();
+        let remaining: Vec<_> = taken.iter().map(|d| (d.allowed, d.remaining)).collect();
+        assert_eq!(remaining, vec![(true, 4), (true, 2), (true, 2)]);
+        // Use up the device's limit alone...
+        for _ in 0..2 {
+            assert!(
+                rl.check("fixed", None, "{u1}:device", 1)
+                    .await
+                    .unwrap()
+                    .allowed
+            );
+        }
+        // ...and the next multi-check takes nothing: it says which did not
+        // fit and when to retry, and what the others would have left.
+        let refused = rl.check_all(checks(&login)).await.unwrap();
+        let outcome: Vec<_> = refused.iter().map(|d| (d.allowed, d.remaining)).collect();
+        assert_eq!(outcome, vec![(true, 3), (true, 0), (false, 0)]);
+        assert!(refused[2].retry_after.is_some());
+        assert_eq!(
+            rl.peek("login", None, "{u1}:user", 1)
+                .await
+                .unwrap()
+                .remaining,
+            3
+        );
+        assert_eq!(
+            rl.peek("sliding", None, "{u1}:ip", 2)
+                .await
+                .unwrap()
+                .remaining,
+            0
+        );
+        // A single check sees the same state as a multi-check.
+        assert!(
+            rl.check("login", None, "{u1}:user", 1)
+                .await
+                .unwrap()
+                .allowed
+        );
+        assert_eq!(
+            rl.peek("login", None, "{u1}:user", 1)
+                .await
+                .unwrap()
+                .remaining,
+            2
+        );
+        // Resetting the blocking key lets the whole multi-check through.
+        assert!(rl.reset("fixed", "{u1}:device").await.unwrap());
+        let again = rl.check_all(checks(&login)).await.unwrap();
+        assert!(again.iter().all(|d| d.allowed), "{again:?}");
+    }
+
+    pub async fn a_multi_check_is_validated_whole(app: &App) {
+        let rl = &app.ratelimits;
+        let twice = checks(&[
+            ("login", "{k}a", 1),
+            ("fixed", "{k}b", 1),
+            ("login", "{k}a", 2),
+        ]);
+        let err = rl.check_all(twice).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument(msg) if msg.contains("checked twice")),
+            "{err:?}"
+        );
+        let err = rl.check_all(vec![]).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        let unknown = checks(&[("login", "{k}a", 1), ("nope", "{k}b", 1)]);
+        assert!(matches!(
+            rl.check_all(unknown).await,
+            Err(Error::NotFound(_))
+        ));
+        let too_costly = checks(&[("login", "{k}a", 1), ("fixed", "{k}b", 4)]);
+        assert!(matches!(
+            rl.check_all(too_costly).await,
+            Err(Error::InvalidArgument(_))
+        ));
+        // Nothing of the refused ones was taken.
+        assert_eq!(
+            rl.peek("login", None, "{k}a", 1).await.unwrap().remaining,
+            4
+        );
+    }
 
     pub async fn peek_decides_without_taking(app: &App) {
         let rl = &app.ratelimits;

@@ -578,6 +578,22 @@ mod cases {
             (read.version == 0 && read.fields == vec![None, None]).then_some(())
         })
         .await;
+        // An update that empties the map and fills it again keeps its
+        // lifetime.
+        let refill = UpdateRequest {
+            changes: vec![set("a", "1")],
+            ttl: TtlRequest {
+                ttl_ms: 60_000,
+                ..TtlRequest::default()
+            },
+            ..UpdateRequest::default()
+        };
+        m.update("refill", refill).await.unwrap();
+        m.update("refill", changes(vec![delete("a"), set("b", "2")]))
+            .await
+            .unwrap();
+        let ttl = m.get("refill", &["b".into()]).await.unwrap().ttl;
+        assert!(ttl.is_some_and(|t| t <= Duration::from_secs(60)), "{ttl:?}");
         // Persist removes a lifetime.
         let with_ttl = UpdateRequest {
             changes: vec![set("a", "1")],

@@ -19,7 +19,7 @@
 //! | `ns:lock:{name}`           | string | the holder's token, with the lease as `PX`          |
 //! | `ns:lock:{name}:fence`     | string | the fence counter; never expires                    |
 //! | `ns:sem:{name}`            | zset   | permit tokens scored by lease expiry                |
-//! | `ns:rl:<algo>:{policy:key}`| string / hash | rate-limit state (GCRA TAT / window counts) |
+//! | `ns:rl:<algo>:{policy:key}`| string / hash | rate-limit state (GCRA TAT / window counts); without the braces when `policy:key` has a hash tag of its own |
 //! | `ns:pr:{room}`             | zset   | members scored by expiry; also the room's event channel |
 //! | `ns:pr:{room}:meta`        | hash   | members' metadata                                   |
 //! | `ns:pm:{member}`           | set    | rooms a member joined (checked against the rooms)   |
@@ -193,6 +193,12 @@ impl RedisStore {
     }
 
     /// The current connection (a cheap clone).
+    /// Whether it is a Redis Cluster (keys of one script must then share a
+    /// slot).
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(*self.topology, Topology::Cluster { .. })
+    }
+
     pub(crate) fn conn(&self) -> Conn {
         self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

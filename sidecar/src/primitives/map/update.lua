@@ -12,6 +12,9 @@
 -- {0, current version, reason, change index}; reasons: version,
 -- condition, nan, range, fields. Mirrors `plan` in memory.rs.
 reap(tonumber(ARGV[6]))
+-- A fixed lifetime survives an update that empties the map and fills it
+-- again (the fields key is recreated without one).
+local pttl = redis.call('PTTL', KEYS[1])
 local count = redis.call('HLEN', KEYS[1])
 local current = 0
 if count > 0 then
@@ -158,6 +161,9 @@ for _, f in ipairs(order) do
 end
 redis.call('HSET', KEYS[3], 'v', string.format('%d', v))
 local lifetime = ARGV[3]
+if lifetime == '' and pttl > 0 and redis.call('PTTL', KEYS[1]) == -1 then
+  expire_all(pttl)
+end
 if lifetime == 'p' then
   redis.call('HDEL', KEYS[3], 'ttl', 'sl')
   for i = 1, 3 do

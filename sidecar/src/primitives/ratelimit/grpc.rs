@@ -53,6 +53,24 @@ impl Api for RateLimitService {
         Ok(Response::new(check_response(decision)))
     }
 
+    async fn check_all(
+        &self,
+        req: Request<pb::CheckAllRequest>,
+    ) -> Result<Response<pb::CheckAllResponse>, Status> {
+        let caller = caller(self.0.common(), &req);
+        let checks = req
+            .into_inner()
+            .checks
+            .into_iter()
+            .map(wire_check)
+            .collect();
+        let decisions = self.0.check_all_for(&caller, checks).await?;
+        Ok(Response::new(pb::CheckAllResponse {
+            allowed: decisions.iter().all(|d| d.allowed),
+            decisions: decisions.into_iter().map(check_response).collect(),
+        }))
+    }
+
     async fn reset(
         &self,
         req: Request<pb::ResetLimitRequest>,

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::store::Decision;
 use super::{InlineLimit, RateLimits};
 use crate::error::Error;
 use crate::kit::ceil_ms;
@@ -29,6 +30,7 @@ where
         .routes(routes!(ratelimit_check))
         .routes(routes!(ratelimit_peek))
         .routes(routes!(ratelimit_reset))
+        .routes(routes!(ratelimit_check_all))
 }
 
 /// Whole seconds, rounded up: what `RateLimit-Reset` and `Retry-After`
@@ -82,6 +84,70 @@ async fn ratelimit_check(
 }
 
 #[utoipa::path(
+    post, path = "/v1/ratelimit/check-all", tag = "ratelimit",
+    request_body = CheckAllBody,
+    responses(
+        (status = 200, description = "Every check fitted, and every cost was taken", body = CheckAllReply),
+        (status = 429, description = "Not every check fitted: nothing was taken; `decisions` says which did not (`allowed` false)", body = CheckAllReply,
+            headers(("retry-after" = u64, description = "Seconds, until the longest wait of those that did not fit"))),
+        (status = 404, description = "Not found", body = ErrorBody),
+        CommonErrors)
+)]
+async fn ratelimit_check_all(
+    Ctx {
+        primitive: ratelimits,
+        caller,
+    }: Ctx<RateLimits>,
+    ApiJson(body): ApiJson<CheckAllBody>,
+) -> Result<Response, Error> {
+    let checks = body
+        .checks
+        .into_iter()
+        .map(|c| {
+            let check = CheckBody {
+                key: c.key,
+                cost: c.cost,
+                inline: c.inline,
+            };
+            check.terms(c.policy)
+        })
+        .collect();
+    let decisions = ratelimits.check_all_for(&caller, checks).await?;
+    let allowed = decisions.iter().all(|d| d.allowed);
+    let retry = decisions.iter().filter_map(|d| d.retry_after).max();
+    let mut reply = CheckAllReply {
+        allowed,
+        decisions: decisions.into_iter().map(decision_reply).collect(),
+        error: None,
+    };
+    match retry.filter(|_| !allowed) {
+        Some(retry) => {
+            reply.error = Some(ErrorDetail {
+                code: "rate_limited".into(),
+                message: format!(
+                    "rate limited: not every check fits (nothing was taken); retry after {} ms",
+                    ceil_ms(retry)
+                ),
+            });
+            let headers = [(header::RETRY_AFTER, ceil_secs(retry))];
+            Ok((StatusCode::TOO_MANY_REQUESTS, headers, Json(reply)).into_response())
+        }
+        None => Ok(Json(reply).into_response()),
+    }
+}
+
+fn decision_reply(d: Decision) -> DecisionReply {
+    DecisionReply {
+        allowed: d.allowed,
+        limit: d.limit,
+        remaining: d.remaining,
+        reset_after_ms: ceil_ms(d.reset_after),
+        retry_after_ms: d.retry_after.map_or(0, ceil_ms),
+        error: None,
+    }
+}
+
+#[utoipa::path(
     post, path = "/v1/ratelimit/{policy}/peek", tag = "ratelimit",
     params(("policy" = String, Path, description = "A configured policy, or the name of an inline limit's counters")), request_body = CheckBody,
     responses(
@@ -99,14 +165,7 @@ async fn ratelimit_peek(
 ) -> Result<Json<DecisionReply>, Error> {
     let (check, inline) = body.terms(policy);
     let d = ratelimits.peek_for(&caller, check, inline).await?;
-    Ok(Json(DecisionReply {
-        allowed: d.allowed,
-        limit: d.limit,
-        remaining: d.remaining,
-        reset_after_ms: ceil_ms(d.reset_after),
-        retry_after_ms: d.retry_after.map_or(0, ceil_ms),
-        error: None,
-    }))
+    Ok(Json(decision_reply(d)))
 }
 
 #[utoipa::path(
@@ -126,6 +185,44 @@ async fn ratelimit_reset(
 ) -> Result<Json<ResetLimitReply>, Error> {
     let existed = ratelimits.reset_for(&caller, &policy, body.key).await?;
     Ok(Json(ResetLimitReply { existed }))
+}
+
+/// Body of `POST /v1/ratelimit/check-all`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckAllBody {
+    /// At least one, at most `limits.max_batch`; no (policy, key) twice.
+    pub checks: Vec<CheckAllItem>,
+}
+
+/// One check of a multi-check: a check's body, with its policy.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckAllItem {
+    /// A configured policy, or the name of an inline limit's counters.
+    #[schema(min_length = 1)]
+    pub policy: String,
+    /// Whose limit.
+    #[schema(min_length = 1)]
+    pub key: String,
+    /// Units this check takes; 0 (default) means 1.
+    #[serde(default)]
+    pub cost: u32,
+    /// A limit given here instead of configured.
+    #[serde(default)]
+    pub inline: Option<InlineBody>,
+}
+
+/// A multi-check's result (200 when every check fitted, 429 otherwise).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckAllReply {
+    /// Whether every check fitted, and so was taken.
+    pub allowed: bool,
+    /// One per check, in order.
+    pub decisions: Vec<DecisionReply>,
+    /// Present when not every check fitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
 }
 
 /// Body of a reset.

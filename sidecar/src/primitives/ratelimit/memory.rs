@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::config::{Algorithm, Limit};
-use super::store::{Decision, RateLimitStore, Take};
+use super::store::{Check, Decision, RateLimitStore, Take};
 use crate::backend::BackendError;
 
 /// Slack for float rounding when comparing times, in µs.
@@ -73,6 +73,88 @@ impl MemoryRateLimits {
     /// Forgets every counter.
     pub fn clear(&self) {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// One decision at `instant`, under the lock; with [`Take::Consume`],
+    /// an allowed cost is taken.
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        counters: &mut HashMap<String, Counter>,
+        instant: Instant,
+        policy: &str,
+        key: &str,
+        limit: &Limit,
+        cost: u32,
+        take: Take,
+    ) -> Decision {
+        let now = us(instant - self.epoch);
+        let id = format!("{}:{policy}:{key}", limit.algorithm.name());
+        let counter = counters.get(&id).filter(|c| c.expires_at > instant);
+        match limit.algorithm {
+            Algorithm::Gcra => {
+                let tat = match counter.map(|c| &c.state) {
+                    Some(State::Gcra { tat }) => Some(*tat),
+                    _ => None,
+                };
+                let (decision, new_tat) = gcra(tat, now, limit, cost);
+                if let Some(tat) = new_tat.filter(|_| take == Take::Consume) {
+                    counters.insert(
+                        id,
+                        Counter {
+                            state: State::Gcra { tat },
+                            expires_at: instant + duration(tat - now),
+                        },
+                    );
+                }
+                decision
+            }
+            Algorithm::SlidingWindow | Algorithm::FixedWindow => {
+                let period = us(limit.period);
+                let index = (now / period).floor() as i64;
+                let (previous, current) = match counter.map(|c| &c.state) {
+                    Some(State::Window {
+                        index: i,
+                        current,
+                        previous,
+                    }) => match index - i {
+                        0 => (*previous, *current),
+                        1 => (*current, 0.0),
+                        _ => (0.0, 0.0),
+                    },
+                    _ => (0.0, 0.0),
+                };
+                let decision = if limit.algorithm == Algorithm::SlidingWindow {
+                    sliding_window(previous, current, now, limit, cost)
+                } else {
+                    fixed_window(current, now, limit, cost)
+                };
+                if take == Take::Peek {
+                    return decision;
+                }
+                let current = current
+                    + if decision.allowed {
+                        f64::from(cost)
+                    } else {
+                        0.0
+                    };
+                let window_end = (index + 1) as f64 * period;
+                counters.insert(
+                    id,
+                    Counter {
+                        state: State::Window {
+                            index,
+                            current,
+                            previous,
+                        },
+                        // The current count matters until the end of the
+                        // next window (as `previous`).
+                        expires_at: instant + duration(window_end - now + period),
+                    },
+                );
+                decision
+            }
+        }
     }
 }
 
@@ -189,74 +271,36 @@ impl RateLimitStore for MemoryRateLimits {
         take: Take,
     ) -> Result<Decision, BackendError> {
         let instant = Instant::now();
-        let now = us(instant - self.epoch);
-        let id = format!("{}:{policy}:{key}", limit.algorithm.name());
         let mut counters = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let counter = counters.get(&id).filter(|c| c.expires_at > instant);
-        match limit.algorithm {
-            Algorithm::Gcra => {
-                let tat = match counter.map(|c| &c.state) {
-                    Some(State::Gcra { tat }) => Some(*tat),
-                    _ => None,
-                };
-                let (decision, new_tat) = gcra(tat, now, limit, cost);
-                if let Some(tat) = new_tat.filter(|_| take == Take::Consume) {
-                    counters.insert(
-                        id,
-                        Counter {
-                            state: State::Gcra { tat },
-                            expires_at: instant + duration(tat - now),
-                        },
-                    );
-                }
-                Ok(decision)
-            }
-            Algorithm::SlidingWindow | Algorithm::FixedWindow => {
-                let period = us(limit.period);
-                let index = (now / period).floor() as i64;
-                let (previous, current) = match counter.map(|c| &c.state) {
-                    Some(State::Window {
-                        index: i,
-                        current,
-                        previous,
-                    }) => match index - i {
-                        0 => (*previous, *current),
-                        1 => (*current, 0.0),
-                        _ => (0.0, 0.0),
-                    },
-                    _ => (0.0, 0.0),
-                };
-                let decision = if limit.algorithm == Algorithm::SlidingWindow {
-                    sliding_window(previous, current, now, limit, cost)
-                } else {
-                    fixed_window(current, now, limit, cost)
-                };
-                if take == Take::Peek {
-                    return Ok(decision);
-                }
-                let current = current
-                    + if decision.allowed {
-                        f64::from(cost)
-                    } else {
-                        0.0
-                    };
-                let window_end = (index + 1) as f64 * period;
-                counters.insert(
-                    id,
-                    Counter {
-                        state: State::Window {
-                            index,
-                            current,
-                            previous,
-                        },
-                        // The current count matters until the end of the
-                        // next window (as `previous`).
-                        expires_at: instant + duration(window_end - now + period),
-                    },
-                );
-                Ok(decision)
-            }
+        Ok(self.decide(&mut counters, instant, policy, key, limit, cost, take))
+    }
+
+    async fn check_all(&self, checks: &[Check]) -> Result<Vec<Decision>, BackendError> {
+        let instant = Instant::now();
+        let mut counters = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut decide = |take| -> Vec<Decision> {
+            checks
+                .iter()
+                .map(|c| {
+                    self.decide(
+                        &mut counters,
+                        instant,
+                        &c.policy,
+                        &c.key,
+                        &c.limit,
+                        c.cost,
+                        take,
+                    )
+                })
+                .collect()
+        };
+        let peeked = decide(Take::Peek);
+        if !peeked.iter().all(|d| d.allowed) {
+            return Ok(peeked);
         }
+        // The keys are distinct and the clock is the same instant: each
+        // decision is the one peeked, now taken.
+        Ok(decide(Take::Consume))
     }
 
     async fn reset(&self, policy: &str, key: &str) -> Result<bool, BackendError> {

@@ -27,7 +27,7 @@ use crate::validate;
 use crate::validate::Limits;
 use config::PolicyConfig;
 use config::{Algorithm, Limit};
-use store::{Decision, RateLimitStore, Take};
+use store::{Check, Decision, RateLimitStore, Take};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
@@ -231,6 +231,66 @@ impl RateLimits {
         .await
     }
 
+    /// Several checks for `caller`, all or none: each authorized and
+    /// classified like a check, then decided together.
+    pub async fn check_all_for(
+        &self,
+        caller: &Caller,
+        checks: Vec<(Classified, Option<InlineLimit>)>,
+    ) -> Result<Vec<Decision>> {
+        let admitted = checks
+            .into_iter()
+            .map(|(check, inline)| self.admit(caller, Operation::Check, check, inline))
+            .collect::<Result<Vec<_>>>()?;
+        self.check_all(admitted).await
+    }
+
+    /// Decides every check against the state before any of them and takes
+    /// every cost only if each fits: all or none. Each check's decision
+    /// says whether it fitted.
+    pub async fn check_all(
+        &self,
+        checks: Vec<(Classified, Option<InlineLimit>)>,
+    ) -> Result<Vec<Decision>> {
+        let span = tracing::info_span!("outrigger.ratelimit.check_all", checks = checks.len());
+        let decisions = telemetry::observe(&self.metrics, "ratelimit", "check_all", span, async {
+            if checks.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "a multi-check needs at least one check".into(),
+                ));
+            }
+            validate::batch("checks", checks.len(), &self.limits)?;
+            let mut seen = std::collections::HashSet::new();
+            let mut resolved = Vec::with_capacity(checks.len());
+            for (check, inline) in checks {
+                let (limit, cost) = self.resolve(&check.policy, inline, &check.key, check.cost)?;
+                if !seen.insert((check.policy.clone(), check.key.clone())) {
+                    return Err(Error::InvalidArgument(format!(
+                        "policy {:?}, key {:?} is checked twice: check it once, with the costs added",
+                        check.policy, check.key
+                    )));
+                }
+                resolved.push(Check {
+                    policy: check.policy,
+                    key: check.key,
+                    limit,
+                    cost,
+                });
+            }
+            Ok(self.store.check_all(&resolved).await?)
+        })
+        .await?;
+        let outcome = if decisions.iter().all(|d| d.allowed) {
+            "allowed"
+        } else {
+            "denied"
+        };
+        self.decisions
+            .get_or_create(&DecisionLabels { decision: outcome })
+            .inc_by(decisions.len() as u64);
+        Ok(decisions)
+    }
+
     async fn decide(
         &self,
         policy: &str,
@@ -239,33 +299,44 @@ impl RateLimits {
         cost: u32,
         take: Take,
     ) -> Result<Decision> {
-        {
-            check_policy_name(policy)?;
-            validate::name("key", key, &self.limits)?;
-            let limit = match inline {
-                Some(inline) => PolicyConfig {
-                    algorithm: parse_algorithm(&inline.algorithm)?,
-                    limit: inline.limit,
-                    period: Duration::from_millis(inline.period_ms),
-                    burst: (inline.burst > 0).then_some(inline.burst),
-                }
-                .to_limit()
-                .map_err(|reason| Error::InvalidArgument(format!("inline limit: {reason}")))?,
-                None => *self.policies.get(policy).ok_or_else(|| {
-                    Error::NotFound(format!(
-                        "no rate-limit policy named {policy:?} (configure [ratelimit.policies.{policy}] or pass an inline limit)"
-                    ))
-                })?,
-            };
-            let cost = cost.max(1);
-            let most = limit.most();
-            if cost > most {
-                return Err(Error::InvalidArgument(format!(
-                    "cost {cost} is more than the policy ever allows at once ({most}): it would never be allowed"
-                )));
+        let (limit, cost) = self.resolve(policy, inline, key, cost)?;
+        Ok(self.store.check(policy, key, &limit, cost, take).await?)
+    }
+
+    /// The limit a check is decided by (the policy's, or the inline one)
+    /// and its cost (0 means 1), validated.
+    fn resolve(
+        &self,
+        policy: &str,
+        inline: Option<InlineLimit>,
+        key: &str,
+        cost: u32,
+    ) -> Result<(Limit, u32)> {
+        check_policy_name(policy)?;
+        validate::name("key", key, &self.limits)?;
+        let limit = match inline {
+            Some(inline) => PolicyConfig {
+                algorithm: parse_algorithm(&inline.algorithm)?,
+                limit: inline.limit,
+                period: Duration::from_millis(inline.period_ms),
+                burst: (inline.burst > 0).then_some(inline.burst),
             }
-            Ok(self.store.check(policy, key, &limit, cost, take).await?)
+            .to_limit()
+            .map_err(|reason| Error::InvalidArgument(format!("inline limit: {reason}")))?,
+            None => *self.policies.get(policy).ok_or_else(|| {
+                Error::NotFound(format!(
+                    "no rate-limit policy named {policy:?} (configure [ratelimit.policies.{policy}] or pass an inline limit)"
+                ))
+            })?,
+        };
+        let cost = cost.max(1);
+        let most = limit.most();
+        if cost > most {
+            return Err(Error::InvalidArgument(format!(
+                "cost {cost} is more than the policy ever allows at once ({most}): it would never be allowed"
+            )));
         }
+        Ok((limit, cost))
     }
 }
 

@@ -31,6 +31,15 @@ pub enum Take {
     Peek,
 }
 
+/// One check of a [`RateLimitStore::check_all`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub policy: String,
+    pub key: String,
+    pub limit: Limit,
+    pub cost: u32,
+}
+
 #[async_trait]
 pub trait RateLimitStore: Send + Sync + 'static {
     /// Decides whether `cost` fits now; with [`Take::Consume`], takes it if
@@ -43,6 +52,12 @@ pub trait RateLimitStore: Send + Sync + 'static {
         cost: u32,
         take: Take,
     ) -> Result<Decision, BackendError>;
+
+    /// Decides every check against the state before any of them, and takes
+    /// every cost only if each fits: all or none. No (policy, key) appears
+    /// twice. Returns each check's decision: what was taken when all fit,
+    /// what would have been otherwise (then `allowed` tells which did not).
+    async fn check_all(&self, checks: &[Check]) -> Result<Vec<Decision>, BackendError>;
 
     /// Forgets `key`'s state under `policy` (every algorithm's): the whole
     /// limit is available again. Returns whether there was any.
