@@ -912,6 +912,17 @@ impl Sidecar {
         self.log.text()
     }
 
+    /// `GET /v1/admin/status`, as JSON (within 10 s).
+    pub async fn status(&self) -> serde_json::Value {
+        let resp = reqwest::Client::new()
+            .get(self.url("/v1/admin/status"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("the status answers");
+        resp.json().await.expect("the status is JSON")
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let pid = self.child.id().expect("sidecar still running");

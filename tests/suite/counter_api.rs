@@ -188,18 +188,6 @@ async fn increments_over_two_sidecars_are_never_lost() {
     assert_eq!(read(&b, "total").await["value"], 1000);
 }
 
-async fn failover_mode(s: &Sidecar) -> Value {
-    let status: Value = http()
-        .get(s.url("/v1/admin/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    status["failover"]["mode"].clone()
-}
-
 /// By default counters refuse while Redis is down (503), rather than count
 /// from an empty local store.
 #[tokio::test]
@@ -222,7 +210,7 @@ async fn counters_fail_while_redis_is_down_by_default() {
             .contains("failover.counters"),
         "{body}"
     );
-    assert_eq!(failover_mode(&s).await, "memory");
+    assert_eq!(s.status().await["failover"]["mode"], "memory");
 }
 
 /// With `failover.counters = "local"`, what is counted while Redis is down
@@ -249,12 +237,12 @@ async fn local_counts_are_added_to_redis_when_it_returns() {
             "{body}"
         );
     }
-    assert_eq!(failover_mode(&s).await, "memory");
+    assert_eq!(s.status().await["failover"]["mode"], "memory");
     redis.restart().await; // empty: no persistence
     eventually(
         Duration::from_secs(10),
         "Redis to be used again",
-        || async { (failover_mode(&s).await == "redis").then_some(()) },
+        || async { (s.status().await["failover"]["mode"] == "redis").then_some(()) },
     )
     .await;
     // In Redis itself, exactly what was counted locally.

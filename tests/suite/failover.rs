@@ -45,22 +45,11 @@ fn on(redis: &RedisServer, ns: &str) -> SidecarBuilder {
         .env("OUTRIGGER_RATELIMIT__POLICIES__TEN__PERIOD", "1h")
 }
 
-async fn status(s: &Sidecar) -> Value {
-    http()
-        .get(s.url("/v1/admin/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Waits until the sidecar reports `mode`; returns how long that took.
 async fn wait_mode(s: &Sidecar, mode: &str, limit: Duration) -> Duration {
     let started = Instant::now();
     eventually(limit, &format!("failover mode {mode}"), || async {
-        (status(s).await["failover"]["mode"] == mode).then_some(())
+        (s.status().await["failover"]["mode"] == mode).then_some(())
     })
     .await;
     started.elapsed()
@@ -187,7 +176,7 @@ fn assert_none_failed(results: &[(&str, u16, Duration)], bound: Duration) -> Dur
 async fn killing_redis_under_load_fails_no_request_and_locks_fail_closed() {
     let mut redis = RedisServer::start().await;
     let s = Arc::new(on(&redis, &unique("kill")).start().await);
-    assert_eq!(status(&s).await["failover"]["mode"], "redis");
+    assert_eq!(s.status().await["failover"]["mode"], "redis");
     let stop = Arc::new(AtomicBool::new(false));
     let load = mixed_load(s.clone(), stop.clone());
     tokio::time::sleep(Duration::from_millis(700)).await; // load on Redis first
@@ -246,7 +235,7 @@ async fn killing_redis_under_load_fails_no_request_and_locks_fail_closed() {
         ("memory", "memory", 1)
     );
     assert!(!fo.last_error.is_empty());
-    let st = status(&s).await;
+    let st = s.status().await;
     assert_eq!(st["backend"], "memory");
     assert!(st["failover"]["last_error"].as_str().is_some());
     let metrics = http()
@@ -329,7 +318,7 @@ async fn recovery_reasserts_presence_flushes_publishes_and_never_writes_the_cach
         allowed += u32::from(r.status() == 200);
     }
     assert_eq!(allowed, 5, "fallback_share 0.5 of 10");
-    assert_eq!(status(&a).await["failover"]["mode"], "memory");
+    assert_eq!(a.status().await["failover"]["mode"], "memory");
     // B learns of the outage too (any request trips it).
     c.get(b.url("/v1/cache/probe")).send().await.unwrap();
 
@@ -397,14 +386,14 @@ async fn recovery_reasserts_presence_flushes_publishes_and_never_writes_the_cach
             m.headers
         );
     }
-    let r = &status(&a).await["failover"]["last_reconciliation"];
+    let r = &a.status().await["failover"]["last_reconciliation"];
     assert_eq!(r["cache_entries_dropped"], 1, "{r}");
     assert_eq!(r["members_reasserted"].as_u64().unwrap(), 1, "{r}");
     eventually(
         Duration::from_secs(5),
         "the flush to be reported",
         || async {
-            (status(&a).await["failover"]["last_reconciliation"]["messages_flushed"] == 5)
+            (a.status().await["failover"]["last_reconciliation"]["messages_flushed"] == 5)
                 .then_some(())
         },
     )
@@ -441,7 +430,7 @@ async fn a_paused_redis_trips_failover_within_the_deadline() {
         (DEADLINE..=DEADLINE + MARGIN).contains(&took),
         "the first request took {took:?}, not the {DEADLINE:?} deadline"
     );
-    assert_eq!(status(&s).await["failover"]["mode"], "memory");
+    assert_eq!(s.status().await["failover"]["mode"], "memory");
     // ...and with the circuit open, the next one does not wait at all.
     let started = Instant::now();
     let r = c.get(s.url("/v1/cache/k")).send().await.unwrap();
@@ -503,7 +492,7 @@ async fn flapping_redis_ends_on_redis_without_leaks() {
     // deadline.
     let slowest = assert_none_failed(&results, DEADLINE + MARGIN);
 
-    let st = status(&s).await;
+    let st = s.status().await;
     assert_eq!(st["failover"]["mode"], "redis");
     assert_eq!(st["failover"]["transitions"], 10, "{st}");
     // No leaked connections: the sidecar holds its command connection and
@@ -563,7 +552,7 @@ async fn scripts_lost_under_load_are_an_outage_not_an_error() {
         "a lost script to trip failover",
         || {
             let s = s.clone();
-            async move { (status(&s).await["failover"]["transitions"].as_u64()? > 0).then_some(()) }
+            async move { (s.status().await["failover"]["transitions"].as_u64()? > 0).then_some(()) }
         },
     )
     .await;
@@ -622,7 +611,7 @@ async fn local_locks_and_fail_open_rate_limits_when_configured() {
     );
     redis.restart().await;
     wait_mode(&s, "redis", Duration::from_secs(10)).await;
-    let r = &status(&s).await["failover"]["last_reconciliation"];
+    let r = &s.status().await["failover"]["last_reconciliation"];
     assert_eq!(
         r["locks_released"], 1,
         "local locks are released on recovery: {r}"
@@ -653,7 +642,7 @@ async fn local_locks_and_fail_open_rate_limits_when_configured() {
         .send()
         .await
         .unwrap();
-    assert_eq!(status(&s).await["failover"]["mode"], "memory");
+    assert_eq!(s.status().await["failover"]["mode"], "memory");
     assert_eq!(
         relocked.status(),
         200,
@@ -669,7 +658,7 @@ async fn starting_without_redis_serves_from_memory_then_switches_over() {
         .env("OUTRIGGER_REDIS__URL", format!("redis://127.0.0.1:{port}"))
         .start()
         .await;
-    let st = status(&s).await;
+    let st = s.status().await;
     assert_eq!(
         (st["backend"].as_str(), st["failover"]["mode"].as_str()),
         (Some("memory"), Some("memory"))

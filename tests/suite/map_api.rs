@@ -751,18 +751,6 @@ async fn each_field_expiry_is_announced_once_to_three_watching_sidecars() {
     assert!(keys.is_empty(), "{keys:?}");
 }
 
-async fn failover_mode(s: &Sidecar) -> Value {
-    let status: Value = http()
-        .get(s.url("/v1/admin/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    status["failover"].clone()
-}
-
 /// By default maps refuse while Redis is down (503), rather than answer
 /// from an empty local copy.
 #[tokio::test]
@@ -787,7 +775,7 @@ async fn maps_fail_while_redis_is_down_by_default() {
     );
     let (status, _) = get_map(&s, "m", "?field=n").await;
     assert_eq!(status, 503);
-    assert_eq!(failover_mode(&s).await["mode"], "memory");
+    assert_eq!(s.status().await["failover"]["mode"], "memory");
 }
 
 /// With `failover.maps = "local"`, changes made while Redis is down are
@@ -822,7 +810,7 @@ async fn local_map_changes_are_replayed_when_redis_returns() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(failover_mode(&s).await["mode"], "memory");
+    assert_eq!(s.status().await["failover"]["mode"], "memory");
     redis.restart().await; // empty: no persistence
     // Meanwhile another sidecar counts on Redis.
     let other = sidecar!().redis(&redis).namespace(&ns).start().await;
@@ -830,7 +818,7 @@ async fn local_map_changes_are_replayed_when_redis_returns() {
     eventually(
         Duration::from_secs(10),
         "Redis to be used again",
-        || async { (failover_mode(&s).await["mode"] == "redis").then_some(()) },
+        || async { (s.status().await["failover"]["mode"] == "redis").then_some(()) },
     )
     .await;
     eventually(
@@ -848,7 +836,7 @@ async fn local_map_changes_are_replayed_when_redis_returns() {
         },
     )
     .await;
-    let status = failover_mode(&s).await;
+    let status = s.status().await["failover"].clone();
     assert!(
         status["last_reconciliation"]["map_changes_replayed"]
             .as_u64()

@@ -37,20 +37,9 @@ fn on_sentinels(set: &RedisSentinels, ns: &str) -> SidecarBuilder {
         .env("OUTRIGGER_REDIS__MASTER_NAME", SENTINEL_MASTER)
 }
 
-async fn status(s: &Sidecar) -> Value {
-    http()
-        .get(s.url("/v1/admin/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn wait_mode(s: &Sidecar, mode: &str, limit: Duration) {
     eventually(limit, &format!("failover mode {mode}"), || async {
-        (status(s).await["failover"]["mode"] == mode).then_some(())
+        (s.status().await["failover"]["mode"] == mode).then_some(())
     })
     .await;
 }
@@ -196,7 +185,7 @@ async fn a_namespace_spreads_over_every_master_and_cross_slot_operations_reach_t
         .await
         .unwrap();
     assert_eq!(r.status(), 409);
-    assert_eq!(status(&a).await["failover"]["mode"], "redis");
+    assert_eq!(a.status().await["failover"]["mode"], "redis");
 }
 
 /// One lock acquire + release, and a cache write and read, in a loop;
@@ -544,7 +533,7 @@ async fn a_fence_no_replica_confirms_is_never_handed_out() {
         .unwrap();
     assert_eq!(holder, None, "the unconfirmed acquisition was released");
     // Refusing locks is not an outage: the cache still uses Redis.
-    assert_eq!(status(&s).await["failover"]["mode"], "redis");
+    assert_eq!(s.status().await["failover"]["mode"], "redis");
 
     // With a replica, acquisitions are confirmed and answered.
     let of = master.port.to_string();
@@ -598,7 +587,7 @@ async fn redis_over_tls_with_a_client_certificate() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "locks fail closed unless Redis answers");
-    let st = status(&s).await;
+    let st = s.status().await;
     assert_eq!(st["failover"]["mode"], "redis", "{st}");
     assert_eq!(st["failover"]["transitions"], 0, "{st}");
     // The value really is in that Redis (read over TLS, directly).
@@ -654,7 +643,7 @@ async fn redis_over_tls_with_a_client_certificate() {
         let s = builder.namespace(&ns).start().await;
         let r = c.put(s.url("/v1/cache/k")).body("x").send().await.unwrap();
         assert_eq!(r.status(), 200, "{what}: the cache falls back to memory");
-        let st = status(&s).await;
+        let st = s.status().await;
         assert_eq!(st["failover"]["mode"], "memory", "{what}: {st}");
         let error = st["failover"]["last_error"].as_str().unwrap_or_default();
         assert!(!error.is_empty() && error.contains(says), "{what}: {st}");

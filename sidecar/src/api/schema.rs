@@ -121,3 +121,52 @@ pub struct ReconciliationReply {
     )
 )]
 pub struct ApiDoc;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    /// Every type deriving `ToSchema` in the crate, by name: the OpenAPI
+    /// document keys its schemas by the bare type name, so two types of one
+    /// name would silently describe two routes with one schema.
+    #[test]
+    fn schema_names_are_unique() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut names: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+        let mut dirs = vec![src];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                let mut deriving = false;
+                for line in text.lines().map(str::trim) {
+                    if line.starts_with("#[derive(") {
+                        deriving = line.contains("ToSchema");
+                    } else if deriving
+                        && let Some(rest) = line
+                            .strip_prefix("pub struct ")
+                            .or_else(|| line.strip_prefix("pub enum "))
+                    {
+                        let name: String = rest
+                            .chars()
+                            .take_while(|c| c.is_alphanumeric() || *c == '_')
+                            .collect();
+                        names.entry(name).or_default().push(path.clone());
+                        deriving = false;
+                    }
+                }
+            }
+        }
+        assert!(names.len() > 20, "found only {names:?}");
+        let clashes: Vec<_> = names.iter().filter(|(_, files)| files.len() > 1).collect();
+        assert!(clashes.is_empty(), "schema names used twice: {clashes:?}");
+    }
+}

@@ -338,7 +338,7 @@ async fn field_get(
     params(("map" = String, Path, description = "The map"), ("field" = String, Path, description = "The field"), PutParams),
     request_body(content = Option<String>, content_type = "application/octet-stream", description = "The value, raw bytes (at most limits.max_value_bytes)"),
     responses(
-        (status = 200, description = "Set: the map's new version, which the field now carries", body = VersionReply, headers(("outrigger-version" = u64))),
+        (status = 200, description = "Set: the map's new version, which the field now carries", body = FieldVersionReply, headers(("outrigger-version" = u64))),
         (status = 412, description = "The condition did not hold", body = ErrorBody),
         CommonErrors)
 )]
@@ -368,7 +368,11 @@ async fn field_put(
         },
     };
     let version = maps.update_for(&caller, map, req).await?.version;
-    Ok(([(VERSION_HEADER, version)], Json(VersionReply { version })).into_response())
+    Ok((
+        [(VERSION_HEADER, version)],
+        Json(FieldVersionReply { version }),
+    )
+        .into_response())
 }
 
 #[utoipa::path(
@@ -400,9 +404,9 @@ async fn field_delete(
 #[utoipa::path(
     post, path = "/v1/maps/{map}/{field}/incr", tag = "maps",
     params(("map" = String, Path, description = "The map"), ("field" = String, Path, description = "The field")),
-    request_body = IncrementBody,
+    request_body = FieldIncrementBody,
     responses(
-        (status = 200, description = "Incremented: the field's new value and the map's new version", body = IncrementReply),
+        (status = 200, description = "Incremented: the field's new value and the map's new version", body = FieldIncrementReply),
         (status = 409, description = "The field is not a number, or the result would leave the range", body = ErrorBody),
         CommonErrors)
 )]
@@ -412,7 +416,7 @@ async fn field_increment(
         caller,
     }: Ctx<Maps>,
     Pair(map, field): Pair,
-    ApiJson(body): ApiJson<IncrementBody>,
+    ApiJson(body): ApiJson<FieldIncrementBody>,
 ) -> Result<Response, Error> {
     let req = UpdateRequest {
         changes: vec![ChangeRequest::Increment {
@@ -430,7 +434,7 @@ async fn field_increment(
             )));
         }
     };
-    Ok(Json(IncrementReply {
+    Ok(Json(FieldIncrementReply {
         value,
         version: applied.version,
     })
@@ -586,7 +590,7 @@ impl ChangeBody {
 /// Body of `POST /v1/maps/{map}/{field}/incr`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct IncrementBody {
+pub struct FieldIncrementBody {
     /// Added to the field (absent: 0). An integer keeps an integer field an
     /// integer; a number with a fraction or exponent makes it a float. Not 0.
     #[schema(value_type = f64)]
@@ -652,12 +656,12 @@ pub struct ExistedReply {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct VersionReply {
+pub struct FieldVersionReply {
     pub version: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct IncrementReply {
+pub struct FieldIncrementReply {
     #[schema(value_type = f64)]
     pub value: serde_json::Number,
     pub version: u64,
