@@ -10,6 +10,7 @@
 #     .tools/venv-contract                  schemathesis (scripts/fuzz-contract.sh)
 #     .tools/venv, .tools/bin/helm          kubernetes-validate, helm (scripts/check-chart.sh)
 #     .tools/venv-examples-python           grpcio (examples/python)
+#     .tools/venv-client-python             pytest, mypy, ruff, build (sdk/client-python)
 #     examples/node/node_modules            @grpc/grpc-js (examples/node)
 #
 # scripts/test.sh runs the second while the workspace compiles; the scripts
@@ -35,10 +36,11 @@ if [ "${1:-}" = "--tools" ]; then
   venv .tools/venv-contract scripts/requirements-contract.txt schemathesis
   venv .tools/venv scripts/requirements-chart.txt kubernetes_validate
   venv .tools/venv-examples-python examples/python/requirements.txt grpc_tools
+  venv .tools/venv-client-python sdk/client-python/requirements-test.txt hatchling
   [ -d examples/node/node_modules/@grpc/grpc-js ] \
     || (cd examples/node && npm ci --silent --no-audit --no-fund)
   scripts/install-helm.sh
-  echo "tools: schemathesis, kubernetes-validate, grpcio, @grpc/grpc-js, helm $(.tools/bin/helm version --short)"
+  echo "tools: schemathesis, kubernetes-validate, grpcio, pytest/mypy/ruff, @grpc/grpc-js, helm $(.tools/bin/helm version --short)"
   exit 0
 fi
 

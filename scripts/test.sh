@@ -102,4 +102,5 @@ start "contract fuzzing" scripts/fuzz-contract.sh
 start "chart" scripts/check-chart.sh
 start "examples" examples/run.sh
 start "bench --quick" scripts/bench.sh --quick
-finish "sdk guide" "contract fuzzing" "chart" "examples" "bench --quick"
+start "python client" sdk/client-python/check.sh
+finish "sdk guide" "contract fuzzing" "chart" "examples" "bench --quick" "python client"
