@@ -86,6 +86,13 @@ class Sidecar:
     def client(self, **kwargs: object) -> Client:
         return Client(self.url, **kwargs)  # type: ignore[arg-type]
 
+    def restart(self) -> Sidecar:
+        """Stops it and starts a new process on the same address."""
+        self.stop()
+        env = {k: v for k, v in self.env.items() if k.startswith("OUTRIGGER_")}
+        port = int(self.url.rsplit(":", 1)[1])
+        return start_sidecar(None, port, **env)
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -99,8 +106,8 @@ def binary() -> str:
     return os.environ.get("OUTRIGGER_BIN") or str(ROOT / "target" / "debug" / "outrigger")
 
 
-def start_sidecar(redis: Redis | None = None, **env: str) -> Sidecar:
-    port = free_port()
+def start_sidecar(redis: Redis | None = None, port: int | None = None, **env: str) -> Sidecar:
+    port = port or free_port()
     tmp = Path(tempfile.mkdtemp(prefix="outrigger-py-"))
     sock = str(tmp / "http.sock")
     full = {

@@ -1,5 +1,6 @@
 """Outrigger from Python: the sidecar's cache, locks and semaphores, rate
-limits, counters, maps, presence and pub/sub, blocking (`Client`)."""
+limits, counters, maps, presence and pub/sub, blocking (`Client`) or on
+asyncio (`AsyncClient`)."""
 
 from ._wire import (
     Applied,
@@ -17,6 +18,7 @@ from ._wire import (
     MemberPage,
     Message,
 )
+from .aio import AsyncClient, AsyncHeldLock, AsyncPresence
 from .client import Client, HeldLock, Presence
 from .errors import (
     Conflict,
@@ -34,6 +36,9 @@ from .errors import (
 
 __all__ = [
     "Applied",
+    "AsyncClient",
+    "AsyncHeldLock",
+    "AsyncPresence",
     "Changes",
     "Client",
     "Conflict",
