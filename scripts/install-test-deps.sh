@@ -23,12 +23,14 @@ as_root() {
 }
 
 # venv DIR REQUIREMENTS MODULE: a virtualenv with REQUIREMENTS, unless
-# MODULE already imports there.
+# MODULE already imports there and REQUIREMENTS did not change since.
 venv() {
   local dir=$1 requirements=$2 module=$3
-  if [ ! -x "$dir/bin/python" ] || ! "$dir/bin/python" -c "import $module" 2>/dev/null; then
+  if [ ! -x "$dir/bin/python" ] || ! "$dir/bin/python" -c "import $module" 2>/dev/null \
+    || ! cmp -s "$requirements" "$dir/requirements.installed"; then
     python3 -m venv "$dir"
     "$dir/bin/pip" install --quiet -r "$requirements"
+    cp "$requirements" "$dir/requirements.installed"
   fi
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Python client's checks: lint (ruff), types (mypy --strict), a wheel
 # and an sdist built as a user would, the package installed from them, and
-# its test suite against live sidecars (memory and Redis) from
+# its test suite and the README tour against live sidecars (memory and Redis) from
 # target/debug/outrigger (OUTRIGGER_BIN overrides).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,3 +21,6 @@ trap 'rm -rf "$dist"' EXIT
 cd "$dist"
 OUTRIGGER_BIN="${OUTRIGGER_BIN:-$root/target/debug/outrigger}" \
   "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/tests"
+# The README's tour, as written.
+OUTRIGGER_BIN="${OUTRIGGER_BIN:-$root/target/debug/outrigger}" \
+  "$venv/bin/python" "$here/check_readme.py"
