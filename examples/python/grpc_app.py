@@ -24,6 +24,10 @@ def generate_stubs():
     code = protoc.main(["protoc", f"-I{PROTO_ROOT}", f"--python_out={out}", f"--grpc_python_out={out}", *protos])
     if code != 0:
         raise SystemExit("protoc failed")
+    # Regular packages, first on the path: the client library (also named
+    # `outrigger`) may be installed beside this example.
+    for package in ("outrigger", "outrigger/v1"):
+        open(os.path.join(out, package, "__init__.py"), "a").close()
     sys.path.insert(0, out)
 
 

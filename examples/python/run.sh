@@ -7,5 +7,5 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 "$root/scripts/install-test-deps.sh" --tools >/dev/null
 venv="$root/.tools/venv-examples-python"
-"$venv/bin/python" "$here/http_app.py"
+"$venv/bin/python" "$here/client_app.py"
 "$venv/bin/python" "$here/grpc_app.py"
