@@ -12,6 +12,7 @@
 #     .tools/venv-examples-python           grpcio (examples/python)
 #     .tools/venv-client-python             pytest, mypy, ruff, build (sdk/client-python)
 #     examples/node/node_modules            @grpc/grpc-js (examples/node)
+#     sdk/client-node/node_modules          typescript, biome, express, fastify (sdk/client-node)
 #
 # scripts/test.sh runs the second while the workspace compiles; the scripts
 # that need those tools run it too (it only checks once they are there).
@@ -41,6 +42,9 @@ if [ "${1:-}" = "--tools" ]; then
   venv .tools/venv-client-python sdk/client-python/requirements-test.txt hatchling
   [ -d examples/node/node_modules/@grpc/grpc-js ] \
     || (cd examples/node && npm ci --silent --no-audit --no-fund)
+  cmp -s sdk/client-node/package-lock.json sdk/client-node/node_modules/.installed-lock.json \
+    || (cd sdk/client-node && npm ci --silent --no-audit --no-fund \
+      && cp package-lock.json node_modules/.installed-lock.json)
   scripts/install-helm.sh
   echo "tools: schemathesis, kubernetes-validate, grpcio, pytest/mypy/ruff, @grpc/grpc-js, helm $(.tools/bin/helm version --short)"
   exit 0

@@ -103,4 +103,6 @@ start "chart" scripts/check-chart.sh
 start "examples" examples/run.sh
 start "bench --quick" scripts/bench.sh --quick
 start "python client" sdk/client-python/check.sh
-finish "sdk guide" "contract fuzzing" "chart" "examples" "bench --quick" "python client"
+start "node client" sdk/client-node/check.sh
+finish "sdk guide" "contract fuzzing" "chart" "examples" "bench --quick" "python client" \
+  "node client"
