@@ -40,11 +40,11 @@ if [ "${1:-}" = "--tools" ]; then
   venv .tools/venv scripts/requirements-chart.txt kubernetes_validate
   venv .tools/venv-examples-python examples/python/requirements.txt grpc_tools
   venv .tools/venv-client-python sdk/client-python/requirements-test.txt hatchling
-  [ -d examples/node/node_modules/@grpc/grpc-js ] \
-    || (cd examples/node && npm ci --silent --no-audit --no-fund)
-  cmp -s sdk/client-node/package-lock.json sdk/client-node/node_modules/.installed-lock.json \
-    || (cd sdk/client-node && npm ci --silent --no-audit --no-fund \
-      && cp package-lock.json node_modules/.installed-lock.json)
+  for dir in examples/node sdk/client-node; do
+    cmp -s "$dir/package-lock.json" "$dir/node_modules/.installed-lock.json" \
+      || (cd "$dir" && npm ci --silent --no-audit --no-fund \
+        && cp package-lock.json node_modules/.installed-lock.json)
+  done
   scripts/install-helm.sh
   echo "tools: schemathesis, kubernetes-validate, grpcio, pytest/mypy/ruff, @grpc/grpc-js, helm $(.tools/bin/helm version --short)"
   exit 0
