@@ -2,7 +2,8 @@
 # The benchmark harness: the sidecar against direct Redis, in one run.
 #
 #   scripts/bench.sh            release build; regenerates BENCHMARKS.md and
-#                               target/bench.json (about 5 minutes of runs)
+#                               target/bench.json (about 5 minutes of runs),
+#                               the Python and Node clients' rows included
 #   scripts/bench.sh --quick    smoke test for CI: debug build, tiny windows,
 #                               every cell exercised and checked, no timing;
 #                               writes target/bench-quick.{md,json}
@@ -12,7 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
+scripts/install-test-deps.sh --tools >/dev/null   # the client libraries' benches
 scripts/build-plugins.sh >/dev/null   # the plugin-call cost runs tenant-guard
+(cd sdk/client-node && npx tsc -p tsconfig.json)   # its bench runs the built client
 
 if [ "${1:-}" = "--quick" ]; then
   shift

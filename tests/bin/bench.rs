@@ -90,6 +90,88 @@ struct Report {
     sidecar_rss_peak_mb: f64,
     plugin_authorize: PluginCost,
     rows: Vec<Row>,
+    /// The client libraries next to redis-py and ioredis.
+    clients: Vec<ClientRow>,
+}
+
+/// One operation through a client library (or its direct alternative), at
+/// concurrency 1, as `sdk/client-*/bench.*` report it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct ClientRow {
+    client: String,
+    op: String,
+    via: String,
+    requests: u64,
+    p50_us: f64,
+    p99_us: f64,
+    #[serde(default)]
+    p50_ratio: Option<f64>,
+    #[serde(default)]
+    p99_ratio: Option<f64>,
+}
+
+/// Runs the client libraries' benchmarks against this run's sidecar and
+/// Redis: each prints one JSON row per line.
+fn client_rows(
+    sidecar: &Sidecar,
+    socket: &std::path::Path,
+    redis: &RedisServer,
+    quick: bool,
+) -> Result<Vec<ClientRow>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let seconds = if quick { "0.1" } else { "2" };
+    let common = [
+        "--url".to_string(),
+        sidecar.url(""),
+        "--socket".into(),
+        socket.display().to_string(),
+        "--redis".into(),
+        format!("redis://127.0.0.1:{}", redis.port),
+        "--seconds".into(),
+        seconds.into(),
+    ];
+    let python = root.join(".tools/venv-client-python/bin/python");
+    let runs = [
+        (
+            std::process::Command::new(&python)
+                .arg(root.join("sdk/client-python/bench.py"))
+                .args(&common)
+                .env("PYTHONPATH", root.join("sdk/client-python/src"))
+                .output(),
+            "python",
+        ),
+        (
+            std::process::Command::new("node")
+                .arg(root.join("sdk/client-node/bench.mjs"))
+                .args(&common)
+                .output(),
+            "node",
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (output, client) in runs {
+        let output = output.with_context(|| format!("running the {client} client's bench"))?;
+        ensure!(
+            output.status.success(),
+            "the {client} client's bench failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for line in String::from_utf8(output.stdout)?.lines() {
+            let row: ClientRow = serde_json::from_str(line)
+                .with_context(|| format!("a {client} bench row: {line}"))?;
+            eprintln!(
+                "{:<8} {:<28} {:<11} p50 {:>8.1} µs  p99 {:>8.1} µs",
+                row.client, row.op, row.via, row.p50_us, row.p99_us
+            );
+            rows.push(row);
+        }
+    }
+    ensure!(
+        rows.len() >= 24,
+        "expected 12 rows per client, got {}",
+        rows.len()
+    );
+    Ok(rows)
 }
 
 /// What one `authorize` hook call through a plugin costs, measured
@@ -206,7 +288,9 @@ async fn main() -> Result<()> {
             }
         }
     }
+    let library_rows = client_rows(&sidecar, &http_socket, &redis, args.quick)?;
     let report = Report {
+        clients: library_rows,
         mode: if args.quick { "quick" } else { "full" },
         sidecar: args.sidecar.display().to_string(),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -1335,6 +1419,55 @@ fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
+/// The client libraries' table, with their targets: a near-cache hit at
+/// least as fast as the direct client's GET at p50, Redis-reaching
+/// operations within 1.5x.
+fn clients_section(out: &mut String, r: &Report) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "## Client libraries\n\n\
+         The Python client (`sdk/client-python`) next to redis-py and the Node client \
+         (`sdk/client-node`) next to ioredis, the same operations in the same run, one \
+         request at a time (concurrency 1), each way for the same time window. \"direct\" \
+         sends what the sidecar sends (its own Lua scripts where it uses one). Targets: a \
+         near-cache hit at p50 ≤ 1.0× the direct GET; Redis-reaching operations ≤ 1.5×.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| client | operation | via | p50 µs | p99 µs | p50 × | p99 × | target met |"
+    );
+    let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---|");
+    for row in &r.clients {
+        let limit = if row.op.contains("near cache") {
+            1.0
+        } else {
+            1.5
+        };
+        let met = row.p50_ratio.map_or(String::new(), |x| {
+            if x <= limit {
+                "yes".into()
+            } else {
+                format!("no (≤ {limit}×)")
+            }
+        });
+        let x = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.2}"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.1} | {:.1} | {} | {} | {} |",
+            row.client,
+            row.op,
+            row.via,
+            row.p50_us,
+            row.p99_us,
+            x(row.p50_ratio),
+            x(row.p99_ratio),
+            met
+        );
+    }
+    let _ = writeln!(out);
+}
+
 fn markdown(r: &Report, window: Duration) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -1371,6 +1504,7 @@ fn markdown(r: &Report, window: Duration) -> String {
          | {:.2} µs | {:.2} µs | {:.2} µs |\n",
         p.calls, p.no_plugin_us, p.tenant_guard_allow_us, p.tenant_guard_deny_us
     );
+    clients_section(&mut out, r);
     let _ = writeln!(out, "## All measurements\n");
     let _ = writeln!(
         out,
