@@ -10,7 +10,7 @@ root=$(cd "$here/../.." && pwd)
 cd "$here"
 export OUTRIGGER_BIN="${OUTRIGGER_BIN:-$root/target/debug/outrigger}"
 npx tsc --noEmit -p tsconfig.json
-npx biome lint src test
+npx biome lint src test bench.mjs check_readme.mjs
 npx tsc -p tsconfig.json
 node --test test/*.test.mjs
 node check_readme.mjs

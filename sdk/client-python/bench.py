@@ -58,7 +58,9 @@ def main() -> None:
     acquire = r.register_script((SCRIPTS / "lock" / "lock_acquire.lua").read_text())
     release = r.register_script((SCRIPTS / "lock" / "lock_release.lua").read_text())
     ratelimit = SCRIPTS / "ratelimit"
-    gcra = r.register_script((ratelimit / "lib.lua").read_text() + (ratelimit / "gcra.lua").read_text())
+    gcra = r.register_script(
+        (ratelimit / "lib.lua").read_text() + (ratelimit / "gcra.lua").read_text()
+    )
     r.set("pydirect:hit", VALUE)
 
     def direct_lock(i: int) -> None:
@@ -72,11 +74,16 @@ def main() -> None:
         "cache get (miss)": {"direct": lambda i: r.get(f"pydirect:miss:{i}")},
         "lock acquire+release": {"direct": direct_lock},
         "rate-limit check": {
-            "direct": lambda i: gcra(keys=["pydirect:rl:{bench:k}"], args=["0.001000", 1_000_000_000, 1, "0"])
+            "direct": lambda i: gcra(
+                keys=["pydirect:rl:{bench:k}"], args=["0.001000", 1_000_000_000, 1, "0"]
+            )
         },
     }
     run = uuid.uuid4().hex[:8]
-    for via, client in (("client tcp", Client(args.url)), ("client uds", Client(args.url, socket=args.socket))):
+    for via, client in (
+        ("client tcp", Client(args.url)),
+        ("client uds", Client(args.url, socket=args.socket)),
+    ):
         client.set(f"pyhit:{run}", VALUE)
         client.get(f"pyhit:{run}")  # into the near cache
 
@@ -88,8 +95,14 @@ def main() -> None:
         def check(i: int, c: Client = client) -> None:
             assert c.check("bench", f"py:{run}").allowed
 
-        ways["cache get (hit, near cache)"][via] = lambda i, c=client: c.get(f"pyhit:{run}")
-        ways["cache get (miss)"][via] = lambda i, c=client: c.get(f"pymiss:{run}:{i}")
+        def hit(i: int, c: Client = client) -> None:
+            assert c.get(f"pyhit:{run}") is not None
+
+        def miss(i: int, c: Client = client) -> None:
+            assert c.get(f"pymiss:{run}:{i}") is None
+
+        ways["cache get (hit, near cache)"][via] = hit
+        ways["cache get (miss)"][via] = miss
         ways["lock acquire+release"][via] = lock
         ways["rate-limit check"][via] = check
     for op, by_way in ways.items():
@@ -97,7 +110,14 @@ def main() -> None:
         for via, fn in by_way.items():
             samples = measure(args.seconds, fn)
             p50, p99 = quantile(samples, 0.5), quantile(samples, 0.99)
-            row = {"client": "python", "op": op, "via": via, "requests": len(samples), "p50_us": p50, "p99_us": p99}
+            row = {
+                "client": "python",
+                "op": op,
+                "via": via,
+                "requests": len(samples),
+                "p50_us": p50,
+                "p99_us": p99,
+            }
             if direct is None:
                 direct = (p50, p99)
             else:

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +32,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(what: str, ready: callable[[], bool], limit: float = 10.0) -> None:  # type: ignore[valid-type]
+def wait_until(what: str, ready: Callable[[], bool], limit: float = 10.0) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        if ready():  # type: ignore[misc]
+        if ready():
             return
         time.sleep(0.02)
     raise TimeoutError(f"{what} not ready within {limit}s")
