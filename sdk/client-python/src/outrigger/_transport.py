@@ -63,6 +63,77 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+class _Closed(Exception):
+    """The sidecar closed a kept-alive connection before answering."""
+
+
+class _Conn:
+    """One kept-alive connection: a socket and a buffered reader over it.
+    Requests go out in one write; answers are parsed by hand (http.client's
+    header parsing costs more than the sidecar's whole near-cache hit)."""
+
+    def __init__(self, address: Address, timeout: float) -> None:
+        if address.socket_path:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(address.socket_path)
+            except OSError:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection((address.host, address.port), timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.reader = sock.makefile("rb")
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+    def exchange(self, request: bytes) -> tuple[Reply, bool]:
+        self.sock.sendall(request)
+        line = self.reader.readline(65537)
+        if not line:
+            raise _Closed()
+        parts = line.split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+            raise http.client.HTTPException(f"not an HTTP answer: {line[:80]!r}")
+        status = int(parts[1])
+        headers: dict[str, str] = {}
+        while True:
+            line = self.reader.readline(65537)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = self._body(status, headers)
+        return Reply(status, headers, body), headers.get("connection", "").lower() != "close"
+
+    def _body(self, status: int, headers: Mapping[str, str]) -> bytes:
+        if status in (204, 304) or 100 <= status < 200:
+            return b""
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            chunks: list[bytes] = []
+            while True:
+                size = int(self.reader.readline(1026).split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    self.reader.readline(1026)
+                    return b"".join(chunks)
+                chunks.append(self._exactly(size))
+                self.reader.readline(3)
+        length = headers.get("content-length")
+        if length is not None:
+            return self._exactly(int(length))
+        return self.reader.read()
+
+    def _exactly(self, n: int) -> bytes:
+        data = self.reader.read(n)
+        if len(data) != n:
+            raise http.client.IncompleteRead(data, n - len(data))
+        return data
+
+
 class Transport:
     """A pool of kept-alive connections; safe to share between threads."""
 
@@ -72,23 +143,26 @@ class Transport:
         self.headers = dict(headers)
         if address.token:
             self.headers["Authorization"] = f"Bearer {address.token}"
-        self._idle: list[http.client.HTTPConnection] = []
+        host = "localhost" if address.socket_path else f"{address.host}:{address.port}"
+        fixed = {"Host": host, **self.headers}
+        self._fixed = "".join(f"{k}: {v}\r\n" for k, v in fixed.items())
+        self._idle: list[_Conn] = []
         self._lock = threading.Lock()
 
     def _connect(self, timeout: float | None = None) -> http.client.HTTPConnection:
+        """An http.client connection (for streams)."""
         t = self.timeout if timeout is None else timeout
         if self.address.socket_path:
             return _UnixConnection(self.address.socket_path, t)
-        conn = http.client.HTTPConnection(self.address.host, self.address.port, timeout=t)
-        return conn
+        return http.client.HTTPConnection(self.address.host, self.address.port, timeout=t)
 
-    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
+    def _take(self) -> tuple[_Conn, bool]:
         with self._lock:
             if self._idle:
                 return self._idle.pop(), True
-        return self._connect(), False
+        return _Conn(self.address, self.timeout), False
 
-    def _give_back(self, conn: http.client.HTTPConnection) -> None:
+    def _give_back(self, conn: _Conn) -> None:
         with self._lock:
             if len(self._idle) < MAX_IDLE:
                 self._idle.append(conn)
@@ -104,43 +178,47 @@ class Transport:
     def call(self, call: Call[T]) -> T:
         return finish(call, self.send(call))
 
-    def send(self, call: Call[T]) -> Reply:
-        headers = dict(self.headers)
+    def _request(self, call: Call[T]) -> bytes:
+        head = f"{call.method} {call.path} HTTP/1.1\r\n{self._fixed}"
         if call.content_type:
-            headers["Content-Type"] = call.content_type
+            head += f"Content-Type: {call.content_type}\r\n"
+        if call.body is not None or call.method in ("POST", "PUT"):
+            head += f"Content-Length: {len(call.body or b'')}\r\n"
+        return (head + "\r\n").encode("latin-1") + (call.body or b"")
+
+    def send(self, call: Call[T]) -> Reply:
+        request = self._request(call)
         for attempt in (0, 1):
-            conn, reused = self._take()
             try:
-                conn.request(call.method, call.path, body=call.body, headers=headers)
-                resp = conn.getresponse()
-                body = resp.read()
+                conn, reused = self._take()
+            except OSError as err:
+                raise self._unreachable(err) from err
+            try:
+                reply, keep = conn.exchange(request)
             except socket.timeout as err:
                 conn.close()
                 where = self.address.describe()
                 raise Unavailable(
                     f"the sidecar at {where} did not answer within {self.timeout}s"
                 ) from err
-            except (OSError, http.client.HTTPException) as err:
+            except (OSError, _Closed, http.client.HTTPException, ValueError) as err:
                 conn.close()
                 # A kept-alive connection the sidecar closed meanwhile: one
                 # more try on a fresh one, when the call may be repeated (or
-                # certainly was not received: the send itself failed).
-                if (
-                    attempt == 0
-                    and reused
-                    and (call.idempotent or isinstance(err, BrokenPipeError))
-                ):
+                # certainly was not received).
+                received = not isinstance(err, (_Closed, BrokenPipeError))
+                if attempt == 0 and reused and (call.idempotent or not received):
                     continue
-                raise Unavailable(
-                    f"cannot reach the sidecar at {self.address.describe()}: {err}"
-                ) from err
-            reply = Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body)
-            if resp.will_close:
-                conn.close()
-            else:
+                raise self._unreachable(err) from err
+            if keep:
                 self._give_back(conn)
+            else:
+                conn.close()
             return reply
         raise AssertionError("unreachable")
+
+    def _unreachable(self, err: BaseException) -> Unavailable:
+        return Unavailable(f"cannot reach the sidecar at {self.address.describe()}: {err!r}")
 
     def stream(self, path: str, headers: Mapping[str, str]) -> Iterator[str]:
         """The lines of a streaming answer, on a connection of its own, which
