@@ -2,6 +2,7 @@
  * TCP or the sidecar's Unix socket (the fast path), on `node:http` alone. */
 
 import http from "node:http";
+import net from "node:net";
 import { errorFrom, Unavailable } from "./errors.js";
 
 /** Where the sidecar is, from options or the environment. */
@@ -56,9 +57,115 @@ function headersOf(res: http.IncomingMessage): Record<string, string> {
   return out;
 }
 
+/** Connections kept open for reuse, at most. */
+const MAX_IDLE = 16;
+
+/** One kept-alive connection, speaking just enough HTTP/1.1 for the
+ * sidecar's answers (a length, or chunks, or none): node:http's machinery
+ * costs more than the sidecar's whole near-cache hit. */
+class RawConn {
+  readonly #socket: net.Socket;
+  #buf: Buffer = Buffer.alloc(0);
+  #pending: { resolve: (r: { reply: Reply; keep: boolean }) => void; reject: (err: unknown) => void } | undefined;
+  #dead: unknown;
+
+  constructor(address: Address) {
+    this.#socket = address.socketPath ? net.connect(address.socketPath) : net.connect(address.port, address.host);
+    this.#socket.setNoDelay(true);
+    this.#socket.on("data", (chunk: Buffer) => {
+      this.#buf = this.#buf.length ? Buffer.concat([this.#buf, chunk]) : chunk;
+      this.#parse();
+    });
+    const fail = (err: unknown) => {
+      this.#dead ??= err;
+      this.#pending?.reject(err);
+      this.#pending = undefined;
+    };
+    this.#socket.on("error", fail);
+    this.#socket.on("close", () => fail(new Error("the sidecar closed the connection")));
+  }
+
+  close(): void {
+    this.#socket.destroy();
+  }
+
+  /** When the exchange in flight must have been answered (ms since the
+   * epoch); checked by the transport's sweeper, so no request pays for a
+   * timer of its own. */
+  deadline = Number.POSITIVE_INFINITY;
+
+  exchange(request: Buffer, timeoutMs: number): Promise<{ reply: Reply; keep: boolean }> {
+    if (this.#dead) return Promise.reject(new NotSent(this.#dead));
+    return new Promise((resolve, reject) => {
+      this.deadline = Date.now() + timeoutMs;
+      this.#pending = { resolve, reject };
+      this.#socket.write(request);
+    });
+  }
+
+  /** Fails the exchange in flight if its deadline has passed. */
+  expire(now: number): void {
+    if (this.#pending && now >= this.deadline) {
+      const pending = this.#pending;
+      this.#pending = undefined;
+      this.#dead = new TimeoutError();
+      pending.reject(this.#dead);
+    }
+  }
+
+  #parse(): void {
+    const end = this.#buf.indexOf("\r\n\r\n");
+    if (end < 0 || !this.#pending) return;
+    const lines = this.#buf.subarray(0, end).toString("latin1").split("\r\n");
+    const status = Number(lines[0]?.split(" ")[1]);
+    const headers: Record<string, string> = {};
+    for (const line of lines.slice(1)) {
+      const at = line.indexOf(":");
+      if (at > 0) headers[line.slice(0, at).trim().toLowerCase()] = line.slice(at + 1).trim();
+    }
+    const start = end + 4;
+    let body: Buffer;
+    let used: number;
+    if (status === 204 || status === 304 || (status >= 100 && status < 200)) {
+      body = Buffer.alloc(0);
+      used = start;
+    } else if (headers["transfer-encoding"]?.toLowerCase() === "chunked") {
+      const chunks: Buffer[] = [];
+      let at = start;
+      for (;;) {
+        const lineEnd = this.#buf.indexOf("\r\n", at);
+        if (lineEnd < 0) return;
+        const size = Number.parseInt(this.#buf.subarray(at, lineEnd).toString("latin1"), 16);
+        if (size === 0) {
+          if (this.#buf.length < lineEnd + 4) return;
+          used = lineEnd + 4;
+          break;
+        }
+        if (this.#buf.length < lineEnd + 2 + size + 2) return;
+        chunks.push(this.#buf.subarray(lineEnd + 2, lineEnd + 2 + size));
+        at = lineEnd + 2 + size + 2;
+      }
+      body = Buffer.concat(chunks);
+    } else {
+      const length = Number(headers["content-length"] ?? 0);
+      if (this.#buf.length < start + length) return;
+      body = Buffer.from(this.#buf.subarray(start, start + length));
+      used = start + length;
+    }
+    this.#buf = this.#buf.subarray(used);
+    const pending = this.#pending;
+    this.#pending = undefined;
+    this.deadline = Number.POSITIVE_INFINITY;
+    pending.resolve({ reply: { status, headers, body }, keep: headers.connection?.toLowerCase() !== "close" });
+  }
+}
+
 export class Transport {
-  readonly #agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+  readonly #idle: RawConn[] = [];
+  readonly #busy = new Set<RawConn>();
+  #sweeper: NodeJS.Timeout | undefined;
   readonly #headers: Record<string, string>;
+  readonly #fixed: string;
 
   constructor(
     readonly address: Address,
@@ -67,6 +174,10 @@ export class Transport {
   ) {
     this.#headers = { ...headers };
     if (address.token) this.#headers.authorization = `Bearer ${address.token}`;
+    const host = address.socketPath ? "localhost" : `${address.host}:${address.port}`;
+    this.#fixed = Object.entries({ host, ...this.#headers })
+      .map(([k, v]) => `${k}: ${v}\r\n`)
+      .join("");
   }
 
   describe(): string {
@@ -74,7 +185,25 @@ export class Transport {
   }
 
   close(): void {
-    this.#agent.destroy();
+    for (const conn of this.#idle.splice(0)) conn.close();
+    clearInterval(this.#sweeper);
+    this.#sweeper = undefined;
+  }
+
+  /** Expires overdue exchanges, a few times per timeout; runs only while
+   * something is in flight. */
+  #sweep(): void {
+    if (this.#sweeper) return;
+    const every = Math.max(5, Math.min(100, this.timeoutMs / 4));
+    this.#sweeper = setInterval(() => {
+      const now = Date.now();
+      for (const conn of this.#busy) conn.expire(now);
+      if (this.#busy.size === 0) {
+        clearInterval(this.#sweeper);
+        this.#sweeper = undefined;
+      }
+    }, every);
+    this.#sweeper.unref();
   }
 
   async call<T>(call: Call<T>): Promise<T> {
@@ -91,7 +220,7 @@ export class Transport {
     } catch (err) {
       // A kept-alive connection the sidecar closed meanwhile: one more try
       // on a fresh one, when the call may be repeated.
-      if (err instanceof Retryable && call.idempotent) return await this.#once(call);
+      if (err instanceof Retryable && (call.idempotent || err.cause instanceof NotSent)) return await this.#once(call);
       if (err instanceof Retryable) throw this.#unreachable(err.cause);
       throw err;
     }
@@ -102,7 +231,6 @@ export class Transport {
     return {
       method,
       path,
-      agent: this.#agent,
       headers: { ...this.#headers, ...extra },
       ...(a.socketPath ? { socketPath: a.socketPath } : { host: a.host, port: a.port }),
     };
@@ -113,32 +241,32 @@ export class Transport {
   }
 
   #once<T>(call: Call<T>): Promise<Reply> {
-    const extra: Record<string, string> = {};
-    if (call.contentType) extra["content-type"] = call.contentType;
-    if (call.body) extra["content-length"] = String(call.body.length);
-    return new Promise((resolve, reject) => {
-      const req = http.request(this.#options(call.method, call.path, extra), (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () =>
-          resolve({ status: res.statusCode ?? 0, headers: headersOf(res), body: Buffer.concat(chunks) }),
-        );
-        res.on("error", (err) => reject(this.#unreachable(err)));
-      });
-      req.setTimeout(this.timeoutMs, () => {
-        req.destroy(new TimeoutError());
-      });
-      req.on("error", (err) => {
+    let head = `${call.method} ${call.path} HTTP/1.1\r\n${this.#fixed}`;
+    if (call.contentType) head += `content-type: ${call.contentType}\r\n`;
+    if (call.body || call.method === "POST" || call.method === "PUT") head += `content-length: ${call.body?.length ?? 0}\r\n`;
+    const request = call.body ? Buffer.concat([Buffer.from(`${head}\r\n`, "latin1"), call.body]) : Buffer.from(`${head}\r\n`, "latin1");
+    const reused = this.#idle.length > 0;
+    const conn = this.#idle.pop() ?? new RawConn(this.address);
+    this.#busy.add(conn);
+    this.#sweep();
+    return conn.exchange(request, this.timeoutMs).then(
+      ({ reply, keep }) => {
+        this.#busy.delete(conn);
+        if (keep && this.#idle.length < MAX_IDLE) this.#idle.push(conn);
+        else conn.close();
+        return reply;
+      },
+      (err: unknown) => {
+        this.#busy.delete(conn);
+        conn.close();
         if (err instanceof TimeoutError) {
-          reject(new Unavailable(`the sidecar at ${this.describe()} did not answer within ${this.timeoutMs} ms`));
-        } else if (req.reusedSocket && (err as NodeJS.ErrnoException).code === "ECONNRESET") {
-          reject(new Retryable(err));
-        } else {
-          reject(this.#unreachable(err));
+          throw new Unavailable(`the sidecar at ${this.describe()} did not answer within ${this.timeoutMs} ms`);
         }
-      });
-      req.end(call.body);
-    });
+        // A kept-alive connection the sidecar closed meanwhile.
+        if (reused) throw new Retryable(err);
+        throw this.#unreachable(err);
+      },
+    );
   }
 
   /** The lines of a streaming answer, on a connection of its own (closed
@@ -183,6 +311,13 @@ export class Transport {
 }
 
 class TimeoutError extends Error {}
+
+/** The connection was gone before the request was written. */
+class NotSent extends Error {
+  constructor(override readonly cause: unknown) {
+    super(String(cause));
+  }
+}
 
 class Retryable extends Error {
   constructor(override readonly cause: unknown) {
