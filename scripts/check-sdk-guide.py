@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs the plugin guide in sdk/README.md as written.
+"""Runs the plugin guide in sdk/plugin-rust/README.md as written.
 
 In a fresh directory (with `outrigger` linked to this checkout, standing in
 for the guide's `git clone`), in order:
@@ -22,7 +22,7 @@ import time
 import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-README = os.path.join(ROOT, "sdk", "README.md")
+README = os.path.join(ROOT, "sdk", "plugin-rust", "README.md")
 PORT = 7480
 
 
