@@ -709,10 +709,12 @@ export class Client {
 
   /** `for await (const msg of client.subscribe(channel))`: messages as they
    * come (`after`: durable messages after that offset first). A dropped
-   * connection is reopened from the last durable offset seen, so no durable
-   * message is missed or repeated; live-only ones published meanwhile are.
-   * Ends when `signal` aborts (or the loop breaks). */
-  async *subscribe(channel: string, options: { after?: string; signal?: AbortSignal } = {}): AsyncGenerator<Message> {
+   * connection is reopened: with `durable` (the default) after the last
+   * durable offset seen, so no durable message is missed or repeated
+   * (live-only ones published meanwhile are); with `durable: false`, live
+   * from the reconnection on. Ends when `signal` aborts (or the loop
+   * breaks). */
+  async *subscribe(channel: string, options: { after?: string; durable?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<Message> {
     let last = options.after;
     let backoff = 50;
     while (!options.signal?.aborted) {
@@ -736,6 +738,7 @@ export class Client {
       } catch (err) {
         if (!(err instanceof Unavailable)) throw err;
       }
+      if (options.durable === false) last = undefined;
       await sleep(backoff);
       backoff = Math.min(backoff * 2, 2_000);
     }

@@ -285,6 +285,55 @@ test("a subscription survives a sidecar restart, no message lost or repeated", a
   assert.deepEqual(got, ["m1", "m2", "m3", "m4"]);
 });
 
+for (const durable of [true, false]) {
+  test(`a reconnected subscription ${durable ? "resumes" : "does not replay"} (durable: ${durable})`, async (t) => {
+    // While the subscriber's sidecar is down, another publishes m2.
+    let sidecar = await startSidecar({ redis });
+    const namespace = `node-durable-${process.pid}-${durable}`;
+    await sidecar.stop();
+    const port = Number(sidecar.url.split(":").at(-1));
+    sidecar = await startSidecar({ redis, port, env: { OUTRIGGER_NAMESPACE: namespace } });
+    const other = await startSidecar({ redis, env: { OUTRIGGER_NAMESPACE: namespace } });
+    const publisher = new Client({ url: other.url });
+    const subscriber = new Client({ url: sidecar.url });
+    const channel = unique(t.name);
+    try {
+      const first = await publisher.publish(channel, "m0", { durable: true });
+      await publisher.publish(channel, "m1", { durable: true });
+      const messages = subscriber.subscribe(channel, { after: first, durable });
+      assert.equal((await messages.next()).value.payload.toString(), "m1");
+      await sidecar.stop();
+      await publisher.publish(channel, "m2", { durable: true });
+      sidecar = await startSidecar({ redis, port, env: { OUTRIGGER_NAMESPACE: namespace } });
+      const received = [];
+      const reading = (async () => {
+        for (;;) {
+          const payload = (await messages.next()).value.payload.toString();
+          received.push(payload);
+          if (payload === "live") return;
+        }
+      })();
+      let done = false;
+      reading.then(() => {
+        done = true;
+      });
+      const deadline = Date.now() + 10_000;
+      while (!done && Date.now() < deadline) {
+        await publisher.publish(channel, "live", { durable: true });
+        await sleep(200);
+      }
+      await reading;
+      await messages.return();
+      assert.equal(received.includes("m2"), durable, JSON.stringify(received));
+    } finally {
+      publisher.close();
+      subscriber.close();
+      await sidecar.stop();
+      await other.stop();
+    }
+  });
+}
+
 test("an unreachable sidecar is Unavailable within the timeout", async () => {
   const port = await freePort();
   const client = new Client({ url: `http://127.0.0.1:${port}`, timeoutMs: 1000 });

@@ -300,3 +300,43 @@ def test_a_subscription_survives_a_sidecar_restart(redis: Redis, unique: str) ->
     finally:
         sidecar.stop()
     assert received == [b"m1", b"m2", b"m3", b"m4"]
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_a_reconnected_subscription_resumes_only_when_durable(
+    redis: Redis, unique: str, durable: bool
+) -> None:
+    """While the subscriber's sidecar is down, another publishes m2: a
+    durable subscription replays it on reconnecting, a live one does not."""
+    sidecar = start_sidecar(redis)
+    namespace = sidecar.env["OUTRIGGER_NAMESPACE"]
+    other = start_sidecar(redis, OUTRIGGER_NAMESPACE=namespace)
+    try:
+        first = Client(other.url).publish(unique, "m0", durable=True)
+        Client(other.url).publish(unique, "m1", durable=True)
+        messages = Client(sidecar.url).subscribe(unique, after=first, durable=durable)
+        assert next(messages).payload == b"m1"
+        port = int(sidecar.url.rsplit(":", 1)[1])
+        env = {k: v for k, v in sidecar.env.items() if k.startswith("OUTRIGGER_")}
+        sidecar.stop()
+        Client(other.url).publish(unique, "m2", durable=True)
+        sidecar = start_sidecar(None, port, **env)
+        received: list[bytes] = []
+
+        def read() -> None:
+            for message in messages:
+                received.append(message.payload)
+                if message.payload == b"live":
+                    return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 10
+        while reader.is_alive() and time.monotonic() < deadline:
+            Client(other.url).publish(unique, "live", durable=True)
+            reader.join(0.2)
+        assert received[-1] == b"live"
+        assert (b"m2" in received) is durable, received
+    finally:
+        sidecar.stop()
+        other.stop()

@@ -316,7 +316,12 @@ class AsyncClient:
         return await self._call(w.publish(channel, payload, durable))
 
     async def subscribe(
-        self, channel: str, *, after: str | None = None, reconnect: bool = True
+        self,
+        channel: str,
+        *,
+        after: str | None = None,
+        durable: bool = True,
+        reconnect: bool = True,
     ) -> AsyncIterator[Message]:
         """`async for msg in client.subscribe(...)`; see `Client.subscribe`."""
         last = after
@@ -344,6 +349,8 @@ class AsyncClient:
                     raise
             if not reconnect:
                 return
+            if not durable:
+                last = None
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 

@@ -365,12 +365,19 @@ class Client:
         return self._call(w.publish(channel, payload, durable))
 
     def subscribe(
-        self, channel: str, *, after: str | None = None, reconnect: bool = True
+        self,
+        channel: str,
+        *,
+        after: str | None = None,
+        durable: bool = True,
+        reconnect: bool = True,
     ) -> Iterator[Message]:
         """Messages of `channel` as they come (`after`: durable messages
-        after that offset first). A dropped connection is reopened from the
-        last durable offset seen (with `reconnect`), so no durable message
-        is missed or repeated; live-only messages published meanwhile are."""
+        after that offset first). A dropped connection is reopened (with
+        `reconnect`): `durable` resumes after the last durable offset seen,
+        so no durable message is missed or repeated (live-only messages
+        published meanwhile are); without it, the subscription picks up live
+        from the reconnection on."""
         last = after
         backoff = 0.05
         while True:
@@ -398,6 +405,8 @@ class Client:
                     raise
             if not reconnect:
                 return
+            if not durable:
+                last = None
             time.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
