@@ -8,7 +8,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 "$root/scripts/install-test-deps.sh" --tools >/dev/null
 cd "$here"
-export OUTRIGGER_BIN="${OUTRIGGER_BIN:-$root/target/debug/outrigger}"
+if [ -z "${OUTRIGGER_BIN:-}" ]; then
+  (cd "$root" && cargo build -q -p outrigger)   # reuses the test build's dependencies
+  export OUTRIGGER_BIN="$root/target/debug/outrigger"
+fi
 npx tsc --noEmit -p tsconfig.json
 npx biome lint src test bench.mjs check_readme.mjs
 npx tsc -p tsconfig.json

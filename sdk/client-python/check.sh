@@ -12,6 +12,10 @@ cd "$here"
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
 "$venv/bin/mypy"
+if [ -z "${OUTRIGGER_BIN:-}" ]; then
+  (cd "$root" && cargo build -q -p outrigger)   # reuses the test build's dependencies
+  export OUTRIGGER_BIN="$root/target/debug/outrigger"
+fi
 dist=$(mktemp -d)
 trap 'rm -rf "$dist"' EXIT
 "$venv/bin/python" -m build --no-isolation --outdir "$dist" . >"$dist/build.log" 2>&1 \
@@ -19,8 +23,6 @@ trap 'rm -rf "$dist"' EXIT
 "$venv/bin/pip" install --quiet --force-reinstall --no-deps "$dist"/outrigger-*.whl
 # The tests import the installed package, not the source tree.
 cd "$dist"
-OUTRIGGER_BIN="${OUTRIGGER_BIN:-$root/target/debug/outrigger}" \
-  "$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/tests"
+"$venv/bin/python" -m pytest -q -p no:cacheprovider "$here/tests"
 # The README's tour, as written.
-OUTRIGGER_BIN="${OUTRIGGER_BIN:-$root/target/debug/outrigger}" \
-  "$venv/bin/python" "$here/check_readme.py"
+"$venv/bin/python" "$here/check_readme.py"
