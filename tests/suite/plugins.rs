@@ -762,11 +762,15 @@ async fn hot_reload_swaps_behaviour_under_load_without_failing_a_request() {
         std::fs::rename(&tmp, &file).unwrap();
     };
     install(&plugin_wasm("tenant_guard"));
+    // A generous budget: this is about the swap, and the suite runs beside
+    // hundreds of other cases on two cores, where a call descheduled past
+    // the default's 50 ms wall-clock cap fails closed (the budget has its
+    // own cases).
     let s = Arc::new(
         start(
             dir.path(),
             &format!(
-                "[[plugins]]\nname = \"policy\"\npath = \"{}\"\nprimitives = [\"cache\"]\n",
+                "[[plugins]]\nname = \"policy\"\npath = \"{}\"\nprimitives = [\"cache\"]\nbudget = \"50ms\"\n",
                 file.display()
             ),
         )
