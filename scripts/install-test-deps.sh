@@ -4,6 +4,8 @@
 #
 #   scripts/install-test-deps.sh           what building and the Rust tests need:
 #     redis-server, redis-cli               the tests start their own servers on free ports
+#     node, npm, python3 (venv), curl,      the clients, examples and scripts after the
+#     openssl, unzip                        Rust tests (apt, when missing)
 #     rustfmt, clippy                       the lint step
 #     the wasm32-wasip2 target              the plugins are built to it
 #   scripts/install-test-deps.sh --tools   what the scripts after them need:
@@ -13,6 +15,7 @@
 #     .tools/venv-client-python             pytest, mypy, ruff, build (sdk/client-python)
 #     examples/node/node_modules            @grpc/grpc-js (examples/node)
 #     sdk/client-node/node_modules          typescript, biome, express, fastify (sdk/client-node)
+#     sdk/socketio-adapter/node_modules     socket.io, socket.io-client, the Redis adapter (sdk/socketio-adapter)
 #
 # scripts/test.sh runs the second while the workspace compiles; the scripts
 # that need those tools run it too (it only checks once they are there).
@@ -40,7 +43,7 @@ if [ "${1:-}" = "--tools" ]; then
   venv .tools/venv scripts/requirements-chart.txt kubernetes_validate
   venv .tools/venv-examples-python examples/python/requirements.txt grpc_tools
   venv .tools/venv-client-python sdk/client-python/requirements-test.txt hatchling
-  for dir in examples/node sdk/client-node; do
+  for dir in examples/node sdk/client-node sdk/socketio-adapter; do
     cmp -s "$dir/package-lock.json" "$dir/node_modules/.installed-lock.json" \
       || (cd "$dir" && npm ci --silent --no-audit --no-fund \
         && cp package-lock.json node_modules/.installed-lock.json)
@@ -53,6 +56,11 @@ fi
 missing=()
 command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing+=(redis-server redis-tools)
 command -v unzip >/dev/null || missing+=(unzip) # scripts/install-helm.sh
+command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm) # clients, examples
+command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv) # the tools' virtualenvs
+command -v curl >/dev/null || missing+=(curl)
+command -v openssl >/dev/null || missing+=(openssl) # the TLS tests' certificates
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (apt)"
   as_root apt-get update -qq
@@ -66,9 +74,5 @@ if command -v rustup >/dev/null; then
   done
   rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 fi
-
-for tool in node npm python3 curl openssl; do
-  command -v "$tool" >/dev/null || echo "warning: $tool is missing: the examples, chart checks and TLS tests need it" >&2
-done
 
 echo "test prerequisites: $(redis-server --version | cut -d' ' -f1-3), $(cargo --version)"

@@ -2,7 +2,7 @@
 
 import { AsyncLocalStorage } from "node:async_hooks";
 import { Conflict, LockLost, OutriggerError, RateLimited, Unavailable } from "./errors.js";
-import { type Call, type Reply, resolveAddress, Transport } from "./transport.js";
+import { Aborted, type Call, type Reply, resolveAddress, Transport } from "./transport.js";
 
 export type Bytes = string | Uint8Array;
 
@@ -711,17 +711,23 @@ export class Client {
    * come (`after`: durable messages after that offset first). A dropped
    * connection is reopened: with `durable` (the default) after the last
    * durable offset seen, so no durable message is missed or repeated
-   * (live-only ones published meanwhile are); with `durable: false`, live
-   * from the reconnection on. Ends when `signal` aborts (or the loop
-   * breaks). */
-  async *subscribe(channel: string, options: { after?: string; durable?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<Message> {
+   * (live-only ones published meanwhile are), and the same when the sidecar
+   * reports this subscriber fell behind (`lagged`); with `durable: false`,
+   * live from the reconnection on. `onOpen` is called each time the sidecar
+   * has subscribed (from then on everything published arrives). Ends when
+   * `signal` aborts (at once, the connection closed) or the loop breaks. */
+  async *subscribe(
+    channel: string,
+    options: { after?: string; durable?: boolean; signal?: AbortSignal; onOpen?: () => void } = {},
+  ): AsyncGenerator<Message> {
+    const { signal } = options;
     let last = options.after;
     let backoff = 50;
-    while (!options.signal?.aborted) {
+    while (!signal?.aborted) {
       try {
         const parser = new SseParser();
-        for await (const line of this.#t.stream(`/v1/pubsub/${seg(channel)}${query({ from: last })}`, { accept: "text/event-stream" })) {
-          if (options.signal?.aborted) return;
+        const path = `/v1/pubsub/${seg(channel)}${query({ from: last })}`;
+        for await (const line of this.#t.stream(path, { accept: "text/event-stream" }, signal, options.onOpen)) {
           const event = parser.feed(line);
           if (!event) continue;
           backoff = 50;
@@ -731,13 +737,17 @@ export class Client {
             if (body.offset) last = body.offset;
             const payload = "payload" in body ? Buffer.from(body.payload, "utf8") : Buffer.from(body.payload_base64 ?? "", "base64");
             yield { channel: body.channel, payload, offset: body.offset ?? undefined, headers: body.headers ?? {} };
+          } else if (kind === "lagged" && options.durable !== false && last !== undefined) {
+            break; // catch up from the stream, after the last offset seen
           } else if (kind === "error") {
             throw new OutriggerError(body.message ?? data);
           }
         }
       } catch (err) {
+        if (err instanceof Aborted) return;
         if (!(err instanceof Unavailable)) throw err;
       }
+      if (signal?.aborted) return;
       if (options.durable === false) last = undefined;
       await sleep(backoff);
       backoff = Math.min(backoff * 2, 2_000);

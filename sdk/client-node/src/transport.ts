@@ -57,6 +57,9 @@ function headersOf(res: http.IncomingMessage): Record<string, string> {
   return out;
 }
 
+/** A stream ended by its caller's `AbortSignal`. */
+export class Aborted extends Error {}
+
 /** Connections kept open for reuse, at most. */
 const MAX_IDLE = 16;
 
@@ -270,16 +273,17 @@ export class Transport {
   }
 
   /** The lines of a streaming answer, on a connection of its own (closed
-   * when the iteration ends). A non-2xx answer rejects. Reads wait out the
+   * when the iteration ends or `signal` aborts; `onOpen` is called on a 2xx
+   * answer's head). A non-2xx answer rejects. Reads wait out the
    * sidecar's keep-alive comments (every 15 s); a connection silent for
    * three of them is dead. */
-  async *stream(path: string, headers: Record<string, string>): AsyncGenerator<string> {
+  async *stream(path: string, headers: Record<string, string>, signal?: AbortSignal, onOpen?: () => void): AsyncGenerator<string> {
     const silentMs = Math.max(this.timeoutMs, 45_000);
-    const options = { ...this.#options("GET", path, headers), agent: false as const };
+    const options = { ...this.#options("GET", path, headers), agent: false as const, signal };
     const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
       const req = http.request(options, resolve);
       req.setTimeout(this.timeoutMs, () => req.destroy(new TimeoutError()));
-      req.on("error", (err) => reject(this.#unreachable(err)));
+      req.on("error", (err) => reject(signal?.aborted ? new Aborted() : this.#unreachable(err)));
       req.end();
     });
     try {
@@ -289,6 +293,7 @@ export class Transport {
         throw errorFrom(res.statusCode ?? 0, headersOf(res), Buffer.concat(chunks));
       }
       res.socket.setTimeout(silentMs, () => res.destroy(new TimeoutError()));
+      onOpen?.();
       let pending = "";
       try {
         for await (const chunk of res) {
@@ -301,6 +306,7 @@ export class Transport {
           }
         }
       } catch (err) {
+        if (signal?.aborted) throw new Aborted();
         throw new Unavailable(`the stream from ${this.describe()} broke: ${String(err)}`);
       }
       throw new Unavailable(`the sidecar at ${this.describe()} ended the stream`);

@@ -334,6 +334,58 @@ for (const durable of [true, false]) {
   });
 }
 
+test("onOpen says when the subscription is live; aborting ends it at once", async (t) => {
+  const sidecar = await startSidecar({ redis });
+  const client = new Client({ url: sidecar.url });
+  const channel = unique(t.name);
+  const control = new AbortController();
+  try {
+    let opened;
+    const open = new Promise((r) => {
+      opened = r;
+    });
+    const messages = client.subscribe(channel, { signal: control.signal, onOpen: () => opened() });
+    const first = messages.next();
+    await open; // no message yet: the answer's head alone
+    await client.publish(channel, "live-only");
+    assert.equal((await first).value.payload.toString(), "live-only");
+    const pending = messages.next();
+    const started = Date.now();
+    control.abort();
+    assert.equal((await pending).done, true);
+    assert.ok(Date.now() - started < 1000, "ended by the abort, not by a keep-alive");
+  } finally {
+    client.close();
+    await sidecar.stop();
+  }
+});
+
+test("a subscriber that falls behind catches up from the stream (durable)", { timeout: 20_000 }, async (t) => {
+  // Four messages of buffer: a reader that stops reading is told `lagged`
+  // by the sidecar; the client reopens after its last offset.
+  const sidecar = await startSidecar({ redis, env: { OUTRIGGER_PUBSUB__SUBSCRIBER_BUFFER: "4" } });
+  const client = new Client({ url: sidecar.url });
+  const channel = unique(t.name);
+  try {
+    let opened;
+    const open = new Promise((r) => {
+      opened = r;
+    });
+    const messages = client.subscribe(channel, { onOpen: () => opened() });
+    const first = messages.next();
+    await open;
+    const big = "x".repeat(64 * 1024);
+    for (let i = 0; i < 200; i++) await client.publish(channel, `${i}:${big}`, { durable: true });
+    const got = [(await first).value.payload.toString().split(":")[0]];
+    while (got.length < 200) got.push((await messages.next()).value.payload.toString().split(":")[0]);
+    await messages.return();
+    assert.deepEqual(got, Array.from({ length: 200 }, (_, i) => String(i)));
+  } finally {
+    client.close();
+    await sidecar.stop();
+  }
+});
+
 test("an unreachable sidecar is Unavailable within the timeout", async () => {
   const port = await freePort();
   const client = new Client({ url: `http://127.0.0.1:${port}`, timeoutMs: 1000 });

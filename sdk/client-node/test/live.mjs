@@ -32,15 +32,17 @@ async function waitFor(what, ready, limitMs = 10_000) {
   throw new Error(`${what} not ready within ${limitMs} ms`);
 }
 
-export async function startRedis() {
-  const port = await freePort();
+/** A `redis-server` without persistence; `{ port }` starts one again where
+ * a stopped one was. */
+export async function startRedis({ port } = {}) {
+  port = port ?? (await freePort());
   const proc = spawn("redis-server", ["--port", String(port), "--save", "", "--appendonly", "no"], { stdio: "ignore" });
   await waitFor("redis-server", () => new Promise((resolve) => {
     const s = net.connect(port, "127.0.0.1", () => s.write("PING\r\n"));
     s.on("data", (d) => { s.destroy(); resolve(d.toString().startsWith("+PONG")); });
     s.on("error", () => resolve(false));
   }));
-  return { url: `redis://127.0.0.1:${port}`, stop: () => proc.kill("SIGKILL") };
+  return { url: `redis://127.0.0.1:${port}`, port, stop: () => proc.kill("SIGKILL") };
 }
 
 export async function startSidecar({ redis, port, env = {} } = {}) {
