@@ -340,3 +340,42 @@ def test_a_reconnected_subscription_resumes_only_when_durable(
     finally:
         sidecar.stop()
         other.stop()
+
+
+def test_a_durable_subscriber_that_falls_behind_catches_up(redis: Redis, unique: str) -> None:
+    """With four messages of buffer a reader that stops reading is told
+    `lagged`; the subscription reopens after its last offset, so every
+    durable message arrives, once, in order."""
+    sidecar = start_sidecar(redis, OUTRIGGER_PUBSUB__SUBSCRIBER_BUFFER="4")
+    client = sidecar.client()
+    try:
+        messages = client.subscribe(unique)
+        live = threading.Event()
+
+        def ping() -> None:  # until the subscription is live
+            while not live.wait(0.05):
+                client.publish(unique, "ping", durable=True)
+
+        pinger = threading.Thread(target=ping)
+        pinger.start()
+        assert next(messages).payload == b"ping"
+        live.set()
+        pinger.join()
+        big = "x" * 64 * 1024
+        for i in range(200):
+            client.publish(unique, f"{i}:{big}", durable=True)
+        got: list[str] = []
+
+        def read() -> None:
+            while len(got) < 200:
+                payload = next(messages).payload.decode()
+                if payload != "ping":
+                    got.append(payload.split(":")[0])
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(20)  # bounded: without the catch-up it waits for ever
+        assert got == [str(i) for i in range(200)]
+    finally:
+        client.close()
+        sidecar.stop()

@@ -4,7 +4,7 @@ connections over TCP or the Unix socket, from the standard library only."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import TypeVar
 
 from ._transport import MAX_IDLE, Address
@@ -151,7 +151,7 @@ class AsyncTransport:
         keep = headers.get("connection", "").lower() != "close"
         return Reply(status, headers, body), keep
 
-    async def stream(self, path: str, headers: Mapping[str, str]) -> AsyncIterator[str]:
+    async def stream(self, path: str, headers: Mapping[str, str]) -> AsyncGenerator[str, None]:
         """The lines of a streaming answer, on a connection of its own. A
         non-2xx answer is raised. Reads wait out the sidecar's keep-alive
         comments (every 15 s); a connection silent for three is dead."""

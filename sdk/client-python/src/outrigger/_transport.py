@@ -8,7 +8,7 @@ import http.client
 import os
 import socket
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -220,7 +220,7 @@ class Transport:
     def _unreachable(self, err: BaseException) -> Unavailable:
         return Unavailable(f"cannot reach the sidecar at {self.address.describe()}: {err!r}")
 
-    def stream(self, path: str, headers: Mapping[str, str]) -> Iterator[str]:
+    def stream(self, path: str, headers: Mapping[str, str]) -> Generator[str, None, None]:
         """The lines of a streaming answer, on a connection of its own, which
         the iterator closes when it is closed. A non-2xx answer is raised."""
         # Reads wait out the sidecar's keep-alive comments (every 15 s); a
@@ -242,7 +242,9 @@ class Transport:
         return _lines(conn, resp)
 
 
-def _lines(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> Iterator[str]:
+def _lines(
+    conn: http.client.HTTPConnection, resp: http.client.HTTPResponse
+) -> Generator[str, None, None]:
     try:
         while True:
             line = resp.readline()

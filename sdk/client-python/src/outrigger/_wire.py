@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, TypeVar, Union
 from urllib.parse import quote, urlencode
 
-from .errors import RateLimited, error_from
+from .errors import OutriggerError, RateLimited, error_from
 
 T = TypeVar("T")
 
@@ -655,10 +655,22 @@ def subscribe_path(channel: str, after: str | None) -> str:
     return f"/v1/pubsub/{seg(channel)}" + query(**{"from": after})
 
 
-def message(data: str) -> Message | None:
-    """A `message` event's data; None for anything else."""
+class Lagged:
+    """The sidecar's word that this subscriber fell behind and missed some."""
+
+
+LAGGED = Lagged()
+
+
+def sse_event(kind: str, data: str) -> Message | Lagged | None:
+    """A subscription's event: a message, `LAGGED`, or None for anything
+    else; an `error` event is raised."""
     body = json.loads(data)
-    if body.get("type") != "message":
+    if kind == "error":
+        raise OutriggerError(body.get("message", data))
+    if kind == "lagged":
+        return LAGGED
+    if kind != "message" or body.get("type") != "message":
         return None
     payload = (
         str(body["payload"]).encode()

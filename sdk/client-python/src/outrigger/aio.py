@@ -330,20 +330,22 @@ class AsyncClient:
         while True:
             try:
                 parser = w.SseParser()
-                async for line in self._transport.stream(w.subscribe_path(channel, last), accept):
-                    event = parser.feed(line)
-                    if event is None:
-                        continue
-                    backoff = 0.05
-                    kind, data = event
-                    if kind == "message":
-                        msg = w.message(data)
-                        if msg is not None:
-                            if msg.offset:
-                                last = msg.offset
-                            yield msg
-                    elif kind == "error":
-                        raise OutriggerError(json.loads(data).get("message", data))
+                lines = self._transport.stream(w.subscribe_path(channel, last), accept)
+                try:
+                    async for line in lines:
+                        event = parser.feed(line)
+                        if event is None:
+                            continue
+                        backoff = 0.05
+                        got = w.sse_event(*event)
+                        if isinstance(got, w.Message):
+                            if got.offset:
+                                last = got.offset
+                            yield got
+                        elif got is w.LAGGED and durable and last is not None:
+                            break  # catch up from the stream, after the last offset seen
+                finally:
+                    await lines.aclose()
             except (Unavailable, OSError):
                 if not reconnect:
                     raise

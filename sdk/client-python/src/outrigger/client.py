@@ -376,8 +376,9 @@ class Client:
         after that offset first). A dropped connection is reopened (with
         `reconnect`): `durable` resumes after the last durable offset seen,
         so no durable message is missed or repeated (live-only messages
-        published meanwhile are); without it, the subscription picks up live
-        from the reconnection on."""
+        published meanwhile are), and the same when the sidecar reports
+        this subscriber fell behind (`lagged`); without it, the subscription
+        picks up live from the reconnection on."""
         last = after
         backoff = 0.05
         while True:
@@ -386,20 +387,21 @@ class Client:
                     w.subscribe_path(channel, last), {"Accept": "text/event-stream"}
                 )
                 parser = w.SseParser()
-                for line in lines:
-                    event = parser.feed(line)
-                    if event is None:
-                        continue
-                    backoff = 0.05
-                    kind, data = event
-                    if kind == "message":
-                        msg = w.message(data)
-                        if msg is not None:
-                            if msg.offset:
-                                last = msg.offset
-                            yield msg
-                    elif kind == "error":
-                        raise OutriggerError(json.loads(data).get("message", data))
+                try:
+                    for line in lines:
+                        event = parser.feed(line)
+                        if event is None:
+                            continue
+                        backoff = 0.05
+                        got = w.sse_event(*event)
+                        if isinstance(got, w.Message):
+                            if got.offset:
+                                last = got.offset
+                            yield got
+                        elif got is w.LAGGED and durable and last is not None:
+                            break  # catch up from the stream, after the last offset seen
+                finally:
+                    lines.close()
             except (Unavailable, OSError):
                 if not reconnect:
                     raise
