@@ -24,9 +24,9 @@ secs=()
 report() {
   local rc=$?
   if [ ${#names[@]} -gt 0 ]; then
-    printf '\n%-38s %8s\n' "step" "seconds"
-    for i in "${!names[@]}"; do printf '%-38s %8s\n' "${names[$i]}" "${secs[$i]}"; done
-    printf '%-38s %8s\n' "total" "$((SECONDS - started))"
+    printf '\n%-56s %8s\n' "step" "seconds"
+    for i in "${!names[@]}"; do printf '%-56s %8s\n' "${names[$i]}" "${secs[$i]}"; done
+    printf '%-56s %8s\n' "total" "$((SECONDS - started))"
   fi
   rm -rf "$logs"
   exit $rc
@@ -101,9 +101,9 @@ start "sdk guide" scripts/check-sdk-guide.py
 start "contract fuzzing" scripts/fuzz-contract.sh
 start "chart" scripts/check-chart.sh
 start "python client" sdk/client-python/check.sh
-# The Node example and the bench's Node rows use the Node client as built
-# by its check.
-start "node client, examples, bench --quick" \
-  bash -c 'sdk/client-node/check.sh && examples/run.sh && scripts/bench.sh --quick'
+# The Socket.IO adapter, the Node examples and the bench's Node rows use
+# the Node client and the adapter as built by their checks.
+start "node client, socket.io adapter, examples, bench --quick" \
+  bash -c 'sdk/client-node/check.sh && sdk/socketio-adapter/check.sh && examples/run.sh && scripts/bench.sh --quick'
 finish "sdk guide" "contract fuzzing" "chart" "python client" \
-  "node client, examples, bench --quick"
+  "node client, socket.io adapter, examples, bench --quick"

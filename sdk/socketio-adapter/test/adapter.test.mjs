@@ -346,7 +346,7 @@ test("a server killed with SIGKILL is noticed within the heartbeat timeout", asy
   }
 });
 
-test("Redis down: each instance serves its own; across instances resumes when it returns", async () => {
+test("Redis down: each instance serves its own; across instances resumes when it returns, with what was said meanwhile", async () => {
   redis.stop();
   const t = ++tag;
   servers[0].io.emit("msg", "while-down", t);
@@ -360,6 +360,8 @@ test("Redis down: each instance serves its own; across instances resumes when it
 
   redis = await startRedis({ port: redis.port });
   await clustered(servers);
+  // What A broadcast meanwhile was kept by its sidecar and now arrives.
+  await waitFor("the outage's broadcast", () => [b1, c1].every((c) => c.got.some(([k, mt]) => k === "while-down" && mt === t)));
   const after = ++tag;
   for (let k = 0; k < 20; k++) servers[0].io.emit("msg", "seq", after, 0, k);
   const got = await round(after);
