@@ -3,7 +3,8 @@
 #
 #   scripts/bench.sh            release build; regenerates BENCHMARKS.md and
 #                               target/bench.json (about 5 minutes of runs),
-#                               the Python and Node clients' rows included
+#                               the Python and Node clients' rows and the
+#                               Socket.IO adapter's included
 #   scripts/bench.sh --quick    smoke test for CI: debug build, tiny windows,
 #                               every cell exercised and checked, no timing;
 #                               writes target/bench-quick.{md,json}
@@ -16,6 +17,7 @@ scripts/install-test-deps.sh
 scripts/install-test-deps.sh --tools >/dev/null   # the client libraries' benches
 scripts/build-plugins.sh >/dev/null   # the plugin-call cost runs tenant-guard
 (cd sdk/client-node && npx tsc -p tsconfig.json)   # its bench runs the built client
+(cd sdk/socketio-adapter && npx tsc -p tsconfig.json)   # and the adapter's, the built adapter
 
 if [ "${1:-}" = "--quick" ]; then
   shift

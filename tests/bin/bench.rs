@@ -92,6 +92,63 @@ struct Report {
     rows: Vec<Row>,
     /// The client libraries next to redis-py and ioredis.
     clients: Vec<ClientRow>,
+    /// The Socket.IO adapter next to `@socket.io/redis-adapter`.
+    socketio: Vec<SocketIoRow>,
+}
+
+/// A room broadcast from one Socket.IO instance reaching a client on
+/// another, as `sdk/socketio-adapter/bench.mjs` reports it per adapter.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct SocketIoRow {
+    adapter: String,
+    samples: u64,
+    p50_us: f64,
+    p99_us: f64,
+    delivered: u64,
+    packets_per_s: f64,
+}
+
+/// Runs the Socket.IO adapter's benchmark on this run's Redis, with
+/// sidecars of its own from the same binary.
+fn socketio_rows(
+    binary: &std::path::Path,
+    redis: &RedisServer,
+    quick: bool,
+) -> Result<Vec<SocketIoRow>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = std::process::Command::new("node")
+        .arg(root.join("sdk/socketio-adapter/bench.mjs"))
+        .arg("--bin")
+        .arg(std::fs::canonicalize(binary)?)
+        .args(["--redis", &format!("redis://127.0.0.1:{}", redis.port)])
+        .args(["--seconds", if quick { "0.1" } else { "3" }])
+        .output()
+        .context("running the Socket.IO adapter's bench")?;
+    ensure!(
+        output.status.success(),
+        "the Socket.IO adapter's bench failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut rows = Vec::new();
+    for line in String::from_utf8(output.stdout)?.lines() {
+        let row: SocketIoRow =
+            serde_json::from_str(line).with_context(|| format!("a Socket.IO bench row: {line}"))?;
+        eprintln!(
+            "{:<30} p50 {:>8.1} µs  p99 {:>8.1} µs  {:>9.0} packets/s",
+            row.adapter, row.p50_us, row.p99_us, row.packets_per_s
+        );
+        ensure!(
+            row.samples > 0 && row.delivered > 0,
+            "nothing measured: {line}"
+        );
+        rows.push(row);
+    }
+    ensure!(
+        rows.len() == 2,
+        "expected 2 Socket.IO rows, got {}",
+        rows.len()
+    );
+    Ok(rows)
 }
 
 /// One operation through a client library (or its direct alternative), at
@@ -289,8 +346,10 @@ async fn main() -> Result<()> {
         }
     }
     let library_rows = client_rows(&sidecar, &http_socket, &redis, args.quick)?;
+    let socketio = socketio_rows(&args.sidecar, &redis, args.quick)?;
     let report = Report {
         clients: library_rows,
+        socketio,
         mode: if args.quick { "quick" } else { "full" },
         sidecar: args.sidecar.display().to_string(),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -1468,6 +1527,53 @@ fn clients_section(out: &mut String, r: &Report) {
     let _ = writeln!(out);
 }
 
+/// The Socket.IO adapter next to the official Redis adapter, with its
+/// targets: p50 ≤ 1.5× and throughput ≥ 0.7× the Redis adapter's.
+fn socketio_section(out: &mut String, r: &Report) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "## Socket.IO adapter\n\n\
+         A broadcast to a room made on Socket.IO instance A reaching a client connected to \
+         instance B (`sdk/socketio-adapter/bench.mjs`): `@outrigger/socket.io-adapter` (each \
+         instance with its own sidecar, over its Unix socket) next to \
+         `@socket.io/redis-adapter` on the same Redis in the same run. Latency one packet at a \
+         time; throughput with up to 256 packets in flight. Both instances and the client \
+         share one Node process. Targets: p50 ≤ 1.5× and throughput ≥ 0.7× the Redis \
+         adapter's.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| adapter | p50 µs | p99 µs | packets/s | p50 × | packets/s × | target met |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
+    let base = r
+        .socketio
+        .iter()
+        .find(|row| row.adapter.contains("redis-adapter"));
+    for row in &r.socketio {
+        let (ratios, met) = match base {
+            Some(b) if !std::ptr::eq(b, row) => {
+                let (lat, tput) = (row.p50_us / b.p50_us, row.packets_per_s / b.packets_per_s);
+                let met = match (lat <= 1.5, tput >= 0.7) {
+                    (true, true) => "yes".to_string(),
+                    (false, true) => "throughput; p50 no (≤ 1.5×)".into(),
+                    (true, false) => "p50; throughput no (≥ 0.7×)".into(),
+                    (false, false) => "no".into(),
+                };
+                (format!("{lat:.2} | {tput:.2}"), met)
+            }
+            _ => (" | ".to_string(), String::new()),
+        };
+        let _ = writeln!(
+            out,
+            "| `{}` | {:.1} | {:.1} | {:.0} | {} | {} |",
+            row.adapter, row.p50_us, row.p99_us, row.packets_per_s, ratios, met
+        );
+    }
+    let _ = writeln!(out);
+}
+
 fn markdown(r: &Report, window: Duration) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -1505,6 +1611,7 @@ fn markdown(r: &Report, window: Duration) -> String {
         p.calls, p.no_plugin_us, p.tenant_guard_allow_us, p.tenant_guard_deny_us
     );
     clients_section(&mut out, r);
+    socketio_section(&mut out, r);
     let _ = writeln!(out, "## All measurements\n");
     let _ = writeln!(
         out,
