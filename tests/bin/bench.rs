@@ -1540,7 +1540,10 @@ fn socketio_section(out: &mut String, r: &Report) {
          `@socket.io/redis-adapter` on the same Redis in the same run. Latency one packet at a \
          time; throughput with up to 256 packets in flight. Both instances and the client \
          share one Node process. Targets: p50 ≤ 1.5× and throughput ≥ 0.7× the Redis \
-         adapter's.\n"
+         adapter's. A packet through the sidecars takes four loopback hops (instance → \
+         sidecar → Redis → sidecar → instance) where the Redis adapter's takes two, so about \
+         2× is the floor of the p50; the rest is the sidecar's pub/sub path (issue 24) and \
+         the adapter's framing.\n"
     );
     let _ = writeln!(
         out,
