@@ -340,11 +340,13 @@ test("a server killed with SIGKILL is noticed within the heartbeat timeout", asy
     // Asked before anyone noticed: answered when the dead one is dropped,
     // without it, not after fetchSockets' own 5 s timeout.
     const waiting = servers[0].io.fetchSockets();
-    await waitFor("the others drop it", async () => (await servers[0].adapter().serverCount()) === 3, 5_000);
-    // The cleanup runs every second: timeout plus at most one period.
-    assert.ok(Date.now() - killed < HEARTBEAT.heartbeatTimeout + 1_500, `${Date.now() - killed} ms`);
+    await waitFor("the others drop it", async () => (await servers[0].adapter().serverCount()) === 3, 10_000);
+    // The cleanup runs every second: timeout plus at most one period (and
+    // a second of slack for a loaded machine).
+    const bound = HEARTBEAT.heartbeatTimeout + 2_000;
+    assert.ok(Date.now() - killed < bound, `${Date.now() - killed} ms`);
     assert.deepEqual((await waiting).map((s) => s.data.name).sort(), ["a1", "a2", "b1", "c1"]);
-    assert.ok(Date.now() - killed < HEARTBEAT.heartbeatTimeout + 2_000, `${Date.now() - killed} ms`);
+    assert.ok(Date.now() - killed < bound, `${Date.now() - killed} ms`);
     const started = Date.now();
     const names = (await servers[0].io.fetchSockets()).map((s) => s.data.name).sort();
     assert.deepEqual(names, ["a1", "a2", "b1", "c1"]);
@@ -371,7 +373,7 @@ test("Redis killed under traffic: each instance serves its own; across instances
     assert.ok(Date.now() - started < 2_000, `${Date.now() - started} ms`);
     // Then they are dropped; requests to the cluster answer from this
     // instance alone, promptly.
-    await waitFor("A is alone", async () => (await servers[0].adapter().serverCount()) === 1, 5_000);
+    await waitFor("A is alone", async () => (await servers[0].adapter().serverCount()) === 1, 10_000);
     const names = (await servers[0].io.timeout(2_000).fetchSockets()).map((s) => s.data.name).sort();
     assert.deepEqual(names, ["a1", "a2"]);
     assert.deepEqual(await servers[0].io.serverSideEmitWithAck("hello", 1), []);

@@ -11,7 +11,7 @@ import { createAdapter } from "../dist/index.js";
 
 export { freePort, startRedis, startSidecar } from "../../client-node/test/live.mjs";
 
-export const HEARTBEAT = { heartbeatInterval: 200, heartbeatTimeout: 1_000 };
+export const HEARTBEAT = { heartbeatInterval: 200, heartbeatTimeout: 2_000 };
 
 /** Polls `ready` every 20 ms for up to `limitMs`. */
 export async function waitFor(what, ready, limitMs = 10_000) {
