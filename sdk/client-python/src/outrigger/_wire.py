@@ -11,6 +11,7 @@ import base64
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Generic, TypeVar, Union
 from urllib.parse import quote, urlencode
 
@@ -653,6 +654,47 @@ class Message:
 
 def subscribe_path(channel: str, after: str | None) -> str:
     return f"/v1/pubsub/{seg(channel)}" + query(**{"from": after})
+
+
+class Subscription:
+    """A subscription's state across its connections, for both clients:
+    where to resume (after the last durable offset seen, when `durable`)
+    and how long to wait before reconnecting."""
+
+    ACCEPT: Mapping[str, str] = MappingProxyType({"Accept": "text/event-stream"})
+
+    def __init__(self, channel: str, after: str | None, durable: bool) -> None:
+        self.channel, self.last, self.durable = channel, after, durable
+        self.backoff = 0.05
+        self.parser = SseParser()
+
+    def connect(self) -> str:
+        """The path to open next (from a fresh parser's point of view)."""
+        self.parser = SseParser()
+        return subscribe_path(self.channel, self.last)
+
+    def feed(self, line: str) -> Message | Lagged | None:
+        """A line of the stream: a message to hand out, `LAGGED` when the
+        connection should be reopened to catch up from the stream, or None."""
+        event = self.parser.feed(line)
+        if event is None:
+            return None
+        self.backoff = 0.05
+        got = sse_event(*event)
+        if isinstance(got, Message):
+            if got.offset:
+                self.last = got.offset
+            return got
+        if got is LAGGED and self.durable and self.last is not None:
+            return LAGGED
+        return None
+
+    def dropped(self) -> float:
+        """After a connection ended: how long to wait before the next."""
+        if not self.durable:
+            self.last = None
+        wait, self.backoff = self.backoff, min(self.backoff * 2, 2.0)
+        return wait
 
 
 class Lagged:

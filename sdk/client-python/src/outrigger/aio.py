@@ -324,25 +324,16 @@ class AsyncClient:
         reconnect: bool = True,
     ) -> AsyncIterator[Message]:
         """`async for msg in client.subscribe(...)`; see `Client.subscribe`."""
-        last = after
-        backoff = 0.05
-        accept = {"Accept": "text/event-stream"}
+        sub = w.Subscription(channel, after, durable)
         while True:
             try:
-                parser = w.SseParser()
-                lines = self._transport.stream(w.subscribe_path(channel, last), accept)
+                lines = self._transport.stream(sub.connect(), sub.ACCEPT)
                 try:
                     async for line in lines:
-                        event = parser.feed(line)
-                        if event is None:
-                            continue
-                        backoff = 0.05
-                        got = w.sse_event(*event)
+                        got = sub.feed(line)
                         if isinstance(got, w.Message):
-                            if got.offset:
-                                last = got.offset
                             yield got
-                        elif got is w.LAGGED and durable and last is not None:
+                        elif got is w.LAGGED:
                             break  # catch up from the stream, after the last offset seen
                 finally:
                     await lines.aclose()
@@ -351,10 +342,7 @@ class AsyncClient:
                     raise
             if not reconnect:
                 return
-            if not durable:
-                last = None
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            await asyncio.sleep(sub.dropped())
 
     async def status(self) -> dict[str, Any]:
         return await self._call(w.status())

@@ -379,26 +379,16 @@ class Client:
         published meanwhile are), and the same when the sidecar reports
         this subscriber fell behind (`lagged`); without it, the subscription
         picks up live from the reconnection on."""
-        last = after
-        backoff = 0.05
+        sub = w.Subscription(channel, after, durable)
         while True:
             try:
-                lines = self._transport.stream(
-                    w.subscribe_path(channel, last), {"Accept": "text/event-stream"}
-                )
-                parser = w.SseParser()
+                lines = self._transport.stream(sub.connect(), sub.ACCEPT)
                 try:
                     for line in lines:
-                        event = parser.feed(line)
-                        if event is None:
-                            continue
-                        backoff = 0.05
-                        got = w.sse_event(*event)
+                        got = sub.feed(line)
                         if isinstance(got, w.Message):
-                            if got.offset:
-                                last = got.offset
                             yield got
-                        elif got is w.LAGGED and durable and last is not None:
+                        elif got is w.LAGGED:
                             break  # catch up from the stream, after the last offset seen
                 finally:
                     lines.close()
@@ -407,10 +397,7 @@ class Client:
                     raise
             if not reconnect:
                 return
-            if not durable:
-                last = None
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            time.sleep(sub.dropped())
 
     # --- operations --------------------------------------------------------
 
