@@ -978,16 +978,20 @@ pub async fn subscribe_from(
         .into_inner()
 }
 
-/// The next message of a gRPC subscription, within 10 s.
+/// The next message of a gRPC subscription, within 10 s (past the marker
+/// that ends a resumed subscription's replay).
 pub async fn next_message(stream: &mut tonic::Streaming<pb::SubscribeEvent>) -> pb::Message {
-    let e = tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .expect("a message within 10 s")
-        .unwrap()
-        .expect("stream open");
-    match e.event {
-        Some(pb::subscribe_event::Event::Message(m)) => m,
-        other => panic!("expected a message, got {other:?}"),
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a message within 10 s")
+            .unwrap()
+            .expect("stream open");
+        match e.event {
+            Some(pb::subscribe_event::Event::Message(m)) => return m,
+            Some(pb::subscribe_event::Event::Replayed(_)) => {}
+            other => panic!("expected a message, got {other:?}"),
+        }
     }
 }
 

@@ -309,6 +309,7 @@ conformance!(
         durable_replay_of_1000_missed_messages_then_live_ones,
         a_subscriber_that_never_reads_does_not_stop_another,
         bad_realtime_input_gets_json_errors,
+        history_and_trim_over_http_and_grpc_and_the_replay_marker_over_sse,
     }
 );
 
@@ -371,6 +372,137 @@ async fn durable_replay_of_1000_missed_messages_then_live_ones(p: &Pair) {
         b"live-durable"
     );
     assert_eq!(&next_message(&mut resumed).await.payload[..], b"live");
+}
+
+async fn history_and_trim_over_http_and_grpc_and_the_replay_marker_over_sse(p: &Pair) {
+    let (publisher, reader) = (&p.publisher, p.subscriber());
+    let c = http();
+    let mut offsets = vec![];
+    for i in 0..5 {
+        offsets.push(publish(publisher, "doc", format!("u{i}"), true).await);
+    }
+    let binary = c
+        .post(publisher.url("/v1/pubsub/doc?durable=true"))
+        .header("outrigger-header-kind", "snapshot")
+        .body(vec![0u8, 255])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(binary.status(), 200);
+    let get = async |query: &str| -> Value {
+        let resp = c
+            .get(reader.url(&format!("/v1/pubsub/doc/history{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{query}");
+        resp.json().await.unwrap()
+    };
+    // The last two, oldest first: one text, one binary with its header.
+    let last = get("?last=2").await;
+    assert_eq!(last["channel"], "doc");
+    assert_eq!(last["next_cursor"], Value::Null);
+    let m = &last["messages"];
+    assert_eq!(
+        (m[0]["offset"].as_str(), &m[0]["payload"]),
+        (Some(offsets[4].as_str()), &json!("u4"))
+    );
+    assert_eq!(
+        (&m[1]["payload_base64"], &m[1]["headers"]),
+        (&json!("AP8="), &json!({"kind": "snapshot"}))
+    );
+    let ms: u64 = offsets[4].split('-').next().unwrap().parse().unwrap();
+    assert_eq!(m[0]["published_at_ms"], ms);
+    // Newest first in pages of two, following the cursor.
+    let (mut seen, mut cursor) = (vec![], String::new());
+    loop {
+        let page = get(&format!("?order=desc&limit=2{cursor}")).await;
+        for m in page["messages"].as_array().unwrap() {
+            seen.push(m["offset"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 6);
+    assert_eq!(seen[1..].iter().rev().cloned().collect::<Vec<_>>(), offsets);
+    // A range, both ends included.
+    let range = get(&format!("?from={}&to={}", offsets[1], offsets[2])).await;
+    assert_eq!(range["messages"].as_array().unwrap().len(), 2);
+    // gRPC reads the same.
+    let mut client = PubSubClient::new(reader.channel().await);
+    let page = client
+        .history(pb::HistoryRequest {
+            channel: "doc".into(),
+            last: 3,
+            newest_first: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let payloads: Vec<&[u8]> = page.messages.iter().map(|m| &m.payload[..]).collect();
+    assert_eq!(payloads, [&[0u8, 255][..], b"u4", b"u3"]);
+    assert_eq!(page.messages[1].published_at_ms, ms);
+
+    // Resuming over SSE: the missed ones, the marker naming the last, then live.
+    let mut sse = Sse::open(
+        reader.url(&format!("/v1/pubsub/doc?from={}", offsets[2])),
+        None,
+    )
+    .await;
+    let mut events = vec![];
+    for _ in 0..4 {
+        let (event, data, _) = sse.next().await;
+        let data: Value = serde_json::from_str(&data).unwrap();
+        events.push((
+            event,
+            data["offset"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
+    let binary_offset = seen[0].clone();
+    let expected = [
+        ("message", offsets[3].clone()),
+        ("message", offsets[4].clone()),
+        ("message", binary_offset.clone()),
+        ("replayed", binary_offset),
+    ];
+    assert_eq!(events, expected.map(|(e, o)| (e.to_string(), o)));
+    publish(publisher, "doc", "after".into(), false).await;
+    let (event, data, _) = sse.next().await;
+    assert_eq!(
+        (
+            event.as_str(),
+            serde_json::from_str::<Value>(&data).unwrap()["payload"].clone()
+        ),
+        ("message", json!("after"))
+    );
+
+    // Trim: what came before an offset goes, over HTTP and gRPC.
+    let trimmed = c
+        .delete(reader.url(&format!("/v1/pubsub/doc/history?before={}", offsets[3])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(trimmed.status(), 200);
+    assert_eq!(
+        trimmed.json::<Value>().await.unwrap(),
+        json!({"removed": 3})
+    );
+    let removed = client
+        .trim(pb::TrimRequest {
+            channel: "doc".into(),
+            before: offsets[4].clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .removed;
+    assert_eq!(removed, 1);
+    let left = get("").await;
+    assert_eq!(left["messages"].as_array().unwrap().len(), 2);
+    assert_eq!(left["messages"][0]["offset"], offsets[4].as_str());
 }
 
 fn offset_key(o: &str) -> (u64, u64) {
@@ -449,6 +581,15 @@ async fn bad_realtime_input_gets_json_errors(p: &Pair) {
         (c.get(s.url("/v1/presence/r?limit=100000")), 413),
         (c.get(s.url("/v1/pubsub/c?from=yesterday")), 400),
         (c.post(s.url("/v1/pubsub/c?durable=maybe")).body("x"), 400),
+        (c.get(s.url("/v1/pubsub/c/history?limit=0")), 400),
+        (c.get(s.url("/v1/pubsub/c/history?limit=1001")), 400),
+        (c.get(s.url("/v1/pubsub/c/history?order=sideways")), 400),
+        (c.get(s.url("/v1/pubsub/c/history?from=yesterday")), 400),
+        (c.get(s.url("/v1/pubsub/c/history?last=2&from=0")), 400),
+        (c.get(s.url("/v1/pubsub/c/history?from=9-0&to=1-0")), 400),
+        (c.get(s.url("/v1/pubsub/c/history?bogus=1")), 400),
+        (c.delete(s.url("/v1/pubsub/c/history")), 400),
+        (c.delete(s.url("/v1/pubsub/c/history?before=soon")), 400),
         (
             c.post(s.url("/v1/pubsub/c"))
                 .body(vec![0u8; 1024 * 1024 + 1]),

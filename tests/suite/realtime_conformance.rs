@@ -11,8 +11,8 @@ use outrigger::backend::FeedItem;
 use outrigger::config::Config;
 use outrigger::error::Error;
 use outrigger::primitives::presence::store::{PresenceEvent, PresenceKind};
-use outrigger::primitives::pubsub::Subscription;
 use outrigger::primitives::pubsub::store::{Offset, PubMessage};
+use outrigger::primitives::pubsub::{Delivery, HistoryQuery, Subscription};
 use outrigger_tests::{AppOn, Topology, conformance};
 
 fn config() -> Config {
@@ -46,6 +46,10 @@ conformance!(
         a_slow_subscriber_lags_without_holding_up_others,
         subscriber_count_is_limited,
         bad_pubsub_input_is_rejected,
+        history_reads_both_ways_in_pages,
+        trim_drops_what_came_before,
+        the_replayed_marker_follows_exactly_the_missed_messages,
+        bad_history_input_is_rejected,
     }
 );
 
@@ -57,10 +61,14 @@ async fn next<S: futures::Stream + Unpin>(feed: &mut S) -> S::Item {
         .expect("the feed goes on")
 }
 
+/// The next message, past the end-of-replay marker.
 async fn next_message(sub: &mut Subscription) -> PubMessage {
-    match next(sub).await.expect("no error") {
-        FeedItem::Item(m) => (*m).clone(),
-        FeedItem::Lagged(n) => panic!("lagged by {n}"),
+    loop {
+        match next(sub).await.expect("no error") {
+            Delivery::Message(m) => return (*m).clone(),
+            Delivery::Lagged(n) => panic!("lagged by {n}"),
+            Delivery::Replayed(_) => {}
+        }
     }
 }
 
@@ -355,18 +363,31 @@ mod cases {
             }
         };
         let reader = async {
-            let mut got = vec![];
-            while got.len() < 400 {
+            let (mut got, mut marker) = (vec![], None);
+            while got.len() < 400 || marker.is_none() {
                 match next(&mut sub).await.unwrap() {
-                    FeedItem::Item(m) => got.push(String::from_utf8(m.payload.to_vec()).unwrap()),
-                    FeedItem::Lagged(n) => panic!("lagged by {n}"),
+                    Delivery::Message(m) => got.push((
+                        String::from_utf8(m.payload.to_vec()).unwrap(),
+                        m.offset.unwrap(),
+                    )),
+                    Delivery::Lagged(n) => panic!("lagged by {n}"),
+                    Delivery::Replayed(last) => {
+                        assert!(marker.is_none(), "one marker");
+                        marker = Some((got.len(), last));
+                    }
                 }
             }
-            got
+            (got, marker)
         };
-        let ((), got) = tokio::join!(publisher, reader);
+        let ((), (got, marker)) = tokio::join!(publisher, reader);
+        let payloads: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
         let expected: Vec<String> = (0..400).map(|i| i.to_string()).collect();
-        assert_eq!(got, expected, "every message once, in order");
+        assert_eq!(payloads, expected, "every message once, in order");
+        // The marker: after everything published before the subscription
+        // (and whatever else the replay read), naming the last of them.
+        let (at, last) = marker.expect("the end of the replay is marked");
+        assert!((300..=400).contains(&at), "marker after {at}");
+        assert_eq!(last, Some(got[at - 1].1));
     }
 
     pub async fn a_resumed_subscriber_that_falls_behind_catches_up_from_the_stream(app: &App) {
@@ -434,11 +455,14 @@ mod cases {
             );
         }
         match next(&mut slow).await.unwrap() {
-            FeedItem::Lagged(missed) => assert!(missed >= 100 - 16, "missed {missed}"),
-            FeedItem::Item(m) => panic!("expected a lag notice first, got {m:?}"),
+            Delivery::Lagged(missed) => assert!(missed >= 100 - 16, "missed {missed}"),
+            other => panic!("expected a lag notice first, got {other:?}"),
         }
         // After the notice it goes on with what is still buffered.
-        assert!(matches!(next(&mut slow).await.unwrap(), FeedItem::Item(_)));
+        assert!(matches!(
+            next(&mut slow).await.unwrap(),
+            Delivery::Message(_)
+        ));
     }
 
     pub async fn subscriber_count_is_limited(app: &App) {
@@ -500,5 +524,261 @@ mod cases {
             .await
         ));
         assert_eq!(ps.subscribers(), 0, "rejected subscriptions take no slot");
+    }
+
+    /// Publishes `n` durable messages `m{i}` and (with `live`) a
+    /// live-only one; returns the offsets.
+    async fn durable_log(app: &App, channel: &str, n: usize, live: bool) -> Vec<Offset> {
+        let mut offsets = vec![];
+        for i in 0..n {
+            let o = app
+                .pubsub
+                .publish(channel, Bytes::from(format!("m{i}")), BTreeMap::new(), true)
+                .await
+                .unwrap();
+            offsets.push(o.unwrap());
+        }
+        if live {
+            app.pubsub
+                .publish(channel, Bytes::from("live only"), BTreeMap::new(), false)
+                .await
+                .unwrap();
+        }
+        offsets
+    }
+
+    fn payloads(page: &[PubMessage]) -> Vec<String> {
+        page.iter()
+            .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+            .collect()
+    }
+
+    fn names(range: std::ops::Range<usize>) -> Vec<String> {
+        range.map(|i| format!("m{i}")).collect()
+    }
+
+    pub async fn history_reads_both_ways_in_pages(app: &App) {
+        let ps = &app.pubsub;
+        let offsets = durable_log(app, "hist", 25, true).await;
+        // Oldest first, in pages of 10, each continuing from the last.
+        let (mut all, mut cursor) = (vec![], None);
+        for expected_len in [10, 10, 5] {
+            let page = ps
+                .history(
+                    "hist",
+                    HistoryQuery {
+                        limit: Some(10),
+                        cursor,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            assert_eq!(page.messages.len(), expected_len);
+            cursor = page.next_cursor;
+            all.extend(page.messages);
+        }
+        assert_eq!(cursor, None, "the last page says so");
+        assert_eq!(payloads(&all), names(0..25), "durable ones only, once each");
+        assert_eq!(
+            all.iter().map(|m| m.offset.unwrap()).collect::<Vec<_>>(),
+            offsets
+        );
+        // Newest first.
+        let page = ps
+            .history(
+                "hist",
+                HistoryQuery {
+                    newest_first: true,
+                    limit: Some(20),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            payloads(&page.messages),
+            names(5..25).into_iter().rev().collect::<Vec<_>>()
+        );
+        let rest = ps
+            .history(
+                "hist",
+                HistoryQuery {
+                    newest_first: true,
+                    cursor: page.next_cursor,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            payloads(&rest.messages),
+            names(0..5).into_iter().rev().collect::<Vec<_>>()
+        );
+        // A range, both ends included; the last few either way.
+        let range = ps
+            .history(
+                "hist",
+                HistoryQuery {
+                    from: Some(offsets[5]),
+                    to: Some(offsets[7]),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(payloads(&range.messages), names(5..8));
+        let last = ps
+            .history(
+                "hist",
+                HistoryQuery {
+                    last: Some(3),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(payloads(&last.messages), names(22..25));
+        let last = ps
+            .history(
+                "hist",
+                HistoryQuery {
+                    last: Some(3),
+                    newest_first: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(payloads(&last.messages), ["m24", "m23", "m22"]);
+        let none = ps
+            .history("never-published", HistoryQuery::default())
+            .await
+            .unwrap();
+        assert!(none.messages.is_empty() && none.next_cursor.is_none());
+    }
+
+    pub async fn trim_drops_what_came_before(app: &App) {
+        let ps = &app.pubsub;
+        let offsets = durable_log(app, "trimmed", 12, true).await;
+        assert_eq!(ps.trim("trimmed", offsets[10]).await.unwrap(), 10);
+        let page = ps
+            .history("trimmed", HistoryQuery::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            payloads(&page.messages),
+            names(10..12),
+            "the offset itself stays"
+        );
+        assert_eq!(ps.trim("trimmed", offsets[10]).await.unwrap(), 0);
+        assert_eq!(ps.trim("never-published", offsets[10]).await.unwrap(), 0);
+        // A resumed subscriber starts from what is left.
+        let mut sub = ps
+            .subscribe(vec!["trimmed".into()], vec![], Some(Offset::default()))
+            .await
+            .unwrap();
+        assert_eq!(next_message(&mut sub).await.offset, Some(offsets[10]));
+    }
+
+    pub async fn the_replayed_marker_follows_exactly_the_missed_messages(app: &App) {
+        let ps = &app.pubsub;
+        // No live-only message: on Cluster one published before a
+        // subscription may still reach it (the bus carries it late).
+        let offsets = durable_log(app, "marked", 5, false).await;
+        let mut sub = ps
+            .subscribe(vec!["marked".into()], vec![], Some(offsets[1]))
+            .await
+            .unwrap();
+        let mut got = vec![];
+        loop {
+            match next(&mut sub).await.unwrap() {
+                Delivery::Message(m) => got.push(String::from_utf8(m.payload.to_vec()).unwrap()),
+                Delivery::Replayed(last) => {
+                    assert_eq!(last, Some(offsets[4]));
+                    break;
+                }
+                Delivery::Lagged(n) => panic!("lagged by {n}"),
+            }
+        }
+        assert_eq!(got, names(2..5));
+        ps.publish("marked", Bytes::from("after"), BTreeMap::new(), true)
+            .await
+            .unwrap();
+        assert_eq!(next_message(&mut sub).await.payload, &b"after"[..]);
+        // Nothing to replay: the marker at once, naming nothing.
+        let mut current = ps
+            .subscribe(vec!["marked".into()], vec![], Some(Offset::MAX))
+            .await
+            .unwrap();
+        assert!(matches!(
+            next(&mut current).await.unwrap(),
+            Delivery::Replayed(None)
+        ));
+        // A live subscription has no replay to mark.
+        let mut live = ps
+            .subscribe(vec!["marked".into()], vec![], None)
+            .await
+            .unwrap();
+        ps.publish("marked", Bytes::from("live"), BTreeMap::new(), false)
+            .await
+            .unwrap();
+        assert!(matches!(
+            next(&mut live).await.unwrap(),
+            Delivery::Message(_)
+        ));
+    }
+
+    pub async fn bad_history_input_is_rejected(app: &App) {
+        let ps = &app.pubsub;
+        let invalid = async |q: HistoryQuery| {
+            matches!(ps.history("c", q).await, Err(Error::InvalidArgument(_)))
+        };
+        assert!(
+            invalid(HistoryQuery {
+                limit: Some(0),
+                ..Default::default()
+            })
+            .await
+        );
+        assert!(
+            invalid(HistoryQuery {
+                limit: Some(1001),
+                ..Default::default()
+            })
+            .await
+        );
+        assert!(
+            invalid(HistoryQuery {
+                last: Some(0),
+                ..Default::default()
+            })
+            .await
+        );
+        assert!(
+            invalid(HistoryQuery {
+                last: Some(2),
+                from: Some(Offset::default()),
+                ..Default::default()
+            })
+            .await
+        );
+        let (a, b) = (Offset { ms: 2, seq: 0 }, Offset { ms: 1, seq: 0 });
+        assert!(
+            invalid(HistoryQuery {
+                from: Some(a),
+                to: Some(b),
+                ..Default::default()
+            })
+            .await
+        );
+        assert!(matches!(
+            ps.history("", HistoryQuery::default()).await,
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            ps.trim("", a).await,
+            Err(Error::InvalidArgument(_))
+        ));
     }
 }

@@ -106,6 +106,21 @@ export interface Message {
   headers: Record<string, string>;
 }
 
+/** A durable message as a channel's history holds it. */
+export interface HistoryMessage {
+  offset: string;
+  payload: Buffer;
+  headers: Record<string, string>;
+  /** When it was published (ms since the epoch, the Redis clock). */
+  publishedAtMs: number;
+}
+
+export interface History {
+  messages: HistoryMessage[];
+  /** Pass as `cursor` for the next page; undefined on the last one. */
+  nextCursor: string | undefined;
+}
+
 const seg = encodeURIComponent;
 
 function query(params: Record<string, string | number | boolean | undefined>): string {
@@ -718,7 +733,16 @@ export class Client {
    * `signal` aborts (at once, the connection closed) or the loop breaks. */
   async *subscribe(
     channel: string,
-    options: { after?: string; durable?: boolean; signal?: AbortSignal; onOpen?: () => void } = {},
+    options: {
+      after?: string;
+      durable?: boolean;
+      signal?: AbortSignal;
+      onOpen?: () => void;
+      /** Called when a resumed subscription has delivered every durable
+       * message the channel held after its offset (with the last one's
+       * offset): what follows was published afterwards. */
+      onReplayed?: (offset: string | undefined) => void;
+    } = {},
   ): AsyncGenerator<Message> {
     const { signal } = options;
     let last = options.after;
@@ -737,6 +761,8 @@ export class Client {
             if (body.offset) last = body.offset;
             const payload = "payload" in body ? Buffer.from(body.payload, "utf8") : Buffer.from(body.payload_base64 ?? "", "base64");
             yield { channel: body.channel, payload, offset: body.offset ?? undefined, headers: body.headers ?? {} };
+          } else if (kind === "replayed") {
+            options.onReplayed?.(body.offset ?? undefined);
           } else if (kind === "lagged" && options.durable !== false && last !== undefined) {
             break; // catch up from the stream, after the last offset seen
           } else if (kind === "error") {
@@ -752,6 +778,45 @@ export class Client {
       await sleep(backoff);
       backoff = Math.min(backoff * 2, 2_000);
     }
+  }
+
+  /** A durable channel's messages without subscribing: the `last` newest,
+   * or a page (`limit`, default 100) of those between `from` and `to`
+   * (both included), continued with the previous page's `nextCursor`.
+   * Oldest first unless `order: "desc"`. */
+  history(
+    channel: string,
+    options: { last?: number; from?: string; to?: string; order?: "asc" | "desc"; limit?: number; cursor?: string } = {},
+  ): Promise<History> {
+    return this.#call({
+      method: "GET",
+      path: `/v1/pubsub/${seg(channel)}/history${query(options)}`,
+      read: (r) => {
+        const body = parse(r);
+        return {
+          // biome-ignore lint/suspicious/noExplicitAny: a message as the API writes it
+          messages: body.messages.map((m: any) => ({
+            offset: m.offset,
+            payload: "payload" in m ? Buffer.from(m.payload, "utf8") : Buffer.from(m.payload_base64, "base64"),
+            headers: m.headers,
+            publishedAtMs: m.published_at_ms,
+          })),
+          nextCursor: body.next_cursor ?? undefined,
+        };
+      },
+      idempotent: true,
+    });
+  }
+
+  /** Drops a durable channel's messages before `before` (that one stays);
+   * resolves to how many. */
+  trim(channel: string, before: string): Promise<number> {
+    return this.#call({
+      method: "DELETE",
+      path: `/v1/pubsub/${seg(channel)}/history${query({ before })}`,
+      read: (r) => parse(r).removed,
+      idempotent: true,
+    });
   }
 
   status(): Promise<Record<string, unknown>> {

@@ -11,6 +11,8 @@ export {
   type Decision,
   type Entry,
   type Field,
+  type History,
+  type HistoryMessage,
   type Lease,
   type Leased,
   type Limit,

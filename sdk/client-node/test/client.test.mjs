@@ -225,6 +225,31 @@ for (const backend of ["memory", "redis"]) {
         assert.equal(got.length, 2);
       });
 
+      test("history, trim, and the end of a replay", async (t) => {
+        const channel = unique(t.name);
+        const offsets = [];
+        for (const p of ["a", "b", "c", Buffer.from([0, 255])]) offsets.push(await client.publish(channel, p, { durable: true }));
+        await client.publish(channel, "live only");
+        const last = await client.history(channel, { last: 2 });
+        assert.deepEqual(last.messages.map((m) => m.payload), [Buffer.from("c"), Buffer.from([0, 255])]);
+        assert.equal(last.nextCursor, undefined);
+        assert.equal(last.messages[0].publishedAtMs, Number(offsets[2].split("-")[0]));
+        const page = await client.history(channel, { order: "desc", limit: 3 });
+        assert.deepEqual(page.messages.map((m) => m.offset), [offsets[3], offsets[2], offsets[1]]);
+        const rest = await client.history(channel, { order: "desc", limit: 3, cursor: page.nextCursor });
+        assert.deepEqual(rest.messages.map((m) => m.offset), [offsets[0]]);
+        let replayed = "not yet";
+        for await (const m of client.subscribe(channel, { after: offsets[1], onReplayed: (o) => { replayed = o; } })) {
+          if (m.offset === offsets[3]) {
+            assert.equal(replayed, "not yet", "the marker comes after the missed messages");
+            await client.publish(channel, "after");
+          } else if (m.payload.toString() === "after") break;
+        }
+        assert.equal(replayed, offsets[3]);
+        assert.equal(await client.trim(channel, offsets[2]), 2);
+        assert.deepEqual((await client.history(channel)).messages.map((m) => m.offset), [offsets[2], offsets[3]]);
+      });
+
       test("errors are typed", async (t) => {
         await assert.rejects(client.set("k".repeat(600), "v"), TooLarge);
         await assert.rejects(client.set(unique(t.name), "v", { ttlMs: 10 ** 12 }), InvalidArgument);

@@ -141,6 +141,10 @@ def test_presence_and_subscribe(sidecar: Sidecar, unique: str) -> None:
             if msg.payload == b"three":
                 break
         assert got == [b"two", b"three"]
+        history = await c.history(unique, newest_first=True, last=2)
+        assert [m.payload for m in history.messages] == [b"three", b"two"]
+        assert await c.trim(unique, str(history.messages[0].offset)) == 2
+        assert [m.payload for m in (await c.history(unique)).messages] == [b"three"]
 
     run(main, sidecar)
 

@@ -256,6 +256,34 @@ def test_publish_and_subscribe_with_resume(client: Client, unique: str) -> None:
     assert received[-1] == b"three"
 
 
+def test_history_trim_and_the_end_of_a_replay(client: Client, unique: str) -> None:
+    offsets = [client.publish(unique, p, durable=True) for p in ("a", "b", "c", b"\x00\xff")]
+    client.publish(unique, "live only")
+    last = client.history(unique, last=2)
+    assert [m.payload for m in last.messages] == [b"c", b"\x00\xff"]
+    assert last.next_cursor is None
+    assert last.messages[0].published_at_ms == int(str(offsets[2]).split("-")[0])
+    page = client.history(unique, newest_first=True, limit=3)
+    assert [m.offset for m in page.messages] == offsets[3:0:-1]
+    rest = client.history(unique, newest_first=True, limit=3, cursor=page.next_cursor)
+    assert [m.offset for m in rest.messages] == offsets[:1]
+    ranged = client.history(unique, from_offset=offsets[1], to_offset=offsets[2])
+    assert [m.payload for m in ranged.messages] == [b"b", b"c"]
+    # The end of a replay: after the missed messages, before live ones.
+    replayed: list[str | None] = []
+    got: list[tuple[bytes, int]] = []
+    for msg in client.subscribe(unique, after=offsets[1], on_replayed=replayed.append):
+        got.append((msg.payload, len(replayed)))
+        if msg.offset == offsets[3]:
+            client.publish(unique, "after")
+        elif msg.payload == b"after":
+            break
+    assert got == [(b"c", 0), (b"\x00\xff", 0), (b"after", 1)]
+    assert replayed == [offsets[3]]
+    assert client.trim(unique, str(offsets[2])) == 2
+    assert [m.offset for m in client.history(unique).messages] == offsets[2:]
+
+
 def test_errors_are_typed(client: Client, unique: str) -> None:
     with pytest.raises(TooLarge):
         client.set("k" * 600, "v")

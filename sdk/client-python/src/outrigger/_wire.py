@@ -652,6 +652,66 @@ class Message:
     headers: dict[str, str]
 
 
+@dataclass(frozen=True)
+class HistoryMessage:
+    offset: str
+    payload: bytes
+    headers: dict[str, str]
+    # When it was published (ms since the epoch, the Redis clock).
+    published_at_ms: int
+
+
+@dataclass(frozen=True)
+class History:
+    messages: list[HistoryMessage]
+    # Pass as `cursor` for the next page; None on the last one.
+    next_cursor: str | None
+
+
+def _payload(body: Mapping[str, Any]) -> bytes:
+    """A payload as the API writes it: text, or base64."""
+    if "payload" in body:
+        return str(body["payload"]).encode()
+    return base64.b64decode(body.get("payload_base64", ""))
+
+
+def _history(r: Reply) -> History:
+    body = r.json()
+    messages = [
+        HistoryMessage(m["offset"], _payload(m), dict(m["headers"]), m["published_at_ms"])
+        for m in body["messages"]
+    ]
+    return History(messages, body.get("next_cursor"))
+
+
+def history(
+    channel: str,
+    last: int | None,
+    from_offset: str | None,
+    to_offset: str | None,
+    newest_first: bool,
+    limit: int | None,
+    cursor: str | None,
+) -> Call[History]:
+    params = {"last": last, "from": from_offset, "to": to_offset, "limit": limit, "cursor": cursor}
+    order = "desc" if newest_first else None
+    return Call(
+        "GET",
+        f"/v1/pubsub/{seg(channel)}/history" + query(**params, order=order),
+        _history,
+        idempotent=True,
+    )
+
+
+def trim(channel: str, before: str) -> Call[int]:
+    return Call(
+        "DELETE",
+        f"/v1/pubsub/{seg(channel)}/history" + query(before=before),
+        lambda r: int(r.json()["removed"]),
+        idempotent=True,
+    )
+
+
 def subscribe_path(channel: str, after: str | None) -> str:
     return f"/v1/pubsub/{seg(channel)}" + query(**{"from": after})
 
@@ -663,8 +723,15 @@ class Subscription:
 
     ACCEPT: Mapping[str, str] = MappingProxyType({"Accept": "text/event-stream"})
 
-    def __init__(self, channel: str, after: str | None, durable: bool) -> None:
+    def __init__(
+        self,
+        channel: str,
+        after: str | None,
+        durable: bool,
+        on_replayed: Callable[[str | None], None] | None = None,
+    ) -> None:
         self.channel, self.last, self.durable = channel, after, durable
+        self.on_replayed = on_replayed
         self.backoff = 0.05
         self.parser = SseParser()
 
@@ -685,6 +752,8 @@ class Subscription:
             if got.offset:
                 self.last = got.offset
             return got
+        if isinstance(got, Replayed) and self.on_replayed is not None:
+            self.on_replayed(got.offset)
         if got is LAGGED and self.durable and self.last is not None:
             return LAGGED
         return None
@@ -704,22 +773,29 @@ class Lagged:
 LAGGED = Lagged()
 
 
-def sse_event(kind: str, data: str) -> Message | Lagged | None:
-    """A subscription's event: a message, `LAGGED`, or None for anything
-    else; an `error` event is raised."""
+@dataclass(frozen=True)
+class Replayed:
+    """A resumed subscription's replay is over: `offset` is the last one
+    delivered (None if none); what follows was published afterwards."""
+
+    offset: str | None
+
+
+def sse_event(kind: str, data: str) -> Message | Lagged | Replayed | None:
+    """A subscription's event: a message, `LAGGED`, the end of a replay, or
+    None for anything else; an `error` event is raised."""
     body = json.loads(data)
     if kind == "error":
         raise OutriggerError(body.get("message", data))
     if kind == "lagged":
         return LAGGED
+    if kind == "replayed":
+        return Replayed(body.get("offset"))
     if kind != "message" or body.get("type") != "message":
         return None
-    payload = (
-        str(body["payload"]).encode()
-        if "payload" in body
-        else base64.b64decode(body.get("payload_base64", ""))
+    return Message(
+        body["channel"], _payload(body), body.get("offset"), dict(body.get("headers") or {})
     )
-    return Message(body["channel"], payload, body.get("offset"), dict(body.get("headers") or {}))
 
 
 class SseParser:

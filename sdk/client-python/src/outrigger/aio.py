@@ -21,6 +21,7 @@ from ._wire import (
     Decision,
     Entry,
     Field,
+    History,
     KeyPage,
     Lease,
     Leased,
@@ -315,6 +316,30 @@ class AsyncClient:
     async def publish(self, channel: str, payload: Bytes, *, durable: bool = False) -> str | None:
         return await self._call(w.publish(channel, payload, durable))
 
+    async def history(
+        self,
+        channel: str,
+        *,
+        last: int | None = None,
+        from_offset: str | None = None,
+        to_offset: str | None = None,
+        newest_first: bool = False,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> History:
+        """A durable channel's messages without subscribing: the `last`
+        newest, or a page (`limit`, default 100) of those between
+        `from_offset` and `to_offset` (both included), continued with the
+        previous page's `next_cursor`; oldest first unless `newest_first`."""
+        return await self._call(
+            w.history(channel, last, from_offset, to_offset, newest_first, limit, cursor)
+        )
+
+    async def trim(self, channel: str, before: str) -> int:
+        """Drops a durable channel's messages before `before` (that one
+        stays); returns how many."""
+        return await self._call(w.trim(channel, before))
+
     async def subscribe(
         self,
         channel: str,
@@ -322,9 +347,10 @@ class AsyncClient:
         after: str | None = None,
         durable: bool = True,
         reconnect: bool = True,
+        on_replayed: Callable[[str | None], None] | None = None,
     ) -> AsyncIterator[Message]:
         """`async for msg in client.subscribe(...)`; see `Client.subscribe`."""
-        sub = w.Subscription(channel, after, durable)
+        sub = w.Subscription(channel, after, durable, on_replayed)
         while True:
             try:
                 lines = self._transport.stream(sub.connect(), sub.ACCEPT)

@@ -20,6 +20,7 @@ from ._wire import (
     Decision,
     Entry,
     Field,
+    History,
     KeyPage,
     Lease,
     Leased,
@@ -364,6 +365,30 @@ class Client:
         """Publishes; a durable message's offset is returned."""
         return self._call(w.publish(channel, payload, durable))
 
+    def history(
+        self,
+        channel: str,
+        *,
+        last: int | None = None,
+        from_offset: str | None = None,
+        to_offset: str | None = None,
+        newest_first: bool = False,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> History:
+        """A durable channel's messages without subscribing: the `last`
+        newest, or a page (`limit`, default 100) of those between
+        `from_offset` and `to_offset` (both included), continued with the
+        previous page's `next_cursor`; oldest first unless `newest_first`."""
+        return self._call(
+            w.history(channel, last, from_offset, to_offset, newest_first, limit, cursor)
+        )
+
+    def trim(self, channel: str, before: str) -> int:
+        """Drops a durable channel's messages before `before` (that one
+        stays); returns how many."""
+        return self._call(w.trim(channel, before))
+
     def subscribe(
         self,
         channel: str,
@@ -371,6 +396,7 @@ class Client:
         after: str | None = None,
         durable: bool = True,
         reconnect: bool = True,
+        on_replayed: Callable[[str | None], None] | None = None,
     ) -> Iterator[Message]:
         """Messages of `channel` as they come (`after`: durable messages
         after that offset first). A dropped connection is reopened (with
@@ -379,7 +405,7 @@ class Client:
         published meanwhile are), and the same when the sidecar reports
         this subscriber fell behind (`lagged`); without it, the subscription
         picks up live from the reconnection on."""
-        sub = w.Subscription(channel, after, durable)
+        sub = w.Subscription(channel, after, durable, on_replayed)
         while True:
             try:
                 lines = self._transport.stream(sub.connect(), sub.ACCEPT)

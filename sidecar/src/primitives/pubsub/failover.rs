@@ -14,7 +14,7 @@ use futures::StreamExt;
 
 use super::memory::MemoryPubSub;
 use super::redis::RedisPubSub;
-use super::store::{Offset, PubMessage, PubSubStore};
+use super::store::{Offset, PubMessage, PubSubStore, Range};
 use crate::backend::circuit::{Circuit, Reconcile, Reconciliation, WhileDown, lock};
 use crate::backend::{BackendError, Feed, FeedItem};
 
@@ -209,6 +209,31 @@ impl PubSubStore for FailoverPubSub {
             futures::future::ready(item)
         });
         Ok(Box::pin(futures::stream::select(local, shared)))
+    }
+
+    async fn history(&self, channel: &str, range: Range) -> Result<Vec<PubMessage>, BackendError> {
+        self.circuit
+            .route(
+                "pubsub",
+                &self.buffering.down,
+                self.redis.history(channel, range),
+                || self.memory.history(channel, range),
+            )
+            .await
+    }
+
+    /// Only on Redis: trimming the fallback's history would leave the
+    /// shared one as it was, and nothing could make up for it later.
+    async fn trim(&self, channel: &str, before: Offset) -> Result<u64, BackendError> {
+        let down = WhileDown::Fail("trimming history needs Redis, which is down".into());
+        self.circuit
+            .route(
+                "pubsub",
+                &down,
+                self.redis.trim(channel, before),
+                || async { Ok(0) },
+            )
+            .await
     }
 
     async fn replay(

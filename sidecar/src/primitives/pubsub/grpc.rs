@@ -6,8 +6,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tonic::{Request, Response, Status};
 
-use super::PubSub;
-use crate::backend::FeedItem;
+use super::store::{Offset, PubMessage};
+use super::{Delivery, HistoryQuery, PubSub};
 use crate::kit::Primitive;
 use crate::kit::grpc::pb::pub_sub_server::{PubSub as Api, PubSubServer};
 use crate::kit::grpc::{EventStream, caller, pb};
@@ -66,30 +66,82 @@ impl Api for PubSubService {
                     .authorize(&caller, Call::new(P::Pubsub, op, std::mem::take(name)))?;
             }
         }
-        let from = match req.from_offset.as_str() {
-            "" => None,
-            o => Some(o.parse().map_err(|()| {
-                Status::invalid_argument(format!(
-                    "from_offset {o:?} is not an offset like 1700000000000-0"
-                ))
-            })?),
-        };
+        let from = offset("from_offset", &req.from_offset)?;
         let subscription = self.0.subscribe(req.channels, req.patterns, from).await?;
         let draining = self.0.common().draining();
         let events = subscription.map(|item| {
             let event = match item? {
-                FeedItem::Item(m) => pb::subscribe_event::Event::Message(pb::Message {
-                    channel: m.channel.clone(),
-                    payload: m.payload.clone(),
-                    headers: m.headers.clone().into_iter().collect(),
-                    offset: m.offset.map(|o| o.to_string()).unwrap_or_default(),
-                }),
-                FeedItem::Lagged(missed) => {
+                Delivery::Message(m) => pb::subscribe_event::Event::Message(message(&m)),
+                Delivery::Lagged(missed) => {
                     pb::subscribe_event::Event::Lagged(pb::Lagged { missed })
                 }
+                Delivery::Replayed(last) => pb::subscribe_event::Event::Replayed(pb::Replayed {
+                    offset: last.map(|o| o.to_string()).unwrap_or_default(),
+                }),
             };
             Ok(pb::SubscribeEvent { event: Some(event) })
         });
         Ok(Response::new(Box::pin(events.take_until(draining))))
+    }
+
+    async fn history(
+        &self,
+        req: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let caller = caller(self.0.common(), &req);
+        let req = req.into_inner();
+        let channel = self
+            .0
+            .authorize(&caller, Call::new(P::Pubsub, Op::Read, req.channel))?;
+        let query = HistoryQuery {
+            last: (req.last > 0).then_some(req.last as usize),
+            from: offset("from_offset", &req.from_offset)?,
+            to: offset("to_offset", &req.to_offset)?,
+            newest_first: req.newest_first,
+            limit: (req.limit > 0).then_some(req.limit as usize),
+            cursor: offset("cursor", &req.cursor)?,
+        };
+        let page = self.0.history(&channel, query).await?;
+        Ok(Response::new(pb::HistoryResponse {
+            messages: page.messages.iter().map(message).collect(),
+            next_cursor: page.next_cursor.map(|o| o.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn trim(
+        &self,
+        req: Request<pb::TrimRequest>,
+    ) -> Result<Response<pb::TrimResponse>, Status> {
+        let caller = caller(self.0.common(), &req);
+        let req = req.into_inner();
+        let channel = self
+            .0
+            .authorize(&caller, Call::new(P::Pubsub, Op::Delete, req.channel))?;
+        let before = offset("before", &req.before)?
+            .ok_or_else(|| Status::invalid_argument("before: an offset is required"))?;
+        let removed = self.0.trim(&channel, before).await?;
+        Ok(Response::new(pb::TrimResponse { removed }))
+    }
+}
+
+fn message(m: &PubMessage) -> pb::Message {
+    pb::Message {
+        channel: m.channel.clone(),
+        payload: m.payload.clone(),
+        headers: m.headers.clone().into_iter().collect(),
+        offset: m.offset.map(|o| o.to_string()).unwrap_or_default(),
+        published_at_ms: m.offset.map_or(0, |o| o.ms),
+    }
+}
+
+/// An optional offset field: empty is none.
+fn offset(name: &str, text: &str) -> Result<Option<Offset>, Status> {
+    match text {
+        "" => Ok(None),
+        o => o.parse().map(Some).map_err(|()| {
+            Status::invalid_argument(format!(
+                "{name} {o:?} is not an offset like 1700000000000-0"
+            ))
+        }),
     }
 }

@@ -19,9 +19,8 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::PubSub;
-use super::store::PubMessage;
-use crate::backend::FeedItem;
+use super::store::{Offset, PubMessage};
+use super::{Delivery, HistoryQuery, PubSub};
 use crate::error::Error;
 use crate::kit::Primitive;
 use crate::kit::http::{ApiQuery, CommonErrors, Ctx, Key, SSE_KEEP_ALIVE, read_limited};
@@ -35,7 +34,9 @@ where
     S: Clone + Send + Sync + 'static,
     Arc<PubSub>: FromRef<S>,
 {
-    OpenApiRouter::new().routes(routes!(publish, subscribe))
+    OpenApiRouter::new()
+        .routes(routes!(publish, subscribe))
+        .routes(routes!(history, trim))
 }
 
 /// Request headers `Outrigger-Header-<Name>: value` become message headers.
@@ -81,28 +82,52 @@ async fn publish(
     .into_response())
 }
 
-/// A message as SSE data and WebSocket text: the payload as text when it is
-/// UTF-8, as `payload_base64` otherwise.
-fn message_json(m: &PubMessage) -> Value {
+/// A payload as JSON: as text when it is UTF-8, as base64 otherwise.
+fn payload_json(payload: &[u8]) -> (Option<String>, Option<String>) {
     use base64::Engine;
-    let text = std::str::from_utf8(&m.payload).ok();
+    match std::str::from_utf8(payload) {
+        Ok(text) => (Some(text.to_string()), None),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(payload)),
+        ),
+    }
+}
+
+/// A message as SSE data and WebSocket text.
+fn message_json(m: &PubMessage) -> Value {
+    let (payload, payload_base64) = payload_json(&m.payload);
     let event = MessageEvent {
         kind: "message".into(),
         channel: m.channel.clone(),
         offset: m.offset.map(|o| o.to_string()),
         headers: m.headers.clone(),
-        payload: text.map(str::to_string),
-        payload_base64: text
-            .is_none()
-            .then(|| base64::engine::general_purpose::STANDARD.encode(&m.payload)),
+        payload,
+        payload_base64,
     };
     serde_json::to_value(event).expect("a message serializes")
+}
+
+/// A delivery as SSE event name and data (also the WebSocket text).
+fn delivery_json(item: &crate::error::Result<Delivery>) -> (&'static str, Value) {
+    match item {
+        Ok(Delivery::Message(m)) => ("message", message_json(m)),
+        Ok(Delivery::Lagged(missed)) => ("lagged", json!({ "type": "lagged", "missed": missed })),
+        Ok(Delivery::Replayed(last)) => (
+            "replayed",
+            json!({ "type": "replayed", "offset": last.map(|o| o.to_string()) }),
+        ),
+        Err(err) => (
+            "error",
+            json!({ "type": "error", "code": err.code(), "message": err.to_string() }),
+        ),
+    }
 }
 
 #[utoipa::path(
     get, path = "/v1/pubsub/{channel}", tag = "pubsub",
     params(("channel" = String, Path, description = "The channel"), SubscribeParams, ("last-event-id" = Option<String>, Header, description = "Resume after this offset (EventSource reconnection)")),
-    responses((status = 200, description = "Server-Sent Events: message (id: the offset of durable messages; data: a MessageEvent), lagged (data: {type, missed}), error (data: {type, code, message}). A WebSocket upgrade on the same URL carries the same JSON as text frames.", content_type = "text/event-stream", body = String),
+    responses((status = 200, description = "Server-Sent Events: message (id: the offset of durable messages; data: a MessageEvent), lagged (data: {type, missed}), replayed (a resumed subscription caught up with live; data: {type, offset: the last offset delivered, or null}), error (data: {type, code, message}). A WebSocket upgrade on the same URL carries the same JSON as text frames.", content_type = "text/event-stream", body = String),
         CommonErrors)
 )]
 async fn subscribe(
@@ -137,23 +162,13 @@ async fn subscribe(
         return Ok(upgrade.on_upgrade(move |socket| websocket(socket, subscription)));
     }
     let events = subscription.map(|item| {
+        let (name, data) = delivery_json(&item);
+        let event = SseEvent::default().event(name).data(data.to_string());
         Ok::<_, Infallible>(match item {
-            Ok(FeedItem::Item(m)) => {
-                let event = SseEvent::default()
-                    .event("message")
-                    .data(message_json(&m).to_string());
-                match m.offset {
-                    Some(o) => event.id(o.to_string()),
-                    None => event,
-                }
+            Ok(Delivery::Message(m)) if m.offset.is_some() => {
+                event.id(m.offset.unwrap_or_default().to_string())
             }
-            Ok(FeedItem::Lagged(missed)) => SseEvent::default()
-                .event("lagged")
-                .data(json!({ "type": "lagged", "missed": missed }).to_string()),
-            Err(err) => SseEvent::default().event("error").data(
-                json!({ "type": "error", "code": err.code(), "message": err.to_string() })
-                    .to_string(),
-            ),
+            _ => event,
         })
     });
     Ok(Sse::new(events)
@@ -163,18 +178,14 @@ async fn subscribe(
 
 async fn websocket(
     mut socket: WebSocket,
-    subscription: impl futures::Stream<Item = crate::error::Result<FeedItem<Arc<PubMessage>>>> + Send,
+    subscription: impl futures::Stream<Item = crate::error::Result<Delivery>> + Send,
 ) {
     let mut subscription = std::pin::pin!(subscription);
     loop {
         tokio::select! {
             item = subscription.next() => {
-                let text = match item {
-                    None => break,
-                    Some(Ok(FeedItem::Item(m))) => message_json(&m),
-                    Some(Ok(FeedItem::Lagged(missed))) => json!({ "type": "lagged", "missed": missed }),
-                    Some(Err(err)) => json!({ "type": "error", "code": err.code(), "message": err.to_string() }),
-                };
+                let Some(item) = item else { break };
+                let (_, text) = delivery_json(&item);
                 if socket.send(WsMessage::Text(text.to_string().into())).await.is_err() {
                     return;
                 }
@@ -186,6 +197,155 @@ async fn websocket(
         }
     }
     let _ = socket.send(WsMessage::Close(None)).await;
+}
+
+#[utoipa::path(
+    get, path = "/v1/pubsub/{channel}/history", tag = "pubsub",
+    params(("channel" = String, Path, description = "The channel"), HistoryParams),
+    responses((status = 200, description = "Durable messages, in the order asked for", body = HistoryReply),
+        CommonErrors)
+)]
+async fn history(
+    Ctx {
+        primitive: pubsub,
+        caller,
+    }: Ctx<PubSub>,
+    Key(channel): Key,
+    ApiQuery(params): ApiQuery<HistoryParams>,
+) -> Result<Json<HistoryReply>, Error> {
+    let channel = pubsub.authorize(&caller, Call::new(P::Pubsub, Op::Read, channel))?;
+    let offset = |name: &str, v: Option<String>| -> Result<Option<Offset>, Error> {
+        v.map(|o| {
+            o.parse().map_err(|()| {
+                Error::InvalidArgument(format!(
+                    "{name}={o:?} is not an offset like 1700000000000-0"
+                ))
+            })
+        })
+        .transpose()
+    };
+    let newest_first = match params.order.as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(other) => {
+            return Err(Error::InvalidArgument(format!(
+                "order={other:?}: expected asc or desc"
+            )));
+        }
+    };
+    let query = HistoryQuery {
+        last: params.last,
+        from: offset("from", params.from)?,
+        to: offset("to", params.to)?,
+        newest_first,
+        limit: params.limit,
+        cursor: offset("cursor", params.cursor)?,
+    };
+    let page = pubsub.history(&channel, query).await?;
+    Ok(Json(HistoryReply {
+        channel,
+        messages: page
+            .messages
+            .iter()
+            .map(|m| {
+                let (payload, payload_base64) = payload_json(&m.payload);
+                let offset = m.offset.unwrap_or_default();
+                HistoryMessage {
+                    offset: offset.to_string(),
+                    published_at_ms: offset.ms,
+                    headers: m.headers.clone(),
+                    payload,
+                    payload_base64,
+                }
+            })
+            .collect(),
+        next_cursor: page.next_cursor.map(|o| o.to_string()),
+    }))
+}
+
+#[utoipa::path(
+    delete, path = "/v1/pubsub/{channel}/history", tag = "pubsub",
+    params(("channel" = String, Path, description = "The channel"), TrimParams),
+    responses((status = 200, description = "Trimmed", body = TrimReply),
+        CommonErrors)
+)]
+async fn trim(
+    Ctx {
+        primitive: pubsub,
+        caller,
+    }: Ctx<PubSub>,
+    Key(channel): Key,
+    ApiQuery(params): ApiQuery<TrimParams>,
+) -> Result<Json<TrimReply>, Error> {
+    let channel = pubsub.authorize(&caller, Call::new(P::Pubsub, Op::Delete, channel))?;
+    let before = params.before.parse().map_err(|()| {
+        Error::InvalidArgument(format!(
+            "before={:?} is not an offset like 1700000000000-0",
+            params.before
+        ))
+    })?;
+    let removed = pubsub.trim(&channel, before).await?;
+    Ok(Json(TrimReply { removed }))
+}
+
+/// Query of `GET /v1/pubsub/{channel}/history`: `last`, or a range paged
+/// with `limit` and `cursor`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryParams {
+    /// The newest `last` messages (1 to 1,000), in `order`; alone.
+    pub last: Option<usize>,
+    /// The first offset of the range (included); default: the oldest.
+    pub from: Option<String>,
+    /// The last offset of the range (included); default: the newest.
+    pub to: Option<String>,
+    /// `asc` (oldest first, the default) or `desc`.
+    pub order: Option<String>,
+    /// Messages per page, 1 to 1,000 (default 100).
+    pub limit: Option<usize>,
+    /// The previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+/// Query of `DELETE /v1/pubsub/{channel}/history`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TrimParams {
+    /// Messages before this offset are dropped (it stays).
+    pub before: String,
+}
+
+/// A page of a channel's history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryReply {
+    pub channel: String,
+    pub messages: Vec<HistoryMessage>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// A durable message as history returns it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryMessage {
+    pub offset: String,
+    /// When it was published (ms since the epoch, the clock of the Redis
+    /// that took it).
+    pub published_at_ms: u64,
+    pub headers: BTreeMap<String, String>,
+    /// The payload when it is UTF-8...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// ...else base64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrimReply {
+    /// Messages dropped.
+    pub removed: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::store::{Offset, PubMessage, PubSubStore};
+use super::store::{Offset, PubMessage, PubSubStore, Range};
 use crate::backend::{BackendError, Feed, feed_from, glob};
 
 /// Pub/sub in local memory.
@@ -130,6 +130,48 @@ impl PubSubStore for MemoryPubSub {
             }
         }
         Ok(feed_from(receivers, ()))
+    }
+
+    async fn history(&self, channel: &str, range: Range) -> Result<Vec<PubMessage>, BackendError> {
+        let inner = self.lock();
+        let Some(log) = inner.logs.get(channel) else {
+            return Ok(vec![]);
+        };
+        let within = |m: &&PubMessage| m.offset.is_some_and(|o| range.from <= o && o <= range.to);
+        let page = if range.newest_first {
+            log.messages
+                .iter()
+                .rev()
+                .filter(within)
+                .take(range.limit)
+                .cloned()
+                .collect()
+        } else {
+            log.messages
+                .iter()
+                .filter(within)
+                .take(range.limit)
+                .cloned()
+                .collect()
+        };
+        Ok(page)
+    }
+
+    async fn trim(&self, channel: &str, before: Offset) -> Result<u64, BackendError> {
+        let mut inner = self.lock();
+        let Some(log) = inner.logs.get_mut(channel) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        while log
+            .messages
+            .front()
+            .is_some_and(|m| m.offset.is_some_and(|o| o < before))
+        {
+            log.messages.pop_front();
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     async fn replay(

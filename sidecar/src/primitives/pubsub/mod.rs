@@ -33,7 +33,7 @@ use crate::telemetry::{self, Metrics};
 use crate::validate;
 use crate::validate::Limits;
 use config::PubSubConfig;
-use store::{Offset, PubMessage, PubSubStore};
+use store::{Offset, PubMessage, PubSubStore, Range};
 
 /// Durable messages read per replay step.
 const REPLAY_PAGE: usize = 500;
@@ -41,9 +41,48 @@ const REPLAY_PAGE: usize = 500;
 const MAX_HEADERS: usize = 64;
 const MAX_HEADER_BYTES: usize = 1024;
 
-/// What a subscriber receives: messages, lag notices, or the error that
-/// ended the subscription.
-pub type Subscription = Pin<Box<dyn Stream<Item = Result<FeedItem<Arc<PubMessage>>>> + Send>>;
+/// Messages one history read returns at most.
+pub const MAX_HISTORY_PAGE: usize = 1000;
+/// ... and without `limit`.
+const DEFAULT_HISTORY_PAGE: usize = 100;
+
+/// What a subscriber receives.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    Message(Arc<PubMessage>),
+    /// A live subscriber fell behind and missed this many messages.
+    Lagged(u64),
+    /// A resumed subscription has delivered every durable message the
+    /// channel held after its offset when the replay ended (the last one
+    /// delivered, if any): what follows was published after that.
+    Replayed(Option<Offset>),
+}
+
+/// What a subscriber receives: deliveries, or the error that ended the
+/// subscription.
+pub type Subscription = Pin<Box<dyn Stream<Item = Result<Delivery>> + Send>>;
+
+/// A history read: `last` newest messages, or a page of those between
+/// `from` and `to` (included) continuing after `cursor`.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub last: Option<usize>,
+    pub from: Option<Offset>,
+    pub to: Option<Offset>,
+    pub newest_first: bool,
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<Offset>,
+}
+
+/// A page of history, in the order asked for.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub messages: Vec<PubMessage>,
+    /// Where the next page starts (the last offset of this one), when this
+    /// page is full.
+    pub next_cursor: Option<Offset>,
+}
 
 /// Pub/sub.
 pub struct PubSub {
@@ -178,11 +217,98 @@ impl PubSub {
             let subscription: Subscription = match from {
                 None => Box::pin(live.map(move |item| {
                     let _slot = &slot;
-                    Ok(item)
+                    Ok(match item {
+                        FeedItem::Item(m) => Delivery::Message(m),
+                        FeedItem::Lagged(n) => Delivery::Lagged(n),
+                    })
                 })),
                 Some(after) => resume(self.store.clone(), channels[0].clone(), after, live, slot),
             };
             Ok(subscription)
+        })
+        .await
+    }
+
+    /// Reads a durable channel's history without subscribing.
+    pub async fn history(&self, channel: &str, query: HistoryQuery) -> Result<HistoryPage> {
+        let span = tracing::info_span!("outrigger.pubsub.history", channel);
+        telemetry::observe(&self.metrics, "pubsub", "history", span, async {
+            self.check_channel(channel)?;
+            let bounded = |what: &str, n: usize| {
+                if (1..=MAX_HISTORY_PAGE).contains(&n) {
+                    Ok(n)
+                } else {
+                    Err(Error::InvalidArgument(format!(
+                        "{what} must be between 1 and {MAX_HISTORY_PAGE}, not {n}"
+                    )))
+                }
+            };
+            if let Some(last) = query.last {
+                if query.from.is_some()
+                    || query.to.is_some()
+                    || query.cursor.is_some()
+                    || query.limit.is_some()
+                {
+                    return Err(Error::InvalidArgument(
+                        "last cannot be combined with from, to, cursor or limit".into(),
+                    ));
+                }
+                let range = Range {
+                    from: Offset::default(),
+                    to: Offset::MAX,
+                    newest_first: true,
+                    limit: bounded("last", last)?,
+                };
+                let mut messages = self.store.history(channel, range).await?;
+                if !query.newest_first {
+                    messages.reverse();
+                }
+                return Ok(HistoryPage {
+                    messages,
+                    next_cursor: None,
+                });
+            }
+            let limit = bounded("limit", query.limit.unwrap_or(DEFAULT_HISTORY_PAGE))?;
+            let mut range = Range {
+                from: query.from.unwrap_or_default(),
+                to: query.to.unwrap_or(Offset::MAX),
+                newest_first: query.newest_first,
+                limit,
+            };
+            if range.from > range.to {
+                return Err(Error::InvalidArgument(format!(
+                    "from ({}) is after to ({})",
+                    range.from, range.to
+                )));
+            }
+            match query.cursor {
+                Some(c) if query.newest_first => range.to = range.to.min(c.prev()),
+                Some(c) => range.from = range.from.max(c.next()),
+                None => {}
+            }
+            let messages = if range.from > range.to {
+                vec![]
+            } else {
+                self.store.history(channel, range).await?
+            };
+            let next_cursor = (messages.len() == limit)
+                .then(|| messages.last().and_then(|m| m.offset))
+                .flatten();
+            Ok(HistoryPage {
+                messages,
+                next_cursor,
+            })
+        })
+        .await
+    }
+
+    /// Drops a durable channel's messages before `before` (an editor's
+    /// "snapshot written"); returns how many.
+    pub async fn trim(&self, channel: &str, before: Offset) -> Result<u64> {
+        let span = tracing::info_span!("outrigger.pubsub.trim", channel, %before);
+        telemetry::observe(&self.metrics, "pubsub", "trim", span, async {
+            self.check_channel(channel)?;
+            Ok(self.store.trim(channel, before).await?)
         })
         .await
     }
@@ -211,6 +337,11 @@ fn resume(
         last: Offset,
         page: VecDeque<PubMessage>,
         replaying: bool,
+        /// Whether the end of the first replay has been announced.
+        announced: bool,
+        /// Whether anything was delivered yet (else `last` is the resume
+        /// point, not a delivered offset).
+        delivered: bool,
         failed: bool,
         live: Feed<Arc<PubMessage>>,
         _slot: Slot,
@@ -221,6 +352,8 @@ fn resume(
         last: after,
         page: VecDeque::new(),
         replaying: true,
+        announced: false,
+        delivered: false,
         failed: false,
         live,
         _slot: slot,
@@ -232,7 +365,13 @@ fn resume(
         loop {
             if let Some(message) = s.page.pop_front() {
                 s.last = message.offset.unwrap_or(s.last);
-                return Some((Ok(FeedItem::Item(Arc::new(message))), s));
+                s.delivered = true;
+                return Some((Ok(Delivery::Message(Arc::new(message))), s));
+            }
+            if !s.replaying && !s.announced {
+                s.announced = true;
+                let last = s.delivered.then_some(s.last);
+                return Some((Ok(Delivery::Replayed(last)), s));
             }
             if s.replaying {
                 match s.store.replay(&s.channel, s.last, REPLAY_PAGE).await {
@@ -252,8 +391,9 @@ fn resume(
                 FeedItem::Item(m) => {
                     if let Some(o) = m.offset {
                         s.last = o;
+                        s.delivered = true;
                     }
-                    return Some((Ok(FeedItem::Item(m)), s));
+                    return Some((Ok(Delivery::Message(m)), s));
                 }
                 // Fell behind the live feed (typically while a long
                 // replay ran): what was missed is in the stream, so catch

@@ -15,7 +15,7 @@ use futures::StreamExt;
 
 use redis::Script;
 
-use super::store::{Offset, PubMessage, PubSubStore};
+use super::store::{Offset, PubMessage, PubSubStore, Range};
 use crate::backend::redis::RedisStore;
 use crate::backend::redis::subscriber::Topic;
 use crate::backend::{BackendError, Feed, FeedItem};
@@ -108,6 +108,41 @@ impl PubSubStore for RedisPubSub {
         self.subscribe_with(channels, patterns, true).await
     }
 
+    async fn history(&self, channel: &str, range: Range) -> Result<Vec<PubMessage>, BackendError> {
+        let (command, start, end) = if range.newest_first {
+            ("XREVRANGE", range.to, range.from)
+        } else {
+            ("XRANGE", range.from, range.to)
+        };
+        let mut conn = self.redis.conn();
+        let entries: Vec<StreamEntry> = self
+            .redis
+            .call(
+                redis::cmd(command)
+                    .arg(self.pubsub_key(channel))
+                    .arg(start.to_string())
+                    .arg(end.to_string())
+                    .arg("COUNT")
+                    .arg(range.limit)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        entries_to_messages(channel, entries)
+    }
+
+    async fn trim(&self, channel: &str, before: Offset) -> Result<u64, BackendError> {
+        let mut conn = self.redis.conn();
+        self.redis
+            .call(
+                redis::cmd("XTRIM")
+                    .arg(self.pubsub_key(channel))
+                    .arg("MINID")
+                    .arg(before.to_string())
+                    .query_async(&mut conn),
+            )
+            .await
+    }
+
     async fn replay(
         &self,
         channel: &str,
@@ -116,6 +151,30 @@ impl PubSubStore for RedisPubSub {
     ) -> Result<Vec<PubMessage>, BackendError> {
         self.replay_after(channel, after, count).await
     }
+}
+
+/// Stream entries as messages of `channel`.
+fn entries_to_messages(
+    channel: &str,
+    entries: Vec<StreamEntry>,
+) -> Result<Vec<PubMessage>, BackendError> {
+    let bad = |what: &str| BackendError::Protocol(format!("stream entry: {what}"));
+    entries
+        .into_iter()
+        .map(|(id, fields)| {
+            let fields: BTreeMap<String, Vec<u8>> = fields.into_iter().collect();
+            let headers = fields
+                .get("h")
+                .and_then(|h| serde_json::from_slice(h).ok())
+                .ok_or_else(|| bad("headers"))?;
+            Ok(PubMessage {
+                channel: channel.to_string(),
+                payload: Bytes::from(fields.get("p").cloned().ok_or_else(|| bad("payload"))?),
+                headers,
+                offset: Some(id.parse().map_err(|_| bad("id"))?),
+            })
+        })
+        .collect()
 }
 
 impl RedisPubSub {
@@ -169,6 +228,9 @@ impl RedisPubSub {
         after: Offset,
         count: usize,
     ) -> Result<Vec<PubMessage>, BackendError> {
+        if after == Offset::MAX {
+            return Ok(vec![]); // nothing can come after it
+        }
         let mut conn = self.redis.conn();
         let entries: Vec<StreamEntry> = self
             .redis
@@ -182,22 +244,6 @@ impl RedisPubSub {
                     .query_async(&mut conn),
             )
             .await?;
-        let bad = |what: &str| BackendError::Protocol(format!("stream entry: {what}"));
-        entries
-            .into_iter()
-            .map(|(id, fields)| {
-                let fields: BTreeMap<String, Vec<u8>> = fields.into_iter().collect();
-                let headers = fields
-                    .get("h")
-                    .and_then(|h| serde_json::from_slice(h).ok())
-                    .ok_or_else(|| bad("headers"))?;
-                Ok(PubMessage {
-                    channel: channel.to_string(),
-                    payload: Bytes::from(fields.get("p").cloned().ok_or_else(|| bad("payload"))?),
-                    headers,
-                    offset: Some(id.parse().map_err(|_| bad("id"))?),
-                })
-            })
-            .collect()
+        entries_to_messages(channel, entries)
     }
 }

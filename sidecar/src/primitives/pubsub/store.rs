@@ -45,6 +45,47 @@ impl std::str::FromStr for Offset {
     }
 }
 
+impl Offset {
+    /// The greatest offset: a bound past every message.
+    pub const MAX: Offset = Offset {
+        ms: u64::MAX,
+        seq: u64::MAX,
+    };
+
+    /// The offset right after this one.
+    pub fn next(self) -> Offset {
+        match self.seq.checked_add(1) {
+            Some(seq) => Offset { ms: self.ms, seq },
+            None => Offset {
+                ms: self.ms.saturating_add(1),
+                seq: 0,
+            },
+        }
+    }
+
+    /// The offset right before this one (itself at zero).
+    pub fn prev(self) -> Offset {
+        match (self.ms, self.seq) {
+            (0, 0) => self,
+            (ms, 0) => Offset {
+                ms: ms - 1,
+                seq: u64::MAX,
+            },
+            (ms, seq) => Offset { ms, seq: seq - 1 },
+        }
+    }
+}
+
+/// Which durable messages a history read returns: those between `from`
+/// and `to` (both included), oldest or newest first, at most `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub from: Offset,
+    pub to: Offset,
+    pub newest_first: bool,
+    pub limit: usize,
+}
+
 /// Pub/sub storage.
 #[async_trait]
 pub trait PubSubStore: Send + Sync + 'static {
@@ -64,6 +105,13 @@ pub trait PubSubStore: Send + Sync + 'static {
         channels: &[String],
         patterns: &[String],
     ) -> Result<Feed<std::sync::Arc<PubMessage>>, BackendError>;
+
+    /// The durable messages of `channel` in `range`.
+    async fn history(&self, channel: &str, range: Range) -> Result<Vec<PubMessage>, BackendError>;
+
+    /// Drops the durable messages of `channel` before `before`; returns
+    /// how many.
+    async fn trim(&self, channel: &str, before: Offset) -> Result<u64, BackendError>;
 
     /// Up to `count` durable messages of `channel` after `after`, oldest
     /// first.
