@@ -138,8 +138,8 @@ export class OutriggerAdapter extends ClusterAdapterWithHeartbeat {
   readonly #closed = new AbortController();
   /** Broadcasts dispatched lately, when connection state recovery is on. */
   readonly #recent: Recent[] = [];
-  /** Messages held back while a restored socket is being set up. */
-  #held: Message[] | undefined;
+  /** Dispatches held back while a restored socket is being set up. */
+  #held: (() => void)[] | undefined;
 
   constructor(nsp: unknown, client: Client, release: () => void, options: AdapterOptions) {
     super(nsp, options);
@@ -199,8 +199,7 @@ export class OutriggerAdapter extends ClusterAdapterWithHeartbeat {
       try {
         for await (const message of this.#client.subscribe(channel, { after: last, signal, onOpen })) {
           if (message.offset) last = message.offset;
-          if (this.#held) this.#held.push(message);
-          else this.#receive(message);
+          this.#dispatch(() => this.#receive(message));
         }
       } catch {
         // Refused (a wrong token, too many subscribers): try again later.
@@ -224,13 +223,10 @@ export class OutriggerAdapter extends ClusterAdapterWithHeartbeat {
         this.stats.foreign++;
         return;
       }
+      if (item.uid === this.uid) return; // delivered here when it was published
       const place = message.offset ? `${message.offset}/${index}` : undefined;
       if (place && item.type === MessageType.BROADCAST) this.#remember(place, item.data as BroadcastData);
       try {
-        if (item.uid === this.uid) {
-          if (item.type === MessageType.BROADCAST) this.#deliverOwn(item.data as BroadcastData, place);
-          return;
-        }
         this.stats.received++;
         if (RESPONSES.has(item.type)) this.onResponse(item as ClusterResponse);
         else this.onMessage(item as ClusterMessage, place);
@@ -241,27 +237,30 @@ export class OutriggerAdapter extends ClusterAdapterWithHeartbeat {
   }
 
   /**
-   * Broadcasts from this instance reach its own sockets when they come back
-   * on the channel, like everyone else's: every client of the namespace, on
-   * any instance, sees broadcasts in the one order the channel has, and the
-   * reconnection seam (see `restoreSession`) has one path to watch.
+   * A broadcast reaches this instance's sockets once it is published (so
+   * they get it even if Redis dies with it undelivered), or at once when
+   * the sidecar cannot take it; the others get it from the channel.
    */
   override async broadcast(packet: BroadcastData["packet"], opts: BroadcastOptions): Promise<void> {
     if (opts.flags?.local) return Adapter.prototype.broadcast.call(this, packet, opts);
-    const encoded = { rooms: [...opts.rooms], except: [...(opts.except ?? [])], flags: opts.flags ?? {} };
+    const data = { packet, opts: { rooms: [...opts.rooms], except: [...(opts.except ?? [])], flags: opts.flags ?? {} } };
+    let place: string | undefined;
     try {
-      await this.publishAndReturnOffset({ type: MessageType.BROADCAST, data: { packet, opts: encoded } });
+      place = (await this.publishAndReturnOffset({ type: MessageType.BROADCAST, data })) || undefined;
     } catch {
       // The sidecar cannot be reached: this instance's sockets at least.
-      Adapter.prototype.broadcast.call(this, packet, opts);
     }
+    this.#dispatch(() => {
+      if (place) this.#remember(place, data);
+      if (place && this.nsp.server.opts.connectionStateRecovery && recoverable(data)) packet.data.push(place);
+      Adapter.prototype.broadcast.call(this, packet, opts);
+    });
   }
 
-  #deliverOwn(data: BroadcastData, place: string | undefined): void {
-    if (data.requestId !== undefined) return; // with acknowledgements: the base class delivered it
-    const opts = { rooms: new Set(data.opts.rooms), except: new Set(data.opts.except), flags: data.opts.flags ?? {} };
-    if (place && this.nsp.server.opts.connectionStateRecovery && recoverable(data)) data.packet.data.push(place);
-    Adapter.prototype.broadcast.call(this, data.packet, opts);
+  /** Dispatches now, or after a restored socket is set up (see below). */
+  #dispatch(deliver: () => void): void {
+    if (this.#held) this.#held.push(deliver);
+    else deliver();
   }
 
   /** Holds dispatching back until the current turn of the event loop is
@@ -274,7 +273,7 @@ export class OutriggerAdapter extends ClusterAdapterWithHeartbeat {
     setImmediate(() => {
       const held = this.#held ?? [];
       this.#held = undefined;
-      for (const message of held) this.#receive(message);
+      for (const deliver of held) deliver();
     });
   }
 
@@ -325,7 +324,7 @@ export class OutriggerAdapter extends ClusterAdapterWithHeartbeat {
    * it missed after `offset`: read from the namespace's durable channel up
    * to a mark published now, then the ones this instance has dispatched
    * since the mark (kept briefly for this), so that nothing falls between
-   * the history and the live room the socket joins. Rejects (Socket.IO then
+   * the history and the live room the socket joins, and nothing is in both. Rejects (Socket.IO then
    * starts a fresh session) when the session expired or was taken, when the
    * offset is no longer retained, or past `restoreTimeoutMs`.
    */
@@ -339,6 +338,11 @@ export class OutriggerAdapter extends ClusterAdapterWithHeartbeat {
     const stored = decode(entry.value) as { sid: string; pid: string; rooms: string[]; data: unknown };
     const mark = parsePlace((await this.#publish(this.#channel, joinBatch([]), true)) ?? "");
     if (!mark) throw new Error("the channel is not durable here (no offset for the mark)");
+    // This instance's broadcasts published before the mark reach its
+    // sockets when their publish returns: wait for those (all queued by
+    // now), so none of them reaches the restored socket twice (from the
+    // history and live).
+    await Promise.race([this.#lane.barrier(), sleep(this.#restoreTimeoutMs)]);
 
     const missed: unknown[][] = [];
     const control = new AbortController();

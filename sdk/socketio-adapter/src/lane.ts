@@ -21,6 +21,7 @@ export class Lane {
   #queue: Pending[] = [];
   #busy = false;
   #drained: (() => void)[] = [];
+  #tail: Promise<void> = Promise.resolve();
 
   constructor(send: Send, maxBytes: number) {
     this.#send = send;
@@ -36,10 +37,17 @@ export class Lane {
     } catch (err) {
       return Promise.reject(err);
     }
-    return new Promise((resolve, reject) => {
+    const pushed = new Promise<string>((resolve, reject) => {
       this.#queue.push({ bytes, resolve, reject });
       if (!this.#busy) void this.#drain();
     });
+    // A barrier awaiting this runs after the continuations of whoever
+    // awaited `pushed` before the barrier was taken.
+    this.#tail = pushed.then(
+      () => {},
+      () => {},
+    );
+    return pushed;
   }
 
   async #drain(): Promise<void> {
@@ -69,6 +77,13 @@ export class Lane {
       this.#busy = false;
       for (const resolve of this.#drained.splice(0)) resolve();
     }
+  }
+
+  /** Resolves once everything queued so far has been published (or
+   * failed), and the callers awaiting it have run; batches complete in
+   * order, so the last one queued is enough to wait for. */
+  barrier(): Promise<void> {
+    return this.#tail;
   }
 
   /** Whether nothing is queued or in flight. */
