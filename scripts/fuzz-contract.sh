@@ -5,8 +5,10 @@
 # body schema) or a crash.
 #
 # Not checked: "schema-valid request rejected" (the document cannot express
-# every rule, e.g. which cursors a listing handed out). Not fuzzed: the
-# endless Server-Sent Events streams (the integration tests cover them).
+# every rule, e.g. which cursors a listing handed out), and "use after
+# free" (a deleted map and a trimmed history read as empty, 200, by design:
+# an absent map is an empty one at version 0). Not fuzzed: the endless
+# Server-Sent Events streams (the integration tests cover them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +31,7 @@ trap 'kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
 
 "$venv/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" \
-  --checks all --exclude-checks positive_data_acceptance \
+  --checks all --exclude-checks positive_data_acceptance,use_after_free \
   --exclude-operation-id subscribe --exclude-operation-id presence_events \
   --exclude-operation-id map_events \
   --max-examples 50 --request-timeout 5 --no-color
