@@ -85,10 +85,7 @@ impl Stores {
             locks: MemoryLocks::new(),
             ratelimits: MemoryRateLimits::new(),
             presence: Arc::new(MemoryPresence::new(config.pubsub.subscriber_buffer)),
-            pubsub: Arc::new(MemoryPubSub::new(
-                config.pubsub.subscriber_buffer,
-                config.pubsub.stream_max_len,
-            )),
+            pubsub: Arc::new(MemoryPubSub::new(config.pubsub.subscriber_buffer)),
             counters: MemoryCounters::new(),
             maps: Arc::new(MemoryMaps::new(config.pubsub.subscriber_buffer)),
         }
@@ -102,10 +99,7 @@ impl Stores {
             locks: Arc::new(RedisLocks::new(redis.clone()).await?),
             ratelimits: Arc::new(RedisRateLimits::new(redis.clone())),
             presence: Arc::new(RedisPresence::new(redis.clone())),
-            pubsub: Arc::new(RedisPubSub::new(
-                redis.clone(),
-                config.pubsub.stream_max_len,
-            )),
+            pubsub: Arc::new(RedisPubSub::new(redis.clone())),
             counters: Arc::new(RedisCounters::new(redis.clone())),
             maps: Arc::new(RedisMaps::new(redis)),
         })
@@ -142,7 +136,6 @@ impl Stores {
                     flush_delay: failover.flush_delay,
                 },
                 config.pubsub.subscriber_buffer,
-                config.pubsub.stream_max_len,
             ),
             counters: FailoverCounters::new(
                 circuit.clone(),

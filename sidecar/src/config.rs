@@ -309,6 +309,26 @@ impl Config {
                 return invalid(key, "must be at least 1");
             }
         }
+        for (i, rule) in self.pubsub.retention.iter().enumerate() {
+            let why = match crate::backend::glob::validate(&rule.channels) {
+                Err(why) => Some(format!("rule {i}: channels {:?}: {why}", rule.channels)),
+                Ok(()) if rule.max_len == Some(0) => {
+                    Some(format!("rule {i}: max_len must be at least 1"))
+                }
+                Ok(()) => None,
+            };
+            if let Some(reason) = why {
+                return Err(ConfigError::Invalid {
+                    key: "pubsub.retention",
+                    reason,
+                });
+            }
+        }
+        if self.pubsub.idempotency_window < Duration::from_millis(1)
+            || self.pubsub.idempotency_window > Duration::from_secs(7 * 24 * 3600)
+        {
+            return invalid("pubsub.idempotency_window", "must be 1ms to 7 days");
+        }
         let share = self.failover.fallback_share;
         if !(share > 0.0 && share <= 1.0) {
             return invalid("failover.fallback_share", "must be in (0, 1]");

@@ -274,6 +274,28 @@ fn request(method: &str, g: &mut Gen) -> Vec<u8> {
             payload: vec![7; g.count(4096, 4096)].into(),
             headers: (0..g.count(5, 70)).map(|_| (g.s(), g.s())).collect(),
             durable: g.bit(),
+            idempotency_key: if g.tame { String::new() } else { g.s() },
+            max_len: if g.tame { 0 } else { g.n() },
+            max_age_ms: if g.tame { 0 } else { g.n() },
+        }
+        .encode_to_vec(),
+        "PubSub/History" => pb::HistoryRequest {
+            channel: g.s(),
+            last: if g.tame {
+                g.n() as u32 % 10
+            } else {
+                g.n() as u32
+            },
+            from_offset: if g.tame { String::new() } else { g.s() },
+            to_offset: if g.tame { String::new() } else { g.s() },
+            newest_first: g.bit(),
+            limit: if g.tame { 0 } else { g.n() as u32 },
+            cursor: if g.tame { String::new() } else { g.s() },
+        }
+        .encode_to_vec(),
+        "PubSub/Trim" => pb::TrimRequest {
+            channel: g.s(),
+            before: if g.tame { "1-0".into() } else { g.s() },
         }
         .encode_to_vec(),
         "Presence/Watch" => pb::WatchRequest { room: g.s() }.encode_to_vec(),
@@ -339,6 +361,8 @@ const UNARY: &[&str] = &[
     "Presence/List",
     "Presence/Rooms",
     "PubSub/Publish",
+    "PubSub/History",
+    "PubSub/Trim",
     "Admin/Status",
 ];
 

@@ -310,6 +310,7 @@ conformance!(
         a_subscriber_that_never_reads_does_not_stop_another,
         bad_realtime_input_gets_json_errors,
         history_and_trim_over_http_and_grpc_and_the_replay_marker_over_sse,
+        concurrent_retries_of_one_publish_from_two_sidecars_deliver_it_once,
     }
 );
 
@@ -320,6 +321,7 @@ async fn publish(s: &Sidecar, channel: &str, payload: String, durable: bool) -> 
             payload: payload.into(),
             headers: Default::default(),
             durable,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -348,6 +350,7 @@ async fn durable_replay_of_1000_missed_messages_then_live_ones(p: &Pair) {
                 payload: format!("{i}").into(),
                 headers: Default::default(),
                 durable: true,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -505,6 +508,56 @@ async fn history_and_trim_over_http_and_grpc_and_the_replay_marker_over_sse(p: &
     assert_eq!(left["messages"][0]["offset"], offsets[4].as_str());
 }
 
+async fn concurrent_retries_of_one_publish_from_two_sidecars_deliver_it_once(p: &Pair) {
+    let (a, b) = (&p.publisher, p.subscriber());
+    let mut sse = Sse::open(b.url("/v1/pubsub/retried"), None).await;
+    // Ten retries through each sidecar at once, HTTP and gRPC.
+    let c = http();
+    let over_http = |s: &Sidecar| {
+        c.post(s.url("/v1/pubsub/retried?durable=true&idempotency_key=order-42"))
+            .body("order 42")
+            .send()
+    };
+    let mut tries = vec![];
+    for _ in 0..10 {
+        tries.push(over_http(a));
+        tries.push(over_http(b));
+    }
+    let answers: Vec<Value> = futures::future::join_all(
+        tries
+            .into_iter()
+            .map(async |t| t.await.unwrap().json::<Value>().await.unwrap()),
+    )
+    .await;
+    let grpc = PubSubClient::new(a.channel().await)
+        .publish(pb::PublishRequest {
+            channel: "retried".into(),
+            payload: "order 42".into(),
+            durable: true,
+            idempotency_key: "order-42".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let firsts = answers.iter().filter(|a| a["duplicate"] == false).count();
+    assert_eq!(firsts, 1, "one publish went out: {answers:?}");
+    let offset = answers[0]["offset"].clone();
+    assert!(answers.iter().all(|a| a["offset"] == offset), "{answers:?}");
+    assert_eq!((json!(grpc.offset), grpc.duplicate), (offset, true));
+    publish(a, "retried", "end".into(), false).await;
+    let mut got = vec![];
+    loop {
+        let (_, data, _) = sse.next().await;
+        let payload = serde_json::from_str::<Value>(&data).unwrap()["payload"].clone();
+        if payload == "end" {
+            break;
+        }
+        got.push(payload);
+    }
+    assert_eq!(got, [json!("order 42")], "delivered once");
+}
+
 fn offset_key(o: &str) -> (u64, u64) {
     let (ms, seq) = o.split_once('-').unwrap();
     (ms.parse().unwrap(), seq.parse().unwrap())
@@ -527,6 +580,7 @@ async fn a_subscriber_that_never_reads_does_not_stop_another(p: &Pair) {
                     payload: format!("{i}:{payload}").into(),
                     headers: Default::default(),
                     durable: false,
+                    ..Default::default()
                 })
                 .await
                 .unwrap();

@@ -11,8 +11,9 @@ use outrigger::backend::FeedItem;
 use outrigger::config::Config;
 use outrigger::error::Error;
 use outrigger::primitives::presence::store::{PresenceEvent, PresenceKind};
+use outrigger::primitives::pubsub::config::RetentionRule;
 use outrigger::primitives::pubsub::store::{Offset, PubMessage};
-use outrigger::primitives::pubsub::{Delivery, HistoryQuery, Subscription};
+use outrigger::primitives::pubsub::{Delivery, HistoryQuery, PublishOptions, Subscription};
 use outrigger_tests::{AppOn, Topology, conformance};
 
 fn config() -> Config {
@@ -21,6 +22,19 @@ fn config() -> Config {
     config.pubsub.subscriber_buffer = 16;
     config.pubsub.stream_max_len = 5_000;
     config.pubsub.max_subscribers = 20;
+    config.pubsub.idempotency_window = Duration::from_millis(500);
+    config.pubsub.retention = vec![
+        RetentionRule {
+            channels: "short:*".into(),
+            max_len: Some(3),
+            max_age: Duration::ZERO,
+        },
+        RetentionRule {
+            channels: "aged:*".into(),
+            max_len: None,
+            max_age: Duration::from_millis(800),
+        },
+    ];
     config
 }
 
@@ -50,6 +64,9 @@ conformance!(
         trim_drops_what_came_before,
         the_replayed_marker_follows_exactly_the_missed_messages,
         bad_history_input_is_rejected,
+        a_repeated_idempotency_key_delivers_nothing_within_its_window,
+        retention_by_count_per_channel_glob_and_per_publish,
+        retention_by_age_and_an_idle_channel_disappears,
     }
 );
 
@@ -780,5 +797,207 @@ mod cases {
             ps.trim("", a).await,
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    pub async fn a_repeated_idempotency_key_delivers_nothing_within_its_window(app: &App) {
+        let ps = &app.pubsub;
+        let mut sub = ps
+            .subscribe(vec!["idem".into()], vec![], None)
+            .await
+            .unwrap();
+        let publish = async |payload: &'static str, durable: bool, key: &str| {
+            let options = PublishOptions {
+                durable,
+                idempotency_key: Some(key.into()),
+                ..Default::default()
+            };
+            ps.publish_with("idem", Bytes::from(payload), BTreeMap::new(), options)
+                .await
+                .unwrap()
+        };
+        let first = publish("a", true, "k1").await;
+        assert!(!first.duplicate && first.offset.is_some());
+        let again = publish("a again", true, "k1").await;
+        assert_eq!(
+            (again.offset, again.duplicate),
+            (first.offset, true),
+            "the first one's offset"
+        );
+        let live = publish("b", false, "k2").await;
+        assert_eq!((live.offset, live.duplicate), (None, false));
+        assert!(publish("b again", false, "k2").await.duplicate);
+        // The key is the channel's: the same key elsewhere is another.
+        let options = PublishOptions {
+            durable: true,
+            idempotency_key: Some("k1".into()),
+            ..Default::default()
+        };
+        let elsewhere = ps
+            .publish_with("idem-other", Bytes::from("c"), BTreeMap::new(), options)
+            .await
+            .unwrap();
+        assert!(!elsewhere.duplicate);
+        ps.publish("idem", Bytes::from("end"), BTreeMap::new(), false)
+            .await
+            .unwrap();
+        let mut got = vec![];
+        loop {
+            let m = next_message(&mut sub).await;
+            if m.payload == "end" {
+                break;
+            }
+            got.push(m.payload);
+        }
+        assert_eq!(got, ["a", "b"], "each delivered once");
+        let history = ps.history("idem", HistoryQuery::default()).await.unwrap();
+        assert_eq!(payloads(&history.messages), ["a"]);
+        // Past the window (500 ms here) the key is new again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let later = publish("a later", true, "k1").await;
+            if !later.duplicate {
+                assert!(later.offset > first.offset);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the key outlived its window"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for bad in ["", "\n", &"k".repeat(257)] {
+            let options = PublishOptions {
+                idempotency_key: Some(bad.to_string()),
+                ..Default::default()
+            };
+            let r = ps
+                .publish_with("idem", Bytes::new(), BTreeMap::new(), options)
+                .await;
+            assert!(matches!(r, Err(Error::InvalidArgument(_))), "{bad:?}");
+        }
+    }
+
+    pub async fn retention_by_count_per_channel_glob_and_per_publish(app: &App) {
+        let ps = &app.pubsub;
+        durable_log(app, "short:a", 10, false).await;
+        let kept = ps
+            .history("short:a", HistoryQuery::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            payloads(&kept.messages),
+            names(7..10),
+            "the rule keeps 3, exactly"
+        );
+        // A publish may ask for less, not more.
+        let fewer = PublishOptions {
+            durable: true,
+            max_len: Some(1),
+            ..Default::default()
+        };
+        ps.publish_with("short:a", Bytes::from("only"), BTreeMap::new(), fewer)
+            .await
+            .unwrap();
+        let kept = ps
+            .history("short:a", HistoryQuery::default())
+            .await
+            .unwrap();
+        assert_eq!(payloads(&kept.messages), ["only"]);
+        let more = PublishOptions {
+            durable: true,
+            max_len: Some(4),
+            ..Default::default()
+        };
+        let refused = ps
+            .publish_with("short:a", Bytes::from("x"), BTreeMap::new(), more)
+            .await;
+        assert!(
+            matches!(refused, Err(Error::InvalidArgument(_))),
+            "{refused:?}"
+        );
+        // Other channels keep the default (5,000 here).
+        durable_log(app, "long", 10, false).await;
+        assert_eq!(
+            ps.history("long", HistoryQuery::default())
+                .await
+                .unwrap()
+                .messages
+                .len(),
+            10
+        );
+        assert_eq!(ps.retention("short:zzz").max_len, 3);
+        assert_eq!(ps.retention("long").max_len, 5_000);
+    }
+
+    pub async fn retention_by_age_and_an_idle_channel_disappears(app: &App) {
+        let ps = &app.pubsub;
+        let first = durable_log(app, "aged:a", 2, false).await;
+        // By time: once 800 ms old, m0 and m1 are gone from reads, with or
+        // without a publish to trim them; a later message stays.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let later = loop {
+            let o = ps
+                .publish("aged:a", Bytes::from("later"), BTreeMap::new(), true)
+                .await
+                .unwrap()
+                .unwrap();
+            if o.ms >= first[0].ms + 800 {
+                break o;
+            }
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let page = ps.history("aged:a", HistoryQuery::default()).await.unwrap();
+        assert!(
+            page.messages.iter().all(|m| m.payload == "later"),
+            "{:?}",
+            payloads(&page.messages)
+        );
+        assert_eq!(page.messages.last().and_then(|m| m.offset), Some(later));
+        // Trimmed from the stream itself, not only left out of reads: a
+        // replay (which reads the stream as it is) starts past them.
+        let mut replay = ps
+            .subscribe(vec!["aged:a".into()], vec![], Some(Offset::default()))
+            .await
+            .unwrap();
+        assert_ne!(next_message(&mut replay).await.offset, Some(first[0]));
+        // A publish may ask for a shorter age, not a longer one.
+        let longer = PublishOptions {
+            durable: true,
+            max_age: Some(Duration::from_secs(1)),
+            ..Default::default()
+        };
+        let refused = ps
+            .publish_with("aged:a", Bytes::from("x"), BTreeMap::new(), longer)
+            .await;
+        assert!(
+            matches!(refused, Err(Error::InvalidArgument(_))),
+            "{refused:?}"
+        );
+        // Idle for its max age, the channel is gone: a resumed subscriber
+        // (whose replay reads the stream as it is, no age filter) finds
+        // nothing, and reads find nothing.
+        let gone = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut sub = ps
+                .subscribe(vec!["aged:a".into()], vec![], Some(Offset::default()))
+                .await
+                .unwrap();
+            if matches!(next(&mut sub).await.unwrap(), Delivery::Replayed(None)) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < gone,
+                "the channel outlived its age"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            ps.history("aged:a", HistoryQuery::default())
+                .await
+                .unwrap()
+                .messages
+                .is_empty()
+        );
     }
 }

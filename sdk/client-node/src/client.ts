@@ -711,14 +711,25 @@ export class Client {
     }
   }
 
-  /** Publishes; a durable message's offset is returned. */
-  publish(channel: string, payload: Bytes, options: { durable?: boolean } = {}): Promise<string | undefined> {
+  /** Publishes; a durable message's offset is returned. With
+   * `idempotencyKey`, a repeat on the channel within the sidecar's window
+   * (5 minutes) resolves to the first one's offset and delivers nothing,
+   * so the call is retried safely (once, on a dropped connection).
+   * `maxLen` / `maxAgeMs` ask the channel to keep less than its retention
+   * rule does. */
+  publish(
+    channel: string,
+    payload: Bytes,
+    options: { durable?: boolean; idempotencyKey?: string; maxLen?: number; maxAgeMs?: number } = {},
+  ): Promise<string | undefined> {
+    const { durable, idempotencyKey, maxLen, maxAgeMs } = options;
     return this.#call({
       method: "POST",
-      path: `/v1/pubsub/${seg(channel)}${query({ durable: options.durable })}`,
+      path: `/v1/pubsub/${seg(channel)}${query({ durable, idempotency_key: idempotencyKey, max_len: maxLen, max_age_ms: maxAgeMs })}`,
       read: (r) => parse(r).offset ?? undefined,
       body: bytes(payload),
       contentType: "application/octet-stream",
+      idempotent: options.idempotencyKey !== undefined,
     });
   }
 

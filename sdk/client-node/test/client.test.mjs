@@ -246,8 +246,13 @@ for (const backend of ["memory", "redis"]) {
           } else if (m.payload.toString() === "after") break;
         }
         assert.equal(replayed, offsets[3]);
+        const once = await client.publish(channel, "once", { durable: true, idempotencyKey: "k" });
+        assert.equal(await client.publish(channel, "twice", { durable: true, idempotencyKey: "k" }), once);
+        assert.deepEqual((await client.history(channel, { last: 1 })).messages.map((m) => m.payload.toString()), ["once"]);
         assert.equal(await client.trim(channel, offsets[2]), 2);
-        assert.deepEqual((await client.history(channel)).messages.map((m) => m.offset), [offsets[2], offsets[3]]);
+        assert.deepEqual((await client.history(channel)).messages.map((m) => m.offset), [offsets[2], offsets[3], once]);
+        for (const p of ["x", "y"]) await client.publish(`${channel}:short`, p, { durable: true, maxLen: 1, maxAgeMs: 60_000 });
+        assert.deepEqual((await client.history(`${channel}:short`)).messages.map((m) => m.payload.toString()), ["y"]);
       });
 
       test("errors are typed", async (t) => {

@@ -280,8 +280,14 @@ def test_history_trim_and_the_end_of_a_replay(client: Client, unique: str) -> No
             break
     assert got == [(b"c", 0), (b"\x00\xff", 0), (b"after", 1)]
     assert replayed == [offsets[3]]
+    once = client.publish(unique, "once", durable=True, idempotency_key="k")
+    assert client.publish(unique, "twice", durable=True, idempotency_key="k") == once
+    assert [m.payload for m in client.history(unique, last=1).messages] == [b"once"]
     assert client.trim(unique, str(offsets[2])) == 2
-    assert [m.offset for m in client.history(unique).messages] == offsets[2:]
+    assert [m.offset for m in client.history(unique).messages] == [*offsets[2:], once]
+    for p in ("x", "y"):
+        client.publish(unique + ":short", p, durable=True, max_len=1, max_age=60)
+    assert [m.payload for m in client.history(unique + ":short").messages] == [b"y"]
 
 
 def test_errors_are_typed(client: Client, unique: str) -> None:

@@ -632,13 +632,27 @@ def presence_rooms(member: str) -> Call[list[str]]:
     )
 
 
-def publish(channel: str, payload: Bytes, durable: bool) -> Call[str | None]:
+def publish(
+    channel: str,
+    payload: Bytes,
+    durable: bool,
+    idempotency_key: str | None,
+    max_len: int | None = None,
+    max_age: float | None = None,
+) -> Call[str | None]:
+    params = {
+        "durable": durable or None,
+        "idempotency_key": idempotency_key,
+        "max_len": max_len,
+        "max_age_ms": None if max_age is None else max(1, round(max_age * 1000)),
+    }
     return Call(
         "POST",
-        f"/v1/pubsub/{seg(channel)}" + query(durable=durable or None),
+        f"/v1/pubsub/{seg(channel)}" + query(**params),
         lambda r: r.json().get("offset"),
         body=raw(payload),
         content_type="application/octet-stream",
+        idempotent=idempotency_key is not None,
     )
 
 

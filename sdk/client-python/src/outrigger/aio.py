@@ -313,8 +313,24 @@ class AsyncClient:
         """`async with client.present(room, member):`; see `Client.present`."""
         return AsyncPresence(self, room, member, metadata, ttl)
 
-    async def publish(self, channel: str, payload: Bytes, *, durable: bool = False) -> str | None:
-        return await self._call(w.publish(channel, payload, durable))
+    async def publish(
+        self,
+        channel: str,
+        payload: Bytes,
+        *,
+        durable: bool = False,
+        idempotency_key: str | None = None,
+        max_len: int | None = None,
+        max_age: float | None = None,
+    ) -> str | None:
+        """Publishes; a durable message's offset is returned. With
+        `idempotency_key`, a repeat on the channel within the sidecar's
+        window (5 minutes) returns the first one's offset and delivers
+        nothing, so the call is retried safely. `max_len` / `max_age`
+        (seconds) ask the channel to keep less than its retention rule."""
+        return await self._call(
+            w.publish(channel, payload, durable, idempotency_key, max_len, max_age)
+        )
 
     async def history(
         self,

@@ -361,9 +361,22 @@ class Client:
         background every third of `ttl`, and leaves at the end."""
         return Presence(self, room, member, metadata, ttl)
 
-    def publish(self, channel: str, payload: Bytes, *, durable: bool = False) -> str | None:
-        """Publishes; a durable message's offset is returned."""
-        return self._call(w.publish(channel, payload, durable))
+    def publish(
+        self,
+        channel: str,
+        payload: Bytes,
+        *,
+        durable: bool = False,
+        idempotency_key: str | None = None,
+        max_len: int | None = None,
+        max_age: float | None = None,
+    ) -> str | None:
+        """Publishes; a durable message's offset is returned. With
+        `idempotency_key`, a repeat on the channel within the sidecar's
+        window (5 minutes) returns the first one's offset and delivers
+        nothing, so the call is retried safely. `max_len` / `max_age`
+        (seconds) ask the channel to keep less than its retention rule."""
+        return self._call(w.publish(channel, payload, durable, idempotency_key, max_len, max_age))
 
     def history(
         self,

@@ -14,7 +14,7 @@ use futures::StreamExt;
 
 use super::memory::MemoryPubSub;
 use super::redis::RedisPubSub;
-use super::store::{Offset, PubMessage, PubSubStore, Range};
+use super::store::{Offset, PubMessage, PubSubStore, Publish, Published, Range};
 use crate::backend::circuit::{Circuit, Reconcile, Reconciliation, WhileDown, lock};
 use crate::backend::{BackendError, Feed, FeedItem};
 
@@ -35,7 +35,7 @@ pub struct Buffering {
 
 #[derive(Default)]
 struct Outbox {
-    queue: VecDeque<(PubMessage, bool)>,
+    queue: VecDeque<(PubMessage, Publish)>,
     /// Set from recovery until the queue is flushed: new publishes queue
     /// behind the buffered ones to keep the order.
     flushing: bool,
@@ -54,15 +54,10 @@ pub struct FailoverPubSub {
 }
 
 impl FailoverPubSub {
-    pub fn new(
-        circuit: Arc<Circuit>,
-        buffering: Buffering,
-        subscriber_buffer: usize,
-        stream_max_len: usize,
-    ) -> Arc<Self> {
+    pub fn new(circuit: Arc<Circuit>, buffering: Buffering, subscriber_buffer: usize) -> Arc<Self> {
         let store = Arc::new(FailoverPubSub {
-            redis: RedisPubSub::new(circuit.redis().clone(), stream_max_len),
-            memory: MemoryPubSub::new(subscriber_buffer, stream_max_len),
+            redis: RedisPubSub::new(circuit.redis().clone()),
+            memory: MemoryPubSub::new(subscriber_buffer),
             circuit,
             buffering,
             outbox: Mutex::new(Outbox::default()),
@@ -87,7 +82,7 @@ impl FailoverPubSub {
                     }
                 }
             };
-            match self.redis.publish(next.0.clone(), next.1).await {
+            match self.redis.publish(next.0.clone(), &next.1).await {
                 Ok(_) => flushed += 1,
                 Err(err) if err.is_outage() => {
                     // Gone again: keep it for the next recovery.
@@ -134,26 +129,22 @@ impl Reconcile for FailoverPubSub {
 
 #[async_trait]
 impl PubSubStore for FailoverPubSub {
-    async fn publish(
-        &self,
-        message: PubMessage,
-        durable: bool,
-    ) -> Result<Option<Offset>, BackendError> {
+    async fn publish(&self, message: PubMessage, how: &Publish) -> Result<Published, BackendError> {
         if self.circuit.is_up() {
             let queued = {
                 let mut outbox = lock(&self.outbox);
                 if outbox.flushing {
                     // Behind the buffered ones, to keep the order.
-                    outbox.queue.push_back((message.clone(), durable));
+                    outbox.queue.push_back((message.clone(), how.clone()));
                     true
                 } else {
                     false
                 }
             };
             if queued {
-                return Ok(None);
+                return Ok(Published::default());
             }
-            match self.redis.publish(message.clone(), durable).await {
+            match self.redis.publish(message.clone(), how).await {
                 Err(err) if err.is_outage() => self.circuit.trip(&err),
                 other => return other,
             }
@@ -171,13 +162,13 @@ impl PubSubStore for FailoverPubSub {
         {
             let mut outbox = lock(&self.outbox);
             if outbox.queue.len() < self.buffering.capacity {
-                outbox.queue.push_back((for_redis, durable));
+                outbox.queue.push_back((for_redis, how.clone()));
             } else {
                 outbox.dropped += 1;
                 tracing::warn!(channel = %message.channel, "publish buffer full: this message reaches local subscribers only");
             }
         }
-        self.memory.publish(message, durable).await
+        self.memory.publish(message, how).await
     }
 
     async fn subscribe(

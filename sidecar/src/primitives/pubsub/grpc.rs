@@ -7,7 +7,7 @@ use futures::StreamExt;
 use tonic::{Request, Response, Status};
 
 use super::store::{Offset, PubMessage};
-use super::{Delivery, HistoryQuery, PubSub};
+use super::{Delivery, HistoryQuery, PubSub, PublishOptions};
 use crate::kit::Primitive;
 use crate::kit::grpc::pb::pub_sub_server::{PubSub as Api, PubSubServer};
 use crate::kit::grpc::{EventStream, caller, pb};
@@ -34,17 +34,24 @@ impl Api for PubSubService {
             &caller,
             Call::new(P::Pubsub, Op::Publish, req.channel).value_size(req.payload.len()),
         )?;
-        let offset = self
+        let options = PublishOptions {
+            durable: req.durable,
+            idempotency_key: (!req.idempotency_key.is_empty()).then_some(req.idempotency_key),
+            max_len: (req.max_len > 0).then_some(req.max_len as usize),
+            max_age: (req.max_age_ms > 0).then(|| std::time::Duration::from_millis(req.max_age_ms)),
+        };
+        let published = self
             .0
-            .publish(
+            .publish_with(
                 &req.channel,
                 req.payload,
                 req.headers.into_iter().collect(),
-                req.durable,
+                options,
             )
             .await?;
         Ok(Response::new(pb::PublishResponse {
-            offset: offset.map(|o| o.to_string()).unwrap_or_default(),
+            offset: published.offset.map(|o| o.to_string()).unwrap_or_default(),
+            duplicate: published.duplicate,
         }))
     }
 

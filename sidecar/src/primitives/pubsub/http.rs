@@ -20,7 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::store::{Offset, PubMessage};
-use super::{Delivery, HistoryQuery, PubSub};
+use super::{Delivery, HistoryQuery, PubSub, PublishOptions};
 use crate::error::Error;
 use crate::kit::Primitive;
 use crate::kit::http::{ApiQuery, CommonErrors, Ctx, Key, SSE_KEEP_ALIVE, read_limited};
@@ -73,11 +73,18 @@ async fn publish(
         &caller,
         Call::new(P::Pubsub, Op::Publish, channel).value_size(payload.len()),
     )?;
-    let offset = pubsub
-        .publish(&channel, payload, message_headers, params.durable)
+    let options = PublishOptions {
+        durable: params.durable,
+        idempotency_key: params.idempotency_key,
+        max_len: params.max_len,
+        max_age: params.max_age_ms.map(std::time::Duration::from_millis),
+    };
+    let published = pubsub
+        .publish_with(&channel, payload, message_headers, options)
         .await?;
     Ok(Json(OffsetReply {
-        offset: offset.map(|o| o.to_string()),
+        offset: published.offset.map(|o| o.to_string()),
+        duplicate: published.duplicate,
     })
     .into_response())
 }
@@ -351,8 +358,11 @@ pub struct TrimReply {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OffsetReply {
     /// The message's offset in the channel's stream (durable messages
-    /// only; null otherwise).
+    /// only; null otherwise). For a repeat: the first publish's.
     pub offset: Option<String>,
+    /// The idempotency key was seen within the window: nothing was
+    /// published this time.
+    pub duplicate: bool,
 }
 
 /// A pub/sub message as Server-Sent Events data and WebSocket text.
@@ -380,6 +390,16 @@ pub struct PublishParams {
     /// Also append to the channel's stream, for replay.
     #[serde(default)]
     pub durable: bool,
+    /// A repeat with the same key on this channel within
+    /// `pubsub.idempotency_window` (5 minutes) answers the first publish's
+    /// offset and delivers nothing: retry freely.
+    pub idempotency_key: Option<String>,
+    /// Keep at most this many of the channel's durable messages (at most
+    /// what its retention rule keeps).
+    pub max_len: Option<usize>,
+    /// Keep its durable messages, and the channel after its last publish,
+    /// at most this long (at most what its retention rule says).
+    pub max_age_ms: Option<u64>,
 }
 
 /// Query of `GET /v1/pubsub/{channel}`.

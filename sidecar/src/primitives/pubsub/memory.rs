@@ -3,12 +3,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::store::{Offset, PubMessage, PubSubStore, Range};
+use super::store::{Offset, PubMessage, PubSubStore, Publish, Published, Range};
 use crate::backend::{BackendError, Feed, feed_from, glob};
 
 /// Pub/sub in local memory.
@@ -17,8 +17,6 @@ pub struct MemoryPubSub {
     inner: Mutex<Inner>,
     /// Messages a subscriber may fall behind by before it is told it lagged.
     buffer: usize,
-    /// Messages kept per durable channel.
-    max_len: usize,
 }
 
 type Sender = broadcast::Sender<Arc<PubMessage>>;
@@ -28,20 +26,53 @@ struct Inner {
     channels: HashMap<String, Sender>,
     patterns: HashMap<String, Sender>,
     logs: HashMap<String, Log>,
+    /// Idempotency keys seen, by channel and key: the offset answered and
+    /// until when.
+    seen: HashMap<(String, String), (Option<Offset>, Instant)>,
 }
+
+/// Idempotency keys kept before the expired ones are swept.
+const SWEEP_AT: usize = 1024;
 
 #[derive(Default)]
 struct Log {
     messages: VecDeque<PubMessage>,
     last: Offset,
+    /// As the last publish asked, and when it was.
+    max_age: Option<Duration>,
+    published: Option<Instant>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Log {
+    /// Whether the channel has outlived its max age since its last
+    /// publish (then it is gone, as its Redis stream would be).
+    fn expired(&self, now: Instant) -> bool {
+        matches!((self.max_age, self.published), (Some(age), Some(at)) if now.duration_since(at) >= age)
+    }
+
+    /// Drops what is older than the max age.
+    fn trim_by_age(&mut self) {
+        if let Some(age) = self.max_age {
+            let oldest = now_ms().saturating_sub(age.as_millis() as u64);
+            while self
+                .messages
+                .front()
+                .is_some_and(|m| m.offset.is_some_and(|o| o.ms < oldest))
+            {
+                self.messages.pop_front();
+            }
+        }
+    }
+
     /// Offsets like Redis stream ids: wall-clock ms, then a sequence.
     fn next_offset(&mut self) -> Offset {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = now_ms();
         self.last = if now > self.last.ms {
             Offset { ms: now, seq: 0 }
         } else {
@@ -55,17 +86,31 @@ impl Log {
 }
 
 impl MemoryPubSub {
-    pub fn new(buffer: usize, max_len: usize) -> Self {
+    pub fn new(buffer: usize) -> Self {
         MemoryPubSub {
             inner: Mutex::new(Inner::default()),
             buffer,
-            max_len,
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A channel's log, unless it has expired (then it is dropped), trimmed by
+/// age as of now.
+fn live_log<'a>(inner: &'a mut Inner, channel: &str) -> Option<&'a mut Log> {
+    if inner
+        .logs
+        .get(channel)
+        .is_some_and(|log| log.expired(Instant::now()))
+    {
+        inner.logs.remove(channel);
+    }
+    let log = inner.logs.get_mut(channel)?;
+    log.trim_by_age();
+    Some(log)
 }
 
 /// Sends to a sender; forgets it once nobody listens.
@@ -82,17 +127,37 @@ impl PubSubStore for MemoryPubSub {
     async fn publish(
         &self,
         mut message: PubMessage,
-        durable: bool,
-    ) -> Result<Option<Offset>, BackendError> {
+        how: &Publish,
+    ) -> Result<Published, BackendError> {
         let mut inner = self.lock();
-        if durable {
+        let now = Instant::now();
+        if let Some((key, _)) = &how.idempotency
+            && let Some((offset, until)) = inner.seen.get(&(message.channel.clone(), key.clone()))
+            && *until > now
+        {
+            return Ok(Published {
+                offset: *offset,
+                duplicate: true,
+            });
+        }
+        if how.durable {
+            if !inner.logs.contains_key(&message.channel) {
+                // A new channel: sweep the ones that outlived their age.
+                inner.logs.retain(|_, log| !log.expired(now));
+            }
             let log = inner.logs.entry(message.channel.clone()).or_default();
+            if log.expired(now) {
+                *log = Log::default();
+            }
             let offset = log.next_offset();
             message.offset = Some(offset);
             log.messages.push_back(message.clone());
-            while log.messages.len() > self.max_len {
+            log.max_age = how.retention.max_age;
+            log.published = Some(now);
+            while log.messages.len() > how.retention.max_len {
                 log.messages.pop_front();
             }
+            log.trim_by_age();
         }
         let offset = message.offset;
         let channel = message.channel.clone();
@@ -107,7 +172,18 @@ impl PubSubStore for MemoryPubSub {
         for pattern in matching {
             send(&mut inner.patterns, &pattern, &message);
         }
-        Ok(offset)
+        if let Some((key, window)) = &how.idempotency {
+            if inner.seen.len() >= SWEEP_AT {
+                inner.seen.retain(|_, (_, until)| *until > now);
+            }
+            inner
+                .seen
+                .insert((channel, key.clone()), (offset, now + *window));
+        }
+        Ok(Published {
+            offset,
+            duplicate: false,
+        })
     }
 
     async fn subscribe(
@@ -133,8 +209,8 @@ impl PubSubStore for MemoryPubSub {
     }
 
     async fn history(&self, channel: &str, range: Range) -> Result<Vec<PubMessage>, BackendError> {
-        let inner = self.lock();
-        let Some(log) = inner.logs.get(channel) else {
+        let mut inner = self.lock();
+        let Some(log) = live_log(&mut inner, channel) else {
             return Ok(vec![]);
         };
         let within = |m: &&PubMessage| m.offset.is_some_and(|o| range.from <= o && o <= range.to);
@@ -159,7 +235,7 @@ impl PubSubStore for MemoryPubSub {
 
     async fn trim(&self, channel: &str, before: Offset) -> Result<u64, BackendError> {
         let mut inner = self.lock();
-        let Some(log) = inner.logs.get_mut(channel) else {
+        let Some(log) = live_log(&mut inner, channel) else {
             return Ok(0);
         };
         let mut removed = 0;
@@ -180,10 +256,8 @@ impl PubSubStore for MemoryPubSub {
         after: Offset,
         count: usize,
     ) -> Result<Vec<PubMessage>, BackendError> {
-        let inner = self.lock();
-        Ok(inner
-            .logs
-            .get(channel)
+        let mut inner = self.lock();
+        Ok(live_log(&mut inner, channel)
             .map(|log| {
                 log.messages
                     .iter()

@@ -33,7 +33,7 @@ use crate::telemetry::{self, Metrics};
 use crate::validate;
 use crate::validate::Limits;
 use config::PubSubConfig;
-use store::{Offset, PubMessage, PubSubStore, Range};
+use store::{Offset, PubMessage, PubSubStore, Publish, Published, Range, Retention};
 
 /// Durable messages read per replay step.
 const REPLAY_PAGE: usize = 500;
@@ -93,7 +93,29 @@ pub struct PubSub {
     /// Subscribers being served, against `pubsub.max_subscribers`.
     subscribers: Arc<AtomicUsize>,
     max_subscribers: usize,
+    idempotency_window: std::time::Duration,
+    /// Retention by channel glob, first match, then the default.
+    rules: Vec<(String, Retention)>,
+    retention: Retention,
 }
+
+/// How to publish one message.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    /// Also append it to the channel's stream.
+    pub durable: bool,
+    /// A repeat with this key within `pubsub.idempotency_window` answers
+    /// the first publish's offset and delivers nothing.
+    pub idempotency_key: Option<String>,
+    /// Keep at most this many messages (at most the channel's retention).
+    pub max_len: Option<usize>,
+    /// Keep messages, and the channel, at most this long (at most the
+    /// channel's retention).
+    pub max_age: Option<std::time::Duration>,
+}
+
+/// Longest idempotency key.
+const MAX_IDEMPOTENCY_KEY: usize = 256;
 
 /// Gives a subscriber's slot back when its subscription is dropped.
 struct Slot(Arc<AtomicUsize>);
@@ -119,6 +141,22 @@ impl PubSub {
             metrics,
             subscribers: Arc::default(),
             max_subscribers: config.max_subscribers,
+            idempotency_window: config.idempotency_window,
+            rules: config
+                .retention
+                .iter()
+                .map(|rule| {
+                    let retention = Retention {
+                        max_len: rule.max_len.unwrap_or(config.stream_max_len),
+                        max_age: (!rule.max_age.is_zero()).then_some(rule.max_age),
+                    };
+                    (rule.channels.clone(), retention)
+                })
+                .collect(),
+            retention: Retention {
+                max_len: config.stream_max_len,
+                max_age: (!config.stream_max_age.is_zero()).then_some(config.stream_max_age),
+            },
         }
     }
 
@@ -139,11 +177,47 @@ impl PubSub {
         headers: BTreeMap<String, String>,
         durable: bool,
     ) -> Result<Option<Offset>> {
+        let options = PublishOptions {
+            durable,
+            ..Default::default()
+        };
+        let published = self
+            .publish_with(channel, payload, headers, options)
+            .await?;
+        Ok(published.offset)
+    }
+
+    /// What a durable channel keeps: the first retention rule matching it,
+    /// else the default.
+    pub fn retention(&self, channel: &str) -> Retention {
+        self.rules
+            .iter()
+            .find(|(pattern, _)| glob::matches(pattern, channel))
+            .map_or(self.retention, |(_, r)| *r)
+    }
+
+    /// Publishes; with an idempotency key, a repeat within
+    /// `pubsub.idempotency_window` (from any sidecar) answers the first
+    /// publish's offset and delivers nothing.
+    pub async fn publish_with(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        headers: BTreeMap<String, String>,
+        options: PublishOptions,
+    ) -> Result<Published> {
+        let PublishOptions {
+            durable,
+            idempotency_key,
+            max_len,
+            max_age,
+        } = options;
         let span = tracing::info_span!(
             "outrigger.pubsub.publish",
             channel,
             durable,
-            bytes = payload.len()
+            bytes = payload.len(),
+            idempotent = idempotency_key.is_some()
         );
         telemetry::observe(&self.metrics, "pubsub", "publish", span, async {
             self.check_channel(channel)?;
@@ -157,13 +231,49 @@ impl PubSub {
                     "at most {MAX_HEADERS} headers, with non-empty names, names and values of at most {MAX_HEADER_BYTES} bytes"
                 )));
             }
+            if let Some(key) = &idempotency_key
+                && (key.is_empty()
+                    || key.len() > MAX_IDEMPOTENCY_KEY
+                    || key.chars().any(char::is_control))
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY} bytes without control characters"
+                )));
+            }
             let message = PubMessage {
                 channel: channel.to_string(),
                 payload,
                 headers,
                 offset: None,
             };
-            Ok(self.store.publish(message, durable).await?)
+            let mut retention = self.retention(channel);
+            if let Some(n) = max_len {
+                if n == 0 || n > retention.max_len {
+                    return Err(Error::InvalidArgument(format!(
+                        "max_len must be 1 to {} on this channel",
+                        retention.max_len
+                    )));
+                }
+                retention.max_len = n;
+            }
+            if let Some(age) = max_age {
+                if age.is_zero() || retention.max_age.is_some_and(|most| age > most) {
+                    return Err(Error::InvalidArgument(match retention.max_age {
+                        Some(most) => format!(
+                            "max_age_ms must be 1 to {} on this channel",
+                            most.as_millis()
+                        ),
+                        None => "max_age_ms must be at least 1".into(),
+                    }));
+                }
+                retention.max_age = Some(age);
+            }
+            let how = Publish {
+                durable,
+                retention,
+                idempotency: idempotency_key.map(|k| (k, self.idempotency_window)),
+            };
+            Ok(self.store.publish(message, &how).await?)
         })
         .await
     }
@@ -243,6 +353,20 @@ impl PubSub {
                     )))
                 }
             };
+            // What is older than the channel's max age is gone, even if
+            // no publish has trimmed it yet.
+            let oldest = self
+                .retention(channel)
+                .max_age
+                .map_or(Offset::default(), |age| {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    Offset {
+                        ms: now.saturating_sub(age.as_millis() as u64),
+                        seq: 0,
+                    }
+                });
             if let Some(last) = query.last {
                 if query.from.is_some()
                     || query.to.is_some()
@@ -254,7 +378,7 @@ impl PubSub {
                     ));
                 }
                 let range = Range {
-                    from: Offset::default(),
+                    from: oldest,
                     to: Offset::MAX,
                     newest_first: true,
                     limit: bounded("last", last)?,
@@ -286,6 +410,7 @@ impl PubSub {
                 Some(c) => range.from = range.from.max(c.next()),
                 None => {}
             }
+            range.from = range.from.max(oldest);
             let messages = if range.from > range.to {
                 vec![]
             } else {

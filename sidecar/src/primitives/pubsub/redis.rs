@@ -15,7 +15,7 @@ use futures::StreamExt;
 
 use redis::Script;
 
-use super::store::{Offset, PubMessage, PubSubStore, Range};
+use super::store::{Offset, PubMessage, PubSubStore, Publish, Published, Range};
 use crate::backend::redis::RedisStore;
 use crate::backend::redis::subscriber::Topic;
 use crate::backend::{BackendError, Feed, FeedItem};
@@ -24,16 +24,13 @@ use crate::backend::{BackendError, Feed, FeedItem};
 pub struct RedisPubSub {
     redis: Arc<RedisStore>,
     publish: Script,
-    /// Messages kept per durable channel.
-    stream_max_len: usize,
 }
 
 impl RedisPubSub {
-    pub fn new(redis: Arc<RedisStore>, stream_max_len: usize) -> Self {
+    pub fn new(redis: Arc<RedisStore>) -> Self {
         RedisPubSub {
             redis,
             publish: Script::new(include_str!("publish.lua")),
-            stream_max_len,
         }
     }
 }
@@ -64,16 +61,12 @@ fn parse_live(channel: &str, payload: &[u8]) -> Option<PubMessage> {
 
 #[async_trait]
 impl PubSubStore for RedisPubSub {
-    async fn publish(
-        &self,
-        message: PubMessage,
-        durable: bool,
-    ) -> Result<Option<Offset>, BackendError> {
+    async fn publish(&self, message: PubMessage, how: &Publish) -> Result<Published, BackendError> {
         let key = self.pubsub_key(&message.channel);
         let headers = serde_json::to_string(&message.headers)
             .map_err(|e| BackendError::Protocol(e.to_string()))?;
         let mut conn = self.redis.conn();
-        if !durable {
+        if !how.durable && how.idempotency.is_none() {
             let mut live = Vec::with_capacity(headers.len() + message.payload.len() + 2);
             live.push(b'\n');
             live.extend_from_slice(headers.as_bytes());
@@ -87,17 +80,38 @@ impl PubSubStore for RedisPubSub {
                         .query_async::<()>(&mut conn),
                 )
                 .await?;
-            return Ok(None);
+            return Ok(Published::default());
         }
+        // The key beside the stream, in its slot.
+        let (seen, window) = match &how.idempotency {
+            Some((k, window)) => (format!("{key}:i:{k}"), window.as_millis().max(1) as u64),
+            None => (key.clone(), 0),
+        };
         let mut call = self.publish.key(&key);
-        call.arg(self.stream_max_len)
+        call.key(&seen)
+            .arg(how.retention.max_len)
             .arg(&key)
             .arg(&headers)
-            .arg(message.payload.as_ref());
-        let id: String = self.redis.call(call.invoke_async(&mut conn)).await?;
-        id.parse()
-            .map(Some)
-            .map_err(|_| BackendError::Protocol(format!("stream id {id:?}")))
+            .arg(message.payload.as_ref())
+            .arg(u8::from(how.durable))
+            .arg(window)
+            .arg(
+                how.retention
+                    .max_age
+                    .map_or(0, |a| a.as_millis().max(1) as u64),
+            );
+        let (id, duplicate): (String, u8) = self.redis.call(call.invoke_async(&mut conn)).await?;
+        let offset = match id.as_str() {
+            "" => None,
+            id => Some(
+                id.parse()
+                    .map_err(|_| BackendError::Protocol(format!("stream id {id:?}")))?,
+            ),
+        };
+        Ok(Published {
+            offset,
+            duplicate: duplicate == 1,
+        })
     }
 
     async fn subscribe(

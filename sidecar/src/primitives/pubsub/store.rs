@@ -76,6 +76,47 @@ impl Offset {
     }
 }
 
+/// What a durable channel keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Messages kept, the newest.
+    pub max_len: usize,
+    /// How long a message is kept, and how long the channel lives on after
+    /// its last publish.
+    pub max_age: Option<std::time::Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_len: 10_000,
+            max_age: None,
+        }
+    }
+}
+
+/// How a message is published.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Publish {
+    /// Also append it to the channel's stream.
+    pub durable: bool,
+    /// What the channel's stream keeps (durable messages).
+    pub retention: Retention,
+    /// A key and its window: a publish with the same key on the same
+    /// channel within the window answers the first one's offset and
+    /// delivers nothing.
+    pub idempotency: Option<(String, std::time::Duration)>,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Published {
+    /// The durable message's offset (the first one's, for a repeat).
+    pub offset: Option<Offset>,
+    /// A repeat of an idempotency key: nothing was delivered.
+    pub duplicate: bool,
+}
+
 /// Which durable messages a history read returns: those between `from`
 /// and `to` (both included), oldest or newest first, at most `limit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,14 +130,9 @@ pub struct Range {
 /// Pub/sub storage.
 #[async_trait]
 pub trait PubSubStore: Send + Sync + 'static {
-    /// Publishes to every live subscriber (and, when `durable`, appends to
-    /// the channel's capped stream). Returns the offset of a durable
-    /// message.
-    async fn publish(
-        &self,
-        message: PubMessage,
-        durable: bool,
-    ) -> Result<Option<Offset>, BackendError>;
+    /// Publishes to every live subscriber (and, when durable, appends to
+    /// the channel's capped stream), unless it repeats an idempotency key.
+    async fn publish(&self, message: PubMessage, how: &Publish) -> Result<Published, BackendError>;
 
     /// A live feed of the channels and patterns, active when this returns:
     /// everything published from then on arrives.
