@@ -28,6 +28,7 @@ pub use crate::primitives::cache::config::{CacheConfig, MemoryConfig, NearCacheC
 pub use crate::primitives::lock::config::LockFallback;
 pub use crate::primitives::map::config::MapsConfig;
 pub use crate::primitives::presence::config::PresenceConfig;
+use crate::primitives::pubsub::MAX_AGE;
 pub use crate::primitives::pubsub::config::PubSubConfig;
 pub use crate::primitives::ratelimit::config::{
     Algorithm, Limit, PolicyConfig, RateLimitConfig, RateLimitFallback,
@@ -315,6 +316,9 @@ impl Config {
                 Ok(()) if rule.max_len == Some(0) => {
                     Some(format!("rule {i}: max_len must be at least 1"))
                 }
+                Ok(()) if rule.max_age > MAX_AGE => {
+                    Some(format!("rule {i}: max_age must be at most 365 days"))
+                }
                 Ok(()) => None,
             };
             if let Some(reason) = why {
@@ -323,6 +327,9 @@ impl Config {
                     reason,
                 });
             }
+        }
+        if self.pubsub.stream_max_age > MAX_AGE {
+            return invalid("pubsub.stream_max_age", "must be at most 365 days");
         }
         if self.pubsub.idempotency_window < Duration::from_millis(1)
             || self.pubsub.idempotency_window > Duration::from_secs(7 * 24 * 3600)
@@ -633,6 +640,34 @@ config = { rules = [{ match = "x" }] }
         let bad_algo =
             "[ratelimit.policies.login]\nalgorithm = \"leaky\"\nlimit = 1\nperiod = \"1m\"";
         assert!(load_err(bad_algo).contains("ratelimit.policies.login.algorithm"));
+        let bad_glob = "[[pubsub.retention]]\nchannels = \"a[\"\nmax_len = 5";
+        assert!(load_err(bad_glob).contains("pubsub.retention"));
+        let bad_len = "[[pubsub.retention]]\nchannels = \"a:*\"\nmax_len = 0";
+        assert!(load_err(bad_len).contains("rule 0: max_len must be at least 1"));
+        let bad_age = "[[pubsub.retention]]\nchannels = \"a:*\"\nmax_age = \"400d\"";
+        assert!(load_err(bad_age).contains("rule 0: max_age must be at most 365 days"));
+        assert!(
+            load_err("[pubsub]\nidempotency_window = \"0s\"").contains("pubsub.idempotency_window")
+        );
+    }
+
+    #[test]
+    fn retention_rules_load_from_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "outrigger.toml",
+                "[[pubsub.retention]]\nchannels = \"session:*\"\nmax_len = 100\nmax_age = \"24h\"\n\n[[pubsub.retention]]\nchannels = \"*\"\n",
+            )?;
+            let config = Config::load(None).expect("loads");
+            let rules = &config.pubsub.retention;
+            assert_eq!(rules.len(), 2);
+            assert_eq!(
+                (rules[0].max_len, rules[0].max_age),
+                (Some(100), Duration::from_secs(86400))
+            );
+            assert_eq!((rules[1].max_len, rules[1].max_age), (None, Duration::ZERO));
+            Ok(())
+        });
     }
 
     #[test]

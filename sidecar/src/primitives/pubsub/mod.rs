@@ -116,6 +116,8 @@ pub struct PublishOptions {
 
 /// Longest idempotency key.
 const MAX_IDEMPOTENCY_KEY: usize = 256;
+/// The longest max age a channel may have (a year).
+pub const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
 /// Gives a subscriber's slot back when its subscription is dropped.
 struct Slot(Arc<AtomicUsize>);
@@ -257,14 +259,12 @@ impl PubSub {
                 retention.max_len = n;
             }
             if let Some(age) = max_age {
-                if age.is_zero() || retention.max_age.is_some_and(|most| age > most) {
-                    return Err(Error::InvalidArgument(match retention.max_age {
-                        Some(most) => format!(
-                            "max_age_ms must be 1 to {} on this channel",
-                            most.as_millis()
-                        ),
-                        None => "max_age_ms must be at least 1".into(),
-                    }));
+                let most = retention.max_age.unwrap_or(MAX_AGE);
+                if age.is_zero() || age > most {
+                    return Err(Error::InvalidArgument(format!(
+                        "max_age_ms must be 1 to {} on this channel",
+                        most.as_millis()
+                    )));
                 }
                 retention.max_age = Some(age);
             }
