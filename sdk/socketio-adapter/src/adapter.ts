@@ -136,6 +136,10 @@ export class OutriggerAdapter extends ClusterAdapterWithHeartbeat {
   readonly #responseLanes = new Map<string, Lane>();
   readonly #maxBatchBytes: number;
   readonly #closed = new AbortController();
+  /** Set by `close`: nothing but the farewell is published from then on
+   * (so no heartbeat timer is armed again after it was cleared). */
+  #closing = false;
+  #starting: Promise<void> = Promise.resolve();
   /** Broadcasts dispatched lately, when connection state recovery is on. */
   readonly #recent: Recent[] = [];
   /** Dispatches held back while a restored socket is being set up. */
@@ -169,13 +173,18 @@ export class OutriggerAdapter extends ClusterAdapterWithHeartbeat {
   /** Subscribes to both channels, then says hello. Until the sidecar can be
    * reached this retries in the background; broadcasts meanwhile reach this
    * instance's clients only. */
-  override async init(): Promise<void> {
-    const signal = this.#closed.signal;
-    for (let backoff = 100; !signal.aborted; backoff = Math.min(backoff * 2, 5_000)) {
+  override init(): Promise<void> {
+    this.#starting = this.#start();
+    return this.#starting;
+  }
+
+  async #start(): Promise<void> {
+    for (let backoff = 100; !this.#closing; backoff = Math.min(backoff * 2, 5_000)) {
       try {
         // The namespace's channel is read from a mark placed before
         // anything this instance says, so nothing said to it is missed.
         const mark = await this.#publish(this.#channel, joinBatch([]), true);
+        if (this.#closing) return;
         let opened: () => void = () => {};
         const open = new Promise<void>((resolve) => {
           opened = resolve;
@@ -183,7 +192,7 @@ export class OutriggerAdapter extends ClusterAdapterWithHeartbeat {
         void this.#listen(this.#responseChannel(this.uid), undefined, opened);
         void this.#listen(this.#channel, mark);
         await Promise.race([open, sleep(this.#restoreTimeoutMs)]);
-        super.init();
+        if (!this.#closing) super.init();
         return;
       } catch {
         await sleep(backoff);
@@ -289,6 +298,11 @@ export class OutriggerAdapter extends ClusterAdapterWithHeartbeat {
     this.#recent.push({ place: parsed, at: now, rooms: data.opts.rooms, except: data.opts.except, data: [...data.packet.data, place] });
   }
 
+  override publish(message: Parameters<ClusterAdapterWithHeartbeat["publish"]>[0]): void {
+    if (this.#closing && message.type !== MessageType.ADAPTER_CLOSE) return;
+    super.publish(message);
+  }
+
   protected override doPublish(message: ClusterMessage): Promise<string> {
     return this.#lane.push(message);
   }
@@ -392,8 +406,9 @@ export class OutriggerAdapter extends ClusterAdapterWithHeartbeat {
   /** Says goodbye (the others drop this instance at once rather than after
    * the heartbeat timeout), then closes the channels. */
   override async close(): Promise<void> {
+    this.#closing = true;
     super.close();
-    await this.#lane.drained();
+    await Promise.all([this.#starting, this.#lane.drained()]);
     this.#closed.abort();
     this.#release();
   }

@@ -345,6 +345,21 @@ test("foreign and malformed messages on the channel are ignored and counted", as
   for (const s of servers) assert.equal(s.io.of("/").adapter.rooms.has(42), false);
 });
 
+test("a closed server publishes nothing more, even closed while it was starting", async () => {
+  for (const settle of [false, true]) {
+    const server = await startServer(sidecars[0].url);
+    if (settle) await clustered([...servers, server]);
+    await server.io.close();
+    const adapter = server.adapter();
+    const published = adapter.stats.published;
+    // Five heartbeat intervals: a timer armed again after close would
+    // have published by then.
+    await new Promise((r) => setTimeout(r, HEARTBEAT.heartbeatInterval * 5));
+    assert.equal(adapter.stats.published, published, `settled: ${settle}`);
+  }
+  await clustered(servers);
+});
+
 test("a server killed with SIGKILL is noticed within the heartbeat timeout", async () => {
   const sidecar = await startSidecar({ redis, env: { OUTRIGGER_NAMESPACE: namespace } });
   const child = spawn(process.execPath, [path.join(here, "server-process.mjs")], {
