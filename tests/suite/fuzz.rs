@@ -1,5 +1,6 @@
-//! Hostile input, generated. Every gRPC request decoder gets thousands of
-//! messages made by mutating valid encodings (flipped and inserted bytes,
+//! Hostile input, generated. Every gRPC request decoder (but the Lock.Hold
+//! conversation's and the argument-less Admin.ReloadPlugins') gets
+//! thousands of messages made by mutating valid encodings (flipped and inserted bytes,
 //! truncations, stray fields, huge length prefixes, hostile field values);
 //! HTTP keys get random binary and oversized names. The sidecar must answer
 //! every one with a clear status (never `INTERNAL` or `UNKNOWN`, never a
@@ -223,29 +224,82 @@ fn request(method: &str, g: &mut Gen) -> Vec<u8> {
             token: g.s(),
         }
         .encode_to_vec(),
-        "RateLimit/Check" => {
-            let inline = g.bit();
-            pb::CheckRequest {
-                policy: if inline {
-                    String::new()
-                } else if g.tame {
-                    "k0".into()
+        "RateLimit/Check" | "RateLimit/Peek" => check_request(g).encode_to_vec(),
+        "RateLimit/CheckAll" => pb::CheckAllRequest {
+            checks: (0..g.count(3, 300) + 1).map(|_| check_request(g)).collect(),
+        }
+        .encode_to_vec(),
+        "RateLimit/Reset" => pb::ResetLimitRequest {
+            policy: if g.tame { "k0".into() } else { g.s() },
+            key: g.s(),
+        }
+        .encode_to_vec(),
+        "Counter/Increment" => {
+            let bound = |g: &mut Gen| (!g.tame && g.bit()).then(|| g.n() as i64);
+            pb::IncrementRequest {
+                name: g.s(),
+                by: if g.tame {
+                    g.rng.random_range(-5..5)
                 } else {
-                    g.s()
+                    g.n() as i64
                 },
-                key: g.s(),
-                cost: if g.tame { 1 } else { g.n() as u32 },
-                inline: inline.then(|| pb::InlineLimit {
-                    algorithm: ["gcra", "fixed_window", "sliding_window", "nope", ""]
-                        [g.rng.random_range(0..if g.tame { 3 } else { 5 })]
-                    .into(),
-                    limit: if g.tame { 10 } else { g.n() as u32 },
-                    period_ms: g.n(),
-                    burst: if g.tame { 10 } else { g.n() as u32 },
-                }),
+                ttl_ms: if g.tame { 0 } else { g.n() },
+                min: bound(g),
+                max: bound(g),
             }
             .encode_to_vec()
         }
+        "Counter/Get" => pb::GetCounterRequest { name: g.s() }.encode_to_vec(),
+        "Counter/Reset" => pb::ResetCounterRequest { name: g.s() }.encode_to_vec(),
+        "Map/Get" => pb::GetFieldsRequest {
+            map: g.s(),
+            fields: (0..g.count(5, 2000)).map(|_| g.s()).collect(),
+        }
+        .encode_to_vec(),
+        "Map/List" => pb::ListFieldsRequest {
+            map: g.s(),
+            cursor: if g.tame { String::new() } else { g.s() },
+            limit: if g.tame { 10 } else { g.n() as u32 },
+        }
+        .encode_to_vec(),
+        "Map/Update" => {
+            use pb::map_change::Change;
+            let changes = (0..g.count(3, 300) + 1)
+                .map(|_| {
+                    let change = match g.rng.random_range(0..3) {
+                        0 => Change::Set(pb::SetField {
+                            field: g.s(),
+                            value: vec![7; g.count(64, 4096)].into(),
+                            ttl_ms: if g.tame { 0 } else { g.n() },
+                            condition: None,
+                        }),
+                        1 => Change::Delete(g.s()),
+                        _ => Change::Increment(pb::IncrementField {
+                            field: g.s(),
+                            by: Some(pb::increment_field::By::Int(if g.tame {
+                                1
+                            } else {
+                                g.n() as i64
+                            })),
+                        }),
+                    };
+                    pb::MapChange {
+                        change: Some(change),
+                    }
+                })
+                .collect();
+            pb::UpdateMapRequest {
+                map: g.s(),
+                changes,
+                if_version: (!g.tame && g.bit()).then(|| g.n()),
+                ttl_ms: if g.tame { 0 } else { g.n() },
+                sliding: !g.tame && g.bit(),
+                persist: !g.tame && g.bit(),
+            }
+            .encode_to_vec()
+        }
+        "Map/Delete" => pb::DeleteMapRequest { map: g.s() }.encode_to_vec(),
+        "Map/Watch" => pb::WatchMapRequest { map: g.s() }.encode_to_vec(),
         "Presence/Join" => pb::JoinRequest {
             room: g.s(),
             member: g.s(),
@@ -310,6 +364,30 @@ fn request(method: &str, g: &mut Gen) -> Vec<u8> {
     }
 }
 
+/// A rate-limit check: a configured policy or an inline limit.
+fn check_request(g: &mut Gen) -> pb::CheckRequest {
+    let inline = g.bit();
+    pb::CheckRequest {
+        policy: if inline {
+            String::new()
+        } else if g.tame {
+            "k0".into()
+        } else {
+            g.s()
+        },
+        key: g.s(),
+        cost: if g.tame { 1 } else { g.n() as u32 },
+        inline: inline.then(|| pb::InlineLimit {
+            algorithm: ["gcra", "fixed_window", "sliding_window", "nope", ""]
+                [g.rng.random_range(0..if g.tame { 3 } else { 5 })]
+            .into(),
+            limit: if g.tame { 10 } else { g.n() as u32 },
+            period_ms: g.n(),
+            burst: if g.tame { 10 } else { g.n() as u32 },
+        }),
+    }
+}
+
 /// `bytes`, mangled: flipped bytes, inserted garbage, truncation, a stray
 /// field with a huge length prefix, or a repeated copy.
 fn mutate(mut bytes: Vec<u8>, rng: &mut StdRng) -> Vec<u8> {
@@ -356,6 +434,16 @@ const UNARY: &[&str] = &[
     "Lock/AcquirePermit",
     "Lock/ReleasePermit",
     "RateLimit/Check",
+    "RateLimit/Peek",
+    "RateLimit/Reset",
+    "RateLimit/CheckAll",
+    "Counter/Increment",
+    "Counter/Get",
+    "Counter/Reset",
+    "Map/Get",
+    "Map/List",
+    "Map/Update",
+    "Map/Delete",
     "Presence/Join",
     "Presence/Leave",
     "Presence/List",
@@ -366,7 +454,7 @@ const UNARY: &[&str] = &[
     "Admin/Status",
 ];
 
-const STREAMING: &[&str] = &["Presence/Watch", "PubSub/Subscribe"];
+const STREAMING: &[&str] = &["Presence/Watch", "PubSub/Subscribe", "Map/Watch"];
 
 /// A status no hostile request may produce.
 fn is_a_server_failure(code: Code) -> bool {
@@ -439,6 +527,24 @@ async fn prove_live(
                 .await
                 .is_ok()
         }
+        "Map/Watch" => {
+            let req = pb::WatchMapRequest::decode(body).expect("accepted, so it decodes");
+            let set = pb::SetField {
+                field: probe.clone(),
+                value: probe.clone().into(),
+                ..Default::default()
+            };
+            pb::map_client::MapClient::new(channel)
+                .update(pb::UpdateMapRequest {
+                    map: req.map,
+                    changes: vec![pb::MapChange {
+                        change: Some(pb::map_change::Change::Set(set)),
+                    }],
+                    ..Default::default()
+                })
+                .await
+                .is_ok()
+        }
         other => panic!("no liveness probe for {other}"),
     };
     if !caused {
@@ -455,6 +561,8 @@ async fn prove_live(
                     .is_some_and(|e| {
                         matches!(e, pb::subscribe_event::Event::Message(m) if m.payload == probe)
                     }),
+                "Map/Watch" => pb::MapEvent::decode(raw)
+                    .is_ok_and(|e| e.changes.iter().any(|c| c.field.as_bytes() == probe)),
                 _ => pb::PresenceEvent::decode(raw).is_ok_and(|e| e.member.as_bytes() == probe),
             };
             if found {
