@@ -318,8 +318,17 @@ async fn an_entry_is_never_served_past_max_ttl() {
     let read_at = Instant::now();
     change_behind_the_back(&redis, &ns, "k", "new").await;
     // Nobody announced the change: L1 may keep serving "old", but only
-    // until max_ttl after it was read.
-    assert_eq!(get(&b, "k").await.as_deref(), Some("old"));
+    // until max_ttl after it was read. (Asked well within max_ttl, it
+    // does; a machine too loaded to ask in time skips that half.)
+    let asked = read_at.elapsed();
+    let served = get(&b, "k").await;
+    if asked + Duration::from_millis(300) < max_ttl {
+        assert_eq!(
+            served.as_deref(),
+            Some("old"),
+            "asked {asked:?} after the read"
+        );
+    }
     eventually(Duration::from_secs(3), "the new value", || {
         let b = &b;
         async move { (get(b, "k").await.as_deref() == Some("new")).then_some(()) }
