@@ -167,6 +167,8 @@ export class Transport {
   readonly #idle: RawConn[] = [];
   readonly #busy = new Set<RawConn>();
   #sweeper: NodeJS.Timeout | undefined;
+  /** After `close`: connections are closed once their exchange is over. */
+  #closed = false;
   readonly #headers: Record<string, string>;
   readonly #fixed: string;
 
@@ -187,10 +189,11 @@ export class Transport {
     return this.address.socketPath ?? `${this.address.host}:${this.address.port}`;
   }
 
+  /** Closes the idle connections; calls in flight finish (within their
+   * deadline) and close theirs, so nothing is left open. */
   close(): void {
+    this.#closed = true;
     for (const conn of this.#idle.splice(0)) conn.close();
-    clearInterval(this.#sweeper);
-    this.#sweeper = undefined;
   }
 
   /** Expires overdue exchanges, a few times per timeout; runs only while
@@ -255,7 +258,7 @@ export class Transport {
     return conn.exchange(request, this.timeoutMs).then(
       ({ reply, keep }) => {
         this.#busy.delete(conn);
-        if (keep && this.#idle.length < MAX_IDLE) this.#idle.push(conn);
+        if (keep && !this.#closed && this.#idle.length < MAX_IDLE) this.#idle.push(conn);
         else conn.close();
         return reply;
       },

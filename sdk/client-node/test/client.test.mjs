@@ -416,6 +416,30 @@ test("a subscriber that falls behind catches up from the stream (durable)", { ti
   }
 });
 
+test("close lets calls in flight finish, then leaves no connection open", async (t) => {
+  const sidecar = await startSidecar();
+  const client = new Client({ url: sidecar.url });
+  const port = Number(new URL(sidecar.url).port);
+  // Sockets to this sidecar opened from here on (the readiness probe's
+  // may still be open).
+  const earlier = new Set(process._getActiveHandles());
+  const sockets = () => process._getActiveHandles().filter((h) => h.remotePort === port && !earlier.has(h)).length;
+  try {
+    const before = 0;
+    const name = unique(t.name);
+    const lease = await client.acquire(name, { ttlMs: 5_000 });
+    const waiting = client.acquire(name, { ttlMs: 1_000, waitMs: 300 }); // in flight
+    client.close();
+    assert.equal(await waiting, undefined, "it finished");
+    assert.ok(lease);
+    const deadline = Date.now() + 2_000;
+    while (sockets() > before && Date.now() < deadline) await sleep(10);
+    assert.equal(sockets(), before, "its connection was closed, not kept");
+  } finally {
+    await sidecar.stop();
+  }
+});
+
 test("an unreachable sidecar is Unavailable within the timeout", async () => {
   const port = await freePort();
   const client = new Client({ url: `http://127.0.0.1:${port}`, timeoutMs: 1000 });
