@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Socket.IO adapter's checks: types (tsc --strict), lint (biome), the
 # build, its tests (three Socket.IO servers, each with its own sidecar from
-# target/debug/outrigger or OUTRIGGER_BIN, on one real Redis), and the
+# target/debug/outrigger or OUTRIGGER_BIN, on one real Redis; then the same
+# servers sharing one sidecar on the memory backend), and the
 # README's setup run from the packed packages installed into an empty
 # project.
 set -euo pipefail
@@ -17,5 +18,6 @@ fi
 npx tsc --noEmit -p tsconfig.json
 npx biome lint src test bench.mjs check_readme.mjs
 npx tsc -p tsconfig.json
-node --test test/*.test.mjs
+node --test test/*.test.mjs                      # three sidecars on Redis
+SIO_BACKEND=memory node --test test/*.test.mjs   # one sidecar on memory
 node check_readme.mjs
