@@ -2,8 +2,11 @@
  * (`{"error": {"code", "message"}}`). */
 
 export class OutriggerError extends Error {
+  /** The API's error code of this class. */
+  static readonly code: string = "error";
+
   /** The API's error code. */
-  readonly code: string = "error";
+  readonly code: string;
 
   constructor(
     message: string,
@@ -12,40 +15,41 @@ export class OutriggerError extends Error {
   ) {
     super(message);
     this.name = new.target.name;
+    this.code = (new.target as typeof OutriggerError).code;
   }
 }
 
 /** 400: the request is malformed (the message says how). */
 export class InvalidArgument extends OutriggerError {
-  override readonly code = "invalid_argument";
+  static override readonly code = "invalid_argument";
 }
 /** 401: no valid token (`OUTRIGGER_TOKEN`). */
 export class Unauthorized extends OutriggerError {
-  override readonly code = "unauthenticated";
+  static override readonly code = "unauthenticated";
 }
 /** 403: a plugin's policy refused the call. */
 export class PermissionDenied extends OutriggerError {
-  override readonly code = "permission_denied";
+  static override readonly code = "permission_denied";
 }
 /** 404: no such thing (a rate-limit policy, a route). */
 export class NotFound extends OutriggerError {
-  override readonly code = "not_found";
+  static override readonly code = "not_found";
 }
 /** 409: the object is in a state that refuses the call. */
 export class Conflict extends OutriggerError {
-  override readonly code = "conflict";
+  static override readonly code = "conflict";
 }
 /** 412: a conditional write whose condition did not hold. */
 export class PreconditionFailed extends OutriggerError {
-  override readonly code = "precondition_failed";
+  static override readonly code = "precondition_failed";
 }
 /** 413: a key, value or batch over its limit. */
 export class TooLarge extends OutriggerError {
-  override readonly code = "too_large";
+  static override readonly code = "too_large";
 }
 /** 429: denied by a rate limit; `retryAfterMs` says when to come back. */
 export class RateLimited extends OutriggerError {
-  override readonly code = "rate_limited";
+  static override readonly code = "rate_limited";
   constructor(
     message: string,
     readonly retryAfterMs: number,
@@ -58,36 +62,30 @@ export class RateLimited extends OutriggerError {
  * why), or the sidecar is at a capacity limit; also when the sidecar cannot
  * be reached or does not answer in time. */
 export class Unavailable extends OutriggerError {
-  override readonly code = "unavailable";
+  static override readonly code = "unavailable";
 }
 /** A lock held with `client.withLock` was lost: what it protected is no
  * longer exclusive. */
 export class LockLost extends OutriggerError {
-  override readonly code = "lock_lost";
+  static override readonly code = "lock_lost";
 }
 
-const byCode: Record<string, new (message: string, status: number) => OutriggerError> = {
-  invalid_argument: InvalidArgument,
-  unauthenticated: Unauthorized,
-  permission_denied: PermissionDenied,
-  not_found: NotFound,
-  conflict: Conflict,
-  precondition_failed: PreconditionFailed,
-  too_large: TooLarge,
-  unavailable: Unavailable,
-  exhausted: Unavailable,
-};
-
-const byStatus: Record<number, new (message: string, status: number) => OutriggerError> = {
-  400: InvalidArgument,
-  401: Unauthorized,
-  403: PermissionDenied,
-  404: NotFound,
-  409: Conflict,
-  412: PreconditionFailed,
-  413: TooLarge,
-  503: Unavailable,
-};
+/** Each class with the HTTP status that carries it; codes come from the
+ * classes (and `exhausted`, a full sidecar, is `Unavailable` too). */
+const byStatus = new Map<number, typeof OutriggerError>([
+  [400, InvalidArgument],
+  [401, Unauthorized],
+  [403, PermissionDenied],
+  [404, NotFound],
+  [409, Conflict],
+  [412, PreconditionFailed],
+  [413, TooLarge],
+  [503, Unavailable],
+]);
+const byCode = new Map<string, typeof OutriggerError>([
+  ...[...byStatus.values()].map((cls): [string, typeof OutriggerError] => [cls.code, cls]),
+  ["exhausted", Unavailable],
+]);
 
 /** The error an answer carries. */
 export function errorFrom(status: number, headers: Record<string, string>, body: Buffer): OutriggerError {
@@ -106,6 +104,6 @@ export function errorFrom(status: number, headers: Record<string, string>, body:
     const retry = Number(headers["retry-after"] ?? 0);
     return new RateLimited(message, retry * 1000, status);
   }
-  const Cls = byCode[code] ?? byStatus[status] ?? OutriggerError;
+  const Cls = byCode.get(code) ?? byStatus.get(status) ?? OutriggerError;
   return new Cls(message, status);
 }
