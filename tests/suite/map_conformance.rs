@@ -799,6 +799,9 @@ mod cases {
         };
         invalid(m.update("", changes(vec![set("a", "1")])).await, "map name");
         invalid(m.update("m", changes(vec![])).await, "at least one change");
+        let mut huge = changes(vec![set("a", "1")]);
+        huge.if_version = Some(1 << 63);
+        invalid(m.update("m", huge).await, "if_version");
         invalid(m.update("m", changes(vec![set("", "1")])).await, "field");
         invalid(
             m.update("m", changes(vec![incr("a", Number::Int(0))]))

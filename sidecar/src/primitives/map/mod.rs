@@ -286,6 +286,16 @@ impl Maps {
             return invalid("an update needs at least one change".into());
         }
         validate::batch("changes", req.changes.len(), &self.limits)?;
+        // Versions are microsecond clocks: one past i64 (the API's
+        // documented range) is a mistake, not a stale version.
+        if let Some(v) = req.if_version
+            && v > i64::MAX as u64
+        {
+            return invalid(format!(
+                "if_version {v} is out of range (at most {})",
+                i64::MAX
+            ));
+        }
         let mut changes = Vec::with_capacity(req.changes.len());
         for change in req.changes {
             changes.push(match change {
