@@ -12,13 +12,18 @@
 //! - [`Topology`] and [`conformance!`] (in `harness.rs`): the same cases on
 //!   memory, Redis, the near cache, the Cluster and the Sentinel set.
 //!
+//! - [`Relay`] (in `relay.rs`): a TCP relay that holds bytes in flight or
+//!   moves to another server, for the faults the kernel cannot inject.
+//!
 //! Readiness is always an event read from the process's own log, never a
 //! sleep. Every wait is bounded. Whatever a test started is killed when its
 //! handle drops, and if the test is failing, the process's log is printed.
 
 mod harness;
+mod relay;
 mod sse;
 pub use harness::{AppOn, Deployment, RedisTarget, SidecarOn, Topology, no_check};
+pub use relay::Relay;
 pub use sse::{Sse, SseEvent};
 
 use std::net::SocketAddr;
@@ -972,6 +977,7 @@ pub async fn subscribe_from(
             channels: vec![channel.into()],
             patterns: vec![],
             from_offset: from.into(),
+            ..Default::default()
         })
         .await
         .unwrap()

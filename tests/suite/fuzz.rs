@@ -357,6 +357,7 @@ fn request(method: &str, g: &mut Gen) -> Vec<u8> {
             channels: (0..g.count(5, 300) + 1).map(|_| g.s()).collect(),
             patterns: (0..g.count(2, 3)).map(|_| g.s()).collect(),
             from_offset: if g.tame { String::new() } else { g.s() },
+            epoch: if g.tame { String::new() } else { g.s() },
         }
         .encode_to_vec(),
         "Admin/Status" => pb::StatusRequest::default().encode_to_vec(),

@@ -669,6 +669,7 @@ async fn bad_realtime_input_gets_json_errors(p: &Pair) {
             channels: vec!["a".into(), "b".into()],
             patterns: vec![],
             from_offset: "0".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

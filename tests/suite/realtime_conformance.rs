@@ -13,7 +13,9 @@ use outrigger::error::Error;
 use outrigger::primitives::presence::store::{PresenceEvent, PresenceKind};
 use outrigger::primitives::pubsub::config::RetentionRule;
 use outrigger::primitives::pubsub::store::{Offset, PubMessage};
-use outrigger::primitives::pubsub::{Delivery, HistoryQuery, PublishOptions, Subscription};
+use outrigger::primitives::pubsub::{
+    Delivery, HistoryQuery, PublishOptions, ResumeFrom, Resumed, Subscription,
+};
 use outrigger_tests::{AppOn, Topology, conformance};
 
 fn config() -> Config {
@@ -44,7 +46,7 @@ async fn setup(topology: Topology) -> AppOn {
 
 conformance!(
     setup;
-    [on_memory: Memory, on_redis: Redis, on_cluster: Cluster, on_sentinel: Sentinel];
+    [on_memory: Memory, on_redis: Redis, on_cluster: Cluster, on_sentinel: Sentinel, on_replicas: Replicas];
     cases {
         join_heartbeat_list_and_leave,
         members_list_in_pages,
@@ -67,6 +69,9 @@ conformance!(
         a_repeated_idempotency_key_delivers_nothing_within_its_window,
         retention_by_count_per_channel_glob_and_per_publish,
         retention_by_age_and_an_idle_channel_disappears,
+        a_resume_says_whether_it_runs_on_from_the_offset,
+        a_resume_past_a_trim_or_the_length_cap_is_not_recovered,
+        a_channel_expired_and_created_again_is_a_new_epoch,
     }
 );
 
@@ -78,13 +83,36 @@ async fn next<S: futures::Stream + Unpin>(feed: &mut S) -> S::Item {
         .expect("the feed goes on")
 }
 
-/// The next message, past the end-of-replay marker.
+/// The next message, past the markers of a replay that runs on from its
+/// offset.
 async fn next_message(sub: &mut Subscription) -> PubMessage {
     loop {
         match next(sub).await.expect("no error") {
             Delivery::Message(m) => return (*m).clone(),
             Delivery::Lagged(n) => panic!("lagged by {n}"),
+            Delivery::Resumed(r) => assert!(r.recovered, "a gap: {r:?}"),
             Delivery::Replayed(_) => {}
+        }
+    }
+}
+
+/// The first delivery of a resumed subscription: where it stands.
+async fn resumed(sub: &mut Subscription) -> Resumed {
+    match next(sub).await.expect("no error") {
+        Delivery::Resumed(r) => r,
+        other => panic!("expected the resumed marker first, got {other:?}"),
+    }
+}
+
+/// What a subscription delivers up to the end of its replay: the payloads,
+/// and the offset the end-of-replay marker names.
+async fn replayed(sub: &mut Subscription) -> (Vec<String>, Option<Offset>) {
+    let mut got = vec![];
+    loop {
+        match next(sub).await.expect("no error") {
+            Delivery::Message(m) => got.push(String::from_utf8(m.payload.to_vec()).unwrap()),
+            Delivery::Replayed(last) => return (got, last),
+            other => panic!("during the replay: {other:?}"),
         }
     }
 }
@@ -341,7 +369,7 @@ mod cases {
         }
         assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
         let mut sub = ps
-            .subscribe(vec!["log".into()], vec![], Some(offsets[1]))
+            .subscribe(vec!["log".into()], vec![], Some(offsets[1].into()))
             .await
             .unwrap();
         for (i, expected) in offsets.iter().enumerate().skip(2) {
@@ -353,7 +381,7 @@ mod cases {
         }
         // From zero: everything retained.
         let mut all = ps
-            .subscribe(vec!["log".into()], vec![], Some(Offset::default()))
+            .subscribe(vec!["log".into()], vec![], Some(Offset::default().into()))
             .await
             .unwrap();
         assert_eq!(next_message(&mut all).await.offset, Some(offsets[0]));
@@ -369,7 +397,7 @@ mod cases {
         // Resume from the start while more are being published: the seam
         // between replayed and live falls somewhere inside 300..400.
         let mut sub = ps
-            .subscribe(vec!["seam".into()], vec![], Some(Offset::default()))
+            .subscribe(vec!["seam".into()], vec![], Some(Offset::default().into()))
             .await
             .unwrap();
         let publisher = async {
@@ -388,6 +416,7 @@ mod cases {
                         m.offset.unwrap(),
                     )),
                     Delivery::Lagged(n) => panic!("lagged by {n}"),
+                    Delivery::Resumed(r) => assert!(r.recovered && got.is_empty(), "{r:?}"),
                     Delivery::Replayed(last) => {
                         assert!(marker.is_none(), "one marker");
                         marker = Some((got.len(), last));
@@ -418,7 +447,11 @@ mod cases {
             publish(i).await;
         }
         let mut sub = ps
-            .subscribe(vec!["behind".into()], vec![], Some(Offset::default()))
+            .subscribe(
+                vec!["behind".into()],
+                vec![],
+                Some(Offset::default().into()),
+            )
             .await
             .unwrap();
         for i in 0..5 {
@@ -536,7 +569,7 @@ mod cases {
             ps.subscribe(
                 vec!["a".into(), "b".into()],
                 vec![],
-                Some(Offset::default())
+                Some(Offset::default().into())
             )
             .await
         ));
@@ -690,11 +723,18 @@ mod cases {
         );
         assert_eq!(ps.trim("trimmed", offsets[10]).await.unwrap(), 0);
         assert_eq!(ps.trim("never-published", offsets[10]).await.unwrap(), 0);
-        // A resumed subscriber starts from what is left.
+        // A resumed subscriber starts from what is left, told that the
+        // start is gone.
         let mut sub = ps
-            .subscribe(vec!["trimmed".into()], vec![], Some(Offset::default()))
+            .subscribe(
+                vec!["trimmed".into()],
+                vec![],
+                Some(Offset::default().into()),
+            )
             .await
             .unwrap();
+        let r = resumed(&mut sub).await;
+        assert_eq!((r.recovered, r.from), (false, Some(offsets[10])));
         assert_eq!(next_message(&mut sub).await.offset, Some(offsets[10]));
     }
 
@@ -704,30 +744,27 @@ mod cases {
         // subscription may still reach it (the bus carries it late).
         let offsets = durable_log(app, "marked", 5, false).await;
         let mut sub = ps
-            .subscribe(vec!["marked".into()], vec![], Some(offsets[1]))
+            .subscribe(vec!["marked".into()], vec![], Some(offsets[1].into()))
             .await
             .unwrap();
-        let mut got = vec![];
-        loop {
-            match next(&mut sub).await.unwrap() {
-                Delivery::Message(m) => got.push(String::from_utf8(m.payload.to_vec()).unwrap()),
-                Delivery::Replayed(last) => {
-                    assert_eq!(last, Some(offsets[4]));
-                    break;
-                }
-                Delivery::Lagged(n) => panic!("lagged by {n}"),
-            }
-        }
+        let first = resumed(&mut sub).await;
+        assert!(first.recovered);
+        assert_eq!(first.from, Some(offsets[2]));
+        let (got, last) = replayed(&mut sub).await;
+        assert_eq!(last, Some(offsets[4]));
         assert_eq!(got, names(2..5));
         ps.publish("marked", Bytes::from("after"), BTreeMap::new(), true)
             .await
             .unwrap();
         assert_eq!(next_message(&mut sub).await.payload, &b"after"[..]);
-        // Nothing to replay: the marker at once, naming nothing.
+        // Nothing to replay: the marker at once, naming nothing (an offset
+        // never written, past the last: not a continuation of anything).
         let mut current = ps
-            .subscribe(vec!["marked".into()], vec![], Some(Offset::MAX))
+            .subscribe(vec!["marked".into()], vec![], Some(Offset::MAX.into()))
             .await
             .unwrap();
+        let far = resumed(&mut current).await;
+        assert_eq!((far.recovered, far.from), (false, None));
         assert!(matches!(
             next(&mut current).await.unwrap(),
             Delivery::Replayed(None)
@@ -957,10 +994,16 @@ mod cases {
         // Trimmed from the stream itself, not only left out of reads: a
         // replay (which reads the stream as it is) starts past them.
         let mut replay = ps
-            .subscribe(vec!["aged:a".into()], vec![], Some(Offset::default()))
+            .subscribe(
+                vec!["aged:a".into()],
+                vec![],
+                Some(Offset::default().into()),
+            )
             .await
             .unwrap();
-        assert_ne!(next_message(&mut replay).await.offset, Some(first[0]));
+        let r = resumed(&mut replay).await;
+        assert!(!r.recovered, "m0 and m1 expired");
+        assert!(r.from > Some(first[1]), "{r:?}");
         // A publish may ask for a shorter age, not a longer one.
         let longer = PublishOptions {
             durable: true,
@@ -980,9 +1023,14 @@ mod cases {
         let gone = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             let mut sub = ps
-                .subscribe(vec!["aged:a".into()], vec![], Some(Offset::default()))
+                .subscribe(
+                    vec!["aged:a".into()],
+                    vec![],
+                    Some(Offset::default().into()),
+                )
                 .await
                 .unwrap();
+            let _ = resumed(&mut sub).await;
             if matches!(next(&mut sub).await.unwrap(), Delivery::Replayed(None)) {
                 break;
             }
@@ -999,5 +1047,197 @@ mod cases {
                 .messages
                 .is_empty()
         );
+    }
+
+    /// Publishes `n` durable messages m0.. on `channel`; their offsets and
+    /// the channel's epoch.
+    async fn durable_epoch(app: &App, channel: &str, n: usize) -> (Vec<Offset>, String) {
+        let (mut offsets, mut epochs) = (vec![], BTreeSet::new());
+        for i in 0..n {
+            let options = PublishOptions {
+                durable: true,
+                ..Default::default()
+            };
+            let published = app
+                .pubsub
+                .publish_with(
+                    channel,
+                    Bytes::from(format!("m{i}")),
+                    BTreeMap::new(),
+                    options,
+                )
+                .await
+                .unwrap();
+            offsets.push(published.offset.unwrap());
+            epochs.insert(published.epoch.expect("a durable publish names the epoch"));
+        }
+        assert_eq!(epochs.len(), 1, "one epoch: {epochs:?}");
+        (offsets, epochs.pop_first().unwrap())
+    }
+
+    async fn resume_from(
+        app: &App,
+        channel: &str,
+        offset: Offset,
+        epoch: Option<&str>,
+    ) -> Subscription {
+        let from = ResumeFrom {
+            offset,
+            epoch: epoch.map(str::to_string),
+        };
+        app.pubsub
+            .subscribe(vec![channel.into()], vec![], Some(from))
+            .await
+            .unwrap()
+    }
+
+    pub async fn a_resume_says_whether_it_runs_on_from_the_offset(app: &App) {
+        let ps = &app.pubsub;
+        let (o, epoch) = durable_epoch(app, "epoch", 4).await;
+        let history = ps.history("epoch", HistoryQuery::default()).await.unwrap();
+        assert_eq!(
+            history.epoch.as_deref(),
+            Some(epoch.as_str()),
+            "history names it"
+        );
+        // With the epoch, from an offset of it: the rest, recovered.
+        let mut sub = resume_from(app, "epoch", o[1], Some(&epoch)).await;
+        let r = resumed(&mut sub).await;
+        assert_eq!(
+            r,
+            Resumed {
+                recovered: true,
+                epoch: epoch.clone(),
+                from: Some(o[2])
+            }
+        );
+        assert_eq!(replayed(&mut sub).await, (names(2..4), Some(o[3])));
+        // Without it: the offset alone vouches.
+        let mut sub = resume_from(app, "epoch", o[1], None).await;
+        assert!(resumed(&mut sub).await.recovered);
+        // From the last one: nothing to replay, nothing missed.
+        let mut sub = resume_from(app, "epoch", o[3], Some(&epoch)).await;
+        let r = resumed(&mut sub).await;
+        assert_eq!((r.recovered, r.from), (true, None));
+        assert_eq!(replayed(&mut sub).await, (vec![], None));
+        // From zero: the whole epoch, nothing of it missing.
+        let mut sub = resume_from(app, "epoch", Offset::default(), None).await;
+        let r = resumed(&mut sub).await;
+        assert_eq!((r.recovered, r.from), (true, Some(o[0])));
+        // Another epoch's offset means nothing here: told so, and given the
+        // whole epoch.
+        let mut sub = resume_from(app, "epoch", o[3], Some("1700000000000-0@00000000")).await;
+        let r = resumed(&mut sub).await;
+        assert_eq!(
+            r,
+            Resumed {
+                recovered: false,
+                epoch: epoch.clone(),
+                from: Some(o[0])
+            }
+        );
+        assert_eq!(replayed(&mut sub).await.0, names(0..4));
+        // A channel never written has an epoch as soon as someone waits on
+        // it; its first message is of that epoch, and runs on from nothing.
+        let mut waiting = resume_from(app, "epoch-new", Offset::default(), None).await;
+        let r = resumed(&mut waiting).await;
+        assert!(r.recovered);
+        assert_eq!(replayed(&mut waiting).await, (vec![], None));
+        let (first, new_epoch) = durable_epoch(app, "epoch-new", 1).await;
+        assert_eq!(new_epoch, r.epoch, "the epoch the subscriber was told");
+        assert_eq!(next_message(&mut waiting).await.offset, Some(first[0]));
+        let mut sub = resume_from(app, "epoch-new", Offset::default(), Some(&new_epoch)).await;
+        assert_eq!(resumed(&mut sub).await.from, Some(first[0]));
+        // Bad epochs are refused.
+        for bad in [String::new(), "\n".into(), "e".repeat(129)] {
+            let from = ResumeFrom {
+                offset: o[0],
+                epoch: Some(bad.clone()),
+            };
+            let r = ps.subscribe(vec!["epoch".into()], vec![], Some(from)).await;
+            assert!(matches!(r, Err(Error::InvalidArgument(_))), "{bad:?}");
+        }
+    }
+
+    pub async fn a_resume_past_a_trim_or_the_length_cap_is_not_recovered(app: &App) {
+        let ps = &app.pubsub;
+        let (o, epoch) = durable_epoch(app, "cut", 6).await;
+        assert_eq!(ps.trim("cut", o[4]).await.unwrap(), 4);
+        // m2 and m3 came after o[1] and are gone: told so, and the replay
+        // starts at what is left.
+        let mut sub = resume_from(app, "cut", o[1], Some(&epoch)).await;
+        let r = resumed(&mut sub).await;
+        assert_eq!(
+            r,
+            Resumed {
+                recovered: false,
+                epoch: epoch.clone(),
+                from: Some(o[4])
+            }
+        );
+        assert_eq!(replayed(&mut sub).await, (names(4..6), Some(o[5])));
+        // o[3] is gone too, but nothing after it: exactly recovered.
+        let mut sub = resume_from(app, "cut", o[3], Some(&epoch)).await;
+        let r = resumed(&mut sub).await;
+        assert_eq!((r.recovered, r.from), (true, Some(o[4])));
+        // From zero, the epoch has lost its start.
+        let mut sub = resume_from(app, "cut", Offset::default(), None).await;
+        assert!(!resumed(&mut sub).await.recovered);
+        // Trimmed to nothing: everything after o[4] is gone.
+        assert_eq!(ps.trim("cut", Offset::MAX).await.unwrap(), 2);
+        let mut sub = resume_from(app, "cut", o[4], Some(&epoch)).await;
+        let r = resumed(&mut sub).await;
+        assert_eq!((r.recovered, r.from), (false, None));
+        let mut sub = resume_from(app, "cut", o[5], Some(&epoch)).await;
+        assert!(
+            resumed(&mut sub).await.recovered,
+            "the last one: nothing missed"
+        );
+        // The length cap (3 on short:*) drops the oldest as it goes.
+        let (o, epoch) = durable_epoch(app, "short:cut", 6).await;
+        let mut sub = resume_from(app, "short:cut", o[1], Some(&epoch)).await;
+        let r = resumed(&mut sub).await;
+        assert_eq!((r.recovered, r.from), (false, Some(o[3])));
+        let mut sub = resume_from(app, "short:cut", o[2], Some(&epoch)).await;
+        assert!(resumed(&mut sub).await.recovered);
+    }
+
+    pub async fn a_channel_expired_and_created_again_is_a_new_epoch(app: &App) {
+        let ps = &app.pubsub;
+        // aged:* channels live 800 ms past their last publish.
+        let (old, old_epoch) = durable_epoch(app, "aged:e", 2).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while ps
+            .history("aged:e", HistoryQuery::default())
+            .await
+            .unwrap()
+            .epoch
+            .is_some()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the channel outlived its age"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (new, new_epoch) = durable_epoch(app, "aged:e", 1).await;
+        assert_ne!(new_epoch, old_epoch);
+        // With the old epoch, or without any (the offset is older than the
+        // new epoch): not recovered, and the new epoch's messages follow.
+        for epoch in [Some(old_epoch.as_str()), None] {
+            let mut sub = resume_from(app, "aged:e", old[1], epoch).await;
+            let r = resumed(&mut sub).await;
+            assert_eq!(
+                r,
+                Resumed {
+                    recovered: false,
+                    epoch: new_epoch.clone(),
+                    from: Some(new[0])
+                }
+            );
+            assert_eq!(replayed(&mut sub).await, (names(0..1), Some(new[0])));
+        }
+        let mut sub = resume_from(app, "aged:e", new[0], Some(&new_epoch)).await;
+        assert!(resumed(&mut sub).await.recovered);
     }
 }

@@ -14,7 +14,9 @@ use futures::StreamExt;
 
 use super::memory::MemoryPubSub;
 use super::redis::RedisPubSub;
-use super::store::{Offset, PubMessage, PubSubStore, Publish, Published, Range};
+use super::store::{
+    History, Offset, PubMessage, PubSubStore, Publish, Published, Range, Recovery, Resume,
+};
 use crate::backend::circuit::{Circuit, Reconcile, Reconciliation, WhileDown, lock};
 use crate::backend::{BackendError, Feed, FeedItem};
 
@@ -202,7 +204,7 @@ impl PubSubStore for FailoverPubSub {
         Ok(Box::pin(futures::stream::select(local, shared)))
     }
 
-    async fn history(&self, channel: &str, range: Range) -> Result<Vec<PubMessage>, BackendError> {
+    async fn history(&self, channel: &str, range: Range) -> Result<History, BackendError> {
         self.circuit
             .route(
                 "pubsub",
@@ -227,18 +229,15 @@ impl PubSubStore for FailoverPubSub {
             .await
     }
 
-    async fn replay(
-        &self,
-        channel: &str,
-        after: Offset,
-        count: usize,
-    ) -> Result<Vec<PubMessage>, BackendError> {
+    /// The fallback's epochs are its own: a subscriber moving between it
+    /// and Redis is told its offset means nothing on the other side.
+    async fn recover(&self, channel: &str, at: Resume<'_>) -> Result<Recovery, BackendError> {
         self.circuit
             .route(
                 "pubsub",
                 &self.buffering.down,
-                self.redis.replay(channel, after, count),
-                || self.memory.replay(channel, after, count),
+                self.redis.recover(channel, at),
+                || self.memory.recover(channel, at),
             )
             .await
     }

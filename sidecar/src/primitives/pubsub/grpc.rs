@@ -7,7 +7,7 @@ use futures::StreamExt;
 use tonic::{Request, Response, Status};
 
 use super::store::{Offset, PubMessage};
-use super::{Delivery, HistoryQuery, PubSub, PublishOptions};
+use super::{Delivery, HistoryQuery, PubSub, PublishOptions, ResumeFrom};
 use crate::kit::Primitive;
 use crate::kit::grpc::pb::pub_sub_server::{PubSub as Api, PubSubServer};
 use crate::kit::grpc::{EventStream, caller, pb};
@@ -51,6 +51,7 @@ impl Api for PubSubService {
             .await?;
         Ok(Response::new(pb::PublishResponse {
             offset: published.offset.map(|o| o.to_string()).unwrap_or_default(),
+            epoch: published.epoch.unwrap_or_default(),
             duplicate: published.duplicate,
         }))
     }
@@ -73,7 +74,10 @@ impl Api for PubSubService {
                     .authorize(&caller, Call::new(P::Pubsub, op, std::mem::take(name)))?;
             }
         }
-        let from = offset("from_offset", &req.from_offset)?;
+        let from = offset("from_offset", &req.from_offset)?.map(|offset| ResumeFrom {
+            offset,
+            epoch: (!req.epoch.is_empty()).then_some(req.epoch),
+        });
         let subscription = self.0.subscribe(req.channels, req.patterns, from).await?;
         let draining = self.0.common().draining();
         let events = subscription.map(|item| {
@@ -84,6 +88,11 @@ impl Api for PubSubService {
                 }
                 Delivery::Replayed(last) => pb::subscribe_event::Event::Replayed(pb::Replayed {
                     offset: last.map(|o| o.to_string()).unwrap_or_default(),
+                }),
+                Delivery::Resumed(r) => pb::subscribe_event::Event::Resumed(pb::Resumed {
+                    recovered: r.recovered,
+                    epoch: r.epoch,
+                    from_offset: r.from.map(|o| o.to_string()).unwrap_or_default(),
                 }),
             };
             Ok(pb::SubscribeEvent { event: Some(event) })
@@ -110,6 +119,7 @@ impl Api for PubSubService {
         };
         let page = self.0.history(&channel, query).await?;
         Ok(Response::new(pb::HistoryResponse {
+            epoch: page.epoch.unwrap_or_default(),
             messages: page.messages.iter().map(message).collect(),
             next_cursor: page.next_cursor.map(|o| o.to_string()).unwrap_or_default(),
         }))

@@ -20,7 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::store::{Offset, PubMessage};
-use super::{Delivery, HistoryQuery, PubSub, PublishOptions};
+use super::{Delivery, HistoryQuery, PubSub, PublishOptions, ResumeFrom};
 use crate::error::Error;
 use crate::kit::Primitive;
 use crate::kit::http::{ApiQuery, CommonErrors, Ctx, Key, SSE_KEEP_ALIVE, read_limited};
@@ -84,6 +84,7 @@ async fn publish(
         .await?;
     Ok(Json(OffsetReply {
         offset: published.offset.map(|o| o.to_string()),
+        epoch: published.epoch,
         duplicate: published.duplicate,
     })
     .into_response())
@@ -124,6 +125,15 @@ fn delivery_json(item: &crate::error::Result<Delivery>) -> (&'static str, Value)
             "replayed",
             json!({ "type": "replayed", "offset": last.map(|o| o.to_string()) }),
         ),
+        Ok(Delivery::Resumed(r)) => (
+            "resumed",
+            json!({
+                "type": "resumed",
+                "recovered": r.recovered,
+                "epoch": r.epoch,
+                "from": r.from.map(|o| o.to_string()),
+            }),
+        ),
         Err(err) => (
             "error",
             json!({ "type": "error", "code": err.code(), "message": err.to_string() }),
@@ -134,7 +144,7 @@ fn delivery_json(item: &crate::error::Result<Delivery>) -> (&'static str, Value)
 #[utoipa::path(
     get, path = "/v1/pubsub/{channel}", tag = "pubsub",
     params(("channel" = String, Path, description = "The channel"), SubscribeParams, ("last-event-id" = Option<String>, Header, description = "Resume after this offset (EventSource reconnection)")),
-    responses((status = 200, description = "Server-Sent Events: message (id: the offset of durable messages; data: a MessageEvent), lagged (data: {type, missed}), replayed (a resumed subscription caught up with live; data: {type, offset: the last offset delivered, or null}), error (data: {type, code, message}). A WebSocket upgrade on the same URL carries the same JSON as text frames.", content_type = "text/event-stream", body = String),
+    responses((status = 200, description = "Server-Sent Events: message (id: the offset of durable messages; data: a MessageEvent), lagged (data: {type, missed}), resumed (a resumed subscription's first event, and again if its replay finds a gap; data: {type, recovered: whether what follows runs on from the offset without a gap, epoch: the channel's epoch, from: the first offset replayed, or null}), replayed (a resumed subscription caught up with live; data: {type, offset: the last offset delivered, or null}), error (data: {type, code, message}). A WebSocket upgrade on the same URL carries the same JSON as text frames.", content_type = "text/event-stream", body = String),
         CommonErrors)
 )]
 async fn subscribe(
@@ -156,9 +166,12 @@ async fn subscribe(
     });
     let from = match from.as_deref() {
         None | Some("") => None,
-        Some(o) => Some(o.parse().map_err(|()| {
-            Error::InvalidArgument(format!("from={o:?} is not an offset like 1700000000000-0"))
-        })?),
+        Some(o) => Some(ResumeFrom {
+            offset: o.parse().map_err(|()| {
+                Error::InvalidArgument(format!("from={o:?} is not an offset like 1700000000000-0"))
+            })?,
+            epoch: params.epoch,
+        }),
     };
     // Subscribed before answering: once the client sees the response (or
     // the WebSocket handshake), everything published from then on arrives.
@@ -251,6 +264,7 @@ async fn history(
     let page = pubsub.history(&channel, query).await?;
     Ok(Json(HistoryReply {
         channel,
+        epoch: page.epoch,
         messages: page
             .messages
             .iter()
@@ -328,6 +342,10 @@ pub struct TrimParams {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HistoryReply {
     pub channel: String,
+    /// The channel's epoch (null for a channel that does not exist): pass
+    /// it with `from` when subscribing after these messages, to be told if
+    /// the history did not run on from them.
+    pub epoch: Option<String>,
     pub messages: Vec<HistoryMessage>,
     /// Pass as `cursor` for the next page; null on the last one.
     pub next_cursor: Option<String>,
@@ -360,6 +378,8 @@ pub struct OffsetReply {
     /// The message's offset in the channel's stream (durable messages
     /// only; null otherwise). For a repeat: the first publish's.
     pub offset: Option<String>,
+    /// The channel's epoch (durable messages only; null otherwise).
+    pub epoch: Option<String>,
     /// The idempotency key was seen within the window: nothing was
     /// published this time.
     pub duplicate: bool,
@@ -410,4 +430,8 @@ pub struct SubscribeParams {
     /// Replay durable messages after this offset first (`0`: all
     /// retained). Without it, the `Last-Event-ID` header is used.
     pub from: Option<String>,
+    /// The epoch `from` belongs to (as `resumed`, history or publish
+    /// answered it): if the channel's has changed since, `resumed` says
+    /// `recovered: false`.
+    pub epoch: Option<String>,
 }

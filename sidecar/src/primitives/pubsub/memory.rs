@@ -8,7 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::store::{Offset, PubMessage, PubSubStore, Publish, Published, Range};
+use super::store::{
+    History, Offset, PubMessage, PubSubStore, Publish, Published, Range, Recovery, Resume,
+};
 use crate::backend::{BackendError, Feed, feed_from, glob};
 
 /// Pub/sub in local memory.
@@ -17,6 +19,8 @@ pub struct MemoryPubSub {
     inner: Mutex<Inner>,
     /// Messages a subscriber may fall behind by before it is told it lagged.
     buffer: usize,
+    /// In every epoch this store starts: no other store's is the same.
+    source: String,
 }
 
 type Sender = broadcast::Sender<Arc<PubMessage>>;
@@ -34,11 +38,17 @@ struct Inner {
 /// Idempotency keys kept before the expired ones are swept.
 const SWEEP_AT: usize = 1024;
 
-#[derive(Default)]
 struct Log {
     messages: VecDeque<PubMessage>,
+    /// The last offset written.
     last: Offset,
-    /// As the last publish asked, and when it was.
+    /// The epoch: its start, and its token.
+    start: Offset,
+    epoch: String,
+    /// The greatest offset dropped (trimmed, capped or expired).
+    dropped: Offset,
+    /// As the last publish asked (or, before one, how long the epoch is
+    /// kept), and when it was.
     max_age: Option<Duration>,
     published: Option<Instant>,
 }
@@ -50,6 +60,29 @@ fn now_ms() -> u64 {
 }
 
 impl Log {
+    /// A new epoch, kept `idle` without a publish.
+    fn new(source: &str, idle: Option<Duration>) -> Log {
+        let start = Offset {
+            ms: now_ms(),
+            seq: 0,
+        };
+        Log {
+            messages: VecDeque::new(),
+            last: Offset::default(),
+            start,
+            epoch: format!("{start}@{source}"),
+            dropped: Offset::default(),
+            max_age: idle,
+            published: Some(Instant::now()),
+        }
+    }
+
+    fn drop_oldest(&mut self) {
+        if let Some(m) = self.messages.pop_front() {
+            self.dropped = self.dropped.max(m.offset.unwrap_or_default());
+        }
+    }
+
     /// Whether the channel has outlived its max age since its last
     /// publish (then it is gone, as its Redis stream would be).
     fn expired(&self, now: Instant) -> bool {
@@ -65,7 +98,7 @@ impl Log {
                 .front()
                 .is_some_and(|m| m.offset.is_some_and(|o| o.ms < oldest))
             {
-                self.messages.pop_front();
+                self.drop_oldest();
             }
         }
     }
@@ -90,6 +123,7 @@ impl MemoryPubSub {
         MemoryPubSub {
             inner: Mutex::new(Inner::default()),
             buffer,
+            source: format!("local-{:08x}", rand::random::<u32>()),
         }
     }
 
@@ -135,27 +169,38 @@ impl PubSubStore for MemoryPubSub {
             && let Some((offset, until)) = inner.seen.get(&(message.channel.clone(), key.clone()))
             && *until > now
         {
+            let offset = *offset;
+            let epoch = how
+                .durable
+                .then(|| live_log(&mut inner, &message.channel).map(|log| log.epoch.clone()))
+                .flatten();
             return Ok(Published {
-                offset: *offset,
+                offset,
+                epoch,
                 duplicate: true,
             });
         }
+        let mut epoch = None;
         if how.durable {
             if !inner.logs.contains_key(&message.channel) {
                 // A new channel: sweep the ones that outlived their age.
                 inner.logs.retain(|_, log| !log.expired(now));
             }
-            let log = inner.logs.entry(message.channel.clone()).or_default();
+            let log = inner
+                .logs
+                .entry(message.channel.clone())
+                .or_insert_with(|| Log::new(&self.source, None));
             if log.expired(now) {
-                *log = Log::default();
+                *log = Log::new(&self.source, None);
             }
+            epoch = Some(log.epoch.clone());
             let offset = log.next_offset();
             message.offset = Some(offset);
             log.messages.push_back(message.clone());
             log.max_age = how.retention.max_age;
             log.published = Some(now);
             while log.messages.len() > how.retention.max_len {
-                log.messages.pop_front();
+                log.drop_oldest();
             }
             log.trim_by_age();
         }
@@ -182,6 +227,7 @@ impl PubSubStore for MemoryPubSub {
         }
         Ok(Published {
             offset,
+            epoch,
             duplicate: false,
         })
     }
@@ -208,13 +254,13 @@ impl PubSubStore for MemoryPubSub {
         Ok(feed_from(receivers, ()))
     }
 
-    async fn history(&self, channel: &str, range: Range) -> Result<Vec<PubMessage>, BackendError> {
+    async fn history(&self, channel: &str, range: Range) -> Result<History, BackendError> {
         let mut inner = self.lock();
         let Some(log) = live_log(&mut inner, channel) else {
-            return Ok(vec![]);
+            return Ok(History::default());
         };
         let within = |m: &&PubMessage| m.offset.is_some_and(|o| range.from <= o && o <= range.to);
-        let page = if range.newest_first {
+        let messages = if range.newest_first {
             log.messages
                 .iter()
                 .rev()
@@ -230,7 +276,10 @@ impl PubSubStore for MemoryPubSub {
                 .cloned()
                 .collect()
         };
-        Ok(page)
+        Ok(History {
+            epoch: Some(log.epoch.clone()),
+            messages,
+        })
     }
 
     async fn trim(&self, channel: &str, before: Offset) -> Result<u64, BackendError> {
@@ -244,28 +293,44 @@ impl PubSubStore for MemoryPubSub {
             .front()
             .is_some_and(|m| m.offset.is_some_and(|o| o < before))
         {
-            log.messages.pop_front();
+            log.drop_oldest();
             removed += 1;
         }
         Ok(removed)
     }
 
-    async fn replay(
-        &self,
-        channel: &str,
-        after: Offset,
-        count: usize,
-    ) -> Result<Vec<PubMessage>, BackendError> {
+    async fn recover(&self, channel: &str, at: Resume<'_>) -> Result<Recovery, BackendError> {
         let mut inner = self.lock();
-        Ok(live_log(&mut inner, channel)
-            .map(|log| {
-                log.messages
-                    .iter()
-                    .filter(|m| m.offset.is_some_and(|o| o > after))
-                    .take(count)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default())
+        if live_log(&mut inner, channel).is_none() {
+            let log = Log::new(&self.source, Some(at.idle));
+            inner.logs.insert(channel.to_string(), log);
+        }
+        let log = live_log(&mut inner, channel).expect("a log, inserted if it was not there");
+        let (after, recovered) = if at.after == Offset::default() {
+            // Nothing yet: the whole epoch, whatever was dropped of it before.
+            let after = log.start.prev();
+            (after, log.dropped <= after)
+        } else if at.epoch.is_some_and(|e| e != log.epoch) || at.after < log.start {
+            // Of another epoch: the offset means nothing in this one.
+            (at.after.min(log.start.prev()), false)
+        } else {
+            // Nothing after it dropped, and it was written here (or
+            // nothing was, in this epoch).
+            let written = at.after <= log.last || log.last < log.start;
+            (at.after, log.dropped <= at.after && written)
+        };
+        let messages = log
+            .messages
+            .iter()
+            .filter(|m| m.offset.is_some_and(|o| o > after))
+            .take(at.count)
+            .cloned()
+            .collect();
+        Ok(Recovery {
+            epoch: log.epoch.clone(),
+            recovered,
+            after,
+            messages,
+        })
     }
 }

@@ -56,6 +56,38 @@ pub enum Delivery {
     /// channel held after its offset when the replay ended (the last one
     /// delivered, if any): what follows was published after that.
     Replayed(Option<Offset>),
+    /// A resumed subscription's first delivery, and again whenever its
+    /// replay finds a gap: whether what follows runs on from the offset.
+    Resumed(Resumed),
+}
+
+/// Where a resumed subscription stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumed {
+    /// What follows runs on from the subscriber's offset, nothing missed.
+    /// False when messages after it were trimmed or expired, or the offset
+    /// is of another epoch: the subscriber should reload its state.
+    pub recovered: bool,
+    /// The channel's epoch: resume with it next time.
+    pub epoch: String,
+    /// The first message the replay delivers (none when it has nothing).
+    pub from: Option<Offset>,
+}
+
+/// Where a subscriber resumes: after an offset, of an epoch if it knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeFrom {
+    pub offset: Offset,
+    pub epoch: Option<String>,
+}
+
+impl From<Offset> for ResumeFrom {
+    fn from(offset: Offset) -> Self {
+        ResumeFrom {
+            offset,
+            epoch: None,
+        }
+    }
 }
 
 /// What a subscriber receives: deliveries, or the error that ended the
@@ -78,6 +110,8 @@ pub struct HistoryQuery {
 /// A page of history, in the order asked for.
 #[derive(Debug, Clone)]
 pub struct HistoryPage {
+    /// The channel's epoch: none for a channel that does not exist.
+    pub epoch: Option<String>,
     pub messages: Vec<PubMessage>,
     /// Where the next page starts (the last offset of this one), when this
     /// page is full.
@@ -116,6 +150,11 @@ pub struct PublishOptions {
 
 /// Longest idempotency key.
 const MAX_IDEMPOTENCY_KEY: usize = 256;
+/// Longest epoch a subscriber may pass (they are ~40 bytes).
+const MAX_EPOCH: usize = 128;
+/// How long the epoch of a channel without messages and without a max age
+/// is kept once a subscriber waits on it.
+const IDLE_EPOCH: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 /// The longest max age a channel may have (a year).
 pub const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
@@ -279,12 +318,13 @@ impl PubSub {
     }
 
     /// Subscribes to channels and patterns; with `from`, first replays the
-    /// one channel's durable messages after that offset.
+    /// one channel's durable messages after that offset (a
+    /// [`Delivery::Resumed`] first says whether they run on from it).
     pub async fn subscribe(
         &self,
         channels: Vec<String>,
         patterns: Vec<String>,
-        from: Option<Offset>,
+        from: Option<ResumeFrom>,
     ) -> Result<Subscription> {
         let span = tracing::info_span!(
             "outrigger.pubsub.subscribe",
@@ -314,6 +354,13 @@ impl PubSub {
                     "resuming from an offset needs exactly one channel and no patterns".into(),
                 ));
             }
+            if let Some(epoch) = from.as_ref().and_then(|f| f.epoch.as_deref())
+                && (epoch.is_empty() || epoch.len() > MAX_EPOCH || epoch.chars().any(char::is_control))
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "an epoch is 1 to {MAX_EPOCH} bytes without control characters, as a resume or history answered it"
+                )));
+            }
             if self.subscribers.fetch_add(1, Ordering::Relaxed) >= self.max_subscribers {
                 self.subscribers.fetch_sub(1, Ordering::Relaxed);
                 return Err(Error::Exhausted(format!(
@@ -332,7 +379,11 @@ impl PubSub {
                         FeedItem::Lagged(n) => Delivery::Lagged(n),
                     })
                 })),
-                Some(after) => resume(self.store.clone(), channels[0].clone(), after, live, slot),
+                Some(from) => {
+                    let idle = self.retention(&channels[0]).max_age.unwrap_or(IDLE_EPOCH);
+                    let channel = channels[0].clone();
+                    resume(self.store.clone(), channel, from, idle, live, slot)
+                }
             };
             Ok(subscription)
         })
@@ -383,12 +434,13 @@ impl PubSub {
                     newest_first: true,
                     limit: bounded("last", last)?,
                 };
-                let mut messages = self.store.history(channel, range).await?;
+                let mut history = self.store.history(channel, range).await?;
                 if !query.newest_first {
-                    messages.reverse();
+                    history.messages.reverse();
                 }
                 return Ok(HistoryPage {
-                    messages,
+                    epoch: history.epoch,
+                    messages: history.messages,
                     next_cursor: None,
                 });
             }
@@ -411,15 +463,18 @@ impl PubSub {
                 None => {}
             }
             range.from = range.from.max(oldest);
-            let messages = if range.from > range.to {
-                vec![]
-            } else {
-                self.store.history(channel, range).await?
-            };
+            if range.from > range.to {
+                // Nothing to read, but the epoch still to tell.
+                range.from = Offset::MAX;
+                range.to = Offset::MAX;
+            }
+            let history = self.store.history(channel, range).await?;
+            let messages = history.messages;
             let next_cursor = (messages.len() == limit)
                 .then(|| messages.last().and_then(|m| m.offset))
                 .flatten();
             Ok(HistoryPage {
+                epoch: history.epoch,
                 messages,
                 next_cursor,
             })
@@ -443,27 +498,36 @@ impl PubSub {
     }
 }
 
-/// Replay after `after`, then the live feed without what was replayed. If
-/// the live feed overflows meanwhile, replay resumes from the last offset
-/// delivered: a resumed subscriber receives every durable message once,
-/// in order, however far behind it falls (messages published without
-/// `durable` on the same channel are not in the stream and can be missed).
+/// Replay after the subscriber's offset, then the live feed without what
+/// was replayed. Each page of the replay says whether it runs on from the
+/// last offset delivered: the first one, and any that does not, is
+/// announced ([`Delivery::Resumed`]). If the live feed overflows meanwhile,
+/// replay resumes from the last offset delivered: a resumed subscriber
+/// receives every durable message once, in order, however far behind it
+/// falls, or is told what it missed (messages published without `durable`
+/// on the same channel are not in the stream and can be missed).
 fn resume(
     store: Arc<dyn PubSubStore>,
     channel: String,
-    after: Offset,
+    from: ResumeFrom,
+    idle: std::time::Duration,
     live: Feed<Arc<PubMessage>>,
     slot: Slot,
 ) -> Subscription {
     struct State {
         store: Arc<dyn PubSubStore>,
         channel: String,
+        /// The subscriber's epoch: as it said, then as the channel said.
+        epoch: Option<String>,
+        idle: std::time::Duration,
         /// The last durable offset delivered.
         last: Offset,
         page: VecDeque<PubMessage>,
         replaying: bool,
-        /// Whether the end of the first replay has been announced.
-        announced: bool,
+        /// Whether the first page was announced.
+        resumed: bool,
+        /// Whether the end of the first replay was announced.
+        replayed: bool,
         /// Whether anything was delivered yet (else `last` is the resume
         /// point, not a delivered offset).
         delivered: bool,
@@ -474,10 +538,13 @@ fn resume(
     let state = State {
         store,
         channel,
-        last: after,
+        epoch: from.epoch,
+        idle,
+        last: from.offset,
         page: VecDeque::new(),
         replaying: true,
-        announced: false,
+        resumed: false,
+        replayed: false,
         delivered: false,
         failed: false,
         live,
@@ -493,17 +560,35 @@ fn resume(
                 s.delivered = true;
                 return Some((Ok(Delivery::Message(Arc::new(message))), s));
             }
-            if !s.replaying && !s.announced {
-                s.announced = true;
+            if !s.replaying && !s.replayed {
+                s.replayed = true;
                 let last = s.delivered.then_some(s.last);
                 return Some((Ok(Delivery::Replayed(last)), s));
             }
             if s.replaying {
-                match s.store.replay(&s.channel, s.last, REPLAY_PAGE).await {
+                let at = store::Resume {
+                    epoch: s.epoch.as_deref(),
+                    after: s.last,
+                    count: REPLAY_PAGE,
+                    idle: s.idle,
+                };
+                match s.store.recover(&s.channel, at).await {
                     Ok(page) => {
-                        s.replaying = page.len() == REPLAY_PAGE;
-                        s.page.extend(page);
-                        continue;
+                        s.replaying = page.messages.len() == REPLAY_PAGE;
+                        s.page.extend(page.messages);
+                        s.epoch = Some(page.epoch.clone());
+                        if s.resumed && page.recovered {
+                            continue;
+                        }
+                        // Not delivered, but what follows comes after it.
+                        s.last = page.after;
+                        s.resumed = true;
+                        let resumed = Resumed {
+                            recovered: page.recovered,
+                            epoch: page.epoch,
+                            from: s.page.front().and_then(|m| m.offset),
+                        };
+                        return Some((Ok(Delivery::Resumed(resumed)), s));
                     }
                     Err(err) => {
                         s.failed = true;

@@ -1,6 +1,7 @@
 //! Pub/sub on Redis: live messages on `ns:ps:{channel}`, durable ones also
 //! in the capped stream of the same name, published by one script so the
-//! live copy carries the stream offset.
+//! live copy carries the stream offset; the stream's epoch in the hash
+//! `ns:ps:{channel}:e` beside it (`epoch.lua`).
 //!
 //! Live payload: `offset \n headers-json \n payload` (offset empty for
 //! messages that are not durable; JSON never holds a raw newline, and the
@@ -15,7 +16,9 @@ use futures::StreamExt;
 
 use redis::Script;
 
-use super::store::{Offset, PubMessage, PubSubStore, Publish, Published, Range};
+use super::store::{
+    History, Offset, PubMessage, PubSubStore, Publish, Published, Range, Recovery, Resume,
+};
 use crate::backend::redis::RedisStore;
 use crate::backend::redis::subscriber::Topic;
 use crate::backend::{BackendError, Feed, FeedItem};
@@ -24,21 +27,48 @@ use crate::backend::{BackendError, Feed, FeedItem};
 pub struct RedisPubSub {
     redis: Arc<RedisStore>,
     publish: Script,
+    history: Script,
+    recover: Script,
+}
+
+/// A durable-channel script: `epoch.lua`, then its own.
+macro_rules! script {
+    ($file:literal) => {
+        Script::new(concat!(include_str!("epoch.lua"), include_str!($file)))
+    };
 }
 
 impl RedisPubSub {
     pub fn new(redis: Arc<RedisStore>) -> Self {
         RedisPubSub {
             redis,
-            publish: Script::new(include_str!("publish.lua")),
+            publish: script!("publish.lua"),
+            history: script!("history.lua"),
+            recover: script!("recover.lua"),
         }
     }
-}
 
-impl RedisPubSub {
     fn pubsub_key(&self, channel: &str) -> String {
         format!("{}:ps:{{{channel}}}", self.redis.namespace)
     }
+
+    /// A durable channel's stream and, beside it in its slot, its epoch.
+    fn durable_keys(&self, channel: &str) -> (String, String) {
+        let stream = self.pubsub_key(channel);
+        let epoch = format!("{stream}:e");
+        (stream, epoch)
+    }
+}
+
+/// A stream id as an offset.
+fn parse_offset(id: &str) -> Result<Offset, BackendError> {
+    id.parse()
+        .map_err(|_| BackendError::Protocol(format!("stream id {id:?}")))
+}
+
+/// An epoch as the scripts answer it: empty for none.
+fn parse_epoch(e: String) -> Option<String> {
+    (!e.is_empty()).then_some(e)
 }
 
 /// An XRANGE entry: id, then field/value pairs.
@@ -87,8 +117,10 @@ impl PubSubStore for RedisPubSub {
             Some((k, window)) => (format!("{key}:i:{k}"), window.as_millis().max(1) as u64),
             None => (key.clone(), 0),
         };
+        let (_, epoch) = self.durable_keys(&message.channel);
         let mut call = self.publish.key(&key);
-        call.key(&seen)
+        call.key(&epoch)
+            .key(&seen)
             .arg(how.retention.max_len)
             .arg(&key)
             .arg(&headers)
@@ -100,16 +132,15 @@ impl PubSubStore for RedisPubSub {
                     .max_age
                     .map_or(0, |a| a.as_millis().max(1) as u64),
             );
-        let (id, duplicate): (String, u8) = self.redis.call(call.invoke_async(&mut conn)).await?;
+        let (id, duplicate, epoch): (String, u8, String) =
+            self.redis.call(call.invoke_async(&mut conn)).await?;
         let offset = match id.as_str() {
             "" => None,
-            id => Some(
-                id.parse()
-                    .map_err(|_| BackendError::Protocol(format!("stream id {id:?}")))?,
-            ),
+            id => Some(parse_offset(id)?),
         };
         Ok(Published {
             offset,
+            epoch: parse_epoch(epoch),
             duplicate: duplicate == 1,
         })
     }
@@ -122,26 +153,26 @@ impl PubSubStore for RedisPubSub {
         self.subscribe_with(channels, patterns, true).await
     }
 
-    async fn history(&self, channel: &str, range: Range) -> Result<Vec<PubMessage>, BackendError> {
+    async fn history(&self, channel: &str, range: Range) -> Result<History, BackendError> {
         let (command, start, end) = if range.newest_first {
             ("XREVRANGE", range.to, range.from)
         } else {
             ("XRANGE", range.from, range.to)
         };
+        let (stream, epoch) = self.durable_keys(channel);
+        let mut call = self.history.key(stream);
+        call.key(epoch)
+            .arg(command)
+            .arg(start.to_string())
+            .arg(end.to_string())
+            .arg(range.limit);
         let mut conn = self.redis.conn();
-        let entries: Vec<StreamEntry> = self
-            .redis
-            .call(
-                redis::cmd(command)
-                    .arg(self.pubsub_key(channel))
-                    .arg(start.to_string())
-                    .arg(end.to_string())
-                    .arg("COUNT")
-                    .arg(range.limit)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        entries_to_messages(channel, entries)
+        let (epoch, entries): (String, Vec<StreamEntry>) =
+            self.redis.call(call.invoke_async(&mut conn)).await?;
+        Ok(History {
+            epoch: parse_epoch(epoch),
+            messages: entries_to_messages(channel, entries)?,
+        })
     }
 
     async fn trim(&self, channel: &str, before: Offset) -> Result<u64, BackendError> {
@@ -157,13 +188,23 @@ impl PubSubStore for RedisPubSub {
             .await
     }
 
-    async fn replay(
-        &self,
-        channel: &str,
-        after: Offset,
-        count: usize,
-    ) -> Result<Vec<PubMessage>, BackendError> {
-        self.replay_after(channel, after, count).await
+    async fn recover(&self, channel: &str, at: Resume<'_>) -> Result<Recovery, BackendError> {
+        let (stream, epoch) = self.durable_keys(channel);
+        let mut call = self.recover.key(stream);
+        call.key(epoch)
+            .arg(at.epoch.unwrap_or(""))
+            .arg(at.after.to_string())
+            .arg(at.count)
+            .arg(at.idle.as_millis().max(1) as u64);
+        let mut conn = self.redis.conn();
+        let (epoch, recovered, after, entries): (String, u8, String, Vec<StreamEntry>) =
+            self.redis.call(call.invoke_async(&mut conn)).await?;
+        Ok(Recovery {
+            epoch,
+            recovered: recovered == 1,
+            after: parse_offset(&after)?,
+            messages: entries_to_messages(channel, entries)?,
+        })
     }
 }
 
@@ -234,30 +275,5 @@ impl RedisPubSub {
             futures::future::ready(message)
         });
         Ok(Box::pin(feed))
-    }
-
-    async fn replay_after(
-        &self,
-        channel: &str,
-        after: Offset,
-        count: usize,
-    ) -> Result<Vec<PubMessage>, BackendError> {
-        if after == Offset::MAX {
-            return Ok(vec![]); // nothing can come after it
-        }
-        let mut conn = self.redis.conn();
-        let entries: Vec<StreamEntry> = self
-            .redis
-            .call(
-                redis::cmd("XRANGE")
-                    .arg(self.pubsub_key(channel))
-                    .arg(format!("({after}"))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(count)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        entries_to_messages(channel, entries)
     }
 }

@@ -16,6 +16,12 @@ pub struct PubMessage {
 }
 
 /// A position in a durable channel: Redis stream ids (`ms-seq`), ordered.
+///
+/// Offsets are positions within an epoch: a channel's epoch changes when
+/// its history can no longer be trusted to run on from what subscribers
+/// saw (created afresh after it expired, Redis lost it or failed over to a
+/// replica, the fallback's history gave way to Redis'), and every message
+/// of an epoch has an offset at least the epoch's start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Offset {
     pub ms: u64,
@@ -109,12 +115,52 @@ pub struct Publish {
 }
 
 /// What a publish did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Published {
     /// The durable message's offset (the first one's, for a repeat).
     pub offset: Option<Offset>,
+    /// The channel's epoch (durable messages only).
+    pub epoch: Option<String>,
     /// A repeat of an idempotency key: nothing was delivered.
     pub duplicate: bool,
+}
+
+/// A page of a durable channel's history, and the epoch it belongs to
+/// (none for a channel that does not exist).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct History {
+    pub epoch: Option<String>,
+    pub messages: Vec<PubMessage>,
+}
+
+/// A subscriber catching up on a durable channel: where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume<'a> {
+    /// The epoch its offset belongs to, if it knows it.
+    pub epoch: Option<&'a str>,
+    /// The last offset it has.
+    pub after: Offset,
+    /// Messages to read at most.
+    pub count: usize,
+    /// How long a channel that does not exist yet keeps the epoch this
+    /// starts for it, without a publish.
+    pub idle: std::time::Duration,
+}
+
+/// The next messages for a subscriber catching up, and whether they follow
+/// on from what it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// The channel's epoch now.
+    pub epoch: String,
+    /// The messages follow the subscriber's offset without a gap: nothing
+    /// after it was trimmed, expired or lost, and it is of this epoch.
+    pub recovered: bool,
+    /// The messages come after this offset: the subscriber's when
+    /// recovered, else possibly earlier (the epoch's start).
+    pub after: Offset,
+    /// Oldest first, at most `count`.
+    pub messages: Vec<PubMessage>,
 }
 
 /// Which durable messages a history read returns: those between `from`
@@ -142,19 +188,15 @@ pub trait PubSubStore: Send + Sync + 'static {
         patterns: &[String],
     ) -> Result<Feed<std::sync::Arc<PubMessage>>, BackendError>;
 
-    /// The durable messages of `channel` in `range`.
-    async fn history(&self, channel: &str, range: Range) -> Result<Vec<PubMessage>, BackendError>;
+    /// The durable messages of `channel` in `range`, and its epoch.
+    async fn history(&self, channel: &str, range: Range) -> Result<History, BackendError>;
 
     /// Drops the durable messages of `channel` before `before`; returns
     /// how many.
     async fn trim(&self, channel: &str, before: Offset) -> Result<u64, BackendError>;
 
-    /// Up to `count` durable messages of `channel` after `after`, oldest
-    /// first.
-    async fn replay(
-        &self,
-        channel: &str,
-        after: Offset,
-        count: usize,
-    ) -> Result<Vec<PubMessage>, BackendError>;
+    /// The durable messages of `channel` after a subscriber's offset, and
+    /// whether they follow on from it. Starts the channel's epoch if it
+    /// has none (a subscriber waiting for its first message).
+    async fn recover(&self, channel: &str, at: Resume<'_>) -> Result<Recovery, BackendError>;
 }
