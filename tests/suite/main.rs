@@ -21,5 +21,6 @@ mod near_cache;
 mod plugins;
 mod realtime_api;
 mod realtime_conformance;
+mod realtime_loss;
 mod sidecar_process;
 mod topology;
