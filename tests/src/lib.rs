@@ -966,7 +966,7 @@ impl Drop for Sidecar {
 }
 
 /// Subscribes to `channel` over gRPC, replaying from `from` ("" for live
-/// messages only).
+/// messages only; the epoch unsaid).
 pub async fn subscribe_from(
     s: &Sidecar,
     channel: &str,
@@ -996,6 +996,7 @@ pub async fn next_message(stream: &mut tonic::Streaming<pb::SubscribeEvent>) -> 
         match e.event {
             Some(pb::subscribe_event::Event::Message(m)) => return m,
             Some(pb::subscribe_event::Event::Replayed(_)) => {}
+            Some(pb::subscribe_event::Event::Resumed(r)) => assert!(r.recovered, "a gap: {r:?}"),
             other => panic!("expected a message, got {other:?}"),
         }
     }

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use outrigger::api::pb;
 use outrigger::api::pb::cache_client::CacheClient;
 use outrigger::api::pb::pub_sub_client::PubSubClient;
-use outrigger_tests::{RedisServer, Sidecar, Sse, read_until, sidecar, unique};
+use outrigger_tests::{RedisServer, Sidecar, Sse, eventually, read_until, sidecar, unique};
 use serde_json::{Value, json};
 
 fn http() -> reqwest::Client {
@@ -346,6 +346,7 @@ async fn every_primitive_works_for_an_acl_user_confined_to_its_namespace() {
         .arg("+@all")
         .arg("-@dangerous")
         .arg("-@admin")
+        .arg("+info")
         .query_async(&mut admin)
         .await
         .unwrap();
@@ -457,15 +458,46 @@ async fn every_primitive_works_for_an_acl_user_confined_to_its_namespace() {
     );
     let members = json_of(c.get(s.url("/v1/presence/room")).send().await.unwrap()).await;
     assert_eq!(members["members"][0]["member"], "alice", "{members}");
-    ok("publish")(
+    let published = json_of(
         c.post(s.url("/v1/pubsub/news?durable=true"))
             .body("hello")
             .send()
             .await
             .unwrap(),
-    );
+    )
+    .await;
     let heard = read_until(&mut feed, "hello", Duration::from_secs(5)).await;
     assert!(heard, "the subscriber hears the publish");
+    // With +info the epoch carries the server's replication id, so a
+    // failover starts a new one.
+    let epoch = published["epoch"].as_str().unwrap();
+    assert!(!epoch.ends_with("@unknown"), "{published}");
+    // Without it durable channels still work, blind to failovers, and the
+    // sidecar says so.
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("app")
+        .arg("-info")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let blind = json_of(
+        c.post(s.url("/v1/pubsub/blind?durable=true"))
+            .body("x")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        blind["epoch"].as_str().unwrap().ends_with("@unknown"),
+        "{blind}"
+    );
+    eventually(Duration::from_secs(5), "the warning about INFO", || {
+        let warned = s.log().contains("grant it +info");
+        async move { warned.then_some(()) }
+    })
+    .await;
     ok("counter")(
         c.post(s.url("/v1/counters/C/incr"))
             .json(&json!({"by": 1, "ttl_ms": 60_000}))

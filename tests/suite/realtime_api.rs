@@ -265,6 +265,12 @@ async fn publish_through_one_sidecar_receive_through_another_over_grpc_sse_and_w
         .await
         .unwrap();
     let mut resumed = Sse::open(b.url("/v1/pubsub/news"), Some(&offset)).await;
+    let (event, data, _) = resumed.next().await;
+    let data: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(
+        (event.as_str(), &data["recovered"]),
+        ("resumed", &json!(true))
+    );
     let (_, data, _) = resumed.next().await;
     assert_eq!(
         serde_json::from_str::<Value>(&data).unwrap()["payload"],
@@ -414,6 +420,10 @@ async fn history_and_trim_over_http_and_grpc_and_the_replay_marker_over_sse(p: &
         (&m[1]["payload_base64"], &m[1]["headers"]),
         (&json!("AP8="), &json!({"kind": "snapshot"}))
     );
+    // Every answer names the channel's epoch, the same one.
+    let epoch = last["epoch"].as_str().expect("an epoch").to_string();
+    let published: Value = binary.json().await.unwrap();
+    assert_eq!(published["epoch"], epoch.as_str());
     let ms: u64 = offsets[4].split('-').next().unwrap().parse().unwrap();
     assert_eq!(m[0]["published_at_ms"], ms);
     // Newest first in pages of two, following the cursor.
@@ -448,13 +458,21 @@ async fn history_and_trim_over_http_and_grpc_and_the_replay_marker_over_sse(p: &
     let payloads: Vec<&[u8]> = page.messages.iter().map(|m| &m.payload[..]).collect();
     assert_eq!(payloads, [&[0u8, 255][..], b"u4", b"u3"]);
     assert_eq!(page.messages[1].published_at_ms, ms);
+    assert_eq!(page.epoch, epoch);
 
-    // Resuming over SSE: the missed ones, the marker naming the last, then live.
+    // Resuming over SSE: where it stands, the missed ones, the marker
+    // naming the last, then live.
     let mut sse = Sse::open(
-        reader.url(&format!("/v1/pubsub/doc?from={}", offsets[2])),
+        reader.url(&format!("/v1/pubsub/doc?from={}&epoch={epoch}", offsets[2])),
         None,
     )
     .await;
+    let (event, data, _) = sse.next().await;
+    assert_eq!(event, "resumed");
+    assert_eq!(
+        serde_json::from_str::<Value>(&data).unwrap(),
+        json!({"type": "resumed", "recovered": true, "epoch": epoch, "from": offsets[3]})
+    );
     let mut events = vec![];
     for _ in 0..4 {
         let (event, data, _) = sse.next().await;
@@ -506,6 +524,55 @@ async fn history_and_trim_over_http_and_grpc_and_the_replay_marker_over_sse(p: &
     let left = get("").await;
     assert_eq!(left["messages"].as_array().unwrap().len(), 2);
     assert_eq!(left["messages"][0]["offset"], offsets[4].as_str());
+
+    // A subscriber that had only u1 resumes: u2 and u3 are gone, and every
+    // transport says so before replaying what is left.
+    let gap = json!({"type": "resumed", "recovered": false, "epoch": epoch, "from": offsets[4]});
+    let from = format!("/v1/pubsub/doc?from={}&epoch={epoch}", offsets[1]);
+    let mut sse = Sse::open(reader.url(&from), None).await;
+    let (event, data, _) = sse.next().await;
+    assert_eq!(
+        (
+            event.as_str(),
+            serde_json::from_str::<Value>(&data).unwrap()
+        ),
+        ("resumed", gap.clone())
+    );
+    let ws_url = format!("ws://{}{from}", reader.http);
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a frame within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(frame.to_text().unwrap()).unwrap(),
+        gap
+    );
+    let mut grpc = client
+        .subscribe(pb::SubscribeRequest {
+            channels: vec!["doc".into()],
+            from_offset: offsets[1].clone(),
+            epoch: epoch.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), grpc.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let expected = pb::Resumed {
+        recovered: false,
+        epoch: epoch.clone(),
+        from_offset: offsets[4].clone(),
+    };
+    assert_eq!(
+        first.event,
+        Some(pb::subscribe_event::Event::Resumed(expected))
+    );
 }
 
 async fn concurrent_retries_of_one_publish_from_two_sidecars_deliver_it_once(p: &Pair) {

@@ -37,11 +37,20 @@ local function before(id)
   return ms .. '-' .. string.format('%.0f', tonumber(seq) - 1)
 end
 
+-- 'unknown' when the user may not run INFO (an ACL without +info): then
+-- a failover goes unnoticed, and the sidecar warns.
 local function replication_id()
-  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
+  local info = redis.pcall('INFO', 'replication')
+  if type(info) ~= 'string' then
+    return 'unknown'
+  end
+  return string.match(info, 'master_replid:(%x+)') or 'unknown'
 end
 
 local function token(s, r)
+  if r == 'unknown' then
+    return s .. '@unknown'
+  end
   return s .. '@' .. string.sub(r, 1, 8)
 end
 

@@ -66,8 +66,21 @@ fn parse_offset(id: &str) -> Result<Offset, BackendError> {
         .map_err(|_| BackendError::Protocol(format!("stream id {id:?}")))
 }
 
-/// An epoch as the scripts answer it: empty for none.
+/// Set once the sidecar has warned that Redis does not let it see failovers.
+static WARNED_BLIND: std::sync::Once = std::sync::Once::new();
+
+/// An epoch as the scripts answer it: empty for none. One ending `@unknown`
+/// was started by a user that may not run INFO: say once what that costs.
 fn parse_epoch(e: String) -> Option<String> {
+    if e.ends_with("@unknown") {
+        WARNED_BLIND.call_once(|| {
+            tracing::warn!(
+                "the Redis user may not run INFO: a failover to a replica will not start new \
+                 pub/sub epochs, so subscribers resuming across one may miss messages unawares; \
+                 grant it +info"
+            );
+        });
+    }
     (!e.is_empty()).then_some(e)
 }
 
@@ -200,7 +213,7 @@ impl PubSubStore for RedisPubSub {
         let (epoch, recovered, after, entries): (String, u8, String, Vec<StreamEntry>) =
             self.redis.call(call.invoke_async(&mut conn)).await?;
         Ok(Recovery {
-            epoch,
+            epoch: parse_epoch(epoch).unwrap_or_default(),
             recovered: recovered == 1,
             after: parse_offset(&after)?,
             messages: entries_to_messages(channel, entries)?,
