@@ -116,9 +116,24 @@ export interface HistoryMessage {
 }
 
 export interface History {
+  /** The channel's epoch (undefined for a channel that does not exist):
+   * pass it as `epoch` with `after` to subscribe after these messages. */
+  epoch: string | undefined;
   messages: HistoryMessage[];
   /** Pass as `cursor` for the next page; undefined on the last one. */
   nextCursor: string | undefined;
+}
+
+/** Where a resumed subscription stands, before its replay. */
+export interface Resumed {
+  /** Nothing after the offset is missing. False when messages after it
+   * were trimmed or expired, or it is of another epoch (the channel was
+   * created again, Redis lost it or failed over): reload your state. */
+  recovered: boolean;
+  /** The channel's epoch now. */
+  epoch: string;
+  /** The first offset the replay delivers; undefined when it has none. */
+  from: string | undefined;
 }
 
 const seg = encodeURIComponent;
@@ -740,15 +755,21 @@ export class Client {
    * (live-only ones published meanwhile are), and the same when the sidecar
    * reports this subscriber fell behind (`lagged`); with `durable: false`,
    * live from the reconnection on. `onOpen` is called each time the sidecar
-   * has subscribed (from then on everything published arrives). Ends when
+   * has subscribed (from then on everything published arrives). Every
+   * resume (`after`, and each reopening after a durable offset) first calls
+   * `onResumed`: whether nothing after the offset is missing, and the
+   * channel's epoch, which the next reopening passes on. Ends when
    * `signal` aborts (at once, the connection closed) or the loop breaks. */
   async *subscribe(
     channel: string,
     options: {
       after?: string;
+      /** The epoch `after` belongs to (from history or `onResumed`). */
+      epoch?: string;
       durable?: boolean;
       signal?: AbortSignal;
       onOpen?: () => void;
+      onResumed?: (resumed: Resumed) => void;
       /** Called when a resumed subscription has delivered every durable
        * message the channel held after its offset (with the last one's
        * offset): what follows was published afterwards. */
@@ -757,11 +778,12 @@ export class Client {
   ): AsyncGenerator<Message> {
     const { signal } = options;
     let last = options.after;
+    let epoch = options.epoch;
     let backoff = 50;
     while (!signal?.aborted) {
       try {
         const parser = new SseParser();
-        const path = `/v1/pubsub/${seg(channel)}${query({ from: last })}`;
+        const path = `/v1/pubsub/${seg(channel)}${query({ from: last, epoch: last === undefined ? undefined : epoch })}`;
         for await (const line of this.#t.stream(path, { accept: "text/event-stream" }, signal, options.onOpen)) {
           const event = parser.feed(line);
           if (!event) continue;
@@ -772,6 +794,9 @@ export class Client {
             if (body.offset) last = body.offset;
             const payload = "payload" in body ? Buffer.from(body.payload, "utf8") : Buffer.from(body.payload_base64 ?? "", "base64");
             yield { channel: body.channel, payload, offset: body.offset ?? undefined, headers: body.headers ?? {} };
+          } else if (kind === "resumed") {
+            epoch = body.epoch;
+            options.onResumed?.({ recovered: body.recovered, epoch: body.epoch, from: body.from ?? undefined });
           } else if (kind === "replayed") {
             options.onReplayed?.(body.offset ?? undefined);
           } else if (kind === "lagged" && options.durable !== false && last !== undefined) {
@@ -805,6 +830,7 @@ export class Client {
       read: (r) => {
         const body = parse(r);
         return {
+          epoch: body.epoch ?? undefined,
           // biome-ignore lint/suspicious/noExplicitAny: a message as the API writes it
           messages: body.messages.map((m: any) => ({
             offset: m.offset,

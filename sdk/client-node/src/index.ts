@@ -13,6 +13,7 @@ export {
   type Field,
   type History,
   type HistoryMessage,
+  type Resumed,
   type Lease,
   type Leased,
   type Limit,

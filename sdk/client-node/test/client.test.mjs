@@ -251,6 +251,20 @@ for (const backend of ["memory", "redis"]) {
         assert.deepEqual((await client.history(channel, { last: 1 })).messages.map((m) => m.payload.toString()), ["once"]);
         assert.equal(await client.trim(channel, offsets[2]), 2);
         assert.deepEqual((await client.history(channel)).messages.map((m) => m.offset), [offsets[2], offsets[3], once]);
+        // Resuming past the trim: told what is gone, with the epoch, before the replay.
+        const { epoch } = await client.history(channel, { last: 1 });
+        assert.ok(epoch);
+        const told = [];
+        for await (const m of client.subscribe(channel, { after: offsets[0], epoch, onResumed: (r) => told.push(r) })) {
+          assert.deepEqual(told, [{ recovered: false, epoch, from: offsets[2] }]);
+          assert.equal(m.offset, offsets[2]);
+          break;
+        }
+        for await (const m of client.subscribe(channel, { after: offsets[2], epoch, onResumed: (r) => told.push(r) })) {
+          assert.deepEqual(told[1], { recovered: true, epoch, from: offsets[3] });
+          assert.equal(m.offset, offsets[3]);
+          break;
+        }
         for (const p of ["x", "y"]) await client.publish(`${channel}:short`, p, { durable: true, maxLen: 1, maxAgeMs: 60_000 });
         assert.deepEqual((await client.history(`${channel}:short`)).messages.map((m) => m.payload.toString()), ["y"]);
       });

@@ -20,6 +20,7 @@ from outrigger import (
     NotFound,
     PreconditionFailed,
     RateLimited,
+    Resumed,
     TooLarge,
     Unavailable,
 )
@@ -285,6 +286,18 @@ def test_history_trim_and_the_end_of_a_replay(client: Client, unique: str) -> No
     assert [m.payload for m in client.history(unique, last=1).messages] == [b"once"]
     assert client.trim(unique, str(offsets[2])) == 2
     assert [m.offset for m in client.history(unique).messages] == [*offsets[2:], once]
+    # Resuming past the trim: told what is gone, with the epoch, first.
+    epoch = client.history(unique, last=1).epoch
+    assert epoch
+    told: list[Resumed] = []
+    for msg in client.subscribe(unique, after=offsets[0], epoch=epoch, on_resumed=told.append):
+        assert told == [Resumed(recovered=False, epoch=epoch, from_offset=offsets[2])]
+        assert msg.offset == offsets[2]
+        break
+    for msg in client.subscribe(unique, after=offsets[2], epoch=epoch, on_resumed=told.append):
+        assert told[1] == Resumed(recovered=True, epoch=epoch, from_offset=offsets[3])
+        assert msg.offset == offsets[3]
+        break
     for p in ("x", "y"):
         client.publish(unique + ":short", p, durable=True, max_len=1, max_age=60)
     assert [m.payload for m in client.history(unique + ":short").messages] == [b"y"]

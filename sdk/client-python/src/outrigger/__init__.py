@@ -19,6 +19,7 @@ from ._wire import (
     Member,
     MemberPage,
     Message,
+    Resumed,
 )
 from .aio import AsyncClient, AsyncHeldLock, AsyncPresence
 from .client import Client, HeldLock, Presence
@@ -67,6 +68,7 @@ __all__ = [
     "PreconditionFailed",
     "Presence",
     "RateLimited",
+    "Resumed",
     "TooLarge",
     "Unauthorized",
     "Unavailable",

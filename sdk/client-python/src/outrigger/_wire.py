@@ -677,6 +677,9 @@ class HistoryMessage:
 
 @dataclass(frozen=True)
 class History:
+    # The channel's epoch (None for a channel that does not exist): pass it
+    # as `epoch` with `after` to subscribe after these messages.
+    epoch: str | None
     messages: list[HistoryMessage]
     # Pass as `cursor` for the next page; None on the last one.
     next_cursor: str | None
@@ -695,7 +698,7 @@ def _history(r: Reply) -> History:
         HistoryMessage(m["offset"], _payload(m), dict(m["headers"]), m["published_at_ms"])
         for m in body["messages"]
     ]
-    return History(messages, body.get("next_cursor"))
+    return History(body.get("epoch"), messages, body.get("next_cursor"))
 
 
 def history(
@@ -726,8 +729,8 @@ def trim(channel: str, before: str) -> Call[int]:
     )
 
 
-def subscribe_path(channel: str, after: str | None) -> str:
-    return f"/v1/pubsub/{seg(channel)}" + query(**{"from": after})
+def subscribe_path(channel: str, after: str | None, epoch: str | None = None) -> str:
+    return f"/v1/pubsub/{seg(channel)}" + query(**{"from": after, "epoch": after and epoch})
 
 
 class Subscription:
@@ -743,16 +746,19 @@ class Subscription:
         after: str | None,
         durable: bool,
         on_replayed: Callable[[str | None], None] | None = None,
+        epoch: str | None = None,
+        on_resumed: Callable[[Resumed], None] | None = None,
     ) -> None:
         self.channel, self.last, self.durable = channel, after, durable
-        self.on_replayed = on_replayed
+        self.epoch = epoch
+        self.on_replayed, self.on_resumed = on_replayed, on_resumed
         self.backoff = 0.05
         self.parser = SseParser()
 
     def connect(self) -> str:
         """The path to open next (from a fresh parser's point of view)."""
         self.parser = SseParser()
-        return subscribe_path(self.channel, self.last)
+        return subscribe_path(self.channel, self.last, self.epoch)
 
     def feed(self, line: str) -> Message | Lagged | None:
         """A line of the stream: a message to hand out, `LAGGED` when the
@@ -766,6 +772,10 @@ class Subscription:
             if got.offset:
                 self.last = got.offset
             return got
+        if isinstance(got, Resumed):
+            self.epoch = got.epoch
+            if self.on_resumed is not None:
+                self.on_resumed(got)
         if isinstance(got, Replayed) and self.on_replayed is not None:
             self.on_replayed(got.offset)
         if got is LAGGED and self.durable and self.last is not None:
@@ -795,9 +805,24 @@ class Replayed:
     offset: str | None
 
 
-def sse_event(kind: str, data: str) -> Message | Lagged | Replayed | None:
-    """A subscription's event: a message, `LAGGED`, the end of a replay, or
-    None for anything else; an `error` event is raised."""
+@dataclass(frozen=True)
+class Resumed:
+    """Where a resumed subscription stands, before its replay."""
+
+    # Nothing after the offset is missing. False when messages after it were
+    # trimmed or expired, or it is of another epoch (the channel was created
+    # again, Redis lost it or failed over): reload your state.
+    recovered: bool
+    # The channel's epoch now.
+    epoch: str
+    # The first offset the replay delivers; None when it has none.
+    from_offset: str | None
+
+
+def sse_event(kind: str, data: str) -> Message | Lagged | Replayed | Resumed | None:
+    """A subscription's event: a message, `LAGGED`, where a resume stands,
+    the end of a replay, or None for anything else; an `error` event is
+    raised."""
     body = json.loads(data)
     if kind == "error":
         raise OutriggerError(body.get("message", data))
@@ -805,6 +830,8 @@ def sse_event(kind: str, data: str) -> Message | Lagged | Replayed | None:
         return LAGGED
     if kind == "replayed":
         return Replayed(body.get("offset"))
+    if kind == "resumed":
+        return Resumed(bool(body["recovered"]), str(body["epoch"]), body.get("from"))
     if kind != "message" or body.get("type") != "message":
         return None
     return Message(

@@ -364,9 +364,11 @@ class AsyncClient:
         durable: bool = True,
         reconnect: bool = True,
         on_replayed: Callable[[str | None], None] | None = None,
+        epoch: str | None = None,
+        on_resumed: Callable[[w.Resumed], None] | None = None,
     ) -> AsyncIterator[Message]:
         """`async for msg in client.subscribe(...)`; see `Client.subscribe`."""
-        sub = w.Subscription(channel, after, durable, on_replayed)
+        sub = w.Subscription(channel, after, durable, on_replayed, epoch, on_resumed)
         while True:
             try:
                 lines = self._transport.stream(sub.connect(), sub.ACCEPT)

@@ -410,6 +410,8 @@ class Client:
         durable: bool = True,
         reconnect: bool = True,
         on_replayed: Callable[[str | None], None] | None = None,
+        epoch: str | None = None,
+        on_resumed: Callable[[w.Resumed], None] | None = None,
     ) -> Iterator[Message]:
         """Messages of `channel` as they come (`after`: durable messages
         after that offset first). A dropped connection is reopened (with
@@ -417,8 +419,12 @@ class Client:
         so no durable message is missed or repeated (live-only messages
         published meanwhile are), and the same when the sidecar reports
         this subscriber fell behind (`lagged`); without it, the subscription
-        picks up live from the reconnection on."""
-        sub = w.Subscription(channel, after, durable, on_replayed)
+        picks up live from the reconnection on. Every resume first calls
+        `on_resumed` with a `Resumed`: whether nothing after the offset is
+        missing (else reload your state), and the channel's epoch, which
+        reconnections pass on; give `epoch` with `after` (from history or
+        an earlier `Resumed`) to be told when the history started over."""
+        sub = w.Subscription(channel, after, durable, on_replayed, epoch, on_resumed)
         while True:
             try:
                 lines = self._transport.stream(sub.connect(), sub.ACCEPT)
