@@ -701,6 +701,11 @@ async fn bad_realtime_input_gets_json_errors(p: &Pair) {
         ),
         (c.get(s.url("/v1/presence/r?limit=100000")), 413),
         (c.get(s.url("/v1/pubsub/c?from=yesterday")), 400),
+        (c.get(s.url("/v1/pubsub/c?epoch=1-0@x")), 400),
+        (
+            c.get(s.url(&format!("/v1/pubsub/c?from=0&epoch={}", "e".repeat(129)))),
+            400,
+        ),
         (c.post(s.url("/v1/pubsub/c?durable=maybe")).body("x"), 400),
         (c.get(s.url("/v1/pubsub/c/history?limit=0")), 400),
         (c.get(s.url("/v1/pubsub/c/history?limit=1001")), 400),

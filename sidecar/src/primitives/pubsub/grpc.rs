@@ -74,6 +74,11 @@ impl Api for PubSubService {
                     .authorize(&caller, Call::new(P::Pubsub, op, std::mem::take(name)))?;
             }
         }
+        if req.from_offset.is_empty() && !req.epoch.is_empty() {
+            return Err(Status::invalid_argument(
+                "epoch names the epoch of a from_offset: give both",
+            ));
+        }
         let from = offset("from_offset", &req.from_offset)?.map(|offset| ResumeFrom {
             offset,
             epoch: (!req.epoch.is_empty()).then_some(req.epoch),

@@ -165,6 +165,11 @@ async fn subscribe(
             .map(str::to_string)
     });
     let from = match from.as_deref() {
+        None | Some("") if params.epoch.is_some() => {
+            return Err(Error::InvalidArgument(
+                "epoch names the epoch of a from offset: give both".into(),
+            ));
+        }
         None | Some("") => None,
         Some(o) => Some(ResumeFrom {
             offset: o.parse().map_err(|()| {
