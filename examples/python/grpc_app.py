@@ -103,6 +103,8 @@ def main():
     ps = pubsub_grpc.PubSubStub(channel)
     offsets = [ps.Publish(pubsub.PublishRequest(channel=f"room-{RUN}", payload=m, durable=True)).offset for m in (b"a", b"b", b"c")]
     stream = ps.Subscribe(pubsub.SubscribeRequest(channels=[f"room-{RUN}"], from_offset=offsets[0]))
+    resumed = next(stream).resumed  # first, where the resume stands
+    check("nothing after its offset is missing", resumed.recovered and resumed.from_offset == offsets[1])
     replayed = [next(stream).message.payload for _ in range(2)]
     check("a reconnecting reader gets what it missed", replayed == [b"b", b"c"])
     stream.cancel()

@@ -85,7 +85,10 @@ impl Stores {
             locks: MemoryLocks::new(),
             ratelimits: MemoryRateLimits::new(),
             presence: Arc::new(MemoryPresence::new(config.pubsub.subscriber_buffer)),
-            pubsub: Arc::new(MemoryPubSub::new(config.pubsub.subscriber_buffer)),
+            pubsub: Arc::new(MemoryPubSub::new(
+                config.pubsub.subscriber_buffer,
+                config.pubsub.memory_history_bytes,
+            )),
             counters: MemoryCounters::new(),
             maps: Arc::new(MemoryMaps::new(config.pubsub.subscriber_buffer)),
         }
@@ -135,7 +138,10 @@ impl Stores {
                     capacity: failover.publish_buffer,
                     flush_delay: failover.flush_delay,
                 },
-                config.pubsub.subscriber_buffer,
+                MemoryPubSub::new(
+                    config.pubsub.subscriber_buffer,
+                    config.pubsub.memory_history_bytes,
+                ),
             ),
             counters: FailoverCounters::new(
                 circuit.clone(),

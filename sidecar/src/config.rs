@@ -305,6 +305,10 @@ impl Config {
             ("pubsub.stream_max_len", self.pubsub.stream_max_len),
             ("pubsub.subscriber_buffer", self.pubsub.subscriber_buffer),
             ("pubsub.max_subscribers", self.pubsub.max_subscribers),
+            (
+                "pubsub.memory_history_bytes",
+                self.pubsub.memory_history_bytes,
+            ),
         ] {
             if value == 0 {
                 return invalid(key, "must be at least 1");

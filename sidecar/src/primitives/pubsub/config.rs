@@ -28,6 +28,10 @@ pub struct PubSubConfig {
     /// it answers the first publish's offset and delivers nothing.
     #[serde(with = "crate::duration")]
     pub idempotency_window: Duration,
+    /// Bytes of durable history the memory backend (and the fallback)
+    /// keeps across all channels; past it, the channels published to least
+    /// recently are dropped whole (their epochs end).
+    pub memory_history_bytes: usize,
 }
 
 impl Default for PubSubConfig {
@@ -39,6 +43,7 @@ impl Default for PubSubConfig {
             subscriber_buffer: 1024,
             max_subscribers: 10_000,
             idempotency_window: Duration::from_secs(300),
+            memory_history_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -56,10 +56,11 @@ pub struct FailoverPubSub {
 }
 
 impl FailoverPubSub {
-    pub fn new(circuit: Arc<Circuit>, buffering: Buffering, subscriber_buffer: usize) -> Arc<Self> {
+    /// The fallback: `memory`, which should be a fresh store.
+    pub fn new(circuit: Arc<Circuit>, buffering: Buffering, memory: MemoryPubSub) -> Arc<Self> {
         let store = Arc::new(FailoverPubSub {
             redis: RedisPubSub::new(circuit.redis().clone()),
-            memory: MemoryPubSub::new(subscriber_buffer),
+            memory,
             circuit,
             buffering,
             outbox: Mutex::new(Outbox::default()),

@@ -21,6 +21,8 @@ pub struct MemoryPubSub {
     buffer: usize,
     /// In every epoch this store starts: no other store's is the same.
     source: String,
+    /// Bytes of durable history kept across all channels, at most.
+    history_bound: usize,
 }
 
 type Sender = broadcast::Sender<Arc<PubMessage>>;
@@ -33,6 +35,11 @@ struct Inner {
     /// Idempotency keys seen, by channel and key: the offset answered and
     /// until when.
     seen: HashMap<(String, String), (Option<Offset>, Instant)>,
+    /// The bytes of every log, summed.
+    history_bytes: usize,
+    /// The greatest offset handed out on any channel: a new epoch starts
+    /// past it, so no offset of an older one is ever of a newer one.
+    issued: Offset,
 }
 
 /// Idempotency keys kept before the expired ones are swept.
@@ -40,6 +47,8 @@ const SWEEP_AT: usize = 1024;
 
 struct Log {
     messages: VecDeque<PubMessage>,
+    /// What `messages` weigh (`weight`).
+    bytes: usize,
     /// The last offset written.
     last: Offset,
     /// The epoch: its start, and its token.
@@ -60,15 +69,17 @@ fn now_ms() -> u64 {
 }
 
 impl Log {
-    /// A new epoch, kept `idle` without a publish.
-    fn new(source: &str, idle: Option<Duration>) -> Log {
+    /// A new epoch past `issued`, kept `idle` without a publish.
+    fn new(source: &str, idle: Option<Duration>, issued: Offset) -> Log {
         let start = Offset {
             ms: now_ms(),
             seq: 0,
-        };
+        }
+        .max(issued.next());
         Log {
             messages: VecDeque::new(),
-            last: Offset::default(),
+            bytes: 0,
+            last: start.prev(),
             start,
             epoch: format!("{start}@{source}"),
             dropped: Offset::default(),
@@ -77,8 +88,14 @@ impl Log {
         }
     }
 
+    fn push(&mut self, message: PubMessage) {
+        self.bytes += weight(&message);
+        self.messages.push_back(message);
+    }
+
     fn drop_oldest(&mut self) {
         if let Some(m) = self.messages.pop_front() {
+            self.bytes -= weight(&m);
             self.dropped = self.dropped.max(m.offset.unwrap_or_default());
         }
     }
@@ -118,12 +135,22 @@ impl Log {
     }
 }
 
+/// What a kept message costs: its bytes, and a fixed overhead.
+fn weight(m: &PubMessage) -> usize {
+    let headers: usize = m.headers.iter().map(|(k, v)| k.len() + v.len() + 32).sum();
+    m.payload.len() + m.channel.len() + headers + 96
+}
+
 impl MemoryPubSub {
-    pub fn new(buffer: usize) -> Self {
+    /// Subscribers fall behind by at most `buffer` messages before they
+    /// are told they lagged; durable history weighs at most
+    /// `history_bound` bytes.
+    pub fn new(buffer: usize, history_bound: usize) -> Self {
         MemoryPubSub {
             inner: Mutex::new(Inner::default()),
             buffer,
             source: format!("local-{:08x}", rand::random::<u32>()),
+            history_bound,
         }
     }
 
@@ -139,12 +166,40 @@ fn live_log<'a>(inner: &'a mut Inner, channel: &str) -> Option<&'a mut Log> {
         .logs
         .get(channel)
         .is_some_and(|log| log.expired(Instant::now()))
+        && let Some(log) = inner.logs.remove(channel)
     {
-        inner.logs.remove(channel);
+        inner.history_bytes -= log.bytes;
     }
     let log = inner.logs.get_mut(channel)?;
+    let before = log.bytes;
     log.trim_by_age();
+    inner.history_bytes -= before - log.bytes;
     Some(log)
+}
+
+/// Drops whole the logs published to least recently, but `channel`'s,
+/// until the history fits `bound`; then, if it still does not, the oldest
+/// messages of `channel` but its newest.
+fn fit(inner: &mut Inner, channel: &str, bound: usize) {
+    while inner.history_bytes > bound {
+        let coldest = inner
+            .logs
+            .iter()
+            .filter(|(name, _)| name.as_str() != channel)
+            .min_by_key(|(_, log)| log.published)
+            .map(|(name, _)| name.clone());
+        let Some(coldest) = coldest else { break };
+        if let Some(log) = inner.logs.remove(&coldest) {
+            inner.history_bytes -= log.bytes;
+        }
+    }
+    if let Some(log) = inner.logs.get_mut(channel) {
+        while inner.history_bytes > bound && log.messages.len() > 1 {
+            let before = log.bytes;
+            log.drop_oldest();
+            inner.history_bytes -= before - log.bytes;
+        }
+    }
 }
 
 /// Sends to a sender; forgets it once nobody listens.
@@ -163,7 +218,8 @@ impl PubSubStore for MemoryPubSub {
         mut message: PubMessage,
         how: &Publish,
     ) -> Result<Published, BackendError> {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         let now = Instant::now();
         if let Some((key, _)) = &how.idempotency
             && let Some((offset, until)) = inner.seen.get(&(message.channel.clone(), key.clone()))
@@ -172,7 +228,7 @@ impl PubSubStore for MemoryPubSub {
             let offset = *offset;
             let epoch = how
                 .durable
-                .then(|| live_log(&mut inner, &message.channel).map(|log| log.epoch.clone()))
+                .then(|| live_log(inner, &message.channel).map(|log| log.epoch.clone()))
                 .flatten();
             return Ok(Published {
                 offset,
@@ -184,25 +240,38 @@ impl PubSubStore for MemoryPubSub {
         if how.durable {
             if !inner.logs.contains_key(&message.channel) {
                 // A new channel: sweep the ones that outlived their age.
-                inner.logs.retain(|_, log| !log.expired(now));
+                let mut freed = 0;
+                inner.logs.retain(|_, log| {
+                    let expired = log.expired(now);
+                    if expired {
+                        freed += log.bytes;
+                    }
+                    !expired
+                });
+                inner.history_bytes -= freed;
             }
             let log = inner
                 .logs
                 .entry(message.channel.clone())
-                .or_insert_with(|| Log::new(&self.source, None));
+                .or_insert_with(|| Log::new(&self.source, None, inner.issued));
             if log.expired(now) {
-                *log = Log::new(&self.source, None);
+                inner.history_bytes -= log.bytes;
+                *log = Log::new(&self.source, None, inner.issued);
             }
+            let before = log.bytes;
             epoch = Some(log.epoch.clone());
             let offset = log.next_offset();
+            inner.issued = inner.issued.max(offset);
             message.offset = Some(offset);
-            log.messages.push_back(message.clone());
+            log.push(message.clone());
             log.max_age = how.retention.max_age;
             log.published = Some(now);
             while log.messages.len() > how.retention.max_len {
                 log.drop_oldest();
             }
             log.trim_by_age();
+            inner.history_bytes = inner.history_bytes + log.bytes - before;
+            fit(inner, &message.channel, self.history_bound);
         }
         let offset = message.offset;
         let channel = message.channel.clone();
@@ -287,7 +356,7 @@ impl PubSubStore for MemoryPubSub {
         let Some(log) = live_log(&mut inner, channel) else {
             return Ok(0);
         };
-        let mut removed = 0;
+        let (mut removed, bytes) = (0, log.bytes);
         while log
             .messages
             .front()
@@ -296,13 +365,15 @@ impl PubSubStore for MemoryPubSub {
             log.drop_oldest();
             removed += 1;
         }
+        let freed = bytes - log.bytes;
+        inner.history_bytes -= freed;
         Ok(removed)
     }
 
     async fn recover(&self, channel: &str, at: Resume<'_>) -> Result<Recovery, BackendError> {
         let mut inner = self.lock();
         if live_log(&mut inner, channel).is_none() {
-            let log = Log::new(&self.source, Some(at.idle));
+            let log = Log::new(&self.source, Some(at.idle), inner.issued);
             inner.logs.insert(channel.to_string(), log);
         }
         let log = live_log(&mut inner, channel).expect("a log, inserted if it was not there");
@@ -332,5 +403,85 @@ impl PubSubStore for MemoryPubSub {
             after,
             messages,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::primitives::pubsub::store::Retention;
+
+    fn durable() -> Publish {
+        Publish {
+            durable: true,
+            retention: Retention::default(),
+            idempotency: None,
+        }
+    }
+
+    /// A message that weighs 997 bytes (`weight`) on a one-letter channel.
+    fn message(channel: &str) -> PubMessage {
+        PubMessage {
+            channel: channel.into(),
+            payload: Bytes::from(vec![b'x'; 900]),
+            headers: Default::default(),
+            offset: None,
+        }
+    }
+
+    async fn recover(store: &MemoryPubSub, channel: &str, p: &Published) -> Recovery {
+        let at = Resume {
+            epoch: p.epoch.as_deref(),
+            after: p.offset.unwrap_or_default(),
+            count: 100,
+            idle: Duration::from_secs(60),
+        };
+        store.recover(channel, at).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn history_past_its_bound_drops_the_coldest_channels_whole() {
+        let store = MemoryPubSub::new(16, 4_000);
+        let a = store.publish(message("a"), &durable()).await.unwrap();
+        for channel in ["b", "c", "d"] {
+            store.publish(message(channel), &durable()).await.unwrap();
+        }
+        assert_eq!(store.lock().history_bytes, 4 * 997, "four fit");
+        store.publish(message("e"), &durable()).await.unwrap();
+        let left = {
+            let inner = store.lock();
+            assert_eq!(inner.history_bytes, 4 * 997);
+            let mut left: Vec<String> = inner.logs.keys().cloned().collect();
+            left.sort();
+            left
+        };
+        assert_eq!(left, ["b", "c", "d", "e"], "the coldest went, whole");
+        // Its subscribers are told: a new epoch, the offset means nothing.
+        let r = recover(&store, "a", &a).await;
+        assert!(!r.recovered);
+        assert_ne!(Some(r.epoch), a.epoch);
+    }
+
+    #[tokio::test]
+    async fn one_channel_past_the_bound_keeps_its_newest_and_says_what_went() {
+        let store = MemoryPubSub::new(16, 2_500);
+        let mut published = vec![];
+        for _ in 0..3 {
+            published.push(store.publish(message("s"), &durable()).await.unwrap());
+        }
+        assert_eq!(store.lock().history_bytes, 2 * 997);
+        // The first went: resuming after it misses nothing...
+        let r = recover(&store, "s", &published[0]).await;
+        assert!(r.recovered);
+        assert_eq!(r.messages.len(), 2);
+        // ...but from nothing, the epoch's start is gone.
+        let r = recover(&store, "s", &Published::default()).await;
+        assert!(!r.recovered);
+        // Trims give their bytes back.
+        let newest = published[2].offset.unwrap();
+        assert_eq!(store.trim("s", newest).await.unwrap(), 1);
+        assert_eq!(store.lock().history_bytes, 997);
     }
 }
