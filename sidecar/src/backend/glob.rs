@@ -1,8 +1,10 @@
 //! Redis-style glob patterns (`*`, `?`, `[a-z]`, `[^x]`, `\` escapes).
 //!
 //! The Redis backend hands patterns to `SCAN MATCH`; the memory backend
-//! matches with [`matches`], a port of Redis' `stringmatchlen`, so both agree
-//! on every pattern that [`validate`] accepts.
+//! matches with [`matches`], a port of Redis' `stringmatchlen` as fixed for
+//! CVE-2022-36021 (Redis 7.0.10: a `*` that failed against every suffix
+//! tells the enclosing ones to stop, so matching is polynomial, not
+//! exponential), so both agree on every pattern that [`validate`] accepts.
 
 /// Rejects patterns whose meaning would change once embedded in a longer
 /// Redis pattern: an unterminated `[` class or a trailing lone `\`.
@@ -57,10 +59,20 @@ pub fn validate(pattern: &str) -> Result<(), &'static str> {
 
 /// Whether `text` matches `pattern`, with Redis semantics.
 pub fn matches(pattern: &str, text: &str) -> bool {
-    match_bytes(pattern.as_bytes(), text.as_bytes())
+    let mut give_up = false;
+    match_bytes(pattern.as_bytes(), text.as_bytes(), &mut give_up, 0)
 }
 
-fn match_bytes(mut p: &[u8], mut s: &[u8]) -> bool {
+/// Stars nested deeper than this match nothing (Redis' limit too).
+const MAX_NESTING: usize = 1000;
+
+/// `give_up` is set once a `*` has tried every suffix of the text in vain:
+/// then no enclosing `*` can do better by starting later (it would offer
+/// this one only shorter suffixes), so they all stop at once.
+fn match_bytes(mut p: &[u8], mut s: &[u8], give_up: &mut bool, nesting: usize) -> bool {
+    if nesting > MAX_NESTING {
+        return false;
+    }
     while let Some(&c) = p.first() {
         match c {
             b'*' => {
@@ -70,11 +82,18 @@ fn match_bytes(mut p: &[u8], mut s: &[u8]) -> bool {
                 if p.len() == 1 {
                     return true;
                 }
-                for start in 0..=s.len() {
-                    if match_bytes(&p[1..], &s[start..]) {
+                // What follows the star needs a character: the empty
+                // suffix never matches it.
+                while !s.is_empty() {
+                    if match_bytes(&p[1..], s, give_up, nesting + 1) {
                         return true;
                     }
+                    if *give_up {
+                        return false;
+                    }
+                    s = &s[1..];
                 }
+                *give_up = true;
                 return false;
             }
             b'?' => {
@@ -165,10 +184,44 @@ mod tests {
             ("**x", "abx", true),
             ("a*b*c", "aXbYc", true),
             ("a*b*c", "aXbY", false),
+            ("*a*a*a*b", "aaaaaaab", true),
+            ("*a*b*a", "xaybza", true),
+            ("*a*b*a", "xaybz", false),
+            ("a*?", "a", false),
+            ("a*?", "ab", true),
         ];
         for (pattern, text, want) in cases {
             assert_eq!(matches(pattern, text), want, "{pattern:?} vs {text:?}");
         }
+    }
+
+    /// The patterns that took the backtracking matcher seconds to forever
+    /// (one star per two bytes of the longest key, against the longest key
+    /// of one letter) finish at once: each star tries each suffix once.
+    #[test]
+    fn the_worst_patterns_take_polynomial_time() {
+        let key = "a".repeat(512);
+        for pattern in [
+            "*a".repeat(256),
+            format!("{}b", "*a".repeat(255)),
+            "*a*a*a*b".into(),
+        ] {
+            let done = std::thread::spawn(move || {
+                let key = "a".repeat(512);
+                matches(&pattern, &key)
+            });
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !done.is_finished() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "still matching after 10 s"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let _ = done.join().unwrap();
+        }
+        assert!(matches(&"*a".repeat(256), &key));
+        assert!(!matches(&format!("{}b", "*a".repeat(255)), &key));
     }
 
     #[test]
