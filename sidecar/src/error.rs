@@ -63,6 +63,10 @@ pub enum Error {
     /// closed by default); the message says why: 503 / `UNAVAILABLE`.
     #[error("{0}")]
     Degraded(String),
+    /// Redis is out of memory and refuses writes (maxmemory reached with
+    /// `noeviction`); reads still work: 507 / `RESOURCE_EXHAUSTED`.
+    #[error("{0}")]
+    OutOfMemory(String),
     /// The storage backend failed or did not answer in time: 503 /
     /// `UNAVAILABLE`.
     #[error("storage backend unavailable")]
@@ -81,6 +85,11 @@ impl From<BackendError> for Error {
             BackendError::Unservable(reason) => Error::InvalidArgument(reason),
             BackendError::Protocol(_) => Error::Internal(err),
             BackendError::FailClosed(reason) => Error::Degraded(reason),
+            BackendError::OutOfMemory(_) => Error::OutOfMemory(
+                "Redis is out of memory (maxmemory reached, and its policy evicts nothing): \
+                 it refuses writes until memory is freed or maxmemory raised; reads still work"
+                    .into(),
+            ),
             BackendError::Timeout(_) | BackendError::Unavailable(_) | BackendError::Server(_) => {
                 Error::Unavailable(err)
             }
@@ -102,6 +111,7 @@ impl Error {
             Error::PreconditionFailed(_) => "precondition_failed",
             Error::Exhausted(_) => "exhausted",
             Error::Degraded(_) => "unavailable",
+            Error::OutOfMemory(_) => "out_of_memory",
             Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "internal",
         }
@@ -122,10 +132,14 @@ pub enum BackendError {
     /// to memory on this.
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// The backend answered with an error about this request (out of
-    /// memory, a wrong type): not a reason to fail over.
+    /// The backend answered with an error about this request (a wrong
+    /// type): not a reason to fail over.
     #[error("server error: {0}")]
     Server(String),
+    /// Redis is at its maxmemory and evicts nothing: it refuses writes.
+    /// Not a reason to fail over either (it answers, and reads work).
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
     /// The backend is down and this primitive is configured to refuse
     /// rather than fall back; the message says so to the client.
     #[error("{0}")]

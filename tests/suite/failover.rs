@@ -689,3 +689,142 @@ async fn starting_without_redis_serves_from_memory_then_switches_over() {
         .unwrap();
     assert_eq!(keys, vec!["default:c:{k2}".to_string()]);
 }
+
+/// Redis at its `maxmemory` with `noeviction` refuses writes: the sidecar
+/// says so (507 / `RESOURCE_EXHAUSTED`, naming the cause), keeps reading,
+/// and does not fail over or flap (Redis is up).
+#[tokio::test]
+async fn redis_out_of_memory_refuses_writes_clearly_and_does_not_fail_over() {
+    let redis = RedisServer::start().await;
+    let s = sidecar!()
+        .redis(&redis)
+        .namespace(&unique("oom"))
+        .start()
+        .await;
+    let c = http();
+    let kept = c
+        .put(s.url("/v1/cache/kept"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), 200);
+    // Redis' memory runs out behind the sidecar's back: a maxmemory below
+    // what it holds (and the default policy, noeviction).
+    let mut admin = redis.client().await;
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    // Writes Redis refuses (a script whose first write needs memory; a
+    // legacy script that first frees some Redis lets finish): refused,
+    // saying why, over HTTP and gRPC.
+    for _ in 0..3 {
+        let incr = c
+            .post(s.url("/v1/counters/n/incr"))
+            .json(&json!({"by": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(incr.status(), 507);
+        let body: Value = incr.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "out_of_memory", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("out of memory")
+        );
+    }
+    let publish = PubSubClient::new(s.channel().await)
+        .publish(pb::PublishRequest {
+            channel: "news".into(),
+            payload: "x".into(),
+            durable: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        publish.code(),
+        tonic::Code::ResourceExhausted,
+        "{publish:?}"
+    );
+    // Reads still work, and the sidecar stayed on Redis throughout.
+    let kept = c.get(s.url("/v1/cache/kept")).send().await.unwrap();
+    assert_eq!(kept.status(), 200);
+    assert_eq!(kept.text().await.unwrap(), "v");
+    let status: Value = c
+        .get(s.url("/v1/admin/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["failover"]["mode"], "redis", "{status}");
+    assert_eq!(status["failover"]["transitions"], 0, "{status}");
+    assert_eq!(
+        status["failover"]["maxmemory_policy"], "noeviction",
+        "{status}"
+    );
+    assert_eq!(status["failover"]["evicts"], false);
+}
+
+/// A Redis that may evict keys is named loudly, in the log and in status,
+/// at start-up and again at each reconnection.
+#[tokio::test]
+async fn an_evicting_redis_is_named_at_start_up_and_on_reconnection() {
+    // Started evicting (and so restarted evicting); told not to, for now.
+    let mut redis =
+        RedisServer::start_with(&["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"])
+            .await;
+    let mut admin = redis.client().await;
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let s = sidecar!()
+        .redis(&redis)
+        .namespace(&unique("evict"))
+        .start()
+        .await;
+    let status = s.status().await;
+    assert_eq!(
+        status["failover"]["maxmemory_policy"], "noeviction",
+        "{status}"
+    );
+    assert_eq!(status["failover"]["evicts"], false);
+    assert!(!s.log().contains("Redis may evict keys"));
+    // Redis comes back evicting: seen at the reconnection.
+    redis.restart().await;
+    let c = http();
+    eventually(
+        Duration::from_secs(20),
+        "the sidecar to see the new policy",
+        || {
+            let (c, s) = (&c, &s);
+            async move {
+                let _ = c.get(s.url("/v1/cache/k")).send().await; // finds Redis gone, then back
+                let status = s.status().await;
+                (status["failover"]["mode"] == "redis" && status["failover"]["evicts"] == true)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        s.status().await["failover"]["maxmemory_policy"],
+        "allkeys-lru"
+    );
+    assert!(
+        s.log()
+            .contains("Redis may evict keys (maxmemory-policy allkeys-lru)")
+    );
+}

@@ -71,7 +71,8 @@ export class LockLost extends OutriggerError {
 }
 
 /** Each class with the HTTP status that carries it; codes come from the
- * classes (and `exhausted`, a full sidecar, is `Unavailable` too). */
+ * classes (and `exhausted`, a full sidecar, and `out_of_memory`, a full
+ * Redis refusing writes, are `Unavailable` too: try again later). */
 const byStatus = new Map<number, typeof OutriggerError>([
   [400, InvalidArgument],
   [401, Unauthorized],
@@ -81,10 +82,12 @@ const byStatus = new Map<number, typeof OutriggerError>([
   [412, PreconditionFailed],
   [413, TooLarge],
   [503, Unavailable],
+  [507, Unavailable],
 ]);
 const byCode = new Map<string, typeof OutriggerError>([
   ...[...byStatus.values()].map((cls): [string, typeof OutriggerError] => [cls.code, cls]),
   ["exhausted", Unavailable],
+  ["out_of_memory", Unavailable],
 ]);
 
 /** The error an answer carries. */

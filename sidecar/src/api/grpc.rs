@@ -190,6 +190,11 @@ impl Admin for AdminService {
                     flushing: f.reconciliation.flushing,
                     map_changes_replayed: f.reconciliation.map_changes_replayed,
                 }),
+                evicts: f
+                    .maxmemory_policy
+                    .as_deref()
+                    .is_some_and(crate::backend::redis::evicts),
+                maxmemory_policy: f.maxmemory_policy.unwrap_or_default(),
             }),
             plugins: s.plugins.into_iter().map(plugin_pb).collect(),
         }))

@@ -107,7 +107,63 @@ pub fn router(app: Arc<App>) -> Router {
             app.clone(),
             require_token,
         ))
+        .layer(axum::middleware::from_fn(close_if_unread))
         .with_state(Api(app))
+}
+
+/// An answer given before the request's body was read to its end (a 404,
+/// a 401, a 413, a call a plugin refused...) closes an HTTP/1 connection,
+/// and says so: hyper would close it anyway, racing a client that, told
+/// nothing, already reuses it for its next request.
+async fn close_if_unread(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use axum::body::HttpBody;
+    if req.version() > axum::http::Version::HTTP_11 || req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let req = req.map(|body| {
+        axum::body::Body::new(ReadToEnd {
+            body,
+            read: read.clone(),
+        })
+    });
+    let mut resp = next.run(req).await;
+    if !read.load(std::sync::atomic::Ordering::Acquire) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// A request body that notes when it has been read to its end.
+struct ReadToEnd {
+    body: axum::body::Body,
+    read: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl axum::body::HttpBody for ReadToEnd {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        let ended = matches!(polled, std::task::Poll::Ready(None)) || self.body.is_end_stream();
+        if ended {
+            self.read.store(true, std::sync::atomic::Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// With authentication on, every route but the probes needs
@@ -203,6 +259,11 @@ async fn status(State(app): State<Arc<App>>) -> Json<StatusReply> {
                     flushing: r.flushing,
                     map_changes_replayed: r.map_changes_replayed,
                 }),
+                evicts: f
+                    .maxmemory_policy
+                    .as_deref()
+                    .is_some_and(crate::backend::redis::evicts),
+                maxmemory_policy: f.maxmemory_policy,
             }
         }),
         plugins: s.plugins.into_iter().map(plugin_reply).collect(),

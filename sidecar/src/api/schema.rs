@@ -89,6 +89,12 @@ pub struct FailoverReply {
     pub transitions: u64,
     pub last_error: Option<String>,
     pub last_reconciliation: Option<ReconciliationReply>,
+    /// Redis' `maxmemory-policy` at the last (re)connection (null if it
+    /// could not be read).
+    pub maxmemory_policy: Option<String>,
+    /// Whether that policy lets Redis evict keys: then locks, fences,
+    /// durable history, counters and maps have weaker guarantees (README).
+    pub evicts: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

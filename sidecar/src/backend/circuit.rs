@@ -85,6 +85,8 @@ pub struct FailoverStatus {
     pub transitions: u64,
     pub last_error: Option<String>,
     pub reconciliation: Reconciliation,
+    /// Redis' `maxmemory-policy` at the last (re)connection.
+    pub maxmemory_policy: Option<String>,
 }
 
 /// How the circuit probes a down Redis.
@@ -205,6 +207,7 @@ impl Circuit {
             transitions: state.transitions,
             last_error: state.last_error.clone(),
             reconciliation: state.reconciliation,
+            maxmemory_policy: self.redis.maxmemory_policy(),
         }
     }
 

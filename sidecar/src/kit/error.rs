@@ -24,6 +24,7 @@ impl Error {
             Error::Exhausted(_) | Error::Degraded(_) | Error::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Error::OutOfMemory(_) => StatusCode::INSUFFICIENT_STORAGE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -38,7 +39,7 @@ impl Error {
             Error::NotFound(_) => tonic::Code::NotFound,
             Error::Conflict(_) => tonic::Code::Aborted,
             Error::PreconditionFailed(_) => tonic::Code::FailedPrecondition,
-            Error::Exhausted(_) => tonic::Code::ResourceExhausted,
+            Error::Exhausted(_) | Error::OutOfMemory(_) => tonic::Code::ResourceExhausted,
             Error::Degraded(_) | Error::Unavailable(_) => tonic::Code::Unavailable,
             Error::Internal(_) => tonic::Code::Internal,
         }

@@ -168,6 +168,10 @@ impl utoipa::IntoResponses for CommonErrors {
                 "503",
                 "Storage unavailable, or failing closed while Redis is down",
             ),
+            (
+                "507",
+                "Redis is out of memory and refuses writes (reads still work)",
+            ),
         ]
         .into_iter()
         .map(|(status, description)| {

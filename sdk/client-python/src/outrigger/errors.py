@@ -99,7 +99,9 @@ _BY_CODE: dict[str, type[OutriggerError]] = {
         Unavailable,
     )
 }
+# A full sidecar, a full Redis refusing writes: try again later.
 _BY_CODE["exhausted"] = Unavailable
+_BY_CODE["out_of_memory"] = Unavailable
 _BY_STATUS: dict[int, type[OutriggerError]] = {
     400: InvalidArgument,
     401: Unauthorized,
@@ -109,6 +111,7 @@ _BY_STATUS: dict[int, type[OutriggerError]] = {
     412: PreconditionFailed,
     413: TooLarge,
     503: Unavailable,
+    507: Unavailable,
 }
 
 

@@ -90,6 +90,14 @@ pub struct RedisStore {
     /// Whether it connected before returning (tests and tools) rather than
     /// in the background (the sidecar, behind the circuit).
     eager: bool,
+    /// Redis' `maxmemory-policy` as `INFO memory` said at the last
+    /// (re)connection; none before, or if the user may not run INFO.
+    eviction: std::sync::RwLock<Option<String>>,
+}
+
+/// Whether a `maxmemory-policy` lets Redis delete keys nobody deleted.
+pub fn evicts(policy: &str) -> bool {
+    policy.starts_with("allkeys-") || policy.starts_with("volatile-")
 }
 
 /// A background task, stopped when this is dropped.
@@ -103,6 +111,10 @@ impl Drop for AbortOnDrop {
 
 pub(crate) fn map_err(err: RedisError) -> BackendError {
     use redis::ServerErrorKind as S;
+    // From a command, or from a write inside a script.
+    if err.code() == Some("OOM") || err.to_string().contains("OOM command not allowed") {
+        return BackendError::OutOfMemory(err.to_string());
+    }
     if err.is_timeout()
         || err.is_io_error()
         || err.is_connection_refusal()
@@ -189,7 +201,66 @@ impl RedisStore {
         self.call(redis::cmd("PING").query_async::<()>(&mut fresh))
             .await?;
         *self.conn.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        self.check_eviction().await;
         Ok(())
+    }
+
+    /// Reads Redis' `maxmemory-policy` (on a Cluster, every node's) and,
+    /// when it may evict keys, says loudly what that breaks: any key can
+    /// then vanish without a write, and with it a lock, a fence counter, a
+    /// channel's history, a counter.
+    pub async fn check_eviction(&self) {
+        let mut conn = self.conn();
+        let info = self
+            .call(
+                redis::cmd("INFO")
+                    .arg("memory")
+                    .query_async::<redis::Value>(&mut conn),
+            )
+            .await;
+        let mut policies: Vec<String> = vec![];
+        if let Ok(info) = &info {
+            let mut text = String::new();
+            collect_text(info, &mut text);
+            for line in text.lines() {
+                if let Some(policy) = line.strip_prefix("maxmemory_policy:") {
+                    let policy = policy.trim().to_string();
+                    if !policies.contains(&policy) {
+                        policies.push(policy);
+                    }
+                }
+            }
+        }
+        // An evicting policy first: that is the one that matters.
+        policies.sort_by_key(|p| !evicts(p));
+        let policy = policies.into_iter().next();
+        let previous = std::mem::replace(
+            &mut *self.eviction.write().unwrap_or_else(|e| e.into_inner()),
+            policy.clone(),
+        );
+        match policy {
+            Some(policy) if evicts(&policy) && previous.as_deref() != Some(policy.as_str()) => {
+                tracing::warn!(
+                    maxmemory_policy = %policy,
+                    "Redis may evict keys (maxmemory-policy {policy}): a lock can be lost while \
+                     held, fences and versions can repeat, durable history, counters and maps can \
+                     vanish; set maxmemory-policy noeviction (see the README)"
+                );
+            }
+            None if info.is_err() => {
+                tracing::debug!("cannot read Redis' maxmemory-policy (INFO refused or failed)");
+            }
+            _ => {}
+        }
+    }
+
+    /// Redis' `maxmemory-policy` as last read (an evicting one if any node
+    /// of a Cluster has one).
+    pub fn maxmemory_policy(&self) -> Option<String> {
+        self.eviction
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The current connection (a cheap clone).
@@ -252,6 +323,7 @@ impl RedisStore {
             deadline: config.timeout,
             subscriber,
             eager,
+            eviction: std::sync::RwLock::new(None),
         })
     }
 
@@ -296,4 +368,21 @@ impl RedisStore {
             Err(_) => Err(BackendError::Timeout(self.deadline)),
         }
     }
+}
+
+/// Every string in a reply, one after another (`INFO` on a Cluster answers
+/// a map of node to text).
+fn collect_text(value: &redis::Value, out: &mut String) {
+    match value {
+        redis::Value::BulkString(bytes) => out.push_str(&String::from_utf8_lossy(bytes)),
+        redis::Value::SimpleString(text) | redis::Value::VerbatimString { text, .. } => {
+            out.push_str(text)
+        }
+        redis::Value::Array(items) | redis::Value::Set(items) => {
+            items.iter().for_each(|v| collect_text(v, out))
+        }
+        redis::Value::Map(pairs) => pairs.iter().for_each(|(_, v)| collect_text(v, out)),
+        _ => {}
+    }
+    out.push('\n');
 }
