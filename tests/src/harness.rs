@@ -239,3 +239,26 @@ macro_rules! conformance {
 /// What [`conformance!`] checks after a case when the suite names nothing.
 #[doc(hidden)]
 pub fn no_check<T>(_: &T) {}
+
+/// Redis on a loopback port (a server, or a [`crate::Relay`] before one),
+/// with deadlines that notice a dead one within half a second.
+pub fn redis_at(port: u16) -> RedisConfig {
+    RedisConfig {
+        url: Some(format!("redis://127.0.0.1:{port}")),
+        timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_millis(500),
+        ..RedisConfig::default()
+    }
+}
+
+/// An `App` on Redis alone, in `namespace` (no memory fallback: calls fail
+/// while Redis is away).
+pub async fn app_on(config: &Config, redis: &RedisConfig, namespace: &str) -> App {
+    let store = RedisStore::connect_with(redis, namespace, config.pubsub.subscriber_buffer)
+        .await
+        .expect("connect to Redis");
+    let stores = Stores::redis(Arc::new(store), config)
+        .await
+        .expect("Redis stores");
+    App::with_stores(config, stores)
+}

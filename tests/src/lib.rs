@@ -22,7 +22,9 @@
 mod harness;
 mod relay;
 mod sse;
-pub use harness::{AppOn, Deployment, RedisTarget, SidecarOn, Topology, no_check};
+pub use harness::{
+    AppOn, Deployment, RedisTarget, SidecarOn, Topology, app_on, no_check, redis_at,
+};
 pub use relay::Relay;
 pub use sse::{Sse, SseEvent};
 

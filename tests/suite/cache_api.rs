@@ -940,3 +940,75 @@ async fn get_or_lease_serves_stale_values_and_rejects_bad_input(t: &Target) {
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
 }
+
+/// The worst globs the key limit allows (a star before every other byte,
+/// never matching), over the longest keys, listed and invalidated four at
+/// a time on the memory backend: each finishes in bounded time, and the
+/// probes and other requests answer throughout (the backtracking matcher
+/// took seconds for 8-byte patterns over 20 keys and stopped the sidecar
+/// answering at all).
+#[tokio::test]
+async fn the_worst_patterns_neither_pin_a_core_nor_starve_the_probes() {
+    let s = sidecar!().start().await;
+    let c = http();
+    for i in 0..1000 {
+        let key = format!("{}{i:04}", "a".repeat(508));
+        let put = c
+            .put(s.url(&format!("/v1/cache/{key}")))
+            .body("v")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 200);
+    }
+    let worst = format!("{}b", "*a".repeat(255));
+    let heavy = (0..4).map(|i| {
+        let (c, url) = (c.clone(), s.url(""));
+        let worst = worst.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let resp = if i % 2 == 0 {
+                c.get(format!("{url}/v1/cache"))
+                    .query(&[("pattern", worst.as_str()), ("limit", "100")])
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await
+            } else {
+                c.post(format!("{url}/v1/cache/invalidate"))
+                    .json(&json!({ "pattern": worst }))
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await
+            };
+            assert_eq!(resp.unwrap().status(), 200);
+            started.elapsed()
+        })
+    });
+    let heavy = futures::future::join_all(heavy);
+    let probes = async {
+        let mut slowest = Duration::ZERO;
+        for _ in 0..50 {
+            let started = Instant::now();
+            let health = c
+                .get(s.url("/healthz"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            assert_eq!(health.expect("/healthz answers").status(), 200);
+            slowest = slowest.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        slowest
+    };
+    let (took, slowest_probe) = tokio::join!(heavy, probes);
+    for took in took {
+        assert!(
+            took.unwrap() < Duration::from_secs(20),
+            "a listing took over 20 s"
+        );
+    }
+    assert!(
+        slowest_probe < Duration::from_secs(1),
+        "a probe waited {slowest_probe:?}"
+    );
+}

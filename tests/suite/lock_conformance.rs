@@ -350,7 +350,7 @@ mod cases {
         }
         // Let a lease expire instead of releasing it: the fence still grows.
         let expired = app.locks.acquire("f", 50, 0).await.unwrap().unwrap();
-        assert_eq!(expired.fence, last + 1);
+        assert!(expired.fence > last, "{} > {last}", expired.fence);
         let after = app
             .locks
             .acquire("f", 10_000, 2_000)

@@ -24,3 +24,4 @@ mod realtime_conformance;
 mod realtime_loss;
 mod sidecar_process;
 mod topology;
+mod versions_loss;

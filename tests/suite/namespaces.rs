@@ -427,7 +427,7 @@ async fn every_primitive_works_for_an_acl_user_confined_to_its_namespace() {
             .unwrap(),
     )
     .await;
-    assert_eq!(lock["fence"], 1, "{lock}");
+    assert!(lock["fence"].as_u64().is_some_and(|f| f > 0), "{lock}");
     ok("release")(
         c.post(s.url("/v1/locks/L/release"))
             .json(&json!({"token": lock["token"]}))

@@ -6,41 +6,22 @@
 //! with a silent gap.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use outrigger::app::{App, Stores};
-use outrigger::backend::redis::RedisStore;
+use outrigger::app::App;
 use outrigger::config::{Config, RedisConfig};
 use outrigger::primitives::pubsub::store::{Offset, Published};
 use outrigger::primitives::pubsub::{Delivery, PublishOptions, ResumeFrom, Resumed, Subscription};
-use outrigger_tests::{RedisServer, Relay, eventually, unique};
+use outrigger_tests::{RedisServer, Relay, app_on, eventually, redis_at, unique};
 
 /// How long Redis may take to come back, or the sidecar to notice.
 const BACK: Duration = Duration::from_secs(15);
 
-/// Redis on a loopback port, with deadlines that notice a dead one soon.
-fn redis_at(port: u16) -> RedisConfig {
-    RedisConfig {
-        url: Some(format!("redis://127.0.0.1:{port}")),
-        timeout: Duration::from_millis(500),
-        connect_timeout: Duration::from_millis(500),
-        ..RedisConfig::default()
-    }
-}
-
 /// An `App` on Redis alone (no fallback): calls fail while it is away.
-async fn app_on(redis: RedisConfig, namespace: &str) -> App {
-    let config = Config::default();
-    let store = RedisStore::connect_with(&redis, namespace, config.pubsub.subscriber_buffer)
-        .await
-        .expect("connect to Redis");
-    let stores = Stores::redis(Arc::new(store), &config)
-        .await
-        .expect("Redis stores");
-    App::with_stores(&config, stores)
+async fn app(redis: RedisConfig, namespace: &str) -> App {
+    app_on(&Config::default(), &redis, namespace).await
 }
 
 async fn publish(app: &App, channel: &str, payload: &str) -> Result<Published, String> {
@@ -134,7 +115,7 @@ async fn replayed(sub: &mut Subscription) -> Vec<String> {
 #[tokio::test]
 async fn a_resume_after_redis_restarted_empty_is_not_recovered() {
     let mut redis = RedisServer::start().await;
-    let app = app_on(redis_at(redis.port), &unique("loss")).await;
+    let app = app(redis_at(redis.port), &unique("loss")).await;
     let (o, epoch) = publish_n(&app, "room", 0..3).await;
     redis.restart().await;
     // Redis knows nothing of the channel now: whatever came after m2 may
@@ -171,7 +152,7 @@ async fn a_resume_across_a_failover_to_a_lagging_replica_is_not_recovered() {
     replica.synced().await;
     let service = Relay::start(master.port).await;
     let namespace = unique("failover");
-    let app = app_on(redis_at(service.port), &namespace).await;
+    let app = app(redis_at(service.port), &namespace).await;
     let (o, epoch) = publish_n(&app, "room", 0..2).await;
     let mut on_replica = replica.client().await;
     let stream = format!("{namespace}:ps:{{room}}");

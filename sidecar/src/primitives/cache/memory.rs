@@ -250,6 +250,21 @@ impl Inner {
     }
 }
 
+/// The keys `pattern` matches. Matching is the CPU-heavy part of a listing
+/// or an invalidation (a glob over every key: up to `limits.max_key_bytes`
+/// squared steps each), so it runs off the store's lock and on the blocking
+/// pool: other requests, and the probes, go on meanwhile.
+async fn matching(pattern: &str, keys: Vec<String>) -> Result<Vec<String>, BackendError> {
+    let pattern = pattern.to_string();
+    tokio::task::spawn_blocking(move || {
+        keys.into_iter()
+            .filter(|key| glob::matches(&pattern, key))
+            .collect()
+    })
+    .await
+    .map_err(|err| BackendError::Protocol(format!("matching keys: {err}")))
+}
+
 #[async_trait]
 impl CacheStore for MemoryStore {
     fn kind(&self) -> &'static str {
@@ -375,16 +390,19 @@ impl CacheStore for MemoryStore {
     }
 
     async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
+        let keys: Vec<String> = {
+            let inner = self.lock();
+            inner
+                .entries
+                .iter()
+                .map(|(key, _)| key)
+                .chain(inner.stale.keys())
+                .cloned()
+                .collect()
+        };
+        let keys = matching(pattern, keys).await?;
         let now = Instant::now();
         let mut inner = self.lock();
-        let keys: Vec<String> = inner
-            .entries
-            .iter()
-            .map(|(key, _)| key)
-            .chain(inner.stale.keys())
-            .filter(|key| glob::matches(pattern, key))
-            .cloned()
-            .collect();
         let mut deleted = 0;
         for key in keys {
             if inner.delete(&key, now) {
@@ -408,17 +426,16 @@ impl CacheStore for MemoryStore {
             c => Some(c.strip_prefix('k').ok_or(BackendError::InvalidCursor)?),
         };
         let now = Instant::now();
-        let inner = self.lock();
-        let mut keys: Vec<&String> = inner
-            .entries
-            .iter()
-            .filter(|(key, e)| {
-                !e.is_expired(now)
-                    && after.is_none_or(|a| key.as_str() > a)
-                    && glob::matches(pattern, key)
-            })
-            .map(|(key, _)| key)
-            .collect();
+        let keys: Vec<String> = {
+            let inner = self.lock();
+            inner
+                .entries
+                .iter()
+                .filter(|(key, e)| !e.is_expired(now) && after.is_none_or(|a| key.as_str() > a))
+                .map(|(key, _)| key.clone())
+                .collect()
+        };
+        let mut keys = matching(pattern, keys).await?;
         keys.sort_unstable();
         let more = keys.len() > limit;
         keys.truncate(limit);
@@ -426,10 +443,7 @@ impl CacheStore for MemoryStore {
             (true, Some(last)) => Some(format!("k{last}")),
             _ => None,
         };
-        Ok(KeyPage {
-            keys: keys.into_iter().cloned().collect(),
-            next_cursor,
-        })
+        Ok(KeyPage { keys, next_cursor })
     }
 
     fn stats(&self) -> StoreStats {
