@@ -12,8 +12,9 @@
 //! - [`Topology`] and [`conformance!`] (in `harness.rs`): the same cases on
 //!   memory, Redis, the near cache, the Cluster and the Sentinel set.
 //!
-//! - [`Relay`] (in `relay.rs`): a TCP relay that holds bytes in flight or
-//!   moves to another server, for the faults the kernel cannot inject.
+//! - [`Relay`] (in `relay.rs`): a TCP relay that adds latency and jitter,
+//!   caps bandwidth, holds bytes one way or both, drops connections or
+//!   moves to another server: the faults the kernel cannot inject.
 //!
 //! Readiness is always an event read from the process's own log, never a
 //! sleep. Every wait is bounded. Whatever a test started is killed when its
@@ -25,7 +26,7 @@ mod sse;
 pub use harness::{
     AppOn, Deployment, RedisTarget, SidecarOn, Topology, app_on, no_check, redis_at,
 };
-pub use relay::Relay;
+pub use relay::{Relay, Way};
 pub use sse::{Sse, SseEvent};
 
 use std::net::SocketAddr;
