@@ -697,6 +697,69 @@ impl RedisSentinels {
 /// A throw-away CA, a server certificate for 127.0.0.1 / localhost and a
 /// client certificate, made with the `openssl` command line in a temporary
 /// directory: `ca.crt`, `server.crt`, `server.key`, `client.crt`,
+/// A master and its replica for failover tests: the replica replicates
+/// through a [`Relay`] the test can stall, and clients reach "the primary"
+/// through another, a service address (as Kubernetes gives one) that the
+/// failover moves to the replica.
+pub struct StallablePair {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    link: Relay,
+    service: Relay,
+}
+
+impl StallablePair {
+    pub async fn start() -> StallablePair {
+        let master = RedisServer::start().await;
+        let link = Relay::start(master.port).await;
+        let of = link.port.to_string();
+        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &of]).await;
+        replica.synced().await;
+        let service = Relay::start(master.port).await;
+        StallablePair {
+            master,
+            replica,
+            link,
+            service,
+        }
+    }
+
+    /// The service address's port: where clients reach the primary.
+    pub fn port(&self) -> u16 {
+        self.service.port
+    }
+
+    /// Waits until the replica has every write the master took so far.
+    pub async fn in_sync(&self) {
+        let mut master = self.master.client().await;
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(START_TIMEOUT.as_millis() as u64)
+            .query_async(&mut master)
+            .await
+            .expect("WAIT answers");
+        assert_eq!(acked, 1, "the replica acknowledged the master's writes");
+    }
+
+    /// From now on the replica hears nothing from the master.
+    pub fn stall(&self) {
+        self.link.hold();
+    }
+
+    /// The master dies; the replica, promoted, takes the service address.
+    pub async fn fail_over(&mut self) {
+        self.master.kill().await;
+        let mut replica = self.replica.client().await;
+        let () = redis::cmd("REPLICAOF")
+            .arg("NO")
+            .arg("ONE")
+            .query_async(&mut replica)
+            .await
+            .expect("the replica is promoted");
+        self.service.retarget(self.replica.port);
+    }
+}
+
 /// `client.key`, and `other-ca.crt` (a CA that signed none of them).
 pub struct TestCertificates {
     dir: tempfile::TempDir,

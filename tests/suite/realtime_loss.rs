@@ -14,7 +14,7 @@ use outrigger::app::App;
 use outrigger::config::{Config, RedisConfig};
 use outrigger::primitives::pubsub::store::{Offset, Published};
 use outrigger::primitives::pubsub::{Delivery, PublishOptions, ResumeFrom, Resumed, Subscription};
-use outrigger_tests::{RedisServer, Relay, app_on, eventually, redis_at, unique};
+use outrigger_tests::{RedisServer, StallablePair, app_on, eventually, redis_at, unique};
 
 /// How long Redis may take to come back, or the sidecar to notice.
 const BACK: Duration = Duration::from_secs(15);
@@ -142,45 +142,16 @@ async fn a_resume_after_redis_restarted_empty_is_not_recovered() {
 
 #[tokio::test]
 async fn a_resume_across_a_failover_to_a_lagging_replica_is_not_recovered() {
-    let mut master = RedisServer::start().await;
-    // The replica replicates through a relay the test can stall; the app
-    // reaches "the primary" through another, moved at the failover (a
-    // service address, as Kubernetes gives one).
-    let link = Relay::start(master.port).await;
-    let of = link.port.to_string();
-    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &of]).await;
-    replica.synced().await;
-    let service = Relay::start(master.port).await;
-    let namespace = unique("failover");
-    let app = app(redis_at(service.port), &namespace).await;
+    let mut pair = StallablePair::start().await;
+    let app = app(redis_at(pair.port()), &unique("failover")).await;
     let (o, epoch) = publish_n(&app, "room", 0..2).await;
-    let mut on_replica = replica.client().await;
-    let stream = format!("{namespace}:ps:{{room}}");
-    eventually(BACK, "the replica to have m0 and m1", || {
-        let (mut conn, stream) = (on_replica.clone(), &stream);
-        async move {
-            let len: usize = redis::cmd("XLEN")
-                .arg(stream)
-                .query_async(&mut conn)
-                .await
-                .ok()?;
-            (len == 2).then_some(())
-        }
-    })
-    .await;
+    pair.in_sync().await;
     // The link stalls: m2 and m3 reach the primary, and subscribers, but
     // never the replica.
-    link.hold();
+    pair.stall();
     let (lost, same) = publish_n(&app, "room", 2..4).await;
     assert_eq!(same, epoch);
-    master.kill().await;
-    let () = redis::cmd("REPLICAOF")
-        .arg("NO")
-        .arg("ONE")
-        .query_async(&mut on_replica)
-        .await
-        .unwrap();
-    service.retarget(replica.port);
+    pair.fail_over().await;
     // The first write after the failover is of a new epoch: the promoted
     // replica cannot know what it lacks.
     let m4 = eventually(BACK, "a publish to the promoted replica", || async {

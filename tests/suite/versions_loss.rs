@@ -12,7 +12,7 @@ use outrigger::config::{Config, RedisConfig};
 use outrigger::primitives::cache::SetRequest;
 use outrigger::primitives::cache::store::Condition;
 use outrigger::primitives::lock::config::LockFallback;
-use outrigger_tests::{RedisServer, Relay, app_on, eventually, redis_at, unique};
+use outrigger_tests::{RedisServer, StallablePair, app_on, eventually, redis_at, unique};
 
 /// How long Redis may take to come back, or the sidecar to notice.
 const BACK: Duration = Duration::from_secs(15);
@@ -112,43 +112,17 @@ async fn the_fence_evicted() {
 
 #[tokio::test]
 async fn a_failover_to_a_replica_without_the_last_fences() {
-    let mut master = RedisServer::start().await;
-    let link = Relay::start(master.port).await;
-    let of = link.port.to_string();
-    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &of]).await;
-    replica.synced().await;
-    let service = Relay::start(master.port).await;
-    let namespace = unique("failover");
-    let app = app(redis_at(service.port), &namespace).await;
+    let mut pair = StallablePair::start().await;
+    let app = app(redis_at(pair.port()), &unique("failover")).await;
     let first = fence(&app).await;
-    let mut on_replica = replica.client().await;
-    let last_fence = format!("{namespace}:lock:{{L}}:fence");
-    eventually(BACK, "the replica to have the first fence", || {
-        let (mut conn, key) = (on_replica.clone(), &last_fence);
-        async move {
-            let got: Option<u64> = redis::cmd("GET")
-                .arg(key)
-                .query_async(&mut conn)
-                .await
-                .ok()?;
-            (got == Some(first)).then_some(())
-        }
-    })
-    .await;
+    pair.in_sync().await;
     // The link stalls: later fences reach the master only.
-    link.hold();
+    pair.stall();
     let mut last = first;
     for _ in 0..5 {
         last = fence(&app).await;
     }
-    master.kill().await;
-    let () = redis::cmd("REPLICAOF")
-        .arg("NO")
-        .arg("ONE")
-        .query_async(&mut on_replica)
-        .await
-        .unwrap();
-    service.retarget(replica.port);
+    pair.fail_over().await;
     // The promoted replica's counter says `first`; the next fence is past
     // every one handed out all the same.
     let next = fence(&app).await;
