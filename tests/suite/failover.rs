@@ -759,14 +759,7 @@ async fn redis_out_of_memory_refuses_writes_clearly_and_does_not_fail_over() {
     let kept = c.get(s.url("/v1/cache/kept")).send().await.unwrap();
     assert_eq!(kept.status(), 200);
     assert_eq!(kept.text().await.unwrap(), "v");
-    let status: Value = c
-        .get(s.url("/v1/admin/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = s.status().await;
     assert_eq!(status["failover"]["mode"], "redis", "{status}");
     assert_eq!(status["failover"]["transitions"], 0, "{status}");
     assert_eq!(
@@ -916,15 +909,10 @@ async fn every_network_fault_is_answered_within_the_deadline_and_healed() {
     }
     // None of them was lost (an increment whose answer was lost may have
     // counted too: at least, not exactly).
-    let counter: Value = c
-        .get(s.url("/v1/counters/acked"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
+    let counter = c.get(s.url("/v1/counters/acked")).send().await.unwrap();
+    let value = counter.json::<Value>().await.unwrap()["value"]
+        .as_u64()
         .unwrap();
-    let value = counter["value"].as_u64().unwrap();
     assert!(
         acked > 0 && value >= acked,
         "{value} counted, {acked} acknowledged"
