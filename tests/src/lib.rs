@@ -12,6 +12,8 @@
 //! - [`Topology`] and [`conformance!`] (in `harness.rs`): the same cases on
 //!   memory, Redis, the near cache, the Cluster and the Sentinel set.
 //!
+//! - [`linearizable`]: a Wing–Gong checker for histories of one versioned
+//!   register (a cache key), with its own tests.
 //! - [`Relay`] (in `relay.rs`): a TCP relay that adds latency and jitter,
 //!   caps bandwidth, holds bytes one way or both, drops connections or
 //!   moves to another server: the faults the kernel cannot inject.
@@ -21,6 +23,7 @@
 //! handle drops, and if the test is failing, the process's log is printed.
 
 mod harness;
+pub mod linearizable;
 mod relay;
 mod sse;
 pub use harness::{

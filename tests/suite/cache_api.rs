@@ -1012,3 +1012,88 @@ async fn the_worst_patterns_neither_pin_a_core_nor_starve_the_probes() {
         "a probe waited {slowest_probe:?}"
     );
 }
+
+/// Sets, reads and compare-and-sets of one key from four clients at once,
+/// through two sidecars on one Redis: the history they record is
+/// linearizable (`outrigger_tests::linearizable`, a Wing–Gong search), the
+/// consistency the README promises for the cache on Redis.
+#[tokio::test]
+async fn one_key_through_two_sidecars_is_linearizable() {
+    use outrigger_tests::linearizable::{Event, Op, Outcome, linearizable};
+    let redis = RedisServer::start().await;
+    let ns = unique("lin");
+    let a = sidecar!().redis(&redis).namespace(&ns).start().await;
+    let b = sidecar!().redis(&redis).namespace(&ns).start().await;
+    let c = http();
+    let client = |w: usize| {
+        let (s, c) = (if w.is_multiple_of(2) { &a } else { &b }, &c);
+        async move {
+            let (mut events, mut seen) = (vec![], 0);
+            for i in 0..30 {
+                let called = Instant::now();
+                let value = format!("{w}-{i}");
+                let url = s.url("/v1/cache/register");
+                let (op, outcome) = match (i + w) % 3 {
+                    0 | 2 => {
+                        let (op, req) = if (i + w).is_multiple_of(3) {
+                            (Op::Set(value.clone()), c.put(&url))
+                        } else {
+                            let cas = c.put(format!("{url}?if=version:{seen}"));
+                            (Op::Cas(seen, value.clone()), cas)
+                        };
+                        let resp = req.body(value).send().await.unwrap();
+                        let outcome = match resp.status() {
+                            StatusCode::OK => {
+                                let body: Value = resp.json().await.unwrap();
+                                Outcome::Written(body["version"].as_u64().unwrap())
+                            }
+                            StatusCode::PRECONDITION_FAILED => Outcome::Refused,
+                            other => panic!("a write answered {other}"),
+                        };
+                        (op, outcome)
+                    }
+                    _ => {
+                        let resp = c.get(&url).send().await.unwrap();
+                        let outcome = match resp.status() {
+                            StatusCode::OK => {
+                                let version = resp.headers()["outrigger-version"]
+                                    .to_str()
+                                    .unwrap()
+                                    .parse()
+                                    .unwrap();
+                                Outcome::Found(resp.text().await.unwrap(), version)
+                            }
+                            StatusCode::NOT_FOUND => Outcome::Missing,
+                            other => panic!("a read answered {other}"),
+                        };
+                        (Op::Get, outcome)
+                    }
+                };
+                if let Outcome::Written(v) | Outcome::Found(_, v) = &outcome {
+                    seen = *v;
+                }
+                events.push(Event {
+                    op,
+                    outcome,
+                    called,
+                    returned: Instant::now(),
+                });
+            }
+            events
+        }
+    };
+    let history: Vec<Event> = futures::future::join_all((0..4).map(client))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let wins = history
+        .iter()
+        .filter(|e| matches!((&e.op, &e.outcome), (Op::Cas(..), Outcome::Written(_))))
+        .count();
+    assert!(
+        wins > 0,
+        "some compare-and-sets won: the history tests them"
+    );
+    assert!(linearizable(&history), "not linearizable: {history:#?}");
+}
