@@ -390,7 +390,7 @@ impl PubSubStore for MemoryPubSub {
             let written = at.after <= log.last || log.last < log.start;
             (at.after, log.dropped <= at.after && written)
         };
-        let messages = log
+        let messages: Vec<PubMessage> = log
             .messages
             .iter()
             .filter(|m| m.offset.is_some_and(|o| o > after))
@@ -401,6 +401,7 @@ impl PubSubStore for MemoryPubSub {
             epoch: log.epoch.clone(),
             recovered,
             after,
+            more: messages.len() == at.count,
             messages,
         })
     }

@@ -574,7 +574,7 @@ fn resume(
                 };
                 match s.store.recover(&s.channel, at).await {
                     Ok(page) => {
-                        s.replaying = page.messages.len() == REPLAY_PAGE;
+                        s.replaying = page.more;
                         s.page.extend(page.messages);
                         s.epoch = Some(page.epoch.clone());
                         if s.resumed && page.recovered {

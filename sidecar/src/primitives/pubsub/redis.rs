@@ -208,18 +208,24 @@ impl PubSubStore for RedisPubSub {
             .arg(at.epoch.unwrap_or(""))
             .arg(at.after.to_string())
             .arg(at.count)
-            .arg(at.idle.as_millis().max(1) as u64);
+            .arg(at.idle.as_millis().max(1) as u64)
+            .arg(REPLAY_PAGE_BYTES);
         let mut conn = self.redis.conn();
-        let (epoch, recovered, after, entries): (String, u8, String, Vec<StreamEntry>) =
+        let (epoch, recovered, after, entries, more): (String, u8, String, Vec<StreamEntry>, u8) =
             self.redis.call(call.invoke_async(&mut conn)).await?;
         Ok(Recovery {
             epoch: parse_epoch(epoch).unwrap_or_default(),
             recovered: recovered == 1,
             after: parse_offset(&after)?,
             messages: entries_to_messages(channel, entries)?,
+            more: more == 1,
         })
     }
 }
+
+/// Payload bytes a replay page holds at most (past its first message): a
+/// page is one reply, which must come back within `redis.timeout`.
+const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
 
 /// Stream entries as messages of `channel`.
 fn entries_to_messages(

@@ -161,6 +161,8 @@ pub struct Recovery {
     pub after: Offset,
     /// Oldest first, at most `count`.
     pub messages: Vec<PubMessage>,
+    /// The page was cut (by `count` or by bytes): more may follow.
+    pub more: bool,
 }
 
 /// Which durable messages a history read returns: those between `from`
