@@ -55,9 +55,14 @@ impl RedisPubSub {
     /// A durable channel's stream and, beside it in its slot, its epoch.
     fn durable_keys(&self, channel: &str) -> (String, String) {
         let stream = self.pubsub_key(channel);
-        let epoch = format!("{stream}:e");
+        let epoch = epoch_key(&stream);
         (stream, epoch)
     }
+}
+
+/// The epoch hash of the stream `stream`.
+fn epoch_key(stream: &str) -> String {
+    format!("{stream}:e")
 }
 
 /// A stream id as an offset.
@@ -130,7 +135,7 @@ impl PubSubStore for RedisPubSub {
             Some((k, window)) => (format!("{key}:i:{k}"), window.as_millis().max(1) as u64),
             None => (key.clone(), 0),
         };
-        let (_, epoch) = self.durable_keys(&message.channel);
+        let epoch = epoch_key(&key);
         let mut call = self.publish.key(&key);
         call.key(&epoch)
             .key(&seen)
