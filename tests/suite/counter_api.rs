@@ -201,6 +201,11 @@ async fn counters_fail_while_redis_is_down_by_default() {
         .await;
     assert_eq!(incr(&s, "n", json!({"by": 1})).await.0, 200);
     redis.kill().await;
+    // The request that finds Redis gone says so: Redis did not answer it.
+    let (status, body) = incr(&s, "n", json!({"by": 1})).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["message"], "storage backend unavailable");
+    // Those after it are refused, saying why.
     let (status, body) = incr(&s, "n", json!({"by": 1})).await;
     assert_eq!(status, 503, "{body}");
     assert!(

@@ -652,6 +652,79 @@ config = {{ mode = "{mode}" }}
     assert!(s.log().contains("hostile plugin traps"), "{}", s.log());
 }
 
+/// A plugin that uses its whole budget on every call, called from 32
+/// clients at once, does not starve what calls no plugin: a call past a
+/// millisecond gives its runtime worker up, so `/healthz` (on a new
+/// connection each time, as a kubelet probes) and a counter answer
+/// throughout. Before, the two workers ran 100 ms calls back to back and
+/// a probe waited seconds.
+#[tokio::test]
+async fn a_plugin_using_its_whole_budget_does_not_starve_the_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+[[plugins]]
+name = "spin"
+path = "{}"
+primitives = ["cache"]
+max_failures = 1000000
+fail = "allow"
+budget = "100ms"
+config = {{ mode = "loop" }}
+"#,
+        plugin_wasm("hostile").display()
+    );
+    let s = start(dir.path(), &toml).await;
+    let c = http();
+    let stop = Arc::new(AtomicBool::new(false));
+    let spun = Arc::new(AtomicU64::new(0));
+    let spinners: Vec<_> = (0..32)
+        .map(|_| {
+            let (c, url, stop, spun) =
+                (c.clone(), s.url("/v1/cache/k"), stop.clone(), spun.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let resp = c.get(&url).send().await.unwrap();
+                    // The budget ran out and the plugin fails open: a miss.
+                    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+                    spun.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    eventually(Duration::from_secs(10), "the plugin spinning", || async {
+        (spun.load(Ordering::Relaxed) >= 32).then_some(())
+    })
+    .await;
+    let (mut slowest, mut probes) = (Duration::ZERO, 0);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let t = Instant::now();
+        let health = reqwest::get(s.url("/healthz")).await.unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+        let counted = c
+            .post(s.url("/v1/counters/c/incr"))
+            .json(&json!({"by": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(counted.status(), StatusCode::OK);
+        slowest = slowest.max(t.elapsed());
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for spinner in spinners {
+        spinner.await.unwrap();
+    }
+    let spun = spun.load(Ordering::Relaxed);
+    assert!(spun >= 64, "the plugin ran {spun} calls: it was under load");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a probe and a counter increment took {slowest:?} ({probes} probes)"
+    );
+}
+
 #[tokio::test]
 async fn plugins_that_cannot_load_get_their_fail_mode() {
     let dir = tempfile::tempdir().unwrap();

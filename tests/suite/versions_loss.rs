@@ -143,15 +143,17 @@ async fn the_memory_fallback_in_between() {
     config.failover.locks = LockFallback::Local;
     config.failover.probe_interval = Duration::from_millis(50);
     let app = App::new(&config).await.expect("the app");
-    let on_redis = fence(&app).await;
+    let (on_redis, v_redis) = (fence(&app).await, version(&app).await);
     redis.kill().await;
     eventually(BACK, "the fallback", || async {
         (app.status().failover?.mode == "memory").then_some(())
     })
     .await;
-    let local = fence(&app).await;
+    let (local, v_local) = (fence(&app).await, version(&app).await);
     assert!(local > on_redis, "local fence {local} after {on_redis}");
-    // Redis back, empty: its fences come after the fallback's.
+    // (The fallback's cache versions counted from 1 before.)
+    assert!(v_local > v_redis, "local version {v_local} after {v_redis}");
+    // Redis back, empty: its fences and versions come after the fallback's.
     redis.restart().await;
     eventually(BACK, "Redis again", || async {
         (app.status().failover?.mode == "redis").then_some(())
@@ -159,4 +161,9 @@ async fn the_memory_fallback_in_between() {
     .await;
     let back = fence(&app).await;
     assert!(back > local, "fence {back} after the fallback's {local}");
+    let v_back = version(&app).await;
+    assert!(
+        v_back > v_local,
+        "version {v_back} after the fallback's {v_local}"
+    );
 }

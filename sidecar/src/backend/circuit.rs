@@ -236,7 +236,10 @@ impl Circuit {
 
     /// Sends a request to Redis while the circuit is closed; otherwise, or
     /// if this request finds Redis gone, answers from memory or refuses, as
-    /// `down` says.
+    /// `down` says. A request that finds Redis gone and may not fall back
+    /// gets the outage itself (503 `unavailable`, "storage backend
+    /// unavailable": Redis may have applied it), not the refusal given to
+    /// those that never reached Redis.
     pub async fn route<T, R, M, MF>(
         &self,
         primitive: &'static str,
@@ -251,7 +254,15 @@ impl Circuit {
     {
         if self.is_up() {
             match redis.await {
-                Err(err) if err.is_outage() => self.trip(&err),
+                Err(err) if err.is_outage() => {
+                    self.trip(&err);
+                    // A request that failing closed cannot serve says that
+                    // Redis did not answer it (it may have applied it), not
+                    // that it was refused before reaching Redis.
+                    if let WhileDown::Fail(_) = down {
+                        return Err(err);
+                    }
+                }
                 other => return other,
             }
         }

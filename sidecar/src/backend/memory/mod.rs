@@ -7,7 +7,20 @@
 //! conformance suites check it), except that nothing is shared with other
 //! sidecars.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What a store hands out after `last` (a lock fence, a cache or map
+/// version): `max(last + 1, the clock in µs)`, the rule the Redis scripts
+/// follow with Redis' clock. So what memory hands out, as the backend or
+/// as the fallback while Redis is down, stays ordered against what Redis
+/// handed out before and hands out after, as long as the clocks of this
+/// host and the Redis hosts agree.
+pub(crate) fn next_after(last: u64) -> u64 {
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    (last + 1).max(now_us)
+}
 
 /// How often background sweeps drop expired state.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);

@@ -244,8 +244,11 @@ impl Inner {
         }
     }
 
+    /// As on Redis: `max(last + 1, the clock in µs)`, so the versions the
+    /// fallback hands out while Redis is down never go back from Redis'
+    /// (nor Redis' after it from the fallback's).
     fn next_version(&mut self) -> u64 {
-        self.last_version += 1;
+        self.last_version = crate::backend::memory::next_after(self.last_version);
         self.last_version
     }
 }

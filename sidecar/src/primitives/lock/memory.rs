@@ -118,10 +118,7 @@ impl LockStore for MemoryLocks {
         // As on Redis: max(last + 1, the clock in µs), so fences handed
         // out here while Redis was down stay ordered against Redis' own
         // before and after (clocks agreeing).
-        let now_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        inner.last_fence = (inner.last_fence + 1).max(now_us);
+        inner.last_fence = crate::backend::memory::next_after(inner.last_fence);
         let fence = inner.last_fence;
         inner.locks.insert(
             name.to_string(),

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -82,10 +82,7 @@ struct Inner {
 
 impl Inner {
     fn next_version(&mut self) -> u64 {
-        let now_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        self.last_version = (self.last_version + 1).max(now_us);
+        self.last_version = crate::backend::memory::next_after(self.last_version);
         self.last_version
     }
 
