@@ -3,8 +3,8 @@
 # runs every test: the Rust suites (unit tests, the conformance suites on
 # memory and real Redis topologies, the end-to-end tests against real
 # sidecar processes), the SDK guide as written, contract fuzzing, the chart
-# checks, the examples and the benchmark smoke test; formatting and Clippy's
-# lints (-D warnings) are checked on the way.
+# checks, the examples, the benchmark smoke test and a 2-minute soak;
+# formatting and Clippy's lints (-D warnings) are checked on the way.
 # Ends with a table of each step's wall time, whether the run passed or not.
 #
 #   scripts/test.sh               everything (what .ci/run runs)
@@ -107,3 +107,7 @@ start "node client, socket.io adapter, examples, bench --quick" \
   bash -c 'sdk/client-node/check.sh && sdk/socketio-adapter/check.sh && examples/run.sh && scripts/bench.sh --quick'
 finish "sdk guide" "contract fuzzing" "chart" "python client" \
   "node client, socket.io adapter, examples, bench --quick"
+
+# Alone, so that nothing else loads the machine while it measures: two
+# sidecars under load and faults for 2 minutes end where they began.
+step "soak (2 min)" scripts/soak.sh 120

@@ -762,14 +762,14 @@ async fn connections_beyond_the_cap_are_refused_at_once() {
 }
 
 /// A plain keep-alive client, Python's `http.client` (head and body in
-/// two writes, no retries): sends `n` POSTs of a JSON body of about
-/// `size` bytes to `path` over one connection, opening another only when
+/// two writes, no retries): sends `n` POSTs of a JSON body (padded with
+/// `size` spaces) to `path` over one connection, opening another only when
 /// an answer says `Connection: close` or the server dropped the request;
 /// prints `{"dropped": .., "statuses": {..}}`.
 const KEEP_ALIVE_CLIENT: &str = r#"
 import http.client, json, sys
 port, n, path, token, size = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
-body = json.dumps({"by": 1, "pad": "x" * size})
+body = json.dumps(json.loads(sys.argv[6])) + " " * size
 headers = {"Content-Type": "application/json"}
 if token:
     headers["Authorization"] = "Bearer " + token
@@ -790,13 +790,34 @@ print(json.dumps({"dropped": dropped, "statuses": statuses}))
 "#;
 
 /// Answers given before the request's body is read (an unknown route, a
-/// missing token, a body too large) never cost a client that reuses its
-/// connection its next request: they announce the close. Thousands of
+/// missing token, a body too large, a plugin's denial) and refusals (a
+/// rate limit's) never cost a client that reuses its connection its next
+/// request: they leave it usable, or announce the close. Thousands of
 /// each in a row, none dropped (about 1 in 100 was before, and every
 /// second one with a body past the limit).
 #[tokio::test]
 async fn early_answers_never_drop_a_kept_alive_clients_next_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("outrigger.toml");
+    let toml = format!(
+        r#"
+[ratelimit.policies.one]
+algorithm = "fixed_window"
+limit = 1
+period = "1h"
+
+[[plugins]]
+name = "deny"
+path = "{}"
+primitives = ["map"]
+config = {{ mode = "deny" }}
+"#,
+        outrigger_tests::plugin_wasm("hostile").display()
+    );
+    std::fs::write(&config, toml).unwrap();
     let s = sidecar!()
+        .arg("--config")
+        .arg(config.display().to_string())
         .env("OUTRIGGER_AUTH__TOKEN", "t0ken")
         .start()
         .await;
@@ -825,8 +846,29 @@ async fn early_answers_never_drop_a_kept_alive_clients_next_request() {
             413,
             300,
         ),
+        (
+            "a plugin's denial",
+            "/v1/maps/m/f/incr",
+            "t0ken",
+            4096,
+            403,
+            2000,
+        ),
+        (
+            "a rate limit's refusal",
+            "/v1/ratelimit/one/check",
+            "t0ken",
+            4096,
+            429,
+            2000,
+        ),
     ];
     for (kind, path, token, size, status, n) in kinds {
+        let body = if path.contains("ratelimit") {
+            r#"{"key": "k"}"#
+        } else {
+            r#"{"by": 1}"#
+        };
         let out = tokio::process::Command::new("python3")
             .arg("-c")
             .arg(KEEP_ALIVE_CLIENT)
@@ -835,6 +877,7 @@ async fn early_answers_never_drop_a_kept_alive_clients_next_request() {
             .arg(path)
             .arg(token)
             .arg(size.to_string())
+            .arg(body)
             .output()
             .await
             .expect("python3 runs");
@@ -845,9 +888,11 @@ async fn early_answers_never_drop_a_kept_alive_clients_next_request() {
         );
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(report["dropped"], 0, "{kind}: {report}");
+        // (The rate limit allows the first check.)
+        let expected = if status == 429 { n - 1 } else { n };
         assert_eq!(
             report["statuses"][status.to_string()],
-            n,
+            expected,
             "{kind}: {report}"
         );
     }
