@@ -830,7 +830,8 @@ async fn an_evicting_redis_is_named_at_start_up_and_on_reconnection() {
 /// a trickle of bandwidth. Under each, every kind of request answers
 /// within the deadline plus a margin (from Redis, from the fallback, or a
 /// clear 503), none hangs or fails unanswered; healed, the sidecar is back
-/// on Redis within the probe bound (`failover.probe_max`, 5 s).
+/// on Redis within the probe bound (`failover.probe_max`, 5 s), and every
+/// counter increment and map write Redis acknowledged is there.
 #[tokio::test]
 async fn every_network_fault_is_answered_within_the_deadline_and_healed() {
     let redis = RedisServer::start().await;
@@ -868,11 +869,25 @@ async fn every_network_fault_is_answered_within_the_deadline_and_healed() {
             .await;
         resp.map(|r| r.status().as_u16()).unwrap_or(0)
     };
-    for (fault, apply) in faults {
+    // Map fields Redis acknowledged (maps refuse while it is down too).
+    let mut fields = vec![];
+    let put_field = async |field: String| {
+        let resp = c
+            .put(s.url(&format!("/v1/maps/acked/{field}")))
+            .body(field.clone())
+            .send()
+            .await;
+        resp.map(|r| r.status().as_u16()).unwrap_or(0)
+    };
+    for (n, (fault, apply)) in faults.into_iter().enumerate() {
         wait_mode(&s, "redis", Duration::from_secs(10)).await;
         // Acknowledged just before the fault: must survive it.
-        for _ in 0..3 {
+        for i in 0..3 {
             acked += u64::from(incr().await == 200);
+            let field = format!("f{n}-{i}");
+            if put_field(field.clone()).await == 200 {
+                fields.push(field);
+            }
         }
         apply(&relay);
         let mut outcomes = vec![];
@@ -892,6 +907,13 @@ async fn every_network_fault_is_answered_within_the_deadline_and_healed() {
             let status = incr().await;
             acked += u64::from(status == 200);
             outcomes.push(("counter", status, started.elapsed()));
+            let started = Instant::now();
+            let field = format!("during-{n}-{i}");
+            let status = put_field(field.clone()).await;
+            if status == 200 {
+                fields.push(field);
+            }
+            outcomes.push(("map", status, started.elapsed()));
         }
         for (what, status, took) in &outcomes {
             assert!(
@@ -917,4 +939,18 @@ async fn every_network_fault_is_answered_within_the_deadline_and_healed() {
         acked > 0 && value >= acked,
         "{value} counted, {acked} acknowledged"
     );
+    assert!(
+        fields.len() >= 15,
+        "{} map writes acknowledged",
+        fields.len()
+    );
+    for field in fields {
+        let resp = c
+            .get(s.url(&format!("/v1/maps/acked/{field}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "acknowledged field {field} lost");
+        assert_eq!(resp.text().await.unwrap(), field);
+    }
 }

@@ -19,9 +19,14 @@ use serde_json::json;
 
 /// Descriptors and tasks a sidecar may hold beyond where it began.
 const MARGIN_COUNT: u64 = 4;
-/// Resident memory a sidecar may have grown by (the allocator keeps some
-/// of what a burst used).
-const MARGIN_RSS_KIB: u64 = 24 * 1024;
+/// Resident memory a sidecar may have grown by. Measured, it grows by
+/// 21–25 MiB within the first faults and then stays there (the same after
+/// 90 s and after 10 minutes, and with `MALLOC_ARENA_MAX=2`): what the
+/// fallback buffers during a fault (up to `failover.publish_buffer`
+/// publishes, the maps' journal) is freed after the flush, but the
+/// allocator keeps the pages. A leak of more than 8 MiB over the run
+/// fails it.
+const MARGIN_RSS_KIB: u64 = 32 * 1024;
 /// A fault's window runs until both sidecars are back on Redis, and this
 /// long after (requests in flight when it ended).
 const GRACE: Duration = Duration::from_secs(2);
