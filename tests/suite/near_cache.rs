@@ -379,3 +379,86 @@ async fn losing_the_invalidation_channel_empties_the_near_cache() {
     .await;
     read_into_near(&b, "k").await;
 }
+
+/// The costliest glob the key limit allows for the (fixed) matcher, a star
+/// and then 511 literal bytes, invalidating one key on Redis, has every
+/// near cache match it against all of its maximum-size entries: about
+/// 250,000 steps each, and none of them matches. The matching
+/// runs off L1's lock and off the runtime's workers: the probes and reads
+/// answer meanwhile (from Redis: L1 serves nothing until it is done), and
+/// only the matching key is evicted. Matched under the lock, inline, it
+/// held both workers of this 2-core machine for seconds.
+#[tokio::test]
+async fn the_worst_pattern_stalls_neither_the_near_cache_nor_the_probes() {
+    let redis = RedisServer::start().await;
+    let ns = unique("worst");
+    let a = with_near(&redis, &ns, "60s").await;
+    let b = with_near(&redis, &ns, "60s").await;
+    let filler = "a".repeat(508);
+    let target = format!("{}b", "a".repeat(511));
+    let keys: Vec<String> = (0..2000).map(|i| format!("{filler}{i:04}")).collect();
+    for key in keys.iter().chain([&target]) {
+        put(&a, key, "v").await;
+    }
+    for s in [&a, &b] {
+        for key in keys.iter().chain([&target]) {
+            get(s, key).await;
+        }
+        read_into_near(s, &keys[0]).await;
+    }
+    let held = counter(&b, "entries").await;
+    assert!(held >= 1900, "{held} entries in b's near cache");
+    let invalidations = counter(&b, "invalidations").await;
+
+    let worst = format!("*{}b", "a".repeat(510));
+    let c = http();
+    let invalidate = async {
+        let started = Instant::now();
+        let resp = c
+            .post(a.url("/v1/cache/invalidate"))
+            .json(&serde_json::json!({ "pattern": worst }))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        started.elapsed()
+    };
+    let probes = async {
+        let mut slowest = Duration::ZERO;
+        for (i, key) in keys.iter().take(40).enumerate() {
+            let s = if i % 2 == 0 { &a } else { &b };
+            let started = Instant::now();
+            let health = c
+                .get(s.url("/healthz"))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            assert_eq!(health.expect("/healthz answers").status(), 200);
+            assert_eq!(get(s, key).await.as_deref(), Some("v"));
+            slowest = slowest.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        slowest
+    };
+    let (took, slowest) = tokio::join!(invalidate, probes);
+    eprintln!("worst pattern: invalidated in {took:?}; slowest probe and read {slowest:?}");
+    assert!(
+        took < Duration::from_secs(30),
+        "the invalidation took {took:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a probe and a read waited {slowest:?}"
+    );
+    // b matched it too: only the target went.
+    eventually(
+        Duration::from_secs(30),
+        "b's near cache to match",
+        || async { (counter(&b, "invalidations").await > invalidations).then_some(()) },
+    )
+    .await;
+    assert_eq!(counter(&b, "invalidations").await, invalidations + 1);
+    assert_eq!(get(&b, &target).await, None);
+    assert_eq!(get(&b, &keys[0]).await.as_deref(), Some("v"));
+}

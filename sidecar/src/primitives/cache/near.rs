@@ -101,6 +101,9 @@ pub struct NearCache {
     stripes: Box<[AtomicU64]>,
     /// Bumped by every flush and pattern invalidation.
     generation: AtomicU64,
+    /// Pattern invalidations still matching (off the lock): while any is,
+    /// nothing is served from L1, since what they will evict is still in it.
+    matching: AtomicU64,
     live: AtomicBool,
     hits: AtomicU64,
     fills: AtomicU64,
@@ -126,6 +129,7 @@ impl NearCache {
             }),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             generation: AtomicU64::new(0),
+            matching: AtomicU64::new(0),
             live: AtomicBool::new(false),
             hits: AtomicU64::new(0),
             fills: AtomicU64::new(0),
@@ -141,7 +145,7 @@ impl NearCache {
 
     /// The entry, if L1 holds it and may serve it.
     pub fn get(&self, key: &str) -> Option<Entry> {
-        if !self.live.load(Ordering::Acquire) {
+        if !self.live.load(Ordering::Acquire) || self.matching.load(Ordering::Acquire) > 0 {
             return None;
         }
         let now = Instant::now();
@@ -229,15 +233,33 @@ impl NearCache {
     }
 
     /// Evicts every key matching a glob, and fails every read in flight.
-    pub fn invalidate_pattern(&self, pattern: &str) {
+    /// Matching is the CPU-heavy part (up to `limits.max_key_bytes` squared
+    /// steps per key, over up to `max_entries` keys): it runs off the lock,
+    /// on the blocking pool, and L1 serves nothing until it is done.
+    pub async fn invalidate_pattern(&self, pattern: &str) {
+        /// Ends the matching, even if the caller gives up waiting.
+        struct Matching<'a>(&'a AtomicU64);
+        impl Drop for Matching<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.matching.fetch_add(1, Ordering::AcqRel);
+        let _matching = Matching(&self.matching);
         self.generation.fetch_add(1, Ordering::AcqRel);
+        let keys: Vec<String> = self.lock().map.iter().map(|(key, _)| key.clone()).collect();
+        let pattern = pattern.to_string();
+        let doomed = tokio::task::spawn_blocking(move || {
+            keys.into_iter()
+                .filter(|key| glob::matches(&pattern, key))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(doomed) = doomed else {
+            self.flush();
+            return;
+        };
         let mut entries = self.lock();
-        let doomed: Vec<String> = entries
-            .map
-            .iter()
-            .filter(|(key, _)| glob::matches(pattern, key))
-            .map(|(key, _)| key.clone())
-            .collect();
         for key in &doomed {
             entries.remove(key);
         }
@@ -268,7 +290,7 @@ impl NearCache {
     }
 
     /// Applies one message of the invalidation channel.
-    fn apply(&self, message: &[u8]) {
+    async fn apply(&self, message: &[u8]) {
         let Ok(message) = std::str::from_utf8(message) else {
             self.flush();
             return;
@@ -276,7 +298,7 @@ impl NearCache {
         if let Some(key) = message.strip_prefix(KEY_PREFIX) {
             self.invalidate(key);
         } else if let Some(pattern) = message.strip_prefix(PATTERN_PREFIX) {
-            self.invalidate_pattern(pattern);
+            self.invalidate_pattern(pattern).await;
         } else {
             // Not ours to understand: be safe.
             self.flush();
@@ -343,7 +365,7 @@ pub(super) fn follow(
                     near.set_live(up);
                 }
                 message = subscription.rx.recv() => match message {
-                    Ok(delivery) => near.apply(&delivery.payload),
+                    Ok(delivery) => near.apply(&delivery.payload).await,
                     Err(broadcast::error::RecvError::Lagged(_)) => near.flush(),
                     Err(broadcast::error::RecvError::Closed) => {
                         near.set_live(false);
@@ -389,8 +411,8 @@ mod tests {
         assert_eq!(near.stats().hits, 1);
     }
 
-    #[test]
-    fn an_invalidation_during_the_read_prevents_the_fill() {
+    #[tokio::test]
+    async fn an_invalidation_during_the_read_prevents_the_fill() {
         let near = near();
         let ticket = near.ticket("a").unwrap();
         near.invalidate("a");
@@ -399,22 +421,40 @@ mod tests {
         assert_eq!(near.stats().raced, 1);
         // A pattern or a flush fails every read in flight.
         let ticket = near.ticket("b").unwrap();
-        near.invalidate_pattern("zzz*");
+        near.invalidate_pattern("zzz*").await;
         near.fill("b", &entry("old", 1), ticket);
         assert_eq!(near.get("b"), None);
     }
 
-    #[test]
-    fn messages_evict_keys_and_patterns() {
+    /// While a pattern invalidation matches off the lock, L1 serves
+    /// nothing: what it will evict must not be served meanwhile.
+    #[tokio::test]
+    async fn nothing_is_served_while_a_pattern_is_matching() {
+        let near = near();
+        let ticket = near.ticket("user:1").unwrap();
+        near.fill("user:1", &entry("v", 1), ticket);
+        assert!(near.get("user:1").is_some());
+        let matching = near.invalidate_pattern("user:*");
+        let mut matching = std::pin::pin!(matching);
+        // Polled once: the keys are being matched on the blocking pool.
+        assert!(futures::poll!(matching.as_mut()).is_pending());
+        assert_eq!(near.get("user:1"), None);
+        matching.await;
+        assert_eq!(near.get("user:1"), None);
+        assert_eq!(near.stats().entries, 0);
+    }
+
+    #[tokio::test]
+    async fn messages_evict_keys_and_patterns() {
         let near = near();
         for key in ["user:1", "user:2", "feed:1"] {
             let ticket = near.ticket(key).unwrap();
             near.fill(key, &entry("v", 1), ticket);
         }
-        near.apply(b"k:feed:1");
+        near.apply(b"k:feed:1").await;
         assert_eq!(near.get("feed:1"), None);
         assert!(near.get("user:1").is_some());
-        near.apply(b"p:user:*");
+        near.apply(b"p:user:*").await;
         assert_eq!(near.get("user:1"), None);
         assert_eq!(near.get("user:2"), None);
         assert_eq!(near.stats().entries, 0);

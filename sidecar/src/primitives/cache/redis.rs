@@ -608,7 +608,7 @@ impl CacheStore for RedisCache {
                 )
                 .await?;
             if let Some(near) = self.near_cache() {
-                near.invalidate_pattern(pattern);
+                near.invalidate_pattern(pattern).await;
             }
         }
         Ok(deleted)
