@@ -997,6 +997,17 @@ impl Sidecar {
         resp.json().await.expect("the status is JSON")
     }
 
+    /// Waits until its failover mode (`status.failover.mode`, "redis" or
+    /// "memory") is `mode`, for at most `limit`; returns how long it took.
+    pub async fn wait_mode(&self, mode: &str, limit: Duration) -> Duration {
+        let started = std::time::Instant::now();
+        eventually(limit, &format!("failover mode {mode}"), || async {
+            (self.status().await["failover"]["mode"] == mode).then_some(())
+        })
+        .await;
+        started.elapsed()
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let pid = self.child.id().expect("sidecar still running");

@@ -244,12 +244,7 @@ async fn local_counts_are_added_to_redis_when_it_returns() {
     }
     assert_eq!(s.status().await["failover"]["mode"], "memory");
     redis.restart().await; // empty: no persistence
-    eventually(
-        Duration::from_secs(10),
-        "Redis to be used again",
-        || async { (s.status().await["failover"]["mode"] == "redis").then_some(()) },
-    )
-    .await;
+    s.wait_mode("redis", Duration::from_secs(10)).await;
     // In Redis itself, exactly what was counted locally.
     let mut conn = redis.client().await;
     let key = format!("{ns}:ctr:{{offline}}");

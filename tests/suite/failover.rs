@@ -47,16 +47,6 @@ fn on(redis: &RedisServer, ns: &str) -> SidecarBuilder {
         .env("OUTRIGGER_RATELIMIT__POLICIES__TEN__PERIOD", "1h")
 }
 
-/// Waits until the sidecar reports `mode`; returns how long that took.
-async fn wait_mode(s: &Sidecar, mode: &str, limit: Duration) -> Duration {
-    let started = Instant::now();
-    eventually(limit, &format!("failover mode {mode}"), || async {
-        (s.status().await["failover"]["mode"] == mode).then_some(())
-    })
-    .await;
-    started.elapsed()
-}
-
 /// The kinds of request in the mixed load, by number.
 const MIXED: &[usize] = &[0, 1, 2, 3, 4];
 /// Rate-limit checks only (a Lua script each).
@@ -183,7 +173,7 @@ async fn killing_redis_under_load_fails_no_request_and_locks_fail_closed() {
     let load = mixed_load(s.clone(), stop.clone());
     tokio::time::sleep(Duration::from_millis(700)).await; // load on Redis first
     redis.kill().await;
-    let tripped_in = wait_mode(&s, "memory", Duration::from_secs(5)).await;
+    let tripped_in = s.wait_mode("memory", Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(700)).await; // load on memory
     stop.store(true, Ordering::Relaxed);
     let results = load.await.unwrap();
@@ -326,7 +316,7 @@ async fn recovery_reasserts_presence_flushes_publishes_and_never_writes_the_cach
 
     let restarted = Instant::now();
     redis.restart().await;
-    let back = wait_mode(&a, "redis", Duration::from_secs(10)).await;
+    let back = a.wait_mode("redis", Duration::from_secs(10)).await;
     let recovered_in = restarted.elapsed();
     println!("A back on Redis {recovered_in:?} after the restart (waited {back:?})");
     assert!(
@@ -342,7 +332,7 @@ async fn recovery_reasserts_presence_flushes_publishes_and_never_writes_the_cach
         .await
         .unwrap();
     assert!(!exists, "the outage write must not reach Redis");
-    wait_mode(&b, "redis", Duration::from_secs(10)).await;
+    b.wait_mode("redis", Duration::from_secs(10)).await;
     c.put(b.url("/v1/cache/k"))
         .body("fresh")
         .send()
@@ -440,7 +430,7 @@ async fn a_paused_redis_trips_failover_within_the_deadline() {
     assert_eq!(r.text().await.unwrap(), "w");
     assert!(took < UNDER_KILL, "the next request took {took:?}");
     // Once the pause ends, the prober brings it back.
-    wait_mode(&s, "redis", Duration::from_secs(10)).await;
+    s.wait_mode("redis", Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
@@ -481,9 +471,9 @@ async fn flapping_redis_ends_on_redis_without_leaks() {
     let mut after_first = 0;
     for round in 0..5 {
         redis.kill().await;
-        wait_mode(&s, "memory", Duration::from_secs(5)).await;
+        s.wait_mode("memory", Duration::from_secs(5)).await;
         redis.restart().await;
-        wait_mode(&s, "redis", Duration::from_secs(10)).await;
+        s.wait_mode("redis", Duration::from_secs(10)).await;
         if round == 0 {
             after_first = tasks(&metrics().await.unwrap());
         }
@@ -563,7 +553,7 @@ async fn scripts_lost_under_load_are_an_outage_not_an_error() {
     let results = checks.await.unwrap();
     assert_none_failed(&results, DEADLINE + MARGIN);
     // Once the flushing stops, the prober brings it back to Redis.
-    wait_mode(&s, "redis", Duration::from_secs(10)).await;
+    s.wait_mode("redis", Duration::from_secs(10)).await;
     println!(
         "{} checks under {flushes} SCRIPT FLUSHes, none failed",
         results.len()
@@ -612,7 +602,7 @@ async fn local_locks_and_fail_open_rate_limits_when_configured() {
         "every fail-open decision is counted"
     );
     redis.restart().await;
-    wait_mode(&s, "redis", Duration::from_secs(10)).await;
+    s.wait_mode("redis", Duration::from_secs(10)).await;
     let r = &s.status().await["failover"]["last_reconciliation"];
     assert_eq!(
         r["locks_released"], 1,
@@ -681,7 +671,7 @@ async fn starting_without_redis_serves_from_memory_then_switches_over() {
         "ready on the fallback"
     );
     let redis = RedisServer::start_on(port).await;
-    wait_mode(&s, "redis", Duration::from_secs(10)).await;
+    s.wait_mode("redis", Duration::from_secs(10)).await;
     c.put(s.url("/v1/cache/k2")).body("v").send().await.unwrap();
     let mut conn = redis.client().await;
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -880,7 +870,7 @@ async fn every_network_fault_is_answered_within_the_deadline_and_healed() {
         resp.map(|r| r.status().as_u16()).unwrap_or(0)
     };
     for (n, (fault, apply)) in faults.into_iter().enumerate() {
-        wait_mode(&s, "redis", Duration::from_secs(10)).await;
+        s.wait_mode("redis", Duration::from_secs(10)).await;
         // Acknowledged just before the fault: must survive it.
         for i in 0..3 {
             acked += u64::from(incr().await == 200);
@@ -923,7 +913,7 @@ async fn every_network_fault_is_answered_within_the_deadline_and_healed() {
             assert!(*took <= bound, "{fault}: {what} took {took:?}");
         }
         relay.heal();
-        let back = wait_mode(&s, "redis", Duration::from_secs(10)).await;
+        let back = s.wait_mode("redis", Duration::from_secs(10)).await;
         assert!(
             back <= Duration::from_secs(7),
             "{fault}: back on Redis after {back:?}"

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use outrigger_tests::linearizable::{Event, Op, Outcome, check};
-use outrigger_tests::{RedisServer, Relay, Sidecar, Way, eventually, sidecar, unique};
+use outrigger_tests::{RedisServer, Relay, Sidecar, Way, sidecar, unique};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -286,10 +286,7 @@ async fn lock_client(
 
 async fn wait_on_redis(sidecars: &[Arc<Sidecar>]) {
     for s in sidecars {
-        eventually(Duration::from_secs(15), "back on Redis", || async {
-            (s.status().await["failover"]["mode"] == "redis").then_some(())
-        })
-        .await;
+        s.wait_mode("redis", Duration::from_secs(20)).await;
     }
 }
 

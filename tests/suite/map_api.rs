@@ -820,12 +820,7 @@ async fn local_map_changes_are_replayed_when_redis_returns() {
     // Meanwhile another sidecar counts on Redis.
     let other = sidecar!().redis(&redis).namespace(&ns).start().await;
     assert_eq!(incr(&other, "offline", "n", json!(10)).await.0, 200);
-    eventually(
-        Duration::from_secs(10),
-        "Redis to be used again",
-        || async { (s.status().await["failover"]["mode"] == "redis").then_some(()) },
-    )
-    .await;
+    s.wait_mode("redis", Duration::from_secs(10)).await;
     eventually(
         Duration::from_secs(5),
         "the local changes in Redis",

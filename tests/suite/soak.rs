@@ -4,7 +4,8 @@
 //! restarted, in turn). No request may fail outside a fault's window, and
 //! once the load stops each sidecar's resident memory, open descriptors,
 //! tokio tasks and Redis connections must come back to where they were
-//! after the warm-up, within the margins below.
+//! after the warm-up (which includes a first fault), within the margins
+//! below.
 //!
 //! Ignored by a plain `cargo test`: `scripts/test.sh` runs it for 2
 //! minutes, `scripts/soak.sh` for 10 (`OUTRIGGER_SOAK_SECS`), and prints
@@ -19,14 +20,13 @@ use serde_json::json;
 
 /// Descriptors and tasks a sidecar may hold beyond where it began.
 const MARGIN_COUNT: u64 = 4;
-/// Resident memory a sidecar may have grown by. Measured, it grows by
-/// 21–25 MiB within the first faults and then stays there (the same after
-/// 90 s and after 10 minutes, and with `MALLOC_ARENA_MAX=2`): what the
-/// fallback buffers during a fault (up to `failover.publish_buffer`
-/// publishes, the maps' journal) is freed after the flush, but the
-/// allocator keeps the pages. A leak of more than 8 MiB over the run
-/// fails it.
-const MARGIN_RSS_KIB: u64 = 32 * 1024;
+/// Resident memory a sidecar may have grown by, from where it stood after
+/// the warm-up. The warm-up includes one fault, because the fallback's
+/// first use costs about 20 MiB, once (measured: a soak without faults
+/// grows by 0.3 MiB; with them by 21–26 MiB in all, whether it runs 90 s
+/// or 10 minutes, of which 20 MiB by the end of the first fault and 4–5
+/// MiB more over the next few kinds of fault).
+const MARGIN_RSS_KIB: u64 = 12 * 1024;
 /// A fault's window runs until both sidecars are back on Redis, and this
 /// long after (requests in flight when it ended).
 const GRACE: Duration = Duration::from_secs(2);
@@ -230,10 +230,7 @@ impl Load {
 
 async fn wait_on_redis(sidecars: &[Arc<Sidecar>]) {
     for s in sidecars {
-        eventually(Duration::from_secs(20), "back on Redis", || async {
-            (s.status().await["failover"]["mode"] == "redis").then_some(())
-        })
-        .await;
+        s.wait_mode("redis", Duration::from_secs(20)).await;
     }
 }
 
@@ -269,15 +266,40 @@ async fn soak_under_faults_ends_where_it_began() {
     };
     let sidecars = [Arc::new(start().await), Arc::new(start().await)];
 
-    // Warm up, then let it settle: where it began.
+    // Warm up through one fault (a black hole), so that what the fallback
+    // allocates on its first use is there; then let it settle: where it
+    // began.
     let load = Load::start(&sidecars);
     tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut cold = vec![];
+    for s in &sidecars {
+        cold.push(figures(s).await.rss_kib);
+    }
+    let from = Instant::now();
+    relay.hold();
+    tokio::time::sleep(FAULT).await;
+    relay.heal();
+    wait_on_redis(&sidecars).await;
+    let to = Instant::now() + GRACE;
+    tokio::time::sleep(GRACE * 2).await;
     let (_, failures) = load.stop().await;
-    assert_eq!(failures, vec![], "failures during the warm-up");
+    let outside: Vec<_> = failures
+        .iter()
+        .filter(|(_, sent, answered, _)| *sent > to || *answered < from)
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "failures in the warm-up, outside its fault: {outside:#?}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut began = vec![];
-    for s in &sidecars {
-        began.push(figures(s).await);
+    for (s, cold) in sidecars.iter().zip(cold) {
+        let warm = figures(s).await;
+        eprintln!(
+            "soak: rss {cold} KiB under load before any fault, {} KiB idle after the first",
+            warm.rss_kib
+        );
+        began.push(warm);
     }
     let redis_began = redis_clients(&redis).await;
 
@@ -294,7 +316,8 @@ async fn soak_under_faults_ends_where_it_began() {
         ("connections dropped", &|r: &Relay| r.drop_connections()),
         ("answers lost", &|r: &Relay| r.hold_way(Way::Down)),
     ];
-    let mut n = 0;
+    // The warm-up had the black hole: start from the Redis kill.
+    let mut n = 1;
     while started.elapsed() + PERIOD <= Duration::from_secs(secs) {
         let slot = Instant::now();
         tokio::time::sleep(PERIOD / 3).await;
@@ -340,7 +363,7 @@ async fn soak_under_faults_ends_where_it_began() {
         failures.len() - outside.len(),
         outside.len()
     );
-    assert!(n >= 3, "{n} faults");
+    assert!(n > 3, "{} faults", n - 1);
     assert!(
         outside.is_empty(),
         "failed outside every fault's window: {outside:#?}"

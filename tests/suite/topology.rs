@@ -37,13 +37,6 @@ fn on_sentinels(set: &RedisSentinels, ns: &str) -> SidecarBuilder {
         .env("OUTRIGGER_REDIS__MASTER_NAME", SENTINEL_MASTER)
 }
 
-async fn wait_mode(s: &Sidecar, mode: &str, limit: Duration) {
-    eventually(limit, &format!("failover mode {mode}"), || async {
-        (s.status().await["failover"]["mode"] == mode).then_some(())
-    })
-    .await;
-}
-
 async fn keys_on(node: &RedisServer, pattern: &str) -> Vec<String> {
     let mut conn = node.client().await;
     redis::cmd("KEYS")
@@ -418,7 +411,7 @@ async fn a_cluster_master_failover_under_load_is_followed_and_fences_never_go_ba
     );
     // The new master holds the counter the last fences came from.
     assert_counter_holds(counter(&cluster.nodes[promoted], &lock_key).await, &load);
-    wait_mode(&s, "redis", Duration::from_secs(10)).await;
+    s.wait_mode("redis", Duration::from_secs(10)).await;
 }
 
 /// The master's fence counter is never behind the last fence handed out
@@ -495,7 +488,7 @@ async fn a_sentinel_failover_under_load_is_followed_and_fences_never_go_back() {
         recovered,
     )
     .await;
-    wait_mode(&s, "redis", Duration::from_secs(10)).await;
+    s.wait_mode("redis", Duration::from_secs(10)).await;
     // The fences now come from the promoted replica.
     assert_counter_holds(counter(&set.replica, &lock_key).await, &load);
 }
