@@ -883,6 +883,15 @@ impl SidecarBuilder {
         self.env("OUTRIGGER_REDIS__URL", redis.url())
     }
 
+    /// Reaches Redis through `relay` (which relays to it), for faults
+    /// between the sidecar and Redis.
+    pub fn through(self, relay: &Relay) -> Self {
+        self.env(
+            "OUTRIGGER_REDIS__URL",
+            format!("redis://127.0.0.1:{}", relay.port),
+        )
+    }
+
     pub fn namespace(self, ns: &str) -> Self {
         self.env("OUTRIGGER_NAMESPACE", ns)
     }

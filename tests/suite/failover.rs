@@ -827,10 +827,7 @@ async fn every_network_fault_is_answered_within_the_deadline_and_healed() {
     let redis = RedisServer::start().await;
     let relay = Relay::start(redis.port).await;
     let s = on(&redis, &unique("faults"))
-        .env(
-            "OUTRIGGER_REDIS__URL",
-            format!("redis://127.0.0.1:{}", relay.port),
-        )
+        .through(&relay)
         .env("OUTRIGGER_REDIS__CONNECT_TIMEOUT", "300ms")
         .start()
         .await;

@@ -298,12 +298,8 @@ async fn histories_under_faults_and_restarts_are_what_the_readme_promises() {
     let ns = unique("hist");
     let start = || {
         sidecar!()
-            .redis(&redis)
+            .through(&relay)
             .namespace(&ns)
-            .env(
-                "OUTRIGGER_REDIS__URL",
-                format!("redis://127.0.0.1:{}", relay.port),
-            )
             .env("OUTRIGGER_REDIS__TIMEOUT", "300ms")
             .env("OUTRIGGER_REDIS__CONNECT_TIMEOUT", "300ms")
             .env("OUTRIGGER_FAILOVER__CACHE", "fail")

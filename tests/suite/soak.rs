@@ -246,12 +246,8 @@ async fn soak_under_faults_ends_where_it_began() {
     let ns = unique("soak");
     let start = || {
         sidecar!()
-            .redis(&redis)
+            .through(&relay)
             .namespace(&ns)
-            .env(
-                "OUTRIGGER_REDIS__URL",
-                format!("redis://127.0.0.1:{}", relay.port),
-            )
             .env("OUTRIGGER_REDIS__CONNECT_TIMEOUT", "300ms")
             .env("OUTRIGGER_FAILOVER__PROBE_MAX", "1s")
             .env("OUTRIGGER_RATELIMIT__POLICIES__API__ALGORITHM", "gcra")
