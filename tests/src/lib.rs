@@ -60,6 +60,32 @@ impl Log {
     pub fn text(&self) -> String {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// For a failing test: the whole log goes to a file, and the test's
+    /// output gets only its last lines and the file's path, so the
+    /// failure's own message is not buried under thousands of log lines.
+    fn print_when_failing(&self, what: &str) {
+        const TAIL: usize = 20;
+        let text = self.text();
+        let lines: Vec<&str> = text.lines().collect();
+        let dir = std::env::temp_dir().join("outrigger-test-logs");
+        let path = dir.join(format!(
+            "{}-{}.log",
+            what.replace([' ', ':', '(', ')'], "_"),
+            std::process::id()
+        ));
+        let saved = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &text));
+        let whole = match saved {
+            Ok(()) => format!("whole log: {}", path.display()),
+            Err(e) => format!("whole log not saved: {e}"),
+        };
+        eprintln!(
+            "---- {what}: last {} of {} lines ({whole}) ----\n{}",
+            TAIL.min(lines.len()),
+            lines.len(),
+            lines[lines.len().saturating_sub(TAIL)..].join("\n")
+        );
+    }
 }
 
 /// Copies the child's stdout and stderr into `log` and forwards each line
@@ -450,11 +476,8 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "---- redis-server :{} log ----\n{}",
-                self.port,
-                self.log.text()
-            );
+            self.log
+                .print_when_failing(&format!("redis-server :{}", self.port));
         }
     }
 }
@@ -1045,11 +1068,8 @@ impl Sidecar {
 impl Drop for Sidecar {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "---- outrigger (http {}) log ----\n{}",
-                self.http,
-                self.log.text()
-            );
+            self.log
+                .print_when_failing(&format!("outrigger http {}", self.http));
         }
     }
 }

@@ -437,5 +437,8 @@ async fn histories_under_faults_and_restarts_are_what_the_readme_promises() {
     );
     assert_eq!(resource.accepted.len() as u64, held);
 
+    eprintln!(
+        "DEBUG slowest {slowest:?} held {held} acked {acked} unknown {unknown} refused {refused} total {total}"
+    );
     assert!(slowest <= BOUND, "a request took {slowest:?}");
 }

@@ -571,6 +571,11 @@ config = {{ mode = "{mode}" }}
             c.post(s.url("/v1/pubsub/ch")).body("x")
         }),
     ];
+    // The endless loop is stopped by its CPU budget, which the sidecar
+    // tells apart from the wall-clock cap (reached only by a call starved
+    // of CPU, as on a machine this loaded can happen): at least one of its
+    // three runs must have used the budget.
+    let mut loop_stopped_by_budget = 0;
     for (name, why, request) in requests {
         for attempt in 1..=4 {
             let started = Instant::now();
@@ -579,23 +584,23 @@ config = {{ mode = "{mode}" }}
             let (code, _, message) = error_of(resp).await;
             assert_eq!(code, StatusCode::FORBIDDEN, "{name}: {message}");
             if name == "loop" && attempt <= 3 {
-                // It ran its CPU budget, and was stopped by it, long
-                // before the wall-clock cap.
-                assert!(
-                    took >= BUDGET && took < WALL_CAP - Duration::from_millis(5),
-                    "{name} attempt {attempt} took {took:?}, not about the {BUDGET:?} budget"
-                );
-            } else {
-                assert!(
-                    took < WALL_CAP + MARGIN,
-                    "{name} attempt {attempt} took {took:?}"
-                );
+                assert!(took >= BUDGET, "{name} stopped after {took:?}");
             }
+            assert!(
+                took < WALL_CAP + MARGIN,
+                "{name} attempt {attempt} took {took:?}"
+            );
             assert!(
                 message.contains(&format!("plugin {name} failed and fails closed")),
                 "{message}"
             );
-            if attempt <= 3 {
+            if name == "loop" && attempt <= 3 && !message.contains(why) {
+                assert!(
+                    message.contains("ran into its wall-clock cap of 50ms having used"),
+                    "{message}"
+                );
+            } else if attempt <= 3 {
+                loop_stopped_by_budget += usize::from(name == "loop");
                 assert!(message.to_lowercase().contains(why), "{name}: {message}");
             } else {
                 assert!(
@@ -605,6 +610,10 @@ config = {{ mode = "{mode}" }}
             }
         }
     }
+    assert!(
+        loop_stopped_by_budget > 0,
+        "the loop never used its CPU budget"
+    );
     // Still serving: a primitive no plugin applies to, health, status.
     let resp = c
         .post(s.url("/v1/ratelimit/p/check"))

@@ -186,6 +186,18 @@ pub(crate) struct HostState {
     handed_off: bool,
     slot: Option<SlowSlot>,
     budget: Duration,
+    /// Why the call in progress was interrupted, if it was.
+    stopped: Option<Stopped>,
+}
+
+/// Which limit interrupted a call.
+#[derive(Debug, Clone, Copy)]
+enum Stopped {
+    /// It used its CPU budget.
+    Budget,
+    /// It reached the wall-clock cap first, having used this much CPU: its
+    /// thread was starved (an overloaded machine or a CPU-throttled pod).
+    WallCap { cpu: Duration, cap: Duration },
 }
 
 impl t::Host for HostState {}
@@ -415,6 +427,7 @@ impl Compiled {
                 handed_off: false,
                 slot: None,
                 budget: self.budget,
+                stopped: None,
             },
         );
         store.limiter(|state| &mut state.limits);
@@ -430,14 +443,26 @@ impl Compiled {
             };
             let wall_cap = (state.budget * WALL_BUDGETS).max(MIN_WALL);
             let used = thread_cpu().saturating_sub(cpu);
-            if used >= state.budget || wall.elapsed() >= wall_cap {
+            if used >= state.budget {
+                state.stopped = Some(Stopped::Budget);
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            let at_cap = Stopped::WallCap {
+                cpu: used,
+                cap: wall_cap,
+            };
+            if wall.elapsed() >= wall_cap {
+                state.stopped = Some(at_cap);
                 return Ok(UpdateDeadline::Interrupt);
             }
             if !state.handed_off && wall.elapsed() >= HAND_OFF_AFTER {
                 state.handed_off = true;
                 match hand_off_worker(wall + wall_cap) {
                     Ok(slot) => state.slot = slot,
-                    Err(()) => return Ok(UpdateDeadline::Interrupt),
+                    Err(()) => {
+                        state.stopped = Some(at_cap);
+                        return Ok(UpdateDeadline::Interrupt);
+                    }
                 }
             }
             Ok(UpdateDeadline::Continue(1))
@@ -520,13 +545,14 @@ impl Compiled {
         let pooled = self.pool.lock().expect("pool lock").pop();
         let mut instance = match pooled {
             Some(instance) => instance,
-            None => self.instantiate().map_err(|err| self.describe(err))?,
+            None => self.instantiate().map_err(|err| self.describe(err, None))?,
         };
         instance.store.set_epoch_deadline(1);
         let state = instance.store.data_mut();
         state.logs_left = MAX_LOG_LINES;
         state.handed_off = false;
         state.slot = None;
+        state.stopped = None;
         state.started = Some((thread_cpu(), Instant::now()));
         let result = f(&instance.bindings, &mut instance.store);
         instance.store.data_mut().slot = None;
@@ -538,14 +564,21 @@ impl Compiled {
                 }
                 Ok(value)
             }
-            Err(err) => Err(self.describe(err)),
+            Err(err) => Err(self.describe(err, instance.store.data().stopped)),
         }
     }
 
-    fn describe(&self, err: wasmtime::Error) -> String {
+    fn describe(&self, err: wasmtime::Error, stopped: Option<Stopped>) -> String {
         tracing::debug!(plugin = &*self.name, "plugin call failed: {err:?}");
         match err.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => format!("ran past its {:?} budget", self.budget),
+            Some(Trap::Interrupt) => match stopped {
+                Some(Stopped::WallCap { cpu, cap }) => format!(
+                    "ran into its wall-clock cap of {cap:?} having used {cpu:.1?} of its {:?} CPU \
+                     budget (its thread was starved of CPU)",
+                    self.budget
+                ),
+                Some(Stopped::Budget) | None => format!("ran past its {:?} budget", self.budget),
+            },
             Some(Trap::StackOverflow) => "overflowed its stack".to_string(),
             Some(trap) => format!("trapped: {trap}"),
             None => {
