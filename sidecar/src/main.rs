@@ -3,6 +3,8 @@
 
 #![forbid(unsafe_code)]
 
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -15,7 +17,11 @@ use outrigger::telemetry::Telemetry;
 #[command(
     name = "outrigger",
     version,
-    about = "Coordination sidecar: cache, locks, rate limits, presence and pub/sub over gRPC and HTTP"
+    about = "Coordination sidecar: cache, locks, rate limits, presence and pub/sub over gRPC and HTTP",
+    after_help = "Commands from `status` on talk to a running sidecar, found with --addr or from \
+                  its configuration. Their exit codes: 0 done, 1 no (not found, a condition does \
+                  not hold), 2 bad usage or input, 3 not allowed (token, plugin), 4 the sidecar \
+                  cannot be reached or cannot serve."
 )]
 struct Cli {
     /// Configuration file (default: ./outrigger.toml if present).
@@ -37,6 +43,8 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    #[command(flatten)]
+    Remote(cli::Remote),
 }
 
 #[derive(Subcommand)]
@@ -106,6 +114,9 @@ fn main() -> ExitCode {
     {
         return check_plugin(file, plugin_config);
     }
+    if let Some(Command::Remote(command)) = cli.command {
+        return cli::run(command, cli.config.as_deref());
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {
@@ -137,7 +148,9 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Plugin { .. } => unreachable!("handled before the configuration is loaded"),
+        Command::Plugin { .. } | Command::Remote(_) => {
+            unreachable!("handled before the configuration is loaded")
+        }
         Command::Serve => serve(config),
     }
 }

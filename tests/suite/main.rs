@@ -8,6 +8,7 @@
 
 mod cache_api;
 mod cache_conformance;
+mod cli;
 mod counter_api;
 mod counter_conformance;
 mod failover;
