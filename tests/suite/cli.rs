@@ -303,6 +303,60 @@ async fn rate_limits_presence_pubsub_maps_counters_and_plugins() {
         .await
         .failed(1, "no rate-limit policy named \"nonesuch\"");
 
+    // Locks and semaphores: who holds what, by fence, never the token.
+    let lease: Value = c
+        .post(s.url("/v1/locks/orders/acquire"))
+        .json(&json!({"ttl_ms": 60000}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (fence, token) = (
+        lease["fence"].as_u64().unwrap(),
+        lease["token"].as_str().unwrap(),
+    );
+    let ls = outrigger(&env, &["lock", "ls", "--json"], b"").await.ok();
+    assert!(!ls.text().contains(token), "{}", ls.text());
+    let items = ls.json()["items"].clone();
+    assert_eq!(items.as_array().unwrap().len(), 1, "{items}");
+    assert_eq!(
+        (&items[0]["name"], &items[0]["fence"]),
+        (&json!("orders"), &json!(fence))
+    );
+    let show = outrigger(&env, &["lock", "show", "orders"], b"")
+        .await
+        .ok()
+        .text();
+    assert!(
+        show.starts_with("LOCK") && show.contains(&fence.to_string()),
+        "{show}"
+    );
+    assert!(!show.contains(token), "{show}");
+    outrigger(&env, &["lock", "show", "invoices"], b"")
+        .await
+        .failed(1, "lock \"invoices\" is free");
+    for _ in 0..2 {
+        let permit = c
+            .post(s.url("/v1/semaphores/exports/acquire"))
+            .json(&json!({"limit": 3, "ttl_ms": 60000}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(permit.status(), 200);
+    }
+    let pool = outrigger(&env, &["semaphore", "show", "exports", "--json"], b"")
+        .await
+        .ok()
+        .json();
+    assert_eq!(pool["held"], 2);
+    let ls = outrigger(&env, &["semaphore", "ls"], b"").await.ok().text();
+    assert!(
+        ls.starts_with("SEMAPHORE") && ls.contains("exports"),
+        "{ls}"
+    );
+
     // Presence: who is in the room, with metadata.
     for (member, seat) in [("alice", 1), ("bob", 2)] {
         let join = c

@@ -10,6 +10,7 @@ use outrigger::config::{Config, PolicyConfig};
 use outrigger::error::Error;
 use outrigger::plugins::Classified;
 use outrigger::primitives::lock::KeepAlive;
+use outrigger::primitives::lock::store::{InUse, Kind};
 use outrigger::primitives::ratelimit::InlineLimit;
 use outrigger_tests::{AppOn, Topology, conformance};
 
@@ -57,6 +58,7 @@ conformance!(
         keep_alive_reports_lost_when_the_lock_is_taken,
         semaphore_grants_exactly_limit_permits,
         semaphore_permits_expire_and_wake_waiters,
+        operators_see_what_is_held_but_never_a_token,
         gcra_allows_the_burst_then_denies_with_retry_after,
         gcra_honours_retry_after,
         gcra_cost_counts_several_units,
@@ -541,6 +543,142 @@ mod cases {
                 .unwrap(),
             None
         );
+    }
+
+    /// Every name a listing returns, page after page of `limit`.
+    async fn all_in_use(app: &App, kind: Kind, pattern: &str, limit: usize) -> Vec<InUse> {
+        let (mut all, mut cursor) = (vec![], String::new());
+        for _ in 0..100 {
+            let page = app
+                .locks
+                .list_in_use(kind, pattern, &cursor, limit)
+                .await
+                .unwrap();
+            all.extend(page.items);
+            match page.next_cursor {
+                Some(next) => cursor = next,
+                None => {
+                    all.sort_by(|a, b| a.name.cmp(&b.name));
+                    all.dedup_by(|a, b| a.name == b.name);
+                    return all;
+                }
+            }
+        }
+        panic!("the listing never ended");
+    }
+
+    fn names(items: &[InUse]) -> Vec<&str> {
+        items.iter().map(|u| u.name.as_str()).collect()
+    }
+
+    pub async fn operators_see_what_is_held_but_never_a_token(app: &App) {
+        assert_eq!(app.locks.in_use(Kind::Lock, "orders").await.unwrap(), None);
+        let orders = app
+            .locks
+            .acquire("orders", 10_000, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        let other = app
+            .locks
+            .acquire("orders-2", 10_000, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        app.locks
+            .acquire("invoices", 10_000, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        let seen = app
+            .locks
+            .in_use(Kind::Lock, "orders")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((seen.fence, seen.held), (orders.fence, 1));
+        assert!(
+            seen.ttl > Duration::from_secs(8) && seen.ttl <= Duration::from_secs(10),
+            "{:?}",
+            seen.ttl
+        );
+        // By glob, a page of one at a time or all at once.
+        for limit in [1, 100] {
+            let found = all_in_use(app, Kind::Lock, "orders*", limit).await;
+            assert_eq!(names(&found), ["orders", "orders-2"], "pages of {limit}");
+            assert_eq!(found[1].fence, other.fence);
+        }
+        assert_eq!(
+            names(&all_in_use(app, Kind::Lock, "", 100).await),
+            ["invoices", "orders", "orders-2"]
+        );
+        // Released: free, and gone from the listing.
+        assert!(app.locks.release("orders", &orders.token).await.unwrap());
+        assert_eq!(app.locks.in_use(Kind::Lock, "orders").await.unwrap(), None);
+        assert_eq!(
+            names(&all_in_use(app, Kind::Lock, "orders*", 100).await),
+            ["orders-2"]
+        );
+        // A lease that runs out is not shown as held.
+        app.locks.acquire("brief", 50, 0).await.unwrap().unwrap();
+        outrigger_tests::eventually(Duration::from_secs(5), "the lease to end", || async {
+            app.locks
+                .in_use(Kind::Lock, "brief")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        })
+        .await;
+
+        // Semaphores: permits held, and the lease that ends first.
+        let first = app
+            .locks
+            .acquire_permit("pool", 3, 5_000, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        app.locks
+            .acquire_permit("pool", 3, 10_000, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        let pool = app
+            .locks
+            .in_use(Kind::Semaphore, "pool")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((pool.held, pool.fence), (2, 0));
+        assert!(pool.ttl <= Duration::from_secs(5), "{:?}", pool.ttl);
+        assert!(app.locks.release_permit("pool", &first).await.unwrap());
+        let pool = app
+            .locks
+            .in_use(Kind::Semaphore, "pool")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(pool.held, 1);
+        assert!(pool.ttl > Duration::from_secs(5), "{:?}", pool.ttl);
+        assert_eq!(
+            names(&all_in_use(app, Kind::Semaphore, "*", 100).await),
+            ["pool"]
+        );
+        // Locks and semaphores are apart.
+        assert_eq!(
+            app.locks.in_use(Kind::Semaphore, "orders-2").await.unwrap(),
+            None
+        );
+        assert_eq!(app.locks.in_use(Kind::Lock, "pool").await.unwrap(), None);
+
+        assert!(matches!(
+            app.locks.list_in_use(Kind::Lock, "[a", "", 10).await,
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            app.locks.in_use(Kind::Lock, "").await,
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     pub async fn semaphore_permits_expire_and_wake_waiters(app: &App) {

@@ -22,13 +22,25 @@ fn http() -> reqwest::Client {
 }
 
 async fn with_near(redis: &RedisServer, ns: &str, max_ttl: &str) -> Sidecar {
-    let sidecar = sidecar!()
+    with_near_and(redis, ns, max_ttl, &[]).await
+}
+
+/// [`with_near`], with more configuration.
+async fn with_near_and(
+    redis: &RedisServer,
+    ns: &str,
+    max_ttl: &str,
+    env: &[(&str, &str)],
+) -> Sidecar {
+    let mut builder = sidecar!()
         .redis(redis)
         .namespace(ns)
         .env("OUTRIGGER_CACHE__NEAR__ENABLED", "true")
-        .env("OUTRIGGER_CACHE__NEAR__MAX_TTL", max_ttl)
-        .start()
-        .await;
+        .env("OUTRIGGER_CACHE__NEAR__MAX_TTL", max_ttl);
+    for (key, value) in env {
+        builder = builder.env(key, *value);
+    }
+    let sidecar = builder.start().await;
     eventually(Duration::from_secs(5), "the near cache to go live", || {
         let sidecar = &sidecar;
         async move { (near(sidecar).await["live"] == true).then_some(()) }
@@ -392,8 +404,12 @@ async fn losing_the_invalidation_channel_empties_the_near_cache() {
 async fn the_worst_pattern_stalls_neither_the_near_cache_nor_the_probes() {
     let redis = RedisServer::start().await;
     let ns = unique("worst");
-    let a = with_near(&redis, &ns, "60s").await;
-    let b = with_near(&redis, &ns, "60s").await;
+    // The matching keeps both cores of this machine busy for seconds: with
+    // the default 250 ms deadline a slow Redis reply could send a read to
+    // the (empty) memory fallback, which is not what this test is about.
+    let patient = [("OUTRIGGER_REDIS__TIMEOUT", "5s")];
+    let a = with_near_and(&redis, &ns, "60s", &patient).await;
+    let b = with_near_and(&redis, &ns, "60s", &patient).await;
     let filler = "a".repeat(508);
     let target = format!("{}b", "a".repeat(511));
     let keys: Vec<String> = (0..2000).map(|i| format!("{filler}{i:04}")).collect();

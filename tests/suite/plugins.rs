@@ -28,9 +28,10 @@ const BUDGET: Duration = Duration::from_millis(5);
 /// The wall-clock cap of a call (10 budgets, at least 50 ms), which only a
 /// call starved of CPU reaches.
 const WALL_CAP: Duration = Duration::from_millis(50);
-/// Slack for a whole HTTP round trip through a debug-built sidecar on a
-/// busy 2-core CI machine.
-const MARGIN: Duration = Duration::from_millis(50);
+/// Bound on a whole HTTP round trip to a plugin that never stops by
+/// itself: far above the cap, for a debug-built sidecar on a busy 2-core
+/// machine, and far below forever.
+const MARGIN: Duration = Duration::from_secs(2);
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder()

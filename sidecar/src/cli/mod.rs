@@ -41,6 +41,21 @@ pub enum Remote {
         #[command(subcommand)]
         command: CacheCommand,
     },
+    /// Locks: which are held, and by which fence, for how long (never a
+    /// holder's token).
+    Lock {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        command: InUseCommand,
+    },
+    /// Semaphores: which have permits held, how many, for how long.
+    Semaphore {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        command: InUseCommand,
+    },
     /// Rate limits: a key's state under a policy, and resetting it.
     Ratelimit {
         #[command(flatten)]
@@ -98,7 +113,7 @@ pub enum CacheCommand {
     Set {
         key: String,
         value: Option<String>,
-        /// Time to live (`30s`, `5m`); default: the sidecar's `cache.default_ttl`.
+        /// Time to live (`30s`, `5m`); default: none, the key never expires.
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
         /// Tags, comma-separated (every write replaces the key's tags).
@@ -131,6 +146,20 @@ pub enum CacheCommand {
         #[arg(long)]
         pattern: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InUseCommand {
+    /// Those in use whose names match a glob, up to --limit.
+    Ls {
+        #[arg(default_value = "*")]
+        pattern: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// One by name (exit 1 if it is free).
+    Show { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -213,6 +242,8 @@ pub fn run(command: Remote, config_file: Option<&Path>) -> ExitCode {
     let (target, what) = match &command {
         Remote::Status { target } => (target, "status"),
         Remote::Cache { target, .. } => (target, "cache"),
+        Remote::Lock { target, .. } => (target, "lock"),
+        Remote::Semaphore { target, .. } => (target, "semaphore"),
         Remote::Ratelimit { target, .. } => (target, "ratelimit"),
         Remote::Presence { target, .. } => (target, "presence"),
         Remote::Pubsub { target, .. } => (target, "pubsub"),
@@ -224,6 +255,8 @@ pub fn run(command: Remote, config_file: Option<&Path>) -> ExitCode {
     let result = Sidecar::connect(target, config_file).and_then(|s| match command {
         Remote::Status { .. } => status(&s, json),
         Remote::Cache { command, .. } => cache(&s, json, command),
+        Remote::Lock { command, .. } => in_use(&s, json, "locks", command),
+        Remote::Semaphore { command, .. } => in_use(&s, json, "semaphores", command),
         Remote::Ratelimit { command, .. } => ratelimit(&s, json, command),
         Remote::Presence { command, .. } => presence(&s, json, command),
         Remote::Pubsub { command, .. } => pubsub(&s, json, command),
@@ -536,6 +569,51 @@ fn cache(s: &Sidecar, json: bool, command: CacheCommand) -> Result<(), Failure> 
                 print_json(&reply);
             } else {
                 println!("deleted {} keys", show::cell(&reply["deleted"]));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `lock` and `semaphore`: `collection` is `locks` or `semaphores`.
+fn in_use(s: &Sidecar, json: bool, collection: &str, command: InUseCommand) -> Result<(), Failure> {
+    let locks = collection == "locks";
+    let row = |u: &Value| {
+        let middle = if locks { &u["fence"] } else { &u["held"] };
+        vec![
+            show::cell(&u["name"]),
+            show::cell(middle),
+            show::millis(u["ttl_ms"].as_u64().unwrap_or(0)),
+        ]
+    };
+    let header = if locks {
+        ["LOCK", "FENCE", "TTL"]
+    } else {
+        ["SEMAPHORE", "PERMITS HELD", "FIRST ENDS IN"]
+    };
+    match command {
+        InUseCommand::Ls { pattern, limit } => {
+            let (items, more) = pages(
+                s,
+                &["v1", collection],
+                &[("pattern", pattern)],
+                "items",
+                limit,
+            )?;
+            if json {
+                print_json(&json!({"items": items, "more": more}));
+            } else {
+                let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+                show::table(&header, &rows);
+                more_note(more, limit);
+            }
+        }
+        InUseCommand::Show { name } => {
+            let found = s.json(s.request(Method::GET, &["v1", collection, &name]))?;
+            if json {
+                print_json(&found);
+            } else {
+                show::table(&header, &[row(&found)]);
             }
         }
     }

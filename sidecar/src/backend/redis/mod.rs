@@ -386,3 +386,53 @@ fn collect_text(value: &redis::Value, out: &mut String) {
     }
     out.push('\n');
 }
+
+impl RedisStore {
+    /// One SCAN step over `ns:<kind>:{pattern}`. On a cluster, SCAN runs
+    /// master by master: the cursor's top 16 bits name the master (by the
+    /// lowest slot it serves), the low 48 bits are that master's own SCAN
+    /// cursor (on a single server, the cursor is Redis' own). Cursor 0
+    /// starts, and a returned 0 means done.
+    pub(crate) async fn scan(
+        &self,
+        kind: &str,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> Result<(u64, Vec<String>), BackendError> {
+        const NODE_BITS: u32 = 48;
+        let mut conn = self.conn();
+        let mut full = format!("{}:{kind}:{{", self.namespace);
+        full.push_str(if pattern.is_empty() { "*" } else { pattern });
+        full.push('}');
+        let (slot, node_cursor) = (
+            (cursor >> NODE_BITS) as u16,
+            cursor & ((1 << NODE_BITS) - 1),
+        );
+        let masters = self.call(conn.masters()).await?;
+        // The master to go on with: the one the cursor names, or, if the
+        // slots moved since, the next one (from its start).
+        let Some(&at) = masters.iter().find(|&&s| s >= slot) else {
+            return Ok((0, vec![]));
+        };
+        let node_cursor = if at == slot { node_cursor } else { 0 };
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(node_cursor)
+            .arg("MATCH")
+            .arg(full)
+            .arg("COUNT")
+            .arg(count);
+        let (next, keys): (u64, Vec<String>) = self.call(conn.on_slot(at, &scan)).await?;
+        if next >> NODE_BITS != 0 {
+            return Err(BackendError::Protocol(format!(
+                "SCAN cursor {next} out of range"
+            )));
+        }
+        let next = match (next, masters.iter().find(|&&s| s > at)) {
+            (0, Some(&following)) => u64::from(following) << NODE_BITS,
+            (0, None) => 0,
+            (next, _) => u64::from(at) << NODE_BITS | next,
+        };
+        Ok((next, keys))
+    }
+}

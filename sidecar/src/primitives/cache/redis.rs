@@ -203,55 +203,7 @@ impl RedisCache {
         pattern: &str,
         count: usize,
     ) -> Result<(u64, Vec<String>), BackendError> {
-        self.scan_kind("c", cursor, pattern, count).await
-    }
-
-    /// One SCAN step over `ns:<kind>:{pattern}`. On a cluster, SCAN runs
-    /// master by master: the cursor's top 16 bits name the master (by the
-    /// lowest slot it serves), the low 48 bits are that master's own SCAN
-    /// cursor (on a single server, the cursor is Redis' own). Cursor 0
-    /// starts, and a returned 0 means done.
-    async fn scan_kind(
-        &self,
-        kind: &str,
-        cursor: u64,
-        pattern: &str,
-        count: usize,
-    ) -> Result<(u64, Vec<String>), BackendError> {
-        const NODE_BITS: u32 = 48;
-        let mut conn = self.redis.conn();
-        let mut full = format!("{}:{kind}:{{", self.redis.namespace);
-        full.push_str(if pattern.is_empty() { "*" } else { pattern });
-        full.push('}');
-        let (slot, node_cursor) = (
-            (cursor >> NODE_BITS) as u16,
-            cursor & ((1 << NODE_BITS) - 1),
-        );
-        let masters = self.redis.call(conn.masters()).await?;
-        // The master to go on with: the one the cursor names, or, if the
-        // slots moved since, the next one (from its start).
-        let Some(&at) = masters.iter().find(|&&s| s >= slot) else {
-            return Ok((0, vec![]));
-        };
-        let node_cursor = if at == slot { node_cursor } else { 0 };
-        let mut scan = redis::cmd("SCAN");
-        scan.arg(node_cursor)
-            .arg("MATCH")
-            .arg(full)
-            .arg("COUNT")
-            .arg(count);
-        let (next, keys): (u64, Vec<String>) = self.redis.call(conn.on_slot(at, &scan)).await?;
-        if next >> NODE_BITS != 0 {
-            return Err(BackendError::Protocol(format!(
-                "SCAN cursor {next} out of range"
-            )));
-        }
-        let next = match (next, masters.iter().find(|&&s| s > at)) {
-            (0, Some(&following)) => u64::from(following) << NODE_BITS,
-            (0, None) => 0,
-            (next, _) => u64::from(at) << NODE_BITS | next,
-        };
-        Ok((next, keys))
+        self.redis.scan("c", cursor, pattern, count).await
     }
 }
 
@@ -579,7 +531,7 @@ impl CacheStore for RedisCache {
         // Stale copies, including those whose entry has expired.
         let mut cursor = 0;
         loop {
-            let (next, keys) = self.scan_kind("cs", cursor, pattern, SCAN_BATCH).await?;
+            let (next, keys) = self.redis.scan("cs", cursor, pattern, SCAN_BATCH).await?;
             if !keys.is_empty() {
                 let mut conn = self.redis.conn();
                 self.redis

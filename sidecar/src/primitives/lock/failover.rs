@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use super::config::LockFallback;
 use super::memory::MemoryLocks;
 use super::redis::RedisLocks;
-use super::store::{Acquire, LockStore};
+use super::store::{Acquire, InUse, InUsePage, Kind, LockStore};
 use crate::backend::BackendError;
 use crate::backend::circuit::{Circuit, Reconcile, Reconciliation, WhileDown};
 use crate::backend::redis::AbortOnDrop;
@@ -141,6 +141,31 @@ impl LockStore for FailoverLocks {
                 &self.down,
                 self.redis.release_permit(name, token),
                 || self.memory.release_permit(name, token),
+            )
+            .await
+    }
+
+    async fn in_use(&self, kind: Kind, name: &str) -> Result<Option<InUse>, BackendError> {
+        self.circuit
+            .route("lock", &self.down, self.redis.in_use(kind, name), || {
+                self.memory.in_use(kind, name)
+            })
+            .await
+    }
+
+    async fn list_in_use(
+        &self,
+        kind: Kind,
+        pattern: &str,
+        cursor: &str,
+        limit: usize,
+    ) -> Result<InUsePage, BackendError> {
+        self.circuit
+            .route(
+                "lock",
+                &self.down,
+                self.redis.list_in_use(kind, pattern, cursor, limit),
+                || self.memory.list_in_use(kind, pattern, cursor, limit),
             )
             .await
     }

@@ -6,14 +6,16 @@ use axum::Json;
 use axum::extract::FromRef;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use utoipa::IntoParams;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::Locks;
+use super::store::{InUse, Kind};
 use crate::error::Error;
 use crate::kit::Primitive;
-use crate::kit::http::{ApiJson, CommonErrors, Ctx, ErrorBody, Key};
+use crate::kit::http::{ApiJson, ApiQuery, CommonErrors, Ctx, ErrorBody, Key};
 use crate::plugins::config::PrimitiveName as P;
 use crate::plugins::{Call, Operation as Op};
 
@@ -30,6 +32,118 @@ where
         .routes(routes!(lock_extend))
         .routes(routes!(permit_acquire))
         .routes(routes!(permit_release))
+        .routes(routes!(locks_in_use))
+        .routes(routes!(lock_in_use))
+        .routes(routes!(semaphores_in_use))
+        .routes(routes!(semaphore_in_use))
+}
+
+/// `GET /v1/locks` and `/v1/semaphores`: a page of those in use.
+async fn list(
+    locks: &Locks,
+    caller: &crate::plugins::Caller,
+    kind: Kind,
+    params: InUseParams,
+) -> Result<Response, Error> {
+    let primitive = match kind {
+        Kind::Lock => P::Lock,
+        Kind::Semaphore => P::Semaphore,
+    };
+    let pattern = locks.authorize(caller, Call::new(primitive, Op::Scan, params.pattern))?;
+    let page = locks
+        .list_in_use(kind, &pattern, &params.cursor, params.limit)
+        .await?;
+    Ok(Json(InUsePageReply {
+        items: page.items.into_iter().map(InUseReply::from).collect(),
+        next_cursor: page.next_cursor,
+    })
+    .into_response())
+}
+
+/// `GET /v1/locks/{name}` and `/v1/semaphores/{name}`: who holds it.
+async fn show(
+    locks: &Locks,
+    caller: &crate::plugins::Caller,
+    kind: Kind,
+    name: String,
+) -> Result<Response, Error> {
+    let (primitive, what) = match kind {
+        Kind::Lock => (P::Lock, "lock"),
+        Kind::Semaphore => (P::Semaphore, "semaphore"),
+    };
+    let name = locks.authorize(caller, Call::new(primitive, Op::Read, name))?;
+    match locks.in_use(kind, &name).await? {
+        Some(in_use) => Ok(Json(InUseReply::from(in_use)).into_response()),
+        None => Err(Error::NotFound(format!("{what} {name:?} is free"))),
+    }
+}
+
+#[utoipa::path(
+    get, path = "/v1/locks", tag = "locks",
+    params(InUseParams),
+    responses((status = 200, description = "A page of the locks held (never their tokens)",
+        body = InUsePageReply), CommonErrors)
+)]
+async fn locks_in_use(
+    Ctx {
+        primitive: locks,
+        caller,
+    }: Ctx<Locks>,
+    ApiQuery(params): ApiQuery<InUseParams>,
+) -> Result<Response, Error> {
+    list(&locks, &caller, Kind::Lock, params).await
+}
+
+#[utoipa::path(
+    get, path = "/v1/locks/{name}", tag = "locks",
+    params(("name" = String, Path, description = "The lock")),
+    responses((status = 200, description = "Held: its fence and time left (never its token)",
+        body = InUseReply),
+        (status = 404, description = "Free", body = ErrorBody),
+        CommonErrors)
+)]
+async fn lock_in_use(
+    Ctx {
+        primitive: locks,
+        caller,
+    }: Ctx<Locks>,
+    Key(name): Key,
+) -> Result<Response, Error> {
+    show(&locks, &caller, Kind::Lock, name).await
+}
+
+#[utoipa::path(
+    get, path = "/v1/semaphores", tag = "locks",
+    params(InUseParams),
+    responses((status = 200, description = "A page of the semaphores with permits held",
+        body = InUsePageReply), CommonErrors)
+)]
+async fn semaphores_in_use(
+    Ctx {
+        primitive: locks,
+        caller,
+    }: Ctx<Locks>,
+    ApiQuery(params): ApiQuery<InUseParams>,
+) -> Result<Response, Error> {
+    list(&locks, &caller, Kind::Semaphore, params).await
+}
+
+#[utoipa::path(
+    get, path = "/v1/semaphores/{name}", tag = "locks",
+    params(("name" = String, Path, description = "The semaphore")),
+    responses((status = 200, description = "Permits held, and when the first lease ends",
+        body = InUseReply),
+        (status = 404, description = "No permit held", body = ErrorBody),
+        CommonErrors)
+)]
+async fn semaphore_in_use(
+    Ctx {
+        primitive: locks,
+        caller,
+    }: Ctx<Locks>,
+    Key(name): Key,
+) -> Result<Response, Error> {
+    show(&locks, &caller, Kind::Semaphore, name).await
 }
 
 #[utoipa::path(
@@ -225,4 +339,50 @@ pub struct PermitBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PermitReply {
     pub token: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct InUseParams {
+    /// Redis glob over names; empty: all.
+    #[serde(default)]
+    pub pattern: String,
+    /// Empty for the first page, then the previous `next_cursor`.
+    #[serde(default)]
+    pub cursor: String,
+    /// Page size hint; 0: 100.
+    #[serde(default)]
+    pub limit: usize,
+}
+
+/// A lock or semaphore in use. Its token is never shown: it would let the
+/// viewer release it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InUseReply {
+    pub name: String,
+    /// A lock's holder's fence; 0 for a semaphore.
+    pub fence: u64,
+    /// Permits held (1 for a lock).
+    pub held: u32,
+    /// Time left on the lease (for a semaphore, the lease that ends first).
+    pub ttl_ms: u64,
+}
+
+impl From<InUse> for InUseReply {
+    fn from(u: InUse) -> Self {
+        InUseReply {
+            name: u.name,
+            fence: u.fence,
+            held: u.held,
+            ttl_ms: u.ttl.as_millis() as u64,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InUsePageReply {
+    pub items: Vec<InUseReply>,
+    /// Pass as `cursor` for the next page; null when the listing is done.
+    pub next_cursor: Option<String>,
 }

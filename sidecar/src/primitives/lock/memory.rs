@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::store::{Acquire, LockStore};
+use super::store::{Acquire, InUse, InUsePage, Kind, LockStore};
 use crate::backend::BackendError;
 
 /// Lock and semaphore state in local memory.
@@ -33,6 +33,7 @@ struct Inner {
 
 struct Lease {
     token: String,
+    fence: u64,
     expires_at: Instant,
 }
 
@@ -93,6 +94,36 @@ impl MemoryLocks {
     }
 }
 
+impl Inner {
+    /// Every lock or semaphore in use, by name.
+    fn in_use(&self, kind: Kind, now: Instant) -> impl Iterator<Item = InUse> + '_ {
+        let locks = self
+            .locks
+            .iter()
+            .filter(move |(_, lease)| kind == Kind::Lock && lease.expires_at > now)
+            .map(move |(name, lease)| InUse {
+                name: name.clone(),
+                fence: lease.fence,
+                held: 1,
+                ttl: lease.expires_at - now,
+            });
+        let semaphores = self
+            .permits
+            .iter()
+            .filter(move |_| kind == Kind::Semaphore)
+            .filter_map(move |(name, holders)| {
+                let live = holders.values().filter(|at| **at > now);
+                Some(InUse {
+                    name: name.clone(),
+                    fence: 0,
+                    held: live.clone().count() as u32,
+                    ttl: *live.min()? - now,
+                })
+            });
+        locks.chain(semaphores)
+    }
+}
+
 fn live_lease<'a>(inner: &'a mut Inner, name: &str, now: Instant) -> Option<&'a mut Lease> {
     if inner.locks.get(name).is_some_and(|l| l.expires_at <= now) {
         inner.locks.remove(name);
@@ -124,6 +155,7 @@ impl LockStore for MemoryLocks {
             name.to_string(),
             Lease {
                 token: token.to_string(),
+                fence,
                 expires_at: now + ttl,
             },
         );
@@ -194,6 +226,40 @@ impl LockStore for MemoryLocks {
             self.notify(format!("sem:{name}"));
         }
         Ok(released)
+    }
+
+    async fn in_use(&self, kind: Kind, name: &str) -> Result<Option<InUse>, BackendError> {
+        let inner = self.lock();
+        Ok(inner.in_use(kind, Instant::now()).find(|u| u.name == name))
+    }
+
+    async fn list_in_use(
+        &self,
+        kind: Kind,
+        pattern: &str,
+        cursor: &str,
+        limit: usize,
+    ) -> Result<InUsePage, BackendError> {
+        // As the cache's listing: the cursor is the last name of the page
+        // before, and names are listed in byte order.
+        let after = match cursor {
+            "" => None,
+            c => Some(c.strip_prefix('n').ok_or(BackendError::InvalidCursor)?),
+        };
+        let mut items: Vec<InUse> = self
+            .lock()
+            .in_use(kind, Instant::now())
+            .filter(|u| after.is_none_or(|a| u.name.as_str() > a))
+            .filter(|u| crate::backend::glob::matches(pattern, &u.name))
+            .collect();
+        items.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next_cursor = match (more, items.last()) {
+            (true, Some(last)) => Some(format!("n{}", last.name)),
+            _ => None,
+        };
+        Ok(InUsePage { items, next_cursor })
     }
 
     fn releases(&self) -> broadcast::Receiver<String> {

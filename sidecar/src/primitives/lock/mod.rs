@@ -29,11 +29,14 @@ use crate::kit::Primitive;
 use crate::telemetry::{self, Metrics};
 use crate::validate;
 use crate::validate::Limits;
-use store::{Acquire, LockStore};
+use store::{Acquire, InUse, InUsePage, Kind, LockStore};
 
 /// Longest nap between attempts when no release is announced: the safety
 /// net for a lost notification.
 const SAFETY_POLL: Duration = Duration::from_millis(500);
+
+/// Page size of a listing that names none.
+const DEFAULT_PAGE: usize = 100;
 
 /// Pause before retrying a renewal that failed on a backend error.
 const RENEW_RETRY: Duration = Duration::from_millis(50);
@@ -283,6 +286,45 @@ impl Locks {
                 }
             }
         }
+    }
+
+    /// Who holds the lock or semaphore `name`, for operators: `None` when
+    /// it is free.
+    pub async fn in_use(&self, kind: Kind, name: &str) -> Result<Option<InUse>> {
+        let span = tracing::info_span!("outrigger.lock.in_use", name, kind = ?kind);
+        self.op("in_use", span, async {
+            self.check_name(name)?;
+            Ok(self.store.in_use(kind, name).await?)
+        })
+        .await
+    }
+
+    /// One page of the locks or semaphores in use whose names match the
+    /// glob `pattern` (empty: all).
+    pub async fn list_in_use(
+        &self,
+        kind: Kind,
+        pattern: &str,
+        cursor: &str,
+        limit: usize,
+    ) -> Result<InUsePage> {
+        let span = tracing::info_span!("outrigger.lock.list_in_use", pattern, kind = ?kind, limit);
+        self.op("list_in_use", span, async {
+            if pattern.len() > self.limits.max_key_bytes {
+                return Err(Error::TooLarge(format!(
+                    "pattern is {} bytes; the limit is {} (limits.max_key_bytes)",
+                    pattern.len(),
+                    self.limits.max_key_bytes
+                )));
+            }
+            crate::backend::glob::validate(pattern)
+                .map_err(|reason| Error::InvalidArgument(reason.into()))?;
+            let limit = if limit == 0 { DEFAULT_PAGE } else { limit };
+            validate::batch("limit", limit, &self.limits)?;
+            let pattern = if pattern.is_empty() { "*" } else { pattern };
+            Ok(self.store.list_in_use(kind, pattern, cursor, limit).await?)
+        })
+        .await
     }
 
     fn check_name(&self, name: &str) -> Result<()> {

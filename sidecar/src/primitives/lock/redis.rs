@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use redis::Script;
 use tokio::sync::broadcast;
 
-use super::store::{Acquire, LockStore};
+use super::store::{Acquire, InUse, InUsePage, Kind, LockStore};
 use crate::backend::BackendError;
 use crate::backend::redis::{AbortOnDrop, RedisStore};
 
@@ -28,6 +28,7 @@ struct Scripts {
     lock_extend: Script,
     permit_acquire: Script,
     permit_release: Script,
+    in_use: Script,
 }
 
 impl RedisLocks {
@@ -43,6 +44,7 @@ impl RedisLocks {
                 lock_extend: Script::new(include_str!("lock_extend.lua")),
                 permit_acquire: Script::new(include_str!("permit_acquire.lua")),
                 permit_release: Script::new(include_str!("permit_release.lua")),
+                in_use: Script::new(include_str!("in_use.lua")),
             },
             released,
             _forwarder: forwarder,
@@ -57,6 +59,14 @@ fn ms(d: Duration) -> u64 {
 impl RedisLocks {
     fn lock_key(&self, name: &str) -> String {
         format!("{}:lock:{{{name}}}", self.redis.namespace)
+    }
+
+    /// The key kind in `ns:<kind>:{name}`.
+    fn kind_prefix(kind: Kind) -> &'static str {
+        match kind {
+            Kind::Lock => "lock",
+            Kind::Semaphore => "sem",
+        }
     }
 
     fn release_channel(&self) -> String {
@@ -175,6 +185,56 @@ impl LockStore for RedisLocks {
             .arg(format!("sem:{name}"));
         let released: i64 = self.redis.call(call.invoke_async(&mut conn)).await?;
         Ok(released == 1)
+    }
+
+    async fn in_use(&self, kind: Kind, name: &str) -> Result<Option<InUse>, BackendError> {
+        let key = format!(
+            "{}:{}:{{{name}}}",
+            self.redis.namespace,
+            Self::kind_prefix(kind)
+        );
+        let mut conn = self.redis.conn();
+        let mut call = self.scripts.in_use.key(&key);
+        if kind == Kind::Lock {
+            call.key(format!("{key}:fence"));
+        }
+        let found: Option<(i64, i64, i64)> = self.redis.call(call.invoke_async(&mut conn)).await?;
+        Ok(found.map(|(held, ttl, fence)| InUse {
+            name: name.to_string(),
+            fence: fence.max(0) as u64,
+            held: held.max(0) as u32,
+            ttl: Duration::from_millis(ttl.max(0) as u64),
+        }))
+    }
+
+    async fn list_in_use(
+        &self,
+        kind: Kind,
+        pattern: &str,
+        cursor: &str,
+        limit: usize,
+    ) -> Result<InUsePage, BackendError> {
+        let cursor = match cursor {
+            "" => 0,
+            c => c.parse().map_err(|_| BackendError::InvalidCursor)?,
+        };
+        let prefix = Self::kind_prefix(kind);
+        let (next, keys) = self.redis.scan(prefix, cursor, pattern, limit).await?;
+        let start = format!("{}:{prefix}:{{", self.redis.namespace);
+        let mut items = vec![];
+        for key in keys {
+            let Some(name) = key.strip_prefix(&start).and_then(|k| k.strip_suffix('}')) else {
+                continue;
+            };
+            // Gone since the SCAN saw it: not in use.
+            if let Some(found) = self.in_use(kind, name).await? {
+                items.push(found);
+            }
+        }
+        Ok(InUsePage {
+            items,
+            next_cursor: (next != 0).then(|| next.to_string()),
+        })
     }
 
     fn releases(&self) -> broadcast::Receiver<String> {
