@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the Helm chart: lint (strict), render with the default values and
 # every file in helm/outrigger/ci/, and validate the rendered manifests
-# against the Kubernetes API schemas with kubernetes-validate.
+# against the Kubernetes API schemas with kubernetes-validate, the alert
+# rules with promtool and the dashboard as JSON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +32,23 @@ for doc in yaml.safe_load_all(open(sys.argv[1])):
 else:
     sys.exit("no outrigger.toml ConfigMap rendered")
 PY
+  # The monitoring the chart can ship: the dashboard must be JSON Grafana
+  # reads, the rules what Prometheus accepts (the metric names they use are
+  # checked against a live sidecar by tests/suite/monitoring.rs).
+  "$venv/bin/python" - "$out/$i.yaml" "$out/$i.rules.yaml" <<'PY'
+import json, sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if not doc:
+        continue
+    if doc.get("kind") == "ConfigMap" and "outrigger.json" in doc.get("data", {}):
+        dashboard = json.loads(doc["data"]["outrigger.json"])
+        assert dashboard["panels"] and dashboard["uid"], "an empty dashboard"
+    if doc.get("kind") == "PrometheusRule":
+        yaml.safe_dump(doc["spec"], open(sys.argv[2], "w"))
+PY
+  if [ -f "$out/$i.rules.yaml" ]; then
+    promtool check rules "$out/$i.rules.yaml"
+  fi
   # Files the pod mounts from Secrets: stand in for them here.
   if grep -q /etc/outrigger/redis-tls/ "$out/$i.toml"; then
     mkdir -p "$out/redis-tls"

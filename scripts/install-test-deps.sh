@@ -5,7 +5,7 @@
 #   scripts/install-test-deps.sh           what building and the Rust tests need:
 #     redis-server, redis-cli               the tests start their own servers on free ports
 #     node, npm, python3 (venv), curl,      the clients, examples and scripts after the
-#     openssl, unzip                        Rust tests (apt, when missing)
+#     openssl, unzip, promtool              Rust tests (apt, when missing)
 #     rustfmt, clippy                       the lint step
 #     the wasm32-wasip2 target              the plugins are built to it
 #   scripts/install-test-deps.sh --tools   what the scripts after them need:
@@ -61,6 +61,7 @@ command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv) # the tools' virtualenvs
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl) # the TLS tests' certificates
+command -v promtool >/dev/null || missing+=(prometheus) # promtool: the chart's alert rules
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (apt)"
   as_root apt-get update -qq

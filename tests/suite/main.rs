@@ -18,6 +18,7 @@ mod lock_api;
 mod lock_conformance;
 mod map_api;
 mod map_conformance;
+mod monitoring;
 mod namespaces;
 mod near_cache;
 mod plugins;

@@ -193,7 +193,11 @@ async fn isolation(ns_a: &str, ns_b: &str) {
     .await;
     assert_eq!(rooms["rooms"], json!([]), "{rooms}");
 
-    // ...its lock and rate limit are not B's...
+    // ...its lock and rate limit are not B's (B sees no holder of L)...
+    let held = json_of(c.get(b.url("/v1/locks")).send().await.unwrap()).await;
+    assert_eq!(held["items"], json!([]), "{held}");
+    let free = c.get(b.url("/v1/locks/L")).send().await.unwrap();
+    assert_eq!(free.status(), 404, "A's lock L is not B's to see");
     let lock_b = c
         .post(b.url("/v1/locks/L/acquire"))
         .json(&json!({"ttl_ms": 60_000}))
@@ -428,6 +432,8 @@ async fn every_primitive_works_for_an_acl_user_confined_to_its_namespace() {
     )
     .await;
     assert!(lock["fence"].as_u64().is_some_and(|f| f > 0), "{lock}");
+    let held = json_of(c.get(s.url("/v1/locks?pattern=L")).send().await.unwrap()).await;
+    assert_eq!(held["items"][0]["fence"], lock["fence"], "{held}");
     ok("release")(
         c.post(s.url("/v1/locks/L/release"))
             .json(&json!({"token": lock["token"]}))
@@ -442,6 +448,8 @@ async fn every_primitive_works_for_an_acl_user_confined_to_its_namespace() {
             .await
             .unwrap(),
     );
+    let in_use = json_of(c.get(s.url("/v1/semaphores/S")).send().await.unwrap()).await;
+    assert_eq!(in_use["held"], 1, "{in_use}");
     ok("rate limit")(
         c.post(s.url("/v1/ratelimit/api/check"))
             .json(&json!({"key": "u"}))

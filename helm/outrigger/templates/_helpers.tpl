@@ -64,8 +64,13 @@ of a release of this chart (or a context with the same .Values shape).
   {{- if .Values.sidecar.native }}
   restartPolicy: Always
   {{- end }}
-  args: ["--config", "/etc/outrigger/config/outrigger.toml", "serve"]
+  args: ["serve"]
   env:
+    # Read by `serve` and by the operator commands alike, so that
+    # `kubectl exec ... -c outrigger -- outrigger status` finds this
+    # sidecar and its token with no flags.
+    - name: OUTRIGGER_CONFIG
+      value: /etc/outrigger/config/outrigger.toml
     - name: OUTRIGGER_HTTP__ADDR
       value: "127.0.0.1:{{ .Values.sidecar.ports.http }}"
     - name: OUTRIGGER_GRPC__ADDR

@@ -109,6 +109,32 @@ struct Counts {
     /// are read.
     keys: Gauge,
     bytes: Gauge,
+    /// Mirrors of the near cache's own counters (0 without one), brought
+    /// up to date when read, under a lock so two scrapes cannot both add
+    /// the same increase.
+    near: std::sync::Mutex<NearCounts>,
+}
+
+#[derive(Default)]
+struct NearCounts {
+    hits: Counter,
+    fills: Counter,
+    invalidations: Counter,
+    entries: Gauge,
+    bytes: Gauge,
+}
+
+impl NearCounts {
+    fn mirror(&self, stats: &store::NearStats) {
+        let catch_up = |counter: &Counter, now: u64| {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        };
+        catch_up(&self.hits, stats.hits);
+        catch_up(&self.fills, stats.fills);
+        catch_up(&self.invalidations, stats.invalidations);
+        self.entries.set(stats.entries as i64);
+        self.bytes.set(stats.bytes as i64);
+    }
 }
 
 impl Counts {
@@ -118,7 +144,36 @@ impl Counts {
             misses: Counter::default(),
             keys: Gauge::default(),
             bytes: Gauge::default(),
+            near: Default::default(),
         };
+        {
+            let near = counts.near.lock().unwrap_or_else(|e| e.into_inner());
+            metrics.register(
+                "near_cache_hits",
+                "Cache reads served by the near cache (0 without one)",
+                near.hits.clone(),
+            );
+            metrics.register(
+                "near_cache_fills",
+                "Values the near cache kept after a read from Redis",
+                near.fills.clone(),
+            );
+            metrics.register(
+                "near_cache_invalidations",
+                "Near-cache entries evicted by invalidations",
+                near.invalidations.clone(),
+            );
+            metrics.register(
+                "near_cache_entries",
+                "Entries in the near cache",
+                near.entries.clone(),
+            );
+            metrics.register(
+                "near_cache_bytes",
+                "Bytes of keys and values in the near cache",
+                near.bytes.clone(),
+            );
+        }
         metrics.register(
             "cache_hits",
             "Cache reads that found a value",
@@ -354,6 +409,13 @@ impl Cache {
         }
         if let Some(bytes) = store.bytes {
             self.counts.bytes.set(bytes as i64);
+        }
+        if let Some(near) = &store.near {
+            self.counts
+                .near
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .mirror(near);
         }
         CacheStats {
             hits: self.counts.hits.get(),

@@ -17,6 +17,9 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
@@ -60,12 +63,22 @@ pub enum KeepAlive {
     Lost(String),
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AcquisitionLabels {
+    /// `lock` or `semaphore`.
+    kind: &'static str,
+    /// `acquired`, or `held`: it stayed held for the whole wait.
+    result: &'static str,
+}
+
 /// Locks and semaphores.
 pub struct Locks {
     common: Common,
     store: Arc<dyn LockStore>,
     limits: Limits,
     metrics: Arc<Metrics>,
+    /// `outrigger_lock_acquisitions`: how often waiting was in vain.
+    acquisitions: Family<AcquisitionLabels, Counter>,
 }
 
 fn new_token() -> String {
@@ -92,12 +105,32 @@ impl Locks {
         metrics: Arc<Metrics>,
         common: Common,
     ) -> Self {
+        let acquisitions = Family::default();
+        metrics.register(
+            "lock_acquisitions",
+            "Lock and semaphore acquisitions by kind (lock, semaphore) and result (acquired, \
+             held: still held by others when the wait ended)",
+            acquisitions.clone(),
+        );
         Locks {
             store,
             common,
             limits,
             metrics,
+            acquisitions,
         }
+    }
+
+    fn count_acquisition(&self, what: &str, acquired: bool) {
+        let kind = if what.starts_with("sem:") {
+            "semaphore"
+        } else {
+            "lock"
+        };
+        let result = if acquired { "acquired" } else { "held" };
+        self.acquisitions
+            .get_or_create(&AcquisitionLabels { kind, result })
+            .inc();
     }
 
     async fn op<T>(
@@ -273,10 +306,14 @@ impl Locks {
         let mut releases = self.store.releases();
         loop {
             match attempt().await? {
-                Acquire::Acquired { fence } => return Ok(Some(fence)),
+                Acquire::Acquired { fence } => {
+                    self.count_acquisition(&what, true);
+                    return Ok(Some(fence));
+                }
                 Acquire::Held { retry_in } => {
                     let now = Instant::now();
                     if now >= deadline {
+                        self.count_acquisition(&what, false);
                         return Ok(None);
                     }
                     let nap = (deadline - now)
