@@ -5,7 +5,7 @@
 #   scripts/install-test-deps.sh           what building and the Rust tests need:
 #     redis-server, redis-cli               the tests start their own servers on free ports
 #     node, npm, python3 (venv), curl,      the clients, examples and scripts after the
-#     openssl, unzip, promtool              Rust tests (apt, when missing)
+#     openssl, unzip, promtool, chromium    Rust tests (apt, when missing)
 #     rustfmt, clippy                       the lint step
 #     the wasm32-wasip2 target              the plugins are built to it
 #   scripts/install-test-deps.sh --tools   what the scripts after them need:
@@ -13,6 +13,7 @@
 #     .tools/venv, .tools/bin/helm          kubernetes-validate, helm (scripts/check-chart.sh)
 #     .tools/venv-examples-python           grpcio (examples/python)
 #     .tools/venv-client-python             pytest, mypy, ruff, build (sdk/client-python)
+#     .tools/venv-console                   playwright, pytest (tests/console: the web console)
 #     examples/node/node_modules            @grpc/grpc-js (examples/node)
 #     sdk/client-node/node_modules          typescript, biome, express, fastify (sdk/client-node)
 #     sdk/socketio-adapter/node_modules     socket.io, socket.io-client, the Redis adapter (sdk/socketio-adapter)
@@ -43,13 +44,14 @@ if [ "${1:-}" = "--tools" ]; then
   venv .tools/venv scripts/requirements-chart.txt kubernetes_validate
   venv .tools/venv-examples-python examples/python/requirements.txt grpc_tools
   venv .tools/venv-client-python sdk/client-python/requirements-test.txt hatchling
+  venv .tools/venv-console tests/console/requirements.txt playwright
   for dir in examples/node sdk/client-node sdk/socketio-adapter; do
     cmp -s "$dir/package-lock.json" "$dir/node_modules/.installed-lock.json" \
       || (cd "$dir" && npm ci --silent --no-audit --no-fund \
         && cp package-lock.json node_modules/.installed-lock.json)
   done
   scripts/install-helm.sh
-  echo "tools: schemathesis, kubernetes-validate, grpcio, pytest/mypy/ruff, @grpc/grpc-js, helm $(.tools/bin/helm version --short)"
+  echo "tools: schemathesis, kubernetes-validate, grpcio, pytest/mypy/ruff, playwright, @grpc/grpc-js, helm $(.tools/bin/helm version --short)"
   exit 0
 fi
 
@@ -62,6 +64,7 @@ python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv) # the tools
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl) # the TLS tests' certificates
 command -v promtool >/dev/null || missing+=(prometheus) # promtool: the chart's alert rules
+command -v chromium >/dev/null || missing+=(chromium) # the web console's browser tests
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} (apt)"
   as_root apt-get update -qq

@@ -101,11 +101,12 @@ start "sdk guide" scripts/check-sdk-guide.py
 start "contract fuzzing" scripts/fuzz-contract.sh
 start "chart" scripts/check-chart.sh
 start "python client" sdk/client-python/check.sh
+start "web console (headless Chromium)" tests/console/check.sh
 # The Socket.IO adapter, the Node examples and the bench's Node rows use
 # the Node client and the adapter as built by their checks.
 start "node client, socket.io adapter, examples, bench --quick" \
   bash -c 'sdk/client-node/check.sh && sdk/socketio-adapter/check.sh && examples/run.sh && scripts/bench.sh --quick'
-finish "sdk guide" "contract fuzzing" "chart" "python client" \
+finish "sdk guide" "contract fuzzing" "chart" "python client" "web console (headless Chromium)" \
   "node client, socket.io adapter, examples, bench --quick"
 
 # Alone, so that nothing else loads the machine while it measures: two

@@ -48,6 +48,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "http",
     "grpc",
     "ops",
+    "console",
     "auth",
     "redis",
     "memory",
@@ -73,6 +74,7 @@ pub struct Config {
     pub http: Listener,
     pub grpc: Listener,
     pub ops: OpsListener,
+    pub console: crate::api::console::ConsoleConfig,
     pub auth: AuthConfig,
     pub redis: RedisConfig,
     pub memory: MemoryConfig,
@@ -159,6 +161,7 @@ impl Default for Config {
                 socket: None,
             },
             ops: OpsListener::default(),
+            console: Default::default(),
             auth: AuthConfig::default(),
             redis: RedisConfig::default(),
             memory: MemoryConfig {

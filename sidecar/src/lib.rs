@@ -67,6 +67,9 @@ pub struct Sidecar {
     grpc_socket: Option<UnixSocket>,
     grace: Duration,
     limits: serve::ConnectionLimits,
+    /// Which listeners serve the web console.
+    console_on_ops: bool,
+    console_on_api: bool,
 }
 
 /// A Unix domain socket listener, and its file.
@@ -156,6 +159,22 @@ impl Sidecar {
             ),
             None => None,
         };
+        // The console reads and changes everything: beyond loopback, only
+        // behind a token.
+        let console_on_ops = match config.ops.addr {
+            Some(addr) if config.console.ops => {
+                let allowed = addr.ip().is_loopback() || app.auth.enabled();
+                if !allowed {
+                    tracing::warn!(
+                        %addr,
+                        "the web console is not served on ops.addr: it listens beyond this host \
+                         and no auth token is set (set auth.token or auth.token_file)"
+                    );
+                }
+                allowed
+            }
+            _ => false,
+        };
         let http_socket = match &config.http.socket {
             Some(path) => Some(bind_unix("http.socket", path)?),
             None => None,
@@ -173,6 +192,8 @@ impl Sidecar {
             grpc_socket,
             grace: config.shutdown_grace,
             limits: serve::ConnectionLimits::from_config(&config.limits),
+            console_on_ops,
+            console_on_api: config.console.api,
         })
     }
 
@@ -216,7 +237,10 @@ impl Sidecar {
         };
 
         let mut servers: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
-        let router = api::http::router(self.app.clone());
+        let mut router = api::http::router(self.app.clone());
+        if self.console_on_api {
+            router = router.merge(api::console::routes(self.app.clone()));
+        }
         // Small responses go out at once: no Nagle delay on loopback.
         let http_listener = axum::serve::ListenerExt::tap_io(self.http, |tcp| {
             let _ = tcp.set_nodelay(true);
@@ -256,9 +280,13 @@ impl Sidecar {
         if let Some(ops) = self.ops {
             // Often bound beyond loopback for the kubelet and Prometheus:
             // the same connection cap and header timeout as the API.
+            let mut ops_router = api::http::ops_router(self.app.clone());
+            if self.console_on_ops {
+                ops_router = ops_router.merge(api::console::routes(self.app.clone()));
+            }
             tokio::spawn(serve::serve_http(
                 ops,
-                api::http::ops_router(self.app.clone()),
+                ops_router,
                 limits,
                 "ops.addr",
                 stopped(stop_rx.clone()),
