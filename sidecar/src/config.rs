@@ -74,7 +74,7 @@ pub struct Config {
     pub http: Listener,
     pub grpc: Listener,
     pub ops: OpsListener,
-    pub console: crate::api::console::ConsoleConfig,
+    pub console: crate::serve::ConsoleConfig,
     pub auth: AuthConfig,
     pub redis: RedisConfig,
     pub memory: MemoryConfig,

@@ -47,12 +47,14 @@ mod tests {
             .position(|(_, modules)| modules.contains(&module))
     }
 
-    /// The top-level module a source file belongs to (`None`: the binary).
+    /// The top-level module a source file belongs to (`None`: the binary,
+    /// `main.rs` and its operator commands in `cli/`, which use the library
+    /// from outside).
     fn module_of(src: &Path, file: &Path) -> Option<String> {
         let rel = file.strip_prefix(src).unwrap();
         let first = rel.components().next()?.as_os_str().to_str()?;
         let name = first.strip_suffix(".rs").unwrap_or(first);
-        (name != "main" && name != "layers").then(|| name.to_string())
+        (!["main", "cli", "layers"].contains(&name)).then(|| name.to_string())
     }
 
     /// The modules `text` names as `crate::<module>`, outside comments.

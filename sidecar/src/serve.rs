@@ -52,6 +52,27 @@ pub struct OpsListener {
     pub addr: Option<SocketAddr>,
 }
 
+/// Which listeners serve the web console (`api::console`): `[console]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// On the ops listener (`ops.addr`), when one is set. Beyond loopback
+    /// only with an API token (`auth.token` or `auth.token_file`): without
+    /// one the console would hand every key to whoever reaches the pod.
+    pub ops: bool,
+    /// On the API listeners (`http.addr`, `http.socket`) too.
+    pub api: bool,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            ops: true,
+            api: false,
+        }
+    }
+}
+
 /// What each listener allows.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {

@@ -9,30 +9,8 @@ use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use serde::{Deserialize, Serialize};
 
 use crate::app::App;
-
-/// Which listeners serve the console: `[console]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ConsoleConfig {
-    /// On the ops listener (`ops.addr`), when one is set. Beyond loopback
-    /// only with an API token (`auth.token` or `auth.token_file`): without
-    /// one the console would hand every key to whoever reaches the pod.
-    pub ops: bool,
-    /// On the API listeners (`http.addr`, `http.socket`) too.
-    pub api: bool,
-}
-
-impl Default for ConsoleConfig {
-    fn default() -> Self {
-        ConsoleConfig {
-            ops: true,
-            api: false,
-        }
-    }
-}
 
 const INDEX: &str = include_str!("../../console/index.html");
 const SCRIPT: &str = include_str!("../../console/console.js");
