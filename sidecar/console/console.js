@@ -260,6 +260,8 @@ async function openKey(key, tr) {
   }
   if (!resp.ok) throw new Error((await resp.json()).error.message);
   const bytes = new Uint8Array(await resp.arrayBuffer());
+  const meta = await json(`v1/cache/${enc(key)}/meta`).catch(() => ({ tags: [] }));
+  $("entry-tags").textContent = meta.tags.length ? meta.tags.join(", ") : "none";
   $("entry").hidden = false;
   $("entry").dataset.key = key;
   $("entry-key").textContent = key;

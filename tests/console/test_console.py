@@ -181,7 +181,7 @@ def test_the_overview_shows_a_redis_outage_within_seconds(page: Page) -> None:
 def test_the_cache_browser_sees_api_writes_and_its_deletes_reach_the_api(page: Page) -> None:
     s = Sidecar({})
     try:
-        assert s.api("PUT", "/v1/cache/session:42?ttl_ms=600000", b"alice")[0] == 200
+        assert s.api("PUT", "/v1/cache/session:42?ttl_ms=600000&tags=user:7,sessions", b"alice")[0] == 200
         assert s.api("PUT", "/v1/cache/session:43", b"bob")[0] == 200
         assert s.api("PUT", "/v1/cache/other", b"x")[0] == 200
         page.goto(s.console + "#cache")
@@ -193,6 +193,7 @@ def test_the_cache_browser_sees_api_writes_and_its_deletes_reach_the_api(page: P
         page.click("#keys tr >> text=session:42")
         expect(page.locator("#entry-value")).to_have_text("alice")
         expect(page.locator("#entry-ttl")).to_contain_text("m")
+        expect(page.locator("#entry-tags")).to_have_text("sessions, user:7")
         shot(page, "cache")
         page.on("dialog", lambda d: d.accept())
         page.click("#entry-delete")

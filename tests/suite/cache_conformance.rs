@@ -17,7 +17,8 @@ use outrigger::config::Config;
 use outrigger::primitives::cache::memory::MemoryStore;
 use outrigger::primitives::cache::redis::RedisCache;
 use outrigger::primitives::cache::store::{
-    CacheStore, Condition, Entry, KeyPage, LeaseRead, LeaseRequest, SetOutcome, StoreStats, Write,
+    CacheStore, Condition, Described, Entry, KeyPage, LeaseRead, LeaseRequest, SetOutcome,
+    StoreStats, Write,
 };
 use outrigger_tests::{RedisServer, Topology, conformance, eventually, unique};
 
@@ -98,6 +99,9 @@ impl CacheStore for Backend {
     ) -> Result<KeyPage, BackendError> {
         self.store.list_keys(pattern, cursor, limit).await
     }
+    async fn describe(&self, key: &str) -> Result<Option<Described>, BackendError> {
+        self.store.describe(key).await
+    }
     fn stats(&self) -> StoreStats {
         self.store.stats()
     }
@@ -128,6 +132,7 @@ conformance!(
     cases {
         get_of_an_absent_key_is_none,
         set_then_get_returns_value_and_version,
+        describe_shows_all_but_the_value,
         values_are_arbitrary_bytes,
         versions_strictly_increase_even_across_delete,
         if_absent_writes_only_new_keys,
@@ -369,6 +374,30 @@ mod cases {
         assert_eq!(entry.value, Bytes::from_static(b"hello"));
         assert_eq!(entry.version, version);
         assert_eq!(entry.ttl, None, "no TTL given: never expires");
+    }
+
+    pub async fn describe_shows_all_but_the_value(s: &dyn CacheStore) {
+        assert_eq!(s.describe("k").await.unwrap(), None);
+        let w = Write {
+            ttl: Some(Duration::from_secs(60)),
+            ..tagged("hello", &["users", "user:7"])
+        };
+        let version = set(s, "k", w).await;
+        let d = s.describe("k").await.unwrap().expect("present");
+        assert_eq!(
+            (d.version, d.size, d.tags.clone()),
+            (version, 5, vec!["user:7".to_string(), "users".to_string()])
+        );
+        let ttl = d.ttl.expect("a TTL");
+        assert!(
+            ttl > Duration::from_secs(55) && ttl <= Duration::from_secs(60),
+            "{ttl:?}"
+        );
+        set(s, "plain", write("")).await;
+        let plain: Described = s.describe("plain").await.unwrap().unwrap();
+        assert_eq!((plain.ttl, plain.tags, plain.size), (None, vec![], 0));
+        assert!(s.delete("k").await.unwrap());
+        assert_eq!(s.describe("k").await.unwrap(), None);
     }
 
     pub async fn values_are_arbitrary_bytes(s: &dyn CacheStore) {

@@ -182,6 +182,14 @@ async fn status_and_the_cache_through_the_sidecars_own_environment() {
     let got = get.json();
     assert_eq!(got["value"], "hello");
     assert!(got["version"].as_u64().unwrap() > 0);
+    let shown = outrigger(&env, &["cache", "show", "user/7"], b"")
+        .await
+        .ok()
+        .text();
+    assert!(
+        shown.contains("tags     u7, users") && shown.contains("size     6 B"),
+        "{shown}"
+    );
     let binary = outrigger(&env, &["cache", "get", "user/7", "--json"], b"")
         .await
         .ok();
@@ -507,6 +515,18 @@ async fn a_wrong_token_bad_input_and_a_stopped_sidecar_each_fail_in_one_line() {
     outrigger(&env, &["status", "--token", "wrong"], b"")
         .await
         .failed(3, "token");
+    // As the chart runs it: the configuration file named by
+    // OUTRIGGER_CONFIG (the sidecar container's environment), no flags.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("outrigger.toml");
+    std::fs::write(
+        &file,
+        format!("[http]\naddr = \"{addr}\"\n\n[auth]\ntoken = \"{TOKEN}\"\n"),
+    )
+    .unwrap();
+    let from_file = [("OUTRIGGER_CONFIG", file.display().to_string())];
+    let status = outrigger(&from_file, &["status", "--json"], b"").await.ok();
+    assert_eq!(status.json()["backend"], "memory");
     // Flags alone, no configuration: the same sidecar.
     let flags = outrigger(
         &[],

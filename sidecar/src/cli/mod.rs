@@ -109,6 +109,9 @@ pub enum CacheCommand {
         #[arg(long)]
         refresh_ttl: bool,
     },
+    /// All about a key but its value: version, TTL, size, tags (exit 1 if
+    /// it is missing).
+    Show { key: String },
     /// Write a key: VALUE, or standard input when VALUE is `-` or absent.
     Set {
         key: String,
@@ -502,6 +505,36 @@ fn cache(s: &Sidecar, json: bool, command: CacheCommand) -> Result<(), Failure> 
                 if out.is_terminal() && !value.ends_with(b"\n") {
                     let _ = out.write_all(b"\n");
                 }
+            }
+        }
+        CacheCommand::Show { key } => {
+            let meta = s.json(s.request(Method::GET, &["v1", "cache", &key, "meta"]))?;
+            if json {
+                print_json(&meta);
+            } else {
+                let tags: Vec<String> = meta["tags"]
+                    .as_array()
+                    .map(|t| t.iter().map(show::cell).collect())
+                    .unwrap_or_default();
+                println!("version  {}", show::cell(&meta["version"]));
+                println!(
+                    "ttl      {}",
+                    meta["ttl_ms"]
+                        .as_u64()
+                        .map_or("never expires".to_string(), show::millis)
+                );
+                println!(
+                    "size     {}",
+                    show::bytes(meta["size"].as_u64().unwrap_or(0))
+                );
+                println!(
+                    "tags     {}",
+                    if tags.is_empty() {
+                        "none".to_string()
+                    } else {
+                        tags.join(", ")
+                    }
+                );
             }
         }
         CacheCommand::Set {

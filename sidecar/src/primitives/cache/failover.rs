@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use super::memory::MemoryStore;
 use super::redis::RedisCache;
 use super::store::{
-    CacheStore, Entry, KeyPage, LeaseRead, LeaseRequest, SetOutcome, StoreStats, Write,
+    CacheStore, Described, Entry, KeyPage, LeaseRead, LeaseRequest, SetOutcome, StoreStats, Write,
 };
 use crate::backend::BackendError;
 use crate::backend::circuit::{Circuit, Reconcile, Reconciliation, WhileDown};
@@ -127,6 +127,11 @@ impl CacheStore for FailoverCache {
             self.memory.list_keys(pattern, cursor, limit)
         })
         .await
+    }
+
+    async fn describe(&self, key: &str) -> Result<Option<Described>, BackendError> {
+        self.route(self.redis.describe(key), || self.memory.describe(key))
+            .await
     }
 
     fn stats(&self) -> StoreStats {

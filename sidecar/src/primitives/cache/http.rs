@@ -35,6 +35,7 @@ where
         .routes(routes!(invalidate))
         .routes(routes!(get_entry, put_entry, delete_entry))
         .routes(routes!(get_or_lease))
+        .routes(routes!(describe_entry))
 }
 
 #[utoipa::path(
@@ -163,6 +164,45 @@ async fn put_entry(
         )
         .await?;
     Ok(([(VERSION_HEADER, version)], Json(VersionReply { version })).into_response())
+}
+
+#[utoipa::path(
+    get, path = "/v1/cache/{key}/meta", tag = "cache",
+    params(("key" = String, Path, description = "The key")),
+    responses((status = 200, description = "All but the value: for operators", body = MetaReply),
+        (status = 404, description = "No such key", body = ErrorBody),
+        CommonErrors)
+)]
+async fn describe_entry(
+    Ctx {
+        primitive: cache,
+        caller,
+    }: Ctx<Cache>,
+    Key(key): Key,
+) -> Result<Response, Error> {
+    let key = cache.authorize(&caller, Call::new(P::Cache, Op::Read, key))?;
+    match cache.describe(&key).await? {
+        Some(d) => Ok(Json(MetaReply {
+            version: d.version,
+            ttl_ms: d.ttl.map(|t| t.as_millis() as u64),
+            tags: d.tags,
+            size: d.size,
+        })
+        .into_response()),
+        None => Err(Error::NotFound(format!("no cache entry for key {key:?}"))),
+    }
+}
+
+/// An entry's metadata.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MetaReply {
+    pub version: u64,
+    /// Remaining time to live; absent when the entry never expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    pub tags: Vec<String>,
+    /// The value's bytes.
+    pub size: u64,
 }
 
 #[utoipa::path(

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 
 use super::config::MemoryConfig;
 use super::store::{
-    CacheStore, Condition, Entry, KeyPage, LeaseAttempt, LeaseRead, LeaseRequest, SetOutcome,
-    StoreStats, Write, wait_for_lease,
+    CacheStore, Condition, Described, Entry, KeyPage, LeaseAttempt, LeaseRead, LeaseRequest,
+    SetOutcome, StoreStats, Write, wait_for_lease,
 };
 use crate::backend::{BackendError, glob};
 
@@ -272,6 +272,21 @@ async fn matching(pattern: &str, keys: Vec<String>) -> Result<Vec<String>, Backe
 impl CacheStore for MemoryStore {
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    async fn describe(&self, key: &str) -> Result<Option<Described>, BackendError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        Ok(inner.live(key, now).map(|e| {
+            let mut tags = e.tags.clone();
+            tags.sort();
+            Described {
+                version: e.version,
+                ttl: e.expires_at.map(|at| at.saturating_duration_since(now)),
+                tags,
+                size: e.value.len() as u64,
+            }
+        }))
     }
 
     async fn get(&self, key: &str, refresh_ttl: bool) -> Result<Option<Entry>, BackendError> {

@@ -348,6 +348,17 @@ impl Cache {
     }
 
     /// Returns whether the key existed.
+    /// Everything about `key` but its value (version, TTL, tags, size),
+    /// for operators; `None` when it is absent.
+    pub async fn describe(&self, key: &str) -> Result<Option<store::Described>> {
+        let span = tracing::info_span!("outrigger.cache.describe", key);
+        self.op("describe", span, async {
+            self.check_key(key)?;
+            Ok(self.store.describe(key).await?)
+        })
+        .await
+    }
+
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let span = tracing::info_span!("outrigger.cache.delete", key);
         self.op("delete", span, async {

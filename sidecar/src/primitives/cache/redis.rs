@@ -15,8 +15,8 @@ use redis::Script;
 use super::config::NearCacheConfig;
 use super::near::{self, KEY_PREFIX, NearCache, PATTERN_PREFIX};
 use super::store::{
-    CacheStore, Changes, Condition, Entry, KeyPage, LeaseAttempt, LeaseRead, LeaseRequest,
-    SetOutcome, StoreStats, Write, wait_for_lease,
+    CacheStore, Changes, Condition, Described, Entry, KeyPage, LeaseAttempt, LeaseRead,
+    LeaseRequest, SetOutcome, StoreStats, Write, wait_for_lease,
 };
 use crate::backend::redis::subscriber::{Delivery, Topic};
 use crate::backend::redis::{AbortOnDrop, RedisStore, SCAN_BATCH};
@@ -35,6 +35,7 @@ pub struct RedisCache {
 
 struct Scripts {
     get: Script,
+    describe: Script,
     set: Script,
     delete: Script,
     lease: Script,
@@ -49,6 +50,7 @@ impl RedisCache {
             redis,
             scripts: Scripts {
                 get: Script::new(include_str!("get.lua")),
+                describe: Script::new(include_str!("describe.lua")),
                 set: Script::new(include_str!("set.lua")),
                 delete: Script::new(include_str!("delete.lua")),
                 lease: Script::new(include_str!("lease.lua")),
@@ -356,6 +358,39 @@ fn lease_from_reply(reply: Vec<Value>) -> Result<LeaseAttempt, BackendError> {
 impl CacheStore for RedisCache {
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    async fn describe(&self, key: &str) -> Result<Option<Described>, BackendError> {
+        let mut conn = self.redis.conn();
+        let call = self.scripts.describe.key(self.entry_key(key));
+        let reply: Option<Vec<Value>> = self.redis.call(call.invoke_async(&mut conn)).await?;
+        let Some(reply) = reply else {
+            return Ok(None);
+        };
+        let bad = || BackendError::Protocol("cache describe: an unexpected reply".into());
+        let int = |v: Option<&Value>| match v {
+            Some(Value::Int(n)) => Ok(*n),
+            Some(Value::BulkString(b)) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(bad),
+            _ => Err(bad()),
+        };
+        let (version, pttl, size) = (int(reply.first())?, int(reply.get(1))?, int(reply.get(2))?);
+        let mut tags = reply[3..]
+            .iter()
+            .map(|v| match v {
+                Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
+                _ => Err(bad()),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        tags.sort();
+        Ok(Some(Described {
+            version: version.max(0) as u64,
+            ttl: (pttl >= 0).then(|| Duration::from_millis(pttl as u64)),
+            tags,
+            size: size.max(0) as u64,
+        }))
     }
 
     async fn get(&self, key: &str, refresh_ttl: bool) -> Result<Option<Entry>, BackendError> {

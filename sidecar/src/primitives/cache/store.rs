@@ -135,6 +135,18 @@ pub enum SetOutcome {
     ConditionFailed,
 }
 
+/// What an operator sees of an entry: all but its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Described {
+    pub version: u64,
+    /// Remaining time to live; `None` when the entry never expires.
+    pub ttl: Option<Duration>,
+    /// Sorted.
+    pub tags: Vec<String>,
+    /// The value's bytes.
+    pub size: u64,
+}
+
 /// One page of a key listing.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeyPage {
@@ -216,6 +228,10 @@ pub trait CacheStore: Send + Sync + 'static {
         cursor: &str,
         limit: usize,
     ) -> Result<KeyPage, BackendError>;
+
+    /// Everything about `key` but its value, for operators (the near cache
+    /// is not asked: it keeps no tags); `None` when it is absent.
+    async fn describe(&self, key: &str) -> Result<Option<Described>, BackendError>;
 
     fn stats(&self) -> StoreStats;
 }
