@@ -28,9 +28,12 @@ use outrigger_tests::{RedisServer, Relay, Sidecar, Way, sidecar, unique};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-/// No request may take longer, whatever the fault: the deadline
-/// (`redis.timeout`, 300 ms here) plus a margin for a loaded machine.
-const BOUND: Duration = Duration::from_secs(2);
+/// No request may take longer, whatever the fault: the longest a request
+/// here may wait by design (a lock acquisition's 1 s `wait_ms`, then one
+/// last attempt within the 300 ms `redis.timeout`) plus a margin for this
+/// test sharing a 2-core machine with the rest of the suite. A request the
+/// sidecar failed to bound would take the client's whole 5 s timeout.
+const BOUND: Duration = Duration::from_secs(3);
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
@@ -427,6 +430,11 @@ async fn histories_under_faults_and_restarts_are_what_the_readme_promises() {
         slowest = took.into_iter().fold(slowest, Duration::max);
     }
     let resource = resource.lock().unwrap();
+    // What the run did, shown whichever check below fails.
+    eprintln!(
+        "the lock was taken {held} times; counter: {acked} acknowledged, {unknown} unanswered, \
+         {refused} refused, {total} counted; slowest request {slowest:?}"
+    );
     assert!(held >= 20, "the lock was taken {held} times");
     assert_eq!(resource.overlaps, vec![], "critical sections overlapped");
     assert_eq!(resource.refused, 0, "stale fences reached the resource");
@@ -437,8 +445,5 @@ async fn histories_under_faults_and_restarts_are_what_the_readme_promises() {
     );
     assert_eq!(resource.accepted.len() as u64, held);
 
-    eprintln!(
-        "DEBUG slowest {slowest:?} held {held} acked {acked} unknown {unknown} refused {refused} total {total}"
-    );
     assert!(slowest <= BOUND, "a request took {slowest:?}");
 }

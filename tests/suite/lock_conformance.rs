@@ -545,10 +545,12 @@ mod cases {
         );
     }
 
-    /// Every name a listing returns, page after page of `limit`.
+    /// Every name a listing returns, page after page of `limit`. On Redis
+    /// a page is a SCAN step over the whole server, which other tests'
+    /// keys share: small pages take many steps.
     async fn all_in_use(app: &App, kind: Kind, pattern: &str, limit: usize) -> Vec<InUse> {
         let (mut all, mut cursor) = (vec![], String::new());
-        for _ in 0..100 {
+        for _ in 0..100_000 {
             let page = app
                 .locks
                 .list_in_use(kind, pattern, &cursor, limit)

@@ -101,6 +101,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 )),
                 _ => Error::InvalidArgument(e.body_text()),
             })?;
+        // Every body of this API is an object; serde would also take a
+        // struct's fields from an array, in order, which no schema allows.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(Error::InvalidArgument(
+                "invalid JSON body: expected an object".into(),
+            ));
+        }
         serde_json::from_slice(&body)
             .map(ApiJson)
             .map_err(|e| Error::InvalidArgument(format!("invalid JSON body: {e}")))
