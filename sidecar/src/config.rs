@@ -179,6 +179,7 @@ impl Default for Config {
                 max_wait: Duration::from_secs(60),
                 max_permits: 10_000,
                 max_connections: 1024,
+                max_streams: 10_000,
                 header_timeout: Duration::from_secs(30),
             },
             ratelimit: RateLimitConfig::default(),

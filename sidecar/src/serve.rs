@@ -77,6 +77,7 @@ impl Default for ConsoleConfig {
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
+    pub max_streams: usize,
     pub header_timeout: Duration,
 }
 
@@ -84,8 +85,79 @@ impl ConnectionLimits {
     pub fn from_config(limits: &crate::validate::Limits) -> Self {
         ConnectionLimits {
             max_connections: limits.max_connections,
+            max_streams: limits.max_streams,
             header_timeout: limits.header_timeout,
         }
+    }
+}
+
+/// A connection's place under its listener's caps, shared with its
+/// requests (as a request extension): the connection permit it holds,
+/// which an HTTP/1 connection gives up while it carries a long-lived
+/// stream, holding a stream permit instead. An HTTP/2 connection keeps its
+/// permit: its other requests go on beside its streams.
+#[derive(Clone)]
+pub struct Place(Arc<PlaceInner>);
+
+struct PlaceInner {
+    /// A std lock: held only to take or put back the permit.
+    connection: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
+    connections: Arc<Semaphore>,
+    streams: Arc<Semaphore>,
+}
+
+/// Held by a streaming response's body: the stream permit, and the
+/// connection permit to take back (if one is free) when the stream ends.
+pub struct StreamPlace {
+    _stream: OwnedSemaphorePermit,
+    gave_up: Option<Place>,
+}
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        // Back to an ordinary connection. If every connection permit is
+        // taken meanwhile, it goes on without one until it closes (a
+        // kept-alive connection idle past `limits.header_timeout` is
+        // closed): refusing it now would cut the client mid-exchange.
+        if let Some(place) = self.gave_up.take() {
+            let permit = place.0.connections.clone().try_acquire_owned().ok();
+            *place.0.connection.lock().unwrap_or_else(|e| e.into_inner()) = permit;
+        }
+    }
+}
+
+impl Place {
+    fn new(
+        connection: OwnedSemaphorePermit,
+        connections: Arc<Semaphore>,
+        streams: Arc<Semaphore>,
+    ) -> Self {
+        Place(Arc::new(PlaceInner {
+            connection: std::sync::Mutex::new(Some(connection)),
+            connections,
+            streams,
+        }))
+    }
+
+    /// A stream starts on this connection: it takes a stream permit, and
+    /// on HTTP/1 gives the connection permit up. `None` when every stream
+    /// permit is taken.
+    pub fn begin_stream(&self, http1: bool) -> Option<StreamPlace> {
+        let stream = self.0.streams.clone().try_acquire_owned().ok()?;
+        let gave_up = http1.then(|| {
+            drop(
+                self.0
+                    .connection
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+            );
+            self.clone()
+        });
+        Some(StreamPlace {
+            _stream: stream,
+            gave_up,
+        })
     }
 }
 
@@ -105,6 +177,7 @@ pub async fn serve_http<L>(
     L: Accept,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let streams = Arc::new(Semaphore::new(limits.max_streams));
     let (closing, closing_rx) = watch::channel(false);
     let refusals = Refusals::default();
     let mut shutdown = pin!(shutdown);
@@ -115,8 +188,16 @@ pub async fn serve_http<L>(
         };
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
+                let place = Place::new(permit, permits.clone(), streams.clone());
                 tokio::spawn(serve_connection(
-                    Capped::new(io, permit, limits.header_timeout),
+                    Capped::new(
+                        io,
+                        Held::Place {
+                            _place: place.clone(),
+                        },
+                        limits.header_timeout,
+                    ),
+                    place,
                     router.clone(),
                     limits.header_timeout,
                     closing_rx.clone(),
@@ -130,12 +211,15 @@ pub async fn serve_http<L>(
     }
     drop(listener);
     let _ = closing.send(true);
-    // Every connection holds a permit until it closes.
+    // Every connection holds a permit until it closes, or a stream permit
+    // while it streams.
     let _ = permits.acquire_many(limits.max_connections as u32).await;
+    let _ = streams.acquire_many(limits.max_streams as u32).await;
 }
 
 async fn serve_connection<I>(
     io: Capped<I>,
+    place: Place,
     router: Router,
     header_timeout: Duration,
     mut closing: watch::Receiver<bool>,
@@ -154,7 +238,14 @@ async fn serve_connection<I>(
         .enable_connect_protocol()
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
-    let service = TowerToHyperService::new(router);
+    // Each request carries its connection's place, for a stream to swap.
+    let service = TowerToHyperService::new(tower::util::MapRequest::new(
+        router,
+        move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(place.clone());
+            req
+        },
+    ));
     let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
     tokio::select! {
         result = conn.as_mut() => {
@@ -236,7 +327,11 @@ where
     tokio_stream::StreamExt::filter_map(incoming, move |conn| match conn {
         Err(err) => Some(Err(err)),
         Ok(io) => match permits.clone().try_acquire_owned() {
-            Ok(permit) => Some(Ok(Capped::new(io, permit, limits.header_timeout))),
+            Ok(permit) => Some(Ok(Capped::new(
+                io,
+                Held::Permit { _permit: permit },
+                limits.header_timeout,
+            ))),
             Err(_) => {
                 refusals.note(name, limits.max_connections);
                 None
@@ -251,16 +346,24 @@ where
 /// connects and says nothing does not keep its place.
 pub struct Capped<IO> {
     io: IO,
-    _permit: OwnedSemaphorePermit,
+    _held: Held,
     /// Until the first bytes arrive.
     first_bytes: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// What a connection holds under its listener's cap.
+enum Held {
+    /// A gRPC connection: its permit.
+    Permit { _permit: OwnedSemaphorePermit },
+    /// An HTTP connection: its place, whose permit a stream may swap.
+    Place { _place: Place },
+}
+
 impl<IO> Capped<IO> {
-    fn new(io: IO, permit: OwnedSemaphorePermit, header_timeout: Duration) -> Self {
+    fn new(io: IO, held: Held, header_timeout: Duration) -> Self {
         Capped {
             io,
-            _permit: permit,
+            _held: held,
             first_bytes: Some(Box::pin(tokio::time::sleep(header_timeout))),
         }
     }

@@ -28,6 +28,11 @@ pub struct Limits {
     /// Connections each API listener serves at once; beyond it, new ones
     /// are refused (HTTP: 503 and closed; gRPC: closed).
     pub max_connections: usize,
+    /// Long-lived HTTP streams (server-sent events) each listener serves
+    /// at once. An HTTP/1 connection carrying one counts here instead of
+    /// against `max_connections`, so streams never use up the connections
+    /// ordinary requests need; beyond it, a new stream is answered 503.
+    pub max_streams: usize,
     /// Longest an HTTP client may take to send a request's headers, and
     /// to start its next request on a kept-alive connection: slow and
     /// idle clients are disconnected.

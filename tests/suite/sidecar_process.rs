@@ -761,6 +761,119 @@ async fn connections_beyond_the_cap_are_refused_at_once() {
     assert!(ok.is_ok(), "{ok:?}");
 }
 
+/// Opens an SSE subscription to `channel` on a connection of its own and
+/// returns it once the sidecar answered 200 (or the answer, if not 200).
+async fn open_stream(
+    addr: std::net::SocketAddr,
+    channel: &str,
+) -> Result<tokio::net::TcpStream, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!(
+            "GET /v1/pubsub/{channel} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = vec![];
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !head.ends_with(b"\r\n\r\n") {
+            if tcp.read(&mut byte).await.unwrap() == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+    })
+    .await
+    .expect("an answer within 10 s");
+    let head = String::from_utf8_lossy(&head).into_owned();
+    if head.starts_with("HTTP/1.1 200") {
+        return Ok(tcp);
+    }
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .expect("a content-length");
+    let mut body = vec![0; length];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut body))
+        .await
+        .expect("the body within 5 s")
+        .unwrap();
+    Err(head + &String::from_utf8_lossy(&body))
+}
+
+/// Long-lived streams never lock ordinary requests out: HTTP/1
+/// connections carrying server-sent events count against
+/// `limits.max_streams`, not `limits.max_connections`. Twice as many
+/// streams as connections are open, and every ordinary request on new
+/// connections is still served, and heard by every stream; past
+/// `max_streams` a new stream is refused with 503, ordinary requests still
+/// served. (Before, the streams took every connection place and a publish
+/// on a new connection was refused.)
+#[tokio::test]
+async fn long_lived_streams_never_lock_out_ordinary_requests() {
+    use tokio::io::AsyncReadExt;
+    let s = sidecar!()
+        .env("OUTRIGGER_LIMITS__MAX_CONNECTIONS", "4")
+        .env("OUTRIGGER_LIMITS__MAX_STREAMS", "8")
+        .start()
+        .await;
+    let mut streams = vec![];
+    for _ in 0..8 {
+        streams.push(open_stream(s.http, "news").await.expect("a stream"));
+    }
+    let refused = open_stream(s.http, "news")
+        .await
+        .expect_err("a ninth stream");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("limits.max_streams"), "{refused}");
+    // Ordinary requests, two at a time, on connections of their own (at
+    // most two, kept alive: closed ones would hold their places until the
+    // sidecar sees them close).
+    let c = reqwest::Client::new();
+    for round in 0..6 {
+        let publishes = (0..2).map(|i| {
+            c.post(s.url("/v1/pubsub/news"))
+                .body(format!("{round}-{i}"))
+                .send()
+        });
+        for r in futures::future::join_all(publishes).await {
+            assert_eq!(r.unwrap().status(), 200, "a publish beside 8 streams");
+        }
+    }
+    // Every stream heard them all.
+    for stream in &mut streams {
+        let mut heard = String::new();
+        let mut buf = [0u8; 4096];
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while heard.matches("event: message").count() < 12 {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the stream ended: {heard}");
+                heard.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("12 messages within 10 s: {heard}"));
+    }
+    // A stream's end frees its place for another.
+    streams.pop();
+    eventually(
+        Duration::from_secs(5),
+        "a stream place free again",
+        || async { open_stream(s.http, "news").await.ok() },
+    )
+    .await;
+}
+
 /// A plain keep-alive client, Python's `http.client` (head and body in
 /// two writes, no retries): sends `n` POSTs of a JSON body (padded with
 /// `size` spaces) to `path` over one connection, opening another only when

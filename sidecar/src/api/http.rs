@@ -108,7 +108,38 @@ pub fn router(app: Arc<App>) -> Router {
             require_token,
         ))
         .layer(axum::middleware::from_fn(close_if_unread))
+        .layer(axum::middleware::from_fn(hold_streams))
         .with_state(Api(app))
+}
+
+/// A response that streams (server-sent events) holds one of the
+/// listener's stream permits for as long as its body lives, and on HTTP/1
+/// frees its connection's place for ordinary requests meanwhile
+/// ([`crate::serve::Place`]). With every stream permit taken, it is
+/// answered 503 instead.
+async fn hold_streams(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let place = req.extensions().get::<crate::serve::Place>().cloned();
+    let http1 = req.version() <= axum::http::Version::HTTP_11;
+    let resp = next.run(req).await;
+    let streams = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
+    let Some(place) = place.filter(|_| streams) else {
+        return resp;
+    };
+    match place.begin_stream(http1) {
+        Some(held) => resp.map(|body| {
+            axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+                let _held = &held;
+                frame
+            }))
+        }),
+        None => Error::Exhausted(
+            "too many streams: this listener serves limits.max_streams at once; retry later".into(),
+        )
+        .into_response(),
+    }
 }
 
 /// An answer given before the request's body was read to its end (a 404,
@@ -371,6 +402,31 @@ mod tests {
             )
             .await
             .unwrap()
+    }
+
+    /// Every JSON body is an object: serde's struct-from-array reading
+    /// (`[1]` for `{"by": 1}`) is refused, as the schema says.
+    #[tokio::test]
+    async fn json_bodies_must_be_objects() {
+        let r = app();
+        for (path, array, object) in [
+            ("/v1/maps/m/f/incr", &b" [1]"[..], &br#"{"by": 1}"#[..]),
+            ("/v1/counters/c/incr", b"[1]", br#"{"by": 1}"#),
+            ("/v1/locks/l/acquire", b"[1000, 0]", br#"{"ttl_ms": 1000}"#),
+        ] {
+            let refused = call(&r, Method::POST, path, array).await;
+            assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{path}");
+            let body = json(refused).await;
+            assert_eq!(
+                body["error"]["message"], "invalid JSON body: expected an object",
+                "{path}: {body}"
+            );
+            assert_eq!(
+                call(&r, Method::POST, path, object).await.status(),
+                StatusCode::OK,
+                "{path}"
+            );
+        }
     }
 
     async fn json(resp: Response) -> serde_json::Value {
