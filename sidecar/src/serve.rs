@@ -102,6 +102,9 @@ pub struct Place(Arc<PlaceInner>);
 struct PlaceInner {
     /// A std lock: held only to take or put back the permit.
     connection: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
+    /// The stream permit of a connection upgraded to a WebSocket, held for
+    /// the rest of its life (the upgraded connection keeps this place).
+    upgraded: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
     connections: Arc<Semaphore>,
     streams: Arc<Semaphore>,
 }
@@ -134,9 +137,28 @@ impl Place {
     ) -> Self {
         Place(Arc::new(PlaceInner {
             connection: std::sync::Mutex::new(Some(connection)),
+            upgraded: std::sync::Mutex::new(None),
             connections,
             streams,
         }))
+    }
+
+    /// The connection is upgraded (a WebSocket over HTTP/1): for the rest
+    /// of its life it holds a stream permit instead of its connection
+    /// place. `false` when every stream permit is taken.
+    pub fn upgraded(&self) -> bool {
+        let Ok(stream) = self.0.streams.clone().try_acquire_owned() else {
+            return false;
+        };
+        *self.0.upgraded.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
+        drop(
+            self.0
+                .connection
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+        true
     }
 
     /// A stream starts on this connection: it takes a stream permit, and

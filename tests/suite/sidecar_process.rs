@@ -813,7 +813,8 @@ async fn open_stream(
 
 /// Long-lived streams never lock ordinary requests out: HTTP/1
 /// connections carrying server-sent events count against
-/// `limits.max_streams`, not `limits.max_connections`. Twice as many
+/// `limits.max_streams`, not `limits.max_connections`, and so do
+/// WebSockets. Twice as many
 /// streams as connections are open, and every ordinary request on new
 /// connections is still served, and heard by every stream; past
 /// `max_streams` a new stream is refused with 503, ordinary requests still
@@ -827,15 +828,30 @@ async fn long_lived_streams_never_lock_out_ordinary_requests() {
         .env("OUTRIGGER_LIMITS__MAX_STREAMS", "8")
         .start()
         .await;
+    // Two server-sent event streams and six WebSockets.
     let mut streams = vec![];
-    for _ in 0..8 {
+    for _ in 0..2 {
         streams.push(open_stream(s.http, "news").await.expect("a stream"));
+    }
+    let ws_url = format!("ws://{}/v1/pubsub/news", s.http);
+    let mut sockets = vec![];
+    for _ in 0..6 {
+        let (ws, _) = tokio_tungstenite::connect_async(&ws_url)
+            .await
+            .expect("a WebSocket");
+        sockets.push(ws);
     }
     let refused = open_stream(s.http, "news")
         .await
         .expect_err("a ninth stream");
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
     assert!(refused.contains("limits.max_streams"), "{refused}");
+    match tokio_tungstenite::connect_async(&ws_url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503, "a ninth stream, as a WebSocket")
+        }
+        other => panic!("a ninth stream, as a WebSocket: {other:?}"),
+    }
     // Ordinary requests, two at a time, on connections of their own (at
     // most two, kept alive: closed ones would hold their places until the
     // sidecar sees them close).
@@ -864,7 +880,30 @@ async fn long_lived_streams_never_lock_out_ordinary_requests() {
         .await
         .unwrap_or_else(|_| panic!("12 messages within 10 s: {heard}"));
     }
-    // A stream's end frees its place for another.
+    for ws in &mut sockets {
+        let mut heard = 0;
+        while heard < 12 {
+            let frame = tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(ws))
+                .await
+                .expect("12 messages within 10 s")
+                .expect("the socket stays open")
+                .unwrap();
+            if frame
+                .to_text()
+                .is_ok_and(|t| t.contains(r#""type":"message""#))
+            {
+                heard += 1;
+            }
+        }
+    }
+    // A stream's end frees its place for another, a WebSocket's too.
+    drop(sockets.pop());
+    eventually(
+        Duration::from_secs(5),
+        "a place free after a WebSocket",
+        || async { tokio_tungstenite::connect_async(&ws_url).await.ok() },
+    )
+    .await;
     streams.pop();
     eventually(
         Duration::from_secs(5),

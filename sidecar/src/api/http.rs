@@ -113,14 +113,23 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 /// A response that streams (server-sent events) holds one of the
-/// listener's stream permits for as long as its body lives, and on HTTP/1
+/// listener's stream permits for as long as its body lives, and a
+/// WebSocket upgrade for as long as its connection lives; on HTTP/1 either
 /// frees its connection's place for ordinary requests meanwhile
 /// ([`crate::serve::Place`]). With every stream permit taken, it is
 /// answered 503 instead.
 async fn hold_streams(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    const TOO_MANY: &str =
+        "too many streams: this listener serves limits.max_streams at once; retry later";
     let place = req.extensions().get::<crate::serve::Place>().cloned();
     let http1 = req.version() <= axum::http::Version::HTTP_11;
     let resp = next.run(req).await;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(place) = &place
+        && !place.upgraded()
+    {
+        return Error::Exhausted(TOO_MANY.into()).into_response();
+    }
     let streams = resp
         .headers()
         .get(header::CONTENT_TYPE)
@@ -135,10 +144,7 @@ async fn hold_streams(req: axum::extract::Request, next: axum::middleware::Next)
                 frame
             }))
         }),
-        None => Error::Exhausted(
-            "too many streams: this listener serves limits.max_streams at once; retry later".into(),
-        )
-        .into_response(),
+        None => Error::Exhausted(TOO_MANY.into()).into_response(),
     }
 }
 
