@@ -151,6 +151,12 @@ impl Place {
             return false;
         };
         *self.0.upgraded.lock().unwrap_or_else(|e| e.into_inner()) = Some(stream);
+        self.give_up_connection();
+        true
+    }
+
+    /// Frees this connection's place under `limits.max_connections`.
+    fn give_up_connection(&self) {
         drop(
             self.0
                 .connection
@@ -158,7 +164,6 @@ impl Place {
                 .unwrap_or_else(|e| e.into_inner())
                 .take(),
         );
-        true
     }
 
     /// A stream starts on this connection: it takes a stream permit, and
@@ -167,13 +172,7 @@ impl Place {
     pub fn begin_stream(&self, http1: bool) -> Option<StreamPlace> {
         let stream = self.0.streams.clone().try_acquire_owned().ok()?;
         let gave_up = http1.then(|| {
-            drop(
-                self.0
-                    .connection
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take(),
-            );
+            self.give_up_connection();
             self.clone()
         });
         Some(StreamPlace {

@@ -15,7 +15,7 @@ use axum::http::request::Parts;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{Condition, Primitive};
 use crate::error::Error;
@@ -218,4 +218,21 @@ pub fn parse_condition(text: Option<&str>) -> Result<Condition, Error> {
             }
         },
     })
+}
+
+/// Query of a listing by glob (`GET /v1/cache`, `/v1/locks`,
+/// `/v1/semaphores`), a page at a time.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Redis glob over keys or names; empty: all.
+    #[serde(default)]
+    pub pattern: String,
+    /// Empty for the first page, then the previous `next_cursor`.
+    #[serde(default)]
+    pub cursor: String,
+    /// Page size hint; 0: 100.
+    #[serde(default)]
+    pub limit: usize,
 }

@@ -79,3 +79,17 @@ pub fn unix_ms(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// A glob pattern a listing or an invalidation was given: at most
+/// `limits.max_key_bytes`, and one Redis reads as written.
+pub fn check_pattern(pattern: &str, limits: &crate::validate::Limits) -> Result<()> {
+    if pattern.len() > limits.max_key_bytes {
+        return Err(crate::error::Error::TooLarge(format!(
+            "pattern is {} bytes; the limit is {} (limits.max_key_bytes)",
+            pattern.len(),
+            limits.max_key_bytes
+        )));
+    }
+    crate::backend::glob::validate(pattern)
+        .map_err(|reason| crate::error::Error::InvalidArgument(reason.into()))
+}

@@ -17,7 +17,7 @@ use super::{Cache, Invalidation, LeaseAsk, Leased, SetRequest};
 use crate::error::Error;
 use crate::kit::Primitive;
 use crate::kit::http::{
-    ApiJson, ApiQuery, CommonErrors, Ctx, ErrorBody, Key, TTL_HEADER, VERSION_HEADER,
+    ApiJson, ApiQuery, CommonErrors, Ctx, ErrorBody, Key, ListParams, TTL_HEADER, VERSION_HEADER,
     parse_condition, read_limited,
 };
 use crate::plugins::config::PrimitiveName as P;
@@ -359,20 +359,4 @@ pub struct PutParams {
     /// GetOrLease callers that accept stale values.
     #[serde(default)]
     pub stale_ms: u64,
-}
-
-/// Query of `GET /v1/cache`.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ListParams {
-    /// Redis glob; empty: every key.
-    #[serde(default)]
-    pub pattern: String,
-    /// Empty for the first page, then the previous `next_cursor`.
-    #[serde(default)]
-    pub cursor: String,
-    /// Page size hint; 0: 100.
-    #[serde(default)]
-    pub limit: usize,
 }

@@ -21,7 +21,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::Common;
-use crate::backend;
 use crate::error::{Error, Result};
 use crate::kit::Primitive;
 use crate::plugins::config::PrimitiveName;
@@ -471,14 +470,7 @@ impl Cache {
     }
 
     fn check_pattern(&self, pattern: &str) -> Result<()> {
-        if pattern.len() > self.limits.max_key_bytes {
-            return Err(Error::TooLarge(format!(
-                "pattern is {} bytes; the limit is {} (limits.max_key_bytes)",
-                pattern.len(),
-                self.limits.max_key_bytes
-            )));
-        }
-        backend::glob::validate(pattern).map_err(|reason| Error::InvalidArgument(reason.into()))
+        crate::kit::check_pattern(pattern, &self.limits)
     }
 }
 

@@ -6,7 +6,6 @@ use axum::Json;
 use axum::extract::FromRef;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use utoipa::IntoParams;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -15,7 +14,7 @@ use super::Locks;
 use super::store::{InUse, Kind};
 use crate::error::Error;
 use crate::kit::Primitive;
-use crate::kit::http::{ApiJson, ApiQuery, CommonErrors, Ctx, ErrorBody, Key};
+use crate::kit::http::{ApiJson, ApiQuery, CommonErrors, Ctx, ErrorBody, Key, ListParams};
 use crate::plugins::config::PrimitiveName as P;
 use crate::plugins::{Call, Operation as Op};
 
@@ -43,7 +42,7 @@ async fn list(
     locks: &Locks,
     caller: &crate::plugins::Caller,
     kind: Kind,
-    params: InUseParams,
+    params: ListParams,
 ) -> Result<Response, Error> {
     let primitive = match kind {
         Kind::Lock => P::Lock,
@@ -80,7 +79,7 @@ async fn show(
 
 #[utoipa::path(
     get, path = "/v1/locks", tag = "locks",
-    params(InUseParams),
+    params(ListParams),
     responses((status = 200, description = "A page of the locks held (never their tokens)",
         body = InUsePageReply), CommonErrors)
 )]
@@ -89,7 +88,7 @@ async fn locks_in_use(
         primitive: locks,
         caller,
     }: Ctx<Locks>,
-    ApiQuery(params): ApiQuery<InUseParams>,
+    ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Response, Error> {
     list(&locks, &caller, Kind::Lock, params).await
 }
@@ -114,7 +113,7 @@ async fn lock_in_use(
 
 #[utoipa::path(
     get, path = "/v1/semaphores", tag = "locks",
-    params(InUseParams),
+    params(ListParams),
     responses((status = 200, description = "A page of the semaphores with permits held",
         body = InUsePageReply), CommonErrors)
 )]
@@ -123,7 +122,7 @@ async fn semaphores_in_use(
         primitive: locks,
         caller,
     }: Ctx<Locks>,
-    ApiQuery(params): ApiQuery<InUseParams>,
+    ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Response, Error> {
     list(&locks, &caller, Kind::Semaphore, params).await
 }
@@ -339,21 +338,6 @@ pub struct PermitBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PermitReply {
     pub token: String,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct InUseParams {
-    /// Redis glob over names; empty: all.
-    #[serde(default)]
-    pub pattern: String,
-    /// Empty for the first page, then the previous `next_cursor`.
-    #[serde(default)]
-    pub cursor: String,
-    /// Page size hint; 0: 100.
-    #[serde(default)]
-    pub limit: usize,
 }
 
 /// A lock or semaphore in use. Its token is never shown: it would let the

@@ -347,15 +347,7 @@ impl Locks {
     ) -> Result<InUsePage> {
         let span = tracing::info_span!("outrigger.lock.list_in_use", pattern, kind = ?kind, limit);
         self.op("list_in_use", span, async {
-            if pattern.len() > self.limits.max_key_bytes {
-                return Err(Error::TooLarge(format!(
-                    "pattern is {} bytes; the limit is {} (limits.max_key_bytes)",
-                    pattern.len(),
-                    self.limits.max_key_bytes
-                )));
-            }
-            crate::backend::glob::validate(pattern)
-                .map_err(|reason| Error::InvalidArgument(reason.into()))?;
+            crate::kit::check_pattern(pattern, &self.limits)?;
             let limit = if limit == 0 { DEFAULT_PAGE } else { limit };
             validate::batch("limit", limit, &self.limits)?;
             let pattern = if pattern.is_empty() { "*" } else { pattern };
