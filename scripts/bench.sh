@@ -15,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
 scripts/install-test-deps.sh --tools >/dev/null   # the client libraries' benches
+scripts/install-test-deps.sh --bench >/dev/null   # wrk, h2load, redis-benchmark
 scripts/build-plugins.sh >/dev/null   # the plugin-call cost runs tenant-guard
 (cd sdk/client-node && npx tsc -p tsconfig.json)   # its bench runs the built client
 (cd sdk/socketio-adapter && npx tsc -p tsconfig.json)   # and the adapter's, the built adapter

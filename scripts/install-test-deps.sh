@@ -8,6 +8,8 @@
 #     openssl, unzip, promtool, chromium    Rust tests (apt, when missing)
 #     rustfmt, clippy                       the lint step
 #     the wasm32-wasip2 target              the plugins are built to it
+#   scripts/install-test-deps.sh --bench   the C load generators scripts/bench.sh drives:
+#                                           wrk, h2load (nghttp2-client), redis-benchmark
 #   scripts/install-test-deps.sh --tools   what the scripts after them need:
 #     .tools/venv-contract                  schemathesis (scripts/fuzz-contract.sh)
 #     .tools/venv, .tools/bin/helm          kubernetes-validate, helm (scripts/check-chart.sh)
@@ -38,6 +40,21 @@ venv() {
     cp "$requirements" "$dir/requirements.installed"
   fi
 }
+
+if [ "${1:-}" = "--bench" ]; then
+  # scripts/bench.sh (its --quick smoke test too): the C load generators.
+  missing=()
+  command -v wrk >/dev/null || missing+=(wrk)
+  command -v h2load >/dev/null || missing+=(nghttp2-client)
+  command -v redis-benchmark >/dev/null || missing+=(redis-tools)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} (apt)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  echo "bench tools: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), h2load, redis-benchmark"
+  exit 0
+fi
 
 if [ "${1:-}" = "--tools" ]; then
   venv .tools/venv-contract scripts/requirements-contract.txt schemathesis

@@ -13,6 +13,12 @@ use outrigger::Sidecar;
 use outrigger::config::Config;
 use outrigger::telemetry::Telemetry;
 
+/// mimalloc: glibc's malloc and free were about a quarter of the sidecar's
+/// CPU time per request in the profiles (`bench/flamegraphs/`), much of it
+/// in arena bookkeeping between the two runtime workers.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "outrigger",

@@ -103,13 +103,27 @@ pub fn router(app: Arc<App>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            require_token,
-        ))
-        .layer(axum::middleware::from_fn(close_if_unread))
-        .layer(axum::middleware::from_fn(hold_streams))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), front))
         .with_state(Api(app))
+}
+
+/// What every request passes through, in one middleware (each `from_fn`
+/// layer costs a boxed future and a clone of the service behind it per
+/// request): [`refuse_without_token`], then [`close_if_unread`] and
+/// [`hold_streams`] on the way out.
+async fn front(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let place = req.extensions().get::<crate::serve::Place>().cloned();
+    let http1 = req.version() <= axum::http::Version::HTTP_11;
+    let (req, read) = track_reading(req);
+    let resp = match refuse_without_token(&app, &req) {
+        None => next.run(req).await,
+        Some(refusal) => refusal,
+    };
+    hold_streams(close_if_unread(resp, read), place, http1)
 }
 
 /// A response that streams (server-sent events) holds one of the
@@ -118,12 +132,9 @@ pub fn router(app: Arc<App>) -> Router {
 /// frees its connection's place for ordinary requests meanwhile
 /// ([`crate::serve::Place`]). With every stream permit taken, it is
 /// answered 503 instead.
-async fn hold_streams(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+fn hold_streams(resp: Response, place: Option<crate::serve::Place>, http1: bool) -> Response {
     const TOO_MANY: &str =
         "too many streams: this listener serves limits.max_streams at once; retry later";
-    let place = req.extensions().get::<crate::serve::Place>().cloned();
-    let http1 = req.version() <= axum::http::Version::HTTP_11;
-    let resp = next.run(req).await;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(place) = &place
         && !place.upgraded()
@@ -152,10 +163,30 @@ async fn hold_streams(req: axum::extract::Request, next: axum::middleware::Next)
 /// a 401, a 413, a call a plugin refused...) closes an HTTP/1 connection,
 /// and says so: hyper would close it anyway, racing a client that, told
 /// nothing, already reuses it for its next request.
-async fn close_if_unread(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+fn close_if_unread(
+    mut resp: Response,
+    read: Option<Arc<std::sync::atomic::AtomicBool>>,
+) -> Response {
+    if let Some(read) = read
+        && !read.load(std::sync::atomic::Ordering::Acquire)
+    {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// For [`close_if_unread`]: an HTTP/1 request with a body gets one that
+/// notes when it has been read to its end.
+fn track_reading(
+    req: axum::extract::Request,
+) -> (
+    axum::extract::Request,
+    Option<Arc<std::sync::atomic::AtomicBool>>,
+) {
     use axum::body::HttpBody;
     if req.version() > axum::http::Version::HTTP_11 || req.body().is_end_stream() {
-        return next.run(req).await;
+        return (req, None);
     }
     let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let req = req.map(|body| {
@@ -164,12 +195,7 @@ async fn close_if_unread(req: axum::extract::Request, next: axum::middleware::Ne
             read: read.clone(),
         })
     });
-    let mut resp = next.run(req).await;
-    if !read.load(std::sync::atomic::Ordering::Acquire) {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
+    (req, Some(read))
 }
 
 /// A request body that notes when it has been read to its end.
@@ -205,25 +231,21 @@ impl axum::body::HttpBody for ReadToEnd {
 
 /// With authentication on, every route but the probes needs
 /// `Authorization: Bearer <token>`.
-async fn require_token(
-    State(app): State<Arc<App>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+fn refuse_without_token(app: &App, req: &axum::extract::Request) -> Option<Response> {
     let path = req.uri().path();
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
     if path == "/healthz" || path == "/readyz" || app.auth.allows(authorization) {
-        return next.run(req).await;
+        return None;
     }
     let mut resp =
         Error::Unauthenticated("a valid `Authorization: Bearer <token>` header is required".into())
             .into_response();
     resp.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    resp
+    Some(resp)
 }
 
 /// Only the probes and metrics, for the optional `ops.addr` listener.
