@@ -9,6 +9,7 @@
 //! being sent to the last of its subscribers receiving it.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -87,7 +88,9 @@ pub async fn run(binary: &Path, subscribers: usize, rounds: usize) -> Result<Vec
         for channels in [1usize, 1000] {
             let row = scenario(binary, &redis, way, subscribers, channels, rounds)
                 .await
-                .with_context(|| format!("{} over {channels} channels", way.name()))?;
+                .map_err(|err| {
+                    anyhow::anyhow!("{} over {channels} channels: {err:?}", way.name())
+                })?;
             eprintln!(
                 "fan-out {:<44} {:>5} channels {:>6} subscribers: {:>6.1} KiB each, p50 {:>7.2} ms, p99 {:>7.2} ms",
                 row.via,
@@ -132,7 +135,7 @@ async fn scenario(
         None => redis_pid(redis).await?,
     };
     let http = reqwest::Client::new();
-    let conn = redis.client().await;
+    let mut conn = redis.client().await;
     let prefix = format!("fan{}", outrigger_tests::unique(""));
     let channel = |i: usize| format!("{prefix}-{}", i % channels);
     let publish = |name: String, payload: String| {
@@ -170,13 +173,17 @@ async fn scenario(
     let mut connections = 0;
     match way {
         Way::SseHttp1 => {
+            let opening = Arc::new(tokio::sync::Semaphore::new(256));
             for id in 0..subscribers {
+                let opening = opening.clone();
                 let (socket, path, heard) = (
                     http_socket.clone(),
                     format!("/v1/pubsub/{}", channel(id)),
                     heard.clone(),
                 );
-                tasks.spawn(async move { sse_http1(&socket, &path, id as u32, heard).await });
+                tasks.spawn(
+                    async move { sse_http1(&socket, &path, id as u32, heard, opening).await },
+                );
                 connections += 1;
             }
         }
@@ -187,7 +194,7 @@ async fn scenario(
                 &http_socket
             };
             for first in (0..subscribers).step_by(STREAMS_PER_CONNECTION) {
-                let io = tokio::net::UnixStream::connect(socket).await?;
+                let io = connect(socket).await?;
                 let (send, connection) = h2::client::handshake(io).await?;
                 tokio::spawn(async move {
                     let _ = connection.await;
@@ -207,11 +214,16 @@ async fn scenario(
         }
         Way::Redis => {
             let client = redis::Client::open(redis.url())?;
+            // Paced like the sidecar's: Redis' accept backlog is 511.
+            let opening = Arc::new(tokio::sync::Semaphore::new(256));
             for id in 0..subscribers {
                 let (client, heard, name) = (client.clone(), heard.clone(), channel(id));
+                let opening = opening.clone();
                 tasks.spawn(async move {
+                    let permit = opening.acquire_owned().await?;
                     let mut pubsub = client.get_async_pubsub().await?;
                     pubsub.subscribe(&name).await?;
+                    drop(permit);
                     let mut messages = pubsub.into_on_message();
                     while let Some(m) = messages.next().await {
                         if let Some(round) = round_of(m.get_payload_bytes()) {
@@ -276,7 +288,25 @@ async fn scenario(
         latencies.push(last - sent);
     }
     tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
     drop(sidecar);
+    // The next row starts from a server these subscribers have left.
+    let settled = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < settled {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query_async(&mut conn)
+            .await?;
+        let connected: usize = info
+            .lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if connected < 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     latencies.sort();
     let pct = |p: f64| {
         let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
@@ -306,9 +336,35 @@ async fn redis_pid(redis: &RedisServer) -> Result<u32> {
         .context("process_id in INFO")
 }
 
+/// Connects to a Unix socket, retrying (for at most 30 s) while its
+/// listen backlog is full: thousands of subscribers connect at once.
+async fn connect(socket: &Path) -> Result<tokio::net::UnixStream> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::net::UnixStream::connect(socket).await {
+            Ok(stream) => return Ok(stream),
+            Err(err)
+                if err.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
 /// One SSE subscription on an HTTP/1.1 connection of its own.
-async fn sse_http1(socket: &Path, path: &str, id: u32, heard: Heard) -> Result<()> {
-    let stream = tokio::net::UnixStream::connect(socket).await?;
+/// `opening` paces the set-up: a connection holds one of the listener's
+/// `limits.max_connections` places until its stream begins.
+async fn sse_http1(
+    socket: &Path,
+    path: &str,
+    id: u32,
+    heard: Heard,
+    opening: Arc<tokio::sync::Semaphore>,
+) -> Result<()> {
+    let permit = opening.acquire_owned().await?;
+    let stream = connect(socket).await?;
     let mut conn = BufReader::new(stream);
     conn.get_mut()
         .write_all(
@@ -317,6 +373,9 @@ async fn sse_http1(socket: &Path, path: &str, id: u32, heard: Heard) -> Result<(
         )
         .await?;
     let mut line = String::new();
+    conn.read_line(&mut line).await?;
+    ensure!(line.contains(" 200 "), "subscribe: {line:?}");
+    drop(permit);
     loop {
         line.clear();
         if conn.read_line(&mut line).await? == 0 {
