@@ -29,22 +29,15 @@ PARTS = [
     ("allocator", r"malloc|free|realloc|_int_|cfree"),
 ]
 COMPILED = [(name, re.compile(pattern)) for name, pattern in PARTS]
-KERNEL = "kernel: socket I/O, syscalls, wake-ups"
 OTHER = "other"
 
 
 def part(frames):
-    leaf_kernel = bool(frames) and (frames[-1].endswith("_[k]") or frames[-1].startswith("[unknown]"))
     for frame in reversed(frames):
         for name, pattern in COMPILED:
             if pattern.search(frame):
-                if leaf_kernel and name in ("tokio: scheduler, timers, I/O driver",
-                                            "HTTP connection (hyper)",
-                                            "HTTP reply (encode, write)",
-                                            "HTTP parse"):
-                    return KERNEL
                 return name
-    return KERNEL if leaf_kernel else OTHER
+    return OTHER
 
 
 def main():

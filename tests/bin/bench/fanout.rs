@@ -18,10 +18,9 @@ use futures::StreamExt;
 use outrigger::api::pb;
 use outrigger_tests::{RedisServer, SidecarBuilder};
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
-use crate::lean::RawGrpc;
+use crate::lean::{RawGrpc, RawSse};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FanoutRow {
@@ -194,7 +193,7 @@ async fn scenario(
                 &http_socket
             };
             for first in (0..subscribers).step_by(STREAMS_PER_CONNECTION) {
-                let io = connect(socket).await?;
+                let io = crate::lean::connect(socket).await?;
                 let (send, connection) = h2::client::handshake(io).await?;
                 tokio::spawn(async move {
                     let _ = connection.await;
@@ -336,23 +335,6 @@ async fn redis_pid(redis: &RedisServer) -> Result<u32> {
         .context("process_id in INFO")
 }
 
-/// Connects to a Unix socket, retrying (for at most 30 s) while its
-/// listen backlog is full: thousands of subscribers connect at once.
-async fn connect(socket: &Path) -> Result<tokio::net::UnixStream> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match tokio::net::UnixStream::connect(socket).await {
-            Ok(stream) => return Ok(stream),
-            Err(err)
-                if err.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err(err) => return Err(err.into()),
-        }
-    }
-}
-
 /// One SSE subscription on an HTTP/1.1 connection of its own.
 /// `opening` paces the set-up: a connection holds one of the listener's
 /// `limits.max_connections` places until its stream begins.
@@ -364,26 +346,10 @@ async fn sse_http1(
     opening: Arc<tokio::sync::Semaphore>,
 ) -> Result<()> {
     let permit = opening.acquire_owned().await?;
-    let stream = connect(socket).await?;
-    let mut conn = BufReader::new(stream);
-    conn.get_mut()
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: outrigger\r\naccept: text/event-stream\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-    let mut line = String::new();
-    conn.read_line(&mut line).await?;
-    ensure!(line.contains(" 200 "), "subscribe: {line:?}");
+    let mut sse = RawSse::open(socket, path).await?;
     drop(permit);
     loop {
-        line.clear();
-        if conn.read_line(&mut line).await? == 0 {
-            bail!("the event stream ended");
-        }
-        if let Some(data) = line.strip_prefix("data:")
-            && let Some(round) = round_of_event(data.trim().as_bytes())
-        {
+        if let Some(round) = round_of_event(sse.next_data().await?.as_bytes()) {
             let _ = heard.send((id, round, Instant::now()));
         }
     }

@@ -18,6 +18,24 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
+/// Connects to a Unix socket, retrying (for at most 30 s) while its
+/// listen backlog is full: the fan-out rows connect thousands at once.
+pub async fn connect(socket: &std::path::Path) -> Result<UnixStream> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match UnixStream::connect(socket).await {
+            Ok(stream) => return Ok(stream),
+            Err(err)
+                if err.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
 /// One HTTP/1.1 connection per worker, made on its first request.
 pub struct RawHttp {
     socket: PathBuf,
@@ -68,7 +86,7 @@ impl RawHttp {
 
         let mut slot = self.conns[w].lock().await;
         if slot.is_none() {
-            *slot = Some(BufReader::new(UnixStream::connect(&self.socket).await?));
+            *slot = Some(BufReader::new(connect(&self.socket).await?));
         }
         let conn = slot.as_mut().expect("connected");
         let result = exchange(conn, &request).await;
@@ -115,7 +133,7 @@ pub struct RawSse {
 
 impl RawSse {
     pub async fn open(socket: &std::path::Path, path: &str) -> Result<RawSse> {
-        let mut conn = BufReader::new(UnixStream::connect(socket).await?);
+        let mut conn = BufReader::new(connect(socket).await?);
         conn.get_mut()
             .write_all(
                 format!(
@@ -171,7 +189,7 @@ impl RawGrpc {
         if let Some(send) = slot.as_ref() {
             return Ok(send.clone());
         }
-        let io = UnixStream::connect(&self.socket).await?;
+        let io = connect(&self.socket).await?;
         let (send, connection) = h2::client::handshake(io).await?;
         tokio::spawn(async move {
             let _ = connection.await;
@@ -254,7 +272,7 @@ impl RawGrpc {
         path: &str,
         req: &Req,
     ) -> Result<RawGrpcStream> {
-        let io = UnixStream::connect(socket).await?;
+        let io = connect(socket).await?;
         let (send, connection) = h2::client::handshake(io).await?;
         tokio::spawn(async move {
             let _ = connection.await;
