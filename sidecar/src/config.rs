@@ -61,6 +61,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "failover",
     "plugins",
     "log",
+    "runtime",
     "shutdown_grace",
 ];
 
@@ -88,6 +89,7 @@ pub struct Config {
     /// WebAssembly plugins, in the order they run: `[[plugins]]`.
     pub plugins: Vec<PluginConfig>,
     pub log: LogConfig,
+    pub runtime: RuntimeConfig,
     /// How long SIGTERM waits for in-flight requests before exiting anyway.
     #[serde(with = "crate::duration")]
     pub shutdown_grace: Duration,
@@ -192,10 +194,32 @@ impl Default for Config {
                 format: LogFormat::Text,
                 level: "info".into(),
             },
+            runtime: RuntimeConfig::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
 }
+
+/// The async runtime the sidecar serves on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Threads that serve requests; `0` is one per CPU core. One by
+    /// default, as a sidecar beside an app on a fraction of a core: with a
+    /// single worker no request is handed between threads, which measured
+    /// 10-30% less CPU per request and lower latency at concurrency 1 (see
+    /// `BENCHMARKS.md`). Raise it when the sidecar has cores of its own.
+    pub workers: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { workers: 1 }
+    }
+}
+
+/// Most worker threads `runtime.workers` may ask for.
+pub const MAX_WORKERS: usize = 256;
 
 impl Config {
     /// Loads defaults < file < environment, then validates.
@@ -247,6 +271,12 @@ impl Config {
             );
         }
         self.redis.validate()?;
+        if self.runtime.workers > MAX_WORKERS {
+            return invalid(
+                "runtime.workers",
+                &format!("must be at most {MAX_WORKERS} (0 is one per CPU core)"),
+            );
+        }
         match (&self.auth.token, &self.auth.token_file) {
             (Some(_), Some(_)) => {
                 return invalid("auth.token", "give auth.token or auth.token_file, not both");
@@ -639,6 +669,8 @@ config = { rules = [{ match = "x" }] }
         assert!(load_err("[redis]\ntimeout = \"soon\"").contains("redis.timeout"));
         assert!(load_err("[http]\naddr = \"nowhere\"").contains("http.addr"));
         assert!(load_err("[limits]\nmax_batch = 0").contains("limits.max_batch"));
+        assert!(load_err("[runtime]\nworkers = 257").contains("runtime.workers"));
+        assert!(load_err("[runtime]\nthreads = 2").contains("runtime"));
         assert!(load_err("[redis]\nurl = \"http://x\"").contains("redis.url"));
         assert!(load_err("[cache]\nsize = 1").contains("cache"));
         assert!(load_err("[auth]\ntoken = \"a\"\ntoken_file = \"/t\"").contains("`auth.token`"));

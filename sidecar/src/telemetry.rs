@@ -170,6 +170,7 @@ pub struct Metrics {
     failover_transitions: Counter,
     fallback_decisions: Family<FallbackLabels, Counter>,
     alive_tasks: Gauge,
+    workers: Gauge,
     plugin_calls: Family<PluginCallLabels, Counter>,
     plugin_healthy: Family<PluginLabels, Gauge>,
 }
@@ -227,6 +228,12 @@ impl Metrics {
             "Tokio tasks alive in this process",
             alive_tasks.clone(),
         );
+        let workers = Gauge::default();
+        registry.register(
+            "runtime_workers",
+            "Worker threads serving requests (runtime.workers)",
+            workers.clone(),
+        );
         let plugin_calls = Family::<PluginCallLabels, Counter>::default();
         registry.register(
             "plugin_calls",
@@ -250,6 +257,7 @@ impl Metrics {
             failover_transitions,
             fallback_decisions,
             alive_tasks,
+            workers,
         }
     }
 
@@ -318,8 +326,9 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            self.alive_tasks
-                .set(handle.metrics().num_alive_tasks() as i64);
+            let runtime = handle.metrics();
+            self.alive_tasks.set(runtime.num_alive_tasks() as i64);
+            self.workers.set(runtime.num_workers() as i64);
         }
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());

@@ -31,6 +31,52 @@ async fn a_bad_environment_value_exits_nonzero_naming_the_key() {
     assert!(out.contains("`namespace`"), "{out}");
 }
 
+/// `outrigger_runtime_workers`, as the running sidecar exports it.
+async fn workers_of(sidecar: &Sidecar) -> String {
+    let metrics = reqwest::get(sidecar.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("outrigger_runtime_workers "))
+        .expect("outrigger_runtime_workers")
+        .to_string()
+}
+
+#[tokio::test]
+async fn runtime_workers_sets_the_threads_serving_requests() {
+    assert_eq!(
+        workers_of(&sidecar!().start().await).await,
+        "1",
+        "the default"
+    );
+    let three = sidecar!()
+        .env("OUTRIGGER_RUNTIME__WORKERS", "3")
+        .start()
+        .await;
+    assert_eq!(workers_of(&three).await, "3");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let per_core = sidecar!()
+        .env("OUTRIGGER_RUNTIME__WORKERS", "0")
+        .start()
+        .await;
+    assert_eq!(
+        workers_of(&per_core).await,
+        cores.to_string(),
+        "0: one per core"
+    );
+
+    let (code, out) = sidecar!()
+        .env("OUTRIGGER_RUNTIME__WORKERS", "257")
+        .run()
+        .await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("runtime.workers"), "{out}");
+}
+
 #[tokio::test]
 async fn a_bad_config_file_exits_nonzero_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
