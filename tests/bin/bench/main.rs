@@ -2466,8 +2466,10 @@ fn profile_section(out: &mut String) {
          is that share of the sidecar's CPU time per request over the same window (perf's \
          own sampling adds a little). Syscalls count for whoever made them: the socket reads \
          under tokio's I/O, the writes under hyper's reply. Time inside Redis is not the \
-         sidecar's: the `cache set` rows above put the sidecar's own script, sent directly \
-         (\"direct (its script)\"), next to a plain `SET`.\n"
+         sidecar's: the `cache set`, counter and map rows above put the sidecar's own script, sent directly \
+         (\"direct (its script)\"), next to a plain `SET`. _before_ is glibc's malloc, three \
+         per-request middlewares and two runtime workers; _after_ is mimalloc, the one \
+         middleware and one worker (`runtime.workers = 1`, the default).\n"
     );
     for (name, file) in ops {
         let _ = write!(out, "**{name}**: flame graphs ");
