@@ -2209,7 +2209,9 @@ fn markdown(r: &Report, window: Duration) -> String {
          client and servers sharing the cores. Each cell: a warm-up, then {} ms timed; \
          every request's latency recorded. \"direct\" is the same operation sent straight \
          to Redis with redis-rs (one multiplexed connection; the sidecar's own Lua scripts \
-         where the sidecar uses one), measured in the same run. Ratios are sidecar ÷ direct: \
+         for the lock, the rate limit and presence; the plain command for a cache set, a \
+         counter and a map, with the sidecar's script sent directly as a row of its own, \
+         \"direct (its script)\"), measured in the same run. Ratios are sidecar ÷ direct: \
          latency ratios below 1 and throughput ratios above 1 favour the sidecar.\n\n\
          Ways through the sidecar: `grpc` and `http` are tonic's and reqwest's clients over \
          TCP, `+uds` over the Unix socket; `http+uds raw` and `grpc+uds raw` are lean \
