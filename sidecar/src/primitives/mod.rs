@@ -14,6 +14,7 @@ pub mod lock;
 pub mod map;
 pub mod presence;
 pub mod pubsub;
+pub mod queue;
 pub mod ratelimit;
 
 pub use crate::kit::Common;
