@@ -1005,6 +1005,22 @@ impl Sidecar {
         format!("http://{}", self.grpc)
     }
 
+    /// One unlabelled metric's value from `/metrics`, as exported.
+    pub async fn metric(&self, name: &str) -> String {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let prefix = format!("{name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+            .trim()
+            .to_string()
+    }
+
     pub async fn channel(&self) -> tonic::transport::Channel {
         tonic::transport::Endpoint::from_shared(self.grpc_url())
             .expect("valid endpoint")

@@ -31,40 +31,23 @@ async fn a_bad_environment_value_exits_nonzero_naming_the_key() {
     assert!(out.contains("`namespace`"), "{out}");
 }
 
-/// `outrigger_runtime_workers`, as the running sidecar exports it.
-async fn workers_of(sidecar: &Sidecar) -> String {
-    let metrics = reqwest::get(sidecar.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("outrigger_runtime_workers "))
-        .expect("outrigger_runtime_workers")
-        .to_string()
-}
-
 #[tokio::test]
 async fn runtime_workers_sets_the_threads_serving_requests() {
-    assert_eq!(
-        workers_of(&sidecar!().start().await).await,
-        "1",
-        "the default"
-    );
+    let workers = "outrigger_runtime_workers";
+    let default = sidecar!().start().await;
+    assert_eq!(default.metric(workers).await, "1", "the default");
     let three = sidecar!()
         .env("OUTRIGGER_RUNTIME__WORKERS", "3")
         .start()
         .await;
-    assert_eq!(workers_of(&three).await, "3");
+    assert_eq!(three.metric(workers).await, "3");
     let cores = std::thread::available_parallelism().unwrap().get();
     let per_core = sidecar!()
         .env("OUTRIGGER_RUNTIME__WORKERS", "0")
         .start()
         .await;
     assert_eq!(
-        workers_of(&per_core).await,
+        per_core.metric(workers).await,
         cores.to_string(),
         "0: one per core"
     );

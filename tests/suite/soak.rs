@@ -53,16 +53,10 @@ async fn figures(s: &Sidecar) -> Figures {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .count() as u64;
-    let metrics = reqwest::get(s.url("/metrics"))
+    let tasks = s
+        .metric("outrigger_runtime_alive_tasks")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let tasks = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("outrigger_runtime_alive_tasks "))
-        .and_then(|v| v.trim().parse().ok())
+        .parse()
         .expect("outrigger_runtime_alive_tasks");
     Figures {
         rss_kib,

@@ -1269,7 +1269,7 @@ fn plan(c: &Clients) -> Vec<(&'static str, Vec<(&'static str, Op)>)> {
                     .arg(0)
                     .arg("")
                     .arg("")
-                    .arg((1i64 << 53) - 1)
+                    .arg(outrigger::primitives::counter::store::MAX_MAGNITUDE)
                     .invoke_async(&mut conn)
                     .await?;
                 ensure!(applied == 1 && value > 0, "not counted");
@@ -1709,7 +1709,7 @@ impl DirectScripts {
         call.arg("")
             .arg("")
             .arg(100_000)
-            .arg((1i64 << 53) - 1)
+            .arg(outrigger::primitives::map::store::MAX_INTEGER)
             .arg(1000);
         call.arg("s").arg("f").arg(&VALUE[..]).arg(0).arg("");
         let reply: Vec<redis::Value> = call.invoke_async(conn).await?;

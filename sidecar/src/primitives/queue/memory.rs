@@ -85,12 +85,15 @@ impl Queue {
         self.jobs.is_empty() && self.dedup.is_empty()
     }
 
-    pub fn enqueue(&mut self, now: u64, job: NewJob, dedup_window: Duration) -> Enqueued {
+    /// The job `dedup_id` enqueued within its window, if any.
+    fn deduped(&mut self, now: u64, dedup_id: Option<&str>) -> Option<String> {
         self.forget_dedup(now);
-        if let Some(dedup_id) = &job.dedup_id
-            && let Some((id, _)) = self.dedup.get(dedup_id)
-        {
-            return Enqueued::Duplicate(id.clone());
+        self.dedup.get(dedup_id?).map(|(id, _)| id.clone())
+    }
+
+    pub fn enqueue(&mut self, now: u64, job: NewJob, dedup_window: Duration) -> Enqueued {
+        if let Some(id) = self.deduped(now, job.dedup_id.as_deref()) {
+            return Enqueued::Duplicate(id);
         }
         self.seq += 1;
         let seq = self.seq;
@@ -361,18 +364,17 @@ impl QueueStore for MemoryQueues {
         let mut queues = self.lock();
         let held: usize = queues.values().map(Queue::jobs).sum();
         let q = queues.entry(queue.to_string()).or_default();
-        let duplicate = job
-            .dedup_id
-            .as_ref()
-            .and_then(|d| q.dedup.get(d))
-            .is_some_and(|(_, until)| *until > Self::now());
-        if held >= self.max_jobs && !duplicate {
+        let now = Self::now();
+        if let Some(id) = q.deduped(now, job.dedup_id.as_deref()) {
+            return Ok(Enqueued::Duplicate(id));
+        }
+        if held >= self.max_jobs {
             return Err(BackendError::OutOfMemory(format!(
                 "the memory backend holds at most {} jobs",
                 self.max_jobs
             )));
         }
-        Ok(q.enqueue(Self::now(), job, dedup_window))
+        Ok(q.enqueue(now, job, dedup_window))
     }
 
     async fn claim(
