@@ -44,6 +44,11 @@ use crate::primitives::pubsub::failover::{Buffering, FailoverPubSub};
 use crate::primitives::pubsub::memory::MemoryPubSub;
 use crate::primitives::pubsub::redis::RedisPubSub;
 use crate::primitives::pubsub::store::PubSubStore;
+use crate::primitives::queue::Queues;
+use crate::primitives::queue::failover::{FailoverQueues, WhileRedisDown};
+use crate::primitives::queue::memory::MemoryQueues;
+use crate::primitives::queue::redis::RedisQueues;
+use crate::primitives::queue::store::QueueStore;
 use crate::primitives::ratelimit::RateLimits;
 use crate::primitives::ratelimit::failover::FailoverRateLimits;
 use crate::primitives::ratelimit::memory::MemoryRateLimits;
@@ -75,6 +80,7 @@ pub struct Stores {
     pub pubsub: Arc<dyn PubSubStore>,
     pub counters: Arc<dyn CounterStore>,
     pub maps: Arc<dyn MapStore>,
+    pub queues: Arc<dyn QueueStore>,
 }
 
 impl Stores {
@@ -91,6 +97,7 @@ impl Stores {
             )),
             counters: MemoryCounters::new(),
             maps: Arc::new(MemoryMaps::new(config.pubsub.subscriber_buffer)),
+            queues: MemoryQueues::new(config.queues.memory_max_jobs),
         }
     }
 
@@ -104,7 +111,8 @@ impl Stores {
             presence: Arc::new(RedisPresence::new(redis.clone())),
             pubsub: Arc::new(RedisPubSub::new(redis.clone())),
             counters: Arc::new(RedisCounters::new(redis.clone())),
-            maps: Arc::new(RedisMaps::new(redis)),
+            maps: Arc::new(RedisMaps::new(redis.clone())),
+            queues: Arc::new(RedisQueues::new(redis).await?),
         })
     }
 
@@ -152,6 +160,14 @@ impl Stores {
                 failover.maps.while_down("maps"),
                 config.pubsub.subscriber_buffer,
             ),
+            queues: FailoverQueues::new(
+                circuit.clone(),
+                WhileRedisDown {
+                    buffer: failover.queues == crate::backend::circuit::Fallback::Local,
+                    capacity: failover.enqueue_buffer,
+                },
+            )
+            .await?,
         })
     }
 }
@@ -175,6 +191,7 @@ pub struct App {
     pub pubsub: Arc<PubSub>,
     pub counters: Arc<Counters>,
     pub maps: Arc<Maps>,
+    pub queues: Arc<Queues>,
     /// WebAssembly plugins (none configured: every hook is a no-op).
     pub plugins: Arc<Plugins>,
     /// The API token, if authentication is on.
@@ -307,6 +324,13 @@ impl App {
                 metrics.clone(),
                 common.clone(),
             ),
+            queues: Arc::new(Queues::new(
+                stores.queues,
+                limits.clone(),
+                &config.queues,
+                metrics.clone(),
+                common.clone(),
+            )),
             plugins,
             common,
             metrics,

@@ -30,6 +30,7 @@ pub use crate::primitives::map::config::MapsConfig;
 pub use crate::primitives::presence::config::PresenceConfig;
 use crate::primitives::pubsub::MAX_AGE;
 pub use crate::primitives::pubsub::config::PubSubConfig;
+pub use crate::primitives::queue::config::QueuesConfig;
 pub use crate::primitives::ratelimit::config::{
     Algorithm, Limit, PolicyConfig, RateLimitConfig, RateLimitFallback,
 };
@@ -58,6 +59,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "presence",
     "pubsub",
     "maps",
+    "queues",
     "failover",
     "plugins",
     "log",
@@ -85,6 +87,7 @@ pub struct Config {
     pub presence: PresenceConfig,
     pub pubsub: PubSubConfig,
     pub maps: MapsConfig,
+    pub queues: QueuesConfig,
     pub failover: FailoverConfig,
     /// WebAssembly plugins, in the order they run: `[[plugins]]`.
     pub plugins: Vec<PluginConfig>,
@@ -122,6 +125,15 @@ pub struct FailoverConfig {
     /// session" and take writes no other instance sees. "local" keeps maps
     /// here and replays the changes on Redis when it returns.
     pub maps: Fallback,
+    /// Work queues: "fail" by default (every call refused while Redis is
+    /// down: a job accepted in one sidecar's memory is lost when it
+    /// restarts); "local" buffers enqueues (up to `enqueue_buffer`) and
+    /// enqueues them, in order, when Redis returns. Claims and settles are
+    /// refused either way.
+    pub queues: Fallback,
+    /// Enqueues kept for Redis while it is down (`queues = "local"`); more
+    /// are refused (503).
+    pub enqueue_buffer: usize,
     /// Publishes kept for Redis while it is down; more are dropped (and
     /// counted).
     pub publish_buffer: usize,
@@ -144,6 +156,8 @@ impl Default for FailoverConfig {
             pubsub: Fallback::Local,
             counters: Fallback::Fail,
             maps: Fallback::Fail,
+            queues: Fallback::Fail,
+            enqueue_buffer: 10_000,
             publish_buffer: 10_000,
             flush_delay: Duration::from_millis(500),
         }
@@ -188,6 +202,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             pubsub: PubSubConfig::default(),
             maps: MapsConfig::default(),
+            queues: QueuesConfig::default(),
             failover: FailoverConfig::default(),
             plugins: Vec::new(),
             log: LogConfig {
@@ -331,6 +346,22 @@ impl Config {
         }
         if self.maps.reap_interval < Duration::from_millis(10) {
             return invalid("maps.reap_interval", "must be at least 10ms");
+        }
+        let q = &self.queues;
+        if q.visibility.is_zero() || q.visibility > self.limits.max_ttl {
+            return invalid("queues.visibility", "must be 1ms..=limits.max_ttl");
+        }
+        if !(1..=crate::primitives::queue::MAX_ATTEMPTS).contains(&q.max_attempts) {
+            return invalid("queues.max_attempts", "must be 1..=1000");
+        }
+        if q.backoff > q.backoff_max {
+            return invalid("queues.backoff", "must not be above queues.backoff_max");
+        }
+        if q.dedup_window.is_zero() {
+            return invalid("queues.dedup_window", "must be at least 1ms");
+        }
+        if q.memory_max_jobs == 0 {
+            return invalid("queues.memory_max_jobs", "must be at least 1");
         }
         if self.maps.max_fields == 0 {
             return invalid("maps.max_fields", "must be at least 1");

@@ -63,8 +63,9 @@ pub enum Error {
     /// closed by default); the message says why: 503 / `UNAVAILABLE`.
     #[error("{0}")]
     Degraded(String),
-    /// Redis is out of memory and refuses writes (maxmemory reached with
-    /// `noeviction`); reads still work: 507 / `RESOURCE_EXHAUSTED`.
+    /// The store is out of memory and refuses writes (Redis at its
+    /// maxmemory with `noeviction`, the memory backend's job cap); reads
+    /// still work: 507 / `RESOURCE_EXHAUSTED`.
     #[error("{0}")]
     OutOfMemory(String),
     /// The storage backend failed or did not answer in time: 503 /
@@ -85,11 +86,7 @@ impl From<BackendError> for Error {
             BackendError::Unservable(reason) => Error::InvalidArgument(reason),
             BackendError::Protocol(_) => Error::Internal(err),
             BackendError::FailClosed(reason) => Error::Degraded(reason),
-            BackendError::OutOfMemory(_) => Error::OutOfMemory(
-                "Redis is out of memory (maxmemory reached, and its policy evicts nothing): \
-                 it refuses writes until memory is freed or maxmemory raised; reads still work"
-                    .into(),
-            ),
+            BackendError::OutOfMemory(reason) => Error::OutOfMemory(reason),
             BackendError::Timeout(_) | BackendError::Unavailable(_) | BackendError::Server(_) => {
                 Error::Unavailable(err)
             }

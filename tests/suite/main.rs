@@ -22,6 +22,8 @@ mod monitoring;
 mod namespaces;
 mod near_cache;
 mod plugins;
+mod queue_api;
+mod queue_conformance;
 mod realtime_api;
 mod realtime_conformance;
 mod realtime_loss;

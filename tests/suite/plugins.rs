@@ -631,7 +631,7 @@ config = {{ mode = "{mode}" }}
     for name in ["loop", "bomb", "trap", "garbage", "stack"] {
         let p = plugin(&plugins, name);
         assert_eq!(p["healthy"], false, "{p}");
-        assert_eq!(p["world"], "0.3.0", "loaded, then disabled: {p}");
+        assert_eq!(p["world"], "0.4.0", "loaded, then disabled: {p}");
         assert!(
             p["reason"]
                 .as_str()
@@ -797,7 +797,7 @@ config = {{ mode = "log-flood" }}
         ),
         (
             "empty",
-            "does not fit any outrigger:plugin/plugin world this sidecar serves (0.3.0, 0.2.0, 0.1.0)",
+            "does not fit any outrigger:plugin/plugin world this sidecar serves (0.4.0, 0.3.0, 0.2.0, 0.1.0)",
         ),
         ("missing", "cannot read"),
         ("refuses", "init refused its config: refusing to start"),
@@ -1138,7 +1138,7 @@ async fn plugin_check_says_whether_a_file_fits_and_which_hooks_it_has() {
     let (code, out) = check(plugin_wasm("tenant_guard"), "{}").await;
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("implements: authorize"), "{out}");
-    assert!(out.contains("fits outrigger:plugin/plugin@0.3.0"), "{out}");
+    assert!(out.contains("fits outrigger:plugin/plugin@0.4.0"), "{out}");
     let (code, out) = check(plugin_wasm("old_world_0_2"), "{}").await;
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("fits outrigger:plugin/plugin@0.2.0"), "{out}");
@@ -1171,11 +1171,11 @@ async fn plugin_check_says_whether_a_file_fits_and_which_hooks_it_has() {
     );
 }
 
-/// Plugins built against the older worlds (0.1.0, 0.2.0) keep loading and
-/// working on a sidecar of a newer world: their `authorize` decides the
-/// calls their world can express, and they are not called for newer ones
-/// (counters for 0.1.0, maps for both), as if they were not configured for
-/// them.
+/// Plugins built against the older worlds (0.1.0, 0.2.0, 0.3.0) keep
+/// loading and working on a sidecar of a newer world: their `authorize`
+/// decides the calls their world can express, and they are not called for
+/// newer ones (counters for 0.1.0, maps for 0.1.0 and 0.2.0, queues for
+/// all three), as if they were not configured for them.
 #[tokio::test]
 async fn plugins_of_older_worlds_keep_working() {
     let dir = tempfile::tempdir().unwrap();
@@ -1184,15 +1184,22 @@ async fn plugins_of_older_worlds_keep_working() {
         &format!(
             "[[plugins]]\nname = \"v01\"\npath = \"{}\"\n\n\
              [[plugins]]\nname = \"v02\"\npath = \"{}\"\nprimitives = [\"counter\", \"map\"]\n\n\
+             [[plugins]]\nname = \"v03\"\npath = \"{}\"\nprimitives = [\"map\", \"queue\"]\n\n\
              [[plugins]]\nname = \"new\"\npath = \"{}\"\nprimitives = [\"lock\"]\n",
             plugin_wasm("old_world_0_1").display(),
             plugin_wasm("old_world_0_2").display(),
+            plugin_wasm("old_world_0_3").display(),
             plugin_wasm("tenant_guard").display()
         ),
     )
     .await;
     let plugins = status(&s).await;
-    for (name, world) in [("v01", "0.1.0"), ("v02", "0.2.0"), ("new", "0.3.0")] {
+    for (name, world) in [
+        ("v01", "0.1.0"),
+        ("v02", "0.2.0"),
+        ("v03", "0.3.0"),
+        ("new", "0.4.0"),
+    ] {
         let p = plugin(&plugins, name);
         assert_eq!(
             (&p["healthy"], &p["world"]),
@@ -1233,10 +1240,23 @@ async fn plugins_of_older_worlds_keep_working() {
         message.contains("blocked:n is blocked (0.2.0 plugin)"),
         "{message}"
     );
-    // Maps are newer than both: neither is asked.
+    // Maps are newer than 0.1.0 and 0.2.0: only v03 is asked.
     let resp = c
         .put(s.url("/v1/maps/blocked:m/f"))
         .body("v")
+        .send()
+        .await
+        .unwrap();
+    let (code, _, message) = error_of(resp).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert!(
+        message.contains("blocked:m is blocked (0.3.0 plugin)"),
+        "{message}"
+    );
+    // Queues are newer than all three: none is asked.
+    let resp = c
+        .post(s.url("/v1/queues/blocked:q/jobs"))
+        .body("job")
         .send()
         .await
         .unwrap();
@@ -1255,7 +1275,15 @@ async fn plugins_of_older_worlds_keep_working() {
         "the 0.1.0 plugin was asked about a counter: {text}"
     );
     assert!(
-        !text.contains("blocked:m"),
-        "an old plugin was asked about a map: {text}"
+        text.contains("old-world 0.3.0 saw Primitive::Map blocked:m"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("0.2.0 saw Primitive::Map"),
+        "the 0.2.0 plugin was asked about a map: {text}"
+    );
+    assert!(
+        !text.contains("blocked:q"),
+        "an old plugin was asked about a queue: {text}"
     );
 }

@@ -40,6 +40,7 @@ fn routes() -> OpenApiRouter<Api> {
         .merge(primitives::pubsub::http::routes())
         .merge(primitives::counter::http::routes())
         .merge(primitives::map::http::routes())
+        .merge(primitives::queue::http::routes())
         .routes(routes!(status))
         .routes(routes!(reload_plugins))
         .routes(routes!(healthz))
@@ -77,6 +78,7 @@ primitive_state! {
     pubsub: primitives::pubsub::PubSub,
     counters: primitives::counter::Counters,
     maps: primitives::map::Maps,
+    queues: primitives::queue::Queues,
 }
 
 /// The OpenAPI document of [`router`], as `/openapi.json` serves it.
@@ -710,8 +712,8 @@ mod tests {
                 }
             }
         }
-        // Every route of `router` is documented: 46 method + path pairs.
-        assert_eq!(operations, 46, "documented operations");
+        // Every route of `router` is documented: 56 method + path pairs.
+        assert_eq!(operations, 56, "documented operations");
         for schema in ["ErrorBody", "DecisionReply", "StatusReply", "MessageEvent"] {
             assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
         }

@@ -118,12 +118,13 @@ pub struct ReconciliationReply {
 #[openapi(
     info(
         title = "Outrigger",
-        description = "Coordination sidecar: cache, locks, rate limits, presence, pub/sub, counters and maps. Errors are {\"error\": {\"code\", \"message\"}}.",
+        description = "Coordination sidecar: cache, locks, rate limits, presence, pub/sub, counters, maps and work queues. Errors are {\"error\": {\"code\", \"message\"}}.",
     ),
     components(schemas(crate::primitives::pubsub::http::MessageEvent)),
     tags(
         (name = "cache"), (name = "locks"), (name = "ratelimit"), (name = "presence"),
-        (name = "pubsub"), (name = "counters"), (name = "maps"), (name = "operations"),
+        (name = "pubsub"), (name = "counters"), (name = "maps"), (name = "queues"),
+        (name = "operations"),
     )
 )]
 pub struct ApiDoc;

@@ -127,6 +127,18 @@ pub async fn read_limited(body: Body, limit: usize) -> Result<Bytes, Error> {
     }
 }
 
+/// A payload as JSON: as text when it is UTF-8, as base64 otherwise.
+pub fn payload_json(payload: &[u8]) -> (Option<String>, Option<String>) {
+    use base64::Engine;
+    match std::str::from_utf8(payload) {
+        Ok(text) => (Some(text.to_string()), None),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(payload)),
+        ),
+    }
+}
+
 /// Two path segments, percent-decoded.
 pub struct Pair(pub String, pub String);
 

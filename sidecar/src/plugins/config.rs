@@ -110,6 +110,7 @@ pub enum PrimitiveName {
     Pubsub,
     Counter,
     Map,
+    Queue,
 }
 
 /// What a plugin failure means for the request.

@@ -71,6 +71,9 @@ pub enum Operation {
     SubscribePattern,
     Increment,
     Peek,
+    Enqueue,
+    Claim,
+    Settle,
 }
 
 /// Who is calling, as the application says: from `x-outrigger-caller` and
@@ -768,6 +771,7 @@ fn wit_primitive(primitive: PrimitiveName) -> t::Primitive {
         PrimitiveName::Pubsub => t::Primitive::Pubsub,
         PrimitiveName::Counter => t::Primitive::Counter,
         PrimitiveName::Map => t::Primitive::Map,
+        PrimitiveName::Queue => t::Primitive::Queue,
     }
 }
 
@@ -793,5 +797,8 @@ fn wit_operation(operation: Operation) -> t::Operation {
         Operation::SubscribePattern => t::Operation::SubscribePattern,
         Operation::Increment => t::Operation::Increment,
         Operation::Peek => t::Operation::Peek,
+        Operation::Enqueue => t::Operation::Enqueue,
+        Operation::Claim => t::Operation::Claim,
+        Operation::Settle => t::Operation::Settle,
     }
 }

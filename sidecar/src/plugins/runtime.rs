@@ -42,10 +42,17 @@ mod wit_0_2 {
     });
 }
 
+mod wit_0_3 {
+    wasmtime::component::bindgen!({
+        path: "wit/outrigger-0.3.0",
+        world: "plugin",
+    });
+}
+
 pub(crate) use wit::outrigger::plugin::types as t;
 
 /// The world versions this sidecar serves, newest first.
-pub(crate) const WORLDS: &[&str] = &["0.3.0", "0.2.0", "0.1.0"];
+pub(crate) const WORLDS: &[&str] = &["0.4.0", "0.3.0", "0.2.0", "0.1.0"];
 
 /// How often the epoch advances: the resolution of call budgets.
 const TICK: Duration = Duration::from_millis(1);
@@ -265,11 +272,12 @@ macro_rules! older_host {
     )*};
 }
 
-older_host!(wit_0_1 => v0_1, wit_0_2 => v0_2);
+older_host!(wit_0_1 => v0_1, wit_0_2 => v0_2, wit_0_3 => v0_3);
 
 /// A plugin compiled against one of the [`WORLDS`].
 enum Pre {
     Current(wit::PluginPre<HostState>),
+    V0_3(wit_0_3::PluginPre<HostState>),
     V0_2(wit_0_2::PluginPre<HostState>),
     V0_1(wit_0_1::PluginPre<HostState>),
 }
@@ -277,6 +285,7 @@ enum Pre {
 /// An instance's exports, in its world's types.
 enum Bindings {
     Current(wit::Plugin),
+    V0_3(wit_0_3::Plugin),
     V0_2(wit_0_2::Plugin),
     V0_1(wit_0_1::Plugin),
 }
@@ -324,6 +333,12 @@ impl Compiled {
         let mut linker = Linker::<HostState>::new(engine);
         wit::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
             .and_then(|()| {
+                wit_0_3::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(
+                    &mut linker,
+                    |state| state,
+                )
+            })
+            .and_then(|()| {
                 wit_0_2::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(
                     &mut linker,
                     |state| state,
@@ -348,7 +363,9 @@ impl Compiled {
         let pre = match wit::PluginPre::new(instance.clone()) {
             Ok(pre) => Pre::Current(pre),
             Err(newest) => {
-                if let Ok(pre) = wit_0_2::PluginPre::new(instance.clone()) {
+                if let Ok(pre) = wit_0_3::PluginPre::new(instance.clone()) {
+                    Pre::V0_3(pre)
+                } else if let Ok(pre) = wit_0_2::PluginPre::new(instance.clone()) {
                     Pre::V0_2(pre)
                 } else if let Ok(pre) = wit_0_1::PluginPre::new(instance) {
                     Pre::V0_1(pre)
@@ -372,6 +389,9 @@ impl Compiled {
         let hooks = compiled
             .call(|plugin, store| match plugin {
                 Bindings::Current(p) => p.call_hooks(store),
+                Bindings::V0_3(p) => p
+                    .call_hooks(store)
+                    .map(|hooks| hooks.into_iter().map(v0_3::hook).collect()),
                 Bindings::V0_2(p) => p
                     .call_hooks(store)
                     .map(|hooks| hooks.into_iter().map(v0_2::hook).collect()),
@@ -396,6 +416,7 @@ impl Compiled {
     pub fn init(&self) -> Result<(), String> {
         self.call(|plugin, store| match plugin {
             Bindings::Current(p) => p.call_init(store),
+            Bindings::V0_3(p) => p.call_init(store),
             Bindings::V0_2(p) => p.call_init(store),
             Bindings::V0_1(p) => p.call_init(store),
         })
@@ -413,6 +434,7 @@ impl Compiled {
             .build();
         let engine = match &self.pre {
             Pre::Current(pre) => pre.engine(),
+            Pre::V0_3(pre) => pre.engine(),
             Pre::V0_2(pre) => pre.engine(),
             Pre::V0_1(pre) => pre.engine(),
         };
@@ -471,6 +493,7 @@ impl Compiled {
         store.set_epoch_deadline(1);
         let bindings = match &self.pre {
             Pre::Current(pre) => Bindings::Current(pre.instantiate(&mut store)?),
+            Pre::V0_3(pre) => Bindings::V0_3(pre.instantiate(&mut store)?),
             Pre::V0_2(pre) => Bindings::V0_2(pre.instantiate(&mut store)?),
             Pre::V0_1(pre) => Bindings::V0_1(pre.instantiate(&mut store)?),
         };
@@ -481,6 +504,7 @@ impl Compiled {
     pub fn world(&self) -> &'static str {
         match self.pre {
             Pre::Current(_) => WORLDS[0],
+            Pre::V0_3(_) => "0.3.0",
             Pre::V0_2(_) => "0.2.0",
             Pre::V0_1(_) => "0.1.0",
         }
@@ -492,6 +516,7 @@ impl Compiled {
     pub fn expresses(&self, request: &t::Request) -> bool {
         match self.pre {
             Pre::Current(_) => true,
+            Pre::V0_3(_) => v0_3::request(request).is_some(),
             Pre::V0_2(_) => v0_2::request(request).is_some(),
             Pre::V0_1(_) => v0_1::request(request).is_some(),
         }
@@ -501,6 +526,9 @@ impl Compiled {
     pub fn authorize(&self, request: &t::Request) -> Result<t::Decision, String> {
         self.call(|plugin, store| match plugin {
             Bindings::Current(p) => p.call_authorize(store, request),
+            Bindings::V0_3(p) => p
+                .call_authorize(store, &v0_3::expressed(request)?)
+                .map(v0_3::decision),
             Bindings::V0_2(p) => p
                 .call_authorize(store, &v0_2::expressed(request)?)
                 .map(v0_2::decision),
@@ -514,6 +542,9 @@ impl Compiled {
     pub fn classify(&self, request: &t::Request) -> Result<Option<t::Limit>, String> {
         self.call(|plugin, store| match plugin {
             Bindings::Current(p) => p.call_classify(store, request),
+            Bindings::V0_3(p) => p
+                .call_classify(store, &v0_3::expressed(request)?)
+                .map(|limit| limit.map(v0_3::limit)),
             Bindings::V0_2(p) => p
                 .call_classify(store, &v0_2::expressed(request)?)
                 .map(|limit| limit.map(v0_2::limit)),
@@ -527,6 +558,9 @@ impl Compiled {
     pub fn on_write(&self, event: &t::WriteEvent) -> Result<Vec<t::Invalidation>, String> {
         self.call(|plugin, store| match plugin {
             Bindings::Current(p) => p.call_on_write(store, event),
+            Bindings::V0_3(p) => p
+                .call_on_write(store, &v0_3::write_event(event))
+                .map(|list| list.into_iter().map(v0_3::invalidation).collect()),
             Bindings::V0_2(p) => p
                 .call_on_write(store, &v0_2::write_event(event))
                 .map(|list| list.into_iter().map(v0_2::invalidation).collect()),
@@ -711,6 +745,12 @@ older_world!(v0_1, wit_0_1, "0.1.0",
 
 older_world!(v0_2, wit_0_2, "0.2.0",
     primitives: [Cache, Lock, Semaphore, Ratelimit, Presence, Pubsub, Counter],
+    operations: [Read, Write, Delete, InvalidateTag, InvalidatePattern, Scan, Acquire, Release,
+        Extend, Check, Join, Leave, Members, Watch, Rooms, Publish, Subscribe, SubscribePattern,
+        Increment, Peek]);
+
+older_world!(v0_3, wit_0_3, "0.3.0",
+    primitives: [Cache, Lock, Semaphore, Ratelimit, Presence, Pubsub, Counter, Map],
     operations: [Read, Write, Delete, InvalidateTag, InvalidatePattern, Scan, Acquire, Release,
         Extend, Check, Join, Leave, Members, Watch, Rooms, Publish, Subscribe, SubscribePattern,
         Increment, Peek]);

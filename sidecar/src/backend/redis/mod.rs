@@ -113,7 +113,12 @@ pub(crate) fn map_err(err: RedisError) -> BackendError {
     use redis::ServerErrorKind as S;
     // From a command, or from a write inside a script.
     if err.code() == Some("OOM") || err.to_string().contains("OOM command not allowed") {
-        return BackendError::OutOfMemory(err.to_string());
+        tracing::debug!(error = %err, "Redis refused a write: out of memory");
+        return BackendError::OutOfMemory(
+            "Redis is out of memory (maxmemory reached, and its policy evicts nothing): \
+             it refuses writes until memory is freed or maxmemory raised; reads still work"
+                .into(),
+        );
     }
     if err.is_timeout()
         || err.is_io_error()

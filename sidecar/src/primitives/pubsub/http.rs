@@ -23,7 +23,9 @@ use super::store::{Offset, PubMessage};
 use super::{Delivery, HistoryQuery, PubSub, PublishOptions, ResumeFrom};
 use crate::error::Error;
 use crate::kit::Primitive;
-use crate::kit::http::{ApiQuery, CommonErrors, Ctx, Key, SSE_KEEP_ALIVE, read_limited};
+use crate::kit::http::{
+    ApiQuery, CommonErrors, Ctx, Key, SSE_KEEP_ALIVE, payload_json, read_limited,
+};
 use crate::plugins::config::PrimitiveName as P;
 use crate::plugins::{Call, Operation as Op};
 
@@ -88,18 +90,6 @@ async fn publish(
         duplicate: published.duplicate,
     })
     .into_response())
-}
-
-/// A payload as JSON: as text when it is UTF-8, as base64 otherwise.
-fn payload_json(payload: &[u8]) -> (Option<String>, Option<String>) {
-    use base64::Engine;
-    match std::str::from_utf8(payload) {
-        Ok(text) => (Some(text.to_string()), None),
-        Err(_) => (
-            None,
-            Some(base64::engine::general_purpose::STANDARD.encode(payload)),
-        ),
-    }
 }
 
 /// A message as SSE data and WebSocket text.

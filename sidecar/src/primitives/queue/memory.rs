@@ -5,15 +5,17 @@
 //! name behind a mutex and reads the clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio::sync::broadcast;
 
 use super::store::{
-    Backoff, CLAIM_EXPIRED, Claimed, DeadJob, Due, Enqueued, NewJob, QueueStats, QueueStore,
-    Settle, Settled,
+    Backoff, CLAIM_EXPIRED, Claimed, Claims, DeadJob, Due, Enqueued, NewJob, QueueStats,
+    QueueStore, Settle, Settled,
 };
 use crate::backend::BackendError;
 use crate::kit::unix_ms;
@@ -299,6 +301,22 @@ impl Queue {
         }
     }
 
+    /// How long until a job is next due or a claim next runs out.
+    pub fn next_in(&self, now: u64) -> Option<Duration> {
+        let due = self.waiting.first().map(|(at, _)| *at);
+        let runs_out = self.claimed.first().map(|(at, _)| *at);
+        [due, runs_out]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| Duration::from_millis(at.saturating_sub(now)))
+    }
+
+    /// Whether a job is due now.
+    fn has_ready(&self, now: u64) -> bool {
+        self.waiting.first().is_some_and(|(due, _)| *due <= now)
+    }
+
     fn forget_dedup(&mut self, now: u64) {
         self.dedup.retain(|_, (_, until)| *until > now);
     }
@@ -309,6 +327,9 @@ pub struct MemoryQueues {
     /// Short, synchronous critical sections: a plain mutex.
     inner: Mutex<BTreeMap<String, Queue>>,
     max_jobs: usize,
+    /// Jobs held across every queue.
+    held: AtomicUsize,
+    ready: broadcast::Sender<String>,
 }
 
 impl MemoryQueues {
@@ -316,6 +337,8 @@ impl MemoryQueues {
         let queues = Arc::new(MemoryQueues {
             inner: Mutex::new(BTreeMap::new()),
             max_jobs,
+            held: Default::default(),
+            ready: broadcast::channel(1024).0,
         });
         crate::backend::memory::spawn_sweep(Arc::downgrade(&queues), MemoryQueues::sweep);
         queues
@@ -339,11 +362,31 @@ impl MemoryQueues {
         });
     }
 
-    /// One queue, created on first use.
+    /// One queue, created on first use, keeping the count of jobs held.
     fn with<T>(&self, name: &str, f: impl FnOnce(&mut Queue, u64) -> T) -> T {
         let mut queues = self.lock();
         let queue = queues.entry(name.to_string()).or_default();
-        f(queue, Self::now())
+        let before = queue.jobs();
+        let out = f(queue, Self::now());
+        let after = queue.jobs();
+        // Under the lock: the count moves with the queues.
+        if after > before {
+            self.held.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.held.fetch_sub(before - after, Ordering::Relaxed);
+        }
+        out
+    }
+
+    /// `with`, then tells waiting claims if a job is due in the queue.
+    fn with_ready<T>(&self, name: &str, f: impl FnOnce(&mut Queue, u64) -> T) -> T {
+        self.with(name, |q, now| {
+            let out = f(q, now);
+            if q.has_ready(now) {
+                let _ = self.ready.send(name.to_string());
+            }
+            out
+        })
     }
 }
 
@@ -361,20 +404,19 @@ impl QueueStore for MemoryQueues {
         job: NewJob,
         dedup_window: Duration,
     ) -> Result<Enqueued, BackendError> {
-        let mut queues = self.lock();
-        let held: usize = queues.values().map(Queue::jobs).sum();
-        let q = queues.entry(queue.to_string()).or_default();
-        let now = Self::now();
-        if let Some(id) = q.deduped(now, job.dedup_id.as_deref()) {
-            return Ok(Enqueued::Duplicate(id));
-        }
-        if held >= self.max_jobs {
-            return Err(BackendError::OutOfMemory(format!(
-                "the memory backend holds at most {} jobs",
-                self.max_jobs
-            )));
-        }
-        Ok(q.enqueue(now, job, dedup_window))
+        let full = self.held.load(Ordering::Relaxed) >= self.max_jobs;
+        self.with_ready(queue, |q, now| {
+            if let Some(id) = q.deduped(now, job.dedup_id.as_deref()) {
+                return Ok(Enqueued::Duplicate(id));
+            }
+            if full {
+                return Err(BackendError::OutOfMemory(format!(
+                    "the memory backend holds at most {} jobs",
+                    self.max_jobs
+                )));
+            }
+            Ok(q.enqueue(now, job, dedup_window))
+        })
     }
 
     async fn claim(
@@ -382,8 +424,16 @@ impl QueueStore for MemoryQueues {
         queue: &str,
         max: usize,
         visibility: Duration,
-    ) -> Result<Vec<Claimed>, BackendError> {
-        Ok(self.with(queue, |q, now| q.claim(now, max, visibility, new_receipt)))
+    ) -> Result<Claims, BackendError> {
+        Ok(self.with(queue, |q, now| {
+            let jobs = q.claim(now, max, visibility, new_receipt);
+            let next_in = if jobs.is_empty() {
+                q.next_in(now)
+            } else {
+                None
+            };
+            Claims { jobs, next_in }
+        }))
     }
 
     async fn settle(
@@ -393,7 +443,7 @@ impl QueueStore for MemoryQueues {
         receipt: &str,
         settle: Settle,
     ) -> Result<Settled, BackendError> {
-        Ok(self.with(queue, |q, now| q.settle(now, id, receipt, settle)))
+        Ok(self.with_ready(queue, |q, now| q.settle(now, id, receipt, settle)))
     }
 
     async fn dead(
@@ -406,7 +456,7 @@ impl QueueStore for MemoryQueues {
     }
 
     async fn redrive(&self, queue: &str, limit: usize) -> Result<u64, BackendError> {
-        Ok(self.with(queue, |q, now| q.redrive(now, limit)))
+        Ok(self.with_ready(queue, |q, now| q.redrive(now, limit)))
     }
 
     async fn purge_dead(&self, queue: &str) -> Result<u64, BackendError> {
@@ -425,6 +475,10 @@ impl QueueStore for MemoryQueues {
             .take(limit)
             .map(|(name, _)| name.clone())
             .collect())
+    }
+
+    fn ready(&self) -> broadcast::Receiver<String> {
+        self.ready.subscribe()
     }
 }
 
@@ -742,7 +796,7 @@ mod tests {
         assert!(matches!(full, BackendError::OutOfMemory(_)), "{full:?}");
         assert_eq!(store.queues(None, 10).await.unwrap(), ["a", "b"]);
         assert_eq!(store.queues(Some("a"), 10).await.unwrap(), ["b"]);
-        let c = store.claim("a", 1, VIS).await.unwrap().remove(0);
+        let c = store.claim("a", 1, VIS).await.unwrap().jobs.remove(0);
         assert!(c.receipt.starts_with(&format!("{}.1.", c.id)));
         store
             .settle("a", &c.id, &c.receipt, Settle::Ack)

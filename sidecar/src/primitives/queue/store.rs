@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio::sync::broadcast;
 
 use crate::backend::BackendError;
 
@@ -67,6 +68,10 @@ pub enum Enqueued {
     /// The dedup id was seen within the window: the first job's id, and
     /// nothing enqueued.
     Duplicate(String),
+    /// Redis is down and `failover.queues = "local"`: kept in this
+    /// sidecar's buffer, to be enqueued (and given an id) when Redis
+    /// returns.
+    Buffered,
 }
 
 /// A job handed to one worker.
@@ -83,6 +88,16 @@ pub struct Claimed {
     pub enqueued_at: u64,
     /// Unix ms: when the claim runs out unless extended.
     pub visible_at: u64,
+}
+
+/// What a claim got.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Claims {
+    pub jobs: Vec<Claimed>,
+    /// When nothing was claimed: how long until a job is next due or a
+    /// claim next runs out (`None`: the queue holds nothing pending), for a
+    /// waiting claim to sleep that long at most.
+    pub next_in: Option<Duration>,
 }
 
 /// How a claim is settled.
@@ -167,7 +182,7 @@ pub trait QueueStore: Send + Sync + 'static {
         queue: &str,
         max: usize,
         visibility: Duration,
-    ) -> Result<Vec<Claimed>, BackendError>;
+    ) -> Result<Claims, BackendError>;
 
     async fn settle(
         &self,
@@ -197,6 +212,11 @@ pub trait QueueStore: Send + Sync + 'static {
 
     /// Queues holding any job, sorted, from the one after `after`.
     async fn queues(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, BackendError>;
+
+    /// Names of queues in which a job just became due now (enqueued,
+    /// nacked without a wait, redriven), for waiting claims to try again.
+    /// Best effort: a waiting claim also polls.
+    fn ready(&self) -> broadcast::Receiver<String>;
 }
 
 #[cfg(test)]
