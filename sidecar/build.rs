@@ -16,6 +16,7 @@ const PROTOS: &[&str] = &[
     "outrigger/v1/pubsub.proto",
     "outrigger/v1/counter.proto",
     "outrigger/v1/map.proto",
+    "outrigger/v1/queue.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

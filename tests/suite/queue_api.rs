@@ -4,8 +4,13 @@
 
 use std::time::Duration;
 
+use outrigger::api::pb;
+use outrigger::api::pb::queue_client::QueueClient;
 use outrigger_tests::{RedisServer, Sidecar, SidecarOn, Topology, conformance, sidecar, unique};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
 
 async fn target(topology: Topology) -> SidecarOn {
     topology.sidecar(sidecar!(), "queues").await
@@ -17,6 +22,8 @@ conformance!(
     {
         http_queue_round_trip,
         http_rejects_bad_queue_input,
+        grpc_queue_round_trip,
+        grpc_consumers_get_no_more_than_their_credit,
     }
 );
 
@@ -210,6 +217,217 @@ async fn http_rejects_bad_queue_input(t: &SidecarOn) {
         (&json!(0), &json!(1)),
         "nothing bad was enqueued: {stats}"
     );
+}
+
+fn enqueue_pb(queue: &str, payload: &str) -> pb::EnqueueJobRequest {
+    pb::EnqueueJobRequest {
+        queue: queue.into(),
+        payload: payload.as_bytes().to_vec().into(),
+        ..Default::default()
+    }
+}
+
+async fn grpc_queue_round_trip(t: &SidecarOn) {
+    let mut q = QueueClient::new(t.sidecar.channel().await);
+    let first = q
+        .enqueue(enqueue_pb("jobs", "a"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !first.duplicate && !first.buffered && first.id.len() == 16,
+        "{first:?}"
+    );
+    let flaky = pb::EnqueueJobRequest {
+        max_attempts: Some(1),
+        ..enqueue_pb("jobs", "b")
+    };
+    q.enqueue(flaky).await.unwrap();
+    let claim = pb::ClaimJobsRequest {
+        queue: "jobs".into(),
+        max: 10,
+        ..Default::default()
+    };
+    let jobs = q.claim(claim.clone()).await.unwrap().into_inner().jobs;
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(
+        (jobs[0].id.as_str(), &jobs[0].payload[..]),
+        (first.id.as_str(), &b"a"[..])
+    );
+    let ack = |job: &pb::Job| pb::AckJobRequest {
+        queue: "jobs".into(),
+        id: job.id.clone(),
+        receipt: job.receipt.clone(),
+    };
+    let acked = q.ack(ack(&jobs[0])).await.unwrap().into_inner();
+    assert_eq!(acked.outcome(), pb::settle_job_response::Outcome::Acked);
+    let err = q.ack(ack(&jobs[0])).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let stale = pb::AckJobRequest {
+        receipt: "made-up".into(),
+        ..ack(&jobs[1])
+    };
+    assert_eq!(q.ack(stale).await.unwrap_err().code(), Code::Aborted);
+    let nack = pb::NackJobRequest {
+        queue: "jobs".into(),
+        id: jobs[1].id.clone(),
+        receipt: jobs[1].receipt.clone(),
+        delay_ms: None,
+        error: Some("no".into()),
+    };
+    let dead = q.nack(nack).await.unwrap().into_inner();
+    assert_eq!(dead.outcome(), pb::settle_job_response::Outcome::Dead);
+    let listed = q
+        .list_dead(pb::ListDeadRequest {
+            queue: "jobs".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.jobs.len(), 1);
+    assert_eq!(
+        (listed.jobs[0].error.as_deref(), listed.next_after.as_str()),
+        (Some("no"), "")
+    );
+    let stats = q
+        .stats(pb::QueueStatsRequest {
+            queue: "jobs".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((stats.ready, stats.in_flight, stats.dead), (0, 0, 1));
+    let purged = q
+        .purge_dead(pb::PurgeDeadRequest {
+            queue: "jobs".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(purged.count, 1);
+    let listing = q
+        .list_queues(pb::ListQueuesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listing.queues.is_empty(), "{listing:?}");
+    let zero = pb::EnqueueJobRequest {
+        max_attempts: Some(0),
+        ..enqueue_pb("jobs", "x")
+    };
+    assert_eq!(
+        q.enqueue(zero).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+}
+
+/// A streaming consumer: sent no more jobs than its credit, settling on
+/// the same stream.
+async fn grpc_consumers_get_no_more_than_their_credit(t: &SidecarOn) {
+    let mut q = QueueClient::new(t.sidecar.channel().await);
+    for n in 0..5 {
+        q.enqueue(enqueue_pb("stream", &n.to_string()))
+            .await
+            .unwrap();
+    }
+    let (tx, rx) = mpsc::channel(8);
+    let send = |action| pb::ConsumeRequest {
+        action: Some(action),
+    };
+    use pb::consume_request::Action;
+    tx.send(send(Action::Start(pb::ConsumeStart {
+        queue: "stream".into(),
+        visibility_ms: Some(60_000),
+    })))
+    .await
+    .unwrap();
+    tx.send(send(Action::Credit(2))).await.unwrap();
+    let mut events = q
+        .consume(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .expect("the stream is open")
+            .event
+            .unwrap()
+    };
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        match next().await {
+            pb::consume_event::Event::Job(job) => got.push(job),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        got.iter().map(|j| &j.payload[..]).collect::<Vec<_>>(),
+        [b"0", b"1"]
+    );
+    // The credit is spent: the other three are left for other workers.
+    let stats = q
+        .stats(pb::QueueStatsRequest {
+            queue: "stream".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((stats.ready, stats.in_flight), (3, 2), "{stats:?}");
+    let claim = pb::ClaimJobsRequest {
+        queue: "stream".into(),
+        max: 1,
+        ..Default::default()
+    };
+    let other = q.claim(claim).await.unwrap().into_inner().jobs;
+    assert_eq!(&other[0].payload[..], b"2");
+    // Settles on the stream, answered in order; a bad one does not end it.
+    for job in &got {
+        let settle = pb::ConsumeSettle {
+            id: job.id.clone(),
+            receipt: job.receipt.clone(),
+            how: Some(pb::consume_settle::How::Ack(true)),
+        };
+        tx.send(send(Action::Settle(settle))).await.unwrap();
+    }
+    let stale = pb::ConsumeSettle {
+        id: got[0].id.clone(),
+        receipt: got[0].receipt.clone(),
+        how: Some(pb::consume_settle::How::Ack(true)),
+    };
+    tx.send(send(Action::Settle(stale))).await.unwrap();
+    for (job, code) in [(&got[0], 0), (&got[1], 0), (&got[0], Code::NotFound as i32)] {
+        match next().await {
+            pb::consume_event::Event::Settled(s) => {
+                assert_eq!(
+                    (s.id.as_str(), s.error_code),
+                    (job.id.as_str(), code),
+                    "{s:?}"
+                );
+                assert_eq!(s.result.is_some(), code == 0, "{s:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // More credit, more jobs: the two still ready.
+    tx.send(send(Action::Credit(5))).await.unwrap();
+    let mut rest = Vec::new();
+    for _ in 0..2 {
+        match next().await {
+            pb::consume_event::Event::Job(job) => rest.push(job.payload),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(rest, [&b"3"[..], b"4"]);
+    // And one enqueued later reaches the waiting consumer.
+    q.enqueue(enqueue_pb("stream", "late")).await.unwrap();
+    match next().await {
+        pb::consume_event::Event::Job(job) => assert_eq!(&job.payload[..], b"late"),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// Jobs enqueued on one sidecar are claimed on another sharing its Redis,

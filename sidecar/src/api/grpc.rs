@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::app::App;
 use crate::kit::grpc::pb;
 use crate::kit::unix_ms;
-use crate::primitives::{cache, counter, lock, map, presence, pubsub, ratelimit};
+use crate::primitives::{cache, counter, lock, map, presence, pubsub, queue, ratelimit};
 
 use pb::admin_server::{Admin, AdminServer};
 
@@ -58,6 +58,9 @@ pub async fn routes(app: Arc<App>) -> anyhow::Result<tonic::service::Routes> {
         .await;
     services
         .add(map::grpc::service(app.maps.clone()).max_decoding_message_size(max))
+        .await;
+    services
+        .add(queue::grpc::service(app.queues.clone()).max_decoding_message_size(max))
         .await;
     services.add(AdminServer::new(AdminService(app))).await;
     Ok(services.routes.routes())

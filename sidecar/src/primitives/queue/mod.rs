@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod failover;
+pub mod grpc;
 pub mod http;
 pub mod memory;
 pub mod redis;
