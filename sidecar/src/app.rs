@@ -324,13 +324,13 @@ impl App {
                 metrics.clone(),
                 common.clone(),
             ),
-            queues: Arc::new(Queues::new(
+            queues: Queues::new(
                 stores.queues,
                 limits.clone(),
                 &config.queues,
                 metrics.clone(),
                 common.clone(),
-            )),
+            ),
             plugins,
             common,
             metrics,

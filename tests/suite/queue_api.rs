@@ -312,6 +312,46 @@ async fn grpc_queue_round_trip(t: &SidecarOn) {
         .unwrap()
         .into_inner();
     assert!(listing.queues.is_empty(), "{listing:?}");
+    // A schedule over gRPC: put, read, listed, deleted.
+    let put = pb::PutScheduleRequest {
+        name: "nightly".into(),
+        queue: "jobs".into(),
+        payload: b"run".to_vec().into(),
+        every: Some(pb::put_schedule_request::Every::Cron("0 3 * * *".into())),
+        skip_missed: true,
+        max_attempts: Some(2),
+    };
+    let s = q.put_schedule(put).await.unwrap().into_inner();
+    assert_eq!(s.next_tick_ms.unwrap() % 86_400_000, 3 * 3_600_000, "{s:?}");
+    let read = q
+        .get_schedule(pb::GetScheduleRequest {
+            name: "nightly".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read, s);
+    let listed = q
+        .list_schedules(pb::ListSchedulesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.schedules, [s]);
+    let deleted = q
+        .delete_schedule(pb::DeleteScheduleRequest {
+            name: "nightly".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(deleted.existed);
+    let err = q
+        .get_schedule(pb::GetScheduleRequest {
+            name: "nightly".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
     let zero = pb::EnqueueJobRequest {
         max_attempts: Some(0),
         ..enqueue_pb("jobs", "x")

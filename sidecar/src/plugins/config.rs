@@ -111,6 +111,7 @@ pub enum PrimitiveName {
     Counter,
     Map,
     Queue,
+    Schedule,
 }
 
 /// What a plugin failure means for the request.

@@ -772,6 +772,7 @@ fn wit_primitive(primitive: PrimitiveName) -> t::Primitive {
         PrimitiveName::Counter => t::Primitive::Counter,
         PrimitiveName::Map => t::Primitive::Map,
         PrimitiveName::Queue => t::Primitive::Queue,
+        PrimitiveName::Schedule => t::Primitive::Schedule,
     }
 }
 

@@ -1,6 +1,6 @@
 -- Claim up to ARGV[1] due jobs for ARGV[2] ms; ARGV[3] is this call's
 -- random receipt part. Returns {visible_at, next_in, then per job: id,
--- payload, attempt, max attempts, enqueued at}; next_in (-1: nothing
+-- payload, attempt, max attempts, enqueued at, dedup id ('' : none)}; next_in (-1: nothing
 -- pending; set only when nothing was claimed) is how long until the next
 -- job is due or the next claim runs out, for a waiting claim to sleep.
 local visible_at = now + tonumber(ARGV[2])
@@ -12,12 +12,13 @@ for _, id in ipairs(ids) do
   redis.call('HSET', job, 'r', id .. '.' .. a .. '.' .. ARGV[3], 'v', visible_at)
   redis.call('ZREM', W, id)
   redis.call('ZADD', C, visible_at, id)
-  local f = redis.call('HMGET', job, 'p', 'm', 'e')
+  local f = redis.call('HMGET', job, 'p', 'm', 'e', 'u')
   out[#out + 1] = id
   out[#out + 1] = f[1]
   out[#out + 1] = a
   out[#out + 1] = tonumber(f[2])
   out[#out + 1] = tonumber(f[3])
+  out[#out + 1] = f[4] or ''
 end
 if #ids == 0 then
   local wake = -1

@@ -19,6 +19,7 @@ redis.call('HSET', P .. 'j:' .. id, 'p', ARGV[1], 'e', now, 'm', ARGV[4],
 redis.call('ZADD', W, due, id)
 if ARGV[7] ~= '' then
   redis.call('SET', P .. 'u:' .. ARGV[7], id, 'PX', ARGV[8])
+  redis.call('HSET', P .. 'j:' .. id, 'u', ARGV[7])
 end
 if due <= now then
   redis.call('PUBLISH', ARGV[9], ARGV[10])

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use super::redis::RedisQueues;
+use super::schedule::{Schedule, Stored};
 use super::store::{
     Claims, DeadJob, Due, Enqueued, NewJob, QueueStats, QueueStore, Settle, Settled,
 };
@@ -264,6 +265,36 @@ impl QueueStore for FailoverQueues {
 
     async fn queues(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, BackendError> {
         self.on_redis(self.redis.queues(after, limit)).await
+    }
+
+    async fn put_schedule(&self, name: &str, schedule: &Schedule) -> Result<(), BackendError> {
+        self.on_redis(self.redis.put_schedule(name, schedule)).await
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<Option<Stored>, BackendError> {
+        self.on_redis(self.redis.get_schedule(name)).await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool, BackendError> {
+        self.on_redis(self.redis.delete_schedule(name)).await
+    }
+
+    async fn schedules(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Stored)>, BackendError> {
+        self.on_redis(self.redis.schedules(after, limit)).await
+    }
+
+    async fn advance_schedule(
+        &self,
+        name: &str,
+        anchor_ms: u64,
+        tick: u64,
+    ) -> Result<bool, BackendError> {
+        self.on_redis(self.redis.advance_schedule(name, anchor_ms, tick))
+            .await
     }
 
     fn ready(&self) -> broadcast::Receiver<String> {

@@ -10,8 +10,9 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::schedule::Missed;
 use super::store::{Claimed, DeadJob, Enqueued, Settled};
-use super::{ClaimRequest, EnqueueRequest, Queues, SettleRequest};
+use super::{ClaimRequest, EnqueueRequest, Queues, ScheduleRequest, ScheduleView, SettleRequest};
 use crate::error::{Error, Result};
 use crate::kit::Primitive;
 use crate::kit::grpc::pb::queue_server::{Queue as Api, QueueServer};
@@ -37,6 +38,7 @@ fn job(c: Claimed) -> pb::Job {
         receipt: c.receipt,
         attempt: c.attempt,
         max_attempts: c.max_attempts,
+        dedup_id: c.dedup_id,
         payload: c.payload,
         enqueued_at_ms: c.enqueued_at,
         visible_at_ms: c.visible_at,
@@ -68,6 +70,26 @@ fn settled(s: Settled) -> pb::SettleJobResponse {
         outcome: outcome.into(),
         due_at_ms,
         visible_at_ms,
+    }
+}
+
+fn schedule(v: ScheduleView) -> pb::QueueSchedule {
+    use pb::queue_schedule::Every;
+    let s = v.stored.schedule;
+    pb::QueueSchedule {
+        name: v.name,
+        queue: s.queue,
+        payload: s.payload,
+        every: match (s.every_ms, s.cron) {
+            (Some(ms), _) => Some(Every::EveryMs(ms)),
+            (None, Some(expr)) => Some(Every::Cron(expr)),
+            (None, None) => None,
+        },
+        skip_missed: s.missed == Missed::Skip,
+        max_attempts: s.max_attempts,
+        anchor_ms: s.anchor_ms,
+        last_tick_ms: v.stored.last_tick_ms,
+        next_tick_ms: v.next_tick_ms,
     }
 }
 
@@ -295,6 +317,81 @@ impl Api for QueueService {
             .purge_dead_for(&caller, req.into_inner().queue)
             .await?;
         Ok(Response::new(pb::JobCountResponse { count }))
+    }
+
+    async fn put_schedule(
+        &self,
+        req: Request<pb::PutScheduleRequest>,
+    ) -> Result<Response<pb::QueueSchedule>, Status> {
+        use pb::put_schedule_request::Every;
+        let caller = caller(self.0.common(), &req);
+        let req = req.into_inner();
+        let (every_ms, cron) = match req.every {
+            Some(Every::EveryMs(ms)) => (Some(ms), None),
+            Some(Every::Cron(expr)) => (None, Some(expr)),
+            None => (None, None),
+        };
+        let put = ScheduleRequest {
+            queue: req.queue,
+            payload: req.payload,
+            every_ms,
+            cron,
+            missed: if req.skip_missed {
+                Missed::Skip
+            } else {
+                Missed::EnqueueOnce
+            },
+            max_attempts: req.max_attempts,
+        };
+        let view = self.0.put_schedule_for(&caller, req.name, put).await?;
+        Ok(Response::new(schedule(view)))
+    }
+
+    async fn get_schedule(
+        &self,
+        req: Request<pb::GetScheduleRequest>,
+    ) -> Result<Response<pb::QueueSchedule>, Status> {
+        let caller = caller(self.0.common(), &req);
+        let view = self
+            .0
+            .get_schedule_for(&caller, req.into_inner().name)
+            .await?;
+        Ok(Response::new(schedule(view)))
+    }
+
+    async fn delete_schedule(
+        &self,
+        req: Request<pb::DeleteScheduleRequest>,
+    ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
+        let caller = caller(self.0.common(), &req);
+        let existed = self
+            .0
+            .delete_schedule_for(&caller, req.into_inner().name)
+            .await?;
+        Ok(Response::new(pb::DeleteScheduleResponse { existed }))
+    }
+
+    async fn list_schedules(
+        &self,
+        req: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        let caller = caller(self.0.common(), &req);
+        let req = req.into_inner();
+        let after = given(req.after);
+        let limit = page(req.limit);
+        let listed = self
+            .0
+            .list_schedules_for(&caller, after.as_deref(), limit)
+            .await?;
+        let full = listed.len() == limit.unwrap_or(super::DEFAULT_PAGE);
+        Ok(Response::new(pb::ListSchedulesResponse {
+            next_after: if full {
+                listed.last().map(|s| s.name.clone()).unwrap_or_default()
+            } else {
+                String::new()
+            },
+            schedules: listed.into_iter().map(schedule).collect(),
+        }))
     }
 }
 

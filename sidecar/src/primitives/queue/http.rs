@@ -7,13 +7,15 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::FromRef;
 use axum::http::StatusCode;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::schedule::Missed;
 use super::store::{Claimed, DeadJob, Enqueued, QueueStats, Settled};
-use super::{ClaimRequest, EnqueueRequest, Queues, SettleRequest};
+use super::{ClaimRequest, EnqueueRequest, Queues, ScheduleRequest, ScheduleView, SettleRequest};
 use crate::error::Error;
 use crate::kit::http::{
     ApiJson, ApiQuery, CommonErrors, Ctx, ErrorBody, Key, Pair, payload_json, read_limited,
@@ -36,6 +38,8 @@ where
         .routes(routes!(queue_extend))
         .routes(routes!(queue_dead, queue_purge))
         .routes(routes!(queue_redrive))
+        .routes(routes!(schedule_put, schedule_get, schedule_delete))
+        .routes(routes!(schedule_list))
 }
 
 #[utoipa::path(
@@ -281,6 +285,197 @@ async fn queue_redrive(
     Ok(Json(CountReply { count: n }))
 }
 
+#[utoipa::path(
+    put, path = "/v1/schedules/{name}", tag = "queues",
+    params(("name" = String, Path, description = "The schedule")), request_body = ScheduleBody,
+    responses((status = 200, description = "Put: its ticks count from now (a replaced schedule forgets the old one's)", body = ScheduleReply),
+        CommonErrors)
+)]
+async fn schedule_put(
+    Ctx {
+        primitive: queues,
+        caller,
+    }: Ctx<Queues>,
+    Key(name): Key,
+    ApiJson(body): ApiJson<ScheduleBody>,
+) -> Result<Json<ScheduleReply>, Error> {
+    let payload = match (body.payload, body.payload_base64) {
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidArgument(
+                "give payload or payload_base64, not both".into(),
+            ));
+        }
+        (Some(text), None) => Bytes::from(text),
+        (None, Some(b64)) => {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| Error::InvalidArgument(format!("payload_base64: {e}")))?;
+            Bytes::from(bytes)
+        }
+        (None, None) => Bytes::new(),
+    };
+    let req = ScheduleRequest {
+        queue: body.queue,
+        payload,
+        every_ms: body.every_ms,
+        cron: body.cron,
+        missed: body.missed.unwrap_or_default(),
+        max_attempts: body.max_attempts,
+    };
+    Ok(Json(
+        queues.put_schedule_for(&caller, name, req).await?.into(),
+    ))
+}
+
+#[utoipa::path(
+    get, path = "/v1/schedules/{name}", tag = "queues",
+    params(("name" = String, Path, description = "The schedule")),
+    responses((status = 200, description = "The schedule", body = ScheduleReply),
+        (status = 404, description = "No such schedule", body = ErrorBody),
+        CommonErrors)
+)]
+async fn schedule_get(
+    Ctx {
+        primitive: queues,
+        caller,
+    }: Ctx<Queues>,
+    Key(name): Key,
+) -> Result<Json<ScheduleReply>, Error> {
+    Ok(Json(queues.get_schedule_for(&caller, name).await?.into()))
+}
+
+#[utoipa::path(
+    delete, path = "/v1/schedules/{name}", tag = "queues",
+    params(("name" = String, Path, description = "The schedule")),
+    responses((status = 200, description = "Deleted (the jobs it enqueued stay)", body = DeletedReply),
+        CommonErrors)
+)]
+async fn schedule_delete(
+    Ctx {
+        primitive: queues,
+        caller,
+    }: Ctx<Queues>,
+    Key(name): Key,
+) -> Result<Json<DeletedReply>, Error> {
+    let existed = queues.delete_schedule_for(&caller, name).await?;
+    Ok(Json(DeletedReply { existed }))
+}
+
+#[utoipa::path(
+    get, path = "/v1/schedules", tag = "queues",
+    params(DeadParams),
+    responses((status = 200, description = "Schedules, sorted by name", body = ScheduleListReply),
+        CommonErrors)
+)]
+async fn schedule_list(
+    Ctx {
+        primitive: queues,
+        caller,
+    }: Ctx<Queues>,
+    ApiQuery(params): ApiQuery<DeadParams>,
+) -> Result<Json<ScheduleListReply>, Error> {
+    let limit = params.limit;
+    let listed = queues
+        .list_schedules_for(&caller, params.after.as_deref(), limit)
+        .await?;
+    let full = listed.len() == limit.unwrap_or(super::DEFAULT_PAGE);
+    Ok(Json(ScheduleListReply {
+        next_after: full
+            .then(|| listed.last().map(|s| s.name.clone()))
+            .flatten(),
+        schedules: listed.into_iter().map(ScheduleReply::from).collect(),
+    }))
+}
+
+/// Body of `PUT /v1/schedules/{name}`. JSON bodies are limited to 64 KiB,
+/// which bounds a schedule's payload.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleBody {
+    /// The queue each tick enqueues into.
+    pub queue: String,
+    /// Ticks every this many ms (at least 1000) from when it is put...
+    pub every_ms: Option<u64>,
+    /// ...or at the times this cron expression names, in UTC: 5 fields
+    /// (minute to day of week), or 6 or 7 (seconds first, years last).
+    pub cron: Option<String>,
+    /// Each job's payload as text...
+    pub payload: Option<String>,
+    /// ...or as base64 (empty when neither is given).
+    pub payload_base64: Option<String>,
+    /// Ticks more than 30 s late (every sidecar, or Redis, was down):
+    /// `enqueue_once` (the default: one job for all of them) or `skip`.
+    #[schema(value_type = Option<String>)]
+    pub missed: Option<Missed>,
+    /// Each job's `max_attempts` (`[queues] max_attempts`).
+    pub max_attempts: Option<u32>,
+}
+
+/// A schedule.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduleReply {
+    pub name: String,
+    pub queue: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub every_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// The payload when it is UTF-8...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// ...else base64.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+    /// `enqueue_once` or `skip`.
+    pub missed: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Unix ms: when it was put; intervals count from here.
+    pub anchor_ms: u64,
+    /// Unix ms: the last tick enqueued (or skipped); `anchor_ms` before the
+    /// first.
+    pub last_tick_ms: u64,
+    /// Unix ms: the next tick.
+    pub next_tick_ms: Option<u64>,
+}
+
+impl From<ScheduleView> for ScheduleReply {
+    fn from(v: ScheduleView) -> Self {
+        let s = v.stored.schedule;
+        let (payload, payload_base64) = payload_json(&s.payload);
+        ScheduleReply {
+            name: v.name,
+            queue: s.queue,
+            every_ms: s.every_ms,
+            cron: s.cron,
+            payload,
+            payload_base64,
+            missed: match s.missed {
+                Missed::EnqueueOnce => "enqueue_once",
+                Missed::Skip => "skip",
+            },
+            max_attempts: s.max_attempts,
+            anchor_ms: s.anchor_ms,
+            last_tick_ms: v.stored.last_tick_ms,
+            next_tick_ms: v.next_tick_ms,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduleListReply {
+    pub schedules: Vec<ScheduleReply>,
+    /// Pass as `after` for the next page; null on the last one.
+    pub next_after: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletedReply {
+    /// Whether it existed.
+    pub existed: bool,
+}
+
 /// Query of `POST /v1/queues/{queue}/jobs`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -351,6 +546,10 @@ pub struct ClaimedJob {
     /// 1 on the first claim.
     pub attempt: u32,
     pub max_attempts: u32,
+    /// The dedup id it was enqueued with (a schedule's jobs have
+    /// `schedule:<name>:<tick ms>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dedup_id: Option<String>,
     /// The payload when it is UTF-8...
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
@@ -371,6 +570,7 @@ impl From<Claimed> for ClaimedJob {
             receipt: c.receipt,
             attempt: c.attempt,
             max_attempts: c.max_attempts,
+            dedup_id: c.dedup_id,
             payload,
             payload_base64,
             enqueued_at_ms: c.enqueued_at,
@@ -492,12 +692,13 @@ pub struct QueueListReply {
     pub next_after: Option<String>,
 }
 
-/// Query of `GET /v1/queues/{queue}/dead`.
+/// Query of `GET /v1/queues/{queue}/dead` and `GET /v1/schedules`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DeadParams {
-    /// The page after this job id (a previous page's `next_after`).
+    /// The page after this job id or schedule name (a previous page's
+    /// `next_after`).
     pub after: Option<String>,
     /// Page size, 1..=`limits.max_batch` (100).
     pub limit: Option<usize>,

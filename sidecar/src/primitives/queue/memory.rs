@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
+use super::schedule::{Schedule, Stored};
 use super::store::{
     Backoff, CLAIM_EXPIRED, Claimed, Claims, DeadJob, Due, Enqueued, NewJob, QueueStats,
     QueueStore, Settle, Settled,
@@ -56,6 +57,7 @@ struct Job {
     enqueued_at: u64,
     max_attempts: u32,
     backoff: Backoff,
+    dedup_id: Option<String>,
     /// Claims so far.
     attempts: u32,
     error: Option<String>,
@@ -110,6 +112,7 @@ impl Queue {
                 enqueued_at: now,
                 max_attempts: job.max_attempts.max(1),
                 backoff: job.backoff,
+                dedup_id: job.dedup_id.clone(),
                 attempts: 0,
                 error: None,
                 state: State::Waiting,
@@ -181,6 +184,7 @@ impl Queue {
                 attempt: job.attempts,
                 max_attempts: job.max_attempts,
                 receipt,
+                dedup_id: job.dedup_id.clone(),
                 enqueued_at: job.enqueued_at,
                 visible_at,
             });
@@ -330,6 +334,7 @@ pub struct MemoryQueues {
     /// Jobs held across every queue.
     held: AtomicUsize,
     ready: broadcast::Sender<String>,
+    schedules: Mutex<BTreeMap<String, Stored>>,
 }
 
 impl MemoryQueues {
@@ -339,6 +344,7 @@ impl MemoryQueues {
             max_jobs,
             held: Default::default(),
             ready: broadcast::channel(1024).0,
+            schedules: Mutex::new(BTreeMap::new()),
         });
         crate::backend::memory::spawn_sweep(Arc::downgrade(&queues), MemoryQueues::sweep);
         queues
@@ -350,6 +356,10 @@ impl MemoryQueues {
 
     fn now() -> u64 {
         unix_ms(SystemTime::now())
+    }
+
+    fn schedules(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Stored>> {
+        self.schedules.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Ends run-out claims, forgets old dedup ids and drops empty queues.
@@ -475,6 +485,53 @@ impl QueueStore for MemoryQueues {
             .take(limit)
             .map(|(name, _)| name.clone())
             .collect())
+    }
+
+    async fn put_schedule(&self, name: &str, schedule: &Schedule) -> Result<(), BackendError> {
+        let stored = Stored {
+            last_tick_ms: schedule.anchor_ms,
+            schedule: schedule.clone(),
+        };
+        self.schedules().insert(name.to_string(), stored);
+        Ok(())
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<Option<Stored>, BackendError> {
+        Ok(self.schedules().get(name).cloned())
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool, BackendError> {
+        Ok(self.schedules().remove(name).is_some())
+    }
+
+    async fn schedules(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Stored)>, BackendError> {
+        let schedules = self.schedules();
+        Ok(schedules
+            .iter()
+            .filter(|(name, _)| after.is_none_or(|a| name.as_str() > a))
+            .take(limit)
+            .map(|(name, stored)| (name.clone(), stored.clone()))
+            .collect())
+    }
+
+    async fn advance_schedule(
+        &self,
+        name: &str,
+        anchor_ms: u64,
+        tick: u64,
+    ) -> Result<bool, BackendError> {
+        let mut schedules = self.schedules();
+        Ok(match schedules.get_mut(name) {
+            Some(s) if s.schedule.anchor_ms == anchor_ms && s.last_tick_ms < tick => {
+                s.last_tick_ms = tick;
+                true
+            }
+            _ => false,
+        })
     }
 
     fn ready(&self) -> broadcast::Receiver<String> {

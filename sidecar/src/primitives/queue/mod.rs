@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod http;
 pub mod memory;
 pub mod redis;
+pub mod schedule;
 pub mod store;
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use crate::plugins::{Call, Caller, Operation};
 use crate::telemetry::{self, Metrics};
 use crate::validate::{self, Limits};
 use config::QueuesConfig;
+use schedule::{Every, Missed, Schedule, Stored};
 use store::{
     Backoff, Claimed, DeadJob, Due, Enqueued, NewJob, QueueStats, QueueStore, Settle, Settled,
 };
@@ -56,6 +58,46 @@ const MAX_RECEIPT_BYTES: usize = 64;
 
 /// Page size of a listing that names none.
 const DEFAULT_PAGE: usize = 100;
+
+/// How often each sidecar looks for due schedule ticks.
+const SCHEDULE_POLL: Duration = Duration::from_millis(200);
+
+/// Most ticks of one schedule enqueued per look.
+const TICKS_PER_POLL: usize = 100;
+
+/// A schedule as a client puts it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScheduleRequest {
+    pub queue: String,
+    pub payload: Bytes,
+    pub every_ms: Option<u64>,
+    pub cron: Option<String>,
+    pub missed: Missed,
+    pub max_attempts: Option<u32>,
+}
+
+/// A schedule as both APIs show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleView {
+    pub name: String,
+    pub stored: Stored,
+    /// Unix ms of the next tick after the last, if it has one.
+    pub next_tick_ms: Option<u64>,
+}
+
+impl ScheduleView {
+    fn new(name: String, stored: Stored) -> Self {
+        let next_tick_ms = stored
+            .schedule
+            .every()
+            .and_then(|every| every.next_after(stored.schedule.anchor_ms, stored.last_tick_ms));
+        ScheduleView {
+            name,
+            stored,
+            next_tick_ms,
+        }
+    }
+}
 
 /// An enqueue as a client asks for it; `None` takes the `[queues]` default.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -104,7 +146,7 @@ pub struct QueuePage {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
     /// `enqueued`, `duplicate`, `buffered` (Redis down, `failover.queues =
-    /// "local"`), `claimed`, `acked`, `retried` or `dead`
+    /// "local"`), `scheduled` (a schedule's tick, by this sidecar), `claimed`, `acked`, `retried` or `dead`
     /// (a nack with its attempts spent; claims running out on the last
     /// attempt are counted by the store's stats, not here).
     event: &'static str,
@@ -140,34 +182,55 @@ async fn announced(rx: &mut broadcast::Receiver<String>, queue: &str) {
     }
 }
 
+/// Each sidecar's schedule loop: a look every [`SCHEDULE_POLL`] while the
+/// primitive lives.
+async fn run_schedules(queues: std::sync::Weak<Queues>) {
+    let mut every = tokio::time::interval(SCHEDULE_POLL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(queues) = queues.upgrade() else {
+            return;
+        };
+        if let Err(err) = queues.tick_schedules().await {
+            tracing::debug!(error = %err, "could not look at the schedules; trying again");
+        }
+    }
+}
+
 fn invalid<T>(message: String) -> Result<T> {
     Err(Error::InvalidArgument(message))
 }
 
 impl Queues {
+    /// The primitive, and its schedule loop (which ends when it is
+    /// dropped).
     pub fn new(
         store: Arc<dyn QueueStore>,
         limits: Limits,
         config: &QueuesConfig,
         metrics: Arc<Metrics>,
         common: Common,
-    ) -> Self {
+    ) -> Arc<Self> {
         let jobs = Family::default();
         metrics.register(
             "queue_jobs",
             "Work-queue job events on this sidecar: enqueued, duplicate (an enqueue its dedup id \
-             kept out), buffered (Redis down, failover.queues = local), claimed, acked, retried (nacked, due again) and dead (nacked on its last \
+             kept out), buffered (Redis down, failover.queues = local), scheduled (a \
+             schedule's tick enqueued by this sidecar), claimed, acked, retried (nacked, due again) and dead (nacked on its last \
              attempt)",
             jobs.clone(),
         );
-        Queues {
+        let queues = Arc::new(Queues {
             store,
             common,
             limits,
             config: config.clone(),
             metrics,
             jobs,
-        }
+        });
+        tokio::spawn(run_schedules(Arc::downgrade(&queues)));
+        queues
     }
 
     fn count(&self, event: &'static str, n: u64) {
@@ -438,6 +501,173 @@ impl Queues {
             })
         })
         .await
+    }
+
+    /// Puts (or replaces) schedule `name` for `caller`: authorized as a
+    /// write of the schedule and an enqueue into its queue. Its ticks count
+    /// from now; a replaced schedule forgets the old one's.
+    pub async fn put_schedule_for(
+        &self,
+        caller: &Caller,
+        name: String,
+        req: ScheduleRequest,
+    ) -> Result<ScheduleView> {
+        validate::name("schedule name", &name, &self.limits)?;
+        validate::name("queue name", &req.queue, &self.limits)?;
+        let name = self.authorize(
+            caller,
+            Call::new(PrimitiveName::Schedule, Operation::Write, name),
+        )?;
+        let enqueue = Call::new(PrimitiveName::Queue, Operation::Enqueue, req.queue.clone())
+            .value_size(req.payload.len());
+        let queue = self.authorize(caller, enqueue)?;
+        let span = tracing::info_span!("outrigger.queue.put_schedule", name, queue);
+        telemetry::observe(&self.metrics, "schedule", "put", span, async {
+            validate::value("payload", req.payload.len(), &self.limits)?;
+            match (req.every_ms, &req.cron) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return invalid("give every_ms or cron, one of them".into());
+                }
+                (Some(ms), None) => {
+                    let min = schedule::MIN_INTERVAL.as_millis() as u64;
+                    if ms < min {
+                        return invalid(format!("every_ms must be at least {min}, not {ms}"));
+                    }
+                    validate::ttl_ms("every_ms", ms, &self.limits)?;
+                }
+                (None, Some(expr)) => {
+                    Every::cron(expr)
+                        .map_err(|e| Error::InvalidArgument(format!("cron {expr:?}: {e}")))?;
+                }
+            }
+            if let Some(n) = req.max_attempts
+                && !(1..=MAX_ATTEMPTS).contains(&n)
+            {
+                return invalid(format!("max_attempts must be 1..={MAX_ATTEMPTS}, not {n}"));
+            }
+            let schedule = Schedule {
+                queue,
+                payload: req.payload,
+                every_ms: req.every_ms,
+                cron: req.cron,
+                missed: req.missed,
+                max_attempts: req.max_attempts,
+                anchor_ms: crate::kit::unix_ms(std::time::SystemTime::now()),
+            };
+            self.store.put_schedule(&name, &schedule).await?;
+            let stored = Stored {
+                last_tick_ms: schedule.anchor_ms,
+                schedule,
+            };
+            Ok(ScheduleView::new(name.clone(), stored))
+        })
+        .await
+    }
+
+    /// Schedule `name` for `caller` (a read); not found is an error.
+    pub async fn get_schedule_for(&self, caller: &Caller, name: String) -> Result<ScheduleView> {
+        validate::name("schedule name", &name, &self.limits)?;
+        let name = self.authorize(
+            caller,
+            Call::new(PrimitiveName::Schedule, Operation::Read, name),
+        )?;
+        let span = tracing::info_span!("outrigger.queue.get_schedule", name);
+        telemetry::observe(&self.metrics, "schedule", "get", span, async {
+            match self.store.get_schedule(&name).await? {
+                Some(stored) => Ok(ScheduleView::new(name.clone(), stored)),
+                None => Err(Error::NotFound(format!("no schedule {name:?}"))),
+            }
+        })
+        .await
+    }
+
+    /// Deletes schedule `name` for `caller`; whether it existed. Jobs it
+    /// enqueued stay.
+    pub async fn delete_schedule_for(&self, caller: &Caller, name: String) -> Result<bool> {
+        validate::name("schedule name", &name, &self.limits)?;
+        let name = self.authorize(
+            caller,
+            Call::new(PrimitiveName::Schedule, Operation::Delete, name),
+        )?;
+        let span = tracing::info_span!("outrigger.queue.delete_schedule", name);
+        telemetry::observe(&self.metrics, "schedule", "delete", span, async {
+            Ok(self.store.delete_schedule(&name).await?)
+        })
+        .await
+    }
+
+    /// Schedules for `caller` (a scan of every name), sorted by name.
+    pub async fn list_schedules_for(
+        &self,
+        caller: &Caller,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<ScheduleView>> {
+        let pattern = self.authorize(
+            caller,
+            Call::new(PrimitiveName::Schedule, Operation::Scan, "*"),
+        )?;
+        let span = tracing::info_span!("outrigger.queue.list_schedules");
+        telemetry::observe(&self.metrics, "schedule", "list", span, async {
+            let limit = self.page(limit)?;
+            Ok(self
+                .store
+                .schedules(after, limit)
+                .await?
+                .into_iter()
+                .filter(|(name, _)| glob::matches(&pattern, name))
+                .map(|(name, stored)| ScheduleView::new(name, stored))
+                .collect())
+        })
+        .await
+    }
+
+    /// One look at every schedule: enqueues the ticks due, each once.
+    async fn tick_schedules(&self) -> Result<()> {
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.schedules(after.as_deref(), DEFAULT_PAGE).await?;
+            let full = page.len() == DEFAULT_PAGE;
+            after = page.last().map(|(name, _)| name.clone());
+            for (name, stored) in page {
+                if let Err(err) = self.tick_schedule(&name, &stored).await {
+                    tracing::debug!(schedule = name, error = %err, "a schedule tick is left for the next look");
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn tick_schedule(&self, name: &str, stored: &Stored) -> Result<()> {
+        let schedule = &stored.schedule;
+        let Some(every) = schedule.every() else {
+            return Ok(());
+        };
+        let now = crate::kit::unix_ms(std::time::SystemTime::now());
+        let (due, advance) =
+            schedule::due_ticks(&every, schedule, stored.last_tick_ms, now, TICKS_PER_POLL);
+        let window = schedule::dedup_window(&every);
+        for tick in due {
+            let job = EnqueueRequest {
+                payload: schedule.payload.clone(),
+                dedup_id: Some(schedule::tick_id(name, tick)),
+                max_attempts: schedule.max_attempts,
+                ..EnqueueRequest::default()
+            };
+            let job = self.check_job(job)?;
+            match self.store.enqueue(&schedule.queue, job, window).await? {
+                Enqueued::New(_) => self.count("scheduled", 1),
+                Enqueued::Duplicate(_) | Enqueued::Buffered => {}
+            }
+        }
+        if let Some(tick) = advance {
+            self.store
+                .advance_schedule(name, schedule.anchor_ms, tick)
+                .await?;
+        }
+        Ok(())
     }
 
     fn check_job(&self, req: EnqueueRequest) -> Result<NewJob> {

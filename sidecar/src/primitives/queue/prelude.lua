@@ -3,7 +3,8 @@
 -- one hash slot. Keys: `w` (waiting: score due ms, member id), `c` (claimed:
 -- score when the claim runs out), `d` (dead: score 0, by id), `j:<id>` (the
 -- job: p payload, e enqueued, m max attempts, bi/bm backoff ms, a attempts,
--- r receipt, v claim end, x error, t died), `u:<dedup id>`, `seq`.
+-- r receipt, v claim end, x error, t died, u dedup id), `u:<dedup id>`,
+-- `seq`.
 -- Times are Redis' own clock (TIME), so sidecars agree on what is due.
 local P = KEYS[1]
 local W, C, D = P .. 'w', P .. 'c', P .. 'd'

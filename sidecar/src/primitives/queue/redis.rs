@@ -22,6 +22,7 @@ use bytes::Bytes;
 use redis::Script;
 use tokio::sync::broadcast;
 
+use super::schedule::{Schedule, Stored};
 use super::store::{
     Claimed, Claims, DeadJob, Due, Enqueued, NewJob, QueueStats, QueueStore, Settle, Settled,
 };
@@ -48,6 +49,7 @@ struct Scripts {
     redrive: Script,
     purge: Script,
     stats: Script,
+    advance: Script,
 }
 
 /// A script with the shared prelude (the key layout, the clock, and
@@ -75,6 +77,7 @@ impl RedisQueues {
                 redrive: script(include_str!("redrive.lua")),
                 purge: script(include_str!("purge.lua")),
                 stats: script(include_str!("stats.lua")),
+                advance: Script::new(include_str!("advance.lua")),
             },
             ready,
             _forwarder: forwarder,
@@ -97,6 +100,17 @@ impl RedisQueues {
     }
 
     /// Whether `queue` holds any job.
+    /// `ns:sched:{name}`: a hash of the definition (`def`, JSON), its
+    /// anchor (`a`) and last tick (`last`).
+    fn schedule_key(&self, name: &str) -> String {
+        format!("{}:sched:{{{name}}}", self.redis.namespace)
+    }
+
+    /// The names of the schedules (a sorted set, all scores 0).
+    fn schedule_index(&self) -> String {
+        format!("{}:schedules", self.redis.namespace)
+    }
+
     async fn holds_jobs(&self, queue: &str) -> Result<bool, BackendError> {
         let p = self.prefix(queue);
         let mut conn = self.redis.conn();
@@ -193,11 +207,13 @@ impl QueueStore for RedisQueues {
         let visible_at: u64 = from(visible_at)?;
         let next_in: i64 = from(next_in)?;
         let jobs = jobs
-            .chunks_exact(5)
+            .chunks_exact(6)
             .map(|f| {
                 let id: String = from(&f[0])?;
                 let attempt: u32 = from(&f[2])?;
+                let dedup_id: String = from(&f[5])?;
                 Ok(Claimed {
+                    dedup_id: (!dedup_id.is_empty()).then_some(dedup_id),
                     receipt: format!("{id}.{attempt}.{nonce}"),
                     payload: Bytes::from(from::<Vec<u8>>(&f[1])?),
                     max_attempts: from(&f[3])?,
@@ -362,6 +378,129 @@ impl QueueStore for RedisQueues {
                 _ => return Ok(found),
             }
         }
+    }
+
+    async fn put_schedule(&self, name: &str, schedule: &Schedule) -> Result<(), BackendError> {
+        let def = serde_json::to_string(schedule).expect("a schedule serializes");
+        let key = self.schedule_key(name);
+        let mut conn = self.redis.conn();
+        // The definition first: a listed name always has one (a crash in
+        // between leaves a schedule that runs but is not listed until put
+        // again).
+        let mut replace = redis::pipe();
+        replace
+            .atomic()
+            .del(&key)
+            .ignore()
+            .hset_multiple(
+                &key,
+                &[
+                    ("def", def),
+                    ("a", schedule.anchor_ms.to_string()),
+                    ("last", schedule.anchor_ms.to_string()),
+                ],
+            )
+            .ignore();
+        self.redis
+            .call(replace.query_async::<()>(&mut conn))
+            .await?;
+        self.redis
+            .call(
+                redis::cmd("ZADD")
+                    .arg(self.schedule_index())
+                    .arg(0)
+                    .arg(name)
+                    .query_async::<i64>(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<Option<Stored>, BackendError> {
+        let mut conn = self.redis.conn();
+        let (def, last): (Option<String>, Option<u64>) = self
+            .redis
+            .call(
+                redis::cmd("HMGET")
+                    .arg(self.schedule_key(name))
+                    .arg("def")
+                    .arg("last")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let Some(def) = def else {
+            return Ok(None);
+        };
+        let schedule: Schedule = serde_json::from_str(&def)
+            .map_err(|e| BackendError::Protocol(format!("schedule {name:?}: {e}")))?;
+        Ok(Some(Stored {
+            last_tick_ms: last.unwrap_or(schedule.anchor_ms),
+            schedule,
+        }))
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool, BackendError> {
+        let mut conn = self.redis.conn();
+        let deleted: i64 = self
+            .redis
+            .call(
+                redis::cmd("DEL")
+                    .arg(self.schedule_key(name))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        self.redis
+            .call(
+                redis::cmd("ZREM")
+                    .arg(self.schedule_index())
+                    .arg(name)
+                    .query_async::<i64>(&mut conn),
+            )
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    async fn schedules(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Stored)>, BackendError> {
+        let from = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
+        let mut conn = self.redis.conn();
+        let names: Vec<String> = self
+            .redis
+            .call(
+                redis::cmd("ZRANGEBYLEX")
+                    .arg(self.schedule_index())
+                    .arg(&from)
+                    .arg("+")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut listed = Vec::with_capacity(names.len());
+        for name in names {
+            // Deleted since it was listed: skipped.
+            if let Some(stored) = self.get_schedule(&name).await? {
+                listed.push((name, stored));
+            }
+        }
+        Ok(listed)
+    }
+
+    async fn advance_schedule(
+        &self,
+        name: &str,
+        anchor_ms: u64,
+        tick: u64,
+    ) -> Result<bool, BackendError> {
+        let mut call = self.scripts.advance.key(self.schedule_key(name));
+        call.arg(anchor_ms.to_string()).arg(tick.to_string());
+        let mut conn = self.redis.conn();
+        let moved: i64 = self.redis.call(call.invoke_async(&mut conn)).await?;
+        Ok(moved == 1)
     }
 
     fn ready(&self) -> broadcast::Receiver<String> {

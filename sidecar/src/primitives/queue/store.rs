@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
+use super::schedule::{Schedule, Stored};
 use crate::backend::BackendError;
 
 /// When a new job becomes claimable.
@@ -84,6 +85,8 @@ pub struct Claimed {
     pub max_attempts: u32,
     /// Settles this claim, and no other.
     pub receipt: String,
+    /// The dedup id it was enqueued with, if any.
+    pub dedup_id: Option<String>,
     /// Unix ms: when the job was enqueued.
     pub enqueued_at: u64,
     /// Unix ms: when the claim runs out unless extended.
@@ -212,6 +215,31 @@ pub trait QueueStore: Send + Sync + 'static {
 
     /// Queues holding any job, sorted, from the one after `after`.
     async fn queues(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, BackendError>;
+
+    /// Puts (or replaces) schedule `name`; its last tick is its anchor.
+    async fn put_schedule(&self, name: &str, schedule: &Schedule) -> Result<(), BackendError>;
+
+    async fn get_schedule(&self, name: &str) -> Result<Option<Stored>, BackendError>;
+
+    /// Deletes schedule `name`; returns whether it existed.
+    async fn delete_schedule(&self, name: &str) -> Result<bool, BackendError>;
+
+    /// Schedules sorted by name, from the one after `after`.
+    async fn schedules(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Stored)>, BackendError>;
+
+    /// Moves schedule `name`'s last tick to `tick` if that is later and
+    /// the schedule is still the one put at `anchor_ms` (not replaced or
+    /// deleted since); returns whether it moved.
+    async fn advance_schedule(
+        &self,
+        name: &str,
+        anchor_ms: u64,
+        tick: u64,
+    ) -> Result<bool, BackendError>;
 
     /// Names of queues in which a job just became due now (enqueued,
     /// nacked without a wait, redriven), for waiting claims to try again.
