@@ -24,6 +24,7 @@ mod near_cache;
 mod plugins;
 mod queue_api;
 mod queue_conformance;
+mod queue_loss;
 mod queue_schedules;
 mod realtime_api;
 mod realtime_conformance;
