@@ -2,7 +2,7 @@
 //! Redis. Everything sidecar A does stays invisible and untouchable through
 //! sidecar B, by every route: reads, batch reads, listings, deletes, tag and
 //! pattern invalidations (globs included), locks, rate limits, presence,
-//! pub/sub (channels and patterns), counters and maps (fields, listings,
+//! pub/sub (channels and patterns), counters, queues and schedules, and maps (fields, listings,
 //! deletes and watches).
 
 use std::time::Duration;
@@ -155,6 +155,57 @@ async fn isolation(ns_a: &str, ns_b: &str) {
     );
     let counter = json_of(c.get(a.url("/v1/counters/C")).send().await.unwrap()).await;
     assert_eq!(counter["value"], 5, "{counter}");
+    // Queues and schedules: A's job and schedule are not B's.
+    let resp = c
+        .post(a.url("/v1/queues/Q/jobs"))
+        .body("job-a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = c
+        .put(a.url("/v1/schedules/S"))
+        .json(&json!({"queue": "Q", "cron": "0 3 * * *"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let stats = json_of(c.get(b.url("/v1/queues/Q")).send().await.unwrap()).await;
+    assert_eq!(
+        (&stats["ready"], &stats["in_flight"]),
+        (&json!(0), &json!(0)),
+        "{stats}"
+    );
+    let claimed = json_of(
+        c.post(b.url("/v1/queues/Q/claim"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(claimed["jobs"], json!([]), "{claimed}");
+    let listed = json_of(c.get(b.url("/v1/queues")).send().await.unwrap()).await;
+    assert_eq!(listed["queues"], json!([]), "{listed}");
+    assert_eq!(
+        c.get(b.url("/v1/schedules/S"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let listed = json_of(c.get(b.url("/v1/schedules")).send().await.unwrap()).await;
+    assert_eq!(listed["schedules"], json!([]), "{listed}");
+    let claimed = json_of(
+        c.post(a.url("/v1/queues/Q/claim"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(claimed["jobs"][0]["payload"], "job-a", "{claimed}");
     for key in keys {
         let url = b.url(&format!(
             "/v1/cache/{}",
@@ -535,6 +586,56 @@ async fn every_primitive_works_for_an_acl_user_confined_to_its_namespace() {
     assert_eq!(map_events.next().await.0, "updated");
     assert_eq!(map_events.next().await.0, "expired");
     ok("map delete")(c.delete(s.url("/v1/maps/M")).send().await.unwrap());
+    // Queues: enqueue, a waiting claim, ack, stats, dead jobs, listing and
+    // a schedule ticking, all through the confined user.
+    let enqueued = json_of(ok("enqueue")(
+        c.post(s.url("/v1/queues/Q/jobs?dedup_id=d"))
+            .body("j")
+            .send()
+            .await
+            .unwrap(),
+    ))
+    .await;
+    let claimed = json_of(ok("claim")(
+        c.post(s.url("/v1/queues/Q/claim"))
+            .json(&json!({"wait_ms": 1000}))
+            .send()
+            .await
+            .unwrap(),
+    ))
+    .await;
+    let job = &claimed["jobs"][0];
+    assert_eq!(job["id"], enqueued["id"], "{claimed}");
+    ok("ack")(
+        c.post(s.url(&format!(
+            "/v1/queues/Q/jobs/{}/ack",
+            job["id"].as_str().unwrap()
+        )))
+        .json(&json!({"receipt": job["receipt"]}))
+        .send()
+        .await
+        .unwrap(),
+    );
+    ok("queue stats")(c.get(s.url("/v1/queues/Q")).send().await.unwrap());
+    ok("dead jobs")(c.get(s.url("/v1/queues/Q/dead")).send().await.unwrap());
+    ok("queue list")(c.get(s.url("/v1/queues")).send().await.unwrap());
+    ok("schedule")(
+        c.put(s.url("/v1/schedules/S"))
+            .json(&json!({"queue": "ticks", "every_ms": 1000}))
+            .send()
+            .await
+            .unwrap(),
+    );
+    let ticked = json_of(ok("scheduled job")(
+        c.post(s.url("/v1/queues/ticks/claim"))
+            .json(&json!({"wait_ms": 10000}))
+            .send()
+            .await
+            .unwrap(),
+    ))
+    .await;
+    assert_eq!(ticked["jobs"].as_array().unwrap().len(), 1, "{ticked}");
+    ok("schedule delete")(c.delete(s.url("/v1/schedules/S")).send().await.unwrap());
 
     // Nothing was refused: the sidecar never left Redis.
     let status = json_of(c.get(s.url("/v1/admin/status")).send().await.unwrap()).await;
