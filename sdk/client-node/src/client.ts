@@ -64,6 +64,38 @@ export interface Counter {
   ttlMs: number | undefined;
 }
 
+/** What an enqueue did. */
+export interface Enqueued {
+  /** The job's id; null when buffered. */
+  id: string | null;
+  /** The dedup id was seen within its window: `id` is the first job's. */
+  duplicate: boolean;
+  /** Redis is down and the sidecar buffers enqueues: enqueued when it returns. */
+  buffered: boolean;
+}
+
+/** A claimed job. Settle it with `ack`, `nack` or `extendJob` before `visibleAtMs`. */
+export interface Job {
+  queue: string;
+  id: string;
+  receipt: string;
+  /** 1 on the first claim. */
+  attempt: number;
+  maxAttempts: number;
+  payload: Buffer;
+  dedupId?: string;
+  enqueuedAtMs: number;
+  visibleAtMs: number;
+}
+
+export interface QueueStats {
+  ready: number;
+  delayed: number;
+  inFlight: number;
+  dead: number;
+  oldestReadyMs?: number;
+}
+
 export interface Field {
   value: Buffer;
   /** The map's version when the field was last written. */
@@ -589,6 +621,107 @@ export class Client {
     return this.#call({ method: "DELETE", path: `/v1/counters/${seg(name)}`, read: (r) => Boolean(parse(r).existed), idempotent: true });
   }
 
+  // --- work queues ----------------------------------------------------
+
+  /** Enqueues a job; with `dedupId`, a second enqueue within the window returns the first job's id. */
+  enqueue(
+    queue: string,
+    payload: Bytes,
+    options: { delayMs?: number; dueAtMs?: number; dedupId?: string; maxAttempts?: number; backoffMs?: number; backoffMaxMs?: number } = {},
+  ): Promise<Enqueued> {
+    const q = query({
+      delay_ms: options.delayMs,
+      due_at_ms: options.dueAtMs,
+      dedup_id: options.dedupId,
+      max_attempts: options.maxAttempts,
+      backoff_ms: options.backoffMs,
+      backoff_max_ms: options.backoffMaxMs,
+    });
+    return this.#call({
+      method: "POST",
+      path: `/v1/queues/${seg(queue)}/jobs${q}`,
+      read: (r) => {
+        const b = parse(r);
+        return { id: b.id ?? null, duplicate: Boolean(b.duplicate), buffered: Boolean(b.buffered) };
+      },
+      body: bytes(payload),
+      contentType: "application/octet-stream",
+      // Retried with the same dedup id, a second send enqueues nothing.
+      idempotent: options.dedupId !== undefined,
+    });
+  }
+
+  /** Claims up to `max` due jobs (1 by default), waiting up to `waitMs` for one. */
+  claim(queue: string, options: { max?: number; visibilityMs?: number; waitMs?: number } = {}): Promise<Job[]> {
+    return this.#call({
+      method: "POST",
+      path: `/v1/queues/${seg(queue)}/claim`,
+      read: (r) => (parse(r).jobs as unknown[]).map((j) => jobOf(queue, j)),
+      body: json({ max: options.max ?? 1, visibility_ms: options.visibilityMs, wait_ms: options.waitMs ?? 0 }),
+      contentType: "application/json",
+      timeoutMs: (options.waitMs ?? 0) + this.#t.timeoutMs,
+    });
+  }
+
+  /** Done: the job is removed. Rejects with `Conflict` if the claim ran out meanwhile. */
+  async ack(job: Job): Promise<void> {
+    await this.#settle(job, "ack", {});
+  }
+
+  /** Failed: due again after its backoff (or `delayMs`), or dead once its attempts are spent. */
+  async nack(job: Job, options: { error?: string; delayMs?: number } = {}): Promise<"retrying" | "dead"> {
+    const b = await this.#settle(job, "nack", { error: options.error, delay_ms: options.delayMs });
+    return b.outcome;
+  }
+
+  /** Still working: the claim runs out `visibilityMs` from now; returns when. */
+  async extendJob(job: Job, visibilityMs?: number): Promise<number> {
+    const b = await this.#settle(job, "extend", { visibility_ms: visibilityMs });
+    job.visibleAtMs = Number(b.visible_at_ms);
+    return job.visibleAtMs;
+  }
+
+  // biome-ignore lint/suspicious/noExplicitAny: a settle reply as the API writes it
+  #settle(job: Job, how: string, body: Record<string, unknown>): Promise<any> {
+    return this.#call({
+      method: "POST",
+      path: `/v1/queues/${seg(job.queue)}/jobs/${seg(job.id)}/${how}`,
+      read: parse,
+      body: json({ receipt: job.receipt, ...body }),
+      contentType: "application/json",
+    });
+  }
+
+  queueStats(queue: string): Promise<QueueStats> {
+    return this.#call({
+      method: "GET",
+      path: `/v1/queues/${seg(queue)}`,
+      read: (r) => {
+        const b = parse(r);
+        return { ready: b.ready, delayed: b.delayed, inFlight: b.in_flight, dead: b.dead, oldestReadyMs: b.oldest_ready_ms };
+      },
+      idempotent: true,
+    });
+  }
+
+  /**
+   * A worker loop: yields jobs as they are claimed, `batch` at a time,
+   * waiting for more when none is due, until `signal` aborts. Settle each
+   * job (`ack`, `nack`) before its claim runs out, or it is claimed again.
+   *
+   *     for await (const job of client.consume("mail")) { await send(job.payload); await client.ack(job); }
+   */
+  async *consume(
+    queue: string,
+    options: { batch?: number; visibilityMs?: number; waitMs?: number; signal?: AbortSignal } = {},
+  ): AsyncGenerator<Job> {
+    const waitMs = options.waitMs ?? 10_000;
+    while (!options.signal?.aborted) {
+      const jobs = await this.claim(queue, { max: options.batch ?? 1, visibilityMs: options.visibilityMs, waitMs });
+      for (const job of jobs) yield job;
+    }
+  }
+
   // --- maps -----------------------------------------------------------
 
   /** The fields named (absent ones left out), or a first page of all. */
@@ -859,6 +992,21 @@ export class Client {
   status(): Promise<Record<string, unknown>> {
     return this.#call({ method: "GET", path: "/v1/admin/status", read: (r) => parse(r), idempotent: true });
   }
+}
+
+// biome-ignore lint/suspicious/noExplicitAny: a job as the API writes it
+function jobOf(queue: string, j: any): Job {
+  return {
+    queue,
+    id: j.id,
+    receipt: j.receipt,
+    attempt: j.attempt,
+    maxAttempts: j.max_attempts,
+    payload: "payload" in j ? Buffer.from(j.payload, "utf8") : Buffer.from(j.payload_base64 ?? "", "base64"),
+    dedupId: j.dedup_id,
+    enqueuedAtMs: j.enqueued_at_ms,
+    visibleAtMs: j.visible_at_ms,
+  };
 }
 
 // biome-ignore lint/suspicious/noExplicitAny: a counter as the API writes it

@@ -46,6 +46,9 @@ export interface Call<T> {
   /** Whether sending it twice is harmless (retried once on a dropped
    * kept-alive connection). */
   idempotent?: boolean;
+  /** This call's bound, when it waits on the sidecar's side (a claim's
+   * `wait_ms`): the client's `timeoutMs` by default. */
+  timeoutMs?: number;
 }
 
 function headersOf(res: http.IncomingMessage): Record<string, string> {
@@ -255,7 +258,8 @@ export class Transport {
     const conn = this.#idle.pop() ?? new RawConn(this.address);
     this.#busy.add(conn);
     this.#sweep();
-    return conn.exchange(request, this.timeoutMs).then(
+    const timeoutMs = call.timeoutMs ?? this.timeoutMs;
+    return conn.exchange(request, timeoutMs).then(
       ({ reply, keep }) => {
         this.#busy.delete(conn);
         if (keep && !this.#closed && this.#idle.length < MAX_IDLE) this.#idle.push(conn);
@@ -266,7 +270,7 @@ export class Transport {
         this.#busy.delete(conn);
         conn.close();
         if (err instanceof TimeoutError) {
-          throw new Unavailable(`the sidecar at ${this.describe()} did not answer within ${this.timeoutMs} ms`);
+          throw new Unavailable(`the sidecar at ${this.describe()} did not answer within ${timeoutMs} ms`);
         }
         // A kept-alive connection the sidecar closed meanwhile.
         if (reused) throw new Retryable(err);

@@ -161,6 +161,40 @@ for (const backend of ["memory", "redis"]) {
         await assert.rejects(client.check("login", key, { cost: 99 }), InvalidArgument);
       });
 
+      test("work queues: enqueue, claim, settle and a worker loop", async (t) => {
+        const queue = unique(t.name);
+        const first = await client.enqueue(queue, "a", { dedupId: "once" });
+        assert.equal(first.duplicate, false);
+        assert.deepEqual(await client.enqueue(queue, "again", { dedupId: "once" }), { ...first, duplicate: true });
+        await client.enqueue(queue, Buffer.from([255, 0]), { maxAttempts: 1 });
+        const [a, binary] = await client.claim(queue, { max: 10 });
+        assert.equal(a.id, first.id);
+        assert.equal(a.payload.toString(), "a");
+        assert.equal(a.dedupId, "once");
+        assert.deepEqual([...binary.payload], [255, 0]);
+        assert.ok((await client.extendJob(a, 60_000)) > a.enqueuedAtMs);
+        await client.ack(a);
+        await assert.rejects(client.ack(a), NotFound);
+        assert.equal(await client.nack(binary, { error: "no" }), "dead");
+        assert.deepEqual(await client.queueStats(queue), { ready: 0, delayed: 0, inFlight: 0, dead: 1, oldestReadyMs: undefined });
+        await assert.rejects(client.ack({ ...binary, receipt: "made-up" }), Conflict);
+        await assert.rejects(client.enqueue(queue, "x", { maxAttempts: 0 }), InvalidArgument);
+        // The worker loop: jobs enqueued while it waits, each once, until aborted.
+        const stop = new AbortController();
+        const got = [];
+        const worker = (async () => {
+          for await (const job of client.consume(queue, { waitMs: 1_000, signal: stop.signal })) {
+            got.push(job.payload.toString());
+            await client.ack(job);
+            if (got.length === 3) stop.abort();
+          }
+        })();
+        for (const p of ["1", "2", "3"]) await client.enqueue(queue, p);
+        await worker;
+        assert.deepEqual(got, ["1", "2", "3"]);
+        assert.equal((await client.queueStats(queue)).inFlight, 0);
+      });
+
       test("counters and maps", async (t) => {
         const name = unique(t.name);
         assert.equal((await client.counter(name)).exists, false);

@@ -125,6 +125,23 @@ def test_rate_limits_counters_and_maps(sidecar: Sidecar, unique: str) -> None:
     run(main, sidecar)
 
 
+def test_work_queues(sidecar: Sidecar, unique: str) -> None:
+    async def main(c: AsyncClient) -> None:
+        job_id = (await c.enqueue(unique, "a", max_attempts=2)).id
+        [job] = await c.claim(unique)
+        assert (job.id, job.payload) == (job_id, b"a")
+        assert await c.nack(job, error="retry", delay=0.01) == "retrying"
+        got = []
+        async for job in c.consume(unique, wait=1):
+            got.append((job.payload, job.attempt))
+            await c.ack(job)
+            break
+        assert got == [(b"a", 2)]
+        assert (await c.queue_stats(unique)).ready == 0
+
+    run(main, sidecar)
+
+
 def test_presence_and_subscribe(sidecar: Sidecar, unique: str) -> None:
     async def main(c: AsyncClient) -> None:
         async with c.present(unique, "ann", ttl=0.6):

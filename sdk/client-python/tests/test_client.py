@@ -185,6 +185,45 @@ def test_counters(client: Client, unique: str) -> None:
     assert client.counter(unique).value == 0
 
 
+def test_work_queues(client: Client, unique: str) -> None:
+    first = client.enqueue(unique, "a", dedup_id="once")
+    assert (first.duplicate, first.buffered) == (False, False)
+    assert client.enqueue(unique, "again", dedup_id="once").id == first.id
+    client.enqueue(unique, b"\xff\x00", max_attempts=1)
+    a, binary = client.claim(unique, max=10)
+    assert (a.id, a.payload, a.attempt, a.dedup_id) == (first.id, b"a", 1, "once")
+    assert binary.payload == b"\xff\x00"
+    assert client.extend_job(a, visibility=60) > a.enqueued_at
+    client.ack(a)
+    with pytest.raises(NotFound):
+        client.ack(a)
+    assert client.nack(binary, error="no") == "dead"
+    stats = client.queue_stats(unique)
+    assert (stats.ready, stats.in_flight, stats.dead) == (0, 0, 1)
+    with pytest.raises(InvalidArgument):
+        client.enqueue(unique, "x", max_attempts=0)
+    with pytest.raises(ValueError):
+        client.claim(unique, wait=60)
+    # The worker loop gets what is enqueued while it waits, each job once.
+    got: list[bytes] = []
+
+    def work() -> None:
+        for job in client.consume(unique, wait=1):
+            got.append(job.payload)
+            client.ack(job)
+            if len(got) == 3:
+                return
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    for p in ("1", "2", "3"):
+        client.enqueue(unique, p)
+    worker.join(timeout=20)
+    assert not worker.is_alive()
+    assert got == [b"1", b"2", b"3"]
+    assert client.queue_stats(unique).in_flight == 0
+
+
 def test_maps(client: Client, unique: str) -> None:
     v1 = client.map_set(unique, "user", "ada", ttl=60)
     applied = client.map_update(

@@ -1,16 +1,18 @@
 """Outrigger from Python: the sidecar's cache, locks and semaphores, rate
-limits, counters, maps, presence and pub/sub, blocking (`Client`) or on
-asyncio (`AsyncClient`)."""
+limits, counters, maps, work queues, presence and pub/sub, blocking
+(`Client`) or on asyncio (`AsyncClient`)."""
 
 from ._wire import (
     Applied,
     Changes,
     Counter,
     Decision,
+    Enqueued,
     Entry,
     Field,
     History,
     HistoryMessage,
+    Job,
     KeyPage,
     Lease,
     Leased,
@@ -19,6 +21,7 @@ from ._wire import (
     Member,
     MemberPage,
     Message,
+    QueueStats,
     Resumed,
 )
 from .aio import AsyncClient, AsyncHeldLock, AsyncPresence
@@ -47,12 +50,14 @@ __all__ = [
     "Conflict",
     "Counter",
     "Decision",
+    "Enqueued",
     "Entry",
     "Field",
     "HeldLock",
     "History",
     "HistoryMessage",
     "InvalidArgument",
+    "Job",
     "KeyPage",
     "Lease",
     "Leased",
@@ -67,6 +72,7 @@ __all__ = [
     "PermissionDenied",
     "PreconditionFailed",
     "Presence",
+    "QueueStats",
     "RateLimited",
     "Resumed",
     "TooLarge",

@@ -424,6 +424,121 @@ def counter_reset(name: str) -> Call[bool]:
     )
 
 
+# --- work queues ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """What an enqueue did: the job's id (None when buffered), whether the
+    dedup id had been seen (the id is then the first job's), and whether
+    the sidecar buffered it while Redis is down."""
+
+    id: str | None
+    duplicate: bool
+    buffered: bool
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed job: settle it (ack, nack) before `visible_at`, or it is
+    claimed again."""
+
+    queue: str
+    id: str
+    receipt: str
+    attempt: int
+    max_attempts: int
+    payload: bytes
+    dedup_id: str | None
+    enqueued_at: float
+    visible_at: float
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    ready: int
+    delayed: int
+    in_flight: int
+    dead: int
+    oldest_ready: float | None
+
+
+def _job(queue: str, j: Mapping[str, Any]) -> Job:
+    payload = (
+        j["payload"].encode() if "payload" in j else base64.b64decode(j.get("payload_base64", ""))
+    )
+    return Job(
+        queue,
+        j["id"],
+        j["receipt"],
+        int(j["attempt"]),
+        int(j["max_attempts"]),
+        payload,
+        j.get("dedup_id"),
+        j["enqueued_at_ms"] / 1000,
+        j["visible_at_ms"] / 1000,
+    )
+
+
+def queue_enqueue(
+    queue: str,
+    payload: Bytes,
+    delay: float | None,
+    dedup_id: str | None,
+    max_attempts: int | None,
+    backoff: float | None,
+) -> Call[Enqueued]:
+    def read(r: Reply) -> Enqueued:
+        b = r.json()
+        return Enqueued(b.get("id"), bool(b["duplicate"]), bool(b["buffered"]))
+
+    q = query(
+        delay_ms=ms(delay), dedup_id=dedup_id, max_attempts=max_attempts, backoff_ms=ms(backoff)
+    )
+    return Call(
+        "POST",
+        f"/v1/queues/{seg(queue)}/jobs{q}",
+        read,
+        body=raw(payload),
+        content_type="application/octet-stream",
+        # Sent twice with the same dedup id, the second enqueues nothing.
+        idempotent=dedup_id is not None,
+    )
+
+
+def queue_claim(queue: str, max: int, visibility: float | None, wait: float) -> Call[list[Job]]:
+    body: dict[str, Any] = {"max": max, "wait_ms": round(wait * 1000)}
+    if visibility is not None:
+        body["visibility_ms"] = ms(visibility)
+    return Call(
+        "POST",
+        f"/v1/queues/{seg(queue)}/claim",
+        lambda r: [_job(queue, j) for j in r.json()["jobs"]],
+        body=as_json(body),
+        content_type="application/json",
+    )
+
+
+def queue_settle(job: Job, how: str, extra: Mapping[str, Any]) -> Call[Mapping[str, Any]]:
+    body = {"receipt": job.receipt, **{k: v for k, v in extra.items() if v is not None}}
+    return Call(
+        "POST",
+        f"/v1/queues/{seg(job.queue)}/jobs/{seg(job.id)}/{how}",
+        lambda r: r.json(),
+        body=as_json(body),
+        content_type="application/json",
+    )
+
+
+def queue_stats(queue: str) -> Call[QueueStats]:
+    def read(r: Reply) -> QueueStats:
+        b = r.json()
+        oldest = b.get("oldest_ready_ms")
+        return QueueStats(b["ready"], b["delayed"], b["in_flight"], b["dead"], seconds(oldest))
+
+    return Call("GET", f"/v1/queues/{seg(queue)}", read, idempotent=True)
+
+
 # --- maps -----------------------------------------------------------------
 
 

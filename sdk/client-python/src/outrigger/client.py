@@ -18,9 +18,11 @@ from ._wire import (
     Changes,
     Counter,
     Decision,
+    Enqueued,
     Entry,
     Field,
     History,
+    Job,
     KeyPage,
     Lease,
     Leased,
@@ -28,6 +30,7 @@ from ._wire import (
     MapFields,
     MemberPage,
     Message,
+    QueueStats,
 )
 from .errors import Conflict, LockLost, OutriggerError, Unavailable
 
@@ -274,6 +277,78 @@ class Client:
 
     def reset_counter(self, name: str) -> bool:
         return self._call(w.counter_reset(name))
+
+    # --- work queues -------------------------------------------------------
+
+    def enqueue(
+        self,
+        queue: str,
+        payload: Bytes,
+        *,
+        delay: float | None = None,
+        dedup_id: str | None = None,
+        max_attempts: int | None = None,
+        backoff: float | None = None,
+    ) -> Enqueued:
+        """Enqueues a job, claimable after `delay` seconds; a second enqueue
+        with the same `dedup_id` within the window enqueues nothing."""
+        call = w.queue_enqueue(queue, payload, delay, dedup_id, max_attempts, backoff)
+        return self._call(call)
+
+    def claim(
+        self, queue: str, *, max: int = 1, visibility: float | None = None, wait: float = 0.0
+    ) -> list[Job]:
+        """Up to `max` due jobs, each invisible to others for `visibility`
+        seconds, waiting up to `wait` (less than the client's timeout) for
+        one."""
+        if wait >= self._transport.timeout:
+            raise ValueError(
+                f"wait ({wait} s) must be shorter than the client's timeout "
+                f"({self._transport.timeout} s)"
+            )
+        return self._call(w.queue_claim(queue, max, visibility, wait))
+
+    def ack(self, job: Job) -> None:
+        """Done: the job is removed. Raises `Conflict` if its claim ran out."""
+        self._call(w.queue_settle(job, "ack", {}))
+
+    def nack(self, job: Job, *, error: str | None = None, delay: float | None = None) -> str:
+        """Failed: `"retrying"` (due again after its backoff, or `delay`) or
+        `"dead"` (its attempts are spent)."""
+        extra = {"error": error, "delay_ms": None if delay is None else round(delay * 1000)}
+        reply = self._call(w.queue_settle(job, "nack", extra))
+        return str(reply["outcome"])
+
+    def extend_job(self, job: Job, *, visibility: float | None = None) -> float:
+        """Still working: the claim runs out `visibility` seconds from now;
+        returns when (Unix seconds)."""
+        extend = w.queue_settle(job, "extend", {"visibility_ms": w.ms(visibility)})
+        reply = self._call(extend)
+        return float(reply["visible_at_ms"]) / 1000
+
+    def queue_stats(self, queue: str) -> QueueStats:
+        return self._call(w.queue_stats(queue))
+
+    def consume(
+        self,
+        queue: str,
+        *,
+        batch: int = 1,
+        visibility: float | None = None,
+        wait: float | None = None,
+    ) -> Iterator[Job]:
+        """A worker loop: yields jobs as they are claimed, `batch` at a
+        time, waiting for more when the queue is empty (`wait` per claim:
+        half the client's timeout by default). Settle each before its claim
+        runs out, or it is claimed again.
+
+            for job in client.consume("mail"):
+                send(job.payload)
+                client.ack(job)
+        """
+        wait = self._transport.timeout / 2 if wait is None else wait
+        while True:
+            yield from self.claim(queue, max=batch, visibility=visibility, wait=wait)
 
     # --- maps --------------------------------------------------------------
 
