@@ -29,6 +29,7 @@ use outrigger::api::pb::lock_client::LockClient;
 use outrigger::api::pb::map_client::MapClient;
 use outrigger::api::pb::presence_client::PresenceClient;
 use outrigger::api::pb::pub_sub_client::PubSubClient;
+use outrigger::api::pb::queue_client::QueueClient;
 use outrigger::api::pb::rate_limit_client::RateLimitClient;
 use outrigger_tests::{RedisServer, Sidecar, SidecarBuilder};
 use serde::Serialize;
@@ -1242,6 +1243,210 @@ fn plan(c: &Clients) -> Vec<(&'static str, Vec<(&'static str, Op)>)> {
     }));
     plan.push(("presence join", vias));
 
+    // --- queue enqueue ------------------------------------------------
+    let mut vias: Vec<(&'static str, Op)> = vec![("direct", {
+        let conn = c.redis.clone();
+        op(move |w, _| {
+            let mut conn = conn.clone();
+            async move {
+                let _: i64 = redis::cmd("LPUSH")
+                    .arg(format!("direct:list:{{e{w}}}"))
+                    .arg(&VALUE[..])
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(())
+            }
+        })
+    })];
+    vias.push(("direct (its script)", {
+        let (conn, scripts) = (c.redis.clone(), scripts.clone());
+        op(move |w, _| {
+            let (mut conn, scripts) = (conn.clone(), scripts.clone());
+            async move {
+                let prefix = format!("direct:q:{{e{w}}}:");
+                scripts.queue_fill(&mut conn, &prefix, "direct:queued", 1).await
+            }
+        })
+    }));
+    let client = QueueClient::new(c.grpc.clone());
+    vias.push((
+        "grpc",
+        op(move |w, _| {
+            let mut client = client.clone();
+            async move {
+                let r = client
+                    .enqueue(pb::EnqueueJobRequest {
+                        queue: format!("eg{w}"),
+                        payload: VALUE.to_vec().into(),
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                ensure!(!r.id.is_empty(), "no id");
+                Ok(())
+            }
+        }),
+    ));
+    vias.push(lean_http(c, |raw, w, _| async move {
+        let path = format!("/v1/queues/eh{w}/jobs");
+        let r = raw.call(w, "POST", &path, false, &VALUE[..]).await?;
+        ensure!(r.status == 200, "status {}", r.status);
+        Ok(())
+    }));
+    vias.push(lean_grpc(c, |raw, w, _| async move {
+        let req = pb::EnqueueJobRequest {
+            queue: format!("er{w}"),
+            payload: VALUE.to_vec().into(),
+            ..Default::default()
+        };
+        let r: pb::EnqueueJobResponse = raw.call(w, "/outrigger.v1.Queue/Enqueue", &req).await?;
+        ensure!(!r.id.is_empty(), "no id");
+        Ok(())
+    }));
+    plan.push(("queue enqueue", vias));
+
+    // --- queue claim + ack ----------------------------------------------
+    // Every worker claims from a queue of its own, refilled (outside the
+    // sidecar, with its own script) REFILL jobs at a time when empty: one
+    // request in REFILL also pays for the refill (p99.5 and above), in
+    // every row alike.
+    let mut vias: Vec<(&'static str, Op)> = vec![("direct", {
+        let conn = c.redis.clone();
+        op(move |w, _| {
+            let mut conn = conn.clone();
+            async move {
+                let list = format!("direct:list:{{c{w}}}");
+                let working = format!("direct:list:{{c{w}}}:working");
+                // The reliable-list pattern: LMOVE to a working list, LREM
+                // when done.
+                let mut job: Option<Vec<u8>> = redis::cmd("LMOVE")
+                    .arg(&list)
+                    .arg(&working)
+                    .arg("RIGHT")
+                    .arg("LEFT")
+                    .query_async(&mut conn)
+                    .await?;
+                if job.is_none() {
+                    let mut fill = redis::cmd("LPUSH");
+                    fill.arg(&list);
+                    for _ in 0..REFILL {
+                        fill.arg(&VALUE[..]);
+                    }
+                    let _: i64 = fill.query_async(&mut conn).await?;
+                    job = redis::cmd("LMOVE")
+                        .arg(&list)
+                        .arg(&working)
+                        .arg("RIGHT")
+                        .arg("LEFT")
+                        .query_async(&mut conn)
+                        .await?;
+                }
+                let job = job.context("no job")?;
+                let removed: i64 = redis::cmd("LREM")
+                    .arg(&working)
+                    .arg(1)
+                    .arg(job)
+                    .query_async(&mut conn)
+                    .await?;
+                ensure!(removed == 1, "not removed");
+                Ok(())
+            }
+        })
+    })];
+    vias.push(("direct (its script)", {
+        let (conn, scripts) = (c.redis.clone(), scripts.clone());
+        op(move |w, _| {
+            let (mut conn, scripts) = (conn.clone(), scripts.clone());
+            async move {
+                let prefix = format!("direct:q:{{c{w}}}:");
+                if !scripts.queue_claim_ack(&mut conn, &prefix).await? {
+                    scripts.queue_fill(&mut conn, &prefix, "direct:queued", REFILL).await?;
+                    ensure!(scripts.queue_claim_ack(&mut conn, &prefix).await?, "no job");
+                }
+                Ok(())
+            }
+        })
+    }));
+    let client = QueueClient::new(c.grpc.clone());
+    let refill = QueueRefill::new(c, scripts.clone());
+    vias.push((
+        "grpc",
+        op(move |w, _| {
+            let (mut client, refill) = (client.clone(), refill.clone());
+            async move {
+                let queue = format!("cg{w}");
+                let claim = pb::ClaimJobsRequest {
+                    queue: queue.clone(),
+                    max: 1,
+                    ..Default::default()
+                };
+                let mut jobs = client.claim(claim.clone()).await?.into_inner().jobs;
+                if jobs.is_empty() {
+                    refill.fill(&queue).await?;
+                    jobs = client.claim(claim).await?.into_inner().jobs;
+                }
+                let job = jobs.pop().context("no job")?;
+                client
+                    .ack(pb::AckJobRequest {
+                        queue,
+                        id: job.id,
+                        receipt: job.receipt,
+                    })
+                    .await?;
+                Ok(())
+            }
+        }),
+    ));
+    let refill = QueueRefill::new(c, scripts.clone());
+    vias.push(lean_http(c, move |raw, w, _| {
+        let refill = refill.clone();
+        async move {
+            let queue = format!("ch{w}");
+            let path = format!("/v1/queues/{queue}/claim");
+            let mut r = raw.call(w, "POST", &path, true, b"{}").await?;
+            ensure!(r.status == 200, "claim: status {}", r.status);
+            if r.body.starts_with(br#"{"jobs":[]"#) {
+                refill.fill(&queue).await?;
+                r = raw.call(w, "POST", &path, true, b"{}").await?;
+            }
+            let claimed: serde_json::Value = serde_json::from_slice(&r.body)?;
+            let job = &claimed["jobs"][0];
+            let id = job["id"].as_str().context("no job")?;
+            let ack = format!("/v1/queues/{queue}/jobs/{id}/ack");
+            let body = serde_json::to_vec(&serde_json::json!({"receipt": job["receipt"]}))?;
+            let r = raw.call(w, "POST", &ack, true, &body).await?;
+            ensure!(r.status == 200, "ack: status {}", r.status);
+            Ok(())
+        }
+    }));
+    let refill = QueueRefill::new(c, scripts.clone());
+    vias.push(lean_grpc(c, move |raw, w, _| {
+        let refill = refill.clone();
+        async move {
+            let queue = format!("cr{w}");
+            let claim = pb::ClaimJobsRequest {
+                queue: queue.clone(),
+                max: 1,
+                ..Default::default()
+            };
+            let path = "/outrigger.v1.Queue/Claim";
+            let mut r: pb::ClaimJobsResponse = raw.call(w, path, &claim).await?;
+            if r.jobs.is_empty() {
+                refill.fill(&queue).await?;
+                r = raw.call(w, path, &claim).await?;
+            }
+            let job = r.jobs.pop().context("no job")?;
+            let ack = pb::AckJobRequest {
+                queue,
+                id: job.id,
+                receipt: job.receipt,
+            };
+            let _: pb::SettleJobResponse = raw.call(w, "/outrigger.v1.Queue/Ack", &ack).await?;
+            Ok(())
+        }
+    }));
+    plan.push(("queue claim+ack", vias));
+
     // --- counter increment ----------------------------------------------
     let mut vias: Vec<(&'static str, Op)> = vec![("direct", {
         let conn = c.redis.clone();
@@ -1647,6 +1852,34 @@ fn base_for(c: &Clients, via: &str, path: &str) -> String {
     }
 }
 
+/// Jobs a claim row's queue is refilled with when it runs dry.
+const REFILL: usize = 200;
+
+/// Refills the sidecar's queues behind its back (its own enqueue script,
+/// [`REFILL`] jobs in one pipeline), for the claim rows.
+#[derive(Clone)]
+struct QueueRefill {
+    conn: redis::aio::MultiplexedConnection,
+    scripts: Arc<DirectScripts>,
+}
+
+impl QueueRefill {
+    fn new(c: &Clients, scripts: Arc<DirectScripts>) -> Self {
+        QueueRefill {
+            conn: c.redis.clone(),
+            scripts,
+        }
+    }
+
+    async fn fill(&self, queue: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let prefix = format!("bench:q:{{{queue}}}:");
+        self.scripts
+            .queue_fill(&mut conn, &prefix, "bench:queued", REFILL)
+            .await
+    }
+}
+
 /// The sidecar's own scripts, for the direct rows.
 struct DirectScripts {
     cache_set: redis::Script,
@@ -1657,6 +1890,9 @@ struct DirectScripts {
     counter_incr: redis::Script,
     map_update: redis::Script,
     map_get: redis::Script,
+    queue_enqueue: redis::Script,
+    queue_claim: redis::Script,
+    queue_settle: redis::Script,
 }
 
 impl DirectScripts {
@@ -1689,7 +1925,95 @@ impl DirectScripts {
                 include_str!("../../../sidecar/src/primitives/map/lib.lua"),
                 include_str!("../../../sidecar/src/primitives/map/get.lua")
             )),
+            queue_enqueue: redis::Script::new(concat!(
+                include_str!("../../../sidecar/src/primitives/queue/prelude.lua"),
+                "\n",
+                include_str!("../../../sidecar/src/primitives/queue/enqueue.lua")
+            )),
+            queue_claim: redis::Script::new(concat!(
+                include_str!("../../../sidecar/src/primitives/queue/prelude.lua"),
+                "\n",
+                include_str!("../../../sidecar/src/primitives/queue/claim.lua")
+            )),
+            queue_settle: redis::Script::new(concat!(
+                include_str!("../../../sidecar/src/primitives/queue/prelude.lua"),
+                "\n",
+                include_str!("../../../sidecar/src/primitives/queue/settle.lua")
+            )),
         }
+    }
+
+    /// Enqueues `n` jobs of [`VALUE`] into the queue whose keys start with
+    /// `prefix` (`<namespace>:q:{<queue>}:`), as the sidecar's enqueue does,
+    /// in one pipeline.
+    async fn queue_fill(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        prefix: &str,
+        channel: &str,
+        n: usize,
+    ) -> Result<()> {
+        let mut call = self.queue_enqueue.key(prefix);
+        call.arg(&VALUE[..])
+            .arg(0)
+            .arg("")
+            .arg(5)
+            .arg(1000)
+            .arg(300_000)
+            .arg("")
+            .arg(1)
+            .arg(channel)
+            .arg("q");
+        if n == 1 {
+            let _: Vec<redis::Value> = call.invoke_async(conn).await?;
+            return Ok(());
+        }
+        // Loaded first: a pipeline does not retry on NOSCRIPT.
+        call.load_async(conn).await?;
+        let mut pipe = redis::pipe();
+        for _ in 0..n {
+            pipe.invoke_script(&call).ignore();
+        }
+        let () = pipe.query_async(conn).await?;
+        Ok(())
+    }
+
+    /// Claims one job from the queue at `prefix` and acks it, with the
+    /// sidecar's scripts; false when it was empty.
+    async fn queue_claim_ack(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        prefix: &str,
+    ) -> Result<bool> {
+        let claimed: Vec<redis::Value> = self
+            .queue_claim
+            .key(prefix)
+            .arg(1)
+            .arg(30_000)
+            .arg("0123456789abcdef")
+            .invoke_async(conn)
+            .await?;
+        let [_, _, id, _, attempt, ..] = claimed.as_slice() else {
+            return Ok(false);
+        };
+        let id: String = redis::from_redis_value(id.clone())?;
+        let attempt: u32 = redis::from_redis_value(attempt.clone())?;
+        let receipt = format!("{id}.{attempt}.0123456789abcdef");
+        let settled: Vec<String> = self
+            .queue_settle
+            .key(prefix)
+            .arg(&id)
+            .arg(&receipt)
+            .arg("ack")
+            .arg("")
+            .arg("")
+            .arg(0)
+            .arg("chan")
+            .arg("q")
+            .invoke_async(conn)
+            .await?;
+        ensure!(settled == ["acked"], "not acked: {settled:?}");
+        Ok(true)
     }
 
     /// A map script's call on `map`'s three keys, as the sidecar makes it.
