@@ -1264,7 +1264,9 @@ fn plan(c: &Clients) -> Vec<(&'static str, Vec<(&'static str, Op)>)> {
             let (mut conn, scripts) = (conn.clone(), scripts.clone());
             async move {
                 let prefix = format!("direct:q:{{e{w}}}:");
-                scripts.queue_fill(&mut conn, &prefix, "direct:queued", 1).await
+                scripts
+                    .queue_fill(&mut conn, &prefix, "direct:queued", 1)
+                    .await
             }
         })
     }));
@@ -1360,7 +1362,9 @@ fn plan(c: &Clients) -> Vec<(&'static str, Vec<(&'static str, Op)>)> {
             async move {
                 let prefix = format!("direct:q:{{c{w}}}:");
                 if !scripts.queue_claim_ack(&mut conn, &prefix).await? {
-                    scripts.queue_fill(&mut conn, &prefix, "direct:queued", REFILL).await?;
+                    scripts
+                        .queue_fill(&mut conn, &prefix, "direct:queued", REFILL)
+                        .await?;
                     ensure!(scripts.queue_claim_ack(&mut conn, &prefix).await?, "no job");
                 }
                 Ok(())
@@ -1446,6 +1450,100 @@ fn plan(c: &Clients) -> Vec<(&'static str, Vec<(&'static str, Op)>)> {
         }
     }));
     plan.push(("queue claim+ack", vias));
+
+    // --- queue handoff --------------------------------------------------
+    // End to end: a worker already waiting for a job gets one enqueued
+    // meanwhile (a blocking BLMOVE on a connection of its own, directly).
+    let (client, conn) = (c.redis_client.clone(), c.redis.clone());
+    let blocking: Arc<Vec<Mutex<Option<redis::aio::MultiplexedConnection>>>> =
+        Arc::new((0..CONCURRENCY[1]).map(|_| Mutex::new(None)).collect());
+    let vias: Vec<(&'static str, Op)> = vec![
+        ("direct", {
+            op(move |w, i| {
+                let (client, mut conn, blocking) = (client.clone(), conn.clone(), blocking.clone());
+                async move {
+                    let mut slot = blocking[w].lock().await;
+                    if slot.is_none() {
+                        *slot = Some(client.get_multiplexed_async_connection().await?);
+                    }
+                    let mut waiter = slot.clone().context("a blocking connection")?;
+                    let list = format!("direct:list:{{h{w}}}");
+                    let working = format!("direct:list:{{h{w}}}:working");
+                    let take = {
+                        let (list, working) = (list.clone(), working.clone());
+                        tokio::spawn(async move {
+                            redis::cmd("BLMOVE")
+                                .arg(&list)
+                                .arg(&working)
+                                .arg("RIGHT")
+                                .arg("LEFT")
+                                .arg(1.0)
+                                .query_async::<Option<Vec<u8>>>(&mut waiter)
+                                .await
+                        })
+                    };
+                    let payload = format!("h{w}-{i}");
+                    let _: i64 = redis::cmd("LPUSH")
+                        .arg(&list)
+                        .arg(&payload)
+                        .query_async(&mut conn)
+                        .await?;
+                    let job = take.await??.context("no job within 1 s")?;
+                    let _: i64 = redis::cmd("LREM")
+                        .arg(&working)
+                        .arg(1)
+                        .arg(job)
+                        .query_async(&mut conn)
+                        .await?;
+                    Ok(())
+                }
+            })
+        }),
+        ("grpc", {
+            let client = QueueClient::new(c.grpc.clone());
+            op(move |w, i| {
+                let client = client.clone();
+                async move {
+                    let queue = format!("hg{w}");
+                    let take = {
+                        let (mut client, queue) = (client.clone(), queue.clone());
+                        tokio::spawn(async move {
+                            let claim = pb::ClaimJobsRequest {
+                                queue,
+                                max: 1,
+                                wait_ms: 1000,
+                                ..Default::default()
+                            };
+                            client.claim(claim).await
+                        })
+                    };
+                    let mut client = client.clone();
+                    client
+                        .enqueue(pb::EnqueueJobRequest {
+                            queue: queue.clone(),
+                            payload: format!("h{w}-{i}").into_bytes().into(),
+                            ..Default::default()
+                        })
+                        .await?;
+                    let job = take
+                        .await??
+                        .into_inner()
+                        .jobs
+                        .pop()
+                        .context("no job within 1 s")?;
+                    client
+                        .ack(pb::AckJobRequest {
+                            queue,
+                            id: job.id,
+                            receipt: job.receipt,
+                        })
+                        .await?;
+                    Ok(())
+                }
+            })
+        }),
+    ];
+    plan.push(("queue handoff", vias));
 
     // --- counter increment ----------------------------------------------
     let mut vias: Vec<(&'static str, Op)> = vec![("direct", {

@@ -348,7 +348,7 @@ async fn schedule_get(
 #[utoipa::path(
     delete, path = "/v1/schedules/{name}", tag = "queues",
     params(("name" = String, Path, description = "The schedule")),
-    responses((status = 200, description = "Deleted (the jobs it enqueued stay)", body = DeletedReply),
+    responses((status = 200, description = "Deleted (the jobs it enqueued stay)", body = ScheduleDeletedReply),
         CommonErrors)
 )]
 async fn schedule_delete(
@@ -357,9 +357,9 @@ async fn schedule_delete(
         caller,
     }: Ctx<Queues>,
     Key(name): Key,
-) -> Result<Json<DeletedReply>, Error> {
+) -> Result<Json<ScheduleDeletedReply>, Error> {
     let existed = queues.delete_schedule_for(&caller, name).await?;
-    Ok(Json(DeletedReply { existed }))
+    Ok(Json(ScheduleDeletedReply { existed }))
 }
 
 #[utoipa::path(
@@ -471,7 +471,7 @@ pub struct ScheduleListReply {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct DeletedReply {
+pub struct ScheduleDeletedReply {
     /// Whether it existed.
     pub existed: bool,
 }
