@@ -1,5 +1,6 @@
 // The Node client next to ioredis, the same operations in one run, at
 // concurrency 1: what an app pays for going through the sidecar from Node.
+// The queue handoff is also measured with BullMQ on the same Redis.
 //
 //   node bench.mjs --url URL --socket PATH --redis REDIS_URL [--seconds S]
 //
@@ -10,6 +11,7 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { Queue, Worker } from "bullmq";
 import { Redis } from "ioredis";
 import { Client } from "./dist/index.js";
 
@@ -73,6 +75,43 @@ for (const [via, options] of [["client tcp", { url: args.url }], ["client uds", 
     if (!(await c.check("bench", `node:${run}`)).allowed) throw new Error("denied");
   };
 }
+// A job handed to a worker already waiting, and acked (completed): a
+// reliable list (BLMOVE on a connection of its own, LREM), BullMQ, and the
+// client's waiting claim then ack.
+const handoff = "queue handoff (enqueue to acked)";
+const blocking = new Redis(args.redis);
+ways[handoff] = {
+  direct: async (i) => {
+    const taken = blocking.blmoveBuffer(`nodedirect:q:{${run}}`, `nodedirect:q:{${run}}:working`, "RIGHT", "LEFT", 1);
+    await redis.lpush(`nodedirect:q:{${run}}`, `j${i}`);
+    const job = await taken;
+    if (!job || (await redis.lrem(`nodedirect:q:{${run}}:working`, 1, job)) !== 1) throw new Error("no job");
+  },
+};
+const bull = { connection: { url: args.redis, maxRetriesPerRequest: null }, prefix: `nodebull${run}` };
+const bullQueue = new Queue("bench", bull);
+const completed = new Map();
+const bullWorker = new Worker("bench", async () => {}, { ...bull, concurrency: 1 });
+bullWorker.on("completed", (job) => {
+  completed.get(job.data.i)?.();
+  completed.delete(job.data.i);
+});
+await bullWorker.waitUntilReady();
+ways[handoff].bullmq = async (i) => {
+  const done = new Promise((resolve) => completed.set(i, resolve));
+  await bullQueue.add("j", { i }, { removeOnComplete: true });
+  await done;
+};
+for (const [i, c] of clients.entries()) {
+  const queue = `nodeq:${run}:${i}`;
+  ways[handoff][i === 0 ? "client tcp" : "client uds"] = async (n) => {
+    const taken = c.claim(queue, { waitMs: 1_000 });
+    await c.enqueue(queue, `j${n}`);
+    const [job] = await taken;
+    if (!job) throw new Error("no job");
+    await c.ack(job);
+  };
+}
 for (const [op, byWay] of Object.entries(ways)) {
   let direct;
   for (const [via, fn] of Object.entries(byWay)) {
@@ -84,4 +123,7 @@ for (const [op, byWay] of Object.entries(ways)) {
   }
 }
 for (const c of clients) c.close();
+await bullWorker.close();
+await bullQueue.close();
+blocking.disconnect();
 redis.disconnect();
