@@ -187,7 +187,9 @@ async fn http_rejects_bad_queue_input(t: &SidecarOn) {
     let (status, body) = enqueue(s, "q", "", &vec![b'x'; 2 * 1024 * 1024]).await;
     assert_eq!(status, 413, "{body}");
     let (status, body) = post(s, "/v1/queues/q/claim", json!({"max": 100000})).await;
-    assert_eq!(status, 413, "{body}");
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = enqueue(s, "q", "?due_at_ms=9223372036854775808", b"x").await;
+    assert_eq!(status, 400, "{body}");
     let (status, body) = post(s, "/v1/queues/q/claim", json!({"wait_ms": -1})).await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = post(s, "/v1/queues/q/jobs/xyz/ack", json!({"receipt": "r"})).await;

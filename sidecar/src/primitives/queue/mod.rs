@@ -307,7 +307,12 @@ impl Queues {
         telemetry::observe(&self.metrics, "queue", "claim", span, async {
             validate::name("queue name", queue, &self.limits)?;
             let max = req.max.max(1) as usize;
-            validate::batch("jobs asked for", max, &self.limits)?;
+            if max > self.limits.max_batch {
+                return invalid(format!(
+                    "max must be 1..={} (limits.max_batch), not {max}",
+                    self.limits.max_batch
+                ));
+            }
             let visibility = self.visibility(req.visibility_ms)?;
             let wait = self.check_wait(req.wait_ms)?;
             let deadline = Instant::now() + wait;
@@ -676,7 +681,16 @@ impl Queues {
             (Some(_), Some(_)) => {
                 return invalid("give delay_ms or due_at_ms, not both".into());
             }
-            (None, Some(at)) => Due::At(at),
+            (None, Some(at)) => {
+                let latest = crate::kit::unix_ms(std::time::SystemTime::now())
+                    .saturating_add(self.limits.max_ttl.as_millis() as u64);
+                if at > latest {
+                    return invalid(format!(
+                        "due_at_ms must be at most limits.max_ttl from now ({latest}), not {at}"
+                    ));
+                }
+                Due::At(at)
+            }
             (delay, None) => Due::After(match delay {
                 None | Some(0) => Duration::ZERO,
                 Some(ms) => self.delay("delay_ms", ms)?,
@@ -745,10 +759,12 @@ impl Queues {
 
     fn page(&self, limit: Option<usize>) -> Result<usize> {
         let limit = limit.unwrap_or(DEFAULT_PAGE);
-        if limit == 0 {
-            return invalid("limit must be at least 1".into());
+        if limit == 0 || limit > self.limits.max_batch {
+            return invalid(format!(
+                "limit must be 1..={} (limits.max_batch), not {limit}",
+                self.limits.max_batch
+            ));
         }
-        validate::batch("items in a page", limit, &self.limits)?;
         Ok(limit)
     }
 }
