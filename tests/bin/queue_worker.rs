@@ -1,7 +1,8 @@
 //! `queue-worker <grpc-url> <queue> <map>`: a work-queue worker until
 //! killed. It claims one job at a time, does its "work" (adds 1 to the
 //! job's field in map `<map>`, so the test sees every run of every job),
-//! and acks it. Jobs whose payload is `fail` are nacked instead.
+//! and acks it with its next claim, as a worker loop does. Jobs whose
+//! payload is `fail` are nacked instead.
 
 use outrigger::api::pb;
 use outrigger::api::pb::map_client::MapClient;
@@ -18,14 +19,23 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let mut queues = QueueClient::new(channel.clone());
     let mut maps = MapClient::new(channel);
+    // Done jobs, acked by the next claim.
+    let mut done: Vec<pb::JobReceipt> = Vec::new();
     loop {
         let claim = pb::ClaimJobsRequest {
             queue: queue.clone(),
             max: 1,
             visibility_ms: Some(1_000),
             wait_ms: 1_000,
+            ack: std::mem::take(&mut done),
         };
-        let jobs = queues.claim(claim).await?.into_inner().jobs;
+        let jobs = match queues.claim(claim).await {
+            Ok(reply) => reply.into_inner().jobs,
+            // A claim that ran out meanwhile (a slow machine) is not ours
+            // to ack any more: its next worker does. Nothing was claimed.
+            Err(status) if status.code() == tonic::Code::Aborted => continue,
+            Err(status) => return Err(status.into()),
+        };
         for job in jobs {
             if job.payload.as_ref() == b"fail" {
                 let nack = pb::NackJobRequest {
@@ -49,18 +59,10 @@ async fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             maps.update(work).await?;
-            let ack = pb::AckJobRequest {
-                queue: queue.clone(),
+            done.push(pb::JobReceipt {
                 id: job.id,
                 receipt: job.receipt,
-            };
-            // A claim that ran out meanwhile (a slow machine) is not ours
-            // to ack any more: its next worker does.
-            if let Err(status) = queues.ack(ack).await
-                && status.code() != tonic::Code::Aborted
-            {
-                return Err(status.into());
-            }
+            });
         }
     }
 }

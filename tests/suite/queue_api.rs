@@ -137,6 +137,19 @@ async fn http_queue_round_trip(t: &SidecarOn) {
     assert!(extended["visible_at_ms"].as_u64() > job["visible_at_ms"].as_u64());
     let (_, listing) = get(s, "/v1/queues").await;
     assert_eq!(listing["queues"], json!(["mail"]), "{listing}");
+    // A claim acks a worker's finished jobs first: all or none.
+    let stale = json!({"ack": [{"id": job["id"], "receipt": "made-up"}]});
+    let (status, refused) = post(s, "/v1/queues/mail/claim", stale).await;
+    assert_eq!(
+        (status, &refused["error"]["code"]),
+        (409, &json!("conflict")),
+        "{refused}"
+    );
+    let done = json!({"ack": [{"id": job["id"], "receipt": job["receipt"]}]});
+    let (status, claimed) = post(s, "/v1/queues/mail/claim", done).await;
+    assert_eq!((status, &claimed["jobs"]), (200, &json!([])), "{claimed}");
+    let (_, stats) = get(s, "/v1/queues/mail").await;
+    assert_eq!(stats["in_flight"], 0, "{stats}");
     // A waiting claim gets what is enqueued meanwhile.
     let waiting = {
         let url = s.url("/v1/queues/later/claim");
@@ -270,6 +283,15 @@ async fn grpc_queue_round_trip(t: &SidecarOn) {
         ..ack(&jobs[1])
     };
     assert_eq!(q.ack(stale).await.unwrap_err().code(), Code::Aborted);
+    let ack_gone = pb::ClaimJobsRequest {
+        ack: vec![pb::JobReceipt {
+            id: jobs[0].id.clone(),
+            receipt: jobs[0].receipt.clone(),
+        }],
+        ..claim.clone()
+    };
+    let err = q.claim(ack_gone).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
     let nack = pb::NackJobRequest {
         queue: "jobs".into(),
         id: jobs[1].id.clone(),

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use outrigger::app::App;
 use outrigger::config::Config;
 use outrigger::error::Error;
-use outrigger::primitives::queue::store::{CLAIM_EXPIRED, Claimed, Enqueued, Settled};
+use outrigger::primitives::queue::store::{CLAIM_EXPIRED, Claimed, Enqueued, Receipt, Settled};
 use outrigger::primitives::queue::{ClaimRequest, EnqueueRequest, SettleRequest};
 use outrigger_tests::{AppOn, Topology, conformance};
 
@@ -26,6 +26,7 @@ conformance!(
     cases {
         jobs_are_claimed_once_in_due_order_fifo_among_equals,
         an_acked_job_is_gone_and_an_old_receipt_conflicts,
+        acks_carried_by_a_claim_are_made_all_or_none,
         a_delayed_job_is_not_claimed_before_it_is_due,
         a_waiting_claim_gets_a_job_enqueued_meanwhile,
         nacks_back_off_then_the_job_dies_with_its_last_error,
@@ -47,9 +48,24 @@ fn job(payload: &str) -> EnqueueRequest {
 
 fn claim(max: u32, visibility_ms: u64, wait_ms: u64) -> ClaimRequest {
     ClaimRequest {
+        ack: Vec::new(),
         max,
         visibility_ms: Some(visibility_ms),
         wait_ms,
+    }
+}
+
+/// `claim(max, LONG, 0)`, acking `jobs` first.
+fn ack_then_claim(jobs: &[&Claimed], max: u32) -> ClaimRequest {
+    ClaimRequest {
+        ack: jobs
+            .iter()
+            .map(|j| Receipt {
+                id: j.id.clone(),
+                receipt: j.receipt.clone(),
+            })
+            .collect(),
+        ..claim(max, LONG, 0)
     }
 }
 
@@ -142,6 +158,55 @@ mod cases {
             (stats.ready, stats.delayed, stats.in_flight, stats.dead),
             (0, 0, 0, 0)
         );
+    }
+
+    pub async fn acks_carried_by_a_claim_are_made_all_or_none(app: &App) {
+        let q = &app.queues;
+        let stats = || async {
+            let s = q.stats_for(&Default::default(), "work".into()).await;
+            let s = s.unwrap();
+            (s.ready, s.in_flight)
+        };
+        for p in ["a", "b", "c", "d"] {
+            q.enqueue("work", job(p)).await.unwrap();
+        }
+        let a = q.claim("work", claim(1, LONG, 0)).await.unwrap().remove(0);
+        // Ack a, claim b: one step.
+        let b = q.claim("work", ack_then_claim(&[&a], 1)).await.unwrap();
+        assert_eq!(payloads(&b), [b"b"]);
+        let b = &b[0];
+        let err = q.settle("work", &a.id, &a.receipt, SettleRequest::Ack).await;
+        assert!(matches!(err, Err(Error::NotFound(_))), "a is gone: {err:?}");
+        assert_eq!(stats().await, (2, 1));
+
+        // One ack that cannot be made refuses them all, and the claim.
+        let err = q.claim("work", ack_then_claim(&[b, &a], 1)).await.unwrap_err();
+        assert!(matches!(&err, Error::NotFound(m) if m.contains(&a.id)), "{err:?}");
+        let forged = Claimed {
+            receipt: format!("{}x", b.receipt),
+            ..b.clone()
+        };
+        let err = q.claim("work", ack_then_claim(&[&forged], 1)).await.unwrap_err();
+        assert!(matches!(&err, Error::Conflict(m) if m.contains(&b.id)), "{err:?}");
+        assert_eq!(stats().await, (2, 1), "nothing acked, nothing claimed");
+
+        // The acks are made even when there is nothing to claim.
+        let cd = q.claim("work", ack_then_claim(&[b], 5)).await.unwrap();
+        assert_eq!(payloads(&cd), [&b"c"[..], b"d"]);
+        let none = q.claim("work", ack_then_claim(&[&cd[0], &cd[1]], 5)).await;
+        assert!(none.unwrap().is_empty());
+        assert_eq!(stats().await, (0, 0));
+
+        // A claim that ran out is not acked by its old receipt.
+        q.enqueue("work", job("e")).await.unwrap();
+        let first = q.claim("work", claim(1, 50, 0)).await.unwrap().remove(0);
+        let again = q.claim("work", claim(1, LONG, 5_000)).await.unwrap();
+        assert_eq!((again[0].id.as_str(), again[0].attempt), (first.id.as_str(), 2));
+        let err = q.claim("work", ack_then_claim(&[&first], 1)).await.unwrap_err();
+        assert!(matches!(err, Error::Conflict(_)), "{err:?}");
+        let none = q.claim("work", ack_then_claim(&[&again[0]], 1)).await;
+        assert!(none.unwrap().is_empty());
+        assert_eq!(stats().await, (0, 0));
     }
 
     pub async fn a_delayed_job_is_not_claimed_before_it_is_due(app: &App) {
@@ -493,6 +558,30 @@ mod cases {
         invalid(
             q.claim("work", claim(1, 0, 0)).await.map(|_| ()),
             "visibility_ms",
+        );
+        let receipt = |id: &str| Receipt {
+            id: id.into(),
+            receipt: "r".into(),
+        };
+        let acks = |ack: Vec<Receipt>| ClaimRequest {
+            ack,
+            ..claim(1, LONG, 0)
+        };
+        let id = "0000000000000001";
+        invalid(
+            q.claim("work", acks(vec![receipt(id), receipt(id)])).await.map(|_| ()),
+            "twice",
+        );
+        invalid(
+            q.claim("work", acks(vec![receipt("nope")])).await.map(|_| ()),
+            "job id",
+        );
+        let many = (0..=Config::default().limits.max_batch as u64)
+            .map(|n| receipt(&format!("{n:016x}")))
+            .collect();
+        invalid(
+            q.claim("work", acks(many)).await.map(|_| ()),
+            "limits.max_batch",
         );
         invalid(
             q.claim("work", claim(1, LONG, 3_600_000)).await.map(|_| ()),

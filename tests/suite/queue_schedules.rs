@@ -48,6 +48,7 @@ fn every(queue: &str, ms: u64) -> ScheduleRequest {
 
 async fn claim_all(app: &App, queue: &str, wait_ms: u64) -> Vec<Bytes> {
     let req = ClaimRequest {
+        ack: Vec::new(),
         max: 100,
         visibility_ms: Some(60_000),
         wait_ms,

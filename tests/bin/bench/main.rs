@@ -1330,11 +1330,25 @@ fn plan(c: &Clients) -> Vec<(&'static str, Vec<(&'static str, Op)>)> {
     plan.push(("queue enqueue", vias));
 
     // --- queue claim + ack ----------------------------------------------
-    // Every worker claims from a queue of its own, refilled (outside the
-    // sidecar, with its own script) REFILL jobs at a time when empty: one
-    // request in REFILL also pays for the refill (p99.5 and above), in
-    // every row alike.
+    // A worker loop's step: claim a job and ack the one claimed before. The
+    // direct row is the reliable-list pattern, two commands a job; the
+    // sidecar rows fold the ack into the next claim (one request a job, as
+    // the clients' worker loops and BullMQ's moveToFinished do), and so
+    // does "direct (its script)" with the sidecar's claim script. "direct,
+    // pipelined" is the list pattern at one round trip a job too. Every
+    // worker has a queue of its own, refilled (outside the sidecar, with
+    // its own script) REFILL jobs at a time when empty: one request in
+    // REFILL also pays for the refill (p99.5 and above), in every row
+    // alike.
     let refill = c.refill;
+    let list_fill = move |list: &str| {
+        let mut fill = redis::cmd("LPUSH");
+        fill.arg(list);
+        for _ in 0..refill {
+            fill.arg(&VALUE[..]);
+        }
+        fill
+    };
     let mut vias: Vec<(&'static str, Op)> = vec![("direct", {
         let conn = c.redis.clone();
         op(move |w, _| {
@@ -1344,27 +1358,15 @@ fn plan(c: &Clients) -> Vec<(&'static str, Vec<(&'static str, Op)>)> {
                 let working = format!("direct:list:{{c{w}}}:working");
                 // The reliable-list pattern: LMOVE to a working list, LREM
                 // when done.
-                let mut job: Option<Vec<u8>> = redis::cmd("LMOVE")
-                    .arg(&list)
-                    .arg(&working)
-                    .arg("RIGHT")
-                    .arg("LEFT")
-                    .query_async(&mut conn)
-                    .await?;
+                let lmove = || {
+                    let mut cmd = redis::cmd("LMOVE");
+                    cmd.arg(&list).arg(&working).arg("RIGHT").arg("LEFT");
+                    cmd
+                };
+                let mut job: Option<Vec<u8>> = lmove().query_async(&mut conn).await?;
                 if job.is_none() {
-                    let mut fill = redis::cmd("LPUSH");
-                    fill.arg(&list);
-                    for _ in 0..refill {
-                        fill.arg(&VALUE[..]);
-                    }
-                    let _: i64 = fill.query_async(&mut conn).await?;
-                    job = redis::cmd("LMOVE")
-                        .arg(&list)
-                        .arg(&working)
-                        .arg("RIGHT")
-                        .arg("LEFT")
-                        .query_async(&mut conn)
-                        .await?;
+                    let _: i64 = list_fill(&list).query_async(&mut conn).await?;
+                    job = lmove().query_async(&mut conn).await?;
                 }
                 let job = job.context("no job")?;
                 let removed: i64 = redis::cmd("LREM")
@@ -1378,98 +1380,154 @@ fn plan(c: &Clients) -> Vec<(&'static str, Vec<(&'static str, Op)>)> {
             }
         })
     })];
-    vias.push(("direct (its script)", {
-        let (conn, scripts) = (c.redis.clone(), scripts.clone());
+    vias.push(("direct, pipelined", {
+        let (conn, held) = (c.redis.clone(), Held::new());
         op(move |w, _| {
-            let (mut conn, scripts) = (conn.clone(), scripts.clone());
+            let (mut conn, held) = (conn.clone(), held.clone());
             async move {
-                let prefix = format!("direct:q:{{c{w}}}:");
-                if !scripts.queue_claim_ack(&mut conn, &prefix).await? {
-                    scripts
-                        .queue_fill(&mut conn, &prefix, "direct:queued", REFILL)
-                        .await?;
-                    ensure!(scripts.queue_claim_ack(&mut conn, &prefix).await?, "no job");
+                let list = format!("direct:plist:{{c{w}}}");
+                let working = format!("direct:plist:{{c{w}}}:working");
+                // The last job's LREM and the next job's LMOVE, one round
+                // trip.
+                let mut pipe = redis::pipe();
+                let acking = held.take(w).is_some();
+                if acking {
+                    pipe.cmd("LREM").arg(&working).arg(1).arg(&VALUE[..]);
                 }
+                pipe.cmd("LMOVE").arg(&list).arg(&working).arg("RIGHT").arg("LEFT");
+                let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+                if acking {
+                    ensure!(replies[0] == redis::Value::Int(1), "not removed");
+                }
+                if matches!(replies.last(), Some(redis::Value::Nil)) {
+                    let _: i64 = list_fill(&list).query_async(&mut conn).await?;
+                    let job: Option<Vec<u8>> = redis::cmd("LMOVE")
+                        .arg(&list)
+                        .arg(&working)
+                        .arg("RIGHT")
+                        .arg("LEFT")
+                        .query_async(&mut conn)
+                        .await?;
+                    job.context("no job")?;
+                }
+                held.put(w, (String::new(), String::new()));
                 Ok(())
             }
         })
     }));
-    let client = QueueClient::new(c.grpc.clone());
-    let refill = QueueRefill::new(c, scripts.clone());
+    vias.push(("direct (its script)", {
+        let (conn, scripts, held) = (c.redis.clone(), scripts.clone(), Held::new());
+        op(move |w, _| {
+            let (conn, scripts, held) = (conn.clone(), scripts.clone(), held.clone());
+            async move {
+                let prefix = format!("direct:q:{{c{w}}}:");
+                let claim = |ack| {
+                    let (mut conn, scripts, prefix) = (conn.clone(), scripts.clone(), prefix.clone());
+                    async move { scripts.queue_claim(&mut conn, &prefix, ack).await }
+                };
+                let refill = || {
+                    let (mut conn, scripts, prefix) = (conn.clone(), scripts.clone(), prefix.clone());
+                    async move {
+                        scripts
+                            .queue_fill(&mut conn, &prefix, "direct:queued", REFILL)
+                            .await
+                    }
+                };
+                worker_step(&held, w, claim, refill).await
+            }
+        })
+    }));
+    let (client, refill, held) = (
+        QueueClient::new(c.grpc.clone()),
+        QueueRefill::new(c, scripts.clone()),
+        Held::new(),
+    );
     vias.push((
         "grpc",
         op(move |w, _| {
-            let (mut client, refill) = (client.clone(), refill.clone());
+            let (client, refill, held) = (client.clone(), refill.clone(), held.clone());
             async move {
                 let queue = format!("cg{w}");
-                let claim = pb::ClaimJobsRequest {
-                    queue: queue.clone(),
-                    max: 1,
-                    ..Default::default()
+                let claim = |ack: Option<(String, String)>| {
+                    let (mut client, queue) = (client.clone(), queue.clone());
+                    async move {
+                        let claim = pb::ClaimJobsRequest {
+                            queue,
+                            max: 1,
+                            ack: ack
+                                .map(|(id, receipt)| pb::JobReceipt { id, receipt })
+                                .into_iter()
+                                .collect(),
+                            ..Default::default()
+                        };
+                        match client.claim(claim).await {
+                            Ok(r) => Ok(Claim::from(r.into_inner().jobs.pop())),
+                            Err(s) if s.code() == tonic::Code::Aborted => Ok(Claim::Refused),
+                            Err(s) => Err(s.into()),
+                        }
+                    }
                 };
-                let mut jobs = client.claim(claim.clone()).await?.into_inner().jobs;
-                if jobs.is_empty() {
-                    refill.fill(&queue).await?;
-                    jobs = client.claim(claim).await?.into_inner().jobs;
-                }
-                let job = jobs.pop().context("no job")?;
-                client
-                    .ack(pb::AckJobRequest {
-                        queue,
-                        id: job.id,
-                        receipt: job.receipt,
-                    })
-                    .await?;
-                Ok(())
+                worker_step(&held, w, claim, || refill.fill(&queue)).await
             }
         }),
     ));
-    let refill = QueueRefill::new(c, scripts.clone());
+    let (refill, held) = (QueueRefill::new(c, scripts.clone()), Held::new());
     vias.push(lean_http(c, move |raw, w, _| {
-        let refill = refill.clone();
+        let (refill, held) = (refill.clone(), held.clone());
         async move {
             let queue = format!("ch{w}");
-            let path = format!("/v1/queues/{queue}/claim");
-            let mut r = raw.call(w, "POST", &path, true, b"{}").await?;
-            ensure!(r.status == 200, "claim: status {}", r.status);
-            if r.body.starts_with(br#"{"jobs":[]"#) {
-                refill.fill(&queue).await?;
-                r = raw.call(w, "POST", &path, true, b"{}").await?;
-            }
-            let claimed: serde_json::Value = serde_json::from_slice(&r.body)?;
-            let job = &claimed["jobs"][0];
-            let id = job["id"].as_str().context("no job")?;
-            let ack = format!("/v1/queues/{queue}/jobs/{id}/ack");
-            let body = serde_json::to_vec(&serde_json::json!({"receipt": job["receipt"]}))?;
-            let r = raw.call(w, "POST", &ack, true, &body).await?;
-            ensure!(r.status == 200, "ack: status {}", r.status);
-            Ok(())
+            let claim = |ack: Option<(String, String)>| {
+                let (raw, path) = (raw.clone(), format!("/v1/queues/{queue}/claim"));
+                async move {
+                    let body = match ack {
+                        Some((id, receipt)) => serde_json::to_vec(
+                            &serde_json::json!({"ack": [{"id": id, "receipt": receipt}]}),
+                        )?,
+                        None => b"{}".to_vec(),
+                    };
+                    let r = raw.call(w, "POST", &path, true, &body).await?;
+                    if r.status == 409 {
+                        return Ok(Claim::Refused);
+                    }
+                    ensure!(r.status == 200, "claim: status {}", r.status);
+                    let claimed: serde_json::Value = serde_json::from_slice(&r.body)?;
+                    let job = &claimed["jobs"][0];
+                    Ok(match (job["id"].as_str(), job["receipt"].as_str()) {
+                        (Some(id), Some(receipt)) => Claim::Job(id.into(), receipt.into()),
+                        _ => Claim::Empty,
+                    })
+                }
+            };
+            worker_step(&held, w, claim, || refill.fill(&queue)).await
         }
     }));
-    let refill = QueueRefill::new(c, scripts.clone());
+    let (refill, held) = (QueueRefill::new(c, scripts.clone()), Held::new());
     vias.push(lean_grpc(c, move |raw, w, _| {
-        let refill = refill.clone();
+        let (refill, held) = (refill.clone(), held.clone());
         async move {
             let queue = format!("cr{w}");
-            let claim = pb::ClaimJobsRequest {
-                queue: queue.clone(),
-                max: 1,
-                ..Default::default()
+            let claim = |ack: Option<(String, String)>| {
+                let (raw, queue) = (raw.clone(), queue.clone());
+                async move {
+                    let claim = pb::ClaimJobsRequest {
+                        queue,
+                        max: 1,
+                        ack: ack
+                            .map(|(id, receipt)| pb::JobReceipt { id, receipt })
+                            .into_iter()
+                            .collect(),
+                        ..Default::default()
+                    };
+                    let path = "/outrigger.v1.Queue/Claim";
+                    match raw.call::<_, pb::ClaimJobsResponse>(w, path, &claim).await {
+                        Ok(mut r) => Ok(Claim::from(r.jobs.pop())),
+                        // ABORTED: the held claim ran out between cells.
+                        Err(err) if err.to_string() == "grpc-status 10" => Ok(Claim::Refused),
+                        Err(err) => Err(err),
+                    }
+                }
             };
-            let path = "/outrigger.v1.Queue/Claim";
-            let mut r: pb::ClaimJobsResponse = raw.call(w, path, &claim).await?;
-            if r.jobs.is_empty() {
-                refill.fill(&queue).await?;
-                r = raw.call(w, path, &claim).await?;
-            }
-            let job = r.jobs.pop().context("no job")?;
-            let ack = pb::AckJobRequest {
-                queue,
-                id: job.id,
-                receipt: job.receipt,
-            };
-            let _: pb::SettleJobResponse = raw.call(w, "/outrigger.v1.Queue/Ack", &ack).await?;
-            Ok(())
+            worker_step(&held, w, claim, || refill.fill(&queue)).await
         }
     }));
     plan.push(("queue claim+ack", vias));
@@ -1977,6 +2035,67 @@ fn base_for(c: &Clients, via: &str, path: &str) -> String {
 /// of it with --quick, whose windows are too short for 64 first refills).
 const REFILL: usize = 200;
 
+/// Each worker's last claimed job (id, receipt), for its next claim to
+/// ack.
+#[derive(Clone)]
+struct Held(Arc<Vec<std::sync::Mutex<Option<(String, String)>>>>);
+
+impl Held {
+    fn new() -> Self {
+        Held(Arc::new(
+            (0..CONCURRENCY[1]).map(|_| Default::default()).collect(),
+        ))
+    }
+
+    fn take(&self, w: usize) -> Option<(String, String)> {
+        self.0[w].lock().expect("not poisoned").take()
+    }
+
+    fn put(&self, w: usize, job: (String, String)) {
+        *self.0[w].lock().expect("not poisoned") = Some(job);
+    }
+}
+
+/// What one claim of a worker step got.
+enum Claim {
+    /// A job: its id and receipt.
+    Job(String, String),
+    /// None due (the acks it carried were made).
+    Empty,
+    /// Its ack was refused: the held claim ran out between two cells.
+    Refused,
+}
+
+impl From<Option<pb::Job>> for Claim {
+    fn from(job: Option<pb::Job>) -> Self {
+        job.map_or(Claim::Empty, |j| Claim::Job(j.id, j.receipt))
+    }
+}
+
+/// One step of a worker loop: claims a job with the ack of the one worker
+/// `w` claimed before, refilling the queue when it is empty, and holds
+/// the new one for the next step.
+async fn worker_step<C, CF, R, RF>(held: &Held, w: usize, claim: C, refill: R) -> Result<()>
+where
+    C: Fn(Option<(String, String)>) -> CF,
+    CF: Future<Output = Result<Claim>>,
+    R: Fn() -> RF,
+    RF: Future<Output = Result<()>>,
+{
+    let mut ack = held.take(w);
+    for _ in 0..3 {
+        match claim(ack.take()).await? {
+            Claim::Job(id, receipt) => {
+                held.put(w, (id, receipt));
+                return Ok(());
+            }
+            Claim::Empty => refill().await?,
+            Claim::Refused => {}
+        }
+    }
+    bail!("no job after a refill")
+}
+
 /// Refills the sidecar's queues behind its back (its own enqueue script,
 /// [`REFILL`] jobs in one pipeline), for the claim rows.
 #[derive(Clone)]
@@ -2016,7 +2135,6 @@ struct DirectScripts {
     map_get: redis::Script,
     queue_enqueue: redis::Script,
     queue_claim: redis::Script,
-    queue_settle: redis::Script,
 }
 
 impl DirectScripts {
@@ -2059,11 +2177,6 @@ impl DirectScripts {
                 "\n",
                 include_str!("../../../sidecar/src/primitives/queue/claim.lua")
             )),
-            queue_settle: redis::Script::new(concat!(
-                include_str!("../../../sidecar/src/primitives/queue/prelude.lua"),
-                "\n",
-                include_str!("../../../sidecar/src/primitives/queue/settle.lua")
-            )),
         }
     }
 
@@ -2102,42 +2215,32 @@ impl DirectScripts {
         Ok(())
     }
 
-    /// Claims one job from the queue at `prefix` and acks it, with the
-    /// sidecar's scripts; false when it was empty.
-    async fn queue_claim_ack(
+    /// Claims one job from the queue at `prefix` with the sidecar's claim
+    /// script, acking `ack` (an id and receipt) in the same call.
+    async fn queue_claim(
         &self,
         conn: &mut redis::aio::MultiplexedConnection,
         prefix: &str,
-    ) -> Result<bool> {
-        let claimed: Vec<redis::Value> = self
-            .queue_claim
-            .key(prefix)
-            .arg(1)
-            .arg(30_000)
-            .arg("0123456789abcdef")
-            .invoke_async(conn)
-            .await?;
-        let [_, _, id, _, attempt, ..] = claimed.as_slice() else {
-            return Ok(false);
-        };
-        let id: String = redis::from_redis_value(id.clone())?;
-        let attempt: u32 = redis::from_redis_value(attempt.clone())?;
-        let receipt = format!("{id}.{attempt}.0123456789abcdef");
-        let settled: Vec<String> = self
-            .queue_settle
-            .key(prefix)
-            .arg(&id)
-            .arg(&receipt)
-            .arg("ack")
-            .arg("")
-            .arg("")
-            .arg(0)
-            .arg("chan")
-            .arg("q")
-            .invoke_async(conn)
-            .await?;
-        ensure!(settled == ["acked"], "not acked: {settled:?}");
-        Ok(true)
+        ack: Option<(String, String)>,
+    ) -> Result<Claim> {
+        let mut call = self.queue_claim.key(prefix);
+        call.arg(1).arg(30_000).arg("0123456789abcdef");
+        if let Some((id, receipt)) = &ack {
+            call.arg(id).arg(receipt);
+        }
+        let claimed: Vec<redis::Value> = call.invoke_async(conn).await?;
+        match claimed.as_slice() {
+            [redis::Value::BulkString(refused), ..] if refused.as_slice() == b"refused" => {
+                Ok(Claim::Refused)
+            }
+            [_, _, id, _, attempt, ..] => {
+                let id: String = redis::from_redis_value(id.clone())?;
+                let attempt: u32 = redis::from_redis_value(attempt.clone())?;
+                let receipt = format!("{id}.{attempt}.0123456789abcdef");
+                Ok(Claim::Job(id, receipt))
+            }
+            _ => Ok(Claim::Empty),
+        }
     }
 
     /// A map script's call on `map`'s three keys, as the sidecar makes it.
@@ -2759,6 +2862,14 @@ fn targets(out: &mut String, r: &Report) {
         "cache get (hit), c=1: p50 ≤ 1.0× direct GET".into(),
         best("cache get (hit)", 1, |row| row.p50_ratio, true),
         1.0,
+        true,
+    );
+    // Issue 21's: a worker's step (claim a job, ack the last) against the
+    // reliable-list pattern, LMOVE and LREM.
+    line(
+        "queue claim+ack, c=1: p50 ≤ 2.5× direct (LMOVE, then LREM)".into(),
+        best("queue claim+ack", 1, |row| row.p50_ratio, true),
+        2.5,
         true,
     );
     let mut ops: Vec<&str> = r.rows.iter().map(|row| row.op).collect();

@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 use super::redis::RedisQueues;
 use super::schedule::{Schedule, Stored};
 use super::store::{
-    Claims, DeadJob, Due, Enqueued, NewJob, QueueStats, QueueStore, Settle, Settled,
+    Claims, DeadJob, Due, Enqueued, NewJob, QueueStats, QueueStore, Receipt, Settle, Settled,
 };
 use crate::backend::BackendError;
 use crate::backend::circuit::{Circuit, Reconcile, Reconciliation, WhileDown, lock};
@@ -224,10 +224,11 @@ impl QueueStore for FailoverQueues {
     async fn claim(
         &self,
         queue: &str,
+        acks: &[Receipt],
         max: usize,
         visibility: Duration,
     ) -> Result<Claims, BackendError> {
-        self.on_redis(self.redis.claim(queue, max, visibility))
+        self.on_redis(self.redis.claim(queue, acks, max, visibility))
             .await
     }
 

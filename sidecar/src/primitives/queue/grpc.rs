@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::schedule::Missed;
-use super::store::{Claimed, DeadJob, Enqueued, Settled};
+use super::store::{Claimed, DeadJob, Enqueued, Receipt, Settled};
 use super::{ClaimRequest, EnqueueRequest, Queues, ScheduleRequest, ScheduleView, SettleRequest};
 use crate::error::{Error, Result};
 use crate::kit::Primitive;
@@ -145,6 +145,14 @@ impl Api for QueueService {
         let caller = caller(self.0.common(), &req);
         let req = req.into_inner();
         let claim = ClaimRequest {
+            ack: req
+                .ack
+                .into_iter()
+                .map(|a| Receipt {
+                    id: a.id,
+                    receipt: a.receipt,
+                })
+                .collect(),
             max: req.max,
             visibility_ms: req.visibility_ms,
             wait_ms: req.wait_ms,
@@ -413,6 +421,7 @@ impl Consumer {
         let queues = self.queues.clone();
         let queue = self.queue.clone();
         let req = ClaimRequest {
+            ack: Vec::new(),
             max: credit.min(queues.limits.max_batch as u64) as u32,
             visibility_ms: self.visibility_ms,
             wait_ms: CONSUME_POLL_MS.min(queues.limits.max_wait.as_millis() as u64),

@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::schedule::Missed;
-use super::store::{Claimed, DeadJob, Enqueued, QueueStats, Settled};
+use super::store::{Claimed, DeadJob, Enqueued, QueueStats, Receipt, Settled};
 use super::{ClaimRequest, EnqueueRequest, Queues, ScheduleRequest, ScheduleView, SettleRequest};
 use crate::error::Error;
 use crate::kit::http::{
@@ -82,6 +82,8 @@ async fn queue_enqueue(
     post, path = "/v1/queues/{queue}/claim", tag = "queues",
     params(("queue" = String, Path, description = "The queue")), request_body = ClaimBody,
     responses((status = 200, description = "The jobs claimed, longest due first; none if none was due within `wait_ms`", body = ClaimReply),
+        (status = 404, description = "An `ack` names a job the queue does not hold (then nothing is acked or claimed)", body = ErrorBody),
+        (status = 409, description = "An `ack` receipt is not its job's current claim's (then nothing is acked or claimed)", body = ErrorBody),
         CommonErrors)
 )]
 async fn queue_claim(
@@ -93,6 +95,14 @@ async fn queue_claim(
     ApiJson(body): ApiJson<ClaimBody>,
 ) -> Result<Json<ClaimReply>, Error> {
     let req = ClaimRequest {
+        ack: body
+            .ack
+            .into_iter()
+            .map(|a| Receipt {
+                id: a.id,
+                receipt: a.receipt,
+            })
+            .collect(),
         max: body.max,
         visibility_ms: body.visibility_ms,
         wait_ms: body.wait_ms,
@@ -535,6 +545,20 @@ pub struct ClaimBody {
     /// most `limits.max_wait`.
     #[serde(default)]
     pub wait_ms: u64,
+    /// Claims to ack first, in the same step (a worker's finished jobs,
+    /// saving an ack request each), at most `limits.max_batch`: all or
+    /// none. A stale receipt is 409, a job the queue does not hold 404, and
+    /// then nothing is acked or claimed.
+    #[serde(default)]
+    pub ack: Vec<JobReceipt>,
+}
+
+/// A claim, by its job's id and receipt.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobReceipt {
+    pub id: String,
+    pub receipt: String,
 }
 
 /// A claimed job.

@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 use super::schedule::{Schedule, Stored};
 use super::store::{
     Backoff, CLAIM_EXPIRED, Claimed, Claims, DeadJob, Due, Enqueued, NewJob, QueueStats,
-    QueueStore, Settle, Settled,
+    QueueStore, Receipt, Settle, Settled,
 };
 use crate::backend::BackendError;
 use crate::kit::unix_ms;
@@ -192,21 +192,37 @@ impl Queue {
         claimed
     }
 
-    pub fn settle(&mut self, now: u64, id: &str, receipt: &str, settle: Settle) -> Settled {
+    /// The first of `acks` that cannot be made, and why (stale or
+    /// unknown).
+    pub fn refused(&mut self, now: u64, acks: &[Receipt]) -> Option<(String, Settled)> {
         self.expire(now);
-        let Some(seq) = parse_job_id(id) else {
-            return Settled::Unknown;
-        };
-        let Some(job) = self.jobs.get_mut(&seq) else {
-            return Settled::Unknown;
-        };
-        let visible_at = match &job.state {
+        acks.iter().find_map(|ack| {
+            self.current_claim(&ack.id, &ack.receipt)
+                .err()
+                .map(|why| (ack.id.clone(), why))
+        })
+    }
+
+    /// Job `id`'s sequence and claim end, if `receipt` is its current
+    /// claim's.
+    fn current_claim(&self, id: &str, receipt: &str) -> Result<(u64, u64), Settled> {
+        let seq = parse_job_id(id).ok_or(Settled::Unknown)?;
+        match &self.jobs.get(&seq).ok_or(Settled::Unknown)?.state {
             State::Claimed {
                 receipt: current,
                 visible_at,
-            } if current == receipt => *visible_at,
-            _ => return Settled::StaleReceipt,
+            } if current == receipt => Ok((seq, *visible_at)),
+            _ => Err(Settled::StaleReceipt),
+        }
+    }
+
+    pub fn settle(&mut self, now: u64, id: &str, receipt: &str, settle: Settle) -> Settled {
+        self.expire(now);
+        let (seq, visible_at) = match self.current_claim(id, receipt) {
+            Ok(claim) => claim,
+            Err(why) => return why,
         };
+        let job = self.jobs.get_mut(&seq).expect("a current claim's job exists");
         match settle {
             Settle::Ack => {
                 self.claimed.remove(&(visible_at, seq));
@@ -414,12 +430,12 @@ impl QueueStore for MemoryQueues {
         job: NewJob,
         dedup_window: Duration,
     ) -> Result<Enqueued, BackendError> {
-        let full = self.held.load(Ordering::Relaxed) >= self.max_jobs;
         self.with_ready(queue, |q, now| {
             if let Some(id) = q.deduped(now, job.dedup_id.as_deref()) {
                 return Ok(Enqueued::Duplicate(id));
             }
-            if full {
+            // Read under the queues' lock, which every change to it holds.
+            if self.held.load(Ordering::Relaxed) >= self.max_jobs {
                 return Err(BackendError::OutOfMemory(format!(
                     "the memory backend holds at most {} jobs",
                     self.max_jobs
@@ -432,17 +448,31 @@ impl QueueStore for MemoryQueues {
     async fn claim(
         &self,
         queue: &str,
+        acks: &[Receipt],
         max: usize,
         visibility: Duration,
     ) -> Result<Claims, BackendError> {
         Ok(self.with(queue, |q, now| {
+            if let Some(refused) = q.refused(now, acks) {
+                return Claims {
+                    refused: Some(refused),
+                    ..Claims::default()
+                };
+            }
+            for ack in acks {
+                q.settle(now, &ack.id, &ack.receipt, Settle::Ack);
+            }
             let jobs = q.claim(now, max, visibility, new_receipt);
             let next_in = if jobs.is_empty() {
                 q.next_in(now)
             } else {
                 None
             };
-            Claims { jobs, next_in }
+            Claims {
+                jobs,
+                next_in,
+                refused: None,
+            }
         }))
     }
 
@@ -853,7 +883,7 @@ mod tests {
         assert!(matches!(full, BackendError::OutOfMemory(_)), "{full:?}");
         assert_eq!(store.queues(None, 10).await.unwrap(), ["a", "b"]);
         assert_eq!(store.queues(Some("a"), 10).await.unwrap(), ["b"]);
-        let c = store.claim("a", 1, VIS).await.unwrap().jobs.remove(0);
+        let c = store.claim("a", &[], 1, VIS).await.unwrap().jobs.remove(0);
         assert!(c.receipt.starts_with(&format!("{}.1.", c.id)));
         store
             .settle("a", &c.id, &c.receipt, Settle::Ack)

@@ -43,7 +43,8 @@ use crate::validate::{self, Limits};
 use config::QueuesConfig;
 use schedule::{Every, Missed, Schedule, Stored};
 use store::{
-    Backoff, Claimed, DeadJob, Due, Enqueued, NewJob, QueueStats, QueueStore, Settle, Settled,
+    Backoff, Claimed, DeadJob, Due, Enqueued, NewJob, QueueStats, QueueStore, Receipt, Settle,
+    Settled,
 };
 
 /// Longest nap of a waiting claim when nothing is announced: the safety
@@ -113,8 +114,11 @@ pub struct EnqueueRequest {
 }
 
 /// A claim as a client asks for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClaimRequest {
+    /// Claims to ack first, in the same step (a worker's finished jobs,
+    /// saving an ack request each): all or none.
+    pub ack: Vec<Receipt>,
     /// Most jobs to claim; 0 means 1.
     pub max: u32,
     pub visibility_ms: Option<u64>,
@@ -200,6 +204,21 @@ async fn run_schedules(queues: std::sync::Weak<Queues>) {
 
 fn invalid<T>(message: String) -> Result<T> {
     Err(Error::InvalidArgument(message))
+}
+
+/// A job id as enqueue returns them, and a receipt as claim does.
+fn check_receipt(id: &str, receipt: &str) -> Result<()> {
+    if memory::parse_job_id(id).is_none() {
+        return invalid(format!(
+            "job id {id:?} is not one enqueue returns (16 hex digits)"
+        ));
+    }
+    if receipt.is_empty() || receipt.len() > MAX_RECEIPT_BYTES {
+        return invalid(format!(
+            "receipt must be 1..={MAX_RECEIPT_BYTES} bytes, as claim returned it"
+        ));
+    }
+    Ok(())
 }
 
 impl Queues {
@@ -291,18 +310,32 @@ impl Queues {
         queue: String,
         req: ClaimRequest,
     ) -> Result<Vec<Claimed>> {
-        let queue = self.authorize_queue(caller, Operation::Claim, queue)?;
-        self.claim(&queue, req).await
+        let granted = self.authorize_queue(caller, Operation::Claim, queue.clone())?;
+        for ack in &req.ack {
+            let call = Call::new(PrimitiveName::Queue, Operation::Settle, queue.clone())
+                .member(&ack.id);
+            if self.authorize(caller, call)? != granted {
+                return Err(Error::Denied(format!(
+                    "a plugin mapped queue {queue:?} to {granted:?} for the ack of job {} but \
+                     not for the claim: ack it on its own",
+                    ack.id
+                )));
+            }
+        }
+        self.claim(&granted, req).await
     }
 
-    /// Claims up to `req.max` due jobs, waiting up to `req.wait_ms` for
-    /// one when none is due.
+    /// Acks `req.ack` (all or none: a stale receipt is a conflict, an
+    /// unknown job not found, and then nothing is claimed either), then
+    /// claims up to `req.max` due jobs, waiting up to `req.wait_ms` for one
+    /// when none is due.
     pub async fn claim(&self, queue: &str, req: ClaimRequest) -> Result<Vec<Claimed>> {
         let span = tracing::info_span!(
             "outrigger.queue.claim",
             queue,
             max = req.max,
-            wait_ms = req.wait_ms
+            wait_ms = req.wait_ms,
+            acks = req.ack.len()
         );
         telemetry::observe(&self.metrics, "queue", "claim", span, async {
             validate::name("queue name", queue, &self.limits)?;
@@ -313,23 +346,31 @@ impl Queues {
                     self.limits.max_batch
                 ));
             }
+            self.check_acks(&req.ack)?;
             let visibility = self.visibility(req.visibility_ms)?;
             let wait = self.check_wait(req.wait_ms)?;
             let deadline = Instant::now() + wait;
             // Listening before the first try, so a job announced between an
             // empty claim and the nap is not missed.
-            let mut ready = self.store.ready();
+            let mut ready = (!wait.is_zero()).then(|| self.store.ready());
+            let mut acks = req.ack.as_slice();
             loop {
-                let claims = self.store.claim(queue, max, visibility).await?;
+                let claims = self.store.claim(queue, acks, max, visibility).await?;
+                if let Some((id, why)) = claims.refused {
+                    return Err(self.refusal(queue, &id, why));
+                }
+                self.count("acked", acks.len() as u64);
+                acks = &[];
                 let now = Instant::now();
-                if !claims.jobs.is_empty() || now >= deadline {
+                let Some(ready) = ready.as_mut().filter(|_| claims.jobs.is_empty() && now < deadline)
+                else {
                     self.count("claimed", claims.jobs.len() as u64);
                     return Ok(claims.jobs);
-                }
+                };
                 let nap = (deadline - now)
                     .min(claims.next_in.unwrap_or(SAFETY_POLL))
                     .clamp(Duration::from_millis(1), SAFETY_POLL);
-                let _ = tokio::time::timeout(nap, announced(&mut ready, queue)).await;
+                let _ = tokio::time::timeout(nap, announced(ready, queue)).await;
             }
         })
         .await
@@ -369,16 +410,7 @@ impl Queues {
         let span = tracing::info_span!("outrigger.queue.settle", queue, id, op);
         telemetry::observe(&self.metrics, "queue", op, span, async {
             validate::name("queue name", queue, &self.limits)?;
-            if memory::parse_job_id(id).is_none() {
-                return invalid(format!(
-                    "job id {id:?} is not one enqueue returns (16 hex digits)"
-                ));
-            }
-            if receipt.is_empty() || receipt.len() > MAX_RECEIPT_BYTES {
-                return invalid(format!(
-                    "receipt must be 1..={MAX_RECEIPT_BYTES} bytes, as claim returned it"
-                ));
-            }
+            check_receipt(id, receipt)?;
             let settle = match req {
                 SettleRequest::Ack => Settle::Ack,
                 SettleRequest::Nack { delay_ms, error } => {
@@ -395,13 +427,9 @@ impl Queues {
                 }
             };
             match self.store.settle(queue, id, receipt, settle).await? {
-                Settled::StaleReceipt => Err(Error::Conflict(format!(
-                    "the receipt is not job {id}'s current claim's: an earlier attempt's, or \
-                     the claim ran out (the job is claimable again, or claimed by another worker)"
-                ))),
-                Settled::Unknown => Err(Error::NotFound(format!(
-                    "queue {queue:?} holds no job {id}: acked, purged, or never enqueued"
-                ))),
+                why @ (Settled::StaleReceipt | Settled::Unknown) => {
+                    Err(self.refusal(queue, id, why))
+                }
                 settled => {
                     match settled {
                         Settled::Acked => self.count("acked", 1),
@@ -744,6 +772,40 @@ impl Queues {
             None => Ok(self.config.visibility),
             Some(ms) => validate::ttl_ms("visibility_ms", ms, &self.limits),
         }
+    }
+
+    /// The error for a settle refused with `why`: 409 for a stale receipt,
+    /// 404 for a job the queue does not hold.
+    fn refusal(&self, queue: &str, id: &str, why: Settled) -> Error {
+        if why == Settled::Unknown {
+            return Error::NotFound(format!(
+                "queue {queue:?} holds no job {id}: acked, purged, or never enqueued"
+            ));
+        }
+        Error::Conflict(format!(
+            "the receipt is not job {id}'s current claim's: an earlier attempt's, or the claim \
+             ran out (the job is claimable again, or claimed by another worker)"
+        ))
+    }
+
+    /// A claim's acks: at most `limits.max_batch`, well formed, each job
+    /// once.
+    fn check_acks(&self, acks: &[Receipt]) -> Result<()> {
+        if acks.len() > self.limits.max_batch {
+            return invalid(format!(
+                "ack holds {} claims, more than {} (limits.max_batch)",
+                acks.len(),
+                self.limits.max_batch
+            ));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(acks.len());
+        for ack in acks {
+            check_receipt(&ack.id, &ack.receipt)?;
+            if !seen.insert(ack.id.as_str()) {
+                return invalid(format!("ack names job {} twice", ack.id));
+            }
+        }
+        Ok(())
     }
 
     fn check_wait(&self, wait_ms: u64) -> Result<Duration> {

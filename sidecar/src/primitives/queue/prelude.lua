@@ -27,6 +27,26 @@ local function expire_one(id, at)
   end
 end
 
+-- Nil if `receipt` is job `id`'s current claim's, else why not: 'stale'
+-- (an earlier claim's, or the claim ran out: ended here if the batch
+-- below has not yet) or 'unknown' (no such job).
+local function current(id, receipt)
+  local job = P .. 'j:' .. id
+  local f = redis.call('HMGET', job, 'r', 'v')
+  local v = tonumber(f[2])
+  if v and v <= now then
+    expire_one(id, v)
+    return 'stale'
+  end
+  if f[1] == receipt then
+    return nil
+  end
+  if f[1] == false and redis.call('EXISTS', job) == 0 then
+    return 'unknown'
+  end
+  return 'stale'
+end
+
 -- Ends the claims that ran out by now, a bounded batch per call.
 local function expire()
   local out = redis.call('ZRANGEBYSCORE', C, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 256)

@@ -24,7 +24,8 @@ use tokio::sync::broadcast;
 
 use super::schedule::{Schedule, Stored};
 use super::store::{
-    Claimed, Claims, DeadJob, Due, Enqueued, NewJob, QueueStats, QueueStore, Settle, Settled,
+    Claimed, Claims, DeadJob, Due, Enqueued, NewJob, QueueStats, QueueStore, Receipt, Settle,
+    Settled,
 };
 use crate::backend::BackendError;
 use crate::backend::redis::{AbortOnDrop, RedisStore};
@@ -190,14 +191,30 @@ impl QueueStore for RedisQueues {
     async fn claim(
         &self,
         queue: &str,
+        acks: &[Receipt],
         max: usize,
         visibility: Duration,
     ) -> Result<Claims, BackendError> {
         let nonce = format!("{:016x}", rand::random::<u64>());
         let mut call = self.scripts.claim.key(self.prefix(queue));
         call.arg(max).arg(ms(visibility)).arg(&nonce);
+        for ack in acks {
+            call.arg(&ack.id).arg(&ack.receipt);
+        }
         let mut conn = self.redis.conn();
         let flat: Vec<redis::Value> = self.redis.call(call.invoke_async(&mut conn)).await?;
+        if let [redis::Value::BulkString(refused), id, why] = flat.as_slice()
+            && refused.as_slice() == b"refused"
+        {
+            let why = match from::<String>(why)?.as_str() {
+                "stale" => Settled::StaleReceipt,
+                _ => Settled::Unknown,
+            };
+            return Ok(Claims {
+                refused: Some((from(id)?, why)),
+                ..Claims::default()
+            });
+        }
         let [visible_at, next_in, jobs @ ..] = flat.as_slice() else {
             return Err(BackendError::Protocol(format!(
                 "the claim script answered {} values, fewer than 2",
@@ -227,6 +244,7 @@ impl QueueStore for RedisQueues {
         Ok(Claims {
             jobs,
             next_in: u64::try_from(next_in).ok().map(Duration::from_millis),
+            refused: None,
         })
     }
 

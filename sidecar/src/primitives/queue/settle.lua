@@ -4,15 +4,9 @@
 -- due}, {'dead'}, {'extended', visible_at}, {'stale'} or {'unknown'}.
 local id = ARGV[1]
 local job = P .. 'j:' .. id
-local at = redis.call('ZSCORE', C, id)
-if at and tonumber(at) <= now then
-  expire_one(id, tonumber(at))
-end
-if redis.call('EXISTS', job) == 0 then
-  return {'unknown'}
-end
-if redis.call('HGET', job, 'r') ~= ARGV[2] then
-  return {'stale'}
+local why = current(id, ARGV[2])
+if why then
+  return {why}
 end
 local op = ARGV[3]
 if op == 'ack' then

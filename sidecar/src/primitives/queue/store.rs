@@ -93,6 +93,13 @@ pub struct Claimed {
     pub visible_at: u64,
 }
 
+/// A claim to ack as part of the next claim, by its job's id and receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub id: String,
+    pub receipt: String,
+}
+
 /// What a claim got.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Claims {
@@ -101,6 +108,10 @@ pub struct Claims {
     /// claim next runs out (`None`: the queue holds nothing pending), for a
     /// waiting claim to sleep that long at most.
     pub next_in: Option<Duration>,
+    /// An ack the claim carried that could not be made: the job's id, and
+    /// why ([`Settled::StaleReceipt`] or [`Settled::Unknown`]). Then nothing
+    /// was acked and nothing claimed.
+    pub refused: Option<(String, Settled)>,
 }
 
 /// How a claim is settled.
@@ -177,12 +188,15 @@ pub trait QueueStore: Send + Sync + 'static {
         dedup_window: Duration,
     ) -> Result<Enqueued, BackendError>;
 
-    /// Claims up to `max` due jobs, longest due first (FIFO among equals),
-    /// each invisible to other claims for `visibility`. Returns at once,
-    /// with what there is: waiting is the primitive's.
+    /// Acks `acks` (distinct ids; all or none: one stale or unknown
+    /// receipt refuses the whole call), then claims up to `max` due jobs,
+    /// longest due first (FIFO among equals), each invisible to other
+    /// claims for `visibility`; one atomic step. Returns at once, with
+    /// what there is: waiting is the primitive's.
     async fn claim(
         &self,
         queue: &str,
+        acks: &[Receipt],
         max: usize,
         visibility: Duration,
     ) -> Result<Claims, BackendError>;
