@@ -651,13 +651,30 @@ export class Client {
     });
   }
 
-  /** Claims up to `max` due jobs (1 by default), waiting up to `waitMs` for one. */
-  claim(queue: string, options: { max?: number; visibilityMs?: number; waitMs?: number } = {}): Promise<Job[]> {
+  /**
+   * Claims up to `max` due jobs (1 by default), waiting up to `waitMs` for
+   * one. Jobs in `ack` (finished, of this queue) are acked in the same
+   * request, all or none: rejects with `Conflict` if one's claim ran out,
+   * `NotFound` if one is gone, and then nothing is acked or claimed.
+   */
+  claim(
+    queue: string,
+    options: { max?: number; visibilityMs?: number; waitMs?: number; ack?: Job[] } = {},
+  ): Promise<Job[]> {
+    const ack = options.ack ?? [];
+    if (ack.some((job) => job.queue !== queue)) {
+      return Promise.reject(new TypeError(`ack holds jobs of another queue than ${JSON.stringify(queue)}`));
+    }
     return this.#call({
       method: "POST",
       path: `/v1/queues/${seg(queue)}/claim`,
       read: (r) => (parse(r).jobs as unknown[]).map((j) => jobOf(queue, j)),
-      body: json({ max: options.max ?? 1, visibility_ms: options.visibilityMs, wait_ms: options.waitMs ?? 0 }),
+      body: json({
+        max: options.max ?? 1,
+        visibility_ms: options.visibilityMs,
+        wait_ms: options.waitMs ?? 0,
+        ack: ack.length ? ack.map((job) => ({ id: job.id, receipt: job.receipt })) : undefined,
+      }),
       contentType: "application/json",
       timeoutMs: (options.waitMs ?? 0) + this.#t.timeoutMs,
     });

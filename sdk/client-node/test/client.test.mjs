@@ -179,6 +179,16 @@ for (const backend of ["memory", "redis"]) {
         assert.deepEqual(await client.queueStats(queue), { ready: 0, delayed: 0, inFlight: 0, dead: 1, oldestReadyMs: undefined });
         await assert.rejects(client.ack({ ...binary, receipt: "made-up" }), Conflict);
         await assert.rejects(client.enqueue(queue, "x", { maxAttempts: 0 }), InvalidArgument);
+        // A claim acks finished jobs in the same request, all or none.
+        await client.enqueue(queue, "b");
+        await client.enqueue(queue, "c");
+        const [b] = await client.claim(queue);
+        await assert.rejects(client.claim(queue, { ack: [b, a] }), NotFound);
+        const [c] = await client.claim(queue, { ack: [b] });
+        assert.deepEqual([b.payload.toString(), c.payload.toString()], ["b", "c"]);
+        await assert.rejects(client.claim("elsewhere", { ack: [c] }), TypeError);
+        assert.deepEqual(await client.claim(queue, { ack: [c] }), []);
+        assert.equal((await client.queueStats(queue)).inFlight, 0);
         // The worker loop: jobs enqueued while it waits, each once, until aborted.
         const stop = new AbortController();
         const got = [];

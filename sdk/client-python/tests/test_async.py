@@ -138,6 +138,10 @@ def test_work_queues(sidecar: Sidecar, unique: str) -> None:
             break
         assert got == [(b"a", 2)]
         assert (await c.queue_stats(unique)).ready == 0
+        await c.enqueue(unique, "b")
+        [b] = await c.claim(unique)
+        assert await c.claim(unique, ack=[b]) == []
+        assert (await c.queue_stats(unique)).in_flight == 0
 
     run(main, sidecar)
 

@@ -204,6 +204,18 @@ def test_work_queues(client: Client, unique: str) -> None:
         client.enqueue(unique, "x", max_attempts=0)
     with pytest.raises(ValueError):
         client.claim(unique, wait=60)
+    # A claim acks finished jobs in the same request, all or none.
+    client.enqueue(unique, "b")
+    client.enqueue(unique, "c")
+    [b] = client.claim(unique)
+    with pytest.raises(NotFound):
+        client.claim(unique, ack=[b, a])
+    [c] = client.claim(unique, ack=[b])
+    assert (b.payload, c.payload) == (b"b", b"c")
+    with pytest.raises(ValueError):
+        client.claim("elsewhere", ack=[c])
+    assert client.claim(unique, ack=[c]) == []
+    assert client.queue_stats(unique).in_flight == 0
     # The worker loop gets what is enqueued while it waits, each job once.
     got: list[bytes] = []
 

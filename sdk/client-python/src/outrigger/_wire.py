@@ -506,10 +506,16 @@ def queue_enqueue(
     )
 
 
-def queue_claim(queue: str, max: int, visibility: float | None, wait: float) -> Call[list[Job]]:
+def queue_claim(
+    queue: str, max: int, visibility: float | None, wait: float, ack: Sequence[Job]
+) -> Call[list[Job]]:
     body: dict[str, Any] = {"max": max, "wait_ms": round(wait * 1000)}
     if visibility is not None:
         body["visibility_ms"] = ms(visibility)
+    if ack:
+        if any(job.queue != queue for job in ack):
+            raise ValueError(f"ack holds jobs of another queue than {queue!r}")
+        body["ack"] = [{"id": job.id, "receipt": job.receipt} for job in ack]
     return Call(
         "POST",
         f"/v1/queues/{seg(queue)}/claim",

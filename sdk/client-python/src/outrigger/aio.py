@@ -253,17 +253,25 @@ class AsyncClient:
         return await self._call(call)
 
     async def claim(
-        self, queue: str, *, max: int = 1, visibility: float | None = None, wait: float = 0.0
+        self,
+        queue: str,
+        *,
+        max: int = 1,
+        visibility: float | None = None,
+        wait: float = 0.0,
+        ack: Sequence[Job] = (),
     ) -> list[Job]:
         """Up to `max` due jobs, each invisible to others for `visibility`
         seconds, waiting up to `wait` (less than the client's timeout) for
-        one."""
+        one. Jobs in `ack` (finished, of this queue) are acked in the same
+        request, all or none: `Conflict` if one's claim ran out, `NotFound`
+        if one is gone, and then nothing is acked or claimed."""
         if wait >= self._transport.timeout:
             raise ValueError(
                 f"wait ({wait} s) must be shorter than the client's timeout "
                 f"({self._transport.timeout} s)"
             )
-        return await self._call(w.queue_claim(queue, max, visibility, wait))
+        return await self._call(w.queue_claim(queue, max, visibility, wait, ack))
 
     async def ack(self, job: Job) -> None:
         """Done: the job is removed. Raises `Conflict` if its claim ran out."""
