@@ -175,19 +175,33 @@ mod cases {
         let b = q.claim("work", ack_then_claim(&[&a], 1)).await.unwrap();
         assert_eq!(payloads(&b), [b"b"]);
         let b = &b[0];
-        let err = q.settle("work", &a.id, &a.receipt, SettleRequest::Ack).await;
+        let err = q
+            .settle("work", &a.id, &a.receipt, SettleRequest::Ack)
+            .await;
         assert!(matches!(err, Err(Error::NotFound(_))), "a is gone: {err:?}");
         assert_eq!(stats().await, (2, 1));
 
         // One ack that cannot be made refuses them all, and the claim.
-        let err = q.claim("work", ack_then_claim(&[b, &a], 1)).await.unwrap_err();
-        assert!(matches!(&err, Error::NotFound(m) if m.contains(&a.id)), "{err:?}");
+        let err = q
+            .claim("work", ack_then_claim(&[b, &a], 1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::NotFound(m) if m.contains(&a.id)),
+            "{err:?}"
+        );
         let forged = Claimed {
             receipt: format!("{}x", b.receipt),
             ..b.clone()
         };
-        let err = q.claim("work", ack_then_claim(&[&forged], 1)).await.unwrap_err();
-        assert!(matches!(&err, Error::Conflict(m) if m.contains(&b.id)), "{err:?}");
+        let err = q
+            .claim("work", ack_then_claim(&[&forged], 1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Conflict(m) if m.contains(&b.id)),
+            "{err:?}"
+        );
         assert_eq!(stats().await, (2, 1), "nothing acked, nothing claimed");
 
         // The acks are made even when there is nothing to claim.
@@ -201,8 +215,14 @@ mod cases {
         q.enqueue("work", job("e")).await.unwrap();
         let first = q.claim("work", claim(1, 50, 0)).await.unwrap().remove(0);
         let again = q.claim("work", claim(1, LONG, 5_000)).await.unwrap();
-        assert_eq!((again[0].id.as_str(), again[0].attempt), (first.id.as_str(), 2));
-        let err = q.claim("work", ack_then_claim(&[&first], 1)).await.unwrap_err();
+        assert_eq!(
+            (again[0].id.as_str(), again[0].attempt),
+            (first.id.as_str(), 2)
+        );
+        let err = q
+            .claim("work", ack_then_claim(&[&first], 1))
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::Conflict(_)), "{err:?}");
         let none = q.claim("work", ack_then_claim(&[&again[0]], 1)).await;
         assert!(none.unwrap().is_empty());
@@ -569,11 +589,15 @@ mod cases {
         };
         let id = "0000000000000001";
         invalid(
-            q.claim("work", acks(vec![receipt(id), receipt(id)])).await.map(|_| ()),
+            q.claim("work", acks(vec![receipt(id), receipt(id)]))
+                .await
+                .map(|_| ()),
             "twice",
         );
         invalid(
-            q.claim("work", acks(vec![receipt("nope")])).await.map(|_| ()),
+            q.claim("work", acks(vec![receipt("nope")]))
+                .await
+                .map(|_| ()),
             "job id",
         );
         let many = (0..=Config::default().limits.max_batch as u64)

@@ -1394,7 +1394,11 @@ fn plan(c: &Clients) -> Vec<(&'static str, Vec<(&'static str, Op)>)> {
                 if acking {
                     pipe.cmd("LREM").arg(&working).arg(1).arg(&VALUE[..]);
                 }
-                pipe.cmd("LMOVE").arg(&list).arg(&working).arg("RIGHT").arg("LEFT");
+                pipe.cmd("LMOVE")
+                    .arg(&list)
+                    .arg(&working)
+                    .arg("RIGHT")
+                    .arg("LEFT");
                 let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
                 if acking {
                     ensure!(replies[0] == redis::Value::Int(1), "not removed");
@@ -1422,11 +1426,13 @@ fn plan(c: &Clients) -> Vec<(&'static str, Vec<(&'static str, Op)>)> {
             async move {
                 let prefix = format!("direct:q:{{c{w}}}:");
                 let claim = |ack| {
-                    let (mut conn, scripts, prefix) = (conn.clone(), scripts.clone(), prefix.clone());
+                    let (mut conn, scripts, prefix) =
+                        (conn.clone(), scripts.clone(), prefix.clone());
                     async move { scripts.queue_claim(&mut conn, &prefix, ack).await }
                 };
                 let refill = || {
-                    let (mut conn, scripts, prefix) = (conn.clone(), scripts.clone(), prefix.clone());
+                    let (mut conn, scripts, prefix) =
+                        (conn.clone(), scripts.clone(), prefix.clone());
                     async move {
                         scripts
                             .queue_fill(&mut conn, &prefix, "direct:queued", REFILL)

@@ -222,7 +222,10 @@ impl Queue {
             Ok(claim) => claim,
             Err(why) => return why,
         };
-        let job = self.jobs.get_mut(&seq).expect("a current claim's job exists");
+        let job = self
+            .jobs
+            .get_mut(&seq)
+            .expect("a current claim's job exists");
         match settle {
             Settle::Ack => {
                 self.claimed.remove(&(visible_at, seq));

@@ -312,8 +312,8 @@ impl Queues {
     ) -> Result<Vec<Claimed>> {
         let granted = self.authorize_queue(caller, Operation::Claim, queue.clone())?;
         for ack in &req.ack {
-            let call = Call::new(PrimitiveName::Queue, Operation::Settle, queue.clone())
-                .member(&ack.id);
+            let call =
+                Call::new(PrimitiveName::Queue, Operation::Settle, queue.clone()).member(&ack.id);
             if self.authorize(caller, call)? != granted {
                 return Err(Error::Denied(format!(
                     "a plugin mapped queue {queue:?} to {granted:?} for the ack of job {} but \
@@ -362,7 +362,9 @@ impl Queues {
                 self.count("acked", acks.len() as u64);
                 acks = &[];
                 let now = Instant::now();
-                let Some(ready) = ready.as_mut().filter(|_| claims.jobs.is_empty() && now < deadline)
+                let Some(ready) = ready
+                    .as_mut()
+                    .filter(|_| claims.jobs.is_empty() && now < deadline)
                 else {
                     self.count("claimed", claims.jobs.len() as u64);
                     return Ok(claims.jobs);

@@ -46,8 +46,19 @@ pub enum Every {
 
 impl Every {
     /// A cron expression of 5 fields (minute to day of week), or of 6 or 7
-    /// (with seconds first, years last).
+    /// (with seconds first, years last), that fires again.
     pub fn cron(expr: &str) -> Result<Every, String> {
+        let every = Self::parse_cron(expr)?;
+        if let Every::Cron(schedule) = &every
+            && schedule.upcoming(Utc).next().is_none()
+        {
+            return Err("the cron expression never fires again".into());
+        }
+        Ok(every)
+    }
+
+    /// `cron` without looking ahead: for expressions checked when put.
+    fn parse_cron(expr: &str) -> Result<Every, String> {
         let fields = expr.split_whitespace().count();
         let full = match fields {
             5 => format!("0 {expr}"),
@@ -60,9 +71,6 @@ impl Every {
             }
         };
         let schedule = cron::Schedule::from_str(&full).map_err(|e| format!("{e}"))?;
-        if schedule.upcoming(Utc).next().is_none() {
-            return Err("the cron expression never fires again".into());
-        }
         Ok(Every::Cron(Box::new(schedule)))
     }
 
@@ -130,7 +138,7 @@ impl Schedule {
     pub fn every(&self) -> Option<Every> {
         match (&self.every_ms, &self.cron) {
             (Some(ms), None) => Some(Every::Interval(Duration::from_millis(*ms))),
-            (None, Some(expr)) => Every::cron(expr).ok(),
+            (None, Some(expr)) => Every::parse_cron(expr).ok(),
             _ => None,
         }
     }
