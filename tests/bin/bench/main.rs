@@ -2775,7 +2775,14 @@ fn markdown(r: &Report, window: Duration) -> String {
          clients over the Unix socket (HTTP/1.1 keep-alive written by hand; gRPC on the `h2` \
          crate, one HEADERS and one DATA frame per call), one connection per worker: the \
          sidecar's own cost, without a client library's machinery on top. Sidecar CPU is \
-         its user plus system time over the cell, warm-up included, per request.\n",
+         its user plus system time over the cell, warm-up included, per request.\n\n\
+         Work queues: \"queue enqueue\" is one job in (`LPUSH` directly); \"queue \
+         claim+ack\" is a worker's step, claiming a job and acking the one it claimed \
+         before: directly the reliable-list pattern, `LMOVE` to a working list then `LREM`, \
+         two round trips (\"direct, pipelined\": both in one); through the sidecar one \
+         claim request carrying the ack (`ack` on a claim; BullMQ's worker fetches its next \
+         job with the previous one's completion the same way). \"queue handoff\" is a job enqueued while a worker already waits for it, until \
+         acked (`BLMOVE` directly; a waiting gRPC claim through the sidecar).\n",
         r.mode,
         r.sidecar,
         r.redis_version,
