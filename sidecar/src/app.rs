@@ -374,6 +374,9 @@ impl App {
 
 /// Compiles the configured plugins off the async workers.
 async fn load_plugins(config: &Config, metrics: &Arc<Metrics>) -> Arc<Plugins> {
+    if let Some(dir) = &config.plugin_cache {
+        crate::plugins::cache::set_dir(dir.clone());
+    }
     let (config, metrics) = (config.clone(), metrics.clone());
     let plugins = tokio::task::spawn_blocking(move || {
         Plugins::load(&config.plugins, host_facts(&config), metrics)

@@ -12,7 +12,7 @@
 //! this module composes them into [`Config`], loads it and checks what
 //! spans sections. Every section type is re-exported here.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
@@ -62,6 +62,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "queues",
     "failover",
     "plugins",
+    "plugin_cache",
     "log",
     "runtime",
     "shutdown_grace",
@@ -91,6 +92,12 @@ pub struct Config {
     pub failover: FailoverConfig,
     /// WebAssembly plugins, in the order they run: `[[plugins]]`.
     pub plugins: Vec<PluginConfig>,
+    /// A directory to keep compiled plugins in, so a restart or reload of
+    /// an unchanged plugin skips compiling it (seconds for a JavaScript or
+    /// Python one); none by default. Writable by the sidecar alone: it
+    /// runs what it finds there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_cache: Option<PathBuf>,
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
     /// How long SIGTERM waits for in-flight requests before exiting anyway.
@@ -205,6 +212,7 @@ impl Default for Config {
             queues: QueuesConfig::default(),
             failover: FailoverConfig::default(),
             plugins: Vec::new(),
+            plugin_cache: None,
             log: LogConfig {
                 format: LogFormat::Text,
                 level: "info".into(),

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use outrigger::Sidecar;
 use outrigger::config::Config;
+use outrigger::plugins::cache::Made;
 use outrigger::telemetry::Telemetry;
 
 /// mimalloc: glibc's malloc and free were about a quarter of the sidecar's
@@ -65,11 +66,18 @@ enum PluginCommand {
         /// The plugin's configuration, as JSON, for its `init` to check.
         #[arg(long, default_value = "{}")]
         plugin_config: String,
+        /// Keep the compiled plugin here, or load it from here if it was
+        /// compiled before (the sidecar's `plugin_cache`).
+        #[arg(long, env = "OUTRIGGER_PLUGIN_CACHE")]
+        cache_dir: Option<PathBuf>,
     },
 }
 
 /// `outrigger plugin check`: exit 0 and the hooks, or 1 and why not.
-fn check_plugin(file: &std::path::Path, config: &str) -> ExitCode {
+fn check_plugin(file: &std::path::Path, config: &str, cache_dir: Option<&PathBuf>) -> ExitCode {
+    if let Some(dir) = cache_dir {
+        outrigger::plugins::cache::set_dir(dir.clone());
+    }
     let config: serde_json::Value = match serde_json::from_str(config) {
         Ok(value @ serde_json::Value::Object(_)) => value,
         _ => {
@@ -86,8 +94,15 @@ fn check_plugin(file: &std::path::Path, config: &str) -> ExitCode {
             };
             match checked.init_error {
                 None => {
+                    let made = match checked.made {
+                        Made::Compiled(took) => format!("compiled in {} ms", took.as_millis()),
+                        Made::Cached(took) => format!(
+                            "loaded compiled from the cache in {:.1} ms",
+                            took.as_secs_f64() * 1000.0
+                        ),
+                    };
                     println!(
-                        "{}: ok, fits outrigger:plugin/plugin@{}; implements: {hooks}",
+                        "{}: ok, fits outrigger:plugin/plugin@{}; implements: {hooks}; {made}",
                         file.display(),
                         checked.world
                     );
@@ -114,13 +129,15 @@ fn check_plugin(file: &std::path::Path, config: &str) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Plugin {
-        command: PluginCommand::Check {
-            file,
-            plugin_config,
-        },
+        command:
+            PluginCommand::Check {
+                file,
+                plugin_config,
+                cache_dir,
+            },
     }) = &cli.command
     {
-        return check_plugin(file, plugin_config);
+        return check_plugin(file, plugin_config, cache_dir.as_ref());
     }
     if let Some(Command::Remote(command)) = cli.command {
         return cli::run(command, cli.config.as_deref());
@@ -134,6 +151,9 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
+            if let Some(dir) = &config.plugin_cache {
+                outrigger::plugins::cache::set_dir(dir.clone());
+            }
             let mut broken = false;
             for plugin in &config.plugins {
                 let checked = outrigger::plugins::check_file(&plugin.path, &plugin.config)

@@ -130,6 +130,8 @@ async fn tenant_guard_confines_callers_to_their_prefix_over_http_and_grpc(backen
         dir.path(),
         &format!(
             r#"
+plugin_cache = "{}"
+
 [ratelimit.policies.api]
 algorithm = "fixed_window"
 limit = 100
@@ -140,11 +142,17 @@ name = "guard"
 path = "{}"
 config = {{ exempt_callers = ["ops"] }}
 "#,
+            dir.path().join("compiled").display(),
             plugin_wasm("tenant_guard").display()
         ),
     )
     .await;
     let c = http();
+    // It ran from what it compiled, and kept that.
+    let kept = std::fs::read_dir(dir.path().join("compiled"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 1, "the compiled plugin is kept in plugin_cache");
 
     // No tenant: refused, with the plugin's reason.
     let resp = c
@@ -1169,6 +1177,62 @@ async fn plugin_check_says_whether_a_file_fits_and_which_hooks_it_has() {
         out.contains("does not fit any outrigger:plugin/plugin world this sidecar serves"),
         "{out}"
     );
+}
+
+/// With a compile cache, a plugin is compiled once: the next load (a
+/// restart, a reload, another `plugin check`) takes the compiled code from
+/// the cache; a damaged entry is compiled again and replaced.
+#[tokio::test]
+async fn compiled_plugins_are_kept_in_the_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let check = || {
+        sidecar!()
+            .arg("plugin")
+            .arg("check")
+            .arg(plugin_wasm("tenant_guard").display().to_string())
+            .arg("--cache-dir")
+            .arg(cache.path().display().to_string())
+            .run()
+    };
+    let entries = || {
+        std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect::<Vec<_>>()
+    };
+    let (code, out) = check().await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("implements: authorize; compiled in"), "{out}");
+    let kept = entries();
+    assert_eq!(kept.len(), 1, "one entry, no temporary file left: {kept:?}");
+    assert!(
+        kept[0].extension().is_some_and(|e| e == "cwasm"),
+        "{kept:?}"
+    );
+    let (code, out) = check().await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("loaded compiled from the cache"), "{out}");
+    // A damaged entry is not run: compiled again, and the entry replaced.
+    std::fs::write(&kept[0], b"not compiled code").unwrap();
+    let (code, out) = check().await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("compiled in"), "{out}");
+    let (code, out) = check().await;
+    assert!(
+        code == Some(0) && out.contains("loaded compiled from the cache"),
+        "{out}"
+    );
+    // Another component is another entry.
+    let (code, out) = sidecar!()
+        .arg("plugin")
+        .arg("check")
+        .arg(plugin_wasm("hostile").display().to_string())
+        .arg("--cache-dir")
+        .arg(cache.path().display().to_string())
+        .run()
+        .await;
+    assert!(code == Some(0) && out.contains("compiled in"), "{out}");
+    assert_eq!(entries().len(), 2);
 }
 
 /// Plugins built against the older worlds (0.1.0, 0.2.0, 0.3.0) keep

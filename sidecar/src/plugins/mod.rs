@@ -20,6 +20,7 @@
 //! [`WATCH_INTERVAL`]; `POST /v1/admin/plugins/reload` reloads them all.
 //! A reload that fails keeps the previous version serving.
 
+pub mod cache;
 pub mod config;
 mod runtime;
 
@@ -313,6 +314,8 @@ pub struct Checked {
     pub hooks: Vec<&'static str>,
     /// Why `init` refused the configuration, if it did.
     pub init_error: Option<String>,
+    /// Compiled now, or loaded compiled from the cache (`plugin_cache`).
+    pub made: cache::Made,
 }
 
 /// Whether `path` is a component that fits the plugin world, and which
@@ -334,6 +337,7 @@ pub fn check_file(path: &Path, config: &serde_json::Value) -> Result<Checked, St
         world: compiled.world(),
         hooks: names(&compiled.implemented),
         init_error: compiled.init().err(),
+        made: compiled.made,
     })
 }
 

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cpu_time::ThreadTime;
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 
+use crate::plugins::cache::{self, Made};
 use crate::plugins::config::HookName;
 
 /// The bindings of the current world (`sdk/wit`), generated at build time.
@@ -300,6 +301,9 @@ pub(crate) struct Compiled {
     pool: Mutex<Vec<Instance>>,
     /// The hooks the plugin says it implements.
     pub implemented: Vec<HookName>,
+    /// Compiled now, or loaded compiled from the cache, and how long it
+    /// took.
+    pub made: Made,
 }
 
 struct Instance {
@@ -324,7 +328,7 @@ impl Compiled {
         budget: Budget,
     ) -> Result<Compiled, String> {
         let engine = engine();
-        let component = Component::new(engine, bytes).map_err(|err| {
+        let (component, made) = cache::component(engine, bytes).map_err(|err| {
             let text = format!("{err:#}");
             let first = text.lines().next().unwrap_or_default();
             let first = first.split(" - expected=").next().unwrap_or_default();
@@ -385,6 +389,7 @@ impl Compiled {
             max_memory: budget.memory,
             pool: Mutex::new(Vec::new()),
             implemented: Vec::new(),
+            made,
         };
         let hooks = compiled
             .call(|plugin, store| match plugin {
@@ -429,7 +434,9 @@ impl Compiled {
             .memory_size(self.max_memory)
             .memories(1)
             .tables(8)
-            .instances(8)
+            // A component carrying a language runtime is several core
+            // instances (componentize-py's: libc, the interpreter, ...).
+            .instances(32)
             .trap_on_grow_failure(true)
             .build();
         let engine = match &self.pre {

@@ -2041,10 +2041,12 @@ fn base_for(c: &Clients, via: &str, path: &str) -> String {
 /// of it with --quick, whose windows are too short for 64 first refills).
 const REFILL: usize = 200;
 
-/// Each worker's last claimed job (id, receipt), for its next claim to
-/// ack.
+/// A claimed job's id and receipt.
+type JobReceipt = (String, String);
+
+/// Each worker's last claimed job, for its next claim to ack.
 #[derive(Clone)]
-struct Held(Arc<Vec<std::sync::Mutex<Option<(String, String)>>>>);
+struct Held(Arc<Vec<std::sync::Mutex<Option<JobReceipt>>>>);
 
 impl Held {
     fn new() -> Self {
