@@ -81,6 +81,10 @@ of a release of this chart (or a context with the same .Values shape).
       value: {{ .Values.sidecar.logFormat | quote }}
     - name: OUTRIGGER_LOG__LEVEL
       value: {{ .Values.sidecar.logLevel | quote }}
+    {{- if .Values.plugins.compileCache.enabled }}
+    - name: OUTRIGGER_PLUGIN_CACHE
+      value: /var/cache/outrigger/plugins
+    {{- end }}
     {{- with (include "outrigger.redisSecret" .) }}
     - name: OUTRIGGER_REDIS__URL
       valueFrom:
@@ -137,6 +141,10 @@ of a release of this chart (or a context with the same .Values shape).
       mountPath: /etc/outrigger/plugins
       readOnly: true
     {{- end }}
+    {{- if .Values.plugins.compileCache.enabled }}
+    - name: outrigger-plugin-cache
+      mountPath: /var/cache/outrigger/plugins
+    {{- end }}
     {{- if (include "outrigger.tokenSecret" .) }}
     - name: outrigger-token
       mountPath: /var/run/secrets/outrigger
@@ -163,6 +171,11 @@ The volumes the sidecar mounts: add them to the pod's `volumes`.
 {{- else if .Values.plugins.volume }}
 - name: outrigger-plugins
   {{- toYaml .Values.plugins.volume | nindent 2 }}
+{{- end }}
+{{- if .Values.plugins.compileCache.enabled }}
+- name: outrigger-plugin-cache
+  emptyDir:
+    sizeLimit: {{ .Values.plugins.compileCache.sizeLimit | quote }}
 {{- end }}
 {{- with (include "outrigger.tokenSecret" .) }}
 - name: outrigger-token
