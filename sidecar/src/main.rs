@@ -102,10 +102,12 @@ fn check_plugin(file: &std::path::Path, config: &str, cache_dir: Option<&PathBuf
                         ),
                     };
                     println!(
-                        "{}: ok, fits outrigger:plugin/plugin@{}; implements: {hooks}; {made}",
+                        "{}: ok, fits outrigger:plugin/plugin@{}; implements: {hooks}",
                         file.display(),
                         checked.world
                     );
+                    // A measurement, not the verdict: on stderr.
+                    eprintln!("{}: {made}", file.display());
                     ExitCode::SUCCESS
                 }
                 Some(reason) => {

@@ -1185,15 +1185,16 @@ async fn plugin_check_says_whether_a_file_fits_and_which_hooks_it_has() {
 #[tokio::test]
 async fn compiled_plugins_are_kept_in_the_cache() {
     let cache = tempfile::tempdir().unwrap();
-    let check = || {
+    let check_one = |plugin: &str| {
         sidecar!()
             .arg("plugin")
             .arg("check")
-            .arg(plugin_wasm("tenant_guard").display().to_string())
+            .arg(plugin_wasm(plugin).display().to_string())
             .arg("--cache-dir")
             .arg(cache.path().display().to_string())
             .run()
     };
+    let check = || check_one("tenant_guard");
     let entries = || {
         std::fs::read_dir(cache.path())
             .unwrap()
@@ -1202,7 +1203,8 @@ async fn compiled_plugins_are_kept_in_the_cache() {
     };
     let (code, out) = check().await;
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("implements: authorize; compiled in"), "{out}");
+    assert!(out.contains("implements: authorize"), "{out}");
+    assert!(out.contains("compiled in"), "{out}");
     let kept = entries();
     assert_eq!(kept.len(), 1, "one entry, no temporary file left: {kept:?}");
     assert!(
@@ -1223,14 +1225,7 @@ async fn compiled_plugins_are_kept_in_the_cache() {
         "{out}"
     );
     // Another component is another entry.
-    let (code, out) = sidecar!()
-        .arg("plugin")
-        .arg("check")
-        .arg(plugin_wasm("hostile").display().to_string())
-        .arg("--cache-dir")
-        .arg(cache.path().display().to_string())
-        .run()
-        .await;
+    let (code, out) = check_one("hostile").await;
     assert!(code == Some(0) && out.contains("compiled in"), "{out}");
     assert_eq!(entries().len(), 2);
 }

@@ -1457,15 +1457,7 @@ fn plan(c: &Clients) -> Vec<(&'static str, Vec<(&'static str, Op)>)> {
                 let claim = |ack: Option<(String, String)>| {
                     let (mut client, queue) = (client.clone(), queue.clone());
                     async move {
-                        let claim = pb::ClaimJobsRequest {
-                            queue,
-                            max: 1,
-                            ack: ack
-                                .map(|(id, receipt)| pb::JobReceipt { id, receipt })
-                                .into_iter()
-                                .collect(),
-                            ..Default::default()
-                        };
+                        let claim = claim_one(queue, ack);
                         match client.claim(claim).await {
                             Ok(r) => Ok(Claim::from(r.into_inner().jobs.pop())),
                             Err(s) if s.code() == tonic::Code::Aborted => Ok(Claim::Refused),
@@ -1515,15 +1507,7 @@ fn plan(c: &Clients) -> Vec<(&'static str, Vec<(&'static str, Op)>)> {
             let claim = |ack: Option<(String, String)>| {
                 let (raw, queue) = (raw.clone(), queue.clone());
                 async move {
-                    let claim = pb::ClaimJobsRequest {
-                        queue,
-                        max: 1,
-                        ack: ack
-                            .map(|(id, receipt)| pb::JobReceipt { id, receipt })
-                            .into_iter()
-                            .collect(),
-                        ..Default::default()
-                    };
+                    let claim = claim_one(queue, ack);
                     let path = "/outrigger.v1.Queue/Claim";
                     match raw.call::<_, pb::ClaimJobsResponse>(w, path, &claim).await {
                         Ok(mut r) => Ok(Claim::from(r.jobs.pop())),
@@ -2077,6 +2061,19 @@ enum Claim {
 impl From<Option<pb::Job>> for Claim {
     fn from(job: Option<pb::Job>) -> Self {
         job.map_or(Claim::Empty, |j| Claim::Job(j.id, j.receipt))
+    }
+}
+
+/// A claim of one job from `queue`, acking `ack`.
+fn claim_one(queue: String, ack: Option<JobReceipt>) -> pb::ClaimJobsRequest {
+    pb::ClaimJobsRequest {
+        queue,
+        max: 1,
+        ack: ack
+            .map(|(id, receipt)| pb::JobReceipt { id, receipt })
+            .into_iter()
+            .collect(),
+        ..Default::default()
     }
 }
 

@@ -32,6 +32,13 @@ type ConsumeStream = Pin<Box<dyn Stream<Item = Result<pb::ConsumeEvent, Status>>
 /// The longest one claim of a consumer waits before it claims again.
 const CONSUME_POLL_MS: u64 = 5_000;
 
+fn receipt(r: pb::JobReceipt) -> Receipt {
+    Receipt {
+        id: r.id,
+        receipt: r.receipt,
+    }
+}
+
 fn job(c: Claimed) -> pb::Job {
     pb::Job {
         id: c.id,
@@ -145,14 +152,7 @@ impl Api for QueueService {
         let caller = caller(self.0.common(), &req);
         let req = req.into_inner();
         let claim = ClaimRequest {
-            ack: req
-                .ack
-                .into_iter()
-                .map(|a| Receipt {
-                    id: a.id,
-                    receipt: a.receipt,
-                })
-                .collect(),
+            ack: req.ack.into_iter().map(receipt).collect(),
             max: req.max,
             visibility_ms: req.visibility_ms,
             wait_ms: req.wait_ms,

@@ -95,14 +95,7 @@ async fn queue_claim(
     ApiJson(body): ApiJson<ClaimBody>,
 ) -> Result<Json<ClaimReply>, Error> {
     let req = ClaimRequest {
-        ack: body
-            .ack
-            .into_iter()
-            .map(|a| Receipt {
-                id: a.id,
-                receipt: a.receipt,
-            })
-            .collect(),
+        ack: body.ack.into_iter().map(Receipt::from).collect(),
         max: body.max,
         visibility_ms: body.visibility_ms,
         wait_ms: body.wait_ms,
@@ -559,6 +552,15 @@ pub struct ClaimBody {
 pub struct JobReceipt {
     pub id: String,
     pub receipt: String,
+}
+
+impl From<JobReceipt> for Receipt {
+    fn from(r: JobReceipt) -> Self {
+        Receipt {
+            id: r.id,
+            receipt: r.receipt,
+        }
+    }
 }
 
 /// A claimed job.
