@@ -280,6 +280,7 @@ impl App {
             circuit: None,
             cache: Arc::new(Cache::new(
                 stores.cache,
+                &config.cache,
                 limits.clone(),
                 metrics.clone(),
                 common.clone(),

@@ -327,6 +327,10 @@ impl Config {
                 return invalid("cache.near.max_ttl", "must be between 1ms and 1h");
             }
         }
+        let poll = self.cache.lease_poll;
+        if poll < Duration::from_millis(1) || poll > Duration::from_secs(60) {
+            return invalid("cache.lease_poll", "must be between 1ms and 60s");
+        }
         if self.memory.max_entries == 0 {
             return invalid("memory.max_entries", "must be at least 1");
         }
@@ -712,6 +716,7 @@ config = { rules = [{ match = "x" }] }
         assert!(load_err("[runtime]\nthreads = 2").contains("runtime"));
         assert!(load_err("[redis]\nurl = \"http://x\"").contains("redis.url"));
         assert!(load_err("[cache]\nsize = 1").contains("cache"));
+        assert!(load_err("[cache]\nlease_poll = \"0ms\"").contains("cache.lease_poll"));
         assert!(load_err("[auth]\ntoken = \"a\"\ntoken_file = \"/t\"").contains("`auth.token`"));
         let bad_policy =
             "[ratelimit.policies.login]\nalgorithm = \"gcra\"\nlimit = 0\nperiod = \"1m\"";

@@ -17,8 +17,12 @@ use tonic::Code;
 /// A sidecar on the case's topology.
 type Target = SidecarOn;
 
+/// Lease waiters look again at least every `cache.lease_poll` in case the
+/// fill's notice is lost. Here that is longer than any wait, so a waiter
+/// that gets the fill was woken by it.
 async fn target(topology: Topology) -> Target {
-    topology.sidecar(sidecar!(), "api").await
+    let spec = sidecar!().env("OUTRIGGER_CACHE__LEASE_POLL", "60s");
+    topology.sidecar(spec, "api").await
 }
 
 conformance!(
@@ -728,23 +732,29 @@ async fn sidecars_sharing_a_namespace_share_the_cache() {
     );
 }
 
+/// How long a stampede may take. Its waiters wait up to 30 s, and neither
+/// the 60 s lease nor the poll (see [`target`]) ends that sooner: answered
+/// within this, they were woken by the fill.
+const STAMPEDE: Duration = Duration::from_secs(10);
+
 /// 100 concurrent misses on one key over HTTP: exactly one caller is
-/// granted the lease; it fills the key, and every other caller receives
-/// that value within its wait.
+/// granted the lease; it fills the key, and every other caller is woken by
+/// that write and receives the value.
 async fn http_get_or_lease_gives_one_lease_to_a_stampede(t: &Target) {
     use futures::StreamExt;
-    let c = http();
+    let c = reqwest::Client::builder()
+        .timeout(STAMPEDE)
+        .build()
+        .unwrap();
     let url = t.sidecar.url("/v1/cache/hot/lease");
     let mut calls: futures::stream::FuturesUnordered<_> = (0..100)
         .map(|_| {
             c.post(&url)
-                .json(&json!({"lease_ms": 10_000, "wait_ms": 8_000}))
+                .json(&json!({"lease_ms": 60_000, "wait_ms": 30_000}))
                 .send()
         })
         .collect();
     let (mut granted, mut filled) = (0, 0);
-    let mut filled_at = None;
-    let mut woken = vec![];
     while let Some(resp) = calls.next().await {
         let resp = resp.unwrap();
         let outcome = resp.headers()["outrigger-lease"]
@@ -755,7 +765,6 @@ async fn http_get_or_lease_gives_one_lease_to_a_stampede(t: &Target) {
             (StatusCode::NO_CONTENT, "granted") => {
                 granted += 1;
                 // The holder computes and fills.
-                filled_at = Some(Instant::now());
                 let put = c
                     .put(t.sidecar.url("/v1/cache/hot?ttl_ms=60000"))
                     .body("computed once")
@@ -765,7 +774,7 @@ async fn http_get_or_lease_gives_one_lease_to_a_stampede(t: &Target) {
                 assert_eq!(put.status(), StatusCode::OK);
             }
             (StatusCode::OK, "hit") => {
-                woken.push(filled_at.expect("a hit before the fill").elapsed());
+                assert_eq!(granted, 1, "a hit before the fill");
                 assert_eq!(resp.text().await.unwrap(), "computed once");
                 filled += 1;
             }
@@ -773,51 +782,26 @@ async fn http_get_or_lease_gives_one_lease_to_a_stampede(t: &Target) {
         }
     }
     assert_eq!((granted, filled), (1, 99));
-    assert_woken_by_the_fill(woken);
 }
 
-/// Lease waiters are woken by the fill, not by the 100 ms safety poll:
-/// the typical waiter has its answer well before a poll would have
-/// looked again. (The median, since the last of 99 answers over one
-/// client also waits its turn.)
-fn assert_woken_by_the_fill(mut woken: Vec<Duration>) {
-    woken.sort();
-    let median = woken[woken.len() / 2];
-    println!(
-        "waiters answered {:?} / {median:?} / {:?} (fastest / median / slowest) after the fill",
-        woken[0],
-        woken[woken.len() - 1]
-    );
-    assert!(
-        median < Duration::from_millis(40),
-        "half the waiters answered more than {median:?} after the fill: not woken by it \
-         (fastest {:?}, slowest {:?})",
-        woken[0],
-        woken[woken.len() - 1]
-    );
-}
-
+/// The same over gRPC, with every caller on one channel.
 async fn grpc_get_or_lease_gives_one_lease_to_a_stampede(t: &Target) {
     let channel = t.sidecar.channel().await;
-    let filled_at = std::sync::OnceLock::new();
     let calls = (0..100).map(|_| {
         let mut cache = CacheClient::new(channel.clone());
-        let filled_at = &filled_at;
         async move {
             let reply = cache
                 .get_or_lease(pb::GetOrLeaseRequest {
                     key: "hot".into(),
-                    lease_ms: 10_000,
-                    wait_ms: 8_000,
+                    lease_ms: 60_000,
+                    wait_ms: 30_000,
                     accept_stale: false,
                 })
                 .await
                 .unwrap()
                 .into_inner();
-            let answered_at = Instant::now();
             if reply.outcome() == pb::LeaseOutcome::Granted {
                 assert!(!reply.found);
-                filled_at.set(Instant::now()).unwrap();
                 cache
                     .set(pb::SetRequest {
                         key: "hot".into(),
@@ -830,24 +814,17 @@ async fn grpc_get_or_lease_gives_one_lease_to_a_stampede(t: &Target) {
                 assert_eq!(reply.outcome(), pb::LeaseOutcome::Hit);
                 assert_eq!(&reply.value[..], b"computed once");
             }
-            (reply.outcome(), answered_at)
+            reply.outcome()
         }
     });
-    let answers = futures::future::join_all(calls).await;
-    let outcomes: Vec<_> = answers.iter().map(|(o, _)| *o).collect();
+    let outcomes = tokio::time::timeout(STAMPEDE, futures::future::join_all(calls))
+        .await
+        .expect("every waiter woken by the fill");
     let granted = outcomes
         .iter()
         .filter(|o| **o == pb::LeaseOutcome::Granted)
         .count();
     assert_eq!(granted, 1, "{outcomes:?}");
-    let filled_at = *filled_at.get().unwrap();
-    assert_woken_by_the_fill(
-        answers
-            .iter()
-            .filter(|(o, _)| *o == pb::LeaseOutcome::Hit)
-            .map(|(_, at)| at.saturating_duration_since(filled_at))
-            .collect(),
-    );
 }
 
 async fn get_or_lease_serves_stale_values_and_rejects_bad_input(t: &Target) {

@@ -5,10 +5,24 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// The cache primitive.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     pub near: NearCacheConfig,
+    /// Longest a `GetOrLease` waiter goes without looking at its key
+    /// again. Waiters are woken by the fill itself; this only bounds the
+    /// wait should that notice be lost.
+    #[serde(with = "crate::duration")]
+    pub lease_poll: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            near: NearCacheConfig::default(),
+            lease_poll: Duration::from_millis(100),
+        }
+    }
 }
 
 /// The near cache: an in-process copy of values read from Redis, evicted

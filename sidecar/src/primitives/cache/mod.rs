@@ -96,6 +96,8 @@ pub struct Cache {
     common: Common,
     store: Arc<dyn CacheStore>,
     limits: Limits,
+    /// `cache.lease_poll`.
+    lease_poll: Duration,
     metrics: Arc<Metrics>,
     counts: Counts,
 }
@@ -200,6 +202,7 @@ impl Counts {
 impl Cache {
     pub fn new(
         store: Arc<dyn CacheStore>,
+        config: &config::CacheConfig,
         limits: Limits,
         metrics: Arc<Metrics>,
         common: Common,
@@ -208,6 +211,7 @@ impl Cache {
             store,
             common,
             limits,
+            lease_poll: config.lease_poll,
             counts: Counts::register(&metrics),
             metrics,
         }
@@ -277,6 +281,7 @@ impl Cache {
                 lease,
                 deadline: tokio::time::Instant::now() + Duration::from_millis(ask.wait_ms),
                 stale_ok: ask.accept_stale,
+                poll: self.lease_poll,
             };
             let read = self.store.get_or_lease(&ask.key, req).await?;
             self.count_read(matches!(read, LeaseRead::Hit(_)));

@@ -42,6 +42,9 @@ pub struct LeaseRequest {
     pub deadline: tokio::time::Instant,
     /// Whether a stale value is an acceptable answer while a lease is held.
     pub stale_ok: bool,
+    /// Longest to wait between looks, should the fill's notice be lost
+    /// (`cache.lease_poll`).
+    pub poll: Duration,
 }
 
 /// What a `GetOrLease` found.
@@ -73,10 +76,6 @@ pub enum LeaseAttempt {
         retry_in: Duration,
     },
 }
-
-/// Longest a lease waiter goes without looking again, should a change
-/// notification be lost.
-const LEASE_POLL: Duration = Duration::from_millis(100);
 
 /// Notice of writes, for `GetOrLease` waiters.
 pub(crate) trait Changes: Send {
@@ -121,7 +120,7 @@ where
                 // have given up, and the lease is then ours to take.
                 let nap = (req.deadline - now)
                     .min(retry_in + Duration::from_millis(1))
-                    .min(LEASE_POLL);
+                    .min(req.poll);
                 changes.changed(nap).await;
             }
         }
@@ -234,4 +233,60 @@ pub trait CacheStore: Send + Sync + 'static {
     async fn describe(&self, key: &str) -> Result<Option<Described>, BackendError>;
 
     fn stats(&self) -> StoreStats;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Changes that never come: a lost notice.
+    struct Silence;
+
+    impl Changes for Silence {
+        async fn changed(&mut self, limit: Duration) {
+            tokio::time::sleep(limit).await;
+        }
+    }
+
+    fn entry() -> Entry {
+        Entry {
+            value: Bytes::from_static(b"filled"),
+            version: 1,
+            ttl: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiter_whose_notice_is_lost_finds_the_fill_by_polling() {
+        let req = LeaseRequest {
+            lease: Duration::from_secs(30),
+            deadline: tokio::time::Instant::now() + Duration::from_secs(10),
+            stale_ok: false,
+            poll: Duration::from_millis(20),
+        };
+        let mut looks = 0;
+        let mut silence = Silence;
+        let read = wait_for_lease(
+            &req,
+            || {
+                looks += 1;
+                let look = if looks < 3 {
+                    LeaseAttempt::Held {
+                        stale: None,
+                        retry_in: Duration::from_secs(30),
+                    }
+                } else {
+                    LeaseAttempt::Hit(entry())
+                };
+                std::future::ready(Ok(look))
+            },
+            &mut silence,
+        );
+        // Without the poll the waiter would sleep to its 10 s deadline.
+        let read = tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("the poll to look again");
+        assert_eq!(read.unwrap(), LeaseRead::Hit(entry()));
+        assert_eq!(looks, 3);
+    }
 }
