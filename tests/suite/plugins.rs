@@ -670,6 +670,92 @@ config = {{ mode = "{mode}" }}
     assert!(s.log().contains("hostile plugin traps"), "{}", s.log());
 }
 
+/// WASI with nothing granted: a plugin (`wasi-probe`, whose Rust `std`
+/// imports WASI as a Python or JavaScript runtime does) finds no
+/// environment, no arguments, no files, no sockets (a TCP listener waits
+/// on the port it tries), but a clock; its stdout and stderr reach the
+/// sidecar's debug log. One that sleeps is stopped at its wall-clock cap
+/// like one that loops.
+#[tokio::test]
+async fn plugins_get_wasi_with_nothing_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let probe = plugin_wasm("wasi_probe");
+    let toml = format!(
+        r#"
+[[plugins]]
+name = "probe"
+path = "{path}"
+primitives = ["cache"]
+budget = "100ms"
+config = {{ port = {port} }}
+
+[[plugins]]
+name = "sleeper"
+path = "{path}"
+primitives = ["lock"]
+config = {{ sleep = true }}
+"#,
+        path = probe.display()
+    );
+    let file = dir.path().join("outrigger.toml");
+    std::fs::write(&file, toml).unwrap();
+    let s = sidecar!()
+        .arg("--config")
+        .arg(file.display().to_string())
+        .env("OUTRIGGER_LOG__LEVEL", "info,outrigger::plugin=debug")
+        .start()
+        .await;
+    let c = http();
+    let (code, _, message) = error_of(c.get(s.url("/v1/cache/k")).send().await.unwrap()).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{message}");
+    assert!(
+        message.ends_with("env=0 args=0 file=denied dir=denied tcp=denied udp=denied clock=ok"),
+        "{message}"
+    );
+    listener.set_nonblocking(true).unwrap();
+    let accepted = listener.accept();
+    assert!(
+        accepted
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "the plugin reached the listener: {accepted:?}"
+    );
+    outrigger_tests::eventually(
+        Duration::from_secs(5),
+        "the plugin's output in the log",
+        || {
+            let log = s.log();
+            async move {
+                (log.contains("wasi-probe on stdout") && log.contains("wasi-probe on stderr"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    let started = Instant::now();
+    let resp = c
+        .post(s.url("/v1/locks/l/acquire"))
+        .json(&json!({"ttl_ms": 1000}))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let (code, _, message) = error_of(resp).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{message}");
+    assert!(message.contains("wall-clock cap"), "{message}");
+    assert!(
+        took < WALL_CAP + MARGIN,
+        "the sleeper held its call {took:?}"
+    );
+    assert_eq!(
+        c.get(s.url("/healthz")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+}
+
 /// A plugin that uses its whole budget on every call, called from 32
 /// clients at once, does not starve what calls no plugin: a call past a
 /// millisecond gives its runtime worker up, so `/healthz` (on a new

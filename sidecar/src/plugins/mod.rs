@@ -23,6 +23,7 @@
 pub mod cache;
 pub mod config;
 mod runtime;
+mod wasi;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
