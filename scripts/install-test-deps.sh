@@ -16,9 +16,11 @@
 #     .tools/venv-examples-python           grpcio (examples/python)
 #     .tools/venv-client-python             pytest, mypy, ruff, build (sdk/client-python)
 #     .tools/venv-console                   playwright, pytest (tests/console: the web console)
+#     .tools/venv-plugin-python             componentize-py (Python plugins)
 #     examples/node/node_modules            @grpc/grpc-js (examples/node)
 #     sdk/client-node/node_modules          typescript, biome, express, fastify (sdk/client-node)
 #     sdk/socketio-adapter/node_modules     socket.io, socket.io-client, the Redis adapter (sdk/socketio-adapter)
+#     sdk/plugin-js/node_modules            componentize-js, esbuild, typescript (TypeScript plugins)
 #
 # scripts/test.sh runs the second while the workspace compiles; the scripts
 # that need those tools run it too (it only checks once they are there).
@@ -62,13 +64,14 @@ if [ "${1:-}" = "--tools" ]; then
   venv .tools/venv-examples-python examples/python/requirements.txt grpc_tools
   venv .tools/venv-client-python sdk/client-python/requirements-test.txt hatchling
   venv .tools/venv-console tests/console/requirements.txt playwright
-  for dir in examples/node sdk/client-node sdk/socketio-adapter; do
+  venv .tools/venv-plugin-python sdk/plugin-python/requirements.txt componentize_py
+  for dir in examples/node sdk/client-node sdk/socketio-adapter sdk/plugin-js; do
     cmp -s "$dir/package-lock.json" "$dir/node_modules/.installed-lock.json" \
       || (cd "$dir" && npm ci --silent --no-audit --no-fund \
         && cp package-lock.json node_modules/.installed-lock.json)
   done
   scripts/install-helm.sh
-  echo "tools: schemathesis, kubernetes-validate, grpcio, pytest/mypy/ruff, playwright, @grpc/grpc-js, helm $(.tools/bin/helm version --short)"
+  echo "tools: schemathesis, kubernetes-validate, grpcio, pytest/mypy/ruff, playwright, componentize-py, componentize-js, @grpc/grpc-js, helm $(.tools/bin/helm version --short)"
   exit 0
 fi
 

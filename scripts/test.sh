@@ -84,18 +84,22 @@ export RUSTC_WORKSPACE_WRAPPER="$PWD/scripts/clippy-rustc"
 
 if [ $# -gt 0 ]; then
   step "build plugins" scripts/build-plugins.sh
+  step "install tools" scripts/install-test-deps.sh --tools
+  step "TypeScript and Python plugins" scripts/build-plugins.sh --languages
   step "cargo test $*" cargo test --locked "$@"
   exit 0
 fi
 
 step "cargo fmt --check" cargo fmt --all --check
-# Downloads (Python venvs, npm packages, helm) overlap the compilation.
-start "install tools" scripts/install-test-deps.sh --tools
+# Downloads (Python venvs, npm packages, helm) and the plugins written in
+# TypeScript and Python (which the Rust tests load) overlap the compilation.
+start "install tools, TypeScript and Python plugins" \
+  bash -c 'scripts/install-test-deps.sh --tools && scripts/build-plugins.sh --languages'
 step "build plugins (wasm32-wasip2)" scripts/build-plugins.sh
 step "build workspace + clippy" cargo test --workspace --locked --no-run
 step "one build for tests and scripts" scripts/check-one-build.sh
+finish "install tools, TypeScript and Python plugins"
 step "rust tests" cargo test --workspace --locked
-finish "install tools"
 
 start "sdk guide" scripts/check-sdk-guide.py
 start "contract fuzzing" scripts/fuzz-contract.sh

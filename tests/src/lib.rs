@@ -938,7 +938,12 @@ impl SidecarBuilder {
     /// Runs to completion (for commands that do not serve, or fail to
     /// start); returns the exit code and everything printed.
     pub async fn run(self) -> (Option<i32>, String) {
-        let out = tokio::time::timeout(START_TIMEOUT, self.command().output())
+        self.run_within(START_TIMEOUT).await
+    }
+
+    /// [`run`](Self::run), for a command that may take up to `limit`.
+    pub async fn run_within(self, limit: Duration) -> (Option<i32>, String) {
+        let out = tokio::time::timeout(limit, self.command().output())
             .await
             .expect("outrigger exits in time")
             .expect("run outrigger");
@@ -1163,21 +1168,42 @@ where
     }
 }
 
+/// The workspace's `target` directory.
+fn target_dir() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
 /// A plugin component built by `scripts/build-plugins.sh` (which
 /// `scripts/test.sh` runs first): `tenant_guard`, `tiered_limits`,
-/// `invalidate_rules` or the test plugin `hostile`.
+/// `invalidate_rules`, the test plugins `hostile` and `wasi_probe`; or,
+/// built by `scripts/build-plugins.sh --languages`, `tenant_guard_js`
+/// (TypeScript) and `tenant_guard_py` (Python).
 pub fn plugin_wasm(name: &str) -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let path = target
+    let path = target_dir()
         .join("wasm32-wasip2/release")
         .join(format!("{name}.wasm"));
+    let how = if name.ends_with("_js") || name.ends_with("_py") {
+        "scripts/build-plugins.sh --languages"
+    } else {
+        "scripts/build-plugins.sh"
+    };
     assert!(
         path.exists(),
-        "{} is missing: run scripts/build-plugins.sh first",
+        "{} is missing: run {how} first",
         path.display()
     );
     path.canonicalize().expect("canonical plugin path")
+}
+
+/// A compile cache (`plugin_cache`) the tests share, for components that
+/// take long to compile (those carrying a JavaScript or Python runtime
+/// take tens of seconds in a debug build): each is compiled once per
+/// build of the sidecar.
+pub fn plugin_cache() -> std::path::PathBuf {
+    let dir = target_dir().join("plugin-cache");
+    std::fs::create_dir_all(&dir).expect("creating target/plugin-cache");
+    dir
 }

@@ -4,6 +4,7 @@
 //!
 //! The components come from `scripts/build-plugins.sh`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -668,6 +669,248 @@ config = {{ mode = "{mode}" }}
     );
     // The panic message reached the log through the SDK's panic hook.
     assert!(s.log().contains("hostile plugin traps"), "{}", s.log());
+}
+
+/// Compiles the plugin `name` into the tests' shared compile cache
+/// (`outrigger plugin check --cache-dir`), once per test process: a
+/// sidecar configured with that `plugin_cache` then loads it compiled in
+/// milliseconds, where a component carrying a JavaScript or Python runtime
+/// takes tens of seconds to compile in a debug build (longer than a
+/// sidecar may take to start).
+async fn compiled_once(name: &str) {
+    type Done = tokio::sync::OnceCell<()>;
+    static COMPILED: std::sync::Mutex<BTreeMap<String, Arc<Done>>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let cell = COMPILED
+        .lock()
+        .unwrap()
+        .entry(name.to_string())
+        .or_default()
+        .clone();
+    cell.get_or_init(|| async {
+        let (code, out) = sidecar!()
+            .arg("plugin")
+            .arg("check")
+            .arg("--cache-dir")
+            .arg(outrigger_tests::plugin_cache().display().to_string())
+            .arg(plugin_wasm(name).display().to_string())
+            .run_within(Duration::from_secs(600))
+            .await;
+        assert_eq!(code, Some(0), "{out}");
+        println!("{}", out.trim());
+    })
+    .await;
+}
+
+/// tenant-guard built from Rust, TypeScript (`plugins/tenant-guard/js`,
+/// with `sdk/plugin-js`) and Python (`plugins/tenant-guard/python`, with
+/// `sdk/plugin-python`), each in a sidecar of its own: every request of
+/// one table gets the same answer from each, and the answer the table
+/// expects, reasons included.
+#[tokio::test]
+async fn tenant_guard_decides_alike_in_rust_typescript_and_python() {
+    type Build = fn(&reqwest::Client, &Sidecar) -> reqwest::RequestBuilder;
+    /// Tenant, caller, request, status, and the reason of a deny.
+    type Row = (
+        Option<&'static str>,
+        Option<&'static str>,
+        Build,
+        StatusCode,
+        &'static str,
+    );
+    let table: Vec<Row> = vec![
+        (
+            Some("acme"),
+            None,
+            |c, s| c.get(s.url("/v1/cache/acme:k")),
+            StatusCode::NOT_FOUND,
+            "",
+        ),
+        (
+            Some("acme"),
+            None,
+            |c, s| c.put(s.url("/v1/cache/acme:k")).body("v"),
+            StatusCode::OK,
+            "",
+        ),
+        (
+            Some("acme"),
+            None,
+            |c, s| c.get(s.url("/v1/cache/globex:k")),
+            StatusCode::FORBIDDEN,
+            r#"tenant acme may only use names under "acme:": target "globex:k" is not"#,
+        ),
+        (
+            None,
+            None,
+            |c, s| c.get(s.url("/v1/cache/acme:k")),
+            StatusCode::FORBIDDEN,
+            "no tenant: send the x-outrigger-attr-tenant header",
+        ),
+        (
+            Some("a*"),
+            None,
+            |c, s| c.get(s.url("/v1/cache/a*:k")),
+            StatusCode::FORBIDDEN,
+            r#"invalid tenant "a*""#,
+        ),
+        (
+            Some("a:b"),
+            None,
+            |c, s| c.get(s.url("/v1/cache/a:b:k")),
+            StatusCode::FORBIDDEN,
+            r#"invalid tenant "a:b""#,
+        ),
+        (
+            Some("acme"),
+            None,
+            |c, s| {
+                c.post(s.url("/v1/cache/invalidate"))
+                    .json(&json!({"pattern": "*"}))
+            },
+            StatusCode::FORBIDDEN,
+            r#"tenant acme may only use names under "acme:": pattern "*" is not"#,
+        ),
+        (
+            Some("acme"),
+            None,
+            |c, s| {
+                c.post(s.url("/v1/cache/invalidate"))
+                    .json(&json!({"pattern": "acme:*"}))
+            },
+            StatusCode::OK,
+            "",
+        ),
+        (
+            Some("acme"),
+            None,
+            |c, s| {
+                c.post(s.url("/v1/cache/invalidate"))
+                    .json(&json!({"tags": ["globex:t"]}))
+            },
+            StatusCode::FORBIDDEN,
+            r#"tenant acme may only use names under "acme:": tag "globex:t" is not"#,
+        ),
+        (
+            Some("acme"),
+            None,
+            |c, s| {
+                c.post(s.url("/v1/locks/acme:l/acquire"))
+                    .json(&json!({"ttl_ms": 1000}))
+            },
+            StatusCode::OK,
+            "",
+        ),
+        (
+            Some("acme"),
+            None,
+            |c, s| {
+                c.post(s.url("/v1/locks/globex:l/acquire"))
+                    .json(&json!({"ttl_ms": 1000}))
+            },
+            StatusCode::FORBIDDEN,
+            r#"tenant acme may only use names under "acme:": target "globex:l" is not"#,
+        ),
+        (
+            Some("acme"),
+            None,
+            |c, s| c.post(s.url("/v1/pubsub/globex:ch")).body("x"),
+            StatusCode::FORBIDDEN,
+            r#"tenant acme may only use names under "acme:": target "globex:ch" is not"#,
+        ),
+        (
+            Some("acme"),
+            None,
+            |c, s| {
+                c.post(s.url("/v1/counters/acme:n/incr"))
+                    .json(&json!({"by": 1}))
+            },
+            StatusCode::OK,
+            "",
+        ),
+        (
+            Some("acme"),
+            None,
+            |c, s| c.get(s.url("/v1/maps/globex:m")),
+            StatusCode::FORBIDDEN,
+            r#"tenant acme may only use names under "acme:": target "globex:m" is not"#,
+        ),
+        // An exempt caller goes anywhere, with or without a tenant.
+        (
+            None,
+            Some("ops"),
+            |c, s| c.get(s.url("/v1/cache/globex:k")),
+            StatusCode::NOT_FOUND,
+            "",
+        ),
+        (
+            Some("acme"),
+            Some("someone"),
+            |c, s| c.get(s.url("/v1/cache/globex:k")),
+            StatusCode::FORBIDDEN,
+            r#"tenant acme may only use names under "acme:": target "globex:k" is not"#,
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let builds = ["tenant_guard", "tenant_guard_js", "tenant_guard_py"];
+    futures::future::join_all(builds.iter().map(|build| compiled_once(build))).await;
+    let sidecars = futures::future::join_all(builds.iter().map(|build| {
+        let file = dir.path().join(format!("{build}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                r#"plugin_cache = "{cache}"
+
+[[plugins]]
+name = "guard"
+path = "{path}"
+budget = "100ms"
+config = {{ exempt_callers = ["ops"] }}
+"#,
+                cache = outrigger_tests::plugin_cache().display(),
+                path = plugin_wasm(build).display()
+            ),
+        )
+        .unwrap();
+        sidecar!()
+            .arg("--config")
+            .arg(file.display().to_string())
+            .start()
+    }))
+    .await;
+    let c = http();
+    for (s, build) in sidecars.iter().zip(builds) {
+        let plugins = status(s).await;
+        assert_eq!(
+            plugin(&plugins, "guard")["healthy"],
+            true,
+            "{build}: {plugins:?}"
+        );
+        for (row, (tenant, caller, request, status, reason)) in table.iter().enumerate() {
+            let mut req = request(&c, s);
+            if let Some(t) = tenant {
+                req = req.header("x-outrigger-attr-tenant", *t);
+            }
+            if let Some(who) = caller {
+                req = req.header("x-outrigger-caller", *who);
+            }
+            let resp = req.send().await.unwrap();
+            let got = resp.status();
+            let message = if got == StatusCode::FORBIDDEN {
+                error_of(resp).await.2
+            } else {
+                String::new()
+            };
+            assert_eq!(got, *status, "{build}, row {row}: {message}");
+            if !reason.is_empty() {
+                assert_eq!(
+                    message,
+                    format!("denied by plugin guard: {reason}"),
+                    "{build}, row {row}"
+                );
+            }
+        }
+    }
 }
 
 /// WASI with nothing granted: a plugin (`wasi-probe`, whose Rust `std`

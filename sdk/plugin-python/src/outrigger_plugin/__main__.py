@@ -1,0 +1,3 @@
+from outrigger_plugin.build import main
+
+main()
