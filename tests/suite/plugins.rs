@@ -716,124 +716,108 @@ async fn tenant_guard_decides_alike_in_rust_typescript_and_python() {
         Option<&'static str>,
         Build,
         StatusCode,
-        &'static str,
+        String,
     );
-    let table: Vec<Row> = vec![
+    // Tenant acme's requests: allowed, or denied for naming `what` outside
+    // its prefix.
+    let allowed = |request: Build, status| (Some("acme"), None, request, status, String::new());
+    let outside = |request: Build, what: &str, name: &str| {
+        let reason =
+            format!(r#"tenant acme may only use names under "acme:": {what} "{name}" is not"#);
+        (Some("acme"), None, request, StatusCode::FORBIDDEN, reason)
+    };
+    let denied = |tenant, request: Build, reason: &str| {
         (
-            Some("acme"),
+            tenant,
             None,
+            request,
+            StatusCode::FORBIDDEN,
+            reason.to_string(),
+        )
+    };
+    let table: Vec<Row> = vec![
+        allowed(
             |c, s| c.get(s.url("/v1/cache/acme:k")),
             StatusCode::NOT_FOUND,
-            "",
         ),
-        (
-            Some("acme"),
-            None,
+        allowed(
             |c, s| c.put(s.url("/v1/cache/acme:k")).body("v"),
             StatusCode::OK,
-            "",
         ),
-        (
-            Some("acme"),
-            None,
+        outside(
             |c, s| c.get(s.url("/v1/cache/globex:k")),
-            StatusCode::FORBIDDEN,
-            r#"tenant acme may only use names under "acme:": target "globex:k" is not"#,
+            "target",
+            "globex:k",
         ),
-        (
-            None,
+        denied(
             None,
             |c, s| c.get(s.url("/v1/cache/acme:k")),
-            StatusCode::FORBIDDEN,
             "no tenant: send the x-outrigger-attr-tenant header",
         ),
-        (
+        denied(
             Some("a*"),
-            None,
             |c, s| c.get(s.url("/v1/cache/a*:k")),
-            StatusCode::FORBIDDEN,
             r#"invalid tenant "a*""#,
         ),
-        (
+        denied(
             Some("a:b"),
-            None,
             |c, s| c.get(s.url("/v1/cache/a:b:k")),
-            StatusCode::FORBIDDEN,
             r#"invalid tenant "a:b""#,
         ),
-        (
-            Some("acme"),
-            None,
+        outside(
             |c, s| {
                 c.post(s.url("/v1/cache/invalidate"))
                     .json(&json!({"pattern": "*"}))
             },
-            StatusCode::FORBIDDEN,
-            r#"tenant acme may only use names under "acme:": pattern "*" is not"#,
+            "pattern",
+            "*",
         ),
-        (
-            Some("acme"),
-            None,
+        allowed(
             |c, s| {
                 c.post(s.url("/v1/cache/invalidate"))
                     .json(&json!({"pattern": "acme:*"}))
             },
             StatusCode::OK,
-            "",
         ),
-        (
-            Some("acme"),
-            None,
+        outside(
             |c, s| {
                 c.post(s.url("/v1/cache/invalidate"))
                     .json(&json!({"tags": ["globex:t"]}))
             },
-            StatusCode::FORBIDDEN,
-            r#"tenant acme may only use names under "acme:": tag "globex:t" is not"#,
+            "tag",
+            "globex:t",
         ),
-        (
-            Some("acme"),
-            None,
+        allowed(
             |c, s| {
                 c.post(s.url("/v1/locks/acme:l/acquire"))
                     .json(&json!({"ttl_ms": 1000}))
             },
             StatusCode::OK,
-            "",
         ),
-        (
-            Some("acme"),
-            None,
+        outside(
             |c, s| {
                 c.post(s.url("/v1/locks/globex:l/acquire"))
                     .json(&json!({"ttl_ms": 1000}))
             },
-            StatusCode::FORBIDDEN,
-            r#"tenant acme may only use names under "acme:": target "globex:l" is not"#,
+            "target",
+            "globex:l",
         ),
-        (
-            Some("acme"),
-            None,
+        outside(
             |c, s| c.post(s.url("/v1/pubsub/globex:ch")).body("x"),
-            StatusCode::FORBIDDEN,
-            r#"tenant acme may only use names under "acme:": target "globex:ch" is not"#,
+            "target",
+            "globex:ch",
         ),
-        (
-            Some("acme"),
-            None,
+        allowed(
             |c, s| {
                 c.post(s.url("/v1/counters/acme:n/incr"))
                     .json(&json!({"by": 1}))
             },
             StatusCode::OK,
-            "",
         ),
-        (
-            Some("acme"),
-            None,
+        outside(
             |c, s| c.get(s.url("/v1/maps/globex:m")),
-            StatusCode::FORBIDDEN,
-            r#"tenant acme may only use names under "acme:": target "globex:m" is not"#,
+            "target",
+            "globex:m",
         ),
         // An exempt caller goes anywhere, with or without a tenant.
         (
@@ -841,14 +825,14 @@ async fn tenant_guard_decides_alike_in_rust_typescript_and_python() {
             Some("ops"),
             |c, s| c.get(s.url("/v1/cache/globex:k")),
             StatusCode::NOT_FOUND,
-            "",
+            String::new(),
         ),
         (
             Some("acme"),
             Some("someone"),
             |c, s| c.get(s.url("/v1/cache/globex:k")),
             StatusCode::FORBIDDEN,
-            r#"tenant acme may only use names under "acme:": target "globex:k" is not"#,
+            r#"tenant acme may only use names under "acme:": target "globex:k" is not"#.into(),
         ),
     ];
     let dir = tempfile::tempdir().unwrap();
