@@ -7,7 +7,8 @@
 # if it is missing.
 #
 #   scripts/build-plugins.sh --languages   the plugins written in TypeScript
-#     and Python instead (tenant_guard_js.wasm, tenant_guard_py.wasm), with
+#     and Python instead (tenant_guard_js.wasm, tenant_guard_py.wasm, and the
+#     test plugins hostile_js.wasm, hostile_py.wasm), with
 #     the toolchains `scripts/install-test-deps.sh --tools` installs; each
 #     built again only when its sources changed
 set -euo pipefail
@@ -40,6 +41,12 @@ if [ "${1:-}" = "--languages" ]; then
   build "$out/tenant_guard_py.wasm" plugins/tenant-guard/python sdk/plugin-python/src sdk/wit -- \
     env PYTHONPATH=sdk/plugin-python/src .tools/venv-plugin-python/bin/python -m outrigger_plugin build plugins/tenant-guard/python/tenant_guard.py \
       -o "$out/tenant_guard_py.wasm" &
+  build "$out/hostile_js.wasm" tests/plugins/hostile/js sdk/plugin-js/index.js sdk/plugin-js/index.d.ts \
+    sdk/plugin-js/build.mjs sdk/wit -- \
+    node sdk/plugin-js/build.mjs build tests/plugins/hostile/js/hostile.ts -o "$out/hostile_js.wasm" &
+  build "$out/hostile_py.wasm" tests/plugins/hostile/python sdk/plugin-python/src sdk/wit -- \
+    env PYTHONPATH=sdk/plugin-python/src .tools/venv-plugin-python/bin/python -m outrigger_plugin build \
+      tests/plugins/hostile/python/hostile.py -o "$out/hostile_py.wasm" &
   rc=0
   for job in $(jobs -p); do wait "$job" || rc=1; done
   exit $rc

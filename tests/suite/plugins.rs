@@ -983,6 +983,95 @@ config = {{ sleep = true }}
     );
 }
 
+/// The hostile plugin written in TypeScript and in Python
+/// (`tests/plugins/hostile/js`, `.../python`), contained like the Rust
+/// one: an endless loop is stopped by its budget, unbounded allocation by
+/// its memory cap, a throw fails its call (what was thrown reaches the
+/// log), each answered within the wall-clock cap plus the margin with the
+/// fail mode; a throw in `init` leaves the plugin unhealthy with the
+/// reason; the sidecar serves throughout.
+#[tokio::test]
+async fn hostile_typescript_and_python_plugins_are_contained() {
+    let builds = ["hostile_js", "hostile_py"];
+    futures::future::join_all(builds.iter().map(|build| compiled_once(build))).await;
+    for build in builds {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |name: &str, primitive: &str, budget: &str| {
+            format!(
+                r#"
+[[plugins]]
+name = "{name}"
+path = "{}"
+primitives = ["{primitive}"]
+max_failures = 3
+max_memory = 67108864
+budget = "{budget}"
+config = {{ mode = "{name}" }}
+"#,
+                plugin_wasm(build).display()
+            )
+        };
+        let toml = [
+            format!("plugin_cache = \"{}\"\n", outrigger_tests::plugin_cache().display()),
+            entry("loop", "cache", "5ms"),
+            entry("bomb", "lock", "100ms"),
+            entry("throw", "semaphore", "100ms"),
+            entry("throw-at-load", "presence", "100ms"),
+        ]
+        .concat();
+        let s = start(dir.path(), &toml).await;
+        let c = http();
+        let requests: [(&str, &str, Request); 3] = [
+            ("loop", "ran past its 5ms budget", |c, s| {
+                c.get(s.url("/v1/cache/k"))
+            }),
+            ("bomb", "hit its memory cap of 67108864 bytes", |c, s| {
+                c.post(s.url("/v1/locks/l/acquire"))
+                    .json(&json!({"ttl_ms": 1000}))
+            }),
+            ("throw", "trapped", |c, s| {
+                c.post(s.url("/v1/semaphores/s/acquire"))
+                    .json(&json!({"limit": 1, "ttl_ms": 1000}))
+            }),
+        ];
+        for (name, why, request) in requests {
+            let started = Instant::now();
+            let resp = request(&c, &s).send().await.unwrap();
+            let took = started.elapsed();
+            let (code, _, message) = error_of(resp).await;
+            assert_eq!(code, StatusCode::FORBIDDEN, "{build} {name}: {message}");
+            assert!(took < WALL_CAP * 2 + MARGIN, "{build} {name} took {took:?}");
+            assert!(
+                message.contains(&format!("plugin {name} failed and fails closed")),
+                "{build}: {message}"
+            );
+            // A loop starved of CPU on this loaded machine may meet the
+            // wall-clock cap first.
+            assert!(
+                message.contains(why) || (name == "loop" && message.contains("wall-clock cap")),
+                "{build} {name}: {message}"
+            );
+        }
+        let log = s.log();
+        assert!(log.contains("hostile plugin throws"), "{build}: {log}");
+        let plugins = status(&s).await;
+        let refused = plugin(&plugins, "throw-at-load");
+        assert_eq!(refused["healthy"], false, "{refused}");
+        assert!(
+            refused["reason"].as_str().unwrap().contains("init refused its config: refusing to start"),
+            "{build}: {refused}"
+        );
+        let (code, _, message) =
+            error_of(c.put(s.url("/v1/presence/r/m")).json(&json!({"ttl_ms": 1000})).send().await.unwrap())
+                .await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{message}");
+        // Still serving: what no plugin applies to, and health.
+        let resp = c.post(s.url("/v1/counters/n/incr")).json(&json!({"by": 1})).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(c.get(s.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
+    }
+}
+
 /// A plugin that uses its whole budget on every call, called from 32
 /// clients at once, does not starve what calls no plugin: a call past a
 /// millisecond gives its runtime worker up, so `/healthz` (on a new
