@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Runs the plugin guide in sdk/plugin-rust/README.md as written.
+"""Runs the plugin guides as written: sdk/plugin-rust/README.md,
+sdk/plugin-js/README.md and sdk/plugin-python/README.md, one after the
+other (or those named on the command line).
 
-In a fresh directory (with `outrigger` linked to this checkout, standing in
+Each in a fresh directory (with `outrigger` linked to this checkout, standing in
 for the guide's `git clone`), in order:
   - ```<lang> file=PATH blocks are written to PATH;
   - ```sh guide blocks are run with bash (a `cd` carries over);
@@ -22,7 +24,7 @@ import time
 import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-README = os.path.join(ROOT, "sdk", "plugin-rust", "README.md")
+GUIDES = [os.path.join(ROOT, "sdk", sdk, "README.md") for sdk in ("plugin-rust", "plugin-js", "plugin-python")]
 PORT = 7480
 
 
@@ -50,13 +52,20 @@ def wait_healthy(proc, log, limit=600):
 
 
 def main():
+    for readme in sys.argv[1:] or GUIDES:
+        print(f"guide: {os.path.relpath(readme, ROOT)}", flush=True)
+        run(readme)
+    print("guide: every step of every guide worked as written")
+
+
+def run(readme):
     if not port_free(PORT):
         sys.exit(f"guide: port {PORT} is in use; the guide's sidecar needs it")
     work = tempfile.mkdtemp(prefix="sdk-guide-")
     os.symlink(ROOT, os.path.join(work, "outrigger"))
     cwd = work
     background = []
-    items = blocks(open(README).read())
+    items = blocks(open(readme).read())
     try:
         for i, (info, body) in enumerate(items):
             info = info.strip()
@@ -94,7 +103,7 @@ def main():
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 os.killpg(proc.pid, signal.SIGKILL)
     shutil.rmtree(work, ignore_errors=True)
-    print("guide: every step worked as written")
+    print(f"guide: every step of {os.path.relpath(readme, ROOT)} worked as written", flush=True)
 
 
 if __name__ == "__main__":

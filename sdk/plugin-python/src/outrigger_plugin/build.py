@@ -82,6 +82,12 @@ def build(app: Path, out: Path) -> None:
         raise SystemExit(f"{app}: not a Python file")
     with tempfile.TemporaryDirectory(prefix="outrigger-plugin-") as work:
         (Path(work) / "outrigger_app.py").write_text(WRAPPER.format(module=app.stem))
+        # This package beside it, and nothing else of where it is installed.
+        shutil.copytree(
+            HERE,
+            Path(work) / "outrigger_plugin",
+            ignore=shutil.ignore_patterns("__pycache__", "wit", "build.py", "__main__.py"),
+        )
         subprocess.run(
             [
                 componentize_py(),
@@ -90,7 +96,6 @@ def build(app: Path, out: Path) -> None:
                 "componentize", "outrigger_app",
                 "-p", work,
                 "-p", str(app.resolve().parent),
-                "-p", str(HERE.parent),
                 "-o", str(out),
             ],
             check=True,
