@@ -1012,14 +1012,25 @@ config = {{ mode = "{name}" }}
             )
         };
         let toml = [
-            format!("plugin_cache = \"{}\"\n", outrigger_tests::plugin_cache().display()),
+            format!(
+                "plugin_cache = \"{}\"\n",
+                outrigger_tests::plugin_cache().display()
+            ),
             entry("loop", "cache", "5ms"),
             entry("bomb", "lock", "100ms"),
             entry("throw", "semaphore", "100ms"),
             entry("throw-at-load", "presence", "100ms"),
         ]
         .concat();
-        let s = start(dir.path(), &toml).await;
+        let file = dir.path().join("outrigger.toml");
+        std::fs::write(&file, toml).unwrap();
+        // What a plugin prints is logged at debug level.
+        let s = sidecar!()
+            .arg("--config")
+            .arg(file.display().to_string())
+            .env("OUTRIGGER_LOG__LEVEL", "info,outrigger::plugin=debug")
+            .start()
+            .await;
         let c = http();
         let requests: [(&str, &str, Request); 3] = [
             ("loop", "ran past its 5ms budget", |c, s| {
@@ -1058,17 +1069,33 @@ config = {{ mode = "{name}" }}
         let refused = plugin(&plugins, "throw-at-load");
         assert_eq!(refused["healthy"], false, "{refused}");
         assert!(
-            refused["reason"].as_str().unwrap().contains("init refused its config: refusing to start"),
+            refused["reason"]
+                .as_str()
+                .unwrap()
+                .contains("init refused its config: refusing to start"),
             "{build}: {refused}"
         );
-        let (code, _, message) =
-            error_of(c.put(s.url("/v1/presence/r/m")).json(&json!({"ttl_ms": 1000})).send().await.unwrap())
-                .await;
+        let (code, _, message) = error_of(
+            c.put(s.url("/v1/presence/r/m"))
+                .json(&json!({"ttl_ms": 1000}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(code, StatusCode::FORBIDDEN, "{message}");
         // Still serving: what no plugin applies to, and health.
-        let resp = c.post(s.url("/v1/counters/n/incr")).json(&json!({"by": 1})).send().await.unwrap();
+        let resp = c
+            .post(s.url("/v1/counters/n/incr"))
+            .json(&json!({"by": 1}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
-        assert_eq!(c.get(s.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
+        assert_eq!(
+            c.get(s.url("/healthz")).send().await.unwrap().status(),
+            StatusCode::OK
+        );
     }
 }
 

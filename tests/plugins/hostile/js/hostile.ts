@@ -18,8 +18,8 @@ export default definePlugin({
       case "loop":
         for (;;) {}
       case "bomb": {
-        const hoard: number[][] = [];
-        for (;;) hoard.push(new Array(1 << 20).fill(hoard.length));
+        const hoard: ArrayBuffer[] = [];
+        for (;;) hoard.push(new ArrayBuffer(8 << 20));
       }
       case "throw":
         throw new Error("hostile plugin throws");
