@@ -11,8 +11,25 @@
 #     test plugins hostile_js.wasm, hostile_py.wasm), with
 #     the toolchains `scripts/install-test-deps.sh --tools` installs; each
 #     built again only when its sources changed
+#   scripts/build-plugins.sh --compile     those compiled into the tests'
+#     compile cache (target/plugin-cache), once the tests are built
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--compile" ]; then
+  # The TypeScript and Python plugins, compiled by the tests' sidecar
+  # binary into the tests' compile cache (target/plugin-cache), which the
+  # tests then load them from: compiling each takes tens of seconds in a
+  # debug build, better spent once here than inside the test run.
+  target="${CARGO_TARGET_DIR:-target}"
+  mkdir -p "$target/plugin-cache"
+  for wasm in "$target"/wasm32-wasip2/release/*_js.wasm "$target"/wasm32-wasip2/release/*_py.wasm; do
+    "$target/debug/outrigger-under-test" plugin check --cache-dir "$target/plugin-cache" "$wasm" >/dev/null &
+  done
+  rc=0
+  for job in $(jobs -p); do wait "$job" || rc=1; done
+  exit $rc
+fi
 
 if [ "${1:-}" = "--languages" ]; then
   out="${CARGO_TARGET_DIR:-target}/wasm32-wasip2/release"

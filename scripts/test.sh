@@ -99,6 +99,7 @@ step "build plugins (wasm32-wasip2)" scripts/build-plugins.sh
 step "build workspace + clippy" cargo test --workspace --locked --no-run
 step "one build for tests and scripts" scripts/check-one-build.sh
 finish "install tools, TypeScript and Python plugins"
+step "compile TypeScript and Python plugins" scripts/build-plugins.sh --compile
 step "rust tests" cargo test --workspace --locked
 
 start "sdk guide" scripts/check-sdk-guide.py
