@@ -17,6 +17,7 @@ scripts/install-test-deps.sh
 scripts/install-test-deps.sh --tools >/dev/null   # the client libraries' benches
 scripts/install-test-deps.sh --bench >/dev/null   # wrk, h2load, redis-benchmark
 scripts/build-plugins.sh >/dev/null   # the plugin-call cost runs tenant-guard
+scripts/build-plugins.sh --languages >/dev/null   # in TypeScript and Python too
 (cd sdk/client-node && npx tsc -p tsconfig.json)   # its bench runs the built client
 (cd sdk/socketio-adapter && npx tsc -p tsconfig.json)   # and the adapter's, the built adapter
 

@@ -173,6 +173,7 @@ pub struct Metrics {
     workers: Gauge,
     plugin_calls: Family<PluginCallLabels, Counter>,
     plugin_healthy: Family<PluginLabels, Gauge>,
+    plugin_instances: Family<PluginLabels, Gauge>,
 }
 
 impl Metrics {
@@ -246,9 +247,16 @@ impl Metrics {
             "1 while a plugin is loaded and not disabled",
             plugin_healthy.clone(),
         );
+        let plugin_instances = Family::<PluginLabels, Gauge>::default();
+        registry.register(
+            "plugin_instances",
+            "A plugin's live instances (each holds its own linear memory): in a call, or kept warm",
+            plugin_instances.clone(),
+        );
         Metrics {
             plugin_calls,
             plugin_healthy,
+            plugin_instances,
             registry: std::sync::Mutex::new(registry),
             requests,
             latency,
@@ -321,6 +329,15 @@ impl Metrics {
                 plugin: plugin.to_string(),
             })
             .set(i64::from(healthy));
+    }
+
+    /// The gauge of a plugin's live instances, for its runtime to keep.
+    pub fn plugin_instances(&self, plugin: &str) -> Gauge {
+        self.plugin_instances
+            .get_or_create(&PluginLabels {
+                plugin: plugin.to_string(),
+            })
+            .clone()
     }
 
     /// The Prometheus text exposition.

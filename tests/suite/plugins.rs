@@ -24,6 +24,17 @@ use tonic::Code;
 /// A request that should fail because of one hostile plugin.
 type Request = fn(&reqwest::Client, &Sidecar) -> reqwest::RequestBuilder;
 
+/// Requests of the primitives the hostile plugins are configured for.
+const A_CACHE_READ: Request = |c, s| c.get(s.url("/v1/cache/k"));
+const A_LOCK: Request = |c, s| {
+    c.post(s.url("/v1/locks/l/acquire"))
+        .json(&json!({"ttl_ms": 1000}))
+};
+const A_PERMIT: Request = |c, s| {
+    c.post(s.url("/v1/semaphores/s/acquire"))
+        .json(&json!({"limit": 1, "ttl_ms": 1000}))
+};
+
 /// The default budget: CPU time per plugin call.
 const BUDGET: Duration = Duration::from_millis(5);
 /// The wall-clock cap of a call (10 budgets, at least 50 ms), which only a
@@ -74,6 +85,19 @@ async fn start_on(backend: &Backend, dir: &Path, toml: &str) -> Sidecar {
     }
     .start()
     .await
+}
+
+/// Starts a memory-backed sidecar with `toml` as its config file, logging
+/// what its plugins print (at debug level).
+async fn start_logging_plugins(dir: &Path, toml: &str) -> Sidecar {
+    let file = dir.join("outrigger.toml");
+    std::fs::write(&file, toml).unwrap();
+    sidecar!()
+        .arg("--config")
+        .arg(file.display().to_string())
+        .env("OUTRIGGER_LOG__LEVEL", "info,outrigger::plugin=debug")
+        .start()
+        .await
 }
 
 fn tenant(req: reqwest::RequestBuilder, tenant: &str) -> reqwest::RequestBuilder {
@@ -562,17 +586,9 @@ config = {{ mode = "{mode}" }}
     let s = start(dir.path(), &toml).await;
     let c = http();
     let requests: [(&str, &str, Request); 5] = [
-        ("loop", "ran past its 5ms budget", |c, s| {
-            c.get(s.url("/v1/cache/k"))
-        }),
-        ("bomb", "hit its memory cap of 8388608 bytes", |c, s| {
-            c.post(s.url("/v1/locks/l/acquire"))
-                .json(&json!({"ttl_ms": 1000}))
-        }),
-        ("trap", "unreachable", |c, s| {
-            c.post(s.url("/v1/semaphores/s/acquire"))
-                .json(&json!({"limit": 1, "ttl_ms": 1000}))
-        }),
+        ("loop", "ran past its 5ms budget", A_CACHE_READ),
+        ("bomb", "hit its memory cap of 8388608 bytes", A_LOCK),
+        ("trap", "unreachable", A_PERMIT),
         ("garbage", "utf-8", |c, s| {
             c.put(s.url("/v1/presence/r/m"))
                 .json(&json!({"ttl_ms": 1000}))
@@ -667,6 +683,12 @@ config = {{ mode = "{mode}" }}
         ),
         "{metrics}"
     );
+    // An instance whose call failed is dropped, never pooled again: a
+    // plugin whose every call failed holds none.
+    for name in ["loop", "bomb", "trap", "garbage", "stack"] {
+        let instances = format!(r#"outrigger_plugin_instances{{plugin="{name}"}} 0"#);
+        assert!(metrics.contains(&instances), "{metrics}");
+    }
     // The panic message reached the log through the SDK's panic hook.
     assert!(s.log().contains("hostile plugin traps"), "{}", s.log());
 }
@@ -894,6 +916,13 @@ config = {{ exempt_callers = ["ops"] }}
                 );
             }
         }
+        // One call at a time: the instance made at load served them all.
+        let metrics = c.get(s.url("/metrics")).send().await.unwrap();
+        let metrics = metrics.text().await.unwrap();
+        assert!(
+            metrics.contains(r#"outrigger_plugin_instances{plugin="guard"} 1"#),
+            "{build}: {metrics}"
+        );
     }
 }
 
@@ -926,14 +955,7 @@ config = {{ sleep = true }}
 "#,
         path = probe.display()
     );
-    let file = dir.path().join("outrigger.toml");
-    std::fs::write(&file, toml).unwrap();
-    let s = sidecar!()
-        .arg("--config")
-        .arg(file.display().to_string())
-        .env("OUTRIGGER_LOG__LEVEL", "info,outrigger::plugin=debug")
-        .start()
-        .await;
+    let s = start_logging_plugins(dir.path(), &toml).await;
     let c = http();
     let (code, _, message) = error_of(c.get(s.url("/v1/cache/k")).send().await.unwrap()).await;
     assert_eq!(code, StatusCode::FORBIDDEN, "{message}");
@@ -1022,28 +1044,12 @@ config = {{ mode = "{name}" }}
             entry("throw-at-load", "presence", "100ms"),
         ]
         .concat();
-        let file = dir.path().join("outrigger.toml");
-        std::fs::write(&file, toml).unwrap();
-        // What a plugin prints is logged at debug level.
-        let s = sidecar!()
-            .arg("--config")
-            .arg(file.display().to_string())
-            .env("OUTRIGGER_LOG__LEVEL", "info,outrigger::plugin=debug")
-            .start()
-            .await;
+        let s = start_logging_plugins(dir.path(), &toml).await;
         let c = http();
         let requests: [(&str, &str, Request); 3] = [
-            ("loop", "ran past its 5ms budget", |c, s| {
-                c.get(s.url("/v1/cache/k"))
-            }),
-            ("bomb", "hit its memory cap of 67108864 bytes", |c, s| {
-                c.post(s.url("/v1/locks/l/acquire"))
-                    .json(&json!({"ttl_ms": 1000}))
-            }),
-            ("throw", "trapped", |c, s| {
-                c.post(s.url("/v1/semaphores/s/acquire"))
-                    .json(&json!({"limit": 1, "ttl_ms": 1000}))
-            }),
+            ("loop", "ran past its 5ms budget", A_CACHE_READ),
+            ("bomb", "hit its memory cap of 67108864 bytes", A_LOCK),
+            ("throw", "trapped", A_PERMIT),
         ];
         for (name, why, request) in requests {
             let started = Instant::now();
@@ -1097,6 +1103,48 @@ config = {{ mode = "{name}" }}
             StatusCode::OK
         );
     }
+}
+
+/// Making an instance is bounded apart from the calls it then serves:
+/// `slow-start`, whose first call in each instance takes 60 ms (past the
+/// 50 ms wall-clock cap of the default 5 ms budget), loads and answers
+/// under that default, and so do tenant-guard in TypeScript and Python
+/// (whose first calls touch much of their runtimes' heaps). Before, an
+/// instance's first call ran under the call budget, and in a release
+/// build without a compile cache the Python plugin never loaded.
+#[tokio::test]
+async fn making_an_instance_is_bounded_apart_from_its_calls() {
+    let builds = ["slow_start", "tenant_guard_js", "tenant_guard_py"];
+    futures::future::join_all(builds.iter().map(|build| compiled_once(build))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut toml = format!(
+        "plugin_cache = \"{}\"\n",
+        outrigger_tests::plugin_cache().display()
+    );
+    for build in builds {
+        toml += &format!(
+            "\n[[plugins]]\nname = \"{build}\"\npath = \"{}\"\nprimitives = [\"cache\"]\n",
+            plugin_wasm(build).display()
+        );
+    }
+    let s = start(dir.path(), &toml).await;
+    let plugins = status(&s).await;
+    for build in builds {
+        assert_eq!(plugin(&plugins, build)["healthy"], true, "{plugins:?}");
+    }
+    let c = http();
+    let allowed = tenant(c.get(s.url("/v1/cache/acme:k")), "acme");
+    assert_eq!(
+        allowed.send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    let denied = tenant(c.get(s.url("/v1/cache/globex:k")), "acme");
+    let (code, _, message) = error_of(denied.send().await.unwrap()).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{message}");
+    assert!(
+        message.starts_with("denied by plugin tenant_guard_js: tenant acme may only use"),
+        "{message}"
+    );
 }
 
 /// A plugin that uses its whole budget on every call, called from 32

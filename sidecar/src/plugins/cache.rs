@@ -63,16 +63,29 @@ pub(crate) fn component(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<(Comp
         }
     }
     let compiled = engine.precompile_component(bytes)?;
-    // SAFETY: just compiled by this engine.
-    let component = unsafe { Component::deserialize(engine, &compiled)? };
     let made = Made::Compiled(started.elapsed());
-    if let Err(err) = keep(dir, &entry, &compiled) {
-        tracing::warn!(
+    match keep(dir, &entry, &compiled) {
+        // Loaded from the file it is kept in, as on a cache hit: its code
+        // and its memory image are then mapped from that file (only the
+        // pages used are resident, and shared with the page cache), not
+        // copied into the sidecar's own memory.
+        // SAFETY: as above; the file was just written from `compiled`.
+        Ok(()) => match unsafe { Component::deserialize_file(engine, &entry) } {
+            Ok(component) => return Ok((component, made)),
+            Err(err) => tracing::warn!(
+                entry = %entry.display(),
+                error = %err,
+                "a compiled plugin just kept in the cache would not load from there"
+            ),
+        },
+        Err(err) => tracing::warn!(
             dir = %dir.display(),
             error = %err,
             "could not keep a compiled plugin in the cache; it is compiled again next start"
-        );
+        ),
     }
+    // SAFETY: just compiled by this engine.
+    let component = unsafe { Component::deserialize(engine, &compiled)? };
     Ok((component, made))
 }
 

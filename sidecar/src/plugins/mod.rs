@@ -257,7 +257,7 @@ impl Entry {
 }
 
 /// Compiles one plugin file as `config` says; the error says why not.
-fn load(config: &PluginConfig) -> Result<Compiled, String> {
+fn load(config: &PluginConfig, metrics: &Metrics) -> Result<Compiled, String> {
     let bytes = std::fs::read(&config.path)
         .map_err(|err| format!("cannot read {}: {err}", config.path.display()))?;
     let compiled = Compiled::load(
@@ -268,6 +268,7 @@ fn load(config: &PluginConfig) -> Result<Compiled, String> {
             time: config.budget,
             memory: config.max_memory,
         },
+        metrics.plugin_instances(&config.name),
     )?;
     compiled.init()?;
     if let Some(missing) = config
@@ -333,6 +334,7 @@ pub fn check_file(path: &Path, config: &serde_json::Value) -> Result<Checked, St
             time: Duration::from_millis(100),
             memory: PluginConfig::new("check", path).max_memory,
         },
+        Default::default(),
     )?;
     Ok(Checked {
         world: compiled.world(),
@@ -361,7 +363,7 @@ impl Plugins {
             .iter()
             .map(|plugin| {
                 let tried = stamp(&plugin.path);
-                let compiled = load(plugin);
+                let compiled = load(plugin, &metrics);
                 match &compiled {
                     Ok(c) => tracing::info!(
                         plugin = %plugin.name,
@@ -686,9 +688,11 @@ impl Plugins {
                 continue;
             }
             let this = self.clone();
-            let compiled = tokio::task::spawn_blocking(move || load(&this.entries[index].config))
-                .await
-                .unwrap_or_else(|err| Err(format!("loading panicked: {err}")));
+            let compiled = tokio::task::spawn_blocking(move || {
+                load(&this.entries[index].config, &this.metrics)
+            })
+            .await
+            .unwrap_or_else(|err| Err(format!("loading panicked: {err}")));
             *entry.last_tried.lock().expect("plugin lock") = now;
             let name = &entry.config.name;
             match compiled {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cpu_time::ThreadTime;
+use prometheus_client::metrics::gauge::Gauge;
 
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
@@ -73,6 +74,13 @@ const MIN_WALL: Duration = Duration::from_millis(50);
 const HAND_OFF_AFTER: Duration = Duration::from_millis(1);
 /// How long the hand-off waits for the new thread to take the worker over.
 const HAND_OFF_WAIT: Duration = Duration::from_millis(1);
+
+/// Making a plugin instance (its start functions and its first call; for
+/// a component carrying a language runtime, first touching the pages of
+/// that runtime's heap) is bounded by this much CPU, or by the plugin's
+/// budget if that is larger: not by a call's budget, which is for its
+/// hooks' work.
+const INSTANTIATE_BUDGET: Duration = Duration::from_millis(250);
 
 /// Instances kept warm per plugin version.
 const MAX_IDLE: usize = 16;
@@ -208,11 +216,15 @@ pub(crate) struct HostState {
 /// Which limit interrupted a call.
 #[derive(Debug, Clone, Copy)]
 enum Stopped {
-    /// It used its CPU budget.
-    Budget,
+    /// It used its CPU budget, this much.
+    Budget(Duration),
     /// It reached the wall-clock cap first, having used this much CPU: its
     /// thread was starved (an overloaded machine or a CPU-throttled pod).
-    WallCap { cpu: Duration, cap: Duration },
+    WallCap {
+        cpu: Duration,
+        budget: Duration,
+        cap: Duration,
+    },
 }
 
 impl t::Host for HostState {}
@@ -225,11 +237,15 @@ impl HostState {
             .get_or_insert_with(|| Wasi::new(name.clone(), lines.clone()))
     }
 
+    /// How long the call in progress may take, wall-clock.
+    fn wall_cap(&self) -> Duration {
+        (self.budget * WALL_BUDGETS).max(MIN_WALL)
+    }
+
     /// When the call in progress must end, wall-clock.
     fn wall_deadline(&self) -> Instant {
-        let cap = (self.budget * WALL_BUDGETS).max(MIN_WALL);
         self.started
-            .map_or_else(Instant::now, |(_, wall)| wall + cap)
+            .map_or_else(Instant::now, |(_, wall)| wall + self.wall_cap())
     }
 }
 
@@ -337,6 +353,8 @@ pub(crate) struct Compiled {
     budget: Duration,
     max_memory: usize,
     pool: Mutex<Vec<Instance>>,
+    /// Its live instances, pooled or in a call.
+    instances: Gauge,
     /// The hooks the plugin says it implements.
     pub implemented: Vec<HookName>,
     /// Compiled now, or loaded compiled from the cache, and how long it
@@ -347,6 +365,24 @@ pub(crate) struct Compiled {
 struct Instance {
     store: Store<HostState>,
     bindings: Bindings,
+    _live: Live,
+}
+
+/// Counts an instance in its plugin's `plugin_instances` gauge while it
+/// lives.
+struct Live(Gauge);
+
+impl Live {
+    fn new(gauge: &Gauge) -> Live {
+        gauge.inc();
+        Live(gauge.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The limits one plugin runs under.
@@ -357,13 +393,15 @@ pub(crate) struct Budget {
 
 impl Compiled {
     /// Compiles `bytes`, checks they fit the world, and asks the plugin
-    /// which hooks it implements (see [`Compiled::init`] for the rest). Slow (milliseconds): call off the
-    /// request path.
+    /// which hooks it implements (see [`Compiled::init`] for the rest).
+    /// Its instances are counted in `instances`. Slow (milliseconds): call
+    /// off the request path.
     pub fn load(
         name: &str,
         bytes: &[u8],
         config: &serde_json::Value,
         budget: Budget,
+        instances: Gauge,
     ) -> Result<Compiled, String> {
         let engine = engine();
         let (component, made) = cache::component(engine, bytes).map_err(|err| {
@@ -425,6 +463,7 @@ impl Compiled {
             budget: budget.time,
             max_memory: budget.memory,
             pool: Mutex::new(Vec::new()),
+            instances,
             implemented: Vec::new(),
             made,
         };
@@ -466,7 +505,9 @@ impl Compiled {
         .map_err(|err| format!("init refused its config: {err}"))
     }
 
-    fn instantiate(&self) -> wasmtime::Result<Instance> {
+    /// A new instance, made (and called once) under
+    /// [`INSTANTIATE_BUDGET`]; the error says what went wrong.
+    fn instantiate(&self) -> Result<Instance, String> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.max_memory)
             .memories(1)
@@ -493,7 +534,7 @@ impl Compiled {
                 started: None,
                 handed_off: false,
                 slot: None,
-                budget: self.budget,
+                budget: self.budget.max(INSTANTIATE_BUDGET),
                 stopped: None,
             },
         );
@@ -508,14 +549,15 @@ impl Compiled {
             let Some((cpu, wall)) = state.started else {
                 return Ok(UpdateDeadline::Interrupt);
             };
-            let wall_cap = (state.budget * WALL_BUDGETS).max(MIN_WALL);
+            let wall_cap = state.wall_cap();
             let used = thread_cpu().saturating_sub(cpu);
             if used >= state.budget {
-                state.stopped = Some(Stopped::Budget);
+                state.stopped = Some(Stopped::Budget(state.budget));
                 return Ok(UpdateDeadline::Interrupt);
             }
             let at_cap = Stopped::WallCap {
                 cpu: used,
+                budget: state.budget,
                 cap: wall_cap,
             };
             if wall.elapsed() >= wall_cap {
@@ -537,12 +579,39 @@ impl Compiled {
         store.data_mut().started = Some((thread_cpu(), Instant::now()));
         store.set_epoch_deadline(1);
         let bindings = match &self.pre {
-            Pre::Current(pre) => Bindings::Current(pre.instantiate(&mut store)?),
-            Pre::V0_3(pre) => Bindings::V0_3(pre.instantiate(&mut store)?),
-            Pre::V0_2(pre) => Bindings::V0_2(pre.instantiate(&mut store)?),
-            Pre::V0_1(pre) => Bindings::V0_1(pre.instantiate(&mut store)?),
+            Pre::Current(pre) => pre.instantiate(&mut store).map(Bindings::Current),
+            Pre::V0_3(pre) => pre.instantiate(&mut store).map(Bindings::V0_3),
+            Pre::V0_2(pre) => pre.instantiate(&mut store).map(Bindings::V0_2),
+            Pre::V0_1(pre) => pre.instantiate(&mut store).map(Bindings::V0_1),
         };
-        Ok(Instance { store, bindings })
+        // With its first call, `hooks` (every world has it, and it does
+        // nothing): a language runtime's first call into a new instance
+        // touches much of its heap for the first time (copy-on-write page
+        // faults), which is the instance's making, not a hook's work.
+        let bindings = bindings.and_then(|bindings| {
+            match &bindings {
+                Bindings::Current(p) => p.call_hooks(&mut store).map(drop),
+                Bindings::V0_3(p) => p.call_hooks(&mut store).map(drop),
+                Bindings::V0_2(p) => p.call_hooks(&mut store).map(drop),
+                Bindings::V0_1(p) => p.call_hooks(&mut store).map(drop),
+            }?;
+            Ok(bindings)
+        });
+        store.data_mut().slot = None;
+        match bindings {
+            Ok(bindings) => {
+                store.data_mut().budget = self.budget;
+                Ok(Instance {
+                    store,
+                    bindings,
+                    _live: Live::new(&self.instances),
+                })
+            }
+            Err(err) => Err(format!(
+                "instantiating it: {}",
+                self.describe(err, store.data().stopped)
+            )),
+        }
     }
 
     /// The world version it was built against.
@@ -624,7 +693,7 @@ impl Compiled {
         let pooled = self.pool.lock().expect("pool lock").pop();
         let mut instance = match pooled {
             Some(instance) => instance,
-            None => self.instantiate().map_err(|err| self.describe(err, None))?,
+            None => self.instantiate()?,
         };
         instance.store.set_epoch_deadline(1);
         let state = instance.store.data_mut();
@@ -651,12 +720,12 @@ impl Compiled {
         tracing::debug!(plugin = &*self.name, "plugin call failed: {err:?}");
         match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => match stopped {
-                Some(Stopped::WallCap { cpu, cap }) => format!(
-                    "ran into its wall-clock cap of {cap:?} having used {cpu:.1?} of its {:?} CPU \
-                     budget (its thread was starved of CPU)",
-                    self.budget
+                Some(Stopped::WallCap { cpu, budget, cap }) => format!(
+                    "ran into its wall-clock cap of {cap:?} having used {cpu:.1?} of its {budget:?} \
+                     CPU budget (its thread was starved of CPU)"
                 ),
-                Some(Stopped::Budget) | None => format!("ran past its {:?} budget", self.budget),
+                Some(Stopped::Budget(budget)) => format!("ran past its {budget:?} budget"),
+                None => format!("ran past its {:?} budget", self.budget),
             },
             Some(Trap::StackOverflow) => "overflowed its stack".to_string(),
             Some(trap) => format!("trapped: {trap}"),

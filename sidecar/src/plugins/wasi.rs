@@ -158,27 +158,27 @@ impl Io<'_> {
             return Ok(done);
         }
         let left = until.saturating_duration_since(Instant::now());
-        let waited = match Handle::try_current().map(|h| h.runtime_flavor()) {
+        let done = match Handle::try_current().map(|h| h.runtime_flavor()) {
             // `block_in_place` hands the worker's other tasks to another
             // thread for the wait.
             Ok(RuntimeFlavor::MultiThread) => {
-                tokio::task::block_in_place(|| in_tokio(tokio::time::timeout(left, op)))
+                tokio::task::block_in_place(|| in_tokio(tokio::time::timeout(left, op)).ok())
             }
             // A single-threaded runtime (a CLI command) cannot run its
             // timers while this thread waits: only what is ready can be
             // done.
             Ok(_) => loop {
                 if let Some(done) = poll_noop(op.as_mut()) {
-                    break Ok(done);
+                    break Some(done);
                 }
                 if Instant::now() >= until {
-                    break in_tokio(tokio::time::timeout(Duration::ZERO, std::future::pending()));
+                    break None;
                 }
                 std::thread::sleep(Duration::from_millis(1));
             },
-            Err(_) => in_tokio(tokio::time::timeout(left, op)),
+            Err(_) => in_tokio(tokio::time::timeout(left, op)).ok(),
         };
-        waited.map_err(|_| wasmtime::format_err!("waited on WASI past the call's wall-clock cap"))
+        done.ok_or_else(|| wasmtime::format_err!("waited on WASI past the call's wall-clock cap"))
     }
 }
 

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,6 +85,9 @@ struct Args {
     /// Run the fan-out rows even with --only/--via.
     #[arg(long)]
     fanout: bool,
+    /// Run the plugin rows even with --only/--via.
+    #[arg(long)]
+    plugins: bool,
     /// Subscribers in the fan-out rows (default 10,000; 200 with --quick).
     #[arg(long)]
     fanout_subscribers: Option<usize>,
@@ -267,15 +270,52 @@ fn client_rows(
     Ok(rows)
 }
 
-/// What one `authorize` hook call through a plugin costs, measured
-/// in-process (the sidecar calls plugins inline, on the request's own
-/// thread): medians, in µs.
+/// What one `authorize` hook call through a plugin costs, per language
+/// tenant-guard is written in, measured in-process (the sidecar calls
+/// plugins inline, on the request's own thread), and what a sidecar with
+/// plugins of the two runtime-carrying languages holds in memory.
 #[derive(Debug, Serialize)]
 struct PluginCost {
     calls: usize,
-    no_plugin_us: f64,
-    tenant_guard_allow_us: f64,
-    tenant_guard_deny_us: f64,
+    no_plugin_us: Spread,
+    builds: Vec<PluginBuild>,
+    sidecar: PluginSidecar,
+}
+
+/// Median and 99th percentile, in µs.
+#[derive(Debug, Serialize, Clone, Copy)]
+struct Spread {
+    p50: f64,
+    p99: f64,
+}
+
+/// One build of tenant-guard.
+#[derive(Debug, Serialize)]
+struct PluginBuild {
+    language: &'static str,
+    component_bytes: u64,
+    /// Loading it compiled (from the compile cache), linking it, making
+    /// its first instance and running `hooks` and `init`.
+    load_ms: f64,
+    /// What that load added to the process's RSS.
+    load_rss_mb: f64,
+    allow_us: Spread,
+    deny_us: Spread,
+}
+
+/// A sidecar (memory backend) running tenant-guard in TypeScript and in
+/// Python, both on every request: its RSS once loaded, and after
+/// [`PLUGIN_LOAD_REQUESTS`] cache reads from 64 clients at once; its
+/// plugin instances then.
+#[derive(Debug, Serialize)]
+struct PluginSidecar {
+    rss_loaded_mb: f64,
+    rss_after_mb: f64,
+    rss_peak_mb: f64,
+    instances_after: u64,
+    /// RSS added per instance beyond the first of each plugin, if the
+    /// load made any.
+    mb_per_instance: Option<f64>,
 }
 
 type OpFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
@@ -304,8 +344,8 @@ async fn main() -> Result<()> {
         args.sidecar.display()
     );
     let everything = args.only.is_empty() && args.via.is_empty() && args.concurrency.is_empty();
-    let plugin_authorize = if everything {
-        let cost = plugin_cost(if args.quick { 200 } else { 20_000 })?;
+    let plugin_authorize = if everything || args.plugins {
+        let cost = plugin_cost(if args.quick { 200 } else { 20_000 }, &args.sidecar).await?;
         eprintln!("{cost:?}");
         Some(cost)
     } else {
@@ -491,27 +531,21 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// Medians of `calls` in-process `authorize` calls: with no plugin, and
-/// through `tenant-guard` allowing and denying; every decision checked.
-fn plugin_cost(calls: usize) -> Result<PluginCost> {
+/// `calls` in-process `authorize` calls with no plugin, and through each
+/// build of tenant-guard allowing and denying, every decision checked;
+/// then a sidecar process with the TypeScript and Python builds.
+async fn plugin_cost(calls: usize, sidecar: &Path) -> Result<PluginCost> {
     use outrigger::app::{App, Stores};
     use outrigger::config::{Config, PluginConfig, PrimitiveName};
     use outrigger::plugins::{Call, Caller, Operation};
 
-    let config = Config {
-        plugins: vec![PluginConfig::new(
-            "guard",
-            outrigger_tests::plugin_wasm("tenant_guard"),
-        )],
-        ..Config::default()
-    };
-    let with = App::with_stores(&config, Stores::memory(&config));
-    let without = App::with_stores(&Config::default(), Stores::memory(&Config::default()));
+    // Compiled once, by `build-plugins.sh --compile` or the first run.
+    outrigger::plugins::cache::set_dir(outrigger_tests::plugin_cache());
     let caller = Caller {
         id: None,
         attributes: vec![("tenant".into(), "acme".into())],
     };
-    let median = |app: &App, target: &str| -> Result<f64> {
+    let spread = |app: &App, target: &str| -> Result<Spread> {
         let mut times = Vec::with_capacity(calls);
         for _ in 0..calls {
             let started = Instant::now();
@@ -526,13 +560,125 @@ fn plugin_cost(calls: usize) -> Result<PluginCost> {
             );
         }
         times.sort();
-        Ok(times[times.len() / 2].as_secs_f64() * 1e6)
+        let at = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
+        Ok(Spread {
+            p50: at(0.5).as_secs_f64() * 1e6,
+            p99: at(0.99).as_secs_f64() * 1e6,
+        })
     };
+    let without = App::with_stores(&Config::default(), Stores::memory(&Config::default()));
+    let no_plugin_us = spread(&without, "acme:k")?;
+    let mut builds = Vec::new();
+    for (language, file) in PLUGIN_BUILDS {
+        let path = outrigger_tests::plugin_wasm(file);
+        let config = Config {
+            plugins: vec![PluginConfig::new("guard", path.clone())],
+            ..Config::default()
+        };
+        let rss_before = proc_kb(std::process::id(), "VmRSS")?;
+        let started = Instant::now();
+        let app = App::with_stores(&config, Stores::memory(&config));
+        let load_ms = started.elapsed().as_secs_f64() * 1e3;
+        let rss_loaded = proc_kb(std::process::id(), "VmRSS")?;
+        let status = app.plugins.status();
+        ensure!(status.iter().all(|p| p.healthy), "{file}: {status:?}");
+        builds.push(PluginBuild {
+            language,
+            component_bytes: std::fs::metadata(&path)?.len(),
+            load_ms,
+            load_rss_mb: rss_loaded.saturating_sub(rss_before) as f64 / 1024.0,
+            allow_us: spread(&app, "acme:k")?,
+            deny_us: spread(&app, "globex:k")?,
+        });
+    }
     Ok(PluginCost {
         calls,
-        no_plugin_us: median(&without, "acme:k")?,
-        tenant_guard_allow_us: median(&with, "acme:k")?,
-        tenant_guard_deny_us: median(&with, "globex:k")?,
+        no_plugin_us,
+        builds,
+        sidecar: plugin_sidecar(sidecar, calls).await?,
+    })
+}
+
+/// tenant-guard's builds, by language.
+const PLUGIN_BUILDS: [(&str, &str); 3] = [
+    ("Rust", "tenant_guard"),
+    ("TypeScript", "tenant_guard_js"),
+    ("Python", "tenant_guard_py"),
+];
+
+/// See [`PluginSidecar`]: a sidecar process with tenant-guard in
+/// TypeScript and Python, read from 64 clients at once, `requests` reads
+/// in all.
+async fn plugin_sidecar(binary: &Path, requests: usize) -> Result<PluginSidecar> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("outrigger.toml");
+    let mut toml = format!(
+        "plugin_cache = \"{}\"\n",
+        outrigger_tests::plugin_cache().display()
+    );
+    for (name, build) in [
+        ("guard-ts", "tenant_guard_js"),
+        ("guard-py", "tenant_guard_py"),
+    ] {
+        toml += &format!(
+            "\n[[plugins]]\nname = \"{name}\"\npath = \"{}\"\n",
+            outrigger_tests::plugin_wasm(build).display()
+        );
+    }
+    std::fs::write(&file, toml)?;
+    let sidecar = SidecarBuilder::new(binary.to_str().context("sidecar path")?)
+        .arg("--config")
+        .arg(file.display().to_string())
+        .start()
+        .await;
+    let pid = sidecar.pid().context("the sidecar's pid")?;
+    let client = reqwest::Client::new();
+    /// Every plugin's instances, from the sidecar's metrics.
+    async fn instances(client: &reqwest::Client, sidecar: &Sidecar) -> Result<u64> {
+        let text = client
+            .get(sidecar.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("outrigger_plugin_instances{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum())
+    }
+    let rss_loaded = proc_kb(pid, "VmRSS")?;
+    let instances_loaded = instances(&client, &sidecar).await?;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let readers = (0..CONCURRENCY[1]).map(|_| {
+        let (client, next, url) = (
+            client.clone(),
+            next.clone(),
+            sidecar.url("/v1/cache/acme:k"),
+        );
+        async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
+                let resp = client
+                    .get(&url)
+                    .header("x-outrigger-attr-tenant", "acme")
+                    .send()
+                    .await?;
+                ensure!(resp.status() == 404, "a cache read: {}", resp.status());
+            }
+            anyhow::Ok(())
+        }
+    });
+    futures::future::try_join_all(readers).await?;
+    let instances_after = instances(&client, &sidecar).await?;
+    let rss_after = proc_kb(pid, "VmRSS")?;
+    let more = instances_after.saturating_sub(instances_loaded);
+    Ok(PluginSidecar {
+        rss_loaded_mb: rss_loaded as f64 / 1024.0,
+        rss_after_mb: rss_after as f64 / 1024.0,
+        rss_peak_mb: proc_kb(pid, "VmHWM")? as f64 / 1024.0,
+        instances_after,
+        mb_per_instance: (more > 0)
+            .then(|| rss_after.saturating_sub(rss_loaded) as f64 / 1024.0 / more as f64),
     })
 }
 
@@ -2810,16 +2956,7 @@ fn markdown(r: &Report, window: Duration) -> String {
     );
     targets(&mut out, r);
     if let Some(p) = &r.plugin_authorize {
-        let _ = writeln!(
-            out,
-            "## Plugin calls\n\n\
-         One `authorize` hook call, in-process (plugins run inline, on the request's own \
-         thread), median of {} calls:\n\n\
-         | no plugin | tenant-guard, allowed | tenant-guard, denied |\n\
-         |---:|---:|---:|\n\
-         | {:.2} µs | {:.2} µs | {:.2} µs |\n",
-            p.calls, p.no_plugin_us, p.tenant_guard_allow_us, p.tenant_guard_deny_us
-        );
+        plugin_section(&mut out, p);
     }
     load_section(&mut out, r);
     fanout_section(&mut out, r);
@@ -2899,6 +3036,26 @@ fn targets(out: &mut String, r: &Report) {
         2.5,
         true,
     );
+    // Issue 23's: a hook call per language, and the memory of a sidecar
+    // running runtime-carrying plugins.
+    if let Some(p) = &r.plugin_authorize {
+        for b in &p.builds {
+            let limit = if b.language == "Rust" { 2.0 } else { 50.0 };
+            let slower = b.allow_us.p50.max(b.deny_us.p50);
+            line(
+                format!("plugin `authorize` in {}: p50 ≤ {limit} µs", b.language),
+                Some((slower, "in-process")),
+                limit,
+                true,
+            );
+        }
+        line(
+            "sidecar with a TypeScript and a Python plugin: RSS < 150 MB".into(),
+            Some((p.sidecar.rss_after_mb, "-")),
+            150.0,
+            true,
+        );
+    }
     let mut ops: Vec<&str> = r.rows.iter().map(|row| row.op).collect();
     ops.dedup();
     for op in ops.iter().filter(|op| **op != "cache get (hit)") {
@@ -3027,6 +3184,53 @@ fn targets(out: &mut String, r: &Report) {
         out,
         "| sidecar RSS idle ≤ 15 MB | - | {rss:.1} MB | {} |\n",
         if rss <= 15.0 { "yes" } else { "no" }
+    );
+}
+
+/// The cost of plugins, per language: see [`PluginCost`].
+fn plugin_section(out: &mut String, p: &PluginCost) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "## Plugin calls\n\n\
+         tenant-guard, the same policy written in Rust, TypeScript (`sdk/plugin-js`) and Python \
+         (`sdk/plugin-python`). One `authorize` hook call, in-process (plugins run inline, on \
+         the request's own thread), {} calls each; _load_ is loading it compiled from the \
+         compile cache (`plugin_cache`), linking it, making its first instance and running \
+         `hooks` and `init`, and _RSS added_ what that load added to the process.\n\n\
+         | plugin | component | load | RSS added | allowed p50 | p99 | denied p50 | p99 |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n\
+         | none | | | | {:.2} µs | {:.2} µs | | |",
+        p.calls, p.no_plugin_us.p50, p.no_plugin_us.p99
+    );
+    for b in &p.builds {
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} MB | {:.1} ms | {:.1} MB | {:.2} µs | {:.2} µs | {:.2} µs | {:.2} µs |",
+            b.language,
+            b.component_bytes as f64 / 1e6,
+            b.load_ms,
+            b.load_rss_mb,
+            b.allow_us.p50,
+            b.allow_us.p99,
+            b.deny_us.p50,
+            b.deny_us.p99,
+        );
+    }
+    let s = &p.sidecar;
+    let _ = writeln!(
+        out,
+        "\nA sidecar (memory backend) with tenant-guard in TypeScript and in Python, both \
+         on every request: RSS {:.1} MB once loaded, {:.1} MB after {} cache reads from 64 \
+         clients at once ({:.1} MB peak), holding {} plugin instances{}.\n",
+        s.rss_loaded_mb,
+        s.rss_after_mb,
+        p.calls,
+        s.rss_peak_mb,
+        s.instances_after,
+        s.mb_per_instance.map_or(String::new(), |mb| format!(
+            ", {mb:.1} MB per instance beyond the first"
+        ))
     );
 }
 
