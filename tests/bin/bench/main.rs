@@ -3229,7 +3229,9 @@ fn plugin_section(out: &mut String, p: &PluginCost) {
         s.rss_peak_mb,
         s.instances_after,
         s.mb_per_instance.map_or(String::new(), |mb| format!(
-            ", {mb:.1} MB per instance beyond the first"
+            ", {mb:.2} MB for each beyond one per plugin (an instance's memory is a \
+             copy-on-write mapping of its plugin's memory image: only the pages its calls \
+             write are its own)"
         ))
     );
 }
