@@ -304,8 +304,8 @@ struct PluginBuild {
 }
 
 /// A sidecar (memory backend) running tenant-guard in TypeScript and in
-/// Python, both on every request: its RSS once loaded, and after
-/// [`PLUGIN_LOAD_REQUESTS`] cache reads from 64 clients at once; its
+/// Python, both on every request: its RSS once loaded, and after as many
+/// cache reads from 64 clients at once as [`PluginCost::calls`]; its
 /// plugin instances then.
 #[derive(Debug, Serialize)]
 struct PluginSidecar {
