@@ -16,14 +16,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     rustup target add wasm32-wasip2 \
     && cargo build --release --locked -p outrigger --bin outrigger \
     && cargo build --release --locked --target wasm32-wasip2 \
-        -p tenant-guard -p tiered-limits -p invalidate-rules \
+        -p tenant-guard -p tiered-limits -p invalidate-rules -p envelope -p audit-log \
     && install -D target/release/outrigger /out/outrigger \
     && install -D -m 0644 -t /out/plugins target/wasm32-wasip2/release/*.wasm
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/outrigger /usr/local/bin/outrigger
-# The shipped plugins (tenant-guard, tiered-limits, invalidate-rules): name
-# them in [[plugins]] by these paths.
+# The shipped plugins (tenant-guard, tiered-limits, invalidate-rules,
+# envelope, audit-log): name them in [[plugins]] by these paths.
 COPY --from=build /out/plugins /usr/lib/outrigger/plugins
 # In a pod the app reaches the API on localhost; kubelet reaches the ops
 # listener (probes, metrics) on the pod IP.

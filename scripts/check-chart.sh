@@ -57,6 +57,20 @@ PY
     done
     sed -i "s#/etc/outrigger/redis-tls/#$out/redis-tls/#g" "$out/$i.toml"
   fi
+  # Plugins the pod mounts: the ones scripts/build-plugins.sh built stand
+  # in, and a plugin's config_file from a Secret gets a made-up key.
+  if grep -q /etc/outrigger/plugins/ "$out/$i.toml"; then
+    scripts/build-plugins.sh >/dev/null
+    sed -i "s#/etc/outrigger/plugins/#$PWD/${CARGO_TARGET_DIR:-target}/wasm32-wasip2/release/#g" "$out/$i.toml"
+  fi
+  if grep -q /etc/outrigger/plugin-secrets/ "$out/$i.toml"; then
+    mkdir -p "$out/plugin-secrets"
+    for f in $(grep -o '/etc/outrigger/plugin-secrets/[^"]*' "$out/$i.toml"); do
+      printf '{"active":"k1","keys":{"k1":"%s"}}' "$(head -c 32 /dev/urandom | base64)" \
+        > "$out/plugin-secrets/${f##*/}"
+    done
+    sed -i "s#/etc/outrigger/plugin-secrets/#$out/plugin-secrets/#g" "$out/$i.toml"
+  fi
   cargo run -q -p outrigger -- --config "$out/$i.toml" check-config >/dev/null
   echo "chart ok with ${values:-default values}"
 done

@@ -33,40 +33,61 @@ function parse(argv) {
 }
 
 // The world's exports, over the plugin's hooks: the ones it leaves out
-// answer as if it were not there (allow, no limit, nothing more).
+// answer as if it were not there (allow, no limit, nothing more). The
+// sidecar calls `init` once, on the instance it loads the plugin with;
+// every instance it makes later (more calls at once, or a failed call's
+// replacement) runs the plugin's `init` before its first hook too.
 const wrapper = (entry) => `
 import plugin from ${JSON.stringify(entry)};
-import { config } from "outrigger:plugin/host@0.4.0";
+import { config } from "outrigger:plugin/host@0.5.0";
 
 const implemented = [];
 if (plugin.authorize) implemented.push("authorize");
 if (plugin.classify) implemented.push("classify");
 if (plugin.onWrite) implemented.push("on-write");
+if (plugin.onValue) implemented.push("on-value");
 
 export function hooks() {
   return implemented;
 }
 
-export function init() {
-  if (!plugin.init) return;
-  const text = config();
-  try {
+let ready = false;
+
+function setUp() {
+  if (ready) return;
+  if (plugin.init) {
+    const text = config();
     plugin.init(text ? JSON.parse(text) : {});
+  }
+  ready = true;
+}
+
+export function init() {
+  try {
+    setUp();
   } catch (err) {
     throw String(err && err.message !== undefined ? err.message : err);
   }
 }
 
 export function authorize(request) {
+  setUp();
   return plugin.authorize ? plugin.authorize(request) : { tag: "allow" };
 }
 
 export function classify(request) {
+  setUp();
   return plugin.classify ? plugin.classify(request) : undefined;
 }
 
 export function onWrite(event) {
+  setUp();
   return plugin.onWrite ? plugin.onWrite(event) : [];
+}
+
+export function onValue(event) {
+  setUp();
+  return plugin.onValue ? plugin.onValue(event) : { tag: "keep" };
 }
 `;
 

@@ -1,4 +1,4 @@
-// The plugin world (sdk/wit, outrigger:plugin/plugin@0.4.0) as
+// The plugin world (sdk/wit, outrigger:plugin/plugin@0.5.0) as
 // JavaScript sees it, and the helpers of this package.
 
 /** What a request is made to. */
@@ -59,6 +59,27 @@ export type Invalidation =
   | { tag: "tag"; val: string }
   | { tag: "pattern"; val: string };
 
+/** Where a value passes `onValue`: on its way in (`cache-write`,
+ * `publish`) or out (`cache-read`, `deliver`). */
+export type ValuePoint = "cache-write" | "cache-read" | "publish" | "deliver";
+
+/** A cache value or pub/sub payload passing through the sidecar. */
+export interface ValueEvent {
+  point: ValuePoint;
+  namespace: string;
+  /** The cache key or the channel. */
+  target: string;
+  value: Uint8Array;
+  caller?: string;
+  attributes: [string, string][];
+}
+
+/** What `onValue` decided: the value as it came, other bytes, or a refusal. */
+export type ValueDecision =
+  | { tag: "keep" }
+  | { tag: "replace"; val: Uint8Array }
+  | { tag: "deny"; val: string };
+
 /** A plugin: the hooks it implements. `init` gets the plugin's `config`
  * (parsed JSON) once, before any other call; throwing refuses it. */
 export interface PluginHooks {
@@ -66,6 +87,7 @@ export interface PluginHooks {
   authorize?(request: Request): Decision;
   classify?(request: Request): Limit | undefined;
   onWrite?(event: WriteEvent): Invalidation[];
+  onValue?(event: ValueEvent): ValueDecision;
 }
 
 /** Declares the plugin: the default export of its entry module. */
@@ -76,8 +98,14 @@ export function allow(): Decision;
 export function deny(reason: string): Decision;
 /** Lets the request go on with `target` in place of its own. */
 export function rewrite(target: string): Decision;
+/** Keeps the value as it came (nothing is copied back). */
+export function keep(): ValueDecision;
+/** Goes on with these bytes instead (a string is taken as UTF-8). */
+export function replace(value: Uint8Array | string): ValueDecision;
+/** Refuses the value, with the reason the caller is told (HTTP 403). */
+export function refuse(reason: string): ValueDecision;
 /** The value of the request's attribute `name` (`x-outrigger-attr-<name>`). */
-export function attribute(request: Request | WriteEvent, name: string): string | undefined;
+export function attribute(request: Request | WriteEvent | ValueEvent, name: string): string | undefined;
 
 /** Lines in the sidecar's log, as this plugin's (at most 32 per call). */
 export const log: {

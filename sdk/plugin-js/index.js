@@ -1,7 +1,7 @@
 // The helpers behind index.d.ts. The host's functions are imported from
 // the plugin world; `outrigger-plugin build` bundles this module with the
 // plugin and makes it a component.
-import { log as hostLog, nowMs as hostNowMs } from "outrigger:plugin/host@0.4.0";
+import { log as hostLog, nowMs as hostNowMs } from "outrigger:plugin/host@0.5.0";
 
 export function definePlugin(hooks) {
   return hooks;
@@ -17,6 +17,20 @@ export function deny(reason) {
 
 export function rewrite(target) {
   return { tag: "rewrite", val: { target: String(target) } };
+}
+
+export function keep() {
+  return { tag: "keep" };
+}
+
+export function replace(value) {
+  if (typeof value === "string") value = new TextEncoder().encode(value);
+  if (!(value instanceof Uint8Array)) throw new TypeError("replace takes a Uint8Array or a string");
+  return { tag: "replace", val: value };
+}
+
+export function refuse(reason) {
+  return { tag: "deny", val: String(reason) };
 }
 
 export function attribute(request, name) {

@@ -392,6 +392,7 @@ fn host_facts(config: &Config) -> HostFacts {
     HostFacts {
         namespace: config.namespace.clone(),
         max_key_bytes: config.limits.max_key_bytes,
+        max_value_bytes: config.limits.max_value_bytes,
         policies: config.ratelimit.policies.keys().cloned().collect(),
     }
 }

@@ -158,7 +158,9 @@ fn main() -> ExitCode {
             }
             let mut broken = false;
             for plugin in &config.plugins {
-                let checked = outrigger::plugins::check_file(&plugin.path, &plugin.config)
+                let checked = plugin
+                    .merged_config()
+                    .and_then(|config| outrigger::plugins::check_file(&plugin.path, &config))
                     .and_then(|checked| checked.init_error.map_or(Ok(()), Err));
                 if let Err(reason) = checked {
                     eprintln!(

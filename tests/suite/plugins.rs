@@ -656,7 +656,7 @@ config = {{ mode = "{mode}" }}
     for name in ["loop", "bomb", "trap", "garbage", "stack"] {
         let p = plugin(&plugins, name);
         assert_eq!(p["healthy"], false, "{p}");
-        assert_eq!(p["world"], "0.4.0", "loaded, then disabled: {p}");
+        assert_eq!(p["world"], "0.5.0", "loaded, then disabled: {p}");
         assert!(
             p["reason"]
                 .as_str()
@@ -1282,7 +1282,7 @@ config = {{ mode = "log-flood" }}
         ),
         (
             "empty",
-            "does not fit any outrigger:plugin/plugin world this sidecar serves (0.4.0, 0.3.0, 0.2.0, 0.1.0)",
+            "does not fit any outrigger:plugin/plugin world this sidecar serves (0.5.0, 0.4.0, 0.3.0, 0.2.0, 0.1.0)",
         ),
         ("missing", "cannot read"),
         ("refuses", "init refused its config: refusing to start"),
@@ -1623,7 +1623,16 @@ async fn plugin_check_says_whether_a_file_fits_and_which_hooks_it_has() {
     let (code, out) = check(plugin_wasm("tenant_guard"), "{}").await;
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("implements: authorize"), "{out}");
+    assert!(out.contains("fits outrigger:plugin/plugin@0.5.0"), "{out}");
+    let (code, out) = check(plugin_wasm("old_world_0_4"), "{}").await;
+    assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("fits outrigger:plugin/plugin@0.4.0"), "{out}");
+    let (code, out) = check(plugin_wasm("envelope"), "{}").await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("implements on-value, but init refused its config"),
+        "{out}"
+    );
     let (code, out) = check(plugin_wasm("old_world_0_2"), "{}").await;
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("fits outrigger:plugin/plugin@0.2.0"), "{out}");
@@ -1633,7 +1642,7 @@ async fn plugin_check_says_whether_a_file_fits_and_which_hooks_it_has() {
     let (code, out) = check(plugin_wasm("hostile"), "{}").await;
     assert_eq!(code, Some(0), "{out}");
     assert!(
-        out.contains("implements: authorize, classify, on-write"),
+        out.contains("implements: authorize, classify, on-write, on-value"),
         "{out}"
     );
     // A config the plugin refuses.
@@ -1707,11 +1716,11 @@ async fn compiled_plugins_are_kept_in_the_cache() {
     assert_eq!(entries().len(), 2);
 }
 
-/// Plugins built against the older worlds (0.1.0, 0.2.0, 0.3.0) keep
-/// loading and working on a sidecar of a newer world: their `authorize`
-/// decides the calls their world can express, and they are not called for
-/// newer ones (counters for 0.1.0, maps for 0.1.0 and 0.2.0, queues for
-/// all three), as if they were not configured for them.
+/// Plugins built against the older worlds (0.1.0 to 0.4.0) keep loading
+/// and working on a sidecar of a newer world: their `authorize` decides
+/// the calls their world can express, and they are not called for newer
+/// ones (counters for 0.1.0, maps for 0.1.0 and 0.2.0, queues for all
+/// before 0.4.0), as if they were not configured for them.
 #[tokio::test]
 async fn plugins_of_older_worlds_keep_working() {
     let dir = tempfile::tempdir().unwrap();
@@ -1721,10 +1730,12 @@ async fn plugins_of_older_worlds_keep_working() {
             "[[plugins]]\nname = \"v01\"\npath = \"{}\"\n\n\
              [[plugins]]\nname = \"v02\"\npath = \"{}\"\nprimitives = [\"counter\", \"map\"]\n\n\
              [[plugins]]\nname = \"v03\"\npath = \"{}\"\nprimitives = [\"map\", \"queue\"]\n\n\
+             [[plugins]]\nname = \"v04\"\npath = \"{}\"\nprimitives = [\"queue\"]\n\n\
              [[plugins]]\nname = \"new\"\npath = \"{}\"\nprimitives = [\"lock\"]\n",
             plugin_wasm("old_world_0_1").display(),
             plugin_wasm("old_world_0_2").display(),
             plugin_wasm("old_world_0_3").display(),
+            plugin_wasm("old_world_0_4").display(),
             plugin_wasm("tenant_guard").display()
         ),
     )
@@ -1734,7 +1745,8 @@ async fn plugins_of_older_worlds_keep_working() {
         ("v01", "0.1.0"),
         ("v02", "0.2.0"),
         ("v03", "0.3.0"),
-        ("new", "0.4.0"),
+        ("v04", "0.4.0"),
+        ("new", "0.5.0"),
     ] {
         let p = plugin(&plugins, name);
         assert_eq!(
@@ -1789,14 +1801,19 @@ async fn plugins_of_older_worlds_keep_working() {
         message.contains("blocked:m is blocked (0.3.0 plugin)"),
         "{message}"
     );
-    // Queues are newer than all three: none is asked.
+    // Queues are newer than those three: only v04 is asked.
     let resp = c
         .post(s.url("/v1/queues/blocked:q/jobs"))
         .body("job")
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let (code, _, message) = error_of(resp).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert!(
+        message.contains("blocked:q is blocked (0.4.0 plugin)"),
+        "{message}"
+    );
     let text = s.log();
     assert!(
         text.contains("old-world 0.1.0 saw Primitive::Cache blocked:k"),
@@ -1818,8 +1835,726 @@ async fn plugins_of_older_worlds_keep_working() {
         !text.contains("0.2.0 saw Primitive::Map"),
         "the 0.2.0 plugin was asked about a map: {text}"
     );
-    assert!(
-        !text.contains("blocked:q"),
-        "an old plugin was asked about a queue: {text}"
+    for older in ["0.1.0", "0.2.0", "0.3.0"] {
+        assert!(
+            !text.contains(&format!("{older} saw Primitive::Queue")),
+            "the {older} plugin was asked about a queue: {text}"
+        );
+    }
+}
+
+// --- Value hooks (world 0.5.0) ---------------------------------------------
+
+/// The stored form a chain of `mark` plugins gives `value` on its way in:
+/// each plugin, in config order, wraps what the one before made.
+fn marked_in(labels: &[&str], value: &str) -> String {
+    labels
+        .iter()
+        .fold(value.to_string(), |v, label| format!("{label}>{v}"))
+}
+
+/// ... and what a reader gets: the stored form through the chain in
+/// reverse order.
+fn marked_out(labels: &[&str], value: &str) -> String {
+    labels
+        .iter()
+        .rev()
+        .fold(marked_in(labels, value), |v, label| format!("{v}<{label}"))
+}
+
+/// A `[[plugins]]` entry running only `on-value`, for cache and pub/sub.
+fn value_plugin(name: &str, build: &str, config: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[plugins]]
+name = "{name}"
+path = "{}"
+hooks = ["on-value"]
+primitives = ["cache", "pubsub"]
+max_memory = 67108864
+budget = "50ms"
+{extra}
+config = {config}
+"#,
+        plugin_wasm(build).display()
+    )
+}
+
+/// The first message a subscription delivers (after its resume and replay
+/// markers), or the error that ended it, within 10 seconds.
+async fn first_message(
+    stream: &mut tonic::Streaming<pb::SubscribeEvent>,
+) -> Result<pb::Message, tonic::Status> {
+    let wait = async {
+        loop {
+            let event = stream.message().await?.expect("the stream ended");
+            if let Some(pb::subscribe_event::Event::Message(m)) = event.event {
+                return Ok(m);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("no message within 10 s")
+}
+
+/// Every way a value is written and read, over HTTP and gRPC, as the
+/// plugins leave it: what a reader gets back from `key` (written as
+/// `value`), checked equal to `read`, and the stored size `meta` reports.
+async fn read_every_way(s: &Sidecar, key: &str, read: &str) -> u64 {
+    let c = http();
+    let resp = c
+        .get(s.url(&format!("/v1/cache/{key}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.text().await.unwrap(), read, "HTTP get");
+    let resp = c
+        .post(s.url(&format!("/v1/cache/{key}/lease")))
+        .json(&json!({"lease_ms": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["outrigger-lease"], "hit");
+    assert_eq!(resp.text().await.unwrap(), read, "HTTP GetOrLease");
+    let mut cache = CacheClient::new(s.channel().await);
+    let got = cache
+        .get(pb::GetRequest {
+            key: key.into(),
+            refresh_ttl: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.value, read.as_bytes(), "gRPC get");
+    let many = cache
+        .get_many(pb::GetManyRequest {
+            keys: vec![key.into(), "never-written".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(many.entries[0].value, read.as_bytes(), "gRPC get_many");
+    assert!(!many.entries[1].found);
+    let leased = cache
+        .get_or_lease(pb::GetOrLeaseRequest {
+            key: key.into(),
+            lease_ms: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(leased.value, read.as_bytes(), "gRPC GetOrLease");
+    let meta: Value = c
+        .get(s.url(&format!("/v1/cache/{key}/meta")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    meta["size"].as_u64().unwrap()
+}
+
+/// A durable publish over gRPC, then what a live subscriber, a resumed
+/// subscriber and a history read get: each checked equal to `read`.
+async fn publish_and_receive(s: &Sidecar, channel: &str, payload: &str, read: &str) {
+    let mut pubsub = PubSubClient::new(s.channel().await);
+    let mut live = pubsub
+        .subscribe(pb::SubscribeRequest {
+            channels: vec![channel.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    pubsub
+        .publish(pb::PublishRequest {
+            channel: channel.into(),
+            payload: payload.as_bytes().to_vec().into(),
+            durable: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let m = first_message(&mut live).await.unwrap();
+    assert_eq!(m.payload, read.as_bytes(), "live delivery");
+    let mut replay = pubsub
+        .subscribe(pb::SubscribeRequest {
+            channels: vec![channel.into()],
+            from_offset: "0-0".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let m = first_message(&mut replay).await.unwrap();
+    assert_eq!(m.payload, read.as_bytes(), "replayed delivery");
+    let history = pubsub
+        .history(pb::HistoryRequest {
+            channel: channel.into(),
+            last: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.messages[0].payload, read.as_bytes(), "history");
+}
+
+/// `on-value` in all three languages at once: each `mark` plugin wraps a
+/// value on its way in, in config order, and on its way out, in reverse
+/// order, so what is stored is the innermost-first nesting and what a
+/// reader gets unwraps it in the right order: for every cache read (get,
+/// batch get, GetOrLease over HTTP and gRPC) and every pub/sub delivery
+/// (live, replayed, history).
+#[tokio::test]
+async fn value_hooks_run_in_order_on_the_way_in_and_in_reverse_on_the_way_out() {
+    let builds = [
+        ("rs", "hostile"),
+        ("js", "hostile_js"),
+        ("py", "hostile_py"),
+    ];
+    futures::future::join_all(builds[1..].iter().map(|(_, build)| compiled_once(build))).await;
+    let mut toml = format!(
+        "plugin_cache = \"{}\"\n",
+        outrigger_tests::plugin_cache().display()
     );
+    for (label, build) in builds {
+        toml += &value_plugin(
+            label,
+            build,
+            &format!(r#"{{ mode = "mark", label = "{label}" }}"#),
+            "",
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &toml).await;
+    let plugins = status(&s).await;
+    for (label, _) in builds {
+        let p = plugin(&plugins, label);
+        assert_eq!(
+            (&p["healthy"], &p["world"], &p["hooks"]),
+            (&json!(true), &json!("0.5.0"), &json!(["on-value"])),
+            "{p}"
+        );
+    }
+    let labels = ["rs", "js", "py"];
+    let resp = http()
+        .put(s.url("/v1/cache/k"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let stored = marked_in(&labels, "v");
+    assert_eq!(stored, "py>js>rs>v");
+    let size = read_every_way(&s, "k", &marked_out(&labels, "v")).await;
+    assert_eq!(size, stored.len() as u64, "the stored form's size");
+    publish_and_receive(&s, "ch", "p", &marked_out(&labels, "p")).await;
+}
+
+/// A value hook that refuses, or fails: a refused write stores nothing; a
+/// failed write follows the fail mode; a failed read fails closed even
+/// for a plugin that fails open, unless `fail_open_reads` says otherwise.
+/// An older world's plugin cannot be configured for `on-value`.
+#[tokio::test]
+async fn value_hooks_refuse_and_fail_closed_on_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(
+        dir.path(),
+        &[
+            value_plugin("guard", "hostile", r#"{ mode = "deny" }"#, "").replace(
+                r#"primitives = ["cache", "pubsub"]"#,
+                r#"primitives = ["pubsub"]"#,
+            ),
+            value_plugin(
+                "looper",
+                "hostile",
+                r#"{ mode = "loop" }"#,
+                r#"fail = "allow""#,
+            )
+            .replace(
+                r#"primitives = ["cache", "pubsub"]"#,
+                r#"primitives = ["cache"]"#,
+            )
+            .replace(r#"budget = "50ms""#, r#"budget = "5ms""#),
+        ]
+        .concat(),
+    )
+    .await;
+    let c = http();
+    let (code, _, message) = error_of(
+        c.post(s.url("/v1/pubsub/ch?durable=true"))
+            .body("p")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{message}");
+    assert_eq!(
+        message,
+        "denied by plugin guard: denied by the hostile test plugin"
+    );
+    // Nothing was published.
+    let history: Value = c
+        .get(s.url("/v1/pubsub/ch/history?last=10"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["messages"], json!([]), "{history}");
+    // The looping plugin fails open on the way in: the value is stored as
+    // it came ...
+    let resp = c.put(s.url("/v1/cache/k")).body("v").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // ... and closed on the way out, though it fails open.
+    let started = Instant::now();
+    let (code, _, message) = error_of(c.get(s.url("/v1/cache/k")).send().await.unwrap()).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{message}");
+    assert!(
+        message.starts_with("plugin looper failed on a value on its way out, which fails closed:"),
+        "{message}"
+    );
+    assert!(started.elapsed() < WALL_CAP * 2 + MARGIN);
+    drop(s);
+
+    // With fail_open_reads, the stored bytes go out as they are.
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(
+        dir.path(),
+        &value_plugin(
+            "looper",
+            "hostile",
+            r#"{ mode = "loop" }"#,
+            "fail = \"allow\"\nfail_open_reads = true",
+        )
+        .replace(r#"budget = "50ms""#, r#"budget = "5ms""#),
+    )
+    .await;
+    let resp = c.put(s.url("/v1/cache/k")).body("v").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = c.get(s.url("/v1/cache/k")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.text().await.unwrap(), "v");
+    drop(s);
+
+    // A 0.4.0 plugin has no on-value to configure.
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), &value_plugin("old", "old_world_0_4", "{}", "")).await;
+    let plugins = status(&s).await;
+    let old = plugin(&plugins, "old");
+    assert_eq!(old["healthy"], false, "{old}");
+    assert!(
+        old["reason"]
+            .as_str()
+            .unwrap()
+            .contains("is configured for hook `on-value` but implements only [authorize]"),
+        "{old}"
+    );
+}
+
+/// A value hook that loops, in TypeScript and in Python as in Rust, is
+/// stopped by its budget: the write fails open (its fail mode), the read
+/// fails closed, each answered within the wall-clock cap and the margin.
+#[tokio::test]
+async fn looping_value_hooks_in_every_language_are_contained() {
+    let builds = ["hostile", "hostile_js", "hostile_py"];
+    futures::future::join_all(builds[1..].iter().map(|build| compiled_once(build))).await;
+    for build in builds {
+        let dir = tempfile::tempdir().unwrap();
+        let s = start(
+            dir.path(),
+            &format!(
+                "plugin_cache = \"{}\"\n{}",
+                outrigger_tests::plugin_cache().display(),
+                value_plugin("looper", build, r#"{ mode = "loop" }"#, r#"fail = "allow""#)
+                    .replace(r#"budget = "50ms""#, r#"budget = "5ms""#)
+            ),
+        )
+        .await;
+        let c = http();
+        let started = Instant::now();
+        let resp = c.put(s.url("/v1/cache/k")).body("v").send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{build}");
+        let (code, _, message) = error_of(c.get(s.url("/v1/cache/k")).send().await.unwrap()).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{build}: {message}");
+        assert!(
+            message.contains("ran past its") || message.contains("wall-clock cap"),
+            "{build}: {message}"
+        );
+        assert!(
+            started.elapsed() < (WALL_CAP * 2 + MARGIN) * 2,
+            "{build} took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            c.get(s.url("/healthz")).send().await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+}
+
+// --- envelope ---------------------------------------------------------------
+
+/// Two 32-byte keys, in base64.
+const KEY_1: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const KEY_2: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+
+/// The envelope plugin with `keys` (id, key) and the `active` id.
+fn envelope(keys: &[(&str, &str)], active: &str) -> String {
+    let keys = keys
+        .iter()
+        .map(|(id, key)| format!("{id} = \"{key}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+[[plugins]]
+name = "envelope"
+path = "{}"
+primitives = ["cache", "pubsub"]
+config = {{ active = "{active}", keys = {{ {keys} }} }}
+"#,
+        plugin_wasm("envelope").display()
+    )
+}
+
+/// Bytes an envelope adds to a value sealed under key id `k1`: the magic
+/// (3), the id's length (1), the id (2), the nonce (24) and the tag (16).
+const ENVELOPE_K1_BYTES: u64 = 3 + 1 + 2 + 24 + 16;
+
+/// envelope on a sidecar: every read and delivery gets the plaintext back,
+/// while what is stored is the larger envelope.
+async fn envelope_seals_on_the_way_in_and_opens_on_the_way_out(backend: &Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start_on(backend, dir.path(), &envelope(&[("k1", KEY_1)], "k1")).await;
+    let p = plugin(&status(&s).await, "envelope").clone();
+    assert_eq!(
+        (&p["healthy"], &p["hooks"]),
+        (&json!(true), &json!(["on-value"])),
+        "{p}"
+    );
+    let resp = http()
+        .put(s.url("/v1/cache/secret"))
+        .body("attack at dawn")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let size = read_every_way(&s, "secret", "attack at dawn").await;
+    assert_eq!(size, "attack at dawn".len() as u64 + ENVELOPE_K1_BYTES);
+    publish_and_receive(&s, "orders", "order 42", "order 42").await;
+}
+
+conformance!(
+    target;
+    [envelope_memory: Memory, envelope_with_redis: Redis];
+    {
+        envelope_seals_on_the_way_in_and_opens_on_the_way_out,
+    }
+);
+
+/// Every value Redis holds, whatever its type, as bytes: what an attacker
+/// with a copy of Redis would see.
+async fn everything_in(redis: &RedisServer) -> Vec<(String, Vec<u8>)> {
+    let mut conn = redis.client().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let parts: Vec<Vec<u8>> = match kind.as_str() {
+            "string" => vec![
+                redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap(),
+            ],
+            "hash" => redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap(),
+            "zset" => redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .unwrap(),
+            "set" => redis::cmd("SMEMBERS")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap(),
+            "list" => redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .unwrap(),
+            "stream" => {
+                let entries: redis::Value = redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                vec![format!("{entries:?}").into_bytes(), flatten(&entries)]
+            }
+            other => panic!("{key} is a {other}"),
+        };
+        out.push((key, parts.concat()));
+    }
+    out
+}
+
+/// Every byte string inside a Redis reply.
+fn flatten(value: &redis::Value) -> Vec<u8> {
+    match value {
+        redis::Value::BulkString(bytes) => bytes.clone(),
+        redis::Value::Array(items) => items.iter().flat_map(flatten).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The sealed value of cache key `key`, as stored in Redis.
+async fn sealed_in_redis(redis: &RedisServer, key: &str) -> (String, Vec<u8>) {
+    let mut conn = redis.client().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*:c:{{{key}}}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let value: Vec<u8> = redis::cmd("HGET")
+        .arg(&keys[0])
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    (keys[0].clone(), value)
+}
+
+async fn overwrite_in_redis(redis: &RedisServer, entry: &str, value: &[u8]) {
+    let mut conn = redis.client().await;
+    let () = redis::cmd("HSET")
+        .arg(entry)
+        .arg("v")
+        .arg(value)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// envelope on Redis, as an attacker with a copy of it, and as the
+/// sidecars sharing it see it: Redis holds only envelopes (cache values
+/// and durable payloads alike); another sidecar with the same key reads
+/// them; an envelope changed in Redis, or moved to another key, is refused
+/// rather than returned; a sidecar with a new active key still reads what
+/// the old key sealed, while one without the new key refuses what it
+/// seals.
+#[tokio::test]
+async fn envelope_keeps_redis_ciphertext_only_and_refuses_tampering() {
+    let redis = RedisServer::start().await;
+    let backend = Some(redis);
+    let (dir_a, dir_b, dir_c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let one_key = envelope(&[("k1", KEY_1)], "k1");
+    let a = start_on(&backend, dir_a.path(), &one_key).await;
+    let b = start_on(&backend, dir_b.path(), &one_key).await;
+    let redis = backend.as_ref().unwrap();
+    let c = http();
+    for (key, value) in [
+        ("secret", "attack at dawn"),
+        ("old", "sealed before rotation"),
+        ("other", "x"),
+    ] {
+        let resp = c
+            .put(a.url(&format!("/v1/cache/{key}")))
+            .body(value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let mut pubsub = PubSubClient::new(a.channel().await);
+    pubsub
+        .publish(pb::PublishRequest {
+            channel: "orders".into(),
+            payload: b"order 42 for acme".to_vec().into(),
+            durable: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // Redis holds no plaintext anywhere, and the envelopes are there.
+    let contents = everything_in(redis).await;
+    for (key, bytes) in &contents {
+        for plain in ["attack at dawn", "sealed before rotation", "order 42"] {
+            assert!(!contains(bytes, plain.as_bytes()), "{key} holds {plain:?}");
+        }
+    }
+    let sealed = contents
+        .iter()
+        .filter(|(_, bytes)| contains(bytes, b"OE\x01\x02k1"))
+        .count();
+    assert!(
+        sealed >= 4,
+        "3 cache values and a durable payload sealed: {contents:?}"
+    );
+
+    // The other sidecar with the same key reads both.
+    let resp = c.get(b.url("/v1/cache/secret")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "attack at dawn");
+    let history = PubSubClient::new(b.channel().await)
+        .history(pb::HistoryRequest {
+            channel: "orders".into(),
+            last: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.messages[0].payload, b"order 42 for acme".as_slice());
+
+    // One byte changed in Redis: refused, on both sidecars, never returned.
+    let (entry, mut value) = sealed_in_redis(redis, "secret").await;
+    assert!(value.starts_with(b"OE\x01\x02k1"));
+    *value.last_mut().unwrap() ^= 0x01;
+    overwrite_in_redis(redis, &entry, &value).await;
+    for s in [&a, &b] {
+        let resp = c.get(s.url("/v1/cache/secret")).send().await.unwrap();
+        let (code, _, message) = error_of(resp).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{message}");
+        assert_eq!(
+            message,
+            "denied by plugin envelope: the stored value failed authentication: it was changed, \
+             or sealed for another key, namespace or target"
+        );
+    }
+    // A valid envelope moved to another key: refused too.
+    let (_, old) = sealed_in_redis(redis, "old").await;
+    let (other, _) = sealed_in_redis(redis, "other").await;
+    overwrite_in_redis(redis, &other, &old).await;
+    let (code, _, message) = error_of(c.get(a.url("/v1/cache/other")).send().await.unwrap()).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert!(message.contains("failed authentication"), "{message}");
+
+    // Rotation: k2 active, k1 kept to open what it sealed.
+    let rotated = start_on(
+        &backend,
+        dir_c.path(),
+        &envelope(&[("k1", KEY_1), ("k2", KEY_2)], "k2"),
+    )
+    .await;
+    let resp = c.get(rotated.url("/v1/cache/old")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "sealed before rotation");
+    let resp = c
+        .put(rotated.url("/v1/cache/new"))
+        .body("sealed after rotation")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (_, value) = sealed_in_redis(redis, "new").await;
+    assert!(value.starts_with(b"OE\x01\x02k2"), "{value:?}");
+    let resp = c.get(rotated.url("/v1/cache/new")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "sealed after rotation");
+    // A sidecar that never got k2 refuses what it sealed, saying why.
+    let (code, _, message) = error_of(c.get(a.url("/v1/cache/new")).send().await.unwrap()).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert_eq!(
+        message,
+        "denied by plugin envelope: the stored value is sealed with key id \"k2\", which is not configured"
+    );
+    // The keys never reach the log.
+    for s in [&a, &b, &rotated] {
+        let log = s.log();
+        assert!(
+            !log.contains(KEY_1) && !log.contains(KEY_2),
+            "a key was logged"
+        );
+    }
+}
+
+/// The audit-log example: one line per acknowledged cache write, naming
+/// the caller, the key and the configured attributes, never the value.
+#[tokio::test]
+async fn audit_log_names_who_wrote_which_key_but_not_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(
+        dir.path(),
+        &format!(
+            r#"
+[[plugins]]
+name = "audit"
+path = "{}"
+primitives = ["cache"]
+config = {{ attributes = ["tenant"] }}
+"#,
+            plugin_wasm("audit_log").display()
+        ),
+    )
+    .await;
+    let c = http();
+    let resp = c
+        .put(s.url("/v1/cache/user:42?tags=user-42"))
+        .header("x-outrigger-caller", "billing")
+        .header("x-outrigger-attr-tenant", "acme")
+        .body("card 4242 4242 4242 4242")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = c
+        .delete(s.url("/v1/cache/user:42"))
+        .header("x-outrigger-caller", "support")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let log = eventually(Duration::from_secs(5), "the audit lines", || async {
+        let log = s.log();
+        log.contains("audit: cache delete").then_some(log)
+    })
+    .await;
+    assert!(
+        log.contains(
+            r#"audit: cache set \"user:42\" by \"billing\" (tenant=acme), 24 bytes, tags [user-42]"#
+        ) || log.contains(
+            r#"audit: cache set "user:42" by "billing" (tenant=acme), 24 bytes, tags [user-42]"#
+        ),
+        "{log}"
+    );
+    assert!(log.contains("cache delete"), "{log}");
+    assert!(
+        log.contains("by \\\"support\\\"") || log.contains("by \"support\""),
+        "{log}"
+    );
+    assert!(!log.contains("4242"), "the value was logged: {log}");
 }

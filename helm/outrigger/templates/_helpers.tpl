@@ -141,6 +141,11 @@ of a release of this chart (or a context with the same .Values shape).
       mountPath: /etc/outrigger/plugins
       readOnly: true
     {{- end }}
+    {{- if .Values.plugins.secret }}
+    - name: outrigger-plugin-secrets
+      mountPath: /etc/outrigger/plugin-secrets
+      readOnly: true
+    {{- end }}
     {{- if .Values.plugins.compileCache.enabled }}
     - name: outrigger-plugin-cache
       mountPath: /var/cache/outrigger/plugins
@@ -171,6 +176,11 @@ The volumes the sidecar mounts: add them to the pod's `volumes`.
 {{- else if .Values.plugins.volume }}
 - name: outrigger-plugins
   {{- toYaml .Values.plugins.volume | nindent 2 }}
+{{- end }}
+{{- if .Values.plugins.secret }}
+- name: outrigger-plugin-secrets
+  secret:
+    secretName: {{ .Values.plugins.secret }}
 {{- end }}
 {{- if .Values.plugins.compileCache.enabled }}
 - name: outrigger-plugin-cache

@@ -2,13 +2,16 @@
 //! Rust.
 //!
 //! A plugin is a WebAssembly component the sidecar calls on the request
-//! path. It implements any subset of three hooks, one trait each:
+//! path. It implements any subset of four hooks, one trait each:
 //!
 //! - [`Authorize`]: allow, deny or rewrite a request before it reaches a
 //!   primitive;
 //! - [`Classify`]: choose the rate-limit policy, key and cost of a check;
 //! - [`OnWrite`]: name more keys, tags or patterns to invalidate after a
-//!   cache write.
+//!   cache write;
+//! - [`OnValue`]: see, replace or refuse each cache value and pub/sub
+//!   payload on its way in and out (encryption at rest, redaction,
+//!   auditing).
 //!
 //! Every plugin also implements [`Plugin`], which builds it from its
 //! configuration, and is exported with [`export!`], naming the hooks it
@@ -61,8 +64,8 @@ pub mod bindings {
 
 use bindings::outrigger::plugin::host;
 pub use bindings::outrigger::plugin::types::{
-    Decision, Hook, Invalidation, Level, Limit, Operation, Primitive, Request, Rewrite, WriteEvent,
-    WriteKind,
+    Decision, Hook, Invalidation, Level, Limit, Operation, Primitive, Request, Rewrite,
+    ValueDecision, ValueEvent, ValuePoint, WriteEvent, WriteKind,
 };
 
 /// A plugin, built once per plugin instance from its configuration.
@@ -93,6 +96,16 @@ pub trait Classify: Plugin {
 pub trait OnWrite: Plugin {
     /// More keys, tags or patterns to invalidate because of this write.
     fn on_write(&self, event: &WriteEvent) -> Vec<Invalidation>;
+}
+
+/// The `on-value` hook: runs for each cache value and pub/sub payload the
+/// plugin is configured for (`cache`, `pubsub`), on its way in
+/// ([`ValuePoint::CacheWrite`], [`ValuePoint::Publish`]) and out
+/// ([`ValuePoint::CacheRead`], [`ValuePoint::Deliver`]).
+pub trait OnValue: Plugin {
+    /// Keep the value, replace it, or refuse it (with a reason the caller
+    /// sees).
+    fn on_value(&self, event: &ValueEvent) -> ValueDecision;
 }
 
 /// The plugin's `config` table from the sidecar's configuration.
@@ -137,6 +150,27 @@ impl Decision {
         Decision::Rewrite(Rewrite {
             target: target.into(),
         })
+    }
+}
+
+impl ValueDecision {
+    /// Refuse the value, telling the caller why.
+    pub fn deny(reason: impl Into<String>) -> ValueDecision {
+        ValueDecision::Deny(reason.into())
+    }
+}
+
+impl ValuePoint {
+    /// On the way in (a cache write, a publish) rather than out.
+    pub fn is_inbound(self) -> bool {
+        matches!(self, ValuePoint::CacheWrite | ValuePoint::Publish)
+    }
+}
+
+impl ValueEvent {
+    /// As [`Request::attribute`].
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        attribute(&self.attributes, name)
     }
 }
 
@@ -221,7 +255,7 @@ macro_rules! error {
 ///
 /// ```ignore
 /// outrigger_plugin_sdk::export!(TenantGuard: authorize);
-/// outrigger_plugin_sdk::export!(Everything: authorize, classify, on_write);
+/// outrigger_plugin_sdk::export!(Everything: authorize, classify, on_write, on_value);
 /// ```
 ///
 /// Naming a hook the type does not implement is a compile error; a hook
@@ -266,6 +300,12 @@ macro_rules! export {
                         ::core::option::Option::None => ::std::vec::Vec::new(),
                     }
                 }
+                fn on_value(event: $crate::ValueEvent) -> $crate::ValueDecision {
+                    match TABLE.on_value {
+                        ::core::option::Option::Some(hook) => hook(instance(), &event),
+                        ::core::option::Option::None => $crate::ValueDecision::Keep,
+                    }
+                }
             }
 
             $crate::bindings::__export_plugin_world!(OutriggerPlugin with_types_in $crate::bindings);
@@ -283,6 +323,7 @@ pub mod __private {
         pub authorize: Option<fn(&P, &Request) -> Decision>,
         pub classify: Option<fn(&P, &Request) -> Option<Limit>>,
         pub on_write: Option<fn(&P, &WriteEvent) -> Vec<Invalidation>>,
+        pub on_value: Option<fn(&P, &ValueEvent) -> ValueDecision>,
     }
 
     impl<P> Table<P> {
@@ -290,6 +331,7 @@ pub mod __private {
             authorize: None,
             classify: None,
             on_write: None,
+            on_value: None,
         };
 
         pub fn hooks(&self) -> Vec<Hook> {
@@ -302,6 +344,9 @@ pub mod __private {
             }
             if self.on_write.is_some() {
                 hooks.push(Hook::OnWrite);
+            }
+            if self.on_value.is_some() {
+                hooks.push(Hook::OnValue);
             }
             hooks
         }
@@ -317,6 +362,10 @@ pub mod __private {
 
     pub fn on_write<P: OnWrite>(plugin: &P, event: &WriteEvent) -> Vec<Invalidation> {
         plugin.on_write(event)
+    }
+
+    pub fn on_value<P: OnValue>(plugin: &P, event: &ValueEvent) -> ValueDecision {
+        plugin.on_value(event)
     }
 
     /// Sends panic messages to the sidecar's log (a plugin has no stderr);

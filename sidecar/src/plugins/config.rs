@@ -21,7 +21,8 @@ pub struct PluginConfig {
     pub hooks: Vec<HookName>,
     /// Primitives the plugin applies to; empty (the default) = all of them.
     /// `authorize` runs for calls to these; `classify` only if `ratelimit`
-    /// is among them, `on-write` only if `cache` is.
+    /// is among them, `on-write` only if `cache` is, `on-value` for cache
+    /// values if `cache` is and for payloads if `pubsub` is.
     #[serde(default)]
     pub primitives: Vec<PrimitiveName>,
     /// What a failed call (trap, timeout, memory cap, bad return) or a
@@ -29,6 +30,13 @@ pub struct PluginConfig {
     /// no opinion) or `deny` (403).
     #[serde(default)]
     pub fail: FailMode,
+    /// With `fail = "allow"`: whether a failed `on-value` call on a value's
+    /// way out (a cache read, a delivery) passes the stored bytes on as
+    /// they are. Off by default: such a read fails whatever `fail` says,
+    /// so stored bytes a plugin transforms (ciphertext, say) never reach a
+    /// caller untransformed by accident.
+    #[serde(default)]
+    pub fail_open_reads: bool,
     /// CPU-time budget of one call (checked every millisecond). A call is
     /// also stopped after 10 budgets (at least 50ms) of wall-clock time,
     /// however little CPU it got.
@@ -44,6 +52,12 @@ pub struct PluginConfig {
     /// Given to the plugin as JSON (`host.config`).
     #[serde(default = "PluginConfig::default_config")]
     pub config: serde_json::Value,
+    /// A JSON file holding an object whose keys are set over `config`'s
+    /// (they win), read at every load and reload: for secrets (an
+    /// `envelope`'s keys) kept out of `outrigger.toml`, in a mounted
+    /// Secret, say, and rotated with a reload.
+    #[serde(default)]
+    pub config_file: Option<PathBuf>,
 }
 
 impl PluginConfig {
@@ -71,11 +85,43 @@ impl PluginConfig {
             hooks: Vec::new(),
             primitives: Vec::new(),
             fail: FailMode::default(),
+            fail_open_reads: false,
             budget: Self::default_budget(),
             max_memory: Self::default_max_memory(),
             max_failures: Self::default_max_failures(),
             config: Self::default_config(),
+            config_file: None,
         }
+    }
+
+    /// `config`, with `config_file`'s object set over it (read now). The
+    /// error says what is wrong with the file, never what it holds.
+    pub fn merged_config(&self) -> Result<serde_json::Value, String> {
+        let Some(path) = &self.config_file else {
+            return Ok(self.config.clone());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| format!("cannot read config_file {}: {err}", path.display()))?;
+        let serde_json::Value::Object(extra) = serde_json::from_str(&text).map_err(|err| {
+            format!(
+                "config_file {} is not JSON (line {}, column {})",
+                path.display(),
+                err.line(),
+                err.column()
+            )
+        })?
+        else {
+            return Err(format!(
+                "config_file {} does not hold a JSON object",
+                path.display()
+            ));
+        };
+        let mut merged = match &self.config {
+            serde_json::Value::Object(base) => base.clone(),
+            _ => serde_json::Map::new(),
+        };
+        merged.extend(extra);
+        Ok(serde_json::Value::Object(merged))
     }
 }
 
@@ -86,6 +132,7 @@ pub enum HookName {
     Authorize,
     Classify,
     OnWrite,
+    OnValue,
 }
 
 impl HookName {
@@ -94,6 +141,7 @@ impl HookName {
             HookName::Authorize => "authorize",
             HookName::Classify => "classify",
             HookName::OnWrite => "on-write",
+            HookName::OnValue => "on-value",
         }
     }
 }

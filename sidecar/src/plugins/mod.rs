@@ -11,6 +11,14 @@
 //!   that.
 //! - `on-write` runs after each acknowledged cache set or delete; every
 //!   plugin's invalidations are applied before the write is answered.
+//! - `on-value` (world 0.5.0) sees each cache value and pub/sub payload:
+//!   in config order on the way in (a cache write, a publish), in reverse
+//!   order on the way out (a cache read, a delivery), each plugin seeing
+//!   what the one before it made. A deny refuses the request (403).
+//!
+//! A value's way out fails closed whatever the plugin's fail mode, unless
+//! its `fail_open_reads` says otherwise: stored bytes a plugin transforms
+//! (ciphertext, say) never reach a caller as they are by accident.
 //!
 //! A plugin call that fails (trap, time budget, memory cap, a value the
 //! host refuses) counts against the plugin and gets its fail mode: `allow`
@@ -49,6 +57,53 @@ pub const ATTRIBUTE_PREFIX: &str = "x-outrigger-attr-";
 const MAX_REASON_BYTES: usize = 1024;
 /// Most invalidations one `on-write` call may return.
 const MAX_INVALIDATIONS: usize = 1000;
+/// An `on-value` call's budget grows by this much CPU time ...
+const VALUE_BUDGET_STEP: Duration = Duration::from_millis(1);
+/// ... per this many bytes of its value (on top of the plugin's budget):
+/// copying and transforming 1 MiB in an interpreted language takes
+/// milliseconds.
+const VALUE_BUDGET_BYTES: usize = 64 * 1024;
+
+/// Where a value passes `on-value` (the WIT `value-point`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValuePoint {
+    /// A cache value on its way into the store.
+    CacheWrite,
+    /// A cache value on its way out to a caller.
+    CacheRead,
+    /// A pub/sub payload on its way to its channel.
+    Publish,
+    /// A pub/sub payload on its way out to a subscriber or a history read.
+    Deliver,
+}
+
+impl ValuePoint {
+    fn primitive(self) -> PrimitiveName {
+        match self {
+            ValuePoint::CacheWrite | ValuePoint::CacheRead => PrimitiveName::Cache,
+            ValuePoint::Publish | ValuePoint::Deliver => PrimitiveName::Pubsub,
+        }
+    }
+
+    /// On the way in: to be stored or sent.
+    fn inbound(self) -> bool {
+        matches!(self, ValuePoint::CacheWrite | ValuePoint::Publish)
+    }
+
+    fn wit(self) -> t::ValuePoint {
+        match self {
+            ValuePoint::CacheWrite => t::ValuePoint::CacheWrite,
+            ValuePoint::CacheRead => t::ValuePoint::CacheRead,
+            ValuePoint::Publish => t::ValuePoint::Publish,
+            ValuePoint::Deliver => t::ValuePoint::Deliver,
+        }
+    }
+}
+
+/// The CPU budget of an `on-value` call on `len` bytes.
+fn value_budget(budget: Duration, len: usize) -> Duration {
+    budget + VALUE_BUDGET_STEP * u32::try_from(len / VALUE_BUDGET_BYTES).unwrap_or(u32::MAX)
+}
 
 /// What a request does, as plugins see it (the WIT `operation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +261,7 @@ pub struct Plugins {
     entries: Vec<Entry>,
     namespace: String,
     max_key_bytes: usize,
+    max_value_bytes: usize,
     policies: BTreeSet<String>,
     metrics: Arc<Metrics>,
     reloading: tokio::sync::Mutex<()>,
@@ -263,7 +319,7 @@ fn load(config: &PluginConfig, metrics: &Metrics) -> Result<Compiled, String> {
     let compiled = Compiled::load(
         &config.name,
         &bytes,
-        &config.config,
+        &config.merged_config()?,
         Budget {
             time: config.budget,
             memory: config.max_memory,
@@ -296,7 +352,12 @@ impl Version {
             Ok(compiled) => compiled.implemented.clone(),
             // Not loaded: the hooks it would run get its fail mode.
             Err(_) if !config.hooks.is_empty() => config.hooks.clone(),
-            Err(_) => vec![HookName::Authorize, HookName::Classify, HookName::OnWrite],
+            Err(_) => vec![
+                HookName::Authorize,
+                HookName::Classify,
+                HookName::OnWrite,
+                HookName::OnValue,
+            ],
         };
         Version {
             generation,
@@ -349,6 +410,8 @@ pub fn check_file(path: &Path, config: &serde_json::Value) -> Result<Checked, St
 pub struct HostFacts {
     pub namespace: String,
     pub max_key_bytes: usize,
+    /// `limits.max_value_bytes`: the most an `on-value` may return.
+    pub max_value_bytes: usize,
     /// The configured rate-limit policies' names.
     pub policies: BTreeSet<String>,
 }
@@ -392,6 +455,7 @@ impl Plugins {
             entries,
             namespace: host.namespace,
             max_key_bytes: host.max_key_bytes,
+            max_value_bytes: host.max_value_bytes,
             policies: host.policies,
             metrics,
             reloading: tokio::sync::Mutex::new(()),
@@ -587,6 +651,82 @@ impl Plugins {
             }
         }
         out
+    }
+
+    /// Whether any plugin runs `on-value` for `primitive`'s values (if
+    /// not, they need not be copied for it).
+    pub fn sees_values(&self, primitive: PrimitiveName) -> bool {
+        self.entries.iter().any(|entry| {
+            entry.applies_to(primitive) && entry.current().hooks.contains(&HookName::OnValue)
+        })
+    }
+
+    /// Runs `on-value` through the chain (in reverse on the way out): the
+    /// value to go on with, or why not. `target` is the cache key or the
+    /// channel.
+    pub fn on_value(
+        &self,
+        caller: &Caller,
+        point: ValuePoint,
+        target: &str,
+        mut value: bytes::Bytes,
+    ) -> Result<bytes::Bytes, Error> {
+        let primitive = point.primitive();
+        let chain: Box<dyn Iterator<Item = &Entry>> = if point.inbound() {
+            Box::new(self.entries.iter())
+        } else {
+            Box::new(self.entries.iter().rev())
+        };
+        for entry in chain {
+            let version = entry.current();
+            if !version.hooks.contains(&HookName::OnValue) || !entry.applies_to(primitive) {
+                continue;
+            }
+            let event = t::ValueEvent {
+                point: point.wit(),
+                namespace: self.namespace.clone(),
+                target: target.to_string(),
+                value: value.to_vec(),
+                caller: caller.id.clone(),
+                attributes: caller.attributes.clone(),
+            };
+            let budget = value_budget(entry.config.budget, value.len());
+            let outcome = self.run(entry, &version, HookName::OnValue, |compiled| {
+                let decision = compiled.on_value(&event, budget)?;
+                if let t::ValueDecision::Replace(bytes) = &decision
+                    && bytes.len() > self.max_value_bytes
+                {
+                    return Err(format!(
+                        "returned a value of {} bytes (limits.max_value_bytes is {})",
+                        bytes.len(),
+                        self.max_value_bytes
+                    ));
+                }
+                Ok(decision)
+            });
+            match outcome {
+                Ok(t::ValueDecision::Keep) => {}
+                Ok(t::ValueDecision::Replace(bytes)) => value = bytes.into(),
+                Ok(t::ValueDecision::Deny(mut reason)) => {
+                    truncate(&mut reason, MAX_REASON_BYTES);
+                    return Err(Error::Denied(format!(
+                        "denied by plugin {}: {reason}",
+                        entry.config.name
+                    )));
+                }
+                Err(failure) if point.inbound() => self.fail(entry, failure)?,
+                Err(failure) => {
+                    if entry.config.fail == FailMode::Allow && entry.config.fail_open_reads {
+                        continue;
+                    }
+                    return Err(Error::Denied(format!(
+                        "plugin {} failed on a value on its way out, which fails closed: {failure}",
+                        entry.config.name
+                    )));
+                }
+            }
+        }
+        Ok(value)
     }
 
     /// A name a plugin returned must be one the primitives would accept.

@@ -53,10 +53,17 @@ mod wit_0_3 {
     });
 }
 
+mod wit_0_4 {
+    wasmtime::component::bindgen!({
+        path: "wit/outrigger-0.4.0",
+        world: "plugin",
+    });
+}
+
 pub(crate) use wit::outrigger::plugin::types as t;
 
 /// The world versions this sidecar serves, newest first.
-pub(crate) const WORLDS: &[&str] = &["0.4.0", "0.3.0", "0.2.0", "0.1.0"];
+pub(crate) const WORLDS: &[&str] = &["0.5.0", "0.4.0", "0.3.0", "0.2.0", "0.1.0"];
 
 /// How often the epoch advances: the resolution of call budgets.
 const TICK: Duration = Duration::from_millis(1);
@@ -333,11 +340,12 @@ macro_rules! older_host {
     )*};
 }
 
-older_host!(wit_0_1 => v0_1, wit_0_2 => v0_2, wit_0_3 => v0_3);
+older_host!(wit_0_1 => v0_1, wit_0_2 => v0_2, wit_0_3 => v0_3, wit_0_4 => v0_4);
 
 /// A plugin compiled against one of the [`WORLDS`].
 enum Pre {
     Current(wit::PluginPre<HostState>),
+    V0_4(wit_0_4::PluginPre<HostState>),
     V0_3(wit_0_3::PluginPre<HostState>),
     V0_2(wit_0_2::PluginPre<HostState>),
     V0_1(wit_0_1::PluginPre<HostState>),
@@ -346,6 +354,7 @@ enum Pre {
 /// An instance's exports, in its world's types.
 enum Bindings {
     Current(wit::Plugin),
+    V0_4(wit_0_4::Plugin),
     V0_3(wit_0_3::Plugin),
     V0_2(wit_0_2::Plugin),
     V0_1(wit_0_1::Plugin),
@@ -419,6 +428,12 @@ impl Compiled {
         let mut linker = Linker::<HostState>::new(engine);
         wit::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
             .and_then(|()| {
+                wit_0_4::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(
+                    &mut linker,
+                    |state| state,
+                )
+            })
+            .and_then(|()| {
                 wit_0_3::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(
                     &mut linker,
                     |state| state,
@@ -448,7 +463,9 @@ impl Compiled {
         let pre = match wit::PluginPre::new(instance.clone()) {
             Ok(pre) => Pre::Current(pre),
             Err(newest) => {
-                if let Ok(pre) = wit_0_3::PluginPre::new(instance.clone()) {
+                if let Ok(pre) = wit_0_4::PluginPre::new(instance.clone()) {
+                    Pre::V0_4(pre)
+                } else if let Ok(pre) = wit_0_3::PluginPre::new(instance.clone()) {
                     Pre::V0_3(pre)
                 } else if let Ok(pre) = wit_0_2::PluginPre::new(instance.clone()) {
                     Pre::V0_2(pre)
@@ -476,6 +493,9 @@ impl Compiled {
         let hooks = compiled
             .call(|plugin, store| match plugin {
                 Bindings::Current(p) => p.call_hooks(store),
+                Bindings::V0_4(p) => p
+                    .call_hooks(store)
+                    .map(|hooks| hooks.into_iter().map(v0_4::hook).collect()),
                 Bindings::V0_3(p) => p
                     .call_hooks(store)
                     .map(|hooks| hooks.into_iter().map(v0_3::hook).collect()),
@@ -493,6 +513,7 @@ impl Compiled {
                 t::Hook::Authorize => HookName::Authorize,
                 t::Hook::Classify => HookName::Classify,
                 t::Hook::OnWrite => HookName::OnWrite,
+                t::Hook::OnValue => HookName::OnValue,
             })
             .collect();
         compiled.implemented.dedup();
@@ -503,6 +524,7 @@ impl Compiled {
     pub fn init(&self) -> Result<(), String> {
         self.call(|plugin, store| match plugin {
             Bindings::Current(p) => p.call_init(store),
+            Bindings::V0_4(p) => p.call_init(store),
             Bindings::V0_3(p) => p.call_init(store),
             Bindings::V0_2(p) => p.call_init(store),
             Bindings::V0_1(p) => p.call_init(store),
@@ -525,6 +547,7 @@ impl Compiled {
             .build();
         let engine = match &self.pre {
             Pre::Current(pre) => pre.engine(),
+            Pre::V0_4(pre) => pre.engine(),
             Pre::V0_3(pre) => pre.engine(),
             Pre::V0_2(pre) => pre.engine(),
             Pre::V0_1(pre) => pre.engine(),
@@ -592,6 +615,7 @@ impl Compiled {
         store.set_epoch_deadline(1);
         let bindings = match &self.pre {
             Pre::Current(pre) => pre.instantiate(&mut store).map(Bindings::Current),
+            Pre::V0_4(pre) => pre.instantiate(&mut store).map(Bindings::V0_4),
             Pre::V0_3(pre) => pre.instantiate(&mut store).map(Bindings::V0_3),
             Pre::V0_2(pre) => pre.instantiate(&mut store).map(Bindings::V0_2),
             Pre::V0_1(pre) => pre.instantiate(&mut store).map(Bindings::V0_1),
@@ -603,6 +627,7 @@ impl Compiled {
         let bindings = bindings.and_then(|bindings| {
             match &bindings {
                 Bindings::Current(p) => p.call_hooks(&mut store).map(drop),
+                Bindings::V0_4(p) => p.call_hooks(&mut store).map(drop),
                 Bindings::V0_3(p) => p.call_hooks(&mut store).map(drop),
                 Bindings::V0_2(p) => p.call_hooks(&mut store).map(drop),
                 Bindings::V0_1(p) => p.call_hooks(&mut store).map(drop),
@@ -630,6 +655,7 @@ impl Compiled {
     pub fn world(&self) -> &'static str {
         match self.pre {
             Pre::Current(_) => WORLDS[0],
+            Pre::V0_4(_) => "0.4.0",
             Pre::V0_3(_) => "0.3.0",
             Pre::V0_2(_) => "0.2.0",
             Pre::V0_1(_) => "0.1.0",
@@ -642,6 +668,7 @@ impl Compiled {
     pub fn expresses(&self, request: &t::Request) -> bool {
         match self.pre {
             Pre::Current(_) => true,
+            Pre::V0_4(_) => v0_4::request(request).is_some(),
             Pre::V0_3(_) => v0_3::request(request).is_some(),
             Pre::V0_2(_) => v0_2::request(request).is_some(),
             Pre::V0_1(_) => v0_1::request(request).is_some(),
@@ -652,6 +679,9 @@ impl Compiled {
     pub fn authorize(&self, request: &t::Request) -> Result<t::Decision, String> {
         self.call(|plugin, store| match plugin {
             Bindings::Current(p) => p.call_authorize(store, request),
+            Bindings::V0_4(p) => p
+                .call_authorize(store, &v0_4::expressed(request)?)
+                .map(v0_4::decision),
             Bindings::V0_3(p) => p
                 .call_authorize(store, &v0_3::expressed(request)?)
                 .map(v0_3::decision),
@@ -668,6 +698,9 @@ impl Compiled {
     pub fn classify(&self, request: &t::Request) -> Result<Option<t::Limit>, String> {
         self.call(|plugin, store| match plugin {
             Bindings::Current(p) => p.call_classify(store, request),
+            Bindings::V0_4(p) => p
+                .call_classify(store, &v0_4::expressed(request)?)
+                .map(|limit| limit.map(v0_4::limit)),
             Bindings::V0_3(p) => p
                 .call_classify(store, &v0_3::expressed(request)?)
                 .map(|limit| limit.map(v0_3::limit)),
@@ -684,6 +717,9 @@ impl Compiled {
     pub fn on_write(&self, event: &t::WriteEvent) -> Result<Vec<t::Invalidation>, String> {
         self.call(|plugin, store| match plugin {
             Bindings::Current(p) => p.call_on_write(store, event),
+            Bindings::V0_4(p) => p
+                .call_on_write(store, &v0_4::write_event(event))
+                .map(|list| list.into_iter().map(v0_4::invalidation).collect()),
             Bindings::V0_3(p) => p
                 .call_on_write(store, &v0_3::write_event(event))
                 .map(|list| list.into_iter().map(v0_3::invalidation).collect()),
@@ -696,10 +732,36 @@ impl Compiled {
         })
     }
 
+    /// `on-value`, under `budget` (the plugin's, and more for a large
+    /// value). Only a plugin of world 0.5.0 or later implements it: the
+    /// sidecar calls no hook a plugin does not list.
+    pub fn on_value(
+        &self,
+        event: &t::ValueEvent,
+        budget: Duration,
+    ) -> Result<t::ValueDecision, String> {
+        self.call_within(budget, |plugin, store| match plugin {
+            Bindings::Current(p) => p.call_on_value(store, event),
+            _ => Err(wasmtime::format_err!(
+                "on-value called on a plugin of world {}, which has no such hook",
+                self.world()
+            )),
+        })
+    }
+
     /// Runs one call on a pooled (or new) instance under the budget. The
     /// error says what went wrong, for logs, status and fail-mode replies.
     fn call<R>(
         &self,
+        f: impl FnOnce(&Bindings, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, String> {
+        self.call_within(self.budget, f)
+    }
+
+    /// [`Compiled::call`] under another budget than the plugin's own.
+    fn call_within<R>(
+        &self,
+        budget: Duration,
         f: impl FnOnce(&Bindings, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, String> {
         let pooled = self.pool.lock().expect("pool lock").pop();
@@ -715,6 +777,7 @@ impl Compiled {
         state.stopped = None;
         state.started = Some(Instant::now());
         state.cpu_from = None;
+        state.budget = budget;
         let result = f(&instance.bindings, &mut instance.store);
         instance.store.data_mut().slot = None;
         match result {
@@ -881,3 +944,10 @@ older_world!(v0_3, wit_0_3, "0.3.0",
     operations: [Read, Write, Delete, InvalidateTag, InvalidatePattern, Scan, Acquire, Release,
         Extend, Check, Join, Leave, Members, Watch, Rooms, Publish, Subscribe, SubscribePattern,
         Increment, Peek]);
+
+older_world!(v0_4, wit_0_4, "0.4.0",
+    primitives: [Cache, Lock, Semaphore, Ratelimit, Presence, Pubsub, Counter, Map, Queue,
+        Schedule],
+    operations: [Read, Write, Delete, InvalidateTag, InvalidatePattern, Scan, Acquire, Release,
+        Extend, Check, Join, Leave, Members, Watch, Rooms, Publish, Subscribe, SubscribePattern,
+        Increment, Peek, Enqueue, Claim, Settle]);

@@ -2,10 +2,10 @@
 
 A plugin is a module defining ``plugin``, an instance of a ``Plugin``
 subclass with the hooks it implements (``authorize``, ``classify``,
-``on_write``); ``outrigger-plugin build app.py`` makes it a WebAssembly
+``on_write``, ``on_value``); ``outrigger-plugin build app.py`` makes it a WebAssembly
 component of the plugin world (``sdk/wit``). The world's types
 (``Request``, ``Operation``, ``Primitive``, ``WriteEvent``, ``Limit``,
-``Invalidation_Key``...) are importable from here; they exist inside the
+``Invalidation_Key``, ``ValueEvent``, ``ValuePoint``...) are importable from here; they exist inside the
 component, where the build generates them.
 """
 
@@ -14,9 +14,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 if TYPE_CHECKING:
-    from wit_world.imports.types import Decision, Request, WriteEvent
+    from wit_world.imports.types import Decision, Request, ValueDecision, ValueEvent, WriteEvent
 
-__all__ = ["Plugin", "allow", "deny", "rewrite", "attribute", "log", "now_ms"]
+__all__ = [
+    "Plugin",
+    "allow",
+    "deny",
+    "rewrite",
+    "keep",
+    "replace",
+    "refuse",
+    "attribute",
+    "log",
+    "now_ms",
+]
 
 
 def _types() -> Any:
@@ -45,6 +56,8 @@ class Plugin:
     - ``authorize(self, request) -> Decision``
     - ``classify(self, request) -> Optional[Limit]``
     - ``on_write(self, event) -> list[Invalidation]``
+    - ``on_value(self, event) -> ValueDecision`` (``keep()``, ``replace(b)``
+      or ``refuse(reason)``)
 
     ``init`` gets the plugin's ``config`` (parsed JSON) once, before any
     hook; raising refuses it, with the exception's text as the reason.
@@ -69,7 +82,24 @@ def rewrite(target: str) -> Decision:
     return types.Decision_Rewrite(types.Rewrite(target=str(target)))
 
 
-def attribute(request: Union[Request, WriteEvent], name: str) -> Optional[str]:
+def keep() -> ValueDecision:
+    """Keeps the value as it came (nothing is copied back)."""
+    return _types().ValueDecision_Keep()
+
+
+def replace(value: Union[bytes, str]) -> ValueDecision:
+    """Goes on with these bytes instead (a str is taken as UTF-8)."""
+    if isinstance(value, str):
+        value = value.encode()
+    return _types().ValueDecision_Replace(bytes(value))
+
+
+def refuse(reason: str) -> ValueDecision:
+    """Refuses the value, with the reason the caller is told (HTTP 403)."""
+    return _types().ValueDecision_Deny(str(reason))
+
+
+def attribute(request: Union[Request, WriteEvent, ValueEvent], name: str) -> Optional[str]:
     """The value of the request's attribute ``name`` (``x-outrigger-attr-<name>``)."""
     for key, value in request.attributes:
         if key == name:

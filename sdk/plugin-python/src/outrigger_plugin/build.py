@@ -14,7 +14,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 # The world's exports over the plugin's hooks: those it leaves out answer
-# as if it were not there (allow, no limit, nothing more).
+# as if it were not there (allow, no limit, nothing more). The sidecar
+# calls `init` once, on the instance it loads the plugin with; every
+# instance it makes later (more calls at once, or a failed call's
+# replacement) runs the plugin's `init` before its first hook too.
 WRAPPER = '''
 import json
 
@@ -30,9 +33,21 @@ _HOOKS = [
         (types.Hook.AUTHORIZE, "authorize"),
         (types.Hook.CLASSIFY, "classify"),
         (types.Hook.ON_WRITE, "on_write"),
+        (types.Hook.ON_VALUE, "on_value"),
     )
     if callable(getattr(_plugin, name, None))
 ]
+
+
+_ready = False
+
+
+def _set_up():
+    global _ready
+    if not _ready:
+        text = host.config()
+        _plugin.init(json.loads(text) if text else {{}})
+        _ready = True
 
 
 class WitWorld(wit_world.WitWorld):
@@ -40,23 +55,30 @@ class WitWorld(wit_world.WitWorld):
         return list(_HOOKS)
 
     def init(self):
-        text = host.config()
         try:
-            _plugin.init(json.loads(text) if text else {{}})
+            _set_up()
         except Exception as err:
             raise Err(str(err))
 
     def authorize(self, request):
+        _set_up()
         hook = getattr(_plugin, "authorize", None)
         return hook(request) if hook else types.Decision_Allow()
 
     def classify(self, request):
+        _set_up()
         hook = getattr(_plugin, "classify", None)
         return hook(request) if hook else None
 
     def on_write(self, event):
+        _set_up()
         hook = getattr(_plugin, "on_write", None)
         return hook(event) if hook else []
+
+    def on_value(self, event):
+        _set_up()
+        hook = getattr(_plugin, "on_value", None)
+        return hook(event) if hook else types.ValueDecision_Keep()
 '''
 
 

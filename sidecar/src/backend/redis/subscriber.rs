@@ -32,6 +32,12 @@ const RECONNECT_DELAY: Duration = Duration::from_millis(250);
 /// How often an idle pub/sub connection is checked with a PING.
 pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Most topics subscribed in one SUBSCRIBE (or PSUBSCRIBE): new topics
+/// queued together go in one round trip, so 1,000 channels subscribed to
+/// at once take a few round trips, not 1,000 in a row (which, on a busy
+/// machine, outran the deadline of the last ones).
+const SUBSCRIBE_BATCH: usize = 512;
+
 /// The state of the pub/sub connection, as [`Subscriber::connection`]
 /// reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,14 +211,54 @@ impl Subscriber {
     }
 }
 
-async fn subscribe(
+/// Subscribes the topics of `batch` still listened to, channels in one
+/// SUBSCRIBE and patterns in one PSUBSCRIBE, and answers each waiting
+/// listener. Whether the connection is still healthy.
+async fn subscribe_batch(
     sink: &mut redis::aio::PubSubSink,
-    topic: &Topic,
-) -> Result<(), redis::RedisError> {
-    match topic {
-        Topic::Channel(c) => sink.subscribe(c).await,
-        Topic::Pattern(p) => sink.psubscribe(p).await,
+    topics: &Topics,
+    batch: Vec<(Topic, oneshot::Sender<Result<(), String>>)>,
+) -> bool {
+    let (mut channels, mut patterns) = (Vec::new(), Vec::new());
+    {
+        let topics = lock(topics);
+        for (topic, _) in &batch {
+            match topic {
+                // Unlistened meanwhile: nothing to subscribe.
+                _ if !topics.contains_key(topic) => {}
+                Topic::Channel(c) => channels.push(c.as_str()),
+                Topic::Pattern(p) => patterns.push(p.as_str()),
+            }
+        }
     }
+    let mut result = Ok(());
+    if !channels.is_empty() {
+        result = sink.subscribe(&channels).await;
+    }
+    if result.is_ok() && !patterns.is_empty() {
+        result = sink.psubscribe(&patterns).await;
+    }
+    let result = result.map_err(|e| e.to_string());
+    for (topic, ack) in batch {
+        if result.is_ok() {
+            set_active(topics, &topic, true);
+        }
+        let _ = ack.send(result.clone());
+    }
+    result.is_ok()
+}
+
+/// Unsubscribes `topic` unless it was listened to again meanwhile. Whether
+/// the connection is still healthy.
+async fn unsubscribe(sink: &mut redis::aio::PubSubSink, topics: &Topics, topic: &Topic) -> bool {
+    if lock(topics).contains_key(topic) {
+        return true;
+    }
+    let result = match topic {
+        Topic::Channel(c) => sink.unsubscribe(c).await,
+        Topic::Pattern(p) => sink.punsubscribe(p).await,
+    };
+    result.is_ok()
 }
 
 fn set_active(topics: &Topics, topic: &Topic, active: bool) {
@@ -247,12 +293,23 @@ async fn run(
                 let (mut sink, mut stream) = pubsub.split();
                 let wanted: Vec<Topic> = lock(&topics).keys().cloned().collect();
                 let mut healthy = true;
-                for topic in wanted {
-                    if subscribe(&mut sink, &topic).await.is_ok() {
-                        set_active(&topics, &topic, true);
-                    } else {
+                for chunk in wanted.chunks(SUBSCRIBE_BATCH) {
+                    let (mut channels, mut patterns) = (Vec::new(), Vec::new());
+                    for topic in chunk {
+                        match topic {
+                            Topic::Channel(c) => channels.push(c.as_str()),
+                            Topic::Pattern(p) => patterns.push(p.as_str()),
+                        }
+                    }
+                    let subscribed = (channels.is_empty()
+                        || sink.subscribe(&channels).await.is_ok())
+                        && (patterns.is_empty() || sink.psubscribe(&patterns).await.is_ok());
+                    if !subscribed {
                         healthy = false;
                         break;
+                    }
+                    for topic in chunk {
+                        set_active(&topics, topic, true);
                     }
                 }
                 if healthy {
@@ -280,27 +337,26 @@ async fn run(
                         command = commands.recv() => match command {
                             None => return,
                             Some(Command::Subscribe(topic, ack)) => {
-                                if !lock(&topics).contains_key(&topic) {
-                                    let _ = ack.send(Ok(()));
-                                    continue;
+                                // With every other subscription already queued.
+                                let mut batch = vec![(topic, ack)];
+                                let mut then = None;
+                                while batch.len() < SUBSCRIBE_BATCH {
+                                    match commands.try_recv() {
+                                        Ok(Command::Subscribe(topic, ack)) => batch.push((topic, ack)),
+                                        Ok(other) => {
+                                            then = Some(other);
+                                            break;
+                                        }
+                                        Err(_) => break,
+                                    }
                                 }
-                                let result = subscribe(&mut sink, &topic).await;
-                                if result.is_ok() {
-                                    set_active(&topics, &topic, true);
-                                } else {
-                                    healthy = false;
+                                healthy = subscribe_batch(&mut sink, &topics, batch).await;
+                                if healthy && let Some(Command::Unsubscribe(topic)) = then {
+                                    healthy = unsubscribe(&mut sink, &topics, &topic).await;
                                 }
-                                let _ = ack.send(result.map_err(|e| e.to_string()));
                             }
                             Some(Command::Unsubscribe(topic)) => {
-                                if lock(&topics).contains_key(&topic) {
-                                    continue; // listened to again meanwhile
-                                }
-                                let result = match &topic {
-                                    Topic::Channel(c) => sink.unsubscribe(c).await,
-                                    Topic::Pattern(p) => sink.punsubscribe(p).await,
-                                };
-                                healthy = result.is_ok();
+                                healthy = unsubscribe(&mut sink, &topics, &topic).await;
                             }
                         },
                         message = stream.next() => match message {

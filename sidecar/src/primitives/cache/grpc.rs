@@ -31,10 +31,7 @@ impl Api for CacheService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let caller = caller(self.0.common(), &req);
         let req = req.into_inner();
-        let key = self
-            .0
-            .authorize(&caller, Call::new(P::Cache, Op::Read, req.key))?;
-        let entry = self.0.get(&key, req.refresh_ttl).await?;
+        let (_, entry) = self.0.get_for(&caller, req.key, req.refresh_ttl).await?;
         Ok(Response::new(match entry {
             Some(e) => pb::GetResponse {
                 found: true,
@@ -52,14 +49,7 @@ impl Api for CacheService {
     ) -> Result<Response<pb::GetManyResponse>, Status> {
         let caller = caller(self.0.common(), &req);
         let keys = req.into_inner().keys;
-        let targets = keys
-            .iter()
-            .map(|key| {
-                self.0
-                    .authorize(&caller, Call::new(P::Cache, Op::Read, key.as_str()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let entries = self.0.get_many(&targets).await?;
+        let entries = self.0.get_many_for(&caller, &keys).await?;
         let entries = keys
             .into_iter()
             .zip(entries)
@@ -117,17 +107,17 @@ impl Api for CacheService {
     ) -> Result<Response<pb::GetOrLeaseResponse>, Status> {
         let caller = caller(self.0.common(), &req);
         let req = req.into_inner();
-        let key = self
-            .0
-            .authorize(&caller, Call::new(P::Cache, Op::Read, req.key))?;
         let leased = self
             .0
-            .get_or_lease(LeaseAsk {
-                key,
-                lease_ms: req.lease_ms,
-                wait_ms: req.wait_ms,
-                accept_stale: req.accept_stale,
-            })
+            .get_or_lease_for(
+                &caller,
+                LeaseAsk {
+                    key: req.key,
+                    lease_ms: req.lease_ms,
+                    wait_ms: req.wait_ms,
+                    accept_stale: req.accept_stale,
+                },
+            )
             .await?;
         let (outcome, entry) = match leased {
             Leased::Hit(e) => (pb::LeaseOutcome::Hit, Some(e)),

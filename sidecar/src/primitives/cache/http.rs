@@ -56,11 +56,8 @@ async fn get_entry(
     Key(key): Key,
     ApiQuery(params): ApiQuery<GetParams>,
 ) -> Result<Response, Error> {
-    let key = cache.authorize(&caller, Call::new(P::Cache, Op::Read, key))?;
-    let entry = cache
-        .get(&key, params.refresh_ttl)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no cache entry for key {key:?}")))?;
+    let (key, entry) = cache.get_for(&caller, key, params.refresh_ttl).await?;
+    let entry = entry.ok_or_else(|| Error::NotFound(format!("no cache entry for key {key:?}")))?;
     Ok(entry_response(HeaderMap::new(), entry))
 }
 
@@ -90,14 +87,16 @@ async fn get_or_lease(
     Key(key): Key,
     ApiJson(body): ApiJson<GetOrLeaseBody>,
 ) -> Result<Response, Error> {
-    let key = cache.authorize(&caller, Call::new(P::Cache, Op::Read, key))?;
     let leased = cache
-        .get_or_lease(LeaseAsk {
-            key,
-            lease_ms: body.lease_ms,
-            wait_ms: body.wait_ms,
-            accept_stale: body.accept_stale,
-        })
+        .get_or_lease_for(
+            &caller,
+            LeaseAsk {
+                key,
+                lease_ms: body.lease_ms,
+                wait_ms: body.wait_ms,
+                accept_stale: body.accept_stale,
+            },
+        )
         .await?;
     let (outcome, entry) = match leased {
         Leased::Hit(entry) => ("hit", Some(entry)),

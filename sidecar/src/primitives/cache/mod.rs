@@ -24,7 +24,7 @@ use super::Common;
 use crate::error::{Error, Result};
 use crate::kit::Primitive;
 use crate::plugins::config::PrimitiveName;
-use crate::plugins::{Call, Caller, Invalidate, Operation, WriteEvent};
+use crate::plugins::{Call, Caller, Invalidate, Operation, ValuePoint, WriteEvent};
 use crate::telemetry::{self, Metrics};
 use crate::validate;
 use crate::validate::Limits;
@@ -480,15 +480,92 @@ impl Cache {
 }
 
 impl Cache {
+    /// A read for `caller`, as both APIs serve it: authorized (a plugin may
+    /// rewrite the key), read, and the value passed through the plugins'
+    /// `on-value`. Returns the key read and its entry.
+    pub async fn get_for(
+        &self,
+        caller: &Caller,
+        key: String,
+        refresh_ttl: bool,
+    ) -> Result<(String, Option<Entry>)> {
+        let key = self.authorize(
+            caller,
+            Call::new(PrimitiveName::Cache, Operation::Read, key),
+        )?;
+        let entry = self.get(&key, refresh_ttl).await?;
+        let entry = entry.map(|e| self.reveal(caller, &key, e)).transpose()?;
+        Ok((key, entry))
+    }
+
+    /// A batch read for `caller`, as [`Cache::get_for`]: each key
+    /// authorized, then one read, then each value found revealed.
+    pub async fn get_many_for(
+        &self,
+        caller: &Caller,
+        keys: &[String],
+    ) -> Result<Vec<Option<Entry>>> {
+        let targets = keys
+            .iter()
+            .map(|key| {
+                self.authorize(
+                    caller,
+                    Call::new(PrimitiveName::Cache, Operation::Read, key.as_str()),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let entries = self.get_many(&targets).await?;
+        targets
+            .iter()
+            .zip(entries)
+            .map(|(key, entry)| entry.map(|e| self.reveal(caller, key, e)).transpose())
+            .collect()
+    }
+
+    /// A GetOrLease for `caller`, as [`Cache::get_for`]: every value it
+    /// answers (a hit, a stale value, the expired value with a lease) is
+    /// revealed.
+    pub async fn get_or_lease_for(&self, caller: &Caller, mut ask: LeaseAsk) -> Result<Leased> {
+        ask.key = self.authorize(
+            caller,
+            Call::new(PrimitiveName::Cache, Operation::Read, ask.key),
+        )?;
+        let key = ask.key.clone();
+        Ok(match self.get_or_lease(ask).await? {
+            Leased::Hit(e) => Leased::Hit(self.reveal(caller, &key, e)?),
+            Leased::Stale(e) => Leased::Stale(self.reveal(caller, &key, e)?),
+            Leased::Granted(stale) => {
+                Leased::Granted(stale.map(|e| self.reveal(caller, &key, e)).transpose()?)
+            }
+        })
+    }
+
+    /// A stored entry as `caller` is to see it: its value through the
+    /// plugins' `on-value` (`cache-read`), if any has it.
+    fn reveal(&self, caller: &Caller, key: &str, mut entry: Entry) -> Result<Entry> {
+        let plugins = &self.common.plugins;
+        if !plugins.is_empty() && plugins.sees_values(PrimitiveName::Cache) {
+            entry.value = plugins.on_value(caller, ValuePoint::CacheRead, key, entry.value)?;
+        }
+        Ok(entry)
+    }
+
     /// A write for `caller`, as both APIs serve it: authorized (a plugin
-    /// may rewrite the key), written, and the plugins' `on-write`
+    /// may rewrite the key), its value passed through the plugins'
+    /// `on-value` (`cache-write`), written, and the plugins' `on-write`
     /// invalidations applied before it is answered. Returns the version.
     pub async fn set_for(&self, caller: &Caller, mut req: SetRequest) -> Result<u64> {
-        let size = req.value.len();
         req.key = self.authorize(
             caller,
-            Call::new(PrimitiveName::Cache, Operation::Write, req.key).value_size(size),
+            Call::new(PrimitiveName::Cache, Operation::Write, req.key).value_size(req.value.len()),
         )?;
+        let plugins = &self.common.plugins;
+        if !plugins.is_empty() && plugins.sees_values(PrimitiveName::Cache) {
+            // The key first: a plugin sees only keys the cache would take.
+            self.check_key(&req.key)?;
+            req.value = plugins.on_value(caller, ValuePoint::CacheWrite, &req.key, req.value)?;
+        }
+        let size = req.value.len();
         let (key, tags) = (req.key.clone(), req.tags.clone());
         let version = self.set(req).await?;
         let event = WriteEvent {

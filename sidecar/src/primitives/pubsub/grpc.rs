@@ -42,7 +42,8 @@ impl Api for PubSubService {
         };
         let published = self
             .0
-            .publish_with(
+            .publish_for(
+                &caller,
                 &req.channel,
                 req.payload,
                 req.headers.into_iter().collect(),
@@ -83,7 +84,10 @@ impl Api for PubSubService {
             offset,
             epoch: (!req.epoch.is_empty()).then_some(req.epoch),
         });
-        let subscription = self.0.subscribe(req.channels, req.patterns, from).await?;
+        let subscription = self
+            .0
+            .subscribe_for(&caller, req.channels, req.patterns, from)
+            .await?;
         let draining = self.0.common().draining();
         let events = subscription.map(|item| {
             let event = match item? {
@@ -122,7 +126,7 @@ impl Api for PubSubService {
             limit: (req.limit > 0).then_some(req.limit as usize),
             cursor: offset("cursor", &req.cursor)?,
         };
-        let page = self.0.history(&channel, query).await?;
+        let page = self.0.history_for(&caller, &channel, query).await?;
         Ok(Response::new(pb::HistoryResponse {
             epoch: page.epoch.unwrap_or_default(),
             messages: page.messages.iter().map(message).collect(),

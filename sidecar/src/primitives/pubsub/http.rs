@@ -82,7 +82,7 @@ async fn publish(
         max_age: params.max_age_ms.map(std::time::Duration::from_millis),
     };
     let published = pubsub
-        .publish_with(&channel, payload, message_headers, options)
+        .publish_for(&caller, &channel, payload, message_headers, options)
         .await?;
     Ok(Json(OffsetReply {
         offset: published.offset.map(|o| o.to_string()),
@@ -171,7 +171,9 @@ async fn subscribe(
     // Subscribed before answering: once the client sees the response (or
     // the WebSocket handshake), everything published from then on arrives.
     let channel = pubsub.authorize(&caller, Call::new(P::Pubsub, Op::Subscribe, channel))?;
-    let subscription = pubsub.subscribe(vec![channel], vec![], from).await?;
+    let subscription = pubsub
+        .subscribe_for(&caller, vec![channel], vec![], from)
+        .await?;
     let subscription = subscription.take_until(pubsub.common().draining());
     if let Ok(upgrade) = upgrade {
         return Ok(upgrade.on_upgrade(move |socket| websocket(socket, subscription)));
@@ -256,7 +258,7 @@ async fn history(
         limit: params.limit,
         cursor: offset("cursor", params.cursor)?,
     };
-    let page = pubsub.history(&channel, query).await?;
+    let page = pubsub.history_for(&caller, &channel, query).await?;
     Ok(Json(HistoryReply {
         channel,
         epoch: page.epoch,

@@ -28,6 +28,8 @@ use super::Common;
 use crate::backend::{Feed, FeedItem, glob};
 use crate::error::{Error, Result};
 use crate::kit::Primitive;
+use crate::plugins::config::PrimitiveName;
+use crate::plugins::{Caller, ValuePoint};
 
 use crate::telemetry::{self, Metrics};
 use crate::validate;
@@ -495,6 +497,106 @@ impl PubSub {
 
     fn check_channel(&self, channel: &str) -> Result<()> {
         validate::name("channel", channel, &self.limits)
+    }
+}
+
+/// The calls as both APIs serve them to a caller, once `authorize` has
+/// passed: payloads go through the plugins' `on-value`, `publish` on the
+/// way in and `deliver` on the way out.
+impl PubSub {
+    /// Whether any plugin sees payloads (if not, they are not copied).
+    fn sees_values(&self) -> bool {
+        let plugins = &self.common.plugins;
+        !plugins.is_empty() && plugins.sees_values(PrimitiveName::Pubsub)
+    }
+
+    /// [`PubSub::publish_with`], the payload through `on-value`
+    /// (`publish`) first: what subscribers and the history get.
+    pub async fn publish_for(
+        &self,
+        caller: &Caller,
+        channel: &str,
+        mut payload: Bytes,
+        headers: BTreeMap<String, String>,
+        options: PublishOptions,
+    ) -> Result<Published> {
+        if self.sees_values() {
+            // The channel first: a plugin sees only channels pub/sub takes.
+            self.check_channel(channel)?;
+            payload =
+                self.common
+                    .plugins
+                    .on_value(caller, ValuePoint::Publish, channel, payload)?;
+        }
+        self.publish_with(channel, payload, headers, options).await
+    }
+
+    /// [`PubSub::subscribe`], each message's payload through `on-value`
+    /// (`deliver`) for this subscriber. A payload a plugin refuses ends
+    /// the subscription with the reason: it is neither skipped (the
+    /// subscriber would not know) nor passed on as stored.
+    pub async fn subscribe_for(
+        &self,
+        caller: &Caller,
+        channels: Vec<String>,
+        patterns: Vec<String>,
+        from: Option<ResumeFrom>,
+    ) -> Result<Subscription> {
+        let subscription = self.subscribe(channels, patterns, from).await?;
+        if !self.sees_values() {
+            return Ok(subscription);
+        }
+        let plugins = self.common.plugins.clone();
+        let caller = caller.clone();
+        Ok(Box::pin(subscription.scan(false, move |ended, item| {
+            let item = match item {
+                _ if *ended => None,
+                Ok(Delivery::Message(m)) => {
+                    let revealed = plugins.on_value(
+                        &caller,
+                        ValuePoint::Deliver,
+                        &m.channel,
+                        m.payload.clone(),
+                    );
+                    Some(match revealed {
+                        Ok(payload) => Ok(Delivery::Message(Arc::new(PubMessage {
+                            channel: m.channel.clone(),
+                            payload,
+                            headers: m.headers.clone(),
+                            offset: m.offset,
+                        }))),
+                        Err(err) => {
+                            *ended = true;
+                            Err(err)
+                        }
+                    })
+                }
+                other => Some(other),
+            };
+            std::future::ready(item)
+        })))
+    }
+
+    /// [`PubSub::history`], each payload through `on-value` (`deliver`)
+    /// for this reader; one a plugin refuses fails the read.
+    pub async fn history_for(
+        &self,
+        caller: &Caller,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage> {
+        let mut page = self.history(channel, query).await?;
+        if self.sees_values() {
+            for message in &mut page.messages {
+                message.payload = self.common.plugins.on_value(
+                    caller,
+                    ValuePoint::Deliver,
+                    channel,
+                    std::mem::take(&mut message.payload),
+                )?;
+            }
+        }
+        Ok(page)
     }
 }
 

@@ -5,7 +5,9 @@
 //! `{"mode": "..."}`: `loop` (never returns), `bomb` (allocates until the
 //! memory cap), `trap` (panics), `garbage` (returns a string that is not
 //! UTF-8), `stack` (unbounded recursion), `slow-start` (fails in `new`),
-//! `deny` (the default: behaves, denying everything),
+//! `deny` (the default: behaves, denying everything), `mark` (behaves:
+//! `on-value` wraps each value, `{label}>value` on its way in and
+//! `value<{label}` on its way out, `{"label": "..."}`),
 //! `log-flood` (logs without end, then denies), `rewrite` (rewrites every
 //! target to `{"target": "..."}`: an attempt to reach another namespace).
 //!
@@ -13,8 +15,8 @@
 //! then denies: a test can hold the call in flight at that line.
 
 use outrigger_plugin_sdk::{
-    Authorize, Classify, Config, Decision, Invalidation, Limit, OnWrite, Plugin, Request,
-    WriteEvent,
+    Authorize, Classify, Config, Decision, Invalidation, Limit, OnValue, OnWrite, Plugin, Request,
+    ValueDecision, ValueEvent, WriteEvent,
 };
 use serde::Deserialize;
 
@@ -24,6 +26,8 @@ struct Settings {
     mode: String,
     #[serde(default)]
     target: String,
+    #[serde(default)]
+    label: String,
 }
 
 fn deny() -> String {
@@ -33,6 +37,7 @@ fn deny() -> String {
 struct Hostile {
     mode: String,
     target: String,
+    label: String,
 }
 
 impl Plugin for Hostile {
@@ -44,6 +49,7 @@ impl Plugin for Hostile {
         Ok(Hostile {
             mode: settings.mode,
             target: settings.target,
+            label: settings.label,
         })
     }
 }
@@ -132,4 +138,25 @@ impl OnWrite for Hostile {
     }
 }
 
-outrigger_plugin_sdk::export!(Hostile: authorize, classify, on_write);
+impl OnValue for Hostile {
+    fn on_value(&self, event: &ValueEvent) -> ValueDecision {
+        if self.mode == "mark" {
+            return ValueDecision::Replace(mark(&self.label, event));
+        }
+        match self.misbehave() {
+            Some(reason) => ValueDecision::Deny(reason),
+            None => ValueDecision::Keep,
+        }
+    }
+}
+
+/// `label>value` on the way in, `value<label` on the way out.
+fn mark(label: &str, event: &ValueEvent) -> Vec<u8> {
+    if event.point.is_inbound() {
+        [format!("{label}>").as_bytes(), &event.value].concat()
+    } else {
+        [&event.value, format!("<{label}").as_bytes()].concat()
+    }
+}
+
+outrigger_plugin_sdk::export!(Hostile: authorize, classify, on_write, on_value);

@@ -1,9 +1,10 @@
 //! A plugin of an older world, bound with wit-bindgen directly against a
 //! frozen world in `sidecar/wit/` (the SDK follows the newest): 0.1.0,
-//! 0.2.0 with the `world-0-2` feature, or 0.3.0 with `world-0-3`.
+//! 0.2.0 with the `world-0-2` feature, 0.3.0 with `world-0-3`, or 0.4.0
+//! with `world-0-4`.
 //! `authorize` denies targets starting with `blocked`, and logs each call.
 
-#[cfg(not(any(feature = "world-0-2", feature = "world-0-3")))]
+#[cfg(not(any(feature = "world-0-2", feature = "world-0-3", feature = "world-0-4")))]
 #[allow(missing_docs, unsafe_op_in_unsafe_fn, clippy::all)]
 mod bindings {
     wit_bindgen::generate!({
@@ -30,8 +31,19 @@ mod bindings {
     });
 }
 
+#[cfg(feature = "world-0-4")]
+#[allow(missing_docs, unsafe_op_in_unsafe_fn, clippy::all)]
+mod bindings {
+    wit_bindgen::generate!({
+        world: "plugin",
+        path: "../../../sidecar/wit/outrigger-0.4.0",
+    });
+}
+
 /// The world this build is bound to.
-const WORLD: &str = if cfg!(feature = "world-0-3") {
+const WORLD: &str = if cfg!(feature = "world-0-4") {
+    "0.4.0"
+} else if cfg!(feature = "world-0-3") {
     "0.3.0"
 } else if cfg!(feature = "world-0-2") {
     "0.2.0"

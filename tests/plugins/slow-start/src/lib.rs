@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bindings::outrigger::plugin::types::{
-    Decision, Hook, Invalidation, Limit, Request, WriteEvent,
+    Decision, Hook, Invalidation, Limit, Request, ValueDecision, ValueEvent, WriteEvent,
 };
 
 /// Whether this instance has had its first call.
@@ -59,6 +59,10 @@ impl bindings::Guest for SlowStart {
 
     fn on_write(_event: WriteEvent) -> Vec<Invalidation> {
         Vec::new()
+    }
+
+    fn on_value(_event: ValueEvent) -> ValueDecision {
+        ValueDecision::Keep
     }
 }
 
