@@ -2276,51 +2276,22 @@ async fn everything_in(redis: &RedisServer) -> Vec<(String, Vec<u8>)> {
             .query_async(&mut conn)
             .await
             .unwrap();
-        let parts: Vec<Vec<u8>> = match kind.as_str() {
-            "string" => vec![
-                redis::cmd("GET")
-                    .arg(&key)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap(),
-            ],
-            "hash" => redis::cmd("HGETALL")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .unwrap(),
-            "zset" => redis::cmd("ZRANGE")
-                .arg(&key)
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut conn)
-                .await
-                .unwrap(),
-            "set" => redis::cmd("SMEMBERS")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .unwrap(),
-            "list" => redis::cmd("LRANGE")
-                .arg(&key)
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut conn)
-                .await
-                .unwrap(),
-            "stream" => {
-                let entries: redis::Value = redis::cmd("XRANGE")
-                    .arg(&key)
-                    .arg("-")
-                    .arg("+")
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                vec![format!("{entries:?}").into_bytes(), flatten(&entries)]
-            }
+        let (read, range): (&str, &[&str]) = match kind.as_str() {
+            "string" => ("GET", &[]),
+            "hash" => ("HGETALL", &[]),
+            "set" => ("SMEMBERS", &[]),
+            "zset" => ("ZRANGE", &["0", "-1"]),
+            "list" => ("LRANGE", &["0", "-1"]),
+            "stream" => ("XRANGE", &["-", "+"]),
             other => panic!("{key} is a {other}"),
         };
-        out.push((key, parts.concat()));
+        let reply: redis::Value = redis::cmd(read)
+            .arg(&key)
+            .arg(range)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        out.push((key, flatten(&reply)));
     }
     out
 }
@@ -2557,4 +2528,130 @@ config = {{ attributes = ["tenant"] }}
         "{log}"
     );
     assert!(!log.contains("4242"), "the value was logged: {log}");
+}
+
+/// The near cache holds stored bytes, so `cache-read` runs on its hits as
+/// on reads from Redis: a read served by the near cache gets the plugin's
+/// output, never the stored form.
+#[tokio::test]
+async fn value_hooks_run_on_near_cache_hits() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("outrigger.toml");
+    std::fs::write(
+        &file,
+        value_plugin("rs", "hostile", r#"{ mode = "mark", label = "rs" }"#, ""),
+    )
+    .unwrap();
+    let s = sidecar!()
+        .arg("--config")
+        .arg(file.display().to_string())
+        .redis(&redis)
+        .env("OUTRIGGER_CACHE__NEAR__ENABLED", "true")
+        .start()
+        .await;
+    async fn near(s: &Sidecar) -> Value {
+        s.status().await["cache"]["near"].clone()
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the near cache to go live",
+        || async { (near(&s).await["live"] == true).then_some(()) },
+    )
+    .await;
+    let c = http();
+    let resp = c.put(s.url("/v1/cache/k")).body("v").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let hits = || async { near(&s).await["hits"].as_u64().unwrap() };
+    let before = hits().await;
+    // The first read fills the near cache, the next are served by it.
+    for _ in 0..3 {
+        let resp = c.get(s.url("/v1/cache/k")).send().await.unwrap();
+        assert_eq!(resp.text().await.unwrap(), "rs>v<rs");
+    }
+    assert!(
+        hits().await >= before + 2,
+        "the near cache served no read: {}",
+        near(&s).await
+    );
+}
+
+/// A plugin's `config_file` is set over its `config`, and read again at
+/// every reload: an envelope's keys kept out of `outrigger.toml` rotate
+/// with a reload, and a file that cannot be read or parsed fails the
+/// reload (without quoting it) while the previous version keeps serving.
+#[tokio::test]
+async fn config_file_is_read_at_every_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("envelope.json");
+    let write_keys = |json: String| std::fs::write(&keys, json).unwrap();
+    write_keys(format!(
+        r#"{{"active": "k1", "keys": {{"k1": "{KEY_1}"}}}}"#
+    ));
+    let s = start(
+        dir.path(),
+        &format!(
+            r#"
+[[plugins]]
+name = "envelope"
+path = "{}"
+primitives = ["cache"]
+config = {{ active = "overridden" }}
+config_file = "{}"
+"#,
+            plugin_wasm("envelope").display(),
+            keys.display()
+        ),
+    )
+    .await;
+    let c = http();
+    let reload = || c.post(s.url("/v1/admin/plugins/reload")).send();
+    let read = || c.get(s.url("/v1/cache/secret")).send();
+    let resp = c
+        .put(s.url("/v1/cache/secret"))
+        .body("attack at dawn")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        read().await.unwrap().text().await.unwrap(),
+        "attack at dawn"
+    );
+
+    // k1 dropped from the file: after a reload, what k1 sealed is refused.
+    write_keys(format!(
+        r#"{{"active": "k2", "keys": {{"k2": "{KEY_2}"}}}}"#
+    ));
+    assert_eq!(reload().await.unwrap().status(), StatusCode::OK);
+    let (code, _, message) = error_of(read().await.unwrap()).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert!(
+        message.contains("key id \"k1\", which is not configured"),
+        "{message}"
+    );
+
+    // k1 back beside k2: readable again.
+    write_keys(format!(
+        r#"{{"active": "k2", "keys": {{"k1": "{KEY_1}", "k2": "{KEY_2}"}}}}"#
+    ));
+    assert_eq!(reload().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        read().await.unwrap().text().await.unwrap(),
+        "attack at dawn"
+    );
+
+    // A broken file fails the reload, says where, quotes nothing of it.
+    write_keys(format!(r#"{{"active": "k2", "keys": {{"k2": "{KEY_2}""#));
+    let (code, _, message) = error_of(reload().await.unwrap()).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{message}");
+    assert!(
+        message.contains(&format!("config_file {} is not JSON", keys.display())),
+        "{message}"
+    );
+    assert!(!message.contains(KEY_2), "{message}");
+    assert_eq!(
+        read().await.unwrap().text().await.unwrap(),
+        "attack at dawn"
+    );
 }

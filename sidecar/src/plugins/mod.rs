@@ -350,14 +350,11 @@ impl Version {
         let hooks = match &compiled {
             Ok(_) if !config.hooks.is_empty() => config.hooks.clone(),
             Ok(compiled) => compiled.implemented.clone(),
-            // Not loaded: the hooks it would run get its fail mode.
+            // Not loaded: the hooks it would run get its fail mode. Unless
+            // configured, not `on-value`: a read would fail closed for a
+            // plugin that never saw values (one failing open included).
             Err(_) if !config.hooks.is_empty() => config.hooks.clone(),
-            Err(_) => vec![
-                HookName::Authorize,
-                HookName::Classify,
-                HookName::OnWrite,
-                HookName::OnValue,
-            ],
+            Err(_) => vec![HookName::Authorize, HookName::Classify, HookName::OnWrite],
         };
         Version {
             generation,
