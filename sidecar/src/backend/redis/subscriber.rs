@@ -219,26 +219,18 @@ async fn subscribe_batch(
     topics: &Topics,
     batch: Vec<(Topic, oneshot::Sender<Result<(), String>>)>,
 ) -> bool {
-    let (mut channels, mut patterns) = (Vec::new(), Vec::new());
-    {
+    // Unlistened meanwhile: nothing to subscribe.
+    let wanted: Vec<&Topic> = {
         let topics = lock(topics);
-        for (topic, _) in &batch {
-            match topic {
-                // Unlistened meanwhile: nothing to subscribe.
-                _ if !topics.contains_key(topic) => {}
-                Topic::Channel(c) => channels.push(c.as_str()),
-                Topic::Pattern(p) => patterns.push(p.as_str()),
-            }
-        }
-    }
-    let mut result = Ok(());
-    if !channels.is_empty() {
-        result = sink.subscribe(&channels).await;
-    }
-    if result.is_ok() && !patterns.is_empty() {
-        result = sink.psubscribe(&patterns).await;
-    }
-    let result = result.map_err(|e| e.to_string());
+        batch
+            .iter()
+            .map(|(topic, _)| topic)
+            .filter(|topic| topics.contains_key(topic))
+            .collect()
+    };
+    let result = subscribe_all(sink, &wanted)
+        .await
+        .map_err(|e| e.to_string());
     for (topic, ack) in batch {
         if result.is_ok() {
             set_active(topics, &topic, true);
@@ -246,6 +238,28 @@ async fn subscribe_batch(
         let _ = ack.send(result.clone());
     }
     result.is_ok()
+}
+
+/// Subscribes `topics` (at most [`SUBSCRIBE_BATCH`]): the channels in one
+/// SUBSCRIBE, the patterns in one PSUBSCRIBE.
+async fn subscribe_all(
+    sink: &mut redis::aio::PubSubSink,
+    topics: &[&Topic],
+) -> redis::RedisResult<()> {
+    let (mut channels, mut patterns) = (Vec::new(), Vec::new());
+    for topic in topics {
+        match topic {
+            Topic::Channel(c) => channels.push(c.as_str()),
+            Topic::Pattern(p) => patterns.push(p.as_str()),
+        }
+    }
+    if !channels.is_empty() {
+        sink.subscribe(&channels).await?;
+    }
+    if !patterns.is_empty() {
+        sink.psubscribe(&patterns).await?;
+    }
+    Ok(())
 }
 
 /// Unsubscribes `topic` unless it was listened to again meanwhile. Whether
@@ -294,17 +308,8 @@ async fn run(
                 let wanted: Vec<Topic> = lock(&topics).keys().cloned().collect();
                 let mut healthy = true;
                 for chunk in wanted.chunks(SUBSCRIBE_BATCH) {
-                    let (mut channels, mut patterns) = (Vec::new(), Vec::new());
-                    for topic in chunk {
-                        match topic {
-                            Topic::Channel(c) => channels.push(c.as_str()),
-                            Topic::Pattern(p) => patterns.push(p.as_str()),
-                        }
-                    }
-                    let subscribed = (channels.is_empty()
-                        || sink.subscribe(&channels).await.is_ok())
-                        && (patterns.is_empty() || sink.psubscribe(&patterns).await.is_ok());
-                    if !subscribed {
+                    let chunk: Vec<&Topic> = chunk.iter().collect();
+                    if subscribe_all(&mut sink, &chunk).await.is_err() {
                         healthy = false;
                         break;
                     }

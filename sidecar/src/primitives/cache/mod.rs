@@ -544,7 +544,7 @@ impl Cache {
     /// plugins' `on-value` (`cache-read`), if any has it.
     fn reveal(&self, caller: &Caller, key: &str, mut entry: Entry) -> Result<Entry> {
         let plugins = &self.common.plugins;
-        if !plugins.is_empty() && plugins.sees_values(PrimitiveName::Cache) {
+        if plugins.sees_values(PrimitiveName::Cache) {
             entry.value = plugins.on_value(caller, ValuePoint::CacheRead, key, entry.value)?;
         }
         Ok(entry)
@@ -560,7 +560,7 @@ impl Cache {
             Call::new(PrimitiveName::Cache, Operation::Write, req.key).value_size(req.value.len()),
         )?;
         let plugins = &self.common.plugins;
-        if !plugins.is_empty() && plugins.sees_values(PrimitiveName::Cache) {
+        if plugins.sees_values(PrimitiveName::Cache) {
             // The key first: a plugin sees only keys the cache would take.
             self.check_key(&req.key)?;
             req.value = plugins.on_value(caller, ValuePoint::CacheWrite, &req.key, req.value)?;

@@ -506,8 +506,7 @@ impl PubSub {
 impl PubSub {
     /// Whether any plugin sees payloads (if not, they are not copied).
     fn sees_values(&self) -> bool {
-        let plugins = &self.common.plugins;
-        !plugins.is_empty() && plugins.sees_values(PrimitiveName::Pubsub)
+        self.common.plugins.sees_values(PrimitiveName::Pubsub)
     }
 
     /// [`PubSub::publish_with`], the payload through `on-value`
